@@ -1,0 +1,1 @@
+//! Starling broker library.

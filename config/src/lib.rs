@@ -1,0 +1,55 @@
+//! Configuration of one Starling broker node.
+//!
+//! The same types are used by the broker (which loads them from a TOML file, `STARLING_*`
+//! environment variables and its command line) and by the operator (which renders them into the
+//! ConfigMap it mounts into broker pods), so the two can never drift apart.
+//!
+//! Loading is layered: built-in defaults, then the TOML file, then environment variables
+//! (`STARLING_LIMITS__MAX_PACKET_SIZE=65536` sets `limits.max_packet_size`), then whatever the
+//! caller merges on top (command-line flags). [`BrokerConfig::validate`] then checks every value
+//! and names the offending field together with a fix.
+
+mod error;
+mod types;
+
+pub use error::ConfigError;
+pub use types::*;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use std::path::Path;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "STARLING_";
+
+impl BrokerConfig {
+    /// The figment with defaults, the optional TOML file and the environment, in that order.
+    ///
+    /// Callers may merge more providers (such as command-line flags) before extracting.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(BrokerConfig::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Extracts and validates a configuration from a figment.
+    pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let config: BrokerConfig = figment.extract().map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates a configuration from TOML text (defaults fill what it omits).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let figment =
+            Figment::from(Serialized::defaults(BrokerConfig::default())).merge(Toml::string(text));
+        Self::from_figment(&figment)
+    }
+
+    /// Renders the configuration as TOML (used by the operator for its ConfigMap).
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Render(e.to_string()))
+    }
+}

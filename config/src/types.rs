@@ -1,0 +1,436 @@
+//! The configuration types, their defaults and their validation.
+
+use crate::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything a broker node needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Name of this node: used in logs, `$SYS` topics and (in a cluster) as its identity.
+    pub node_id: String,
+    /// Where clients connect.
+    pub listeners: ListenersConfig,
+    /// The HTTP admin endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: AdminConfig,
+    /// Protocol and resource limits.
+    pub limits: LimitsConfig,
+    /// Session and message lifetimes.
+    pub session: SessionConfig,
+    /// Authentication and authorisation.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// `$SYS/` broker statistics.
+    pub sys: SysConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: "starling-0".to_string(),
+            listeners: ListenersConfig::default(),
+            admin: AdminConfig::default(),
+            limits: LimitsConfig::default(),
+            session: SessionConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            sys: SysConfig::default(),
+        }
+    }
+}
+
+/// The client-facing listeners; each is optional and any combination may run at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenersConfig {
+    /// Plain MQTT over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub tls: Option<TlsListenerConfig>,
+    /// MQTT over WebSocket (subprotocol `mqtt`), plain.
+    pub ws: Option<SocketAddr>,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        ListenersConfig {
+            tcp: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+            tls: None,
+            ws: None,
+        }
+    }
+}
+
+/// A TLS listener: address plus PEM certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// The HTTP admin endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP server; `None` disables it.
+    pub bind: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+        }
+    }
+}
+
+/// Limits that protect the broker from misbehaving or hostile clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest MQTT packet accepted from a client, in bytes (advertised in v5 CONNACK).
+    pub max_packet_size: u32,
+    /// Longest topic name or filter accepted, in bytes.
+    pub max_topic_length: usize,
+    /// Most subscriptions one client may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Most unacknowledged QoS 1/2 messages in flight to one client (also capped by the
+    /// client's own receive maximum), and the receive maximum advertised to v5 clients.
+    pub max_inflight: u16,
+    /// Most messages queued for one client (offline, or online beyond the in-flight window).
+    /// When full, the newest message is dropped and counted in `starling_messages_dropped_total`.
+    pub max_queued_messages: usize,
+    /// Most simultaneous client connections; further connections are refused.
+    pub max_connections: usize,
+    /// Topic alias maximum advertised to v5 clients (0 disables topic aliases).
+    pub max_topic_alias: u16,
+    /// Longest keep-alive a client may ask for, in seconds (v5 clients are told via Server Keep Alive).
+    pub max_keep_alive_secs: u16,
+    /// Seconds a client has to send CONNECT after opening the connection.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_packet_size: 1024 * 1024,
+            max_topic_length: 1024,
+            max_subscriptions_per_client: 1000,
+            max_inflight: 100,
+            max_queued_messages: 1000,
+            max_connections: 100_000,
+            max_topic_alias: 64,
+            max_keep_alive_secs: 3600,
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// Session and message lifetimes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Upper bound on a session's expiry interval, in seconds. MQTT 3.1.1 persistent sessions
+    /// (clean session = 0) get this expiry.
+    pub max_session_expiry_secs: u32,
+    /// Upper bound on a message's expiry interval, in seconds (0 = no bound).
+    pub max_message_expiry_secs: u32,
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    pub queue_qos0: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_session_expiry_secs: 2 * 60 * 60,
+            max_message_expiry_secs: 0,
+            queue_qos0: false,
+        }
+    }
+}
+
+/// Authentication and authorisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accept clients that send no username.
+    pub allow_anonymous: bool,
+    /// File of `username:hash` lines (argon2 PHC strings); see `starling-broker passwd`.
+    pub password_file: Option<PathBuf>,
+    /// File of topic access rules; without it every client may publish and subscribe anywhere.
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `starling_broker=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Graceful shutdown on SIGTERM / SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// When set, v5 clients are disconnected with 0x9C "use another server" and this reference
+    /// instead of 0x8B "server shutting down".
+    pub server_reference: Option<String>,
+    /// Seconds to wait for connections to close after they were told to go.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            server_reference: None,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+/// `$SYS/` statistics topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SysConfig {
+    /// Seconds between `$SYS/` updates; 0 disables them.
+    pub interval_secs: u64,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_secs: 10 }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks every value that parsing alone cannot; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.trim().is_empty() || self.node_id.contains(['/', '+', '#']) {
+            return Err(ConfigError::invalid(
+                "node_id",
+                format!("{:?} is empty or contains '/', '+' or '#'", self.node_id),
+                "use a name such as `starling-0` (letters, digits, '-', '_', '.')",
+            ));
+        }
+        let l = &self.listeners;
+        if l.tcp.is_none() && l.tls.is_none() && l.ws.is_none() {
+            return Err(ConfigError::invalid(
+                "listeners",
+                "no listener is enabled",
+                "set at least one of `listeners.tcp`, `listeners.tls` or `listeners.ws`",
+            ));
+        }
+        let mut binds: Vec<(&'static str, SocketAddr)> = Vec::new();
+        if let Some(a) = l.tcp {
+            binds.push(("listeners.tcp", a));
+        }
+        if let Some(t) = &l.tls {
+            binds.push(("listeners.tls.bind", t.bind));
+        }
+        if let Some(a) = l.ws {
+            binds.push(("listeners.ws", a));
+        }
+        if let Some(a) = self.admin.bind {
+            binds.push(("admin.bind", a));
+        }
+        for (i, (field, addr)) in binds.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = binds[..i].iter().find(|(_, a)| a == addr) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{addr} is already used by `{other}`"),
+                    "give every listener its own port",
+                ));
+            }
+        }
+        let lim = &self.limits;
+        if !(64..=268_435_455).contains(&lim.max_packet_size) {
+            return Err(ConfigError::invalid(
+                "limits.max_packet_size",
+                format!("{} is outside 64..=268435455", lim.max_packet_size),
+                "choose a size in bytes between 64 and 268435455 (MQTT's largest packet)",
+            ));
+        }
+        if !(1..=65535).contains(&lim.max_topic_length) {
+            return Err(ConfigError::invalid(
+                "limits.max_topic_length",
+                format!("{} is outside 1..=65535", lim.max_topic_length),
+                "choose a length in bytes between 1 and 65535",
+            ));
+        }
+        if lim.max_inflight == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_inflight",
+                "0 would stop every QoS 1/2 delivery",
+                "choose a value between 1 and 65535 (100 is a good default)",
+            ));
+        }
+        for (field, value) in [
+            (
+                "limits.max_subscriptions_per_client",
+                lim.max_subscriptions_per_client,
+            ),
+            ("limits.max_queued_messages", lim.max_queued_messages),
+            ("limits.max_connections", lim.max_connections),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    field,
+                    "0 leaves nothing allowed",
+                    "choose a positive number",
+                ));
+            }
+        }
+        if lim.connect_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "limits.connect_timeout_secs",
+                "0 would close every connection before its CONNECT arrives",
+                "choose a number of seconds such as 10",
+            ));
+        }
+        if let Some(reference) = &self.shutdown.server_reference {
+            if reference.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "shutdown.server_reference",
+                    "the reference is empty",
+                    "remove the field or name a server such as `mqtt.example.com:1883`",
+                ));
+            }
+        }
+        if !self.auth.allow_anonymous && self.auth.password_file.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.allow_anonymous",
+                "anonymous access is off but no `auth.password_file` is set, so nobody could connect",
+                "set `auth.password_file` or allow anonymous clients",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        BrokerConfig::default()
+            .validate()
+            .expect("defaults validate");
+    }
+
+    #[test]
+    fn toml_round_trip_keeps_every_value() {
+        let mut config = BrokerConfig::default();
+        config.limits.max_packet_size = 4096;
+        config.listeners.ws = Some("127.0.0.1:8083".parse().expect("addr"));
+        config.shutdown.server_reference = Some("other:1883".into());
+        let text = config.to_toml_string().expect("render");
+        let parsed = BrokerConfig::from_toml_str(&text).expect("parse");
+        assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = BrokerConfig::from_toml_str("[limits]\nmax_packet_sise = 10\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("max_packet_sise"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = BrokerConfig::from_toml_str("[limits]\nmax_inflight = \"many\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("limits.max_inflight"), "{text}");
+    }
+
+    #[test]
+    fn packet_size_out_of_range_names_field_and_fix() {
+        let err = BrokerConfig::from_toml_str("[limits]\nmax_packet_size = 10\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("limits.max_packet_size"), "{text}");
+        assert!(text.contains("between 64 and"), "{text}");
+    }
+
+    #[test]
+    fn clashing_ports_are_rejected() {
+        let err = BrokerConfig::from_toml_str(
+            "[listeners]\ntcp = \"127.0.0.1:1883\"\nws = \"127.0.0.1:1883\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listeners.ws"), "{err}");
+    }
+
+    #[test]
+    fn no_listener_is_rejected() {
+        let mut config = BrokerConfig::default();
+        config.listeners.tcp = None;
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("`listeners`"), "{err}");
+    }
+
+    #[test]
+    fn closed_broker_without_users_is_rejected() {
+        let err = BrokerConfig::from_toml_str("[auth]\nallow_anonymous = false\n").unwrap_err();
+        assert!(err.to_string().contains("auth.password_file"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("starling.toml", "[limits]\nmax_inflight = 5\n")?;
+            jail.set_env("STARLING_LIMITS__MAX_INFLIGHT", "7");
+            jail.set_env("STARLING_NODE_ID", "node-b");
+            let figment = BrokerConfig::figment(Some(std::path::Path::new("starling.toml")));
+            let config = BrokerConfig::from_figment(&figment).expect("config");
+            assert_eq!(config.limits.max_inflight, 7);
+            assert_eq!(config.node_id, "node-b");
+            Ok(())
+        });
+    }
+}
