@@ -1,0 +1,1 @@
+//! Authentication (users with hashed passwords) and authorisation (topic ACLs).

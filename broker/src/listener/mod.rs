@@ -1,0 +1,4 @@
+//! Accept loops for the client-facing listeners: TCP, TLS and WebSocket.
+
+pub mod tls;
+pub mod ws;

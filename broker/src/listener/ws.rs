@@ -1,0 +1,1 @@
+//! WebSocket listener support (subprotocol `mqtt`).
