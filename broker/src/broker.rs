@@ -1,0 +1,319 @@
+//! The broker core shared by every connection: the subscription tree, the registry of online
+//! sessions, routing of messages to sessions, wills and session expiry.
+
+use crate::auth::Auth;
+use crate::message::{ClientId, Message};
+use crate::metrics::Metrics;
+use crate::protocol::{topic, QoS};
+use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
+use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription};
+use parking_lot::{Mutex, RwLock};
+use starling_config::BrokerConfig;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch, Notify, OwnedMutexGuard};
+use tokio::task::AbortHandle;
+
+/// How the connection task of an online session is reached.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// Identifies the connection, so a late deregistration cannot remove a newer one.
+    pub connection_id: u64,
+    /// Messages to deliver.
+    pub deliveries: mpsc::Sender<QueuedMessage>,
+    /// Woken when another connection takes the session over.
+    pub takeover: Arc<Notify>,
+}
+
+/// Why the broker is going away, broadcast to every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Serving.
+    Running,
+    /// Draining: listeners closed, connections are being told to go.
+    ShuttingDown,
+}
+
+/// State and behaviour shared by all connections of one node.
+pub struct Broker {
+    /// The validated configuration.
+    pub config: BrokerConfig,
+    /// Authentication and ACLs.
+    pub auth: Auth,
+    /// Sessions and retained messages.
+    pub store: Arc<dyn Store>,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+    /// When the broker started.
+    pub started_at: Instant,
+    subscriptions: RwLock<SubscriptionTree>,
+    online: RwLock<HashMap<ClientId, SessionHandle>>,
+    session_locks: Mutex<HashMap<ClientId, Weak<tokio::sync::Mutex<()>>>>,
+    pending_wills: Mutex<HashMap<ClientId, AbortHandle>>,
+    next_connection_id: AtomicU64,
+    run_state: watch::Sender<RunState>,
+}
+
+impl Broker {
+    /// Creates the core of a node.
+    pub fn new(config: BrokerConfig, auth: Auth, store: Arc<dyn Store>) -> Arc<Self> {
+        let (run_state, _) = watch::channel(RunState::Running);
+        Arc::new(Broker {
+            config,
+            auth,
+            store,
+            metrics: Arc::new(Metrics::new()),
+            started_at: Instant::now(),
+            subscriptions: RwLock::new(SubscriptionTree::default()),
+            online: RwLock::new(HashMap::new()),
+            session_locks: Mutex::new(HashMap::new()),
+            pending_wills: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(1),
+            run_state,
+        })
+    }
+
+    /// A fresh connection id.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Subscribes to the broker's run state.
+    pub fn run_state(&self) -> watch::Receiver<RunState> {
+        self.run_state.subscribe()
+    }
+
+    /// Tells every connection the broker is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.run_state.send_replace(RunState::ShuttingDown);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.run_state.borrow() == RunState::ShuttingDown
+    }
+
+    /// Publishes a message from a client, a will or the broker itself: stores it if retained, then
+    /// routes it. Returns the number of sessions it was routed to.
+    pub async fn publish(&self, message: Arc<Message>) -> usize {
+        if message.retain {
+            if let Err(e) = self.store.set_retained(message.clone()).await {
+                tracing::warn!(error = %e, topic = %message.topic, "retained message not stored");
+            }
+        }
+        self.route(&message).await
+    }
+
+    /// Delivers a message to every matching session; returns how many.
+    pub async fn route(&self, message: &Arc<Message>) -> usize {
+        let matches = self.matching(&message.topic);
+        if matches.is_empty() {
+            return 0;
+        }
+        let targets = router::targets(matches, message.publisher.as_deref());
+        let count = targets.len();
+        for target in targets {
+            let queued = QueuedMessage {
+                message: message.clone(),
+                qos: message.qos.min(target.qos),
+                retain: message.retain && target.retain_as_published,
+                subscription_ids: target.subscription_ids,
+            };
+            self.deliver(&target.client_id, queued).await;
+        }
+        count
+    }
+
+    fn matching(&self, topic: &str) -> Vec<(ClientId, SubscriptionOptions)> {
+        let tree = self.subscriptions.read();
+        let mut out = Vec::new();
+        let online = self.online.read();
+        tree.matches(topic, |m| match m {
+            Match::Direct(client, options) => out.push((client.clone(), options.clone())),
+            Match::Shared { members, start } => {
+                let n = members.len();
+                if n == 0 {
+                    return;
+                }
+                let chosen = (0..n)
+                    .map(|i| &members[(start + i) % n])
+                    .find(|(client, _)| online.contains_key(client))
+                    .unwrap_or(&members[start % n]);
+                out.push(chosen.clone());
+            }
+        });
+        out
+    }
+
+    /// Hands a message to one session: to its connection if online, else to its stored queue.
+    pub async fn deliver(&self, client_id: &ClientId, queued: QueuedMessage) {
+        let mut queued = queued;
+        for attempt in 0..2 {
+            let handle = self.online.read().get(client_id).cloned();
+            if let Some(handle) = handle {
+                match handle.deliveries.try_send(queued) {
+                    Ok(()) => return,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.dropped_queue_full.inc();
+                        return;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(back)) => queued = back,
+                }
+            }
+            if queued.qos == QoS::AtMostOnce && !self.config.session.queue_qos0 {
+                return;
+            }
+            match self.store.enqueue(client_id, queued.clone(), attempt == 1).await {
+                Ok(Enqueued::Queued) | Ok(Enqueued::NoSession) => return,
+                Ok(Enqueued::Full) => {
+                    self.metrics.dropped_queue_full.inc();
+                    return;
+                }
+                Ok(Enqueued::Online) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, client_id = %client_id, "message not queued");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The online handle of a session, if it is connected here.
+    pub fn online_handle(&self, client_id: &str) -> Option<SessionHandle> {
+        self.online.read().get(client_id).cloned()
+    }
+
+    /// Records a session as online.
+    pub fn register(&self, client_id: ClientId, handle: SessionHandle) {
+        self.online.write().insert(client_id, handle);
+        self.metrics.connections.set(self.online.read().len() as i64);
+    }
+
+    /// Records a session as offline, unless a newer connection already took it.
+    pub fn deregister(&self, client_id: &str, connection_id: u64) {
+        let mut online = self.online.write();
+        if online
+            .get(client_id)
+            .is_some_and(|h| h.connection_id == connection_id)
+        {
+            online.remove(client_id);
+        }
+        self.metrics.connections.set(online.len() as i64);
+    }
+
+    /// Number of sessions with an open connection.
+    pub fn online_count(&self) -> usize {
+        self.online.read().len()
+    }
+
+    /// Waits until no other connection holds this client id's session, then holds it.
+    pub async fn lock_session(&self, client_id: &ClientId) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.session_locks.lock();
+            if locks.len() > 1024 {
+                locks.retain(|_, weak| weak.strong_count() > 0);
+            }
+            match locks.get(client_id).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(client_id.clone(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
+    /// Adds a subscription to the routing tree; returns true if it is new.
+    pub fn add_subscription(
+        &self,
+        client_id: &ClientId,
+        raw_filter: &str,
+        options: SubscriptionOptions,
+    ) -> bool {
+        let Ok(parsed) = topic::parse_subscription(raw_filter, usize::MAX) else {
+            return false;
+        };
+        let mut tree = self.subscriptions.write();
+        let new = tree.insert(client_id, parsed.group, parsed.filter, options);
+        self.metrics.subscriptions.set(tree.len() as i64);
+        new
+    }
+
+    /// Removes a subscription from the routing tree; returns true if it existed.
+    pub fn remove_subscription(&self, client_id: &str, raw_filter: &str) -> bool {
+        let Ok(parsed) = topic::parse_subscription(raw_filter, usize::MAX) else {
+            return false;
+        };
+        let mut tree = self.subscriptions.write();
+        let removed = tree.remove(client_id, parsed.group, parsed.filter);
+        self.metrics.subscriptions.set(tree.len() as i64);
+        removed
+    }
+
+    /// Removes all of a session's subscriptions from the routing tree.
+    pub fn remove_subscriptions(&self, client_id: &str, subscriptions: &[StoredSubscription]) {
+        for s in subscriptions {
+            self.remove_subscription(client_id, &s.filter);
+        }
+    }
+
+    /// Publishes a will after `delay`, unless the session reconnects first.
+    pub fn schedule_will(self: &Arc<Self>, client_id: ClientId, will: Arc<Message>, delay: Duration) {
+        let broker = self.clone();
+        let id = client_id.clone();
+        let task = tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            broker.pending_wills.lock().remove(&id);
+            broker.metrics.messages_received[will.qos as usize].inc();
+            broker.publish(will).await;
+        });
+        if let Some(previous) = self
+            .pending_wills
+            .lock()
+            .insert(client_id, task.abort_handle())
+        {
+            previous.abort();
+        }
+    }
+
+    /// Cancels a delayed will because its session reconnected.
+    pub fn cancel_will(&self, client_id: &str) {
+        if let Some(task) = self.pending_wills.lock().remove(client_id) {
+            task.abort();
+        }
+    }
+
+    /// Removes offline sessions whose expiry has passed, with their subscriptions.
+    pub async fn expire_sessions(&self) {
+        match self.store.take_expired_sessions(SystemTime::now()).await {
+            Ok(expired) => {
+                for (client_id, session) in expired {
+                    tracing::debug!(client_id = %client_id, "session expired");
+                    self.remove_subscriptions(&client_id, &session.subscriptions);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "session expiry sweep failed"),
+        }
+        if let Ok(n) = self.store.session_count().await {
+            self.metrics.sessions.set(n as i64);
+        }
+    }
+
+    /// Runs the periodic session-expiry sweep until shutdown.
+    pub async fn run_expiry(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut state = self.run_state();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.expire_sessions().await,
+                _ = state.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The CONNECT handshake: validation, authentication, session takeover and CONNACK.
+
+use super::{Connection, Will};
+use crate::auth::AuthFailure;
+use crate::broker::{Broker, SessionHandle};
+use crate::message::{ClientId, Message, MessageProperties};
+use crate::protocol::{
+    self, topic, ConnAck, ConnAckProperties, ConnectPacket, ConnectReturnCode, DecodeError, Packet,
+    ProtocolVersion,
+};
+use crate::session::Outgoing;
+use bytes::BytesMut;
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// Reads CONNECT, checks it, takes over the session and answers CONNACK. `None` when the
+/// connection was refused or closed.
+pub(super) async fn establish<S>(
+    broker: &Arc<Broker>,
+    mut stream: S,
+    peer: SocketAddr,
+) -> Option<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limits = &broker.config.limits;
+    let mut read_buf = BytesMut::with_capacity(512);
+    let timeout = Duration::from_secs(limits.connect_timeout_secs);
+    let connect = match tokio::time::timeout(timeout, read_connect(&mut stream, &mut read_buf, limits.max_packet_size)).await {
+        Ok(Ok(Some(connect))) => connect,
+        Ok(Ok(None)) => return None,
+        Ok(Err(DecodeError::UnsupportedVersion(level))) => {
+            tracing::debug!(%peer, level, "unsupported protocol level");
+            refuse(&mut stream, ProtocolVersion::V3_1_1, ConnectReturnCode::UnsupportedProtocolVersion).await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            broker.metrics.protocol_errors.inc();
+            tracing::debug!(%peer, error = %e, "bad CONNECT");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {timeout:?}");
+            return None;
+        }
+    };
+    let version = connect.version;
+    match check_connect(broker, &connect) {
+        Ok(()) => {}
+        Err(code) => {
+            refuse(&mut stream, version, code).await;
+            return None;
+        }
+    }
+    let ConnectPacket { connect, will, login, .. } = connect;
+    let properties = connect.properties.unwrap_or_default();
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        let id: ClientId = format!("auto-{:016x}", rand::thread_rng().gen::<u64>()).into();
+        (id, true)
+    } else {
+        (ClientId::from(connect.client_id.as_str()), false)
+    };
+    let username = login.as_ref().map(|l| l.username.clone());
+
+    let will = match will {
+        None => None,
+        Some(w) => {
+            let Ok(topic_name) = std::str::from_utf8(&w.topic) else {
+                refuse(&mut stream, version, ConnectReturnCode::MalformedPacket).await;
+                return None;
+            };
+            if topic::validate_name(topic_name, limits.max_topic_length).is_err() {
+                refuse(&mut stream, version, ConnectReturnCode::TopicNameInvalid).await;
+                return None;
+            }
+            if !broker.auth.can_publish(&client_id, username.as_deref(), topic_name) {
+                refuse(&mut stream, version, ConnectReturnCode::NotAuthorized).await;
+                return None;
+            }
+            let props = w.properties.unwrap_or_default();
+            let now = SystemTime::now();
+            Some(Will {
+                delay: Duration::from_secs(u64::from(props.delay_interval.unwrap_or(0))),
+                message: Arc::new(Message {
+                    topic: topic_name.into(),
+                    payload: w.message,
+                    qos: w.qos,
+                    retain: w.retain,
+                    properties: MessageProperties {
+                        payload_format_indicator: props.payload_format_indicator,
+                        content_type: props.content_type,
+                        response_topic: props.response_topic,
+                        correlation_data: props.correlation_data,
+                        user_properties: props.user_properties,
+                    },
+                    expires_at: Message::expiry_from_interval(
+                        props.message_expiry_interval,
+                        broker.config.session.max_message_expiry_secs,
+                        now,
+                    ),
+                    publisher: Some(client_id.clone()),
+                }),
+            })
+        }
+    };
+
+    let max_expiry = broker.config.session.max_session_expiry_secs;
+    let requested_expiry = match version {
+        ProtocolVersion::V5 => properties.session_expiry_interval.unwrap_or(0),
+        _ if connect.clean_start => 0,
+        _ => max_expiry,
+    };
+    let expiry_secs = requested_expiry.min(max_expiry);
+
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if version.is_v5() && (keep_alive > limits.max_keep_alive_secs || keep_alive == 0) {
+        keep_alive = limits.max_keep_alive_secs;
+        server_keep_alive = Some(keep_alive);
+    }
+
+    // Take the session over from any connection that holds it, here or (later) elsewhere.
+    if let Some(previous) = broker.online_handle(&client_id) {
+        previous.takeover.notify_one();
+    }
+    let session_guard = broker.lock_session(&client_id).await;
+    broker.cancel_will(&client_id);
+    let connection_id = broker.next_connection_id();
+    let channel_size = limits.max_queued_messages.clamp(16, 4096);
+    let (deliveries_tx, deliveries) = mpsc::channel(channel_size);
+    let takeover = Arc::new(Notify::new());
+    broker.register(
+        client_id.clone(),
+        SessionHandle {
+            connection_id,
+            deliveries: deliveries_tx,
+            takeover: takeover.clone(),
+        },
+    );
+    let stored = match broker.store.attach_session(&client_id).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::warn!(client_id = %client_id, error = %e, "session store unavailable");
+            broker.deregister(&client_id, connection_id);
+            refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
+            return None;
+        }
+    };
+    let stored = match stored {
+        Some(old) if connect.clean_start => {
+            broker.remove_subscriptions(&client_id, &old.subscriptions);
+            None
+        }
+        other => other,
+    };
+    let session_present = stored.is_some();
+
+    let window = usize::from(
+        properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(limits.max_inflight),
+    );
+    let mut outgoing = Outgoing::new(window, limits.max_queued_messages);
+    let mut subscriptions = HashMap::new();
+    let mut incoming_qos2 = HashSet::new();
+    if let Some(stored) = stored {
+        outgoing.restore(stored.inflight, stored.queue);
+        incoming_qos2.extend(stored.incoming_qos2);
+        for s in stored.subscriptions {
+            subscriptions.insert(s.filter, s.options);
+        }
+    }
+
+    let connack = ConnAck {
+        session_present,
+        code: ConnectReturnCode::Success,
+        properties: version.is_v5().then(|| ConnAckProperties {
+            session_expiry_interval: (expiry_secs != requested_expiry).then_some(expiry_secs),
+            receive_max: Some(limits.max_inflight),
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: Some(limits.max_packet_size),
+            assigned_client_identifier: assigned.then(|| client_id.to_string()),
+            topic_alias_max: Some(limits.max_topic_alias),
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    };
+    let mut write_buf = BytesMut::new();
+    if protocol::encode(&Packet::ConnAck(connack), version, &mut write_buf, None).is_err() {
+        broker.deregister(&client_id, connection_id);
+        return None;
+    }
+    tracing::debug!(client_id = %client_id, %peer, version = version.label(), session_present, "client connected");
+
+    Some(Connection {
+        broker: broker.clone(),
+        stream,
+        peer,
+        version,
+        client_id,
+        username,
+        connection_id,
+        read_buf,
+        write_buf,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+        last_read: Instant::now(),
+        max_packet_in: limits.max_packet_size,
+        max_packet_out: properties.max_packet_size,
+        topic_alias_max: limits.max_topic_alias,
+        topic_aliases: HashMap::new(),
+        expiry_secs,
+        connect_expiry_was_zero: requested_expiry == 0,
+        subscriptions,
+        outgoing,
+        incoming_qos2,
+        will,
+        deliveries,
+        takeover,
+        run_state: broker.run_state(),
+        _session_guard: session_guard,
+    })
+}
+
+/// Reads until a whole CONNECT has arrived; `Ok(None)` if the peer closed first.
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max_packet_size: u32,
+) -> Result<Option<ConnectPacket>, DecodeError> {
+    loop {
+        if let Some(connect) = protocol::decode_connect(buf, max_packet_size)? {
+            return Ok(Some(connect));
+        }
+        buf.reserve(512);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Checks what must hold before a session is touched; the error is the CONNACK code to refuse with.
+fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturnCode> {
+    if broker.is_shutting_down() {
+        return Err(ConnectReturnCode::ServerUnavailable);
+    }
+    let id = &c.connect.client_id;
+    if id.is_empty() && (c.version == ProtocolVersion::V3_1 || (!c.version.is_v5() && !c.connect.clean_start)) {
+        return Err(ConnectReturnCode::ClientIdentifierNotValid);
+    }
+    if id.contains(['\0', '/', '+', '#']) {
+        return Err(ConnectReturnCode::ClientIdentifierNotValid);
+    }
+    if let Some(props) = &c.connect.properties {
+        if props.authentication_method.is_some() {
+            return Err(ConnectReturnCode::BadAuthenticationMethod);
+        }
+        if props.receive_maximum == Some(0) || props.max_packet_size == Some(0) {
+            return Err(ConnectReturnCode::ProtocolError);
+        }
+    }
+    let (username, password) = match &c.login {
+        Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
+        None => (None, None),
+    };
+    match broker.auth.authenticate(username, password) {
+        Ok(()) => Ok(()),
+        Err(AuthFailure::BadCredentials) => Err(ConnectReturnCode::BadUserNamePassword),
+        Err(AuthFailure::NotAuthorized) => Err(ConnectReturnCode::NotAuthorized),
+    }
+}
+
+/// Sends a refusing CONNACK and closes.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, code: ConnectReturnCode) {
+    let mut buf = BytesMut::new();
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties: None,
+    });
+    if protocol::encode(&connack, version, &mut buf, None).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(&buf).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+}

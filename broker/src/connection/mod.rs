@@ -1,0 +1,385 @@
+//! One client's connection task: reading and writing packets, keep-alive, flow control, and the
+//! hand-over of its session to the store when it ends.
+//!
+//! [`serve`] runs the whole life of a connection: the CONNECT handshake ([`handshake`]), the
+//! packet loop (this module), the handling of each packet ([`inbound`]), and the clean-up.
+
+mod handshake;
+mod inbound;
+
+use crate::broker::{Broker, RunState};
+use crate::message::{ClientId, Message};
+use crate::protocol::{self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
+use crate::protocol::{ProtocolVersion, PubRel, Publish, QoS};
+use crate::router::SubscriptionOptions;
+use crate::session::{Offer, Outgoing};
+use crate::store::{InflightState, QueuedMessage, StoredSession, StoredSubscription};
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Notify, OwnedMutexGuard};
+use tokio::time::Instant;
+
+/// Deliveries drained from the channel per wake-up before writing, to batch socket writes.
+const DELIVERY_BATCH: usize = 256;
+/// Bytes of output gathered before they are written even if more is ready.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// Serves one client connection until it ends.
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    broker.metrics.connections_total.inc();
+    let Some(mut connection) = handshake::establish(&broker, stream, peer).await else {
+        return;
+    };
+    let exit = connection.run().await;
+    connection.finish(exit).await;
+}
+
+/// Why the packet loop ended.
+#[derive(Debug)]
+enum Exit {
+    /// The client sent DISCONNECT; `will` says whether its will is still published (v5 0x04).
+    Disconnected { will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Closed,
+    /// Nothing arrived within 1.5 × keep-alive.
+    KeepAliveTimeout,
+    /// The client broke the protocol; v5 clients are told why.
+    Violation(DisconnectReasonCode, String),
+    /// Another connection took the session over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// A will waiting for its connection to end.
+struct Will {
+    message: Arc<Message>,
+    delay: Duration,
+}
+
+/// A connected client: its socket, session state and limits.
+struct Connection<S> {
+    broker: Arc<Broker>,
+    stream: S,
+    peer: SocketAddr,
+    version: ProtocolVersion,
+    client_id: ClientId,
+    username: Option<String>,
+    connection_id: u64,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    keep_alive: Option<Duration>,
+    last_read: Instant,
+    max_packet_in: u32,
+    max_packet_out: Option<u32>,
+    topic_alias_max: u16,
+    topic_aliases: HashMap<u16, Arc<str>>,
+    expiry_secs: u32,
+    connect_expiry_was_zero: bool,
+    subscriptions: HashMap<String, SubscriptionOptions>,
+    outgoing: Outgoing,
+    incoming_qos2: HashSet<u16>,
+    will: Option<Will>,
+    deliveries: mpsc::Receiver<QueuedMessage>,
+    takeover: Arc<Notify>,
+    run_state: watch::Receiver<RunState>,
+    _session_guard: OwnedMutexGuard<()>,
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// The packet loop.
+    async fn run(&mut self) -> Exit {
+        if let Err(exit) = self.resume_session().await {
+            return exit;
+        }
+        loop {
+            if let Err(exit) = self.process_input().await {
+                return exit;
+            }
+            if let Err(exit) = self.flush().await {
+                return exit;
+            }
+            if *self.run_state.borrow() == RunState::ShuttingDown {
+                return Exit::Shutdown;
+            }
+            let keep_alive_deadline = self.keep_alive.map(|k| self.last_read + k.mul_f32(1.5));
+            if self.read_buf.capacity() - self.read_buf.len() < 1024 {
+                self.read_buf.reserve(4096);
+            }
+            tokio::select! {
+                biased;
+                _ = self.takeover.notified() => return Exit::TakenOver,
+                _ = self.run_state.changed() => return Exit::Shutdown,
+                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                    Ok(0) | Err(_) => return Exit::Closed,
+                    Ok(n) => {
+                        self.broker.metrics.bytes_received.inc_by(n as u64);
+                        self.last_read = Instant::now();
+                    }
+                },
+                delivery = self.deliveries.recv() => {
+                    if let Some(queued) = delivery {
+                        self.offer(queued);
+                        for _ in 0..DELIVERY_BATCH {
+                            if self.write_buf.len() >= WRITE_HIGH_WATER {
+                                break;
+                            }
+                            match self.deliveries.try_recv() {
+                                Ok(queued) => self.offer(queued),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until_opt(keep_alive_deadline) => {
+                    if self.keep_alive.is_some_and(|k| self.last_read.elapsed() >= k.mul_f32(1.5)) {
+                        return Exit::KeepAliveTimeout;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    async fn process_input(&mut self) -> Result<(), Exit> {
+        loop {
+            let packet = match protocol::decode(&mut self.read_buf, self.version, self.max_packet_in)
+            {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Exit::Violation(e.reason_code(), e.to_string())),
+            };
+            self.handle(packet).await?;
+            if self.write_buf.len() >= WRITE_HIGH_WATER {
+                self.flush().await?;
+            }
+        }
+    }
+
+    /// Writes out everything buffered.
+    async fn flush(&mut self) -> Result<(), Exit> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let len = self.write_buf.len();
+        tokio::select! {
+            written = write_all_and_flush(&mut self.stream, &self.write_buf) => {
+                if written.is_err() {
+                    return Err(Exit::Closed);
+                }
+            }
+            _ = self.takeover.notified() => return Err(Exit::TakenOver),
+        }
+        self.broker.metrics.bytes_sent.inc_by(len as u64);
+        self.write_buf.clear();
+        if self.write_buf.capacity() > 4 * WRITE_HIGH_WATER {
+            self.write_buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Encodes a packet into the write buffer.
+    fn send(&mut self, packet: &Packet) -> bool {
+        match protocol::encode(packet, self.version, &mut self.write_buf, self.max_packet_out) {
+            Ok(()) => true,
+            Err(protocol::EncodeError::TooLarge) => {
+                self.broker.metrics.dropped_too_large.inc();
+                false
+            }
+            Err(e) => {
+                tracing::debug!(client_id = %self.client_id, error = %e, "packet not sent");
+                false
+            }
+        }
+    }
+
+    /// Accepts a message for this client and sends it if the window allows.
+    fn offer(&mut self, queued: QueuedMessage) {
+        match self.outgoing.offer(queued) {
+            Offer::Send(id, queued) => self.send_publish(id, &queued, false),
+            Offer::Queued => {}
+            Offer::Dropped => self.broker.metrics.dropped_queue_full.inc(),
+        }
+    }
+
+    /// Sends queued messages while the in-flight window has room.
+    fn send_ready(&mut self) {
+        while let Some((id, queued)) = self.outgoing.next_ready() {
+            self.send_publish(id, &queued, false);
+        }
+    }
+
+    /// Encodes one PUBLISH to the client; expired or oversized messages are dropped.
+    fn send_publish(&mut self, packet_id: u16, queued: &QueuedMessage, dup: bool) {
+        let now = SystemTime::now();
+        let message = &queued.message;
+        if message.is_expired(now) {
+            self.broker.metrics.dropped_expired.inc();
+            self.outgoing.abandon(packet_id);
+            return;
+        }
+        let publish = Publish {
+            dup,
+            qos: queued.qos,
+            retain: queued.retain,
+            topic: Bytes::copy_from_slice(message.topic.as_bytes()),
+            pkid: packet_id,
+            payload: message.payload.clone(),
+            properties: if self.version.is_v5() {
+                message.publish_properties(now, &queued.subscription_ids)
+            } else {
+                None
+            },
+        };
+        if self.send(&Packet::Publish(publish)) {
+            self.broker.metrics.messages_sent[queued.qos as usize].inc();
+        } else {
+            self.outgoing.abandon(packet_id);
+        }
+    }
+
+    /// Resends what the previous connection left unacknowledged, then the queue.
+    async fn resume_session(&mut self) -> Result<(), Exit> {
+        let inflight: Vec<_> = self.outgoing.inflight().cloned().collect();
+        for m in inflight {
+            match m.state {
+                InflightState::AwaitingAck => self.send_publish(m.packet_id, &m.queued, true),
+                InflightState::AwaitingComplete => {
+                    self.send(&Packet::PubRel(PubRel::new(m.packet_id, None)));
+                }
+            }
+        }
+        self.send_ready();
+        self.flush().await
+    }
+
+    /// Tells a v5 client why it is being disconnected (best effort).
+    async fn send_disconnect(&mut self, reason: DisconnectReasonCode, reference: Option<String>) {
+        if !self.version.is_v5() {
+            return;
+        }
+        let properties = reference.map(|server_reference| DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: Some(server_reference),
+        });
+        let packet = Packet::Disconnect(Disconnect {
+            reason_code: reason,
+            properties,
+        });
+        self.write_buf.clear();
+        if self.send(&packet) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                write_all_and_flush(&mut self.stream, &self.write_buf),
+            )
+            .await;
+        }
+    }
+
+    /// Ends the connection: tells the client why, stores or drops the session, and handles the will.
+    async fn finish(mut self, exit: Exit) {
+        let publish_will = match &exit {
+            Exit::Disconnected { will } => *will,
+            Exit::Shutdown => false,
+            _ => true,
+        };
+        match &exit {
+            Exit::Violation(reason, why) => {
+                self.broker.metrics.protocol_errors.inc();
+                tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = ?reason, "closing connection: {why}");
+                self.send_disconnect(*reason, None).await;
+            }
+            Exit::KeepAliveTimeout => {
+                tracing::debug!(client_id = %self.client_id, "keep-alive timeout");
+                self.send_disconnect(DisconnectReasonCode::KeepAliveTimeout, None)
+                    .await;
+            }
+            Exit::TakenOver => {
+                tracing::debug!(client_id = %self.client_id, "session taken over");
+                self.send_disconnect(DisconnectReasonCode::SessionTakenOver, None)
+                    .await;
+            }
+            Exit::Shutdown => {
+                let reference = self.broker.config.shutdown.server_reference.clone();
+                let reason = if reference.is_some() {
+                    DisconnectReasonCode::UseAnotherServer
+                } else {
+                    DisconnectReasonCode::ServerShuttingDown
+                };
+                self.send_disconnect(reason, reference).await;
+            }
+            Exit::Disconnected { .. } | Exit::Closed => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+
+        let broker = self.broker.clone();
+        broker.deregister(&self.client_id, self.connection_id);
+        self.deliveries.close();
+        while let Ok(queued) = self.deliveries.try_recv() {
+            if queued.qos != QoS::AtMostOnce || broker.config.session.queue_qos0 {
+                if !self.outgoing.keep(queued) {
+                    broker.metrics.dropped_queue_full.inc();
+                }
+            }
+        }
+        let subscriptions: Vec<StoredSubscription> = self
+            .subscriptions
+            .drain()
+            .map(|(filter, options)| StoredSubscription { filter, options })
+            .collect();
+        if self.expiry_secs == 0 {
+            broker.remove_subscriptions(&self.client_id, &subscriptions);
+            if let Err(e) = broker.store.remove_session(&self.client_id).await {
+                tracing::warn!(client_id = %self.client_id, error = %e, "session not removed");
+            }
+        } else {
+            let outgoing = std::mem::replace(&mut self.outgoing, Outgoing::new(1, 0));
+            let (inflight, mut queue) = outgoing.into_parts();
+            queue.retain(|q| q.qos != QoS::AtMostOnce || broker.config.session.queue_qos0);
+            let session = StoredSession {
+                expiry_secs: self.expiry_secs,
+                subscriptions,
+                inflight,
+                queue,
+                incoming_qos2: self.incoming_qos2.drain().collect(),
+                disconnected_at: None,
+            };
+            if let Err(e) = broker.store.detach_session(&self.client_id, session).await {
+                tracing::warn!(client_id = %self.client_id, error = %e, "session not stored");
+            }
+        }
+        if let Some(will) = self.will.take() {
+            if publish_will {
+                let delay = will.delay.min(Duration::from_secs(u64::from(self.expiry_secs)));
+                broker.schedule_will(self.client_id.clone(), will.message, delay);
+            }
+        }
+        if let Ok(n) = broker.store.session_count().await {
+            broker.metrics.sessions.set(n as i64);
+        }
+    }
+}
+
+async fn write_all_and_flush<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,109 @@
+//! Routing state: which clients subscribe to what, and who gets a given message.
+//!
+//! The [`SubscriptionTree`] holds every subscription of every session on this node, online or
+//! not, so a message for an offline persistent session is still found and queued.
+
+mod trie;
+
+pub use trie::{Match, SubscriptionTree};
+
+use crate::message::ClientId;
+use crate::protocol::{QoS, RetainForwardRule};
+
+/// How a subscription asked to receive messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionOptions {
+    /// Maximum QoS granted.
+    pub qos: QoS,
+    /// Do not deliver messages this client published itself (MQTT 5).
+    pub no_local: bool,
+    /// Keep the publisher's retain flag when forwarding (MQTT 5).
+    pub retain_as_published: bool,
+    /// When retained messages are sent on subscribe (MQTT 5).
+    pub retain_handling: RetainForwardRule,
+    /// Subscription identifier to echo in deliveries (MQTT 5).
+    pub identifier: Option<usize>,
+}
+
+/// One client that should receive a message, with the options that apply to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The receiving session.
+    pub client_id: ClientId,
+    /// Highest QoS among the matching subscriptions.
+    pub qos: QoS,
+    /// Whether any matching subscription keeps the retain flag.
+    pub retain_as_published: bool,
+    /// Identifiers of all matching subscriptions.
+    pub subscription_ids: Vec<usize>,
+}
+
+/// Reduces raw matches to one target per client: no-local subscriptions of the publisher are
+/// skipped, the highest QoS wins and subscription identifiers are collected.
+pub fn targets(
+    matches: Vec<(ClientId, SubscriptionOptions)>,
+    publisher: Option<&str>,
+) -> Vec<Target> {
+    let mut out: Vec<Target> = Vec::with_capacity(matches.len());
+    for (client_id, options) in matches {
+        if options.no_local && publisher == Some(&*client_id) {
+            continue;
+        }
+        if let Some(existing) = out.iter_mut().find(|t| t.client_id == client_id) {
+            existing.qos = existing.qos.max(options.qos);
+            existing.retain_as_published |= options.retain_as_published;
+            existing.subscription_ids.extend(options.identifier);
+        } else {
+            out.push(Target {
+                client_id,
+                qos: options.qos,
+                retain_as_published: options.retain_as_published,
+                subscription_ids: options.identifier.into_iter().collect(),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(qos: QoS, no_local: bool, id: Option<usize>) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos,
+            no_local,
+            retain_as_published: false,
+            retain_handling: RetainForwardRule::OnEverySubscribe,
+            identifier: id,
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_merge_into_one_target() {
+        let a: ClientId = "a".into();
+        let t = targets(
+            vec![
+                (a.clone(), opts(QoS::AtMostOnce, false, Some(1))),
+                (a.clone(), opts(QoS::ExactlyOnce, false, Some(2))),
+            ],
+            None,
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].qos, QoS::ExactlyOnce);
+        assert_eq!(t[0].subscription_ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn no_local_skips_only_the_publisher() {
+        let t = targets(
+            vec![
+                ("a".into(), opts(QoS::AtMostOnce, true, None)),
+                ("b".into(), opts(QoS::AtMostOnce, true, None)),
+            ],
+            Some("a"),
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(&*t[0].client_id, "b");
+    }
+}

@@ -1,0 +1,257 @@
+//! A topic tree of subscriptions: one node per filter level, `+` and `#` as ordinary keys.
+
+use super::SubscriptionOptions;
+use crate::message::ClientId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    direct: HashMap<ClientId, SubscriptionOptions>,
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.direct.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// Members of one `$share` group on one filter; deliveries rotate through them.
+#[derive(Default)]
+struct SharedGroup {
+    members: Vec<(ClientId, SubscriptionOptions)>,
+    next: AtomicUsize,
+}
+
+/// What matched a topic.
+#[derive(Debug)]
+pub enum Match<'a> {
+    /// A plain subscription.
+    Direct(&'a ClientId, &'a SubscriptionOptions),
+    /// A shared group: the caller picks one member; `start` rotates between calls.
+    Shared {
+        /// The members, in subscription order.
+        members: &'a [(ClientId, SubscriptionOptions)],
+        /// Where to start looking for a member to deliver to.
+        start: usize,
+    },
+}
+
+/// All subscriptions on this node, indexed by filter level.
+#[derive(Default)]
+pub struct SubscriptionTree {
+    root: Node,
+    count: usize,
+}
+
+impl SubscriptionTree {
+    /// Adds or replaces a subscription; returns true if it is new.
+    pub fn insert(
+        &mut self,
+        client_id: &ClientId,
+        group: Option<&str>,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let is_new = match group {
+            None => node.direct.insert(client_id.clone(), options).is_none(),
+            Some(group) => {
+                let g = node.shared.entry(group.into()).or_default();
+                match g.members.iter_mut().find(|(c, _)| c == client_id) {
+                    Some(member) => {
+                        member.1 = options;
+                        false
+                    }
+                    None => {
+                        g.members.push((client_id.clone(), options));
+                        true
+                    }
+                }
+            }
+        };
+        if is_new {
+            self.count += 1;
+        }
+        is_new
+    }
+
+    /// Removes a subscription; returns true if it existed.
+    pub fn remove(&mut self, client_id: &str, group: Option<&str>, filter: &str) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = Self::remove_at(&mut self.root, &levels, client_id, group);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    fn remove_at(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> bool {
+        let Some((first, rest)) = levels.split_first() else {
+            return match group {
+                None => node.direct.remove(client_id).is_some(),
+                Some(group) => {
+                    let Some(g) = node.shared.get_mut(group) else {
+                        return false;
+                    };
+                    let before = g.members.len();
+                    g.members.retain(|(c, _)| &**c != client_id);
+                    let removed = g.members.len() != before;
+                    if g.members.is_empty() {
+                        node.shared.remove(group);
+                    }
+                    removed
+                }
+            };
+        };
+        let Some(child) = node.children.get_mut(*first) else {
+            return false;
+        };
+        let removed = Self::remove_at(child, rest, client_id, group);
+        if child.is_empty() {
+            node.children.remove(*first);
+        }
+        removed
+    }
+
+    /// Number of subscriptions (shared memberships included).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Calls `found` for every subscription and shared group matching `topic`.
+    pub fn matches<'a>(&'a self, topic: &str, mut found: impl FnMut(Match<'a>)) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let dollar = topic.starts_with('$');
+        Self::walk(&self.root, &levels, dollar, &mut found);
+    }
+
+    fn visit<'a>(node: &'a Node, found: &mut impl FnMut(Match<'a>)) {
+        for (client_id, options) in &node.direct {
+            found(Match::Direct(client_id, options));
+        }
+        for group in node.shared.values() {
+            let start = group.next.fetch_add(1, Ordering::Relaxed);
+            found(Match::Shared {
+                members: &group.members,
+                start,
+            });
+        }
+    }
+
+    fn walk<'a>(
+        node: &'a Node,
+        levels: &[&str],
+        skip_wildcards: bool,
+        found: &mut impl FnMut(Match<'a>),
+    ) {
+        if !skip_wildcards {
+            if let Some(hash) = node.children.get("#") {
+                Self::visit(hash, found);
+            }
+        }
+        let Some((first, rest)) = levels.split_first() else {
+            Self::visit(node, found);
+            return;
+        };
+        if let Some(child) = node.children.get(*first) {
+            Self::walk(child, rest, false, found);
+        }
+        if !skip_wildcards {
+            if let Some(plus) = node.children.get("+") {
+                Self::walk(plus, rest, false, found);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{QoS, RetainForwardRule};
+
+    fn opts() -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainForwardRule::OnEverySubscribe,
+            identifier: None,
+        }
+    }
+
+    fn direct(tree: &SubscriptionTree, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        tree.matches(topic, |m| {
+            if let Match::Direct(c, _) = m {
+                out.push(c.to_string());
+            }
+        });
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn wildcards_match_like_the_specification() {
+        let mut tree = SubscriptionTree::default();
+        let (a, b, c, d): (ClientId, ClientId, ClientId, ClientId) =
+            ("a".into(), "b".into(), "c".into(), "d".into());
+        tree.insert(&a, None, "s/+/t", opts());
+        tree.insert(&b, None, "s/#", opts());
+        tree.insert(&c, None, "#", opts());
+        tree.insert(&d, None, "s/x/t", opts());
+        assert_eq!(direct(&tree, "s/x/t"), ["a", "b", "c", "d"]);
+        assert_eq!(direct(&tree, "s"), ["b", "c"]);
+        assert_eq!(direct(&tree, "q"), ["c"]);
+        assert_eq!(tree.len(), 4);
+    }
+
+    #[test]
+    fn dollar_topics_skip_root_wildcards() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert(&"a".into(), None, "#", opts());
+        tree.insert(&"b".into(), None, "+/uptime", opts());
+        tree.insert(&"c".into(), None, "$SYS/#", opts());
+        assert_eq!(direct(&tree, "$SYS/uptime"), ["c"]);
+    }
+
+    #[test]
+    fn removal_prunes_and_counts() {
+        let mut tree = SubscriptionTree::default();
+        let a: ClientId = "a".into();
+        assert!(tree.insert(&a, None, "x/y", opts()));
+        assert!(!tree.insert(&a, None, "x/y", opts()));
+        assert!(tree.insert(&a, Some("g"), "x/y", opts()));
+        assert!(tree.remove("a", None, "x/y"));
+        assert!(!tree.remove("a", None, "x/y"));
+        assert!(tree.remove("a", Some("g"), "x/y"));
+        assert!(tree.is_empty());
+        assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn shared_groups_rotate() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert(&"a".into(), Some("g"), "t", opts());
+        tree.insert(&"b".into(), Some("g"), "t", opts());
+        let mut starts = Vec::new();
+        for _ in 0..2 {
+            tree.matches("t", |m| {
+                if let Match::Shared { members, start } = m {
+                    starts.push(members[start % members.len()].0.to_string());
+                }
+            });
+        }
+        assert_eq!(starts, ["a", "b"]);
+    }
+}
