@@ -1,4 +1,74 @@
 //! Accept loops for the client-facing listeners: TCP, TLS and WebSocket.
 
+use std::io;
+use std::path::PathBuf;
+
 pub mod tls;
 pub mod ws;
+
+/// Why a listener could not be set up, or why an accepted connection could
+/// not be turned into an MQTT byte stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file holds PEM data that could not be decoded.
+    #[error("{}: malformed PEM: {source}", path.display())]
+    MalformedPem {
+        /// The file with the malformed PEM data.
+        path: PathBuf,
+        /// What the PEM parser reported.
+        #[source]
+        source: io::Error,
+    },
+    /// The certificate file holds no `CERTIFICATE` PEM block.
+    #[error("{}: no certificate found (expected a PEM `CERTIFICATE` block)", path.display())]
+    NoCertificate {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The key file holds no private key PEM block.
+    #[error(
+        "{}: no private key found (expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)",
+        path.display()
+    )]
+    NoPrivateKey {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The certificate and key were read but rustls refused them, e.g. the
+    /// key does not match the certificate or uses an unsupported algorithm.
+    #[error(
+        "certificate {} and private key {} cannot be used together: {source}",
+        cert.display(),
+        key.display()
+    )]
+    InvalidCertificateOrKey {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls reported.
+        #[source]
+        source: tokio_rustls::rustls::Error,
+    },
+    /// The WebSocket handshake was refused by us with an HTTP error response
+    /// (for instance no acceptable subprotocol was offered).
+    #[error("WebSocket handshake rejected with HTTP {status}: {reason}")]
+    WsRejected {
+        /// The HTTP status sent to the client.
+        status: u16,
+        /// Why the handshake was rejected.
+        reason: String,
+    },
+    /// The WebSocket handshake failed (malformed request, I/O error, ...).
+    #[error("WebSocket handshake failed: {0}")]
+    WsHandshake(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+}
