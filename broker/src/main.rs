@@ -1,1 +1,172 @@
-fn main() {}
+//! `starling-broker`: command line → configuration → run.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use starling_broker::server::Server;
+use starling_config::{BrokerConfig, LogFormat};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Starling: a distributed MQTT 3.1.1 and 5.0 broker.
+///
+/// Configuration is layered: defaults, then the TOML file (--config), then STARLING_* environment
+/// variables (STARLING_LIMITS__MAX_PACKET_SIZE sets limits.max_packet_size), then these flags.
+#[derive(Parser, Debug)]
+#[command(name = "starling-broker", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(short, long, env = "STARLING_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Name of this node (node_id).
+    #[arg(long, global = true)]
+    node_id: Option<String>,
+    /// MQTT over TCP address (listeners.tcp).
+    #[arg(long, global = true)]
+    tcp: Option<SocketAddr>,
+    /// Disable the plain TCP listener.
+    #[arg(long, global = true, conflicts_with = "tcp")]
+    no_tcp: bool,
+    /// MQTT over WebSocket address (listeners.ws).
+    #[arg(long, global = true)]
+    ws: Option<SocketAddr>,
+    /// Admin HTTP address (admin.bind).
+    #[arg(long, global = true)]
+    admin_bind: Option<SocketAddr>,
+    /// Disable the admin HTTP endpoint.
+    #[arg(long, global = true, conflicts_with = "admin_bind")]
+    no_admin: bool,
+    /// Log filter, e.g. `info` or `starling_broker=debug` (log.level).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format: text or json (log.format).
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker (the default).
+    Run,
+    /// Validate the configuration and print it as TOML.
+    CheckConfig,
+    /// Read a password from standard input and print a `username:hash` line for auth.password_file.
+    Passwd {
+        /// The user name.
+        username: String,
+    },
+}
+
+fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
+    let figment = BrokerConfig::figment(args.config.as_deref());
+    let mut config = BrokerConfig::extract(&figment)?;
+    if let Some(id) = &args.node_id {
+        config.node_id = id.clone();
+    }
+    if let Some(addr) = args.tcp {
+        config.listeners.tcp = Some(addr);
+    }
+    if args.no_tcp {
+        config.listeners.tcp = None;
+    }
+    if let Some(addr) = args.ws {
+        config.listeners.ws = Some(addr);
+    }
+    if let Some(addr) = args.admin_bind {
+        config.admin.bind = Some(addr);
+    }
+    if args.no_admin {
+        config.admin.bind = None;
+    }
+    if let Some(level) = &args.log_level {
+        config.log.level = level.clone();
+    }
+    if let Some(format) = &args.log_format {
+        config.log.format = match format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("--log-format: {other:?} is neither `text` nor `json`"),
+        };
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("log.level: {:?} is not a valid filter", config.log.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Passwd { username } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "the password on standard input is empty");
+            let hash = starling_broker::auth::hash_password(password)?;
+            println!("{username}:{hash}");
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let config = load_config(&cli.run)?;
+            print!("{}", config.to_toml_string()?);
+            Ok(())
+        }
+        Command::Run => {
+            let config = load_config(&cli.run)?;
+            init_logging(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let server = Server::bind(config).await?;
+                let a = server.addresses().clone();
+                tracing::info!(tcp = ?a.tcp, tls = ?a.tls, ws = ?a.ws, admin = ?a.admin, "listening");
+                server.run(shutdown_signal()).await;
+                anyhow::Ok(())
+            })
+        }
+    }
+}

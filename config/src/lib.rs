@@ -36,9 +36,14 @@ impl BrokerConfig {
 
     /// Extracts and validates a configuration from a figment.
     pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
-        let config: BrokerConfig = figment.extract().map_err(ConfigError::from_figment)?;
+        let config = Self::extract(figment)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Extracts a configuration without validating it, for callers that adjust it first.
+    pub fn extract(figment: &Figment) -> Result<Self, ConfigError> {
+        figment.extract().map_err(ConfigError::from_figment)
     }
 
     /// Parses and validates a configuration from TOML text (defaults fill what it omits).

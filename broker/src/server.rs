@@ -1,0 +1,220 @@
+//! A running node: binds the listeners and the admin endpoint, runs the background tasks, and
+//! drains connections on shutdown.
+
+use crate::auth::{Auth, AuthError};
+use crate::broker::Broker;
+use crate::connection;
+use crate::listener::{self, ListenerError};
+use crate::store::MemoryStore;
+use starling_config::BrokerConfig;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr} (`{field}`): {source}")]
+    Bind {
+        /// The configuration field naming the address.
+        field: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error("`listeners.tls`: {0}")]
+    Tls(#[from] ListenerError),
+    /// The password or ACL file could not be loaded.
+    #[error("`auth`: {0}")]
+    Auth(#[from] AuthError),
+}
+
+/// The addresses actually bound (useful when the configuration asked for port 0).
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddresses {
+    /// MQTT over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub tls: Option<SocketAddr>,
+    /// MQTT over WebSocket.
+    pub ws: Option<SocketAddr>,
+    /// The admin HTTP endpoint.
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Tcp,
+    Tls(TlsAcceptor),
+    WebSocket,
+}
+
+/// A node whose sockets are bound, ready to run.
+pub struct Server {
+    broker: Arc<Broker>,
+    listeners: Vec<(TcpListener, Transport)>,
+    admin: Option<TcpListener>,
+    addresses: BoundAddresses,
+}
+
+async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { field, addr, source })
+}
+
+impl Server {
+    /// Loads auth and TLS material and binds every configured socket.
+    pub async fn bind(config: BrokerConfig) -> Result<Server, ServerError> {
+        let auth = Auth::load(&config.auth)?;
+        let store = Arc::new(MemoryStore::new(config.limits.max_queued_messages));
+        let mut listeners = Vec::new();
+        let mut addresses = BoundAddresses::default();
+        if let Some(addr) = config.listeners.tcp {
+            let l = bind("listeners.tcp", addr).await?;
+            addresses.tcp = l.local_addr().ok();
+            listeners.push((l, Transport::Tcp));
+        }
+        if let Some(tls) = &config.listeners.tls {
+            let acceptor = listener::tls::load_acceptor(tls)?;
+            let l = bind("listeners.tls.bind", tls.bind).await?;
+            addresses.tls = l.local_addr().ok();
+            listeners.push((l, Transport::Tls(acceptor)));
+        }
+        if let Some(addr) = config.listeners.ws {
+            let l = bind("listeners.ws", addr).await?;
+            addresses.ws = l.local_addr().ok();
+            listeners.push((l, Transport::WebSocket));
+        }
+        let admin = match config.admin.bind {
+            Some(addr) => {
+                let l = bind("admin.bind", addr).await?;
+                addresses.admin = l.local_addr().ok();
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Server {
+            broker: Broker::new(config, auth, store),
+            listeners,
+            admin,
+            addresses,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addresses(&self) -> &BoundAddresses {
+        &self.addresses
+    }
+
+    /// The broker core (for tests and embedding).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains: listeners close, clients are told to go
+    /// (v5: DISCONNECT 0x8B, or 0x9C with the configured server reference), sessions are kept.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let broker = self.broker;
+        let max_connections = broker.config.limits.max_connections.min(u32::MAX as usize);
+        let permits = Arc::new(Semaphore::new(max_connections));
+        for (listener, transport) in self.listeners {
+            tokio::spawn(accept_loop(broker.clone(), listener, transport, permits.clone()));
+        }
+        if let Some(admin) = self.admin {
+            let router = crate::admin::router(broker.clone());
+            let mut state = broker.run_state();
+            tokio::spawn(async move {
+                let serve = axum::serve(admin, router).with_graceful_shutdown(async move {
+                    let _ = state.changed().await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::warn!(error = %e, "admin endpoint stopped");
+                }
+            });
+        }
+        tokio::spawn(broker.clone().run_expiry());
+        if broker.config.sys.interval_secs > 0 {
+            let interval = Duration::from_secs(broker.config.sys.interval_secs);
+            tokio::spawn(crate::sys::run(broker.clone(), interval));
+        }
+        tracing::info!(node_id = %broker.config.node_id, "broker running");
+
+        shutdown.await;
+        tracing::info!("shutting down: draining connections");
+        broker.begin_shutdown();
+        let drain = Duration::from_secs(broker.config.shutdown.drain_timeout_secs);
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(drain, permits.acquire_many(all)).await {
+            Ok(_) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                open = broker.online_count(),
+                "drain timeout reached with connections still open"
+            ),
+        }
+    }
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    transport: Transport,
+    permits: Arc<Semaphore>,
+) {
+    let mut state = broker.run_state();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = state.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: limits.max_connections reached");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let broker = broker.clone();
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            serve_transport(broker, stream, peer, transport).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_transport(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, transport: Transport) {
+    let handshake_timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
+    match transport {
+        Transport::Tcp => connection::serve(broker, stream, peer).await,
+        Transport::Tls(acceptor) => {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => connection::serve(broker, tls, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+        Transport::WebSocket => {
+            let max = broker.config.limits.max_packet_size as usize;
+            match tokio::time::timeout(handshake_timeout, listener::ws::accept(stream, max)).await {
+                Ok(Ok(ws)) => connection::serve(broker, ws, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "WebSocket handshake failed"),
+                Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+            }
+        }
+    }
+}
