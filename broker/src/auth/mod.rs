@@ -389,7 +389,8 @@ mod tests {
             &acl(ACL),
             "pub d1 clients/d1/x, sub d1:bob clients/d1/#, !pub d1 clients/d2/x, \
              !sub d1:bob clients/+/x, sub c:carol users/carol/inbox, !sub c users/+/inbox, \
-             !pub c:carol users/carol/inbox, !sub c:carol users/dave/inbox",
+             !pub c:carol users/carol/inbox, !sub c:carol users/dave/inbox, \
+             !sub x users/x/inbox",
         );
     }
 
