@@ -1,1 +1,0 @@
-//! Authentication (users with hashed passwords) and authorisation (topic ACLs).
