@@ -4,7 +4,7 @@
 use crate::auth::Auth;
 use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
-use crate::protocol::{topic, QoS};
+use crate::protocol::{self, topic, QoS};
 use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
 use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription};
 use parking_lot::{Mutex, RwLock};
@@ -117,7 +117,7 @@ impl Broker {
         for target in targets {
             let queued = QueuedMessage {
                 message: message.clone(),
-                qos: message.qos.min(target.qos),
+                qos: protocol::qos_min(message.qos, target.qos),
                 retain: message.retain && target.retain_as_published,
                 subscription_ids: target.subscription_ids,
             };
@@ -165,7 +165,11 @@ impl Broker {
             if queued.qos == QoS::AtMostOnce && !self.config.session.queue_qos0 {
                 return;
             }
-            match self.store.enqueue(client_id, queued.clone(), attempt == 1).await {
+            match self
+                .store
+                .enqueue(client_id, queued.clone(), attempt == 1)
+                .await
+            {
                 Ok(Enqueued::Queued) | Ok(Enqueued::NoSession) => return,
                 Ok(Enqueued::Full) => {
                     self.metrics.dropped_queue_full.inc();
@@ -188,7 +192,9 @@ impl Broker {
     /// Records a session as online.
     pub fn register(&self, client_id: ClientId, handle: SessionHandle) {
         self.online.write().insert(client_id, handle);
-        self.metrics.connections.set(self.online.read().len() as i64);
+        self.metrics
+            .connections
+            .set(self.online.read().len() as i64);
     }
 
     /// Records a session as offline, unless a newer connection already took it.
@@ -262,7 +268,12 @@ impl Broker {
     }
 
     /// Publishes a will after `delay`, unless the session reconnects first.
-    pub fn schedule_will(self: &Arc<Self>, client_id: ClientId, will: Arc<Message>, delay: Duration) {
+    pub fn schedule_will(
+        self: &Arc<Self>,
+        client_id: ClientId,
+        will: Arc<Message>,
+        delay: Duration,
+    ) {
         let broker = self.clone();
         let id = client_id.clone();
         let task = tokio::spawn(async move {

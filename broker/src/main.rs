@@ -143,7 +143,10 @@ fn main() -> anyhow::Result<()> {
                 .read_line(&mut password)
                 .context("reading the password from standard input")?;
             let password = password.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!password.is_empty(), "the password on standard input is empty");
+            anyhow::ensure!(
+                !password.is_empty(),
+                "the password on standard input is empty"
+            );
             let hash = starling_broker::auth::hash_password(password)?;
             println!("{username}:{hash}");
             Ok(())

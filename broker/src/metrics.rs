@@ -64,7 +64,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("starling");
         let connections = Gauge::default();
-        registry.register("connections", "Open client connections", connections.clone());
+        registry.register(
+            "connections",
+            "Open client connections",
+            connections.clone(),
+        );
         let connections_total = Counter::default();
         registry.register(
             "connections_accepted",
@@ -74,9 +78,17 @@ impl Metrics {
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Subscriptions held", subscriptions.clone());
         let sessions = Gauge::default();
-        registry.register("sessions", "Sessions held, online and offline", sessions.clone());
+        registry.register(
+            "sessions",
+            "Sessions held, online and offline",
+            sessions.clone(),
+        );
         let retained = Gauge::default();
-        registry.register("retained_messages", "Retained messages stored", retained.clone());
+        registry.register(
+            "retained_messages",
+            "Retained messages stored",
+            retained.clone(),
+        );
 
         let received = Family::<QosLabel, Counter>::default();
         registry.register(
@@ -85,16 +97,28 @@ impl Metrics {
             received.clone(),
         );
         let sent = Family::<QosLabel, Counter>::default();
-        registry.register("messages_sent", "PUBLISH packets sent to clients", sent.clone());
+        registry.register(
+            "messages_sent",
+            "PUBLISH packets sent to clients",
+            sent.clone(),
+        );
         let by_qos = |f: &Family<QosLabel, Counter>| {
             [0u8, 1, 2].map(|qos| f.get_or_create(&QosLabel { qos }).clone())
         };
         let bytes_received = Counter::default();
-        registry.register("bytes_received", "Bytes read from clients", bytes_received.clone());
+        registry.register(
+            "bytes_received",
+            "Bytes read from clients",
+            bytes_received.clone(),
+        );
         let bytes_sent = Counter::default();
         registry.register("bytes_sent", "Bytes written to clients", bytes_sent.clone());
         let dropped = Family::<ReasonLabel, Counter>::default();
-        registry.register("messages_dropped", "Messages dropped, by reason", dropped.clone());
+        registry.register(
+            "messages_dropped",
+            "Messages dropped, by reason",
+            dropped.clone(),
+        );
         let drop_reason = |reason| dropped.get_or_create(&ReasonLabel { reason }).clone();
         let publish_denied = Counter::default();
         registry.register(
@@ -161,8 +185,14 @@ mod tests {
         m.messages_received[1].inc();
         m.dropped_expired.inc();
         let text = m.render();
-        assert!(text.contains("starling_messages_received_total{qos=\"1\"} 1"), "{text}");
-        assert!(text.contains("starling_messages_dropped_total{reason=\"expired\"} 1"), "{text}");
+        assert!(
+            text.contains("starling_messages_received_total{qos=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starling_messages_dropped_total{reason=\"expired\"} 1"),
+            "{text}"
+        );
         assert_eq!(m.received_total(), 1);
     }
 }

@@ -67,7 +67,11 @@ pub struct Server {
 async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { field, addr, source })
+        .map_err(|source| ServerError::Bind {
+            field,
+            addr,
+            source,
+        })
 }
 
 impl Server {
@@ -126,7 +130,12 @@ impl Server {
         let max_connections = broker.config.limits.max_connections.min(u32::MAX as usize);
         let permits = Arc::new(Semaphore::new(max_connections));
         for (listener, transport) in self.listeners {
-            tokio::spawn(accept_loop(broker.clone(), listener, transport, permits.clone()));
+            tokio::spawn(accept_loop(
+                broker.clone(),
+                listener,
+                transport,
+                permits.clone(),
+            ));
         }
         if let Some(admin) = self.admin {
             let router = crate::admin::router(broker.clone());
@@ -152,7 +161,8 @@ impl Server {
         broker.begin_shutdown();
         let drain = Duration::from_secs(broker.config.shutdown.drain_timeout_secs);
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-        match tokio::time::timeout(drain, permits.acquire_many(all)).await {
+        let drained = tokio::time::timeout(drain, permits.acquire_many(all)).await;
+        match drained {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!(
                 open = broker.online_count(),
@@ -197,7 +207,12 @@ async fn accept_loop(
     }
 }
 
-async fn serve_transport(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, transport: Transport) {
+async fn serve_transport(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+) {
     let handshake_timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
     match transport {
         Transport::Tcp => connection::serve(broker, stream, peer).await,

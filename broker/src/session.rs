@@ -125,7 +125,9 @@ impl Outgoing {
     /// PUBACK received; false if the id was not awaiting one.
     pub fn puback(&mut self, id: u16) -> bool {
         match self.inflight.get(&id) {
-            Some(m) if m.state == InflightState::AwaitingAck && m.queued.qos == QoS::AtLeastOnce => {
+            Some(m)
+                if m.state == InflightState::AwaitingAck && m.queued.qos == QoS::AtLeastOnce =>
+            {
                 self.inflight.remove(&id);
                 true
             }
@@ -213,10 +215,19 @@ mod tests {
     #[test]
     fn window_limits_inflight_and_queue_drains_in_order() {
         let mut out = Outgoing::new(2, 10);
-        assert!(matches!(out.offer(q(QoS::AtLeastOnce, "a")), Offer::Send(1, _)));
-        assert!(matches!(out.offer(q(QoS::AtLeastOnce, "b")), Offer::Send(2, _)));
+        assert!(matches!(
+            out.offer(q(QoS::AtLeastOnce, "a")),
+            Offer::Send(1, _)
+        ));
+        assert!(matches!(
+            out.offer(q(QoS::AtLeastOnce, "b")),
+            Offer::Send(2, _)
+        ));
         assert_eq!(out.offer(q(QoS::AtLeastOnce, "c")), Offer::Queued);
-        assert!(matches!(out.offer(q(QoS::AtMostOnce, "z")), Offer::Send(0, _)));
+        assert!(matches!(
+            out.offer(q(QoS::AtMostOnce, "z")),
+            Offer::Send(0, _)
+        ));
         assert_eq!(out.next_ready(), None);
         assert!(out.puback(1));
         assert!(!out.puback(1));
@@ -227,7 +238,10 @@ mod tests {
     #[test]
     fn queue_is_bounded() {
         let mut out = Outgoing::new(1, 1);
-        assert!(matches!(out.offer(q(QoS::AtLeastOnce, "a")), Offer::Send(..)));
+        assert!(matches!(
+            out.offer(q(QoS::AtLeastOnce, "a")),
+            Offer::Send(..)
+        ));
         assert_eq!(out.offer(q(QoS::AtLeastOnce, "b")), Offer::Queued);
         assert_eq!(out.offer(q(QoS::AtLeastOnce, "c")), Offer::Dropped);
     }
@@ -235,7 +249,10 @@ mod tests {
     #[test]
     fn qos2_needs_rec_then_comp() {
         let mut out = Outgoing::new(5, 5);
-        assert!(matches!(out.offer(q(QoS::ExactlyOnce, "a")), Offer::Send(1, _)));
+        assert!(matches!(
+            out.offer(q(QoS::ExactlyOnce, "a")),
+            Offer::Send(1, _)
+        ));
         assert!(!out.puback(1), "PUBACK does not complete QoS 2");
         assert!(!out.pubcomp(1), "PUBCOMP before PUBREC is ignored");
         assert!(out.pubrec(1, true));
@@ -250,7 +267,13 @@ mod tests {
         let (inflight, queue) = first.into_parts();
         let mut second = Outgoing::new(5, 5);
         second.restore(inflight, queue);
-        assert_eq!(second.inflight().map(|m| m.packet_id).collect::<Vec<_>>(), vec![1]);
-        assert!(matches!(second.offer(q(QoS::AtLeastOnce, "b")), Offer::Send(2, _)));
+        assert_eq!(
+            second.inflight().map(|m| m.packet_id).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert!(matches!(
+            second.offer(q(QoS::AtLeastOnce, "b")),
+            Offer::Send(2, _)
+        ));
     }
 }

@@ -32,12 +32,22 @@ where
     let limits = &broker.config.limits;
     let mut read_buf = BytesMut::with_capacity(512);
     let timeout = Duration::from_secs(limits.connect_timeout_secs);
-    let connect = match tokio::time::timeout(timeout, read_connect(&mut stream, &mut read_buf, limits.max_packet_size)).await {
+    let connect = match tokio::time::timeout(
+        timeout,
+        read_connect(&mut stream, &mut read_buf, limits.max_packet_size),
+    )
+    .await
+    {
         Ok(Ok(Some(connect))) => connect,
         Ok(Ok(None)) => return None,
         Ok(Err(DecodeError::UnsupportedVersion(level))) => {
             tracing::debug!(%peer, level, "unsupported protocol level");
-            refuse(&mut stream, ProtocolVersion::V3_1_1, ConnectReturnCode::UnsupportedProtocolVersion).await;
+            refuse(
+                &mut stream,
+                ProtocolVersion::V3_1_1,
+                ConnectReturnCode::UnsupportedProtocolVersion,
+            )
+            .await;
             return None;
         }
         Ok(Err(e)) => {
@@ -51,14 +61,21 @@ where
         }
     };
     let version = connect.version;
-    match check_connect(broker, &connect) {
-        Ok(()) => {}
-        Err(code) => {
-            refuse(&mut stream, version, code).await;
-            return None;
-        }
+    if let Err(code) = check_connect(broker, &connect) {
+        refuse(&mut stream, version, code).await;
+        return None;
     }
-    let ConnectPacket { connect, will, login, .. } = connect;
+    if let Err(code) = authenticate(broker, &connect).await {
+        tracing::debug!(%peer, code = ?code, "authentication refused");
+        refuse(&mut stream, version, code).await;
+        return None;
+    }
+    let ConnectPacket {
+        connect,
+        will,
+        login,
+        ..
+    } = connect;
     let properties = connect.properties.unwrap_or_default();
     let (client_id, assigned) = if connect.client_id.is_empty() {
         let id: ClientId = format!("auto-{:016x}", rand::thread_rng().gen::<u64>()).into();
@@ -79,28 +96,38 @@ where
                 refuse(&mut stream, version, ConnectReturnCode::TopicNameInvalid).await;
                 return None;
             }
-            if !broker.auth.can_publish(&client_id, username.as_deref(), topic_name) {
+            if !broker
+                .auth
+                .can_publish(&client_id, username.as_deref(), topic_name)
+            {
                 refuse(&mut stream, version, ConnectReturnCode::NotAuthorized).await;
                 return None;
             }
-            let props = w.properties.unwrap_or_default();
             let now = SystemTime::now();
+            let (delay, expiry, properties) = match w.properties {
+                Some(p) => (
+                    p.delay_interval.unwrap_or(0),
+                    p.message_expiry_interval,
+                    MessageProperties {
+                        payload_format_indicator: p.payload_format_indicator,
+                        content_type: p.content_type,
+                        response_topic: p.response_topic,
+                        correlation_data: p.correlation_data,
+                        user_properties: p.user_properties,
+                    },
+                ),
+                None => (0, None, MessageProperties::default()),
+            };
             Some(Will {
-                delay: Duration::from_secs(u64::from(props.delay_interval.unwrap_or(0))),
+                delay: Duration::from_secs(u64::from(delay)),
                 message: Arc::new(Message {
                     topic: topic_name.into(),
                     payload: w.message,
                     qos: w.qos,
                     retain: w.retain,
-                    properties: MessageProperties {
-                        payload_format_indicator: props.payload_format_indicator,
-                        content_type: props.content_type,
-                        response_topic: props.response_topic,
-                        correlation_data: props.correlation_data,
-                        user_properties: props.user_properties,
-                    },
+                    properties,
                     expires_at: Message::expiry_from_interval(
-                        props.message_expiry_interval,
+                        expiry,
                         broker.config.session.max_message_expiry_secs,
                         now,
                     ),
@@ -261,7 +288,9 @@ fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturn
         return Err(ConnectReturnCode::ServerUnavailable);
     }
     let id = &c.connect.client_id;
-    if id.is_empty() && (c.version == ProtocolVersion::V3_1 || (!c.version.is_v5() && !c.connect.clean_start)) {
+    if id.is_empty()
+        && (c.version == ProtocolVersion::V3_1 || (!c.version.is_v5() && !c.connect.clean_start))
+    {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
     }
     if id.contains(['\0', '/', '+', '#']) {
@@ -275,19 +304,34 @@ fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturn
             return Err(ConnectReturnCode::ProtocolError);
         }
     }
-    let (username, password) = match &c.login {
-        Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
-        None => (None, None),
-    };
-    match broker.auth.authenticate(username, password) {
-        Ok(()) => Ok(()),
-        Err(AuthFailure::BadCredentials) => Err(ConnectReturnCode::BadUserNamePassword),
-        Err(AuthFailure::NotAuthorized) => Err(ConnectReturnCode::NotAuthorized),
+    Ok(())
+}
+
+/// Checks the credentials off the async workers: password hashing takes milliseconds of CPU.
+async fn authenticate(broker: &Arc<Broker>, c: &ConnectPacket) -> Result<(), ConnectReturnCode> {
+    let login = c.login.clone();
+    let broker = broker.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let (username, password) = match &login {
+            Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
+            None => (None, None),
+        };
+        broker.auth.authenticate(username, password)
+    })
+    .await;
+    match verdict {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(AuthFailure::BadCredentials)) => Err(ConnectReturnCode::BadUserNamePassword),
+        Ok(Err(AuthFailure::NotAuthorized)) | Err(_) => Err(ConnectReturnCode::NotAuthorized),
     }
 }
 
 /// Sends a refusing CONNACK and closes.
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, code: ConnectReturnCode) {
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: ProtocolVersion,
+    code: ConnectReturnCode,
+) {
     let mut buf = BytesMut::new();
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,

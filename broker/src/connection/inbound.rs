@@ -76,9 +76,11 @@ where
                             "session expiry set at DISCONNECT after CONNECT asked for none",
                         ));
                     }
-                    self.expiry_secs = expiry.min(self.broker.config.session.max_session_expiry_secs);
+                    self.expiry_secs =
+                        expiry.min(self.broker.config.session.max_session_expiry_secs);
                 }
-                let will = disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                let will =
+                    disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                 Err(Exit::Disconnected { will })
             }
             Packet::Auth(_) => Err(violation(
@@ -101,14 +103,22 @@ where
             let name = std::str::from_utf8(&publish.topic).map_err(|_| {
                 violation(DisconnectReasonCode::MalformedPacket, "topic is not UTF-8")
             })?;
-            topic::validate_name(name, self.broker.config.limits.max_topic_length).map_err(|e| {
-                violation(DisconnectReasonCode::TopicNameInvalid, format!("topic name: {e}"))
-            })?;
+            topic::validate_name(name, self.broker.config.limits.max_topic_length).map_err(
+                |e| {
+                    violation(
+                        DisconnectReasonCode::TopicNameInvalid,
+                        format!("topic name: {e}"),
+                    )
+                },
+            )?;
             Some(name)
         };
         match (alias, name) {
             (None, Some(name)) => Ok(name.into()),
-            (None, None) => Err(violation(DisconnectReasonCode::ProtocolError, "empty topic without alias")),
+            (None, None) => Err(violation(
+                DisconnectReasonCode::ProtocolError,
+                "empty topic without alias",
+            )),
             (Some(a), _) if a == 0 || a > self.topic_alias_max => Err(violation(
                 DisconnectReasonCode::TopicAliasInvalid,
                 format!("topic alias {a} outside 1..={}", self.topic_alias_max),
@@ -119,7 +129,10 @@ where
                 Ok(name)
             }
             (Some(a), None) => self.topic_aliases.get(&a).cloned().ok_or_else(|| {
-                violation(DisconnectReasonCode::ProtocolError, format!("unknown topic alias {a}"))
+                violation(
+                    DisconnectReasonCode::ProtocolError,
+                    format!("unknown topic alias {a}"),
+                )
             }),
         }
     }
@@ -146,13 +159,27 @@ where
         if properties.and_then(|p| p.payload_format_indicator) == Some(1)
             && std::str::from_utf8(&publish.payload).is_err()
         {
-            return self.refuse_publish(&publish, PubAckReason::PayloadFormatInvalid, PubRecReason::PayloadFormatInvalid);
+            return self.refuse_publish(
+                &publish,
+                PubAckReason::PayloadFormatInvalid,
+                PubRecReason::PayloadFormatInvalid,
+            );
         }
-        if !self.broker.auth.can_publish(&self.client_id, self.username.as_deref(), &topic) {
+        let reserved = topic.starts_with('$');
+        if reserved
+            || !self
+                .broker
+                .auth
+                .can_publish(&self.client_id, self.username.as_deref(), &topic)
+        {
             self.broker.metrics.publish_denied.inc();
             tracing::debug!(client_id = %self.client_id, topic = %topic, "publish denied");
             if v5 {
-                return self.refuse_publish(&publish, PubAckReason::NotAuthorized, PubRecReason::NotAuthorized);
+                return self.refuse_publish(
+                    &publish,
+                    PubAckReason::NotAuthorized,
+                    PubRecReason::NotAuthorized,
+                );
             }
             // 3.1.1 cannot refuse: acknowledge so the client's flow completes, route nothing.
             match qos {
@@ -173,7 +200,9 @@ where
             payload: publish.payload,
             qos,
             retain: publish.retain,
-            properties: properties.map(MessageProperties::from_publish).unwrap_or_default(),
+            properties: properties
+                .map(MessageProperties::from_publish)
+                .unwrap_or_default(),
             expires_at: Message::expiry_from_interval(
                 properties.and_then(|p| p.message_expiry_interval),
                 self.broker.config.session.max_message_expiry_secs,
@@ -204,7 +233,12 @@ where
     }
 
     /// Answers a refused v5 publish with a reason code (QoS 0 has no answer).
-    fn refuse_publish(&mut self, publish: &Publish, ack: PubAckReason, rec: PubRecReason) -> Result<(), Exit> {
+    fn refuse_publish(
+        &mut self,
+        publish: &Publish,
+        ack: PubAckReason,
+        rec: PubRecReason,
+    ) -> Result<(), Exit> {
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -224,7 +258,10 @@ where
     async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {
         let identifier = subscribe.properties.as_ref().and_then(|p| p.id);
         if identifier == Some(0) {
-            return Err(violation(DisconnectReasonCode::ProtocolError, "subscription identifier 0"));
+            return Err(violation(
+                DisconnectReasonCode::ProtocolError,
+                "subscription identifier 0",
+            ));
         }
         let limits = &self.broker.config.limits;
         let max_len = limits.max_topic_length;
@@ -245,11 +282,17 @@ where
                     "no-local on a shared subscription",
                 ));
             }
-            if !self.broker.auth.can_subscribe(&self.client_id, self.username.as_deref(), parsed.filter) {
+            if !self.broker.auth.can_subscribe(
+                &self.client_id,
+                self.username.as_deref(),
+                parsed.filter,
+            ) {
                 codes.push(SubscribeReasonCode::NotAuthorized);
                 continue;
             }
-            if !self.subscriptions.contains_key(&filter.path) && self.subscriptions.len() >= max_subs {
+            if !self.subscriptions.contains_key(&filter.path)
+                && self.subscriptions.len() >= max_subs
+            {
                 codes.push(SubscribeReasonCode::QuotaExceeded);
                 continue;
             }
@@ -261,8 +304,11 @@ where
                 retain_handling: filter.retain_forward_rule.clone(),
                 identifier,
             };
-            let is_new = self.broker.add_subscription(&self.client_id, &filter.path, options.clone());
-            self.subscriptions.insert(filter.path.clone(), options.clone());
+            let is_new =
+                self.broker
+                    .add_subscription(&self.client_id, &filter.path, options.clone());
+            self.subscriptions
+                .insert(filter.path.clone(), options.clone());
             codes.push(SubscribeReasonCode::Success(filter.qos));
             let send_retained = match options.retain_handling {
                 RetainForwardRule::OnEverySubscribe => true,
@@ -287,7 +333,7 @@ where
                 }
             };
             for message in messages {
-                let qos = message.qos.min(options.qos);
+                let qos = crate::protocol::qos_min(message.qos, options.qos);
                 self.offer(QueuedMessage {
                     message,
                     qos,

@@ -153,12 +153,12 @@ where
     /// Decodes and handles every complete packet in the read buffer.
     async fn process_input(&mut self) -> Result<(), Exit> {
         loop {
-            let packet = match protocol::decode(&mut self.read_buf, self.version, self.max_packet_in)
-            {
-                Ok(Some(packet)) => packet,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(Exit::Violation(e.reason_code(), e.to_string())),
-            };
+            let packet =
+                match protocol::decode(&mut self.read_buf, self.version, self.max_packet_in) {
+                    Ok(Some(packet)) => packet,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(Exit::Violation(e.reason_code(), e.to_string())),
+                };
             self.handle(packet).await?;
             if self.write_buf.len() >= WRITE_HIGH_WATER {
                 self.flush().await?;
@@ -190,7 +190,12 @@ where
 
     /// Encodes a packet into the write buffer.
     fn send(&mut self, packet: &Packet) -> bool {
-        match protocol::encode(packet, self.version, &mut self.write_buf, self.max_packet_out) {
+        match protocol::encode(
+            packet,
+            self.version,
+            &mut self.write_buf,
+            self.max_packet_out,
+        ) {
             Ok(()) => true,
             Err(protocol::EncodeError::TooLarge) => {
                 self.broker.metrics.dropped_too_large.inc();
@@ -208,7 +213,9 @@ where
         match self.outgoing.offer(queued) {
             Offer::Send(id, queued) => self.send_publish(id, &queued, false),
             Offer::Queued => {}
-            Offer::Dropped => self.broker.metrics.dropped_queue_full.inc(),
+            Offer::Dropped => {
+                self.broker.metrics.dropped_queue_full.inc();
+            }
         }
     }
 
@@ -362,7 +369,9 @@ where
         }
         if let Some(will) = self.will.take() {
             if publish_will {
-                let delay = will.delay.min(Duration::from_secs(u64::from(self.expiry_secs)));
+                let delay = will
+                    .delay
+                    .min(Duration::from_secs(u64::from(self.expiry_secs)));
                 broker.schedule_will(self.client_id.clone(), will.message, delay);
             }
         }
@@ -372,7 +381,10 @@ where
     }
 }
 
-async fn write_all_and_flush<S: AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> std::io::Result<()> {
+async fn write_all_and_flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &[u8],
+) -> std::io::Result<()> {
     stream.write_all(buf).await?;
     stream.flush().await
 }

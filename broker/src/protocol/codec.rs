@@ -5,7 +5,7 @@ use super::{v4, ProtocolVersion};
 use bytes::{BufMut, BytesMut};
 use rumqttc::mqttbytes::v4 as wire4;
 use rumqttc::v5::mqttbytes::v5::{
-    Auth, AuthReasonCode, Connect, Disconnect, DisconnectReasonCode, LastWill, Login, Packet,
+    Connect, Disconnect, DisconnectReasonCode, LastWill, Login, Packet,
 };
 
 /// Why bytes from a client could not be turned into a packet. Each maps to one MQTT 5 reason code.
@@ -69,7 +69,9 @@ fn frame(buf: &BytesMut, max: u32) -> Result<Option<frame::FixedHeader>, DecodeE
         }
         Err(FrameError::ReservedType) => return Err(malformed("reserved packet type 0")),
         Err(FrameError::BadFlags(kind, flags)) => {
-            return Err(malformed(format!("invalid flags {flags:#06b} for {kind:?}")))
+            return Err(malformed(format!(
+                "invalid flags {flags:#06b} for {kind:?}"
+            )))
         }
     };
     if header.frame_len() > max as usize {
@@ -199,7 +201,9 @@ pub fn decode(
     };
     match header.kind {
         PacketKind::Connect => {
-            return Err(DecodeError::Protocol("second CONNECT on a connection".into()))
+            return Err(DecodeError::Protocol(
+                "second CONNECT on a connection".into(),
+            ))
         }
         PacketKind::ConnAck | PacketKind::SubAck | PacketKind::UnsubAck | PacketKind::PingResp => {
             return Err(DecodeError::Protocol(format!(
@@ -219,11 +223,9 @@ pub fn decode(
                 PacketKind::Disconnect => Ok(Some(Packet::Disconnect(Disconnect::new(
                     DisconnectReasonCode::NormalDisconnection,
                 )))),
-                PacketKind::Auth => Ok(Some(Packet::Auth(Auth {
-                    code: AuthReasonCode::Success,
-                    properties: None,
-                }))),
-                PacketKind::PingReq => Ok(Some(Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq))),
+                PacketKind::PingReq => {
+                    Ok(Some(Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq)))
+                }
                 kind => Err(malformed(format!("{kind:?} without a body"))),
             };
         }
@@ -266,7 +268,8 @@ pub fn encode(
             .map(|_| ())
             .map_err(|e| EncodeError::Codec(e.to_string()))
     } else {
-        let packet = v4::outgoing_to_v4(packet).ok_or(EncodeError::NotInVersion(version.label()))?;
+        let packet =
+            v4::outgoing_to_v4(packet).ok_or(EncodeError::NotInVersion(version.label()))?;
         packet
             .write(buf, usize::MAX)
             .map(|_| ())
@@ -299,7 +302,9 @@ mod tests {
         let mut buf = BytesMut::from(&full[..5]);
         assert_eq!(decode_connect(&mut buf, 1024), Ok(None));
         buf.extend_from_slice(&full[5..]);
-        let packet = decode_connect(&mut buf, 1024).expect("ok").expect("complete");
+        let packet = decode_connect(&mut buf, 1024)
+            .expect("ok")
+            .expect("complete");
         assert_eq!(packet.version, ProtocolVersion::V5);
         assert_eq!(packet.connect.client_id, "abc");
         assert!(buf.is_empty());
@@ -309,14 +314,16 @@ mod tests {
     fn decodes_mqtt_3_1_connect() {
         // MQIsdp, level 3, clean session, keep alive 10, client id "c31".
         let body: &[u8] = &[
-            0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x0a, 0x00, 0x03, b'c',
-            b'3', b'1',
+            0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x0a, 0x00, 0x03,
+            b'c', b'3', b'1',
         ];
         let mut buf = BytesMut::new();
         buf.put_u8(0x10);
         buf.put_u8(body.len() as u8);
         buf.put_slice(body);
-        let packet = decode_connect(&mut buf, 1024).expect("ok").expect("complete");
+        let packet = decode_connect(&mut buf, 1024)
+            .expect("ok")
+            .expect("complete");
         assert_eq!(packet.version, ProtocolVersion::V3_1);
         assert_eq!(packet.connect.client_id, "c31");
         assert_eq!(packet.connect.keep_alive, 10);
@@ -327,20 +334,29 @@ mod tests {
     fn unknown_level_is_unsupported_version() {
         let mut buf = v5_connect_bytes("x");
         buf[8] = 6;
-        assert_eq!(decode_connect(&mut buf, 1024), Err(DecodeError::UnsupportedVersion(6)));
+        assert_eq!(
+            decode_connect(&mut buf, 1024),
+            Err(DecodeError::UnsupportedVersion(6))
+        );
     }
 
     #[test]
     fn reserved_connect_flag_is_malformed() {
         let mut buf = v5_connect_bytes("x");
         buf[9] |= 0x01;
-        assert!(matches!(decode_connect(&mut buf, 1024), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode_connect(&mut buf, 1024),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
     fn first_packet_must_be_connect() {
         let mut buf = BytesMut::from(&[0xc0u8, 0x00][..]);
-        assert!(matches!(decode_connect(&mut buf, 1024), Err(DecodeError::Protocol(_))));
+        assert!(matches!(
+            decode_connect(&mut buf, 1024),
+            Err(DecodeError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -355,7 +371,9 @@ mod tests {
     #[test]
     fn v5_empty_disconnect_is_normal() {
         let mut buf = BytesMut::from(&[0xe0u8, 0x00][..]);
-        let packet = decode(&mut buf, ProtocolVersion::V5, 1024).expect("ok").expect("packet");
+        let packet = decode(&mut buf, ProtocolVersion::V5, 1024)
+            .expect("ok")
+            .expect("packet");
         assert!(matches!(
             packet,
             Packet::Disconnect(Disconnect {
@@ -368,14 +386,22 @@ mod tests {
     #[test]
     fn v4_publish_round_trips_through_the_v5_model() {
         let mut buf = BytesMut::new();
-        let mut publish = wire4::Publish::new("a/b", rumqttc::mqttbytes::QoS::AtLeastOnce, vec![1, 2]);
+        let mut publish =
+            wire4::Publish::new("a/b", rumqttc::mqttbytes::QoS::AtLeastOnce, vec![1, 2]);
         publish.pkid = 7;
-        wire4::Packet::Publish(publish).write(&mut buf, usize::MAX).expect("encode");
-        let packet = decode(&mut buf, ProtocolVersion::V3_1_1, 1024).expect("ok").expect("packet");
+        wire4::Packet::Publish(publish)
+            .write(&mut buf, usize::MAX)
+            .expect("encode");
+        let packet = decode(&mut buf, ProtocolVersion::V3_1_1, 1024)
+            .expect("ok")
+            .expect("packet");
         let Packet::Publish(p) = packet else {
             panic!("expected publish, got {packet:?}");
         };
-        assert_eq!((&p.topic[..], p.qos, p.pkid), (&b"a/b"[..], QoS::AtLeastOnce, 7));
+        assert_eq!(
+            (&p.topic[..], p.qos, p.pkid),
+            (&b"a/b"[..], QoS::AtLeastOnce, 7)
+        );
         let mut out = BytesMut::new();
         encode(&Packet::Publish(p), ProtocolVersion::V3_1_1, &mut out, None).expect("encode");
         let again = wire4::Packet::read(&mut out, usize::MAX).expect("decode");

@@ -158,8 +158,14 @@ mod tests {
 
     #[test]
     fn fixed_flags_are_enforced() {
-        assert!(matches!(parse(&[0x60, 0x02]), Err(FrameError::BadFlags(PacketKind::PubRel, 0))));
-        assert!(matches!(parse(&[0x80, 0x02]), Err(FrameError::BadFlags(PacketKind::Subscribe, 0))));
+        assert!(matches!(
+            parse(&[0x60, 0x02]),
+            Err(FrameError::BadFlags(PacketKind::PubRel, 0))
+        ));
+        assert!(matches!(
+            parse(&[0x80, 0x02]),
+            Err(FrameError::BadFlags(PacketKind::Subscribe, 0))
+        ));
         assert!(parse(&[0x62, 0x02]).is_ok());
         // QoS 3 and DUP on QoS 0 are malformed.
         assert!(parse(&[0x36, 0x02]).is_err());

@@ -10,7 +10,7 @@ mod frame;
 pub mod topic;
 mod v4;
 
-pub use codec::{decode, decode_connect, encode, ConnectPacket, DecodeError};
+pub use codec::{decode, decode_connect, encode, ConnectPacket, DecodeError, EncodeError};
 pub use frame::{FixedHeader, PacketKind};
 
 /// The MQTT 5 packet types the broker works with.
@@ -42,6 +42,24 @@ impl ProtocolVersion {
             ProtocolVersion::V3_1_1 => "3.1.1",
             ProtocolVersion::V5 => "5.0",
         }
+    }
+}
+
+/// The lower of two QoS levels.
+pub fn qos_min(a: QoS, b: QoS) -> QoS {
+    if (b as u8) < (a as u8) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The higher of two QoS levels.
+pub fn qos_max(a: QoS, b: QoS) -> QoS {
+    if (b as u8) > (a as u8) {
+        b
+    } else {
+        a
     }
 }
 

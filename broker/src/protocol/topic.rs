@@ -134,17 +134,36 @@ mod tests {
             assert!(validate_filter(ok, 100).is_ok(), "{ok}");
         }
         for bad in ["a#", "a/#/b", "a+/b", "#/a", "a/b+"] {
-            assert_eq!(validate_filter(bad, 100), Err(TopicError::BadWildcard), "{bad}");
+            assert_eq!(
+                validate_filter(bad, 100),
+                Err(TopicError::BadWildcard),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn shared_subscriptions_parse() {
         let p = parse_subscription("$share/g1/a/+", 100).expect("valid");
-        assert_eq!(p, ParsedFilter { group: Some("g1"), filter: "a/+" });
-        assert_eq!(parse_subscription("$share/g1", 100), Err(TopicError::BadShare));
-        assert_eq!(parse_subscription("$share//a", 100), Err(TopicError::BadShare));
-        assert_eq!(parse_subscription("$share/g+/a", 100), Err(TopicError::BadShare));
+        assert_eq!(
+            p,
+            ParsedFilter {
+                group: Some("g1"),
+                filter: "a/+"
+            }
+        );
+        assert_eq!(
+            parse_subscription("$share/g1", 100),
+            Err(TopicError::BadShare)
+        );
+        assert_eq!(
+            parse_subscription("$share//a", 100),
+            Err(TopicError::BadShare)
+        );
+        assert_eq!(
+            parse_subscription("$share/g+/a", 100),
+            Err(TopicError::BadShare)
+        );
         assert_eq!(parse_subscription("a/b", 100).expect("plain").group, None);
     }
 

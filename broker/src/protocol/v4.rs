@@ -6,7 +6,8 @@ use rumqttc::mqttbytes::v4 as wire4;
 use rumqttc::mqttbytes::QoS as QoS4;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill, Login,
-    Packet, PingReq, PubAck, PubComp, PubRec, PubRel, Publish, RetainForwardRule, SubscribeReasonCode, Subscribe, Unsubscribe,
+    Packet, PingReq, PubAck, PubComp, PubRec, PubRel, Publish, RetainForwardRule, Subscribe,
+    SubscribeReasonCode, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -85,9 +86,9 @@ pub(super) fn incoming_to_v5(packet: wire4::Packet) -> Result<Packet, DecodeErro
             properties: None,
         }),
         wire4::Packet::PingReq => Packet::PingReq(PingReq),
-        wire4::Packet::Disconnect => Packet::Disconnect(Disconnect::new(
-            DisconnectReasonCode::NormalDisconnection,
-        )),
+        wire4::Packet::Disconnect => {
+            Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+        }
         other => {
             return Err(DecodeError::Protocol(format!(
                 "unexpected packet from a client: {other:?}"

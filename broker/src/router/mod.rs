@@ -50,7 +50,7 @@ pub fn targets(
             continue;
         }
         if let Some(existing) = out.iter_mut().find(|t| t.client_id == client_id) {
-            existing.qos = existing.qos.max(options.qos);
+            existing.qos = crate::protocol::qos_max(existing.qos, options.qos);
             existing.retain_as_published |= options.retain_as_published;
             existing.subscription_ids.extend(options.identifier);
         } else {

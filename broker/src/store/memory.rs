@@ -181,19 +181,45 @@ mod tests {
     async fn offline_queue_is_bounded_and_returned_on_attach() {
         let store = MemoryStore::new(2);
         let id: ClientId = "c".into();
-        assert_eq!(store.enqueue("c", queued("x"), false).await.ok(), Some(Enqueued::NoSession));
+        assert_eq!(
+            store.enqueue("c", queued("x"), false).await.ok(),
+            Some(Enqueued::NoSession)
+        );
         store.attach_session(&id).await.expect("attach");
-        assert_eq!(store.enqueue("c", queued("x"), false).await.ok(), Some(Enqueued::Online));
+        assert_eq!(
+            store.enqueue("c", queued("x"), false).await.ok(),
+            Some(Enqueued::Online)
+        );
         store
-            .detach_session(&id, StoredSession { expiry_secs: 60, ..Default::default() })
+            .detach_session(
+                &id,
+                StoredSession {
+                    expiry_secs: 60,
+                    ..Default::default()
+                },
+            )
             .await
             .expect("detach");
         for p in ["1", "2"] {
-            assert_eq!(store.enqueue("c", queued(p), false).await.ok(), Some(Enqueued::Queued));
+            assert_eq!(
+                store.enqueue("c", queued(p), false).await.ok(),
+                Some(Enqueued::Queued)
+            );
         }
-        assert_eq!(store.enqueue("c", queued("3"), false).await.ok(), Some(Enqueued::Full));
-        let session = store.attach_session(&id).await.expect("attach").expect("session");
-        let payloads: Vec<_> = session.queue.iter().map(|q| q.message.payload.clone()).collect();
+        assert_eq!(
+            store.enqueue("c", queued("3"), false).await.ok(),
+            Some(Enqueued::Full)
+        );
+        let session = store
+            .attach_session(&id)
+            .await
+            .expect("attach")
+            .expect("session");
+        let payloads: Vec<_> = session
+            .queue
+            .iter()
+            .map(|q| q.message.payload.clone())
+            .collect();
         assert_eq!(payloads, ["1", "2"]);
     }
 
@@ -202,12 +228,26 @@ mod tests {
         let store = MemoryStore::new(10);
         let id: ClientId = "c".into();
         store.attach_session(&id).await.expect("attach");
-        assert_eq!(store.enqueue("c", queued("late"), true).await.ok(), Some(Enqueued::Queued));
-        let mut own = StoredSession { expiry_secs: 60, ..Default::default() };
+        assert_eq!(
+            store.enqueue("c", queued("late"), true).await.ok(),
+            Some(Enqueued::Queued)
+        );
+        let mut own = StoredSession {
+            expiry_secs: 60,
+            ..Default::default()
+        };
         own.queue.push_back(queued("early"));
         store.detach_session(&id, own).await.expect("detach");
-        let session = store.attach_session(&id).await.expect("attach").expect("session");
-        let payloads: Vec<_> = session.queue.iter().map(|q| q.message.payload.clone()).collect();
+        let session = store
+            .attach_session(&id)
+            .await
+            .expect("attach")
+            .expect("session");
+        let payloads: Vec<_> = session
+            .queue
+            .iter()
+            .map(|q| q.message.payload.clone())
+            .collect();
         assert_eq!(payloads, ["early", "late"]);
     }
 
@@ -217,7 +257,13 @@ mod tests {
         let id: ClientId = "c".into();
         store.attach_session(&id).await.expect("attach");
         store
-            .detach_session(&id, StoredSession { expiry_secs: 0, ..Default::default() })
+            .detach_session(
+                &id,
+                StoredSession {
+                    expiry_secs: 0,
+                    ..Default::default()
+                },
+            )
             .await
             .expect("detach");
         let expired = store
@@ -228,7 +274,13 @@ mod tests {
         assert_eq!(store.session_count().await.ok(), Some(0));
         store.attach_session(&id).await.expect("attach");
         store
-            .detach_session(&id, StoredSession { expiry_secs: 60, ..Default::default() })
+            .detach_session(
+                &id,
+                StoredSession {
+                    expiry_secs: 60,
+                    ..Default::default()
+                },
+            )
             .await
             .expect("detach");
         assert!(store.attach_session(&id).await.expect("attach").is_some());
@@ -240,8 +292,14 @@ mod tests {
         let mut m = queued("v").message.as_ref().clone();
         m.topic = "a/b".into();
         store.set_retained(Arc::new(m.clone())).await.expect("set");
-        assert_eq!(store.retained_matching("a/+").await.expect("match").len(), 1);
-        assert_eq!(store.retained_matching("b/#").await.expect("match").len(), 0);
+        assert_eq!(
+            store.retained_matching("a/+").await.expect("match").len(),
+            1
+        );
+        assert_eq!(
+            store.retained_matching("b/#").await.expect("match").len(),
+            0
+        );
         m.payload = Bytes::new();
         store.set_retained(Arc::new(m)).await.expect("delete");
         assert_eq!(store.retained_count().await.ok(), Some(0));

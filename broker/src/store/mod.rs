@@ -110,8 +110,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes a session for a connecting client and marks it online. Returns the stored session,
     /// if there was one; the caller discards it on a clean start.
-    async fn attach_session(&self, client_id: &ClientId)
-        -> Result<Option<StoredSession>, StoreError>;
+    async fn attach_session(
+        &self,
+        client_id: &ClientId,
+    ) -> Result<Option<StoredSession>, StoreError>;
 
     /// Puts a session back when its connection ends and marks it offline. Messages queued while
     /// it was attached are kept behind the session's own queue.
