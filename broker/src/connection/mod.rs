@@ -102,6 +102,11 @@ where
         if let Err(exit) = self.resume_session().await {
             return exit;
         }
+        // One timer for the whole connection, re-armed only when it fires early: resetting it on
+        // every packet would cost a timer-wheel update per packet.
+        let grace = self.keep_alive.map(|k| k.mul_f32(1.5));
+        let keep_alive_timer = sleep_until_opt(grace.map(|g| self.last_read + g));
+        tokio::pin!(keep_alive_timer);
         loop {
             if let Err(exit) = self.process_input().await {
                 return exit;
@@ -112,7 +117,6 @@ where
             if *self.run_state.borrow() == RunState::ShuttingDown {
                 return Exit::Shutdown;
             }
-            let keep_alive_deadline = self.keep_alive.map(|k| self.last_read + k.mul_f32(1.5));
             if self.read_buf.capacity() - self.read_buf.len() < 1024 {
                 self.read_buf.reserve(4096);
             }
@@ -141,10 +145,13 @@ where
                         }
                     }
                 }
-                _ = sleep_until_opt(keep_alive_deadline) => {
-                    if self.keep_alive.is_some_and(|k| self.last_read.elapsed() >= k.mul_f32(1.5)) {
+                _ = &mut keep_alive_timer => {
+                    let Some(grace) = grace else { continue };
+                    let deadline = self.last_read + grace;
+                    if Instant::now() >= deadline {
                         return Exit::KeepAliveTimeout;
                     }
+                    keep_alive_timer.set(sleep_until_opt(Some(deadline)));
                 }
             }
         }
