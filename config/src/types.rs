@@ -434,3 +434,19 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The example configuration shipped with the broker must stay valid and complete.
+    #[test]
+    fn example_configuration_parses() {
+        let text = include_str!("../../broker/starling.example.toml");
+        let config = BrokerConfig::from_toml_str(text).expect("example parses and validates");
+        assert_eq!(config.listeners.ws, Some("0.0.0.0:8083".parse().expect("addr")));
+        let mut defaults = BrokerConfig::default();
+        defaults.listeners.ws = config.listeners.ws;
+        assert_eq!(config, defaults, "the example's values are the defaults it claims");
+    }
+}
