@@ -151,17 +151,21 @@ impl Broker {
     pub async fn deliver(&self, client_id: &ClientId, queued: QueuedMessage) {
         let mut queued = queued;
         for attempt in 0..2 {
-            let handle = self.online.read().get(client_id).cloned();
-            if let Some(handle) = handle {
-                match handle.deliveries.try_send(queued) {
-                    Ok(()) => return,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.metrics.dropped_queue_full.inc();
-                        return;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(back)) => queued = back,
+            // try_send never blocks, so it is done under the read lock instead of cloning the handle.
+            queued = {
+                let online = self.online.read();
+                match online.get(client_id) {
+                    None => queued,
+                    Some(handle) => match handle.deliveries.try_send(queued) {
+                        Ok(()) => return,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            self.metrics.dropped_queue_full.inc();
+                            return;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(back)) => back,
+                    },
                 }
-            }
+            };
             if queued.qos == QoS::AtMostOnce && !self.config.session.queue_qos0 {
                 return;
             }
