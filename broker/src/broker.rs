@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
+use crate::mailbox::{Mailbox, Refused};
 use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{self, topic, QoS};
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch, Notify, OwnedMutexGuard};
+use tokio::sync::{watch, Notify, OwnedMutexGuard};
 use tokio::task::AbortHandle;
 
 /// How the connection task of an online session is reached.
@@ -22,7 +23,7 @@ pub struct SessionHandle {
     /// Identifies the connection, so a late deregistration cannot remove a newer one.
     pub connection_id: u64,
     /// Messages to deliver.
-    pub deliveries: mpsc::Sender<QueuedMessage>,
+    pub mailbox: Arc<Mailbox>,
     /// Woken when another connection takes the session over.
     pub takeover: Arc<Notify>,
 }
@@ -151,18 +152,18 @@ impl Broker {
     pub async fn deliver(&self, client_id: &ClientId, queued: QueuedMessage) {
         let mut queued = queued;
         for attempt in 0..2 {
-            // try_send never blocks, so it is done under the read lock instead of cloning the handle.
+            // push never blocks, so it is done under the read lock instead of cloning the handle.
             queued = {
                 let online = self.online.read();
                 match online.get(client_id) {
                     None => queued,
-                    Some(handle) => match handle.deliveries.try_send(queued) {
+                    Some(handle) => match handle.mailbox.push(queued) {
                         Ok(()) => return,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(Refused::Full(_)) => {
                             self.metrics.dropped_queue_full.inc();
                             return;
                         }
-                        Err(mpsc::error::TrySendError::Closed(back)) => back,
+                        Err(Refused::Closed(back)) => back,
                     },
                 }
             };

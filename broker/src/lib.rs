@@ -9,6 +9,7 @@ pub mod auth;
 pub mod broker;
 pub mod connection;
 pub mod listener;
+pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod protocol;

@@ -421,6 +421,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
     fn environment_overrides_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("starling.toml", "[limits]\nmax_inflight = 5\n")?;
@@ -444,9 +445,15 @@ mod example_file {
     fn example_configuration_parses() {
         let text = include_str!("../../broker/starling.example.toml");
         let config = BrokerConfig::from_toml_str(text).expect("example parses and validates");
-        assert_eq!(config.listeners.ws, Some("0.0.0.0:8083".parse().expect("addr")));
+        assert_eq!(
+            config.listeners.ws,
+            Some("0.0.0.0:8083".parse().expect("addr"))
+        );
         let mut defaults = BrokerConfig::default();
         defaults.listeners.ws = config.listeners.ws;
-        assert_eq!(config, defaults, "the example's values are the defaults it claims");
+        assert_eq!(
+            config, defaults,
+            "the example's values are the defaults it claims"
+        );
     }
 }

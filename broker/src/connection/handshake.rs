@@ -3,6 +3,7 @@
 use super::{Connection, Will};
 use crate::auth::AuthFailure;
 use crate::broker::{Broker, SessionHandle};
+use crate::mailbox::Mailbox;
 use crate::message::{ClientId, Message, MessageProperties};
 use crate::protocol::{
     self, topic, ConnAck, ConnAckProperties, ConnectPacket, ConnectReturnCode, DecodeError, Packet,
@@ -11,12 +12,13 @@ use crate::protocol::{
 use crate::session::Outgoing;
 use bytes::BytesMut;
 use rand::Rng;
+use std::collections::VecDeque;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Reads CONNECT, checks it, takes over the session and answers CONNACK. `None` when the
@@ -30,7 +32,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let limits = &broker.config.limits;
-    let mut read_buf = BytesMut::with_capacity(512);
+    let mut read_buf = BytesMut::with_capacity(256);
     let timeout = Duration::from_secs(limits.connect_timeout_secs);
     let connect = match tokio::time::timeout(
         timeout,
@@ -159,14 +161,13 @@ where
     let session_guard = broker.lock_session(&client_id).await;
     broker.cancel_will(&client_id);
     let connection_id = broker.next_connection_id();
-    let channel_size = limits.max_queued_messages.clamp(16, 4096);
-    let (deliveries_tx, deliveries) = mpsc::channel(channel_size);
+    let mailbox = Arc::new(Mailbox::new(limits.max_queued_messages));
     let takeover = Arc::new(Notify::new());
     broker.register(
         client_id.clone(),
         SessionHandle {
             connection_id,
-            deliveries: deliveries_tx,
+            mailbox: mailbox.clone(),
             takeover: takeover.clone(),
         },
     );
@@ -257,7 +258,8 @@ where
         outgoing,
         incoming_qos2,
         will,
-        deliveries,
+        mailbox,
+        arrived: VecDeque::new(),
         takeover,
         run_state: broker.run_state(),
         _session_guard: session_guard,
@@ -274,7 +276,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
         if let Some(connect) = protocol::decode_connect(buf, max_packet_size)? {
             return Ok(Some(connect));
         }
-        buf.reserve(512);
+        buf.reserve(256);
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}

@@ -8,6 +8,7 @@ mod handshake;
 mod inbound;
 
 use crate::broker::{Broker, RunState};
+use crate::mailbox::Mailbox;
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
 use crate::protocol::{ProtocolVersion, PubRel, Publish, QoS};
@@ -15,16 +16,15 @@ use crate::router::SubscriptionOptions;
 use crate::session::{Offer, Outgoing};
 use crate::store::{InflightState, QueuedMessage, StoredSession, StoredSubscription};
 use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Notify, OwnedMutexGuard};
+use tokio::sync::{watch, Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
-/// Deliveries drained from the channel per wake-up before writing, to batch socket writes.
-const DELIVERY_BATCH: usize = 256;
 /// Bytes of output gathered before they are written even if more is ready.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
@@ -87,7 +87,8 @@ struct Connection<S> {
     outgoing: Outgoing,
     incoming_qos2: HashSet<u16>,
     will: Option<Will>,
-    deliveries: mpsc::Receiver<QueuedMessage>,
+    mailbox: Arc<Mailbox>,
+    arrived: VecDeque<QueuedMessage>,
     takeover: Arc<Notify>,
     run_state: watch::Receiver<RunState>,
     _session_guard: OwnedMutexGuard<()>,
@@ -107,6 +108,7 @@ where
         let grace = self.keep_alive.map(|k| k.mul_f32(1.5));
         let keep_alive_timer = sleep_until_opt(grace.map(|g| self.last_read + g));
         tokio::pin!(keep_alive_timer);
+        let mut read_was_full = false;
         loop {
             if let Err(exit) = self.process_input().await {
                 return exit;
@@ -117,9 +119,16 @@ where
             if *self.run_state.borrow() == RunState::ShuttingDown {
                 return Exit::Shutdown;
             }
-            if self.read_buf.capacity() - self.read_buf.len() < 1024 {
-                self.read_buf.reserve(4096);
+            // Idle connections keep a small read buffer; one that just filled its buffer gets a
+            // large one for the burst, released again once drained.
+            if self.read_buf.is_empty() && self.read_buf.capacity() > 64 * 1024 {
+                self.read_buf = BytesMut::new();
             }
+            let want = if read_was_full { 16 * 1024 } else { 256 };
+            if self.read_buf.capacity() - self.read_buf.len() < want {
+                self.read_buf.reserve(want);
+            }
+            let spare = self.read_buf.capacity() - self.read_buf.len();
             tokio::select! {
                 biased;
                 _ = self.takeover.notified() => return Exit::TakenOver,
@@ -127,22 +136,25 @@ where
                 read = self.stream.read_buf(&mut self.read_buf) => match read {
                     Ok(0) | Err(_) => return Exit::Closed,
                     Ok(n) => {
+                        read_was_full = n == spare;
                         self.broker.metrics.bytes_received.inc_by(n as u64);
                         self.last_read = Instant::now();
                     }
                 },
-                delivery = self.deliveries.recv() => {
-                    if let Some(queued) = delivery {
+                _ = self.mailbox.wait() => {
+                    let mut arrived = std::mem::take(&mut self.arrived);
+                    self.mailbox.take_all(&mut arrived);
+                    while let Some(queued) = arrived.pop_front() {
                         self.offer(queued);
-                        for _ in 0..DELIVERY_BATCH {
-                            if self.write_buf.len() >= WRITE_HIGH_WATER {
-                                break;
-                            }
-                            match self.deliveries.try_recv() {
-                                Ok(queued) => self.offer(queued),
-                                Err(_) => break,
+                        if self.write_buf.len() >= WRITE_HIGH_WATER {
+                            if let Err(exit) = self.flush().await {
+                                self.arrived = arrived;
+                                return exit;
                             }
                         }
+                    }
+                    if arrived.capacity() <= 1024 {
+                        self.arrived = arrived;
                     }
                 }
                 _ = &mut keep_alive_timer => {
@@ -340,12 +352,11 @@ where
 
         let broker = self.broker.clone();
         broker.deregister(&self.client_id, self.connection_id);
-        self.deliveries.close();
-        while let Ok(queued) = self.deliveries.try_recv() {
-            if queued.qos != QoS::AtMostOnce || broker.config.session.queue_qos0 {
-                if !self.outgoing.keep(queued) {
-                    broker.metrics.dropped_queue_full.inc();
-                }
+        let left = self.mailbox.close();
+        for queued in std::mem::take(&mut self.arrived).into_iter().chain(left) {
+            let keep = queued.qos != QoS::AtMostOnce || broker.config.session.queue_qos0;
+            if keep && !self.outgoing.keep(queued) {
+                broker.metrics.dropped_queue_full.inc();
             }
         }
         let subscriptions: Vec<StoredSubscription> = self
