@@ -80,13 +80,17 @@ impl Scenario {
         match self {
             Scenario::FanInQos0 | Scenario::FanInQos1 | Scenario::FanOutQos0 => &[
                 "saturated run: latency here is mostly queueing delay, see the latency scenario",
+                "published above received: the broker queued or dropped the difference",
                 "load generator and broker share the machine's cores",
             ],
             Scenario::Latency => {
                 &["stamps are actual send times; publisher max lag shows how far sending fell behind schedule (~1 ms is the timer tick)"]
             }
             Scenario::IdleConnections => {
-                &["RSS delta from before the first CONNECT to after the last CONNACK"]
+                &[
+                "RSS delta from before the first CONNECT to after the last CONNACK",
+                "kernel socket buffers are not part of RSS",
+            ]
             }
         }
     }
