@@ -55,13 +55,16 @@ pub struct Broker {
     pending_wills: Mutex<HashMap<ClientId, AbortHandle>>,
     next_connection_id: AtomicU64,
     run_state: watch::Sender<RunState>,
+    delivery_patience: Duration,
 }
 
 impl Broker {
     /// Creates the core of a node.
     pub fn new(config: BrokerConfig, auth: Auth, store: Arc<dyn Store>) -> Arc<Self> {
         let (run_state, _) = watch::channel(RunState::Running);
+        let delivery_patience = Duration::from_millis(config.limits.delivery_wait_ms);
         Arc::new(Broker {
+            delivery_patience,
             config,
             auth,
             store,
@@ -152,21 +155,21 @@ impl Broker {
     pub async fn deliver(&self, client_id: &ClientId, queued: QueuedMessage) {
         let mut queued = queued;
         for attempt in 0..2 {
-            // push never blocks, so it is done under the read lock instead of cloning the handle.
-            queued = {
-                let online = self.online.read();
-                match online.get(client_id) {
-                    None => queued,
-                    Some(handle) => match handle.mailbox.push(queued) {
-                        Ok(()) => return,
-                        Err(Refused::Full(_)) => {
-                            self.metrics.dropped_queue_full.inc();
-                            return;
-                        }
-                        Err(Refused::Closed(back)) => back,
-                    },
+            let mailbox = self
+                .online
+                .read()
+                .get(client_id)
+                .map(|handle| handle.mailbox.clone());
+            if let Some(mailbox) = mailbox {
+                match mailbox.push_or_wait(queued, self.delivery_patience).await {
+                    Ok(()) => return,
+                    Err(Refused::Full(_)) => {
+                        self.metrics.dropped_queue_full.inc();
+                        return;
+                    }
+                    Err(Refused::Closed(back)) => queued = back,
                 }
-            };
+            }
             if queued.qos == QoS::AtMostOnce && !self.config.session.queue_qos0 {
                 return;
             }

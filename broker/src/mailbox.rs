@@ -2,11 +2,17 @@
 //!
 //! A mutex-guarded queue plus a [`Notify`], rather than a channel, for two reasons: an idle
 //! connection's mailbox allocates nothing (a channel allocates its first block up front), and the
-//! connection takes everything waiting in one lock, which batches its socket writes.
+//! connection takes what it has room for in one lock, which batches its socket writes.
+//!
+//! A full mailbox pushes back on publishers: [`Mailbox::push_or_wait`] waits a bounded time for
+//! room. A subscriber that stays full for that long is marked slow, and messages for it are
+//! dropped without waiting until it takes messages again, so one stuck client cannot stall
+//! publishers for long.
 
 use crate::store::QueuedMessage;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Why a message could not be put in a mailbox; the message is handed back.
@@ -22,12 +28,14 @@ pub enum Refused {
 struct State {
     queue: VecDeque<QueuedMessage>,
     closed: bool,
+    slow: bool,
 }
 
 /// Messages waiting for one connection task.
 pub struct Mailbox {
     state: Mutex<State>,
     ready: Notify,
+    room: Notify,
     capacity: usize,
 }
 
@@ -37,6 +45,7 @@ impl Mailbox {
         Mailbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            room: Notify::new(),
             capacity: capacity.max(1),
         }
     }
@@ -60,10 +69,54 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Moves everything waiting into `into` (which should be empty), keeping order.
-    pub fn take_all(&self, into: &mut VecDeque<QueuedMessage>) {
-        let mut state = self.state.lock();
-        std::mem::swap(&mut state.queue, into);
+    /// Adds a message, waiting up to `patience` for room if the mailbox is full, unless the
+    /// mailbox is marked slow.
+    pub async fn push_or_wait(
+        &self,
+        message: QueuedMessage,
+        patience: Duration,
+    ) -> Result<(), Refused> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut message = message;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.push(message) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Full(back)) if !self.state.lock().slow => message = back,
+                Err(refused) => return Err(refused),
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                self.state.lock().slow = true;
+                return Err(Refused::Full(message));
+            }
+        }
+    }
+
+    /// Moves up to `limit` waiting messages to the back of `into`, keeping order.
+    pub fn take_up_to(&self, into: &mut VecDeque<QueuedMessage>, limit: usize) {
+        let taken = {
+            let mut state = self.state.lock();
+            let n = limit.min(state.queue.len());
+            if n == state.queue.len() && into.is_empty() {
+                std::mem::swap(&mut state.queue, into);
+            } else {
+                into.extend(state.queue.drain(..n));
+            }
+            if n > 0 {
+                state.slow = false;
+            }
+            n
+        };
+        if taken > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Whether messages are waiting.
+    pub fn is_empty(&self) -> bool {
+        self.state.lock().queue.is_empty()
     }
 
     /// Waits until a message may be waiting (a wake-up is never lost between `take_all` and
@@ -74,9 +127,13 @@ impl Mailbox {
 
     /// Closes the mailbox and returns what was left in it; later pushes are refused.
     pub fn close(&self) -> VecDeque<QueuedMessage> {
-        let mut state = self.state.lock();
-        state.closed = true;
-        std::mem::take(&mut state.queue)
+        let left = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.queue)
+        };
+        self.room.notify_waiters();
+        left
     }
 }
 
@@ -113,7 +170,7 @@ mod tests {
             tokio::spawn(async move {
                 mailbox.wait().await;
                 let mut got = VecDeque::new();
-                mailbox.take_all(&mut got);
+                mailbox.take_up_to(&mut got, 10);
                 got
             })
         };
@@ -122,6 +179,43 @@ mod tests {
         let got = waiter.await.expect("waiter");
         assert!(!got.is_empty());
         assert_eq!(got[0].message.payload, "a");
+    }
+
+    #[tokio::test]
+    async fn full_mailbox_waits_for_room_then_marks_a_stuck_reader_slow() {
+        let mailbox = Arc::new(Mailbox::new(1));
+        mailbox.push(q("a")).expect("push");
+        let publisher = {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move { mailbox.push_or_wait(q("b"), Duration::from_secs(10)).await })
+        };
+        // The publisher is waiting for room; taking "a" lets "b" in.
+        let mut got = VecDeque::new();
+        while got.is_empty() {
+            mailbox.wait().await;
+            mailbox.take_up_to(&mut got, 1);
+        }
+        publisher
+            .await
+            .expect("task")
+            .expect("b gets in once there is room");
+        got.clear();
+        mailbox.take_up_to(&mut got, 1);
+        assert_eq!(got[0].message.payload, "b");
+
+        // Nobody takes: the wait times out, the mailbox is marked slow, later pushes do not wait.
+        mailbox.push(q("c")).expect("push");
+        let waited = mailbox
+            .push_or_wait(q("d"), Duration::from_millis(50))
+            .await;
+        assert!(matches!(waited, Err(Refused::Full(_))));
+        let started = std::time::Instant::now();
+        let again = mailbox.push_or_wait(q("e"), Duration::from_secs(10)).await;
+        assert!(matches!(again, Err(Refused::Full(_))));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a slow mailbox must not make publishers wait"
+        );
     }
 
     #[test]

@@ -167,6 +167,11 @@ impl Outgoing {
         self.inflight.values()
     }
 
+    /// How many more messages the queue can take.
+    pub fn room(&self) -> usize {
+        self.max_pending.saturating_sub(self.pending.len())
+    }
+
     /// Number of messages in flight.
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()

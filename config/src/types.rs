@@ -111,6 +111,10 @@ pub struct LimitsConfig {
     /// Most messages queued for one client (offline, or online beyond the in-flight window).
     /// When full, the newest message is dropped and counted in `starling_messages_dropped_total`.
     pub max_queued_messages: usize,
+    /// Milliseconds a publisher waits for room when a subscriber's queue is full (backpressure)
+    /// before the message is dropped for that subscriber. A subscriber that stays full this long is
+    /// treated as slow: its messages are dropped without waiting until it reads again.
+    pub delivery_wait_ms: u64,
     /// Most simultaneous client connections; further connections are refused.
     pub max_connections: usize,
     /// Topic alias maximum advertised to v5 clients (0 disables topic aliases).
@@ -129,6 +133,7 @@ impl Default for LimitsConfig {
             max_subscriptions_per_client: 1000,
             max_inflight: 100,
             max_queued_messages: 1000,
+            delivery_wait_ms: 250,
             max_connections: 100_000,
             max_topic_alias: 64,
             max_keep_alive_secs: 3600,

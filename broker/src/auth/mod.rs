@@ -202,6 +202,11 @@ impl Auth {
         }
     }
 
+    /// Whether credentials are checked against a password file (which costs CPU time per CONNECT).
+    pub fn checks_passwords(&self) -> bool {
+        self.passwords.is_some()
+    }
+
     /// May this client publish to `topic` (a topic name, no wildcards)?
     pub fn can_publish(&self, client_id: &str, username: Option<&str>, topic: &str) -> bool {
         self.acl.as_ref().is_none_or(|acl| {

@@ -311,6 +311,13 @@ fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturn
 
 /// Checks the credentials off the async workers: password hashing takes milliseconds of CPU.
 async fn authenticate(broker: &Arc<Broker>, c: &ConnectPacket) -> Result<(), ConnectReturnCode> {
+    if !broker.auth.checks_passwords() {
+        let username = c.login.as_ref().map(|l| l.username.as_str());
+        return broker
+            .auth
+            .authenticate(username, None)
+            .map_err(refusal_code);
+    }
     let login = c.login.clone();
     let broker = broker.clone();
     let verdict = tokio::task::spawn_blocking(move || {
@@ -322,9 +329,15 @@ async fn authenticate(broker: &Arc<Broker>, c: &ConnectPacket) -> Result<(), Con
     })
     .await;
     match verdict {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(AuthFailure::BadCredentials)) => Err(ConnectReturnCode::BadUserNamePassword),
-        Ok(Err(AuthFailure::NotAuthorized)) | Err(_) => Err(ConnectReturnCode::NotAuthorized),
+        Ok(result) => result.map_err(refusal_code),
+        Err(_) => Err(ConnectReturnCode::NotAuthorized),
+    }
+}
+
+fn refusal_code(failure: AuthFailure) -> ConnectReturnCode {
+    match failure {
+        AuthFailure::BadCredentials => ConnectReturnCode::BadUserNamePassword,
+        AuthFailure::NotAuthorized => ConnectReturnCode::NotAuthorized,
     }
 }
 

@@ -113,6 +113,9 @@ where
             if let Err(exit) = self.process_input().await {
                 return exit;
             }
+            if let Err(exit) = self.take_deliveries().await {
+                return exit;
+            }
             if let Err(exit) = self.flush().await {
                 return exit;
             }
@@ -141,22 +144,8 @@ where
                         self.last_read = Instant::now();
                     }
                 },
-                _ = self.mailbox.wait() => {
-                    let mut arrived = std::mem::take(&mut self.arrived);
-                    self.mailbox.take_all(&mut arrived);
-                    while let Some(queued) = arrived.pop_front() {
-                        self.offer(queued);
-                        if self.write_buf.len() >= WRITE_HIGH_WATER {
-                            if let Err(exit) = self.flush().await {
-                                self.arrived = arrived;
-                                return exit;
-                            }
-                        }
-                    }
-                    if arrived.capacity() <= 1024 {
-                        self.arrived = arrived;
-                    }
-                }
+                // Only woken here; the messages are taken at the top of the loop.
+                _ = self.mailbox.wait(), if self.outgoing.room() > 0 => {}
                 _ = &mut keep_alive_timer => {
                     let Some(grace) = grace else { continue };
                     let deadline = self.last_read + grace;
@@ -167,6 +156,30 @@ where
                 }
             }
         }
+    }
+
+    /// Takes as many messages from the mailbox as the session has room for and sends what the
+    /// in-flight window allows. Leaving the rest in the mailbox is what pushes back on publishers.
+    async fn take_deliveries(&mut self) -> Result<(), Exit> {
+        let room = self.outgoing.room();
+        if room == 0 || self.mailbox.is_empty() {
+            return Ok(());
+        }
+        let mut arrived = std::mem::take(&mut self.arrived);
+        self.mailbox.take_up_to(&mut arrived, room);
+        while let Some(queued) = arrived.pop_front() {
+            self.offer(queued);
+            if self.write_buf.len() >= WRITE_HIGH_WATER {
+                if let Err(exit) = self.flush().await {
+                    self.arrived = arrived;
+                    return Err(exit);
+                }
+            }
+        }
+        if arrived.capacity() <= 1024 {
+            self.arrived = arrived;
+        }
+        Ok(())
     }
 
     /// Decodes and handles every complete packet in the read buffer.
