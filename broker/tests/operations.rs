@@ -295,6 +295,20 @@ async fn stopped_broker_refuses_new_tcp_connections() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }
 
+#[tokio::test]
+async fn listeners_are_closed_when_stop_returns_even_right_after_start() {
+    // Stopping at once races the listener tasks' start; repeat to make a lost race visible.
+    for _ in 0..20 {
+        let broker = TestBroker::start().await;
+        let tcp = broker.tcp();
+        broker.stop().await;
+        let err = TcpStream::connect(tcp)
+            .await
+            .expect_err("connection after stop must be refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary
 // ---------------------------------------------------------------------------------------------
