@@ -129,13 +129,14 @@ impl Server {
         let broker = self.broker;
         let max_connections = broker.config.limits.max_connections.min(u32::MAX as usize);
         let permits = Arc::new(Semaphore::new(max_connections));
+        let mut accept_tasks = Vec::new();
         for (listener, transport) in self.listeners {
-            tokio::spawn(accept_loop(
+            accept_tasks.push(tokio::spawn(accept_loop(
                 broker.clone(),
                 listener,
                 transport,
                 permits.clone(),
-            ));
+            )));
         }
         if let Some(admin) = self.admin {
             let router = crate::admin::router(broker.clone());
@@ -159,6 +160,11 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down: draining connections");
         broker.begin_shutdown();
+        // The listeners close when their accept loops end: wait, so no connection is accepted
+        // after `run` returns.
+        for task in accept_tasks {
+            let _ = task.await;
+        }
         let drain = Duration::from_secs(broker.config.shutdown.drain_timeout_secs);
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(drain, permits.acquire_many(all)).await;
@@ -179,6 +185,10 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
 ) {
     let mut state = broker.run_state();
+    // A shutdown before this task subscribed would never show up as a change.
+    if broker.is_shutting_down() {
+        return;
+    }
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -263,6 +263,21 @@ pub fn encode(
                 return Err(EncodeError::TooLarge);
             }
         }
+        // rumqttc 0.25 mis-encodes a DISCONNECT with a reason code but no properties: without a
+        // property block it writes a stray 0x00 after the packet, with an empty one it drops the
+        // reason code (E0 00). Write reason code and empty property length ourselves.
+        if let Packet::Disconnect(d) = packet {
+            let empty = d.properties.as_ref().is_none_or(|p| {
+                p.session_expiry_interval.is_none()
+                    && p.reason_string.is_none()
+                    && p.user_properties.is_empty()
+                    && p.server_reference.is_none()
+            });
+            if empty && d.reason_code != DisconnectReasonCode::NormalDisconnection {
+                buf.put_slice(&[0xE0, 0x02, d.reason_code as u8, 0x00]);
+                return Ok(());
+            }
+        }
         packet
             .write(buf, None)
             .map(|_| ())
