@@ -161,7 +161,14 @@ impl Broker {
                 .get(client_id)
                 .map(|handle| handle.mailbox.clone());
             if let Some(mailbox) = mailbox {
-                match mailbox.push_or_wait(queued, self.delivery_patience).await {
+                let pushed = match mailbox.push(queued) {
+                    // The waiting path is rare and has a large future: boxed, off the hot path.
+                    Err(Refused::Full(back)) => {
+                        Box::pin(mailbox.push_or_wait(back, self.delivery_patience)).await
+                    }
+                    other => other,
+                };
+                match pushed {
                     Ok(()) => return,
                     Err(Refused::Full(_)) => {
                         self.metrics.dropped_queue_full.inc();

@@ -209,15 +209,26 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
-        let transport = transport.clone();
-        tokio::spawn(async move {
-            serve_transport(broker, stream, peer, transport).await;
-            drop(permit);
-        });
+        // One task type per transport: a task is as large as its future, and the TLS and
+        // WebSocket futures are much larger than the plain TCP one.
+        match &transport {
+            Transport::Tcp => tokio::spawn(async move {
+                connection::serve(broker, stream, peer).await;
+                drop(permit);
+            }),
+            secured => {
+                let transport = secured.clone();
+                tokio::spawn(async move {
+                    serve_wrapped(broker, stream, peer, transport).await;
+                    drop(permit);
+                })
+            }
+        };
     }
 }
 
-async fn serve_transport(
+/// Serves a connection that needs a TLS or WebSocket handshake first.
+async fn serve_wrapped(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,

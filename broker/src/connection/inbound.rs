@@ -22,10 +22,10 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    /// Handles one packet from the client.
-    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+    /// Handles one packet from the client other than PUBLISH and SUBSCRIBE (which the caller
+    /// dispatches to [`Self::on_publish`] and [`Self::on_subscribe`]).
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::PubAck(ack) => {
                 if self.outgoing.puback(ack.pkid) {
                     self.send_ready();
@@ -55,7 +55,6 @@ where
                 self.send(&Packet::PubComp(comp));
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
                 self.on_unsubscribe(unsubscribe);
                 Ok(())
@@ -137,7 +136,7 @@ where
         }
     }
 
-    async fn on_publish(&mut self, publish: Publish) -> Result<(), Exit> {
+    pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), Exit> {
         let topic = self.resolve_topic(&publish)?;
         let qos = publish.qos;
         self.broker.metrics.messages_received[qos as usize].inc();
@@ -255,7 +254,7 @@ where
         Ok(())
     }
 
-    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {
+    pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {
         let identifier = subscribe.properties.as_ref().and_then(|p| p.id);
         if identifier == Some(0) {
             return Err(violation(

@@ -34,11 +34,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     broker.metrics.connections_total.inc();
-    let Some(mut connection) = handshake::establish(&broker, stream, peer).await else {
+    // The handshake and the clean-up run once and have large futures: boxing them keeps them out
+    // of the task that an idle connection keeps for its whole life.
+    let Some(mut connection) = Box::pin(handshake::establish(&broker, stream, peer)).await else {
         return;
     };
     let exit = connection.run().await;
-    connection.finish(exit).await;
+    Box::pin(connection.finish(exit)).await;
 }
 
 /// Why the packet loop ended.
@@ -191,7 +193,12 @@ where
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(Exit::Violation(e.reason_code(), e.to_string())),
                 };
-            self.handle(packet).await?;
+            match packet {
+                Packet::Publish(publish) => self.on_publish(publish).await?,
+                // Rare and with a large future: boxed so it does not grow every connection's task.
+                Packet::Subscribe(subscribe) => Box::pin(self.on_subscribe(subscribe)).await?,
+                other => self.handle(other)?,
+            }
             if self.write_buf.len() >= WRITE_HIGH_WATER {
                 self.flush().await?;
             }

@@ -5,13 +5,15 @@ use crate::message::{ClientId, Message};
 use crate::protocol::topic;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-struct Entry {
-    online: bool,
-    session: StoredSession,
+/// A session as the store holds it. Online sessions keep their state in their connection, so
+/// the store only keeps what is forced into their queue meanwhile (kept small: one per client).
+enum Entry {
+    Online { forced: VecDeque<QueuedMessage> },
+    Offline(Box<StoredSession>),
 }
 
 /// Sessions and retained messages held in this process.
@@ -64,12 +66,18 @@ impl Store for MemoryStore {
         client_id: &ClientId,
     ) -> Result<Option<StoredSession>, StoreError> {
         let mut sessions = self.sessions.lock();
-        let previous = sessions.remove(client_id).map(|e| e.session);
+        let previous = match sessions.remove(client_id) {
+            Some(Entry::Offline(session)) => Some(*session),
+            Some(Entry::Online { forced }) => Some(StoredSession {
+                queue: forced,
+                ..StoredSession::default()
+            }),
+            None => None,
+        };
         sessions.insert(
             client_id.clone(),
-            Entry {
-                online: true,
-                session: StoredSession::default(),
+            Entry::Online {
+                forced: VecDeque::new(),
             },
         );
         Ok(previous)
@@ -81,10 +89,11 @@ impl Store for MemoryStore {
         mut session: StoredSession,
     ) -> Result<(), StoreError> {
         let mut sessions = self.sessions.lock();
-        let arrived_meanwhile = sessions
-            .remove(client_id)
-            .map(|e| e.session.queue)
-            .unwrap_or_default();
+        let arrived_meanwhile = match sessions.remove(client_id) {
+            Some(Entry::Online { forced }) => forced,
+            Some(Entry::Offline(session)) => session.queue,
+            None => VecDeque::new(),
+        };
         for message in arrived_meanwhile {
             if session.queue.len() >= self.max_queued {
                 break;
@@ -92,13 +101,7 @@ impl Store for MemoryStore {
             session.queue.push_back(message);
         }
         session.disconnected_at = Some(SystemTime::now());
-        sessions.insert(
-            client_id.clone(),
-            Entry {
-                online: false,
-                session,
-            },
-        );
+        sessions.insert(client_id.clone(), Entry::Offline(Box::new(session)));
         Ok(())
     }
 
@@ -114,16 +117,16 @@ impl Store for MemoryStore {
         force: bool,
     ) -> Result<Enqueued, StoreError> {
         let mut sessions = self.sessions.lock();
-        let Some(entry) = sessions.get_mut(client_id) else {
-            return Ok(Enqueued::NoSession);
+        let queue = match sessions.get_mut(client_id) {
+            None => return Ok(Enqueued::NoSession),
+            Some(Entry::Online { .. }) if !force => return Ok(Enqueued::Online),
+            Some(Entry::Online { forced }) => forced,
+            Some(Entry::Offline(session)) => &mut session.queue,
         };
-        if entry.online && !force {
-            return Ok(Enqueued::Online);
-        }
-        if entry.session.queue.len() >= self.max_queued {
+        if queue.len() >= self.max_queued {
             return Ok(Enqueued::Full);
         }
-        entry.session.queue.push_back(message);
+        queue.push_back(message);
         Ok(Enqueued::Queued)
     }
 
@@ -134,17 +137,20 @@ impl Store for MemoryStore {
         let mut sessions = self.sessions.lock();
         let expired: Vec<ClientId> = sessions
             .iter()
-            .filter(|(_, e)| {
-                !e.online
-                    && e.session.disconnected_at.is_some_and(|at| {
-                        at + Duration::from_secs(u64::from(e.session.expiry_secs)) <= now
-                    })
+            .filter(|(_, e)| match e {
+                Entry::Offline(s) => s
+                    .disconnected_at
+                    .is_some_and(|at| at + Duration::from_secs(u64::from(s.expiry_secs)) <= now),
+                Entry::Online { .. } => false,
             })
             .map(|(id, _)| id.clone())
             .collect();
         Ok(expired
             .into_iter()
-            .filter_map(|id| sessions.remove(&id).map(|e| (id, e.session)))
+            .filter_map(|id| match sessions.remove(&id) {
+                Some(Entry::Offline(session)) => Some((id, *session)),
+                _ => None,
+            })
             .collect())
     }
 
