@@ -263,6 +263,15 @@ pub fn encode(
                 return Err(EncodeError::TooLarge);
             }
         }
+        if let Packet::Disconnect(d) = packet {
+            if d.reason_code != DisconnectReasonCode::NormalDisconnection && d.properties.is_none()
+            {
+                // rumqttc writes a property length its remaining length does not count, leaving a
+                // stray byte after the frame: write reason code + empty properties ourselves.
+                buf.put_slice(&[0xE0, 0x02, d.reason_code as u8, 0x00]);
+                return Ok(());
+            }
+        }
         packet
             .write(buf, None)
             .map(|_| ())
