@@ -299,11 +299,7 @@ async fn disconnect_with_will_reason_publishes_will() {
         Some(will("will/w04", "bye", 0)),
     )
     .await;
-    client
-        .send_v5(Packet::Disconnect(Disconnect::new(
-            DisconnectReasonCode::DisconnectWithWillMessage,
-        )))
-        .await;
+    raw_send_disconnect(&mut client, DisconnectReasonCode::DisconnectWithWillMessage).await;
     client.expect_closed().await;
     let p = watcher.publish().await;
     assert_eq!(&p.topic[..], b"will/w04");
@@ -322,18 +318,40 @@ async fn normal_disconnect_discards_will() {
         Some(will("will/normal", "must-not", 0)),
     )
     .await;
-    client
-        .send_v5(Packet::Disconnect(Disconnect::new(
-            DisconnectReasonCode::NormalDisconnection,
-        )))
-        .await;
+    raw_send_disconnect(&mut client, DisconnectReasonCode::NormalDisconnection).await;
     client.expect_closed().await;
+    assert_no_will(addr, &mut watcher).await;
+    broker.stop().await;
+}
 
-    let (mut other, _) = v5_client(addr, "wn-other", |_| {}).await;
+/// Asserts that no will reached `watcher`: a marker published now must be the next message.
+async fn assert_no_will(addr: SocketAddr, watcher: &mut v5::Client) {
+    let (mut other, _) = v5_client(addr, "will-marker", |_| {}).await;
     publish_qos1(&mut other, "will/marker", "marker").await;
     let p = watcher.publish().await;
     assert_eq!(&p.topic[..], b"will/marker", "the will was published");
     watcher.no_publish().await;
+}
+
+#[tokio::test]
+async fn disconnect_with_reason_code_only_is_accepted_and_discards_will() {
+    // A remaining length of 1 (reason code, no property length) is valid: property length 0.
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let mut watcher = will_watcher(addr, "ws-watch").await;
+    let (mut client, _) = raw_connect(
+        addr,
+        connect_packet("ws-client", None),
+        Some(will("will/short", "must-not", 0)),
+    )
+    .await;
+    client.send(&[0xE0, 0x01, 0x00]).await;
+    assert_eq!(
+        client.recv_v5().await,
+        None,
+        "the broker answered the DISCONNECT"
+    );
+    assert_no_will(addr, &mut watcher).await;
     broker.stop().await;
 }
 

@@ -94,6 +94,12 @@ pub async fn raw_quiet(raw: &mut RawClient) {
     }
 }
 
+/// Sends a DISCONNECT with `reason` and an empty property set, byte by byte: rumqttc's encoder
+/// leaves a stray property-length byte after a DISCONNECT that has a reason code but no properties.
+pub async fn raw_send_disconnect(raw: &mut RawClient, reason: DisconnectReasonCode) {
+    raw.send(&[0xE0, 0x02, reason as u8, 0x00]).await;
+}
+
 /// Sends a SUBSCRIBE and returns the SUBACK (which must be the next packet).
 pub async fn raw_subscribe(
     raw: &mut RawClient,
