@@ -229,6 +229,14 @@ pub fn decode(
                 kind => Err(malformed(format!("{kind:?} without a body"))),
             };
         }
+        if header.kind == PacketKind::Disconnect && header.remaining_len == 1 {
+            // A reason code without property length means no properties; rumqttc's reader
+            // insists on the property length.
+            let frame = buf.split_to(header.frame_len());
+            let reason =
+                DisconnectReasonCode::try_from(frame[header.header_len]).map_err(malformed)?;
+            return Ok(Some(Packet::Disconnect(Disconnect::new(reason))));
+        }
         Packet::read(buf, None).map(Some).map_err(malformed)
     } else {
         let packet = wire4::Packet::read(buf, usize::MAX).map_err(malformed)?;
