@@ -37,6 +37,21 @@ pub enum RunState {
     ShuttingDown,
 }
 
+/// Delivery work that could not be finished without waiting.
+enum Deferred {
+    /// The session's mailbox is full: wait (bounded) for room.
+    WaitForRoom {
+        client_id: ClientId,
+        mailbox: Arc<Mailbox>,
+        queued: QueuedMessage,
+    },
+    /// The session has no connection here: queue the message in the store.
+    Enqueue {
+        client_id: ClientId,
+        queued: QueuedMessage,
+    },
+}
+
 /// State and behaviour shared by all connections of one node.
 pub struct Broker {
     /// The validated configuration.
@@ -111,6 +126,10 @@ impl Broker {
     }
 
     /// Delivers a message to every matching session; returns how many.
+    ///
+    /// The common case (every target online with room in its mailbox) completes without waiting;
+    /// targets that need a wait or the store are handled afterwards, in a boxed future, so the hot
+    /// path stays small in every connection's task.
     pub async fn route(&self, message: &Arc<Message>) -> usize {
         let matches = self.matching(&message.topic);
         if matches.is_empty() {
@@ -118,6 +137,7 @@ impl Broker {
         }
         let targets = router::targets(matches, message.publisher.as_deref());
         let count = targets.len();
+        let mut deferred = Vec::new();
         for target in targets {
             let queued = QueuedMessage {
                 message: message.clone(),
@@ -125,7 +145,12 @@ impl Broker {
                 retain: message.retain && target.retain_as_published,
                 subscription_ids: target.subscription_ids,
             };
-            self.deliver(&target.client_id, queued).await;
+            if let Some(later) = self.deliver_now(target.client_id, queued) {
+                deferred.push(later);
+            }
+        }
+        if !deferred.is_empty() {
+            Box::pin(self.deliver_deferred(deferred)).await;
         }
         count
     }
@@ -151,35 +176,66 @@ impl Broker {
         out
     }
 
-    /// Hands a message to one session: to its connection if online, else to its stored queue.
-    pub async fn deliver(&self, client_id: &ClientId, queued: QueuedMessage) {
-        let mut queued = queued;
-        for attempt in 0..2 {
-            let mailbox = self
-                .online
-                .read()
-                .get(client_id)
-                .map(|handle| handle.mailbox.clone());
-            if let Some(mailbox) = mailbox {
-                let pushed = match mailbox.push(queued) {
-                    // The waiting path is rare and has a large future: boxed, off the hot path.
-                    Err(Refused::Full(back)) => {
-                        Box::pin(mailbox.push_or_wait(back, self.delivery_patience)).await
+    /// Puts a message in an online session's mailbox if there is room; otherwise says what is
+    /// left to do (wait for room, or queue it in the store).
+    fn deliver_now(&self, client_id: ClientId, queued: QueuedMessage) -> Option<Deferred> {
+        let queued = {
+            let online = self.online.read();
+            match online.get(&client_id) {
+                None => queued,
+                Some(handle) => match handle.mailbox.push(queued) {
+                    Ok(()) => return None,
+                    Err(Refused::Full(queued)) => {
+                        return Some(Deferred::WaitForRoom {
+                            mailbox: handle.mailbox.clone(),
+                            client_id,
+                            queued,
+                        })
                     }
-                    other => other,
-                };
-                match pushed {
-                    Ok(()) => return,
+                    Err(Refused::Closed(queued)) => queued,
+                },
+            }
+        };
+        self.offline(client_id, queued)
+    }
+
+    /// What to do for a session that is not online (here).
+    fn offline(&self, client_id: ClientId, queued: QueuedMessage) -> Option<Deferred> {
+        if queued.qos == QoS::AtMostOnce && !self.config.session.queue_qos0 {
+            return None;
+        }
+        Some(Deferred::Enqueue { client_id, queued })
+    }
+
+    async fn deliver_deferred(&self, deferred: Vec<Deferred>) {
+        for work in deferred {
+            match work {
+                Deferred::WaitForRoom {
+                    client_id,
+                    mailbox,
+                    queued,
+                } => match mailbox.push_or_wait(queued, self.delivery_patience).await {
+                    Ok(()) => {}
                     Err(Refused::Full(_)) => {
                         self.metrics.dropped_queue_full.inc();
-                        return;
                     }
-                    Err(Refused::Closed(back)) => queued = back,
-                }
+                    Err(Refused::Closed(queued)) => {
+                        if let Some(Deferred::Enqueue { client_id, queued }) =
+                            self.offline(client_id, queued)
+                        {
+                            self.enqueue(&client_id, queued).await;
+                        }
+                    }
+                },
+                Deferred::Enqueue { client_id, queued } => self.enqueue(&client_id, queued).await,
             }
-            if queued.qos == QoS::AtMostOnce && !self.config.session.queue_qos0 {
-                return;
-            }
+        }
+    }
+
+    /// Queues a message for a session that has no connection here, re-checking whether it
+    /// came online meanwhile.
+    async fn enqueue(&self, client_id: &ClientId, queued: QueuedMessage) {
+        for attempt in 0..2 {
             match self
                 .store
                 .enqueue(client_id, queued.clone(), attempt == 1)
@@ -190,7 +246,22 @@ impl Broker {
                     self.metrics.dropped_queue_full.inc();
                     return;
                 }
-                Ok(Enqueued::Online) => continue,
+                Ok(Enqueued::Online) => {
+                    // It attached between our look-up and the store's answer: hand it over.
+                    let pushed = self
+                        .online
+                        .read()
+                        .get(client_id)
+                        .map(|handle| handle.mailbox.push(queued.clone()));
+                    match pushed {
+                        Some(Ok(())) => return,
+                        Some(Err(Refused::Full(_))) => {
+                            self.metrics.dropped_queue_full.inc();
+                            return;
+                        }
+                        Some(Err(Refused::Closed(_))) | None => continue,
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, client_id = %client_id, "message not queued");
                     return;

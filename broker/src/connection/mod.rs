@@ -111,6 +111,7 @@ where
         let keep_alive_timer = sleep_until_opt(grace.map(|g| self.last_read + g));
         tokio::pin!(keep_alive_timer);
         let mut read_was_full = false;
+        let mut small = [0u8; 128];
         loop {
             if let Err(exit) = self.process_input().await {
                 return exit;
@@ -124,21 +125,26 @@ where
             if *self.run_state.borrow() == RunState::ShuttingDown {
                 return Exit::Shutdown;
             }
-            // Idle connections keep a small read buffer; one that just filled its buffer gets a
-            // large one for the burst, released again once drained.
-            if self.read_buf.is_empty() && self.read_buf.capacity() > 64 * 1024 {
-                self.read_buf = BytesMut::new();
-            }
-            let want = if read_was_full { 16 * 1024 } else { 256 };
-            if self.read_buf.capacity() - self.read_buf.len() < want {
-                self.read_buf.reserve(want);
-            }
-            let spare = self.read_buf.capacity() - self.read_buf.len();
+            // An idle connection holds no read buffer: it reads into a small array in its task and
+            // allocates only for what arrives. A connection that just filled its buffer reads
+            // straight into a large one for the burst, released again once drained.
+            let idle = self.read_buf.is_empty() && !read_was_full;
+            let spare = if idle {
+                if self.read_buf.capacity() > 0 {
+                    self.read_buf = BytesMut::new();
+                }
+                small.len()
+            } else {
+                if self.read_buf.capacity() - self.read_buf.len() < 16 * 1024 {
+                    self.read_buf.reserve(16 * 1024);
+                }
+                self.read_buf.capacity() - self.read_buf.len()
+            };
             tokio::select! {
                 biased;
                 _ = self.takeover.notified() => return Exit::TakenOver,
                 _ = self.run_state.changed() => return Exit::Shutdown,
-                read = self.stream.read_buf(&mut self.read_buf) => match read {
+                read = read_some(&mut self.stream, &mut self.read_buf, &mut small, idle) => match read {
                     Ok(0) | Err(_) => return Exit::Closed,
                     Ok(n) => {
                         read_was_full = n == spare;
@@ -425,6 +431,23 @@ async fn write_all_and_flush<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     stream.write_all(buf).await?;
     stream.flush().await
+}
+
+/// Reads what is available: into `small` and then the buffer when idle, else straight into the
+/// buffer. Cancel-safe: bytes are only moved once the read has completed.
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    small: &mut [u8],
+    idle: bool,
+) -> std::io::Result<usize> {
+    if idle {
+        let n = stream.read(small).await?;
+        buf.extend_from_slice(&small[..n]);
+        Ok(n)
+    } else {
+        stream.read_buf(buf).await
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
