@@ -150,7 +150,8 @@ impl Broker {
             }
         }
         if !deferred.is_empty() {
-            Box::pin(self.deliver_deferred(deferred)).await;
+            let delivering = Box::pin(self.deliver_deferred(deferred));
+            delivering.await;
         }
         count
     }

@@ -136,7 +136,12 @@ where
         }
     }
 
-    pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), Exit> {
+    /// Checks a PUBLISH and builds the message to route; `None` when it was answered already
+    /// (a duplicate or a refusal).
+    pub(super) fn accept_publish(
+        &mut self,
+        publish: Publish,
+    ) -> Result<Option<Arc<Message>>, Exit> {
         let topic = self.resolve_topic(&publish)?;
         let qos = publish.qos;
         self.broker.metrics.messages_received[qos as usize].inc();
@@ -145,7 +150,7 @@ where
             if self.incoming_qos2.contains(&publish.pkid) {
                 // A resend of a message already routed: acknowledge again, do not route twice.
                 self.send(&Packet::PubRec(PubRec::new(publish.pkid, None)));
-                return Ok(());
+                return Ok(None);
             }
             if self.incoming_qos2.len() >= usize::from(self.broker.config.limits.max_inflight) {
                 return Err(violation(
@@ -158,11 +163,12 @@ where
         if properties.and_then(|p| p.payload_format_indicator) == Some(1)
             && std::str::from_utf8(&publish.payload).is_err()
         {
-            return self.refuse_publish(
+            self.refuse_publish(
                 &publish,
                 PubAckReason::PayloadFormatInvalid,
                 PubRecReason::PayloadFormatInvalid,
             );
+            return Ok(None);
         }
         let reserved = topic.starts_with('$');
         if reserved
@@ -174,11 +180,12 @@ where
             self.broker.metrics.publish_denied.inc();
             tracing::debug!(client_id = %self.client_id, topic = %topic, "publish denied");
             if v5 {
-                return self.refuse_publish(
+                self.refuse_publish(
                     &publish,
                     PubAckReason::NotAuthorized,
                     PubRecReason::NotAuthorized,
                 );
+                return Ok(None);
             }
             // 3.1.1 cannot refuse: acknowledge so the client's flow completes, route nothing.
             match qos {
@@ -191,7 +198,7 @@ where
                     self.send(&Packet::PubRec(PubRec::new(publish.pkid, None)));
                 }
             }
-            return Ok(());
+            return Ok(None);
         }
         let now = SystemTime::now();
         let message = Arc::new(Message {
@@ -209,35 +216,34 @@ where
             ),
             publisher: Some(self.client_id.clone()),
         });
-        let routed = self.broker.publish(message).await;
+        Ok(Some(message))
+    }
+
+    /// Acknowledges a routed PUBLISH (v5: 0x10 when nobody subscribes).
+    pub(super) fn acknowledge_publish(&mut self, qos: QoS, packet_id: u16, routed: usize) {
+        let nobody = routed == 0 && self.version.is_v5();
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                let mut ack = PubAck::new(publish.pkid, None);
-                if routed == 0 && v5 {
+                let mut ack = PubAck::new(packet_id, None);
+                if nobody {
                     ack.reason = PubAckReason::NoMatchingSubscribers;
                 }
                 self.send(&Packet::PubAck(ack));
             }
             QoS::ExactlyOnce => {
-                self.incoming_qos2.insert(publish.pkid);
-                let mut rec = PubRec::new(publish.pkid, None);
-                if routed == 0 && v5 {
+                self.incoming_qos2.insert(packet_id);
+                let mut rec = PubRec::new(packet_id, None);
+                if nobody {
                     rec.reason = PubRecReason::NoMatchingSubscribers;
                 }
                 self.send(&Packet::PubRec(rec));
             }
         }
-        Ok(())
     }
 
     /// Answers a refused v5 publish with a reason code (QoS 0 has no answer).
-    fn refuse_publish(
-        &mut self,
-        publish: &Publish,
-        ack: PubAckReason,
-        rec: PubRecReason,
-    ) -> Result<(), Exit> {
+    fn refuse_publish(&mut self, publish: &Publish, ack: PubAckReason, rec: PubRecReason) {
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -251,7 +257,6 @@ where
                 self.send(&Packet::PubRec(p));
             }
         }
-        Ok(())
     }
 
     pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {

@@ -36,11 +36,13 @@ where
     broker.metrics.connections_total.inc();
     // The handshake and the clean-up run once and have large futures: boxing them keeps them out
     // of the task that an idle connection keeps for its whole life.
-    let Some(mut connection) = Box::pin(handshake::establish(&broker, stream, peer)).await else {
+    let establishing = Box::pin(handshake::establish(&broker, stream, peer));
+    let Some(mut connection) = establishing.await else {
         return;
     };
     let exit = connection.run().await;
-    Box::pin(connection.finish(exit)).await;
+    let finishing = Box::pin(connection.finish(exit));
+    finishing.await;
 }
 
 /// Why the packet loop ended.
@@ -58,6 +60,20 @@ enum Exit {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+}
+
+/// What the packet loop has to wait for next.
+enum Work {
+    /// Nothing: every complete packet has been handled.
+    Done,
+    /// An accepted PUBLISH to route and then acknowledge.
+    Route {
+        message: Arc<Message>,
+        qos: QoS,
+        packet_id: u16,
+    },
+    /// A SUBSCRIBE (which may need the store for retained messages).
+    Subscribe(Box<crate::protocol::Subscribe>),
 }
 
 /// A will waiting for its connection to end.
@@ -193,20 +209,54 @@ where
     /// Decodes and handles every complete packet in the read buffer.
     async fn process_input(&mut self) -> Result<(), Exit> {
         loop {
-            let packet =
-                match protocol::decode(&mut self.read_buf, self.version, self.max_packet_in) {
-                    Ok(Some(packet)) => packet,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(Exit::Violation(e.reason_code(), e.to_string())),
-                };
-            match packet {
-                Packet::Publish(publish) => self.on_publish(publish).await?,
-                // Rare and with a large future: boxed so it does not grow every connection's task.
-                Packet::Subscribe(subscribe) => Box::pin(self.on_subscribe(subscribe)).await?,
-                other => self.handle(other)?,
+            let work = self.next_work()?;
+            match work {
+                Work::Done => return Ok(()),
+                Work::Route {
+                    message,
+                    qos,
+                    packet_id,
+                } => {
+                    let routed = self.broker.publish(message).await;
+                    self.acknowledge_publish(qos, packet_id, routed);
+                }
+                Work::Subscribe(subscribe) => {
+                    // Rare and with a large future: boxed, in a statement of its own so the
+                    // unboxed future is not kept in this task's state, which every connection has.
+                    let subscribing = Box::pin(self.on_subscribe(*subscribe));
+                    subscribing.await?
+                }
             }
             if self.write_buf.len() >= WRITE_HIGH_WATER {
                 self.flush().await?;
+            }
+        }
+    }
+
+    /// Decodes packets, handling those that need no waiting, until one that does (a PUBLISH to
+    /// route, a SUBSCRIBE) or the end of the complete input. Kept synchronous so that the large
+    /// decoded packets are never held across an await in the connection's task.
+    fn next_work(&mut self) -> Result<Work, Exit> {
+        loop {
+            let packet =
+                match protocol::decode(&mut self.read_buf, self.version, self.max_packet_in) {
+                    Ok(Some(packet)) => packet,
+                    Ok(None) => return Ok(Work::Done),
+                    Err(e) => return Err(Exit::Violation(e.reason_code(), e.to_string())),
+                };
+            match packet {
+                Packet::Publish(publish) => {
+                    let (qos, packet_id) = (publish.qos, publish.pkid);
+                    if let Some(message) = self.accept_publish(publish)? {
+                        return Ok(Work::Route {
+                            message,
+                            qos,
+                            packet_id,
+                        });
+                    }
+                }
+                Packet::Subscribe(subscribe) => return Ok(Work::Subscribe(Box::new(subscribe))),
+                other => self.handle(other)?,
             }
         }
     }
