@@ -2,7 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
-use crate::mailbox::{Mailbox, Refused};
+use crate::mailbox::{Mailbox, Refused, Signal};
 use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{self, topic, QoS};
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{watch, Notify, OwnedMutexGuard};
+use tokio::sync::{watch, OwnedMutexGuard};
 use tokio::task::AbortHandle;
 
 /// How the connection task of an online session is reached.
@@ -22,10 +22,8 @@ use tokio::task::AbortHandle;
 pub struct SessionHandle {
     /// Identifies the connection, so a late deregistration cannot remove a newer one.
     pub connection_id: u64,
-    /// Messages to deliver.
+    /// Messages to deliver, and signals (takeover, shutdown).
     pub mailbox: Arc<Mailbox>,
-    /// Woken when another connection takes the session over.
-    pub takeover: Arc<Notify>,
 }
 
 /// Why the broker is going away, broadcast to every connection.
@@ -107,6 +105,9 @@ impl Broker {
     /// Tells every connection the broker is shutting down.
     pub fn begin_shutdown(&self) {
         self.run_state.send_replace(RunState::ShuttingDown);
+        for handle in self.online.read().values() {
+            handle.mailbox.signal(Signal::Shutdown);
+        }
     }
 
     /// Whether shutdown has begun.

@@ -24,11 +24,21 @@ pub enum Refused {
     Closed(QueuedMessage),
 }
 
+/// Something the broker tells a connection besides messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Another connection took the session over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<QueuedMessage>,
     closed: bool,
     slow: bool,
+    signal: Option<Signal>,
 }
 
 /// Messages waiting for one connection task.
@@ -112,6 +122,17 @@ impl Mailbox {
         if taken > 0 {
             self.room.notify_waiters();
         }
+    }
+
+    /// Tells the connection something; the first signal sticks.
+    pub fn signal(&self, signal: Signal) {
+        self.state.lock().signal.get_or_insert(signal);
+        self.ready.notify_one();
+    }
+
+    /// The signal sent to the connection, if any.
+    pub fn signalled(&self) -> Option<Signal> {
+        self.state.lock().signal
     }
 
     /// Whether messages are waiting.
@@ -216,6 +237,16 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "a slow mailbox must not make publishers wait"
         );
+    }
+
+    #[tokio::test]
+    async fn a_signal_wakes_the_connection_and_sticks() {
+        let mailbox = Mailbox::new(4);
+        assert_eq!(mailbox.signalled(), None);
+        mailbox.signal(Signal::TakenOver);
+        mailbox.signal(Signal::Shutdown);
+        mailbox.wait().await;
+        assert_eq!(mailbox.signalled(), Some(Signal::TakenOver));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::{Connection, Will};
 use crate::auth::AuthFailure;
 use crate::broker::{Broker, SessionHandle};
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message, MessageProperties};
 use crate::protocol::{
     self, topic, ConnAck, ConnAckProperties, ConnectPacket, ConnectReturnCode, DecodeError, Packet,
@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Reads CONNECT, checks it, takes over the session and answers CONNACK. `None` when the
@@ -156,21 +155,23 @@ where
 
     // Take the session over from any connection that holds it, here or (later) elsewhere.
     if let Some(previous) = broker.online_handle(&client_id) {
-        previous.takeover.notify_one();
+        previous.mailbox.signal(Signal::TakenOver);
     }
     let session_guard = broker.lock_session(&client_id).await;
     broker.cancel_will(&client_id);
     let connection_id = broker.next_connection_id();
     let mailbox = Arc::new(Mailbox::new(limits.max_queued_messages));
-    let takeover = Arc::new(Notify::new());
     broker.register(
         client_id.clone(),
         SessionHandle {
             connection_id,
             mailbox: mailbox.clone(),
-            takeover: takeover.clone(),
         },
     );
+    // A shutdown that began after the check above did not see this session: tell it now.
+    if broker.is_shutting_down() {
+        mailbox.signal(Signal::Shutdown);
+    }
     let stored = match broker.store.attach_session(&client_id).await {
         Ok(stored) => stored,
         Err(e) => {
@@ -260,8 +261,6 @@ where
         will,
         mailbox,
         arrived: VecDeque::new(),
-        takeover,
-        run_state: broker.run_state(),
         _session_guard: session_guard,
     })
 }

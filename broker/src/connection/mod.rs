@@ -7,8 +7,8 @@
 mod handshake;
 mod inbound;
 
-use crate::broker::{Broker, RunState};
-use crate::mailbox::Mailbox;
+use crate::broker::Broker;
+use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
 use crate::protocol::{ProtocolVersion, PubRel, Publish, QoS};
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify, OwnedMutexGuard};
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 /// Bytes of output gathered before they are written even if more is ready.
@@ -107,8 +107,6 @@ struct Connection<S> {
     will: Option<Will>,
     mailbox: Arc<Mailbox>,
     arrived: VecDeque<QueuedMessage>,
-    takeover: Arc<Notify>,
-    run_state: watch::Receiver<RunState>,
     _session_guard: OwnedMutexGuard<()>,
 }
 
@@ -138,8 +136,8 @@ where
             if let Err(exit) = self.flush().await {
                 return exit;
             }
-            if *self.run_state.borrow() == RunState::ShuttingDown {
-                return Exit::Shutdown;
+            if let Some(signal) = self.mailbox.signalled() {
+                return signal_exit(signal);
             }
             // An idle connection holds no read buffer: it reads into a small array in its task and
             // allocates only for what arrives. A connection that just filled its buffer reads
@@ -158,8 +156,6 @@ where
             };
             tokio::select! {
                 biased;
-                _ = self.takeover.notified() => return Exit::TakenOver,
-                _ = self.run_state.changed() => return Exit::Shutdown,
                 read = read_some(&mut self.stream, &mut self.read_buf, &mut small, idle) => match read {
                     Ok(0) | Err(_) => return Exit::Closed,
                     Ok(n) => {
@@ -168,8 +164,9 @@ where
                         self.last_read = Instant::now();
                     }
                 },
-                // Only woken here; the messages are taken at the top of the loop.
-                _ = self.mailbox.wait(), if self.outgoing.room() > 0 => {}
+                // Only woken here; messages and signals are looked at at the top of the loop. (With
+                // no room, messages stay in the mailbox and do not wake it again until taken.)
+                _ = self.mailbox.wait() => {}
                 _ = &mut keep_alive_timer => {
                     let Some(grace) = grace else { continue };
                     let deadline = self.last_read + grace;
@@ -267,13 +264,27 @@ where
             return Ok(());
         }
         let len = self.write_buf.len();
-        tokio::select! {
-            written = write_all_and_flush(&mut self.stream, &self.write_buf) => {
-                if written.is_err() {
-                    return Err(Exit::Closed);
+        // A client that does not read must not keep a takeover or a shutdown waiting: the write
+        // is raced against the mailbox's signals (and only those: a wake-up for messages goes on
+        // writing, with the same write future so no byte is written twice).
+        {
+            let write = write_all_and_flush(&mut self.stream, &self.write_buf);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    written = &mut write => {
+                        if written.is_err() {
+                            return Err(Exit::Closed);
+                        }
+                        break;
+                    }
+                    _ = self.mailbox.wait() => {
+                        if let Some(signal) = self.mailbox.signalled() {
+                            return Err(signal_exit(signal));
+                        }
+                    }
                 }
             }
-            _ = self.takeover.notified() => return Err(Exit::TakenOver),
         }
         self.broker.metrics.bytes_sent.inc_by(len as u64);
         self.write_buf.clear();
@@ -481,6 +492,13 @@ async fn write_all_and_flush<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     stream.write_all(buf).await?;
     stream.flush().await
+}
+
+fn signal_exit(signal: Signal) -> Exit {
+    match signal {
+        Signal::TakenOver => Exit::TakenOver,
+        Signal::Shutdown => Exit::Shutdown,
+    }
 }
 
 /// Reads what is available: into `small` and then the buffer when idle, else straight into the
