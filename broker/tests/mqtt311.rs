@@ -782,6 +782,41 @@ async fn qos2_publish_resent_before_pubrel_is_delivered_once() {
 }
 
 #[tokio::test]
+async fn qos2_publish_resent_after_reconnect_before_pubrel_is_delivered_once() {
+    let broker = TestBroker::start().await;
+    let mut sub = clean_client(&broker, "once-rc-sub").await;
+    subscribe(&mut sub, "oncerc/t", QoS::ExactlyOnce).await;
+    let (mut raw, _) = raw_session(broker.tcp(), "once-rc-pub", false).await;
+    let mut publish = wire::Publish::new("oncerc/t", QoS::ExactlyOnce, b"once".to_vec());
+    publish.pkid = 11;
+    raw.send_v4(wire::Packet::Publish(publish.clone())).await;
+    assert_eq!(
+        raw.recv_v4().await,
+        Some(wire::Packet::PubRec(wire::PubRec::new(11)))
+    );
+    drop(raw); // before PUBREL
+
+    // The persistent session remembers packet id 11 as received but not released.
+    let (mut raw, present) = raw_session(broker.tcp(), "once-rc-pub", false).await;
+    assert!(present);
+    publish.dup = true;
+    raw.send_v4(wire::Packet::Publish(publish)).await;
+    assert_eq!(
+        raw.recv_v4().await,
+        Some(wire::Packet::PubRec(wire::PubRec::new(11)))
+    );
+    raw.send_v4(wire::Packet::PubRel(wire::PubRel::new(11)))
+        .await;
+    assert_eq!(
+        raw.recv_v4().await,
+        Some(wire::Packet::PubComp(wire::PubComp::new(11)))
+    );
+    assert_eq!(&sub.publish().await.payload[..], b"once");
+    sub.no_publish().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn qos2_packet_id_is_reusable_after_pubrel() {
     let broker = TestBroker::start().await;
     let mut sub = clean_client(&broker, "reuse-sub").await;
@@ -1180,6 +1215,36 @@ async fn shared_subscription_delivers_each_message_to_exactly_one_member() {
         !got[0].is_empty() && !got[1].is_empty(),
         "both members get messages: {got:?}"
     );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn shared_subscription_skips_an_offline_member() {
+    let broker = TestBroker::start().await;
+    let mut here = clean_client(&broker, "share-here").await;
+    subscribe(&mut here, "$share/g/sho/t", QoS::AtLeastOnce).await;
+    subscribe(&mut here, "sho/gone", QoS::AtLeastOnce).await;
+    let mut connect = connect_packet("share-away", false, 60);
+    connect.last_will = Some(LastWill::new("sho/gone", "away", QoS::AtLeastOnce, false));
+    let (mut away, _) = raw_connect(broker.tcp(), connect).await;
+    raw_subscribe(&mut away, "$share/g/sho/t", QoS::AtLeastOnce).await;
+    drop(away);
+    // The will is published only after the broker has taken the member offline.
+    assert_eq!(&here.publish().await.payload[..], b"away");
+    let mut publisher = clean_client(&broker, "share-off-pub").await;
+    for i in 0..4 {
+        publish(
+            &mut publisher,
+            "sho/t",
+            QoS::AtLeastOnce,
+            false,
+            format!("{i}").as_bytes(),
+        )
+        .await;
+    }
+    for i in 0..4 {
+        assert_eq!(here.publish().await.payload, format!("{i}").as_bytes());
+    }
     broker.stop().await;
 }
 
