@@ -208,7 +208,8 @@ where
     }
 
     let connack = ConnAck {
-        session_present,
+        // MQTT 3.1 has no session-present flag: that CONNACK byte is reserved and must be 0.
+        session_present: session_present && version != ProtocolVersion::V3_1,
         code: ConnectReturnCode::Success,
         properties: version.is_v5().then(|| ConnAckProperties {
             session_expiry_interval: (expiry_secs != requested_expiry).then_some(expiry_secs),
