@@ -355,7 +355,8 @@ impl Broker {
         }
     }
 
-    /// Publishes a will after `delay`, unless the session reconnects first.
+    /// Publishes a will after `delay`, unless the session reconnects first (a will without delay
+    /// is published by its connection directly).
     pub fn schedule_will(
         self: &Arc<Self>,
         client_id: ClientId,
@@ -365,9 +366,7 @@ impl Broker {
         let broker = self.clone();
         let id = client_id.clone();
         let task = tokio::spawn(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
+            tokio::time::sleep(delay).await;
             broker.pending_wills.lock().remove(&id);
             broker.metrics.messages_received[will.qos as usize].inc();
             broker.publish(will).await;

@@ -538,3 +538,44 @@ async fn publish_above_broker_maximum_packet_size_is_disconnected_with_0x95() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn takeover_publishes_a_will_without_delay_exactly_once() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let mut watcher = will_watcher(addr, "tw-watch").await;
+    let _first = raw_with_will(addr, "tw-client", will("will/taken", "old", 0)).await;
+    let mut again = connect_packet("tw-client", Some(expiry_props(30)));
+    again.clean_start = false;
+    let (_second, ack) = raw_connect(addr, again, None).await;
+    assert!(ack.session_present);
+    let p = watcher.publish().await;
+    assert_eq!(&p.topic[..], b"will/taken");
+    assert_eq!(&p.payload[..], b"old");
+    watcher.no_publish().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn takeover_within_will_delay_does_not_publish_the_will() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let mut watcher = will_watcher(addr, "tn-watch").await;
+    let _first = raw_with_will(addr, "tn-client", will("will/kept", "must-not", 2)).await;
+    let mut again = connect_packet("tn-client", Some(expiry_props(30)));
+    again.clean_start = false;
+    let (_second, ack) = raw_connect(addr, again, None).await;
+    assert!(ack.session_present);
+    // A sentinel with the same delay, dropped after the takeover: its will can only arrive
+    // after the taken-over one would have.
+    let sentinel = raw_with_will(addr, "tn-sentinel", will("will/sentinel", "clock", 2)).await;
+    drop(sentinel);
+    let p = watcher.publish().await;
+    assert_eq!(
+        &p.topic[..],
+        b"will/sentinel",
+        "the taken-over client's will was published"
+    );
+    watcher.no_publish().await;
+    broker.stop().await;
+}

@@ -477,7 +477,14 @@ where
                 let delay = will
                     .delay
                     .min(Duration::from_secs(u64::from(self.expiry_secs)));
-                broker.schedule_will(self.client_id.clone(), will.message, delay);
+                if delay.is_zero() {
+                    // Published before the session lock is released, so a connection taking the
+                    // session over cannot cancel a will that is already due.
+                    broker.metrics.messages_received[will.message.qos as usize].inc();
+                    broker.publish(will.message).await;
+                } else {
+                    broker.schedule_will(self.client_id.clone(), will.message, delay);
+                }
             }
         }
         if let Ok(n) = broker.store.session_count().await {
