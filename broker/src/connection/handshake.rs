@@ -13,7 +13,7 @@ use crate::session::Outgoing;
 use bytes::BytesMut;
 use rand::Rng;
 use std::collections::VecDeque;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -197,8 +197,8 @@ where
             .min(limits.max_inflight),
     );
     let mut outgoing = Outgoing::new(window, limits.max_queued_messages);
-    let mut subscriptions = HashMap::new();
-    let mut incoming_qos2 = HashSet::new();
+    let mut subscriptions = BTreeMap::new();
+    let mut incoming_qos2 = BTreeSet::new();
     if let Some(stored) = stored {
         outgoing.restore(stored.inflight, stored.queue);
         incoming_qos2.extend(stored.incoming_qos2);
@@ -253,7 +253,7 @@ where
         max_packet_in: limits.max_packet_size,
         max_packet_out: properties.max_packet_size,
         topic_alias_max: limits.max_topic_alias,
-        topic_aliases: HashMap::new(),
+        topic_aliases: BTreeMap::new(),
         expiry_secs,
         connect_expiry_was_zero: requested_expiry == 0,
         subscriptions,

@@ -17,7 +17,7 @@ use crate::session::{Offer, Outgoing};
 use crate::store::{InflightState, QueuedMessage, StoredSession, StoredSubscription};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -98,12 +98,12 @@ struct Connection<S> {
     max_packet_in: u32,
     max_packet_out: Option<u32>,
     topic_alias_max: u16,
-    topic_aliases: HashMap<u16, Arc<str>>,
+    topic_aliases: BTreeMap<u16, Arc<str>>,
     expiry_secs: u32,
     connect_expiry_was_zero: bool,
-    subscriptions: HashMap<String, SubscriptionOptions>,
+    subscriptions: BTreeMap<String, SubscriptionOptions>,
     outgoing: Outgoing,
-    incoming_qos2: HashSet<u16>,
+    incoming_qos2: BTreeSet<u16>,
     will: Option<Will>,
     mailbox: Arc<Mailbox>,
     arrived: VecDeque<QueuedMessage>,
@@ -125,7 +125,7 @@ where
         let keep_alive_timer = sleep_until_opt(grace.map(|g| self.last_read + g));
         tokio::pin!(keep_alive_timer);
         let mut read_was_full = false;
-        let mut small = [0u8; 128];
+        let mut small = [0u8; 64];
         loop {
             if let Err(exit) = self.process_input().await {
                 return exit;
@@ -446,9 +446,8 @@ where
                 broker.metrics.dropped_queue_full.inc();
             }
         }
-        let subscriptions: Vec<StoredSubscription> = self
-            .subscriptions
-            .drain()
+        let subscriptions: Vec<StoredSubscription> = std::mem::take(&mut self.subscriptions)
+            .into_iter()
             .map(|(filter, options)| StoredSubscription { filter, options })
             .collect();
         if self.expiry_secs == 0 {
@@ -465,7 +464,7 @@ where
                 subscriptions,
                 inflight,
                 queue,
-                incoming_qos2: self.incoming_qos2.drain().collect(),
+                incoming_qos2: std::mem::take(&mut self.incoming_qos2).into_iter().collect(),
                 disconnected_at: None,
             };
             if let Err(e) = broker.store.detach_session(&self.client_id, session).await {
