@@ -35,6 +35,9 @@ pub enum RunState {
     ShuttingDown,
 }
 
+/// How often the keep-alive sweep runs (and the coarse clock advances).
+pub const KEEP_ALIVE_TICK: Duration = Duration::from_millis(250);
+
 /// Delivery work that could not be finished without waiting.
 enum Deferred {
     /// The session's mailbox is full: wait (bounded) for room.
@@ -67,6 +70,7 @@ pub struct Broker {
     session_locks: Mutex<HashMap<ClientId, Weak<tokio::sync::Mutex<()>>>>,
     pending_wills: Mutex<HashMap<ClientId, AbortHandle>>,
     next_connection_id: AtomicU64,
+    clock_ms: AtomicU64,
     run_state: watch::Sender<RunState>,
     delivery_patience: Duration,
 }
@@ -88,6 +92,7 @@ impl Broker {
             session_locks: Mutex::new(HashMap::new()),
             pending_wills: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
+            clock_ms: AtomicU64::new(0),
             run_state,
         })
     }
@@ -95,6 +100,36 @@ impl Broker {
     /// A fresh connection id.
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Milliseconds since start on a coarse clock (advanced by the keep-alive sweep every
+    /// [`KEEP_ALIVE_TICK`]): cheap enough to read on every packet.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Relaxed)
+    }
+
+    /// Advances the coarse clock and tells connections whose clients have been silent too long.
+    pub fn sweep_keep_alive(&self) {
+        let now = u64::try_from(self.started_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_ms.store(now, Ordering::Relaxed);
+        for handle in self.online.read().values() {
+            if handle.mailbox.is_overdue(now) {
+                handle.mailbox.signal(Signal::KeepAliveTimeout);
+            }
+        }
+    }
+
+    /// Runs the keep-alive sweep until shutdown.
+    pub async fn run_keep_alive(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(KEEP_ALIVE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state = self.run_state();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sweep_keep_alive(),
+                _ = state.changed() => return,
+            }
+        }
     }
 
     /// Subscribes to the broker's run state.

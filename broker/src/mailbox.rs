@@ -8,10 +8,15 @@
 //! room. A subscriber that stays full for that long is marked slow, and messages for it are
 //! dropped without waiting until it takes messages again, so one stuck client cannot stall
 //! publishers for long.
+//!
+//! The mailbox also carries the connection's liveness: when its client was last heard from, on
+//! the broker's coarse clock. The broker's keep-alive sweep reads it and signals connections whose
+//! client has been silent for 1.5 × keep-alive, so no connection needs a timer of its own.
 
 use crate::store::QueuedMessage;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -31,6 +36,8 @@ pub enum Signal {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// Nothing arrived from the client within 1.5 × keep-alive.
+    KeepAliveTimeout,
 }
 
 #[derive(Default)]
@@ -47,17 +54,36 @@ pub struct Mailbox {
     ready: Notify,
     room: Notify,
     capacity: usize,
+    last_heard_ms: AtomicU64,
+    silence_allowed_ms: u64,
 }
 
 impl Mailbox {
-    /// An empty mailbox holding at most `capacity` messages.
-    pub fn new(capacity: usize) -> Self {
+    /// An empty mailbox holding at most `capacity` messages, for a client that may stay silent
+    /// for `silence_allowed` (1.5 × its keep-alive; `None` for no keep-alive), heard at `now_ms`.
+    pub fn new(capacity: usize, silence_allowed: Option<Duration>, now_ms: u64) -> Self {
         Mailbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             room: Notify::new(),
             capacity: capacity.max(1),
+            last_heard_ms: AtomicU64::new(now_ms),
+            silence_allowed_ms: silence_allowed
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
         }
+    }
+
+    /// Records that the client was heard from at `now_ms`.
+    pub fn heard(&self, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the client has been silent longer than its keep-alive allows at `now_ms`.
+    pub fn is_overdue(&self, now_ms: u64) -> bool {
+        self.silence_allowed_ms > 0
+            && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed))
+                > self.silence_allowed_ms
     }
 
     /// Adds a message and wakes the connection if it was waiting.
@@ -185,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn push_wakes_a_waiter_and_take_all_keeps_order() {
-        let mailbox = Arc::new(Mailbox::new(10));
+        let mailbox = Arc::new(Mailbox::new(10, None, 0));
         let waiter = {
             let mailbox = mailbox.clone();
             tokio::spawn(async move {
@@ -204,7 +230,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_mailbox_waits_for_room_then_marks_a_stuck_reader_slow() {
-        let mailbox = Arc::new(Mailbox::new(1));
+        let mailbox = Arc::new(Mailbox::new(1, None, 0));
         mailbox.push(q("a")).expect("push");
         let publisher = {
             let mailbox = mailbox.clone();
@@ -241,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_signal_wakes_the_connection_and_sticks() {
-        let mailbox = Mailbox::new(4);
+        let mailbox = Mailbox::new(4, None, 0);
         assert_eq!(mailbox.signalled(), None);
         mailbox.signal(Signal::TakenOver);
         mailbox.signal(Signal::Shutdown);
@@ -250,8 +276,21 @@ mod tests {
     }
 
     #[test]
+    fn silence_longer_than_allowed_is_overdue() {
+        let mailbox = Mailbox::new(1, Some(Duration::from_millis(1500)), 1000);
+        assert!(!mailbox.is_overdue(2500));
+        assert!(mailbox.is_overdue(2501));
+        mailbox.heard(2400);
+        assert!(!mailbox.is_overdue(3900));
+        assert!(
+            !Mailbox::new(1, None, 0).is_overdue(u64::MAX),
+            "no keep-alive, never overdue"
+        );
+    }
+
+    #[test]
     fn full_and_closed_hand_the_message_back() {
-        let mailbox = Mailbox::new(1);
+        let mailbox = Mailbox::new(1, None, 0);
         mailbox.push(q("a")).expect("push");
         assert!(matches!(mailbox.push(q("b")), Err(Refused::Full(m)) if m.message.payload == "b"));
         let left = mailbox.close();

@@ -151,6 +151,7 @@ impl Server {
             });
         }
         tokio::spawn(broker.clone().run_expiry());
+        tokio::spawn(broker.clone().run_keep_alive());
         if broker.config.sys.interval_secs > 0 {
             let interval = Duration::from_secs(broker.config.sys.interval_secs);
             tokio::spawn(crate::sys::run(broker.clone(), interval));

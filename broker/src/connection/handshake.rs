@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
 
 /// Reads CONNECT, checks it, takes over the session and answers CONNACK. `None` when the
 /// connection was refused or closed.
@@ -160,7 +159,13 @@ where
     let session_guard = broker.lock_session(&client_id).await;
     broker.cancel_will(&client_id);
     let connection_id = broker.next_connection_id();
-    let mailbox = Arc::new(Mailbox::new(limits.max_queued_messages));
+    let silence_allowed =
+        (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)).mul_f32(1.5));
+    let mailbox = Arc::new(Mailbox::new(
+        limits.max_queued_messages,
+        silence_allowed,
+        broker.clock_ms(),
+    ));
     broker.register(
         client_id.clone(),
         SessionHandle {
@@ -248,8 +253,6 @@ where
         connection_id,
         read_buf,
         write_buf,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
-        last_read: Instant::now(),
         max_packet_in: limits.max_packet_size,
         max_packet_out: properties.max_packet_size,
         topic_alias_max: limits.max_topic_alias,

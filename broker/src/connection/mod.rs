@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
-use tokio::time::Instant;
 
 /// Bytes of output gathered before they are written even if more is ready.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -93,8 +92,6 @@ struct Connection<S> {
     connection_id: u64,
     read_buf: BytesMut,
     write_buf: BytesMut,
-    keep_alive: Option<Duration>,
-    last_read: Instant,
     max_packet_in: u32,
     max_packet_out: Option<u32>,
     topic_alias_max: u16,
@@ -119,11 +116,6 @@ where
         if let Err(exit) = self.resume_session().await {
             return exit;
         }
-        // One timer for the whole connection, re-armed only when it fires early: resetting it on
-        // every packet would cost a timer-wheel update per packet.
-        let grace = self.keep_alive.map(|k| k.mul_f32(1.5));
-        let keep_alive_timer = sleep_until_opt(grace.map(|g| self.last_read + g));
-        tokio::pin!(keep_alive_timer);
         let mut read_was_full = false;
         let mut small = [0u8; 64];
         loop {
@@ -161,20 +153,12 @@ where
                     Ok(n) => {
                         read_was_full = n == spare;
                         self.broker.metrics.bytes_received.inc_by(n as u64);
-                        self.last_read = Instant::now();
+                        self.mailbox.heard(self.broker.clock_ms());
                     }
                 },
                 // Only woken here; messages and signals are looked at at the top of the loop. (With
                 // no room, messages stay in the mailbox and do not wake it again until taken.)
                 _ = self.mailbox.wait() => {}
-                _ = &mut keep_alive_timer => {
-                    let Some(grace) = grace else { continue };
-                    let deadline = self.last_read + grace;
-                    if Instant::now() >= deadline {
-                        return Exit::KeepAliveTimeout;
-                    }
-                    keep_alive_timer.set(sleep_until_opt(Some(deadline)));
-                }
             }
         }
     }
@@ -464,7 +448,9 @@ where
                 subscriptions,
                 inflight,
                 queue,
-                incoming_qos2: std::mem::take(&mut self.incoming_qos2).into_iter().collect(),
+                incoming_qos2: std::mem::take(&mut self.incoming_qos2)
+                    .into_iter()
+                    .collect(),
                 disconnected_at: None,
             };
             if let Err(e) = broker.store.detach_session(&self.client_id, session).await {
@@ -504,6 +490,7 @@ fn signal_exit(signal: Signal) -> Exit {
     match signal {
         Signal::TakenOver => Exit::TakenOver,
         Signal::Shutdown => Exit::Shutdown,
+        Signal::KeepAliveTimeout => Exit::KeepAliveTimeout,
     }
 }
 
@@ -521,12 +508,5 @@ async fn read_some<S: AsyncRead + Unpin>(
         Ok(n)
     } else {
         stream.read_buf(buf).await
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
