@@ -52,6 +52,7 @@ struct State {
 pub struct Mailbox {
     state: Mutex<State>,
     ready: Notify,
+    signalled: Notify,
     room: Notify,
     capacity: usize,
     last_heard_ms: AtomicU64,
@@ -65,6 +66,7 @@ impl Mailbox {
         Mailbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            signalled: Notify::new(),
             room: Notify::new(),
             capacity: capacity.max(1),
             last_heard_ms: AtomicU64::new(now_ms),
@@ -150,10 +152,18 @@ impl Mailbox {
         }
     }
 
-    /// Tells the connection something; the first signal sticks.
+    /// Tells the connection something; the first signal sticks. Wakes both [`Mailbox::wait`] and
+    /// [`Mailbox::wait_signal`].
     pub fn signal(&self, signal: Signal) {
         self.state.lock().signal.get_or_insert(signal);
         self.ready.notify_one();
+        self.signalled.notify_one();
+    }
+
+    /// Waits for a signal only (used while blocked on a write, where a wake-up for messages
+    /// must not be consumed).
+    pub async fn wait_signal(&self) {
+        self.signalled.notified().await;
     }
 
     /// The signal sent to the connection, if any.

@@ -249,8 +249,8 @@ where
         }
         let len = self.write_buf.len();
         // A client that does not read must not keep a takeover or a shutdown waiting: the write
-        // is raced against the mailbox's signals (and only those: a wake-up for messages goes on
-        // writing, with the same write future so no byte is written twice).
+        // is raced against the mailbox's signals (only those: the wake-up for messages belongs to
+        // the packet loop), with one write future so no byte is written twice.
         {
             let write = write_all_and_flush(&mut self.stream, &self.write_buf);
             tokio::pin!(write);
@@ -262,7 +262,7 @@ where
                         }
                         break;
                     }
-                    _ = self.mailbox.wait() => {
+                    _ = self.mailbox.wait_signal() => {
                         if let Some(signal) = self.mailbox.signalled() {
                             return Err(signal_exit(signal));
                         }
