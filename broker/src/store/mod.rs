@@ -144,3 +144,22 @@ pub trait Store: Send + Sync + 'static {
     /// Number of sessions, online and offline.
     async fn session_count(&self) -> Result<usize, StoreError>;
 }
+
+/// A queued message on topic `t` for unit tests.
+#[cfg(test)]
+pub(crate) fn test_queued(payload: &'static str, qos: QoS) -> QueuedMessage {
+    QueuedMessage {
+        message: Arc::new(Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos,
+            retain: false,
+            properties: crate::message::MessageProperties::default(),
+            expires_at: None,
+            publisher: None,
+        }),
+        qos,
+        retain: false,
+        subscription_ids: vec![],
+    }
+}
