@@ -229,6 +229,14 @@ pub fn decode(
                 kind => Err(malformed(format!("{kind:?} without a body"))),
             };
         }
+        if header.kind == PacketKind::Disconnect && header.remaining_len == 1 {
+            // Reason code only, which rumqttc's decoder refuses (it expects a property length).
+            let frame = buf.split_to(header.frame_len());
+            let reason = DisconnectReasonCode::try_from(frame[header.header_len]);
+            return Ok(Some(Packet::Disconnect(Disconnect::new(
+                reason.map_err(malformed)?,
+            ))));
+        }
         Packet::read(buf, None).map(Some).map_err(malformed)
     } else {
         let packet = wire4::Packet::read(buf, usize::MAX).map_err(malformed)?;
@@ -261,6 +269,17 @@ pub fn encode(
         if let Some(max) = max {
             if packet.size() > max as usize {
                 return Err(EncodeError::TooLarge);
+            }
+        }
+        if let Packet::Disconnect(Disconnect {
+            reason_code,
+            properties: None,
+        }) = packet
+        {
+            if *reason_code != DisconnectReasonCode::NormalDisconnection {
+                // rumqttc announces remaining length 1 here but writes 2 bytes; write it whole.
+                buf.put_slice(&[0xe0, 0x02, *reason_code as u8, 0x00]);
+                return Ok(());
             }
         }
         packet
@@ -414,6 +433,37 @@ mod tests {
         assert!(matches!(
             decode(&mut buf, ProtocolVersion::V3_1_1, 1024),
             Err(DecodeError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn v5_disconnect_with_reason_encodes_a_consistent_length() {
+        let mut buf = BytesMut::new();
+        let packet = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::ProtocolError));
+        encode(&packet, ProtocolVersion::V5, &mut buf, None).expect("encode");
+        assert_eq!(&buf[..], &[0xe0, 0x02, 0x82, 0x00]);
+        let again = Packet::read(&mut buf, None).expect("decodes");
+        assert_eq!(again, packet);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn v5_disconnect_with_reason_code_only_decodes() {
+        let mut buf = BytesMut::from(&[0xe0u8, 0x01, 0x04][..]);
+        let packet = decode(&mut buf, ProtocolVersion::V5, 1024)
+            .expect("ok")
+            .expect("packet");
+        assert_eq!(
+            packet,
+            Packet::Disconnect(Disconnect::new(
+                DisconnectReasonCode::DisconnectWithWillMessage
+            ))
+        );
+        assert!(buf.is_empty());
+        let mut bad = BytesMut::from(&[0xe0u8, 0x01, 0x05][..]);
+        assert!(matches!(
+            decode(&mut bad, ProtocolVersion::V5, 1024),
+            Err(DecodeError::Malformed(_))
         ));
     }
 }
