@@ -237,9 +237,25 @@ pub fn decode(
                 reason.map_err(malformed)?,
             ))));
         }
-        Packet::read(buf, None).map(Some).map_err(malformed)
+        use rumqttc::v5::mqttbytes::Error as E5;
+        match Packet::read(buf, None) {
+            Ok(Packet::Unsubscribe(u)) if u.filters.is_empty() => Err(DecodeError::Protocol(
+                "UNSUBSCRIBE without topic filters".into(),
+            )),
+            Ok(packet) => Ok(Some(packet)),
+            // Well-formed bytes that break a rule: protocol errors (0x82), not malformed (0x81).
+            Err(e @ (E5::EmptySubscription | E5::PacketIdZero)) => {
+                Err(DecodeError::Protocol(e.to_string()))
+            }
+            Err(e) => Err(malformed(e)),
+        }
     } else {
         let packet = wire4::Packet::read(buf, usize::MAX).map_err(malformed)?;
+        if matches!(&packet, wire4::Packet::Unsubscribe(u) if u.topics.is_empty()) {
+            return Err(DecodeError::Protocol(
+                "UNSUBSCRIBE without topic filters".into(),
+            ));
+        }
         v4::incoming_to_v5(packet).map(Some)
     }
 }
