@@ -208,7 +208,7 @@ impl Broker {
         let online = self.online.read();
         tree.matches(topic, |m| match m {
             Match::Direct(client, options) => out.push((client.clone(), options.clone())),
-            Match::Shared { members, start } => {
+            Match::Shared { members, start, .. } => {
                 let n = members.len();
                 if n == 0 {
                     return;
@@ -381,9 +381,9 @@ impl Broker {
             return false;
         };
         let mut tree = self.subscriptions.write();
-        let new = tree.insert(client_id, parsed.group, parsed.filter, options);
+        let change = tree.insert(client_id, parsed.group, parsed.filter, options);
         self.metrics.subscriptions.set(tree.len() as i64);
-        new
+        change.changed
     }
 
     /// Removes a subscription from the routing tree; returns true if it existed.
@@ -392,9 +392,9 @@ impl Broker {
             return false;
         };
         let mut tree = self.subscriptions.write();
-        let removed = tree.remove(client_id, parsed.group, parsed.filter);
+        let change = tree.remove(client_id, parsed.group, parsed.filter);
         self.metrics.subscriptions.set(tree.len() as i64);
-        removed
+        change.changed
     }
 
     /// Removes all of a session's subscriptions from the routing tree.
