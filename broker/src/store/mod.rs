@@ -3,10 +3,13 @@
 //! A standalone node keeps this state in memory ([`MemoryStore`]); a cluster node keeps it in a
 //! shared store so any node can resume a session. Protocol code never talks to a store directly:
 //! the broker core does, at connect, disconnect, subscribe and when routing to offline sessions.
+//! A cluster keeps it in Redis ([`RedisStore`]).
 
 mod memory;
+pub mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisStore, RedisStoreConfig};
 
 use crate::message::{ClientId, Message};
 use crate::protocol::QoS;
