@@ -342,7 +342,7 @@ type Field = (Vec<u8>, Vec<u8>);
 
 /// Field/value pairs of a flat HGETALL reply.
 fn pairs(flat: Vec<Value>) -> Result<Vec<Field>, StoreError> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return Err(malformed("odd number of hash elements"));
     }
     let mut out = Vec::with_capacity(flat.len() / 2);
