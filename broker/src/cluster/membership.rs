@@ -619,3 +619,6 @@ async fn seed_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
