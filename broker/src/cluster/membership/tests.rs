@@ -349,3 +349,28 @@ fn key_files_hold_base64_keys_of_aes_sizes() {
     let err = load_key_file(&dir.path().join("missing")).expect_err("missing");
     assert!(matches!(err, MembershipError::KeyFile { .. }));
 }
+
+#[tokio::test]
+async fn seeds_of_the_other_family_and_of_this_node_are_skipped() {
+    let own: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
+    let seeds = [
+        "[::1]:7946",
+        "127.0.0.1:7946",
+        "127.0.0.1:7000",
+        "127.0.0.1:7946",
+    ]
+    .map(String::from);
+    let (found, problems) = resolve_seeds(&seeds, &[own, own]).await;
+    assert_eq!(
+        found,
+        vec!["127.0.0.1:7946".parse::<SocketAddr>().expect("addr")]
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    // An IPv6 node keeps IPv6 seeds.
+    let own6: SocketAddr = "[::1]:7000".parse().expect("addr");
+    let (found, _) = resolve_seeds(&seeds[..1], &[own6, own6]).await;
+    assert_eq!(
+        found,
+        vec!["[::1]:7946".parse::<SocketAddr>().expect("addr")]
+    );
+}
