@@ -592,7 +592,10 @@ async fn seed_loop(
                     Err(e) => problems.push(format!("{addr}: {e}")),
                 }
             }
-        } else if problems.is_empty() {
+        }
+        // A one-node cluster whose seed list names only itself is fine; say so quietly.
+        let only_self = addrs.is_empty() && problems.is_empty();
+        if only_self {
             problems.push("every seed is this node itself".to_string());
         }
         let error = (!joined).then(|| problems.join("; "));
@@ -600,7 +603,7 @@ async fn seed_loop(
         match &error {
             None => tracing::info!(attempt, "joined the cluster through the seeds"),
             // Loud at first and then now and again: a lone node may wait long for its peers.
-            Some(e) if attempt == 1 || attempt % 10 == 0 => {
+            Some(e) if !only_self && (attempt == 1 || attempt % 10 == 0) => {
                 tracing::warn!(error = %e, attempt, "no gossip seed answered; retrying")
             }
             Some(e) => tracing::debug!(error = %e, attempt, "no gossip seed answered; retrying"),
