@@ -603,7 +603,7 @@ async fn seed_loop(
         match &error {
             None => tracing::info!(attempt, "joined the cluster through the seeds"),
             // Loud at first and then now and again: a lone node may wait long for its peers.
-            Some(e) if !only_self && (attempt == 1 || attempt % 10 == 0) => {
+            Some(e) if !only_self && (attempt == 1 || attempt.is_multiple_of(10)) => {
                 tracing::warn!(error = %e, attempt, "no gossip seed answered; retrying")
             }
             Some(e) => tracing::debug!(error = %e, attempt, "no gossip seed answered; retrying"),
