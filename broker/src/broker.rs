@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
+use crate::cluster::relay::ClusterLink;
 use crate::mailbox::{Mailbox, Refused, Signal};
 use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
@@ -12,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use starling_config::BrokerConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, OwnedMutexGuard};
 use tokio::task::AbortHandle;
@@ -80,6 +81,7 @@ pub struct Broker {
     clock_ms: AtomicU64,
     run_state: watch::Sender<RunState>,
     delivery_patience: Duration,
+    cluster: OnceLock<Arc<ClusterLink>>,
 }
 
 impl Broker {
@@ -89,6 +91,7 @@ impl Broker {
         let delivery_patience = Duration::from_millis(config.limits.delivery_wait_ms);
         Arc::new(Broker {
             delivery_patience,
+            cluster: OnceLock::new(),
             config,
             auth,
             store,
@@ -105,6 +108,21 @@ impl Broker {
             clock_ms: AtomicU64::new(0),
             run_state,
         })
+    }
+
+    /// Connects this node to the cluster relay (once; later calls are ignored). Entries that
+    /// already exist are announced.
+    pub fn attach_cluster(&self, link: Arc<ClusterLink>) {
+        if self.cluster.set(link.clone()).is_ok() {
+            for raw in self.subscriptions.read().entries() {
+                link.entry_changed(&raw, true);
+            }
+        }
+    }
+
+    /// The cluster relay, if this node is part of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
+        self.cluster.get()
     }
 
     /// A fresh connection id.
@@ -171,12 +189,22 @@ impl Broker {
         self.route(&message).await
     }
 
-    /// Delivers a message to every matching session; returns how many.
+    /// Delivers a message to every matching session here and hands it to the cluster relay for
+    /// the other nodes; returns how many local sessions it reached.
+    pub async fn route(&self, message: &Arc<Message>) -> usize {
+        if let Some(link) = self.cluster.get() {
+            link.forward(self, message);
+        }
+        self.route_local(message).await
+    }
+
+    /// Delivers a message to every matching session on this node only (relayed messages come
+    /// here, so nothing is relayed twice); returns how many.
     ///
     /// The common case (every target online with room in its mailbox) completes without waiting;
     /// targets that need a wait or the store are handled afterwards, in a boxed future, so the hot
     /// path stays small in every connection's task.
-    pub async fn route(&self, message: &Arc<Message>) -> usize {
+    pub async fn route_local(&self, message: &Arc<Message>) -> usize {
         let matches = self.matching(&message.topic);
         if matches.is_empty() {
             return 0;
@@ -383,6 +411,11 @@ impl Broker {
         let mut tree = self.subscriptions.write();
         let change = tree.insert(client_id, parsed.group, parsed.filter, options);
         self.metrics.subscriptions.set(tree.len() as i64);
+        if change.entry_toggled {
+            if let Some(link) = self.cluster.get() {
+                link.entry_changed(raw_filter, true);
+            }
+        }
         change.changed
     }
 
@@ -394,6 +427,11 @@ impl Broker {
         let mut tree = self.subscriptions.write();
         let change = tree.remove(client_id, parsed.group, parsed.filter);
         self.metrics.subscriptions.set(tree.len() as i64);
+        if change.entry_toggled {
+            if let Some(link) = self.cluster.get() {
+                link.entry_changed(raw_filter, false);
+            }
+        }
         change.changed
     }
 

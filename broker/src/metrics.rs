@@ -43,6 +43,10 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     /// Cluster members this node sees, itself included.
     pub cluster_members: Gauge,
+    /// Entries (filters) other cluster nodes advertise, as this node's replica knows them.
+    pub remote_entries: Gauge,
+    /// Messages not relayed to another node because the relay queue was full.
+    pub relay_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -140,7 +144,21 @@ impl Metrics {
             "Cluster members this node sees, itself included",
             cluster_members.clone(),
         );
+        let remote_entries = Gauge::default();
+        registry.register(
+            "cluster_remote_entries",
+            "Filters other cluster nodes advertise, as this node knows them",
+            remote_entries.clone(),
+        );
+        let relay_dropped = Counter::default();
+        registry.register(
+            "relay_dropped",
+            "Messages not relayed to another node because the relay queue was full",
+            relay_dropped.clone(),
+        );
         Metrics {
+            remote_entries,
+            relay_dropped,
             cluster_members,
             connections,
             connections_total,

@@ -5,6 +5,7 @@ use crate::auth::{Auth, AuthError};
 use crate::broker::Broker;
 use crate::cluster::membership::MemberEvent;
 use crate::cluster::membership::{self, GossipConfig, Membership, MembershipError, SingleNode};
+use crate::cluster::relay::ClusterLink;
 use crate::connection;
 use crate::listener::{self, ListenerError};
 use crate::store::{MemoryStore, RedisStore, RedisStoreConfig, Store, StoreError};
@@ -42,6 +43,9 @@ pub enum ServerError {
     /// Gossip could not start.
     #[error("`cluster`: {0}")]
     Membership(#[from] MembershipError),
+    /// The relay between nodes could not start.
+    #[error("`cluster.redis_url`: {0}")]
+    Relay(String),
 }
 
 /// The addresses actually bound (useful when the configuration asked for port 0).
@@ -115,8 +119,16 @@ impl Server {
             }
             None => None,
         };
+        let cluster_url = config.cluster.redis_url.clone();
+        let broker = Broker::new(config, auth, store);
+        if let Some(url) = cluster_url {
+            let link = ClusterLink::start(&url, &broker.config.node_id, "starling:", &broker)
+                .await
+                .map_err(|e| ServerError::Relay(e.to_string()))?;
+            broker.attach_cluster(link);
+        }
         Ok(Server {
-            broker: Broker::new(config, auth, store),
+            broker,
             membership,
             listeners,
             admin,
@@ -239,7 +251,12 @@ async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(MemberEvent::Joined(node)) => tracing::info!(node = %node.id, addr = %node.addr, "node joined"),
-                Ok(MemberEvent::Left(node)) => tracing::info!(node = %node.id, "node left or failed"),
+                Ok(MemberEvent::Left(node)) => {
+                    tracing::info!(node = %node.id, "node left or failed");
+                    if let Some(link) = broker.cluster() {
+                        link.forget_node(&node.id, &broker).await;
+                    }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },

@@ -148,3 +148,88 @@ async fn a_retained_message_published_on_one_node_is_served_by_another() {
     assert_eq!(&p.payload[..], b"sunny");
     assert!(p.retain);
 }
+
+/// Waits until `node` knows of at least `n` entries advertised by other nodes.
+async fn remote_entries_at_least(node: &BrokerNode, n: f64) {
+    wait_for(WAIT, || async move {
+        let known = node.metric("starling_cluster_remote_entries").await?;
+        anyhow::ensure!(known >= n, "{} knows {known} remote entries", node.id);
+        Ok(())
+    })
+    .await
+    .expect("entries advertised");
+}
+
+#[tokio::test]
+async fn publishes_are_relayed_live_to_subscribers_on_other_nodes_once() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    let (sub_b, mut loop_b, _) = client(b.mqtt, "listener-b", true).await;
+    sub_b
+        .subscribe("live/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut loop_b, |p| matches!(p, Packet::SubAck(_))).await;
+    let (sub_a, mut loop_a, _) = client(a.mqtt, "listener-a", true).await;
+    sub_a
+        .subscribe("live/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut loop_a, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "speaker", true).await;
+    let n = 100;
+    // The event loop must run while publishing (the client's request queue is small).
+    let acknowledging = tokio::spawn(async move {
+        let mut acks = 0;
+        while acks < n {
+            if let Event::Incoming(Packet::PubAck(_)) = pub_loop.poll().await.expect("publisher") {
+                acks += 1;
+            }
+        }
+    });
+    for i in 0..n {
+        publisher
+            .publish(format!("live/{i}"), QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    for (name, eventloop) in [("b", &mut loop_b), ("a", &mut loop_a)] {
+        let mut got = Vec::new();
+        while got.len() < n {
+            if let Packet::Publish(p) =
+                next_packet(eventloop, |p| matches!(p, Packet::Publish(_))).await
+            {
+                got.push(
+                    String::from_utf8_lossy(&p.payload)
+                        .parse::<usize>()
+                        .expect("number"),
+                );
+            }
+        }
+        assert_eq!(
+            got,
+            (0..n).collect::<Vec<_>>(),
+            "node {name}: every message once, in order"
+        );
+    }
+    tokio::time::timeout(WAIT, acknowledging)
+        .await
+        .expect("PUBACKs in time")
+        .expect("publisher");
+    // Nothing arrives twice (a relayed message is never relayed back).
+    for eventloop in [&mut loop_a, &mut loop_b] {
+        let extra = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) =
+                    eventloop.poll().await.expect("connection")
+                {
+                    return p;
+                }
+            }
+        })
+        .await;
+        assert!(extra.is_err(), "a message arrived twice: {extra:?}");
+    }
+}

@@ -1,3 +1,4 @@
 //! Running as one node of a cluster: membership by gossip (issue 4).
 
 pub mod membership;
+pub mod relay;

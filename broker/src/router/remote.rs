@@ -108,6 +108,16 @@ impl RemoteFilters {
         }
     }
 
+    /// Number of entries advertised by all other nodes together.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// Whether no other node advertises anything.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
     /// Nodes known to advertise anything.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
         self.by_node.keys()

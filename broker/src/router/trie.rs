@@ -161,6 +161,31 @@ impl SubscriptionTree {
         change
     }
 
+    /// Every entry with at least one subscriber, as raw filters (`$share/<group>/<filter>` for
+    /// shared groups).
+    pub fn entries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        Self::collect_entries(&self.root, &mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect_entries<'a>(node: &'a Node, path: &mut Vec<&'a str>, out: &mut Vec<String>) {
+        if !path.is_empty() {
+            let filter = path.join("/");
+            if !node.direct.is_empty() {
+                out.push(filter.clone());
+            }
+            for group in node.shared.keys() {
+                out.push(format!("$share/{group}/{filter}"));
+            }
+        }
+        for (level, child) in &node.children {
+            path.push(level);
+            Self::collect_entries(child, path, out);
+            path.pop();
+        }
+    }
+
     /// Number of subscriptions (shared memberships included).
     pub fn len(&self) -> usize {
         self.count
@@ -302,6 +327,20 @@ mod tests {
         assert_eq!(toggled(tree.remove("b", None, "t/+")), (true, true));
         assert_eq!(toggled(tree.remove("b", None, "t/+")), (false, false));
         assert_eq!(toggled(tree.remove("a", Some("g"), "t/+")), (true, true));
+    }
+
+    #[test]
+    fn entries_list_filters_and_groups_with_subscribers() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert(&"a".into(), None, "s/+/t", opts());
+        tree.insert(&"b".into(), None, "s/+/t", opts());
+        tree.insert(&"a".into(), Some("g"), "#", opts());
+        tree.insert(&"a".into(), None, "/lead", opts());
+        tree.insert(&"c".into(), None, "gone", opts());
+        tree.remove("c", None, "gone");
+        let mut entries = tree.entries();
+        entries.sort();
+        assert_eq!(entries, ["$share/g/#", "/lead", "s/+/t"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! session's keys carry a TTL (its expiry interval plus a grace period), so sessions vanish even
 //! when no node is alive to sweep them; retained messages with an expiry carry theirs too.
 
-mod codec;
+pub(crate) mod codec;
 
 pub use codec::{DecodeError, ENCODING_VERSION};
 
