@@ -1,0 +1,12 @@
+//! The Starling operator: turns `MqttCluster` resources into running Starling clusters.
+//!
+//! Every child object is built by a pure function of the cluster (see [`resources`]), so what
+//! the operator applies is unit-tested without an API server; [`reconcile`] only applies them.
+
+pub mod crd;
+pub mod error;
+pub mod resources;
+#[cfg(test)]
+pub(crate) mod schema_check;
+
+pub use error::Error;
