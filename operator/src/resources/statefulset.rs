@@ -838,4 +838,78 @@ resources: {limits: {memory: 512Mi}}
         assert_eq!(csc.read_only_root_filesystem, Some(true));
         assert_eq!(csc.allow_privilege_escalation, Some(false));
     }
+
+    /// Expands `$(NAME)` references the way the kubelet does, from earlier variables.
+    fn expand(value: &str, known: &[(String, String)]) -> String {
+        let mut out = value.to_string();
+        for (name, v) in known {
+            out = out.replace(&format!("$({name})"), v);
+        }
+        out
+    }
+
+    /// The environment a pod gets, fed to the broker's own loader (figment, `STARLING_` prefix,
+    /// `__` for nesting): the cluster settings arrive with the intended types. The broker's
+    /// `cluster` section is being built separately, so the shape is mirrored here.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
+    fn pod_environment_parses_with_the_broker_loader() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Cluster {
+            redis_url: String,
+            gossip_bind: std::net::SocketAddr,
+            gossip_advertise: std::net::SocketAddr,
+            gossip_seeds: Vec<String>,
+            gossip_key_file: Option<std::path::PathBuf>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Loaded {
+            node_id: String,
+            cluster: Cluster,
+        }
+        let set = build("replicas: 3\ngossip: {encryptionKeySecretRef: {name: g, key: k}}");
+        let mut known: Vec<(String, String)> = Vec::new();
+        for var in container(&set).env.as_ref().expect("env") {
+            let value = match (&var.value, &var.value_from) {
+                (Some(v), _) => expand(v, &known),
+                (None, Some(from)) if from.field_ref.is_some() => {
+                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                        Some("metadata.name") => "demo-1".to_string(),
+                        Some("status.podIP") => "10.1.2.3".to_string(),
+                        other => panic!("unexpected field {other:?}"),
+                    }
+                }
+                (None, Some(_)) => "pw0rd".to_string(),
+                (None, None) => String::new(),
+            };
+            known.push((var.name.clone(), value));
+        }
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in &known {
+                jail.set_env(name, value);
+            }
+            let loaded: Loaded = figment::Figment::new()
+                .merge(figment::providers::Env::prefixed("STARLING_").split("__"))
+                .extract()?;
+            assert_eq!(loaded.node_id, "demo-1");
+            let c = loaded.cluster;
+            assert_eq!(c.redis_url, "redis://:pw0rd@demo-redis.iot.svc:6379/0");
+            assert_eq!(c.gossip_bind, "0.0.0.0:7946".parse().unwrap());
+            assert_eq!(c.gossip_advertise, "10.1.2.3:7946".parse().unwrap());
+            assert_eq!(
+                c.gossip_seeds,
+                [
+                    "demo-0.demo-headless.iot.svc:7946",
+                    "demo-1.demo-headless.iot.svc:7946",
+                    "demo-2.demo-headless.iot.svc:7946"
+                ]
+            );
+            assert_eq!(
+                c.gossip_key_file.as_deref().and_then(|p| p.to_str()),
+                Some(GOSSIP_KEY_FILE)
+            );
+            Ok(())
+        });
+    }
 }
