@@ -5,6 +5,8 @@
 
 pub mod crd;
 pub mod error;
+#[cfg(test)]
+mod example_files;
 pub mod resources;
 #[cfg(test)]
 pub(crate) mod schema_check;

@@ -12,6 +12,9 @@ pub mod statefulset;
 
 use crate::crd::MqttCluster;
 use crate::Error;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 use std::collections::BTreeMap;
@@ -160,6 +163,44 @@ impl<'a> Cluster<'a> {
             self.namespace
         )
     }
+}
+
+/// Every child object the cluster should have, except the managed Redis' password Secret (which
+/// is created once, see [`redis::password_secret`]). `None` marks an object that must not exist.
+#[derive(Debug, Clone)]
+pub struct Children {
+    /// The broker configuration file.
+    pub config_map: ConfigMap,
+    /// Stable pod DNS names and gossip.
+    pub headless_service: Service,
+    /// Where clients connect.
+    pub client_service: Service,
+    /// The brokers.
+    pub stateful_set: StatefulSet,
+    /// The disruption budget, unless turned off.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// The managed Redis, unless Redis is external.
+    pub redis_deployment: Option<Deployment>,
+    /// The managed Redis' Service, unless Redis is external.
+    pub redis_service: Option<Service>,
+    /// The managed Redis' volume, when persistence is on.
+    pub redis_volume: Option<PersistentVolumeClaim>,
+}
+
+/// Builds every child object from the cluster.
+pub fn desired(cluster: &Cluster<'_>) -> Result<Children, Error> {
+    let config_map = configmap::config_map(cluster)?;
+    let hash = configmap::config_hash(&config_map);
+    Ok(Children {
+        stateful_set: statefulset::stateful_set(cluster, &hash)?,
+        config_map,
+        headless_service: services::headless_service(cluster),
+        client_service: services::client_service(cluster),
+        pod_disruption_budget: pdb::pod_disruption_budget(cluster),
+        redis_deployment: redis::deployment(cluster),
+        redis_service: redis::service(cluster),
+        redis_volume: redis::persistent_volume_claim(cluster),
+    })
 }
 
 #[cfg(test)]
