@@ -10,5 +10,6 @@ mod example_files;
 pub mod resources;
 #[cfg(test)]
 pub(crate) mod schema_check;
+pub mod status;
 
 pub use error::Error;
