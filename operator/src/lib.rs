@@ -7,6 +7,7 @@ pub mod crd;
 pub mod error;
 #[cfg(test)]
 mod example_files;
+pub mod reconcile;
 pub mod resources;
 #[cfg(test)]
 pub(crate) mod schema_check;

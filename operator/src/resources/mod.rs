@@ -7,6 +7,7 @@
 pub mod configmap;
 pub mod pdb;
 pub mod redis;
+pub mod servicemonitor;
 pub mod services;
 pub mod statefulset;
 
