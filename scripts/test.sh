@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs Starling's whole test suite, first installing what the tests need (Debian packages:
-# the mosquitto broker and clients used as interop peers).
+# mosquitto and its clients as interop peers, redis-server and haproxy for the end-to-end tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=()
 command -v mosquitto >/dev/null 2>&1 || packages+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || packages+=(mosquitto-clients)
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -15,4 +17,6 @@ if ((${#packages[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
+# The end-to-end tests run the broker binary: build it first.
+cargo build -p starling-broker --locked
 cargo test --workspace --all-targets --locked "$@"

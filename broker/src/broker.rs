@@ -53,6 +53,13 @@ enum Deferred {
     },
 }
 
+/// One lock per client id held by a connection for its session's lifetime; entries of ended
+/// sessions are pruned lazily.
+struct SessionLocks {
+    locks: HashMap<ClientId, Weak<tokio::sync::Mutex<()>>>,
+    prune_above: usize,
+}
+
 /// State and behaviour shared by all connections of one node.
 pub struct Broker {
     /// The validated configuration.
@@ -67,7 +74,7 @@ pub struct Broker {
     pub started_at: Instant,
     subscriptions: RwLock<SubscriptionTree>,
     online: RwLock<HashMap<ClientId, SessionHandle>>,
-    session_locks: Mutex<HashMap<ClientId, Weak<tokio::sync::Mutex<()>>>>,
+    session_locks: Mutex<SessionLocks>,
     pending_wills: Mutex<HashMap<ClientId, AbortHandle>>,
     next_connection_id: AtomicU64,
     clock_ms: AtomicU64,
@@ -89,7 +96,10 @@ impl Broker {
             started_at: Instant::now(),
             subscriptions: RwLock::new(SubscriptionTree::default()),
             online: RwLock::new(HashMap::new()),
-            session_locks: Mutex::new(HashMap::new()),
+            session_locks: Mutex::new(SessionLocks {
+                locks: HashMap::new(),
+                prune_above: 1024,
+            }),
             pending_wills: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
             clock_ms: AtomicU64::new(0),
@@ -198,7 +208,7 @@ impl Broker {
         let online = self.online.read();
         tree.matches(topic, |m| match m {
             Match::Direct(client, options) => out.push((client.clone(), options.clone())),
-            Match::Shared { members, start } => {
+            Match::Shared { members, start, .. } => {
                 let n = members.len();
                 if n == 0 {
                     return;
@@ -340,9 +350,13 @@ impl Broker {
     /// Waits until no other connection holds this client id's session, then holds it.
     pub async fn lock_session(&self, client_id: &ClientId) -> OwnedMutexGuard<()> {
         let lock = {
-            let mut locks = self.session_locks.lock();
-            if locks.len() > 1024 {
+            let mut guard = self.session_locks.lock();
+            let SessionLocks { locks, prune_above } = &mut *guard;
+            // Dropped locks are pruned when the map has doubled since the last pruning, so the
+            // cost stays amortised O(1) per connect however many sessions are held.
+            if locks.len() > *prune_above {
                 locks.retain(|_, weak| weak.strong_count() > 0);
+                *prune_above = (2 * locks.len()).max(1024);
             }
             match locks.get(client_id).and_then(Weak::upgrade) {
                 Some(lock) => lock,
@@ -367,9 +381,9 @@ impl Broker {
             return false;
         };
         let mut tree = self.subscriptions.write();
-        let new = tree.insert(client_id, parsed.group, parsed.filter, options);
+        let change = tree.insert(client_id, parsed.group, parsed.filter, options);
         self.metrics.subscriptions.set(tree.len() as i64);
-        new
+        change.changed
     }
 
     /// Removes a subscription from the routing tree; returns true if it existed.
@@ -378,9 +392,9 @@ impl Broker {
             return false;
         };
         let mut tree = self.subscriptions.write();
-        let removed = tree.remove(client_id, parsed.group, parsed.filter);
+        let change = tree.remove(client_id, parsed.group, parsed.filter);
         self.metrics.subscriptions.set(tree.len() as i64);
-        removed
+        change.changed
     }
 
     /// Removes all of a session's subscriptions from the routing tree.

@@ -197,26 +197,11 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Message, MessageProperties};
     use crate::protocol::QoS;
-    use bytes::Bytes;
     use std::sync::Arc;
 
     fn q(tag: &'static str) -> QueuedMessage {
-        QueuedMessage {
-            message: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::from_static(tag.as_bytes()),
-                qos: QoS::AtMostOnce,
-                retain: false,
-                properties: MessageProperties::default(),
-                expires_at: None,
-                publisher: None,
-            }),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            subscription_ids: vec![],
-        }
+        crate::store::test_queued(tag, QoS::AtMostOnce)
     }
 
     #[tokio::test]

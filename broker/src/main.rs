@@ -7,6 +7,7 @@ use starling_config::{BrokerConfig, LogFormat};
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Starling: a distributed MQTT 3.1.1 and 5.0 broker.
 ///
@@ -66,6 +67,10 @@ enum Command {
 }
 
 fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
+    if let Some(path) = &args.config {
+        std::fs::File::open(path)
+            .with_context(|| format!("configuration file {} (--config)", path.display()))?;
+    }
     let figment = BrokerConfig::figment(args.config.as_deref());
     let mut config = BrokerConfig::extract(&figment)?;
     if let Some(id) = &args.node_id {
@@ -133,8 +138,19 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The message (with its causes) is what a user needs; no backtrace.
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Passwd { username } => {
             let mut password = String::new();

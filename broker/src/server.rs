@@ -138,18 +138,20 @@ impl Server {
                 permits.clone(),
             )));
         }
-        if let Some(admin) = self.admin {
+        // The admin endpoint outlives the drain, so /readyz can answer 503 while connections
+        // are told to go (and a load balancer stops sending new ones).
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = self.admin.map(|admin| {
             let router = crate::admin::router(broker.clone());
-            let mut state = broker.run_state();
             tokio::spawn(async move {
                 let serve = axum::serve(admin, router).with_graceful_shutdown(async move {
-                    let _ = state.changed().await;
+                    let _ = admin_stopped.await;
                 });
                 if let Err(e) = serve.await {
                     tracing::warn!(error = %e, "admin endpoint stopped");
                 }
-            });
-        }
+            })
+        });
         tokio::spawn(broker.clone().run_expiry());
         tokio::spawn(broker.clone().run_keep_alive());
         if broker.config.sys.interval_secs > 0 {
@@ -175,6 +177,10 @@ impl Server {
                 open = broker.online_count(),
                 "drain timeout reached with connections still open"
             ),
+        }
+        let _ = admin_stop.send(());
+        if let Some(task) = admin_task {
+            let _ = task.await;
         }
     }
 }

@@ -196,25 +196,9 @@ impl Outgoing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Message, MessageProperties};
-    use bytes::Bytes;
-    use std::sync::Arc;
 
     fn q(qos: QoS, tag: &'static str) -> QueuedMessage {
-        QueuedMessage {
-            message: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::from_static(tag.as_bytes()),
-                qos,
-                retain: false,
-                properties: MessageProperties::default(),
-                expires_at: None,
-                publisher: None,
-            }),
-            qos,
-            retain: false,
-            subscription_ids: vec![],
-        }
+        crate::store::test_queued(tag, qos)
     }
 
     #[test]

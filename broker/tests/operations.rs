@@ -573,3 +573,34 @@ async fn json_log_format_writes_one_json_object_per_line() {
     let (status, _, stderr) = process.exit(Duration::from_secs(DRAIN_SECS + 2)).await;
     assert!(status.success(), "exit {status}; stderr:\n{stderr}");
 }
+
+#[tokio::test]
+async fn readyz_answers_503_while_connections_drain() {
+    let broker = TestBroker::start_with(|c| c.shutdown.drain_timeout_secs = 5).await;
+    let admin = broker.addresses.admin.expect("admin listener");
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    // A connection that never sends CONNECT keeps the drain open (until its connect timeout).
+    let _lingering = tokio::net::TcpStream::connect(broker.tcp())
+        .await
+        .expect("connect");
+    let stopping = tokio::spawn(broker.stop());
+    let status = tokio::time::timeout(WAIT, async {
+        loop {
+            let (status, _) = http_get(admin, "/readyz").await;
+            if status != 200 {
+                return status;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("/readyz turned not-ready during the drain");
+    assert_eq!(status, 503);
+    assert_eq!(
+        http_get(admin, "/healthz").await.0,
+        200,
+        "still alive while draining"
+    );
+    drop(_lingering);
+    stopping.await.expect("stop");
+}

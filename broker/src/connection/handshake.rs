@@ -208,6 +208,9 @@ where
         outgoing.restore(stored.inflight, stored.queue);
         incoming_qos2.extend(stored.incoming_qos2);
         for s in stored.subscriptions {
+            // Already in the routing tree when the session was parked here; not when it was
+            // stored by another node of a cluster.
+            broker.add_subscription(&client_id, &s.filter, s.options.clone());
             subscriptions.insert(s.filter, s.options);
         }
     }

@@ -230,16 +230,32 @@ pub fn decode(
             };
         }
         if header.kind == PacketKind::Disconnect && header.remaining_len == 1 {
-            // A reason code without property length means no properties; rumqttc's reader
-            // insists on the property length.
+            // Reason code only, which rumqttc's decoder refuses (it expects a property length).
             let frame = buf.split_to(header.frame_len());
-            let reason =
-                DisconnectReasonCode::try_from(frame[header.header_len]).map_err(malformed)?;
-            return Ok(Some(Packet::Disconnect(Disconnect::new(reason))));
+            let reason = DisconnectReasonCode::try_from(frame[header.header_len]);
+            return Ok(Some(Packet::Disconnect(Disconnect::new(
+                reason.map_err(malformed)?,
+            ))));
         }
-        Packet::read(buf, None).map(Some).map_err(malformed)
+        use rumqttc::v5::mqttbytes::Error as E5;
+        match Packet::read(buf, None) {
+            Ok(Packet::Unsubscribe(u)) if u.filters.is_empty() => Err(DecodeError::Protocol(
+                "UNSUBSCRIBE without topic filters".into(),
+            )),
+            Ok(packet) => Ok(Some(packet)),
+            // Well-formed bytes that break a rule: protocol errors (0x82), not malformed (0x81).
+            Err(e @ (E5::EmptySubscription | E5::PacketIdZero)) => {
+                Err(DecodeError::Protocol(e.to_string()))
+            }
+            Err(e) => Err(malformed(e)),
+        }
     } else {
         let packet = wire4::Packet::read(buf, usize::MAX).map_err(malformed)?;
+        if matches!(&packet, wire4::Packet::Unsubscribe(u) if u.topics.is_empty()) {
+            return Err(DecodeError::Protocol(
+                "UNSUBSCRIBE without topic filters".into(),
+            ));
+        }
         v4::incoming_to_v5(packet).map(Some)
     }
 }
@@ -437,6 +453,37 @@ mod tests {
         assert!(matches!(
             decode(&mut buf, ProtocolVersion::V3_1_1, 1024),
             Err(DecodeError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn v5_disconnect_with_reason_encodes_a_consistent_length() {
+        let mut buf = BytesMut::new();
+        let packet = Packet::Disconnect(Disconnect::new(DisconnectReasonCode::ProtocolError));
+        encode(&packet, ProtocolVersion::V5, &mut buf, None).expect("encode");
+        assert_eq!(&buf[..], &[0xe0, 0x02, 0x82, 0x00]);
+        let again = Packet::read(&mut buf, None).expect("decodes");
+        assert_eq!(again, packet);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn v5_disconnect_with_reason_code_only_decodes() {
+        let mut buf = BytesMut::from(&[0xe0u8, 0x01, 0x04][..]);
+        let packet = decode(&mut buf, ProtocolVersion::V5, 1024)
+            .expect("ok")
+            .expect("packet");
+        assert_eq!(
+            packet,
+            Packet::Disconnect(Disconnect::new(
+                DisconnectReasonCode::DisconnectWithWillMessage
+            ))
+        );
+        assert!(buf.is_empty());
+        let mut bad = BytesMut::from(&[0xe0u8, 0x01, 0x05][..]);
+        assert!(matches!(
+            decode(&mut bad, ProtocolVersion::V5, 1024),
+            Err(DecodeError::Malformed(_))
         ));
     }
 }

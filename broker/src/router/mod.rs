@@ -3,9 +3,10 @@
 //! The [`SubscriptionTree`] holds every subscription of every session on this node, online or
 //! not, so a message for an offline persistent session is still found and queued.
 
+pub mod remote;
 mod trie;
 
-pub use trie::{Match, SubscriptionTree};
+pub use trie::{Change, Match, SubscriptionTree};
 
 use crate::message::ClientId;
 use crate::protocol::{QoS, RetainForwardRule};

@@ -18,9 +18,21 @@ impl Node {
     }
 }
 
+/// What an insert or a remove changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    /// A subscription was added (insert) or removed (remove); false for a replaced or missing one.
+    pub changed: bool,
+    /// The filter (with its share group, if any) got its first subscriber in this tree, or lost
+    /// its last one: what a cluster node advertises to the others.
+    pub entry_toggled: bool,
+}
+
 /// Members of one `$share` group on one filter; deliveries rotate through them.
 #[derive(Default)]
 struct SharedGroup {
+    /// The filter the group subscribes to (without `$share/<group>/`).
+    filter: Box<str>,
     members: Vec<(ClientId, SubscriptionOptions)>,
     next: AtomicUsize,
 }
@@ -32,6 +44,10 @@ pub enum Match<'a> {
     Direct(&'a ClientId, &'a SubscriptionOptions),
     /// A shared group: the caller picks one member; `start` rotates between calls.
     Shared {
+        /// The group's name.
+        group: &'a str,
+        /// The filter the group subscribes to.
+        filter: &'a str,
         /// The members, in subscription order.
         members: &'a [(ClientId, SubscriptionOptions)],
         /// Where to start looking for a member to deliver to.
@@ -47,76 +63,102 @@ pub struct SubscriptionTree {
 }
 
 impl SubscriptionTree {
-    /// Adds or replaces a subscription; returns true if it is new.
+    /// Adds or replaces a subscription.
     pub fn insert(
         &mut self,
         client_id: &ClientId,
         group: Option<&str>,
         filter: &str,
         options: SubscriptionOptions,
-    ) -> bool {
+    ) -> Change {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
-        let is_new = match group {
-            None => node.direct.insert(client_id.clone(), options).is_none(),
+        let change = match group {
+            None => {
+                let first = node.direct.is_empty();
+                let new = node.direct.insert(client_id.clone(), options).is_none();
+                Change {
+                    changed: new,
+                    entry_toggled: new && first,
+                }
+            }
             Some(group) => {
-                let g = node.shared.entry(group.into()).or_default();
+                let g = node
+                    .shared
+                    .entry(group.into())
+                    .or_insert_with(|| SharedGroup {
+                        filter: filter.into(),
+                        ..SharedGroup::default()
+                    });
                 match g.members.iter_mut().find(|(c, _)| c == client_id) {
                     Some(member) => {
                         member.1 = options;
-                        false
+                        Change::default()
                     }
                     None => {
                         g.members.push((client_id.clone(), options));
-                        true
+                        Change {
+                            changed: true,
+                            entry_toggled: g.members.len() == 1,
+                        }
                     }
                 }
             }
         };
-        if is_new {
+        if change.changed {
             self.count += 1;
         }
-        is_new
+        change
     }
 
-    /// Removes a subscription; returns true if it existed.
-    pub fn remove(&mut self, client_id: &str, group: Option<&str>, filter: &str) -> bool {
+    /// Removes a subscription.
+    pub fn remove(&mut self, client_id: &str, group: Option<&str>, filter: &str) -> Change {
         let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, client_id, group);
-        if removed {
+        let change = Self::remove_at(&mut self.root, &levels, client_id, group);
+        if change.changed {
             self.count -= 1;
         }
-        removed
+        change
     }
 
-    fn remove_at(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> bool {
+    fn remove_at(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> Change {
         let Some((first, rest)) = levels.split_first() else {
             return match group {
-                None => node.direct.remove(client_id).is_some(),
+                None => {
+                    let removed = node.direct.remove(client_id).is_some();
+                    Change {
+                        changed: removed,
+                        entry_toggled: removed && node.direct.is_empty(),
+                    }
+                }
                 Some(group) => {
                     let Some(g) = node.shared.get_mut(group) else {
-                        return false;
+                        return Change::default();
                     };
                     let before = g.members.len();
                     g.members.retain(|(c, _)| &**c != client_id);
                     let removed = g.members.len() != before;
-                    if g.members.is_empty() {
+                    let emptied = g.members.is_empty();
+                    if emptied {
                         node.shared.remove(group);
                     }
-                    removed
+                    Change {
+                        changed: removed,
+                        entry_toggled: removed && emptied,
+                    }
                 }
             };
         };
         let Some(child) = node.children.get_mut(*first) else {
-            return false;
+            return Change::default();
         };
-        let removed = Self::remove_at(child, rest, client_id, group);
+        let change = Self::remove_at(child, rest, client_id, group);
         if child.is_empty() {
             node.children.remove(*first);
         }
-        removed
+        change
     }
 
     /// Number of subscriptions (shared memberships included).
@@ -140,9 +182,11 @@ impl SubscriptionTree {
         for (client_id, options) in &node.direct {
             found(Match::Direct(client_id, options));
         }
-        for group in node.shared.values() {
+        for (name, group) in &node.shared {
             let start = group.next.fetch_add(1, Ordering::Relaxed);
             found(Match::Shared {
+                group: name,
+                filter: &group.filter,
                 members: &group.members,
                 start,
             });
@@ -229,14 +273,35 @@ mod tests {
     fn removal_prunes_and_counts() {
         let mut tree = SubscriptionTree::default();
         let a: ClientId = "a".into();
-        assert!(tree.insert(&a, None, "x/y", opts()));
-        assert!(!tree.insert(&a, None, "x/y", opts()));
-        assert!(tree.insert(&a, Some("g"), "x/y", opts()));
-        assert!(tree.remove("a", None, "x/y"));
-        assert!(!tree.remove("a", None, "x/y"));
-        assert!(tree.remove("a", Some("g"), "x/y"));
+        assert!(tree.insert(&a, None, "x/y", opts()).changed);
+        assert!(!tree.insert(&a, None, "x/y", opts()).changed);
+        assert!(tree.insert(&a, Some("g"), "x/y", opts()).changed);
+        assert!(tree.remove("a", None, "x/y").changed);
+        assert!(!tree.remove("a", None, "x/y").changed);
+        assert!(tree.remove("a", Some("g"), "x/y").changed);
         assert!(tree.is_empty());
         assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn entries_toggle_on_first_and_last_subscriber_only() {
+        let mut tree = SubscriptionTree::default();
+        let (a, b): (ClientId, ClientId) = ("a".into(), "b".into());
+        let toggled = |c: Change| (c.changed, c.entry_toggled);
+        assert_eq!(toggled(tree.insert(&a, None, "t/+", opts())), (true, true));
+        assert_eq!(toggled(tree.insert(&b, None, "t/+", opts())), (true, false));
+        assert_eq!(
+            toggled(tree.insert(&a, None, "t/+", opts())),
+            (false, false)
+        );
+        assert_eq!(
+            toggled(tree.insert(&a, Some("g"), "t/+", opts())),
+            (true, true)
+        );
+        assert_eq!(toggled(tree.remove("a", None, "t/+")), (true, false));
+        assert_eq!(toggled(tree.remove("b", None, "t/+")), (true, true));
+        assert_eq!(toggled(tree.remove("b", None, "t/+")), (false, false));
+        assert_eq!(toggled(tree.remove("a", Some("g"), "t/+")), (true, true));
     }
 
     #[test]
@@ -247,7 +312,7 @@ mod tests {
         let mut starts = Vec::new();
         for _ in 0..2 {
             tree.matches("t", |m| {
-                if let Match::Shared { members, start } = m {
+                if let Match::Shared { members, start, .. } = m {
                     starts.push(members[start % members.len()].0.to_string());
                 }
             });

@@ -162,25 +162,11 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::MessageProperties;
     use crate::protocol::QoS;
     use bytes::Bytes;
 
     fn queued(payload: &'static str) -> QueuedMessage {
-        QueuedMessage {
-            message: Arc::new(Message {
-                topic: "t".into(),
-                payload: Bytes::from_static(payload.as_bytes()),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: MessageProperties::default(),
-                expires_at: None,
-                publisher: None,
-            }),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: vec![],
-        }
+        super::super::test_queued(payload, QoS::AtLeastOnce)
     }
 
     #[tokio::test]

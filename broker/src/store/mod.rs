@@ -3,10 +3,13 @@
 //! A standalone node keeps this state in memory ([`MemoryStore`]); a cluster node keeps it in a
 //! shared store so any node can resume a session. Protocol code never talks to a store directly:
 //! the broker core does, at connect, disconnect, subscribe and when routing to offline sessions.
+//! A cluster keeps it in Redis ([`RedisStore`]).
 
 mod memory;
+pub mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisStore, RedisStoreConfig};
 
 use crate::message::{ClientId, Message};
 use crate::protocol::QoS;
@@ -143,4 +146,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of sessions, online and offline.
     async fn session_count(&self) -> Result<usize, StoreError>;
+}
+
+/// A queued message on topic `t` for unit tests.
+#[cfg(test)]
+pub(crate) fn test_queued(payload: &'static str, qos: QoS) -> QueuedMessage {
+    QueuedMessage {
+        message: Arc::new(Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            qos,
+            retain: false,
+            properties: crate::message::MessageProperties::default(),
+            expires_at: None,
+            publisher: None,
+        }),
+        qos,
+        retain: false,
+        subscription_ids: vec![],
+    }
 }

@@ -1,0 +1,386 @@
+//! The binary encoding of the values a [`RedisStore`](super::RedisStore) keeps: one version byte,
+//! then the value in [postcard](https://docs.rs/postcard) (a compact serde format: varint integers,
+//! length-prefixed strings and byte strings, fields in declaration order, no field names).
+//!
+//! The structures here mirror the broker's own types field by field, so that the wire format only
+//! changes when this file does. Any change that an older node cannot read must bump
+//! [`ENCODING_VERSION`] (and the key schema version in the key names, see `docs/redis-schema.md`).
+
+use crate::message::{Message, MessageProperties};
+use crate::protocol::{self, QoS, RetainForwardRule};
+use crate::router::SubscriptionOptions;
+use crate::store::{InflightMessage, InflightState, QueuedMessage};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The version byte every encoded value starts with.
+pub const ENCODING_VERSION: u8 = 1;
+
+/// Why a stored value could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The value is empty.
+    #[error("empty value")]
+    Empty,
+    /// The value was written by an encoding this node does not know.
+    #[error("unknown encoding version {0}")]
+    Version(u8),
+    /// The value is not valid postcard for the expected structure.
+    #[error("malformed value: {0}")]
+    Format(#[from] postcard::Error),
+    /// A field holds a number outside its range.
+    #[error("invalid {field}: {value}")]
+    Field {
+        /// Which field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireProperties<'a> {
+    payload_format_indicator: Option<u8>,
+    #[serde(borrow)]
+    content_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    response_topic: Option<Cow<'a, str>>,
+    correlation_data: Option<Bytes>,
+    #[serde(borrow)]
+    user_properties: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+    #[serde(borrow)]
+    properties: WireProperties<'a>,
+    /// Time since the Unix epoch, exact to the nanosecond.
+    expires_at: Option<Duration>,
+    #[serde(borrow)]
+    publisher: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireQueued<'a> {
+    #[serde(borrow)]
+    message: WireMessage<'a>,
+    qos: u8,
+    retain: bool,
+    subscription_ids: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireInflight<'a> {
+    packet_id: u16,
+    /// 0: awaiting PUBACK/PUBREC, 1: awaiting PUBCOMP.
+    state: u8,
+    #[serde(borrow)]
+    queued: WireQueued<'a>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireOptions {
+    qos: u8,
+    no_local: bool,
+    retain_as_published: bool,
+    /// 0: on every subscribe, 1: on new subscriptions only, 2: never.
+    retain_handling: u8,
+    identifier: Option<u64>,
+}
+
+fn qos(value: u8) -> Result<QoS, DecodeError> {
+    protocol::qos_from_u8(value).ok_or(DecodeError::Field {
+        field: "qos",
+        value: u64::from(value),
+    })
+}
+
+fn since_epoch(at: SystemTime) -> Duration {
+    at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO)
+}
+
+fn message_to_wire(m: &Message) -> WireMessage<'_> {
+    let p = &m.properties;
+    WireMessage {
+        topic: Cow::Borrowed(&m.topic),
+        payload: m.payload.clone(),
+        qos: m.qos as u8,
+        retain: m.retain,
+        properties: WireProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.as_deref().map(Cow::Borrowed),
+            response_topic: p.response_topic.as_deref().map(Cow::Borrowed),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                .collect(),
+        },
+        expires_at: m.expires_at.map(since_epoch),
+        publisher: m.publisher.as_deref().map(Cow::Borrowed),
+    }
+}
+
+fn message_from_wire(w: WireMessage<'_>) -> Result<Message, DecodeError> {
+    let p = w.properties;
+    Ok(Message {
+        topic: Arc::from(w.topic.as_ref()),
+        payload: w.payload,
+        qos: qos(w.qos)?,
+        retain: w.retain,
+        properties: MessageProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.map(Cow::into_owned),
+            response_topic: p.response_topic.map(Cow::into_owned),
+            correlation_data: p.correlation_data,
+            user_properties: p
+                .user_properties
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        },
+        expires_at: w.expires_at.and_then(|d| UNIX_EPOCH.checked_add(d)),
+        publisher: w.publisher.map(|p| Arc::from(p.as_ref())),
+    })
+}
+
+fn queued_to_wire(q: &QueuedMessage) -> WireQueued<'_> {
+    WireQueued {
+        message: message_to_wire(&q.message),
+        qos: q.qos as u8,
+        retain: q.retain,
+        subscription_ids: q.subscription_ids.iter().map(|&id| id as u64).collect(),
+    }
+}
+
+fn queued_from_wire(w: WireQueued<'_>) -> Result<QueuedMessage, DecodeError> {
+    let subscription_ids = w
+        .subscription_ids
+        .into_iter()
+        .map(|id| {
+            usize::try_from(id).map_err(|_| DecodeError::Field {
+                field: "subscription id",
+                value: id,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(QueuedMessage {
+        message: Arc::new(message_from_wire(w.message)?),
+        qos: qos(w.qos)?,
+        retain: w.retain,
+        subscription_ids,
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(value, vec![ENCODING_VERSION])
+}
+
+fn body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&ENCODING_VERSION, rest)) => Ok(rest),
+        Some((&other, _)) => Err(DecodeError::Version(other)),
+    }
+}
+
+/// Encodes a message (a retained message).
+pub fn encode_message(message: &Message) -> Result<Vec<u8>, postcard::Error> {
+    encode(&message_to_wire(message))
+}
+
+/// Decodes a message written by [`encode_message`].
+pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
+    message_from_wire(postcard::from_bytes(body(bytes)?)?)
+}
+
+/// Encodes a queued message.
+pub fn encode_queued(queued: &QueuedMessage) -> Result<Vec<u8>, postcard::Error> {
+    encode(&queued_to_wire(queued))
+}
+
+/// Decodes a queued message written by [`encode_queued`].
+pub fn decode_queued(bytes: &[u8]) -> Result<QueuedMessage, DecodeError> {
+    queued_from_wire(postcard::from_bytes(body(bytes)?)?)
+}
+
+/// Encodes an in-flight message.
+pub fn encode_inflight(inflight: &InflightMessage) -> Result<Vec<u8>, postcard::Error> {
+    encode(&WireInflight {
+        packet_id: inflight.packet_id,
+        state: match inflight.state {
+            InflightState::AwaitingAck => 0,
+            InflightState::AwaitingComplete => 1,
+        },
+        queued: queued_to_wire(&inflight.queued),
+    })
+}
+
+/// Decodes an in-flight message written by [`encode_inflight`].
+pub fn decode_inflight(bytes: &[u8]) -> Result<InflightMessage, DecodeError> {
+    let w: WireInflight<'_> = postcard::from_bytes(body(bytes)?)?;
+    let state = match w.state {
+        0 => InflightState::AwaitingAck,
+        1 => InflightState::AwaitingComplete,
+        other => {
+            return Err(DecodeError::Field {
+                field: "in-flight state",
+                value: u64::from(other),
+            })
+        }
+    };
+    Ok(InflightMessage {
+        packet_id: w.packet_id,
+        state,
+        queued: queued_from_wire(w.queued)?,
+    })
+}
+
+/// Encodes subscription options.
+pub fn encode_options(options: &SubscriptionOptions) -> Result<Vec<u8>, postcard::Error> {
+    encode(&WireOptions {
+        qos: options.qos as u8,
+        no_local: options.no_local,
+        retain_as_published: options.retain_as_published,
+        retain_handling: match options.retain_handling {
+            RetainForwardRule::OnEverySubscribe => 0,
+            RetainForwardRule::OnNewSubscribe => 1,
+            RetainForwardRule::Never => 2,
+        },
+        identifier: options.identifier.map(|id| id as u64),
+    })
+}
+
+/// Decodes subscription options written by [`encode_options`].
+pub fn decode_options(bytes: &[u8]) -> Result<SubscriptionOptions, DecodeError> {
+    let w: WireOptions = postcard::from_bytes(body(bytes)?)?;
+    let retain_handling = match w.retain_handling {
+        0 => RetainForwardRule::OnEverySubscribe,
+        1 => RetainForwardRule::OnNewSubscribe,
+        2 => RetainForwardRule::Never,
+        other => {
+            return Err(DecodeError::Field {
+                field: "retain handling",
+                value: u64::from(other),
+            })
+        }
+    };
+    let identifier = w
+        .identifier
+        .map(|id| {
+            usize::try_from(id).map_err(|_| DecodeError::Field {
+                field: "subscription identifier",
+                value: id,
+            })
+        })
+        .transpose()?;
+    Ok(SubscriptionOptions {
+        qos: qos(w.qos)?,
+        no_local: w.no_local,
+        retain_as_published: w.retain_as_published,
+        retain_handling,
+        identifier,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(&[0, 159, 146, 150, 255, b'x']),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: MessageProperties {
+                payload_format_indicator: Some(0),
+                content_type: Some("application/octet-stream".into()),
+                response_topic: Some("reply/here".into()),
+                correlation_data: Some(Bytes::from_static(&[1, 2, 0xff])),
+                user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+            },
+            expires_at: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
+            publisher: Some("pub".into()),
+        }
+    }
+
+    #[test]
+    fn every_value_round_trips() {
+        let m = message();
+        assert_eq!(
+            decode_message(&encode_message(&m).expect("encode")).ok(),
+            Some(m.clone())
+        );
+        let q = QueuedMessage {
+            message: Arc::new(m),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![1, 268_435_455],
+        };
+        assert_eq!(
+            decode_queued(&encode_queued(&q).expect("encode")).ok(),
+            Some(q.clone())
+        );
+        let i = InflightMessage {
+            packet_id: 65535,
+            state: InflightState::AwaitingComplete,
+            queued: q,
+        };
+        assert_eq!(
+            decode_inflight(&encode_inflight(&i).expect("encode")).ok(),
+            Some(i)
+        );
+        let o = SubscriptionOptions {
+            qos: QoS::ExactlyOnce,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: RetainForwardRule::Never,
+            identifier: Some(7),
+        };
+        assert_eq!(
+            decode_options(&encode_options(&o).expect("encode")).ok(),
+            Some(o)
+        );
+    }
+
+    #[test]
+    fn foreign_or_damaged_values_are_errors() {
+        let mut bytes = encode_message(&message()).expect("encode");
+        assert!(matches!(decode_message(&[]), Err(DecodeError::Empty)));
+        bytes[0] = 9;
+        assert!(matches!(
+            decode_message(&bytes),
+            Err(DecodeError::Version(9))
+        ));
+        bytes[0] = ENCODING_VERSION;
+        bytes.truncate(bytes.len() / 2);
+        assert!(matches!(
+            decode_message(&bytes),
+            Err(DecodeError::Format(_))
+        ));
+        // A queued message whose QoS byte is out of range.
+        let mut q = encode_options(&SubscriptionOptions {
+            qos: QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainForwardRule::OnEverySubscribe,
+            identifier: None,
+        })
+        .expect("encode");
+        q[1] = 3;
+        assert!(matches!(
+            decode_options(&q),
+            Err(DecodeError::Field { field: "qos", .. })
+        ));
+    }
+}

@@ -1,0 +1,137 @@
+//! A real `redis-server` for the Redis store's integration tests: started on an OS-assigned
+//! loopback port with persistence off, ready once it answers PING, killed when dropped.
+//!
+//! A missing `redis-server` binary fails the test (it is installed by `.ci/run`); it is never a
+//! reason to skip.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a server may take to answer PING after it was started.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// A `redis-server` process owned by a test.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// A free loopback port: bind port 0, read what the OS chose, release it.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    pub async fn start() -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("temporary directory"),
+        };
+        server.launch().await;
+        server
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its connection URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it (apt-get install redis-server)")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if self.answers_ping().await {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("redis-server on port {} exited: {status}", self.port);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within {READY_WITHIN:?}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the server answers PING right now.
+    pub async fn answers_ping(&self) -> bool {
+        let attempt = async {
+            let mut stream = TcpStream::connect(self.addr()).await.ok()?;
+            stream.write_all(b"PING\r\n").await.ok()?;
+            let mut reply = [0u8; 7];
+            stream.read_exact(&mut reply).await.ok()?;
+            Some(&reply == b"+PONG\r\n")
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), attempt).await,
+            Ok(Some(true))
+        )
+    }
+
+    /// Kills the server and waits for it to exit (its data is gone: persistence is off).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+
+    /// A plain client connection for looking at keys directly.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,1162 @@
+//! The Redis store against a real `redis-server`: the in-memory store's tests ported, the same
+//! scenario run on both stores with identical outcomes, encoding round trips, TTLs, two nodes on
+//! one Redis, a Redis restart, and a broker serving MQTT clients on top of Redis.
+
+mod common;
+mod common_redis;
+mod mqtt5_support;
+
+use bytes::Bytes;
+use common_redis::RedisServer;
+use mqtt5_support::{end_connection, publish_qos1, subscribe, v5_client};
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
+use starling_broker::auth::Auth;
+use starling_broker::broker::Broker;
+use starling_broker::message::{ClientId, Message, MessageProperties};
+use starling_broker::protocol::{QoS, RetainForwardRule};
+use starling_broker::router::SubscriptionOptions;
+use starling_broker::store::{
+    Enqueued, InflightMessage, InflightState, MemoryStore, QueuedMessage, RedisStore,
+    RedisStoreConfig, Store, StoreError, StoredSession, StoredSubscription,
+};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a test polls for something that should happen.
+const WAIT: Duration = Duration::from_secs(15);
+
+fn config(server: &RedisServer, node: &str, max_queued: usize) -> RedisStoreConfig {
+    let mut config = RedisStoreConfig::new(server.url(), node, max_queued);
+    config.operation_timeout = Duration::from_secs(2);
+    config
+}
+
+async fn store(server: &RedisServer, max_queued: usize) -> RedisStore {
+    RedisStore::connect(config(server, "node-a", max_queued))
+        .await
+        .expect("connect to redis")
+}
+
+/// Polls `check` until it returns `Some`, for at most [`WAIT`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn message(topic: &str, payload: &[u8]) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: MessageProperties::default(),
+        expires_at: None,
+        publisher: None,
+    }
+}
+
+fn queued(payload: &str) -> QueuedMessage {
+    QueuedMessage {
+        message: Arc::new(message("t", payload.as_bytes())),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![],
+    }
+}
+
+fn payloads(session: &StoredSession) -> Vec<Bytes> {
+    session
+        .queue
+        .iter()
+        .map(|q| q.message.payload.clone())
+        .collect()
+}
+
+fn options(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainForwardRule::OnEverySubscribe,
+        identifier: None,
+    }
+}
+
+async fn pttl(con: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(con)
+        .await
+        .expect("PTTL")
+}
+
+async fn exists(con: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(con)
+        .await
+        .expect("EXISTS")
+        == 1
+}
+
+// ---------------------------------------------------------------------------------------------
+// The in-memory store's tests, on Redis
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn offline_queue_is_bounded_and_returned_on_attach() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 2).await;
+    let id: ClientId = "c".into();
+    assert_eq!(
+        store.enqueue("c", queued("x"), false).await.ok(),
+        Some(Enqueued::NoSession)
+    );
+    store.attach_session(&id).await.expect("attach");
+    assert_eq!(
+        store.enqueue("c", queued("x"), false).await.ok(),
+        Some(Enqueued::Online)
+    );
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 60,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    for p in ["1", "2"] {
+        assert_eq!(
+            store.enqueue("c", queued(p), false).await.ok(),
+            Some(Enqueued::Queued)
+        );
+    }
+    assert_eq!(
+        store.enqueue("c", queued("3"), false).await.ok(),
+        Some(Enqueued::Full)
+    );
+    let session = store
+        .attach_session(&id)
+        .await
+        .expect("attach")
+        .expect("session");
+    assert_eq!(payloads(&session), ["1", "2"]);
+}
+
+#[tokio::test]
+async fn messages_forced_while_detaching_follow_the_session_queue() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let id: ClientId = "c".into();
+    store.attach_session(&id).await.expect("attach");
+    assert_eq!(
+        store.enqueue("c", queued("late"), true).await.ok(),
+        Some(Enqueued::Queued)
+    );
+    let mut own = StoredSession {
+        expiry_secs: 60,
+        ..Default::default()
+    };
+    own.queue.push_back(queued("early"));
+    store.detach_session(&id, own).await.expect("detach");
+    let session = store
+        .attach_session(&id)
+        .await
+        .expect("attach")
+        .expect("session");
+    assert_eq!(payloads(&session), ["early", "late"]);
+}
+
+#[tokio::test]
+async fn expiry_removes_and_reattach_returns_the_session() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let id: ClientId = "c".into();
+    store.attach_session(&id).await.expect("attach");
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 0,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    let expired = store
+        .take_expired_sessions(SystemTime::now() + Duration::from_secs(1))
+        .await
+        .expect("sweep");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(store.session_count().await.ok(), Some(0));
+    store.attach_session(&id).await.expect("attach");
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 60,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    assert!(store.attach_session(&id).await.expect("attach").is_some());
+}
+
+#[tokio::test]
+async fn retained_set_match_and_delete() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let mut m = queued("v").message.as_ref().clone();
+    m.topic = "a/b".into();
+    store.set_retained(Arc::new(m.clone())).await.expect("set");
+    assert_eq!(
+        store.retained_matching("a/+").await.expect("match").len(),
+        1
+    );
+    assert_eq!(
+        store.retained_matching("b/#").await.expect("match").len(),
+        0
+    );
+    m.payload = Bytes::new();
+    store.set_retained(Arc::new(m)).await.expect("delete");
+    assert_eq!(store.retained_count().await.ok(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Same behaviour as the in-memory store
+// ---------------------------------------------------------------------------------------------
+
+fn describe(session: Option<&StoredSession>) -> String {
+    match session {
+        None => "none".to_string(),
+        Some(s) => format!(
+            "expiry={} subs={:?} queue={:?} inflight={} qos2={:?} disconnected={}",
+            s.expiry_secs,
+            s.subscriptions
+                .iter()
+                .map(|s| s.filter.as_str())
+                .collect::<Vec<_>>(),
+            payloads(s),
+            s.inflight.len(),
+            s.incoming_qos2,
+            s.disconnected_at.is_some(),
+        ),
+    }
+}
+
+/// Drives a store through every path of the session and retained-message rules and records
+/// what it answers.
+async fn scenario(store: &dyn Store) -> Vec<String> {
+    let mut trace = Vec::new();
+    let id: ClientId = "c".into();
+    macro_rules! note {
+        ($label:expr, $value:expr) => {
+            trace.push(format!("{}: {:?}", $label, $value))
+        };
+    }
+    note!(
+        "enqueue unknown",
+        store.enqueue("c", queued("a"), false).await.ok()
+    );
+    note!("count", store.session_count().await.ok());
+    let attached = store.attach_session(&id).await.expect("attach");
+    note!("attach new", describe(attached.as_ref()));
+    note!(
+        "enqueue online",
+        store.enqueue("c", queued("b"), false).await.ok()
+    );
+    note!(
+        "force online",
+        store.enqueue("c", queued("f1"), true).await.ok()
+    );
+    let taken = store.attach_session(&id).await.expect("attach");
+    note!("takeover", describe(taken.as_ref()));
+    for p in ["f2", "f3", "f4", "f5"] {
+        note!(p, store.enqueue("c", queued(p), true).await.ok());
+    }
+    let mut own = StoredSession {
+        expiry_secs: 60,
+        subscriptions: vec![StoredSubscription {
+            filter: "x/#".into(),
+            options: options(QoS::AtLeastOnce),
+        }],
+        incoming_qos2: vec![7, 3],
+        ..Default::default()
+    };
+    own.queue.extend([queued("o1"), queued("o2")]);
+    store.detach_session(&id, own).await.expect("detach");
+    note!(
+        "enqueue full",
+        store.enqueue("c", queued("g"), false).await.ok()
+    );
+    note!("count", store.session_count().await.ok());
+    // Detaching an offline session again: its queue counts as "arrived meanwhile".
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 30,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    let back = store.attach_session(&id).await.expect("attach");
+    note!("attach offline", describe(back.as_ref()));
+    store.remove_session("c").await.expect("remove");
+    note!(
+        "enqueue removed",
+        store.enqueue("c", queued("h"), true).await.ok()
+    );
+    note!("count", store.session_count().await.ok());
+    // Detach without attach creates an offline session.
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    note!(
+        "enqueue offline",
+        store.enqueue("c", queued("i"), false).await.ok()
+    );
+    let now = SystemTime::now();
+    note!(
+        "sweep early",
+        store.take_expired_sessions(now).await.map(|v| v.len()).ok()
+    );
+    let swept = store
+        .take_expired_sessions(now + Duration::from_secs(11))
+        .await
+        .expect("sweep");
+    for (id, s) in &swept {
+        note!(format!("swept {id}"), describe(Some(s)));
+    }
+    note!("count", store.session_count().await.ok());
+    // An online session is never swept.
+    store.attach_session(&id).await.expect("attach");
+    let later = now + Duration::from_secs(3600);
+    note!(
+        "sweep online",
+        store
+            .take_expired_sessions(later)
+            .await
+            .map(|v| v.len())
+            .ok()
+    );
+
+    for (topic, payload) in [("a/b", "1"), ("a/c", "2"), ("b", "3"), ("a/b/c", "4")] {
+        store
+            .set_retained(Arc::new(message(topic, payload.as_bytes())))
+            .await
+            .expect("retain");
+    }
+    note!("retained", store.retained_count().await.ok());
+    for filter in ["a/+", "#", "b", "a/#", "c", "+/+/c"] {
+        let mut found: Vec<_> = store
+            .retained_matching(filter)
+            .await
+            .expect("match")
+            .iter()
+            .map(|m| (m.topic.to_string(), m.payload.clone()))
+            .collect();
+        found.sort();
+        note!(filter, found);
+    }
+    store
+        .set_retained(Arc::new(message("a/b", b"")))
+        .await
+        .expect("delete");
+    store
+        .set_retained(Arc::new(message("b", b"5")))
+        .await
+        .expect("replace");
+    note!("retained", store.retained_count().await.ok());
+    note!(
+        "b",
+        store
+            .retained_matching("b")
+            .await
+            .expect("match")
+            .iter()
+            .map(|m| m.payload.clone())
+            .collect::<Vec<_>>()
+    );
+    let mut gone = message("gone", b"x");
+    gone.expires_at = Some(SystemTime::now() - Duration::from_secs(1));
+    store.set_retained(Arc::new(gone)).await.expect("retain");
+    note!("with expired", store.retained_count().await.ok());
+    note!(
+        "gone",
+        store.retained_matching("gone").await.map(|v| v.len()).ok()
+    );
+    note!(
+        "all",
+        store.retained_matching("#").await.map(|v| v.len()).ok()
+    );
+    note!("after match", store.retained_count().await.ok());
+    trace
+}
+
+#[tokio::test]
+async fn redis_and_memory_stores_answer_alike() {
+    let server = RedisServer::start().await;
+    let redis = store(&server, 3).await;
+    let memory = MemoryStore::new(3);
+    let expected = scenario(&memory).await;
+    let actual = scenario(&redis).await;
+    for (i, (m, r)) in expected.iter().zip(&actual).enumerate() {
+        assert_eq!(m, r, "step {i} differs (memory, redis)");
+    }
+    assert_eq!(expected.len(), actual.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------------------------
+
+fn rich_message() -> Message {
+    Message {
+        topic: "sensors/ü/temp".into(),
+        payload: Bytes::from_static(&[0x00, 0xff, 0xfe, 0xc3, 0x28, b'\r', b'\n', 0x80]),
+        qos: QoS::ExactlyOnce,
+        retain: true,
+        properties: MessageProperties {
+            payload_format_indicator: Some(0),
+            content_type: Some("application/x-raw".into()),
+            response_topic: Some("replies/1".into()),
+            correlation_data: Some(Bytes::from_static(&[0xde, 0xad, 0x00, 0xbe, 0xef])),
+            user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+        },
+        expires_at: Some(SystemTime::now() + Duration::new(3600, 123_456_789)),
+        publisher: Some("publisher-1".into()),
+    }
+}
+
+#[tokio::test]
+async fn sessions_and_retained_messages_round_trip_exactly() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 100).await;
+    let rich = Arc::new(rich_message());
+    let queued_rich = QueuedMessage {
+        message: rich.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        subscription_ids: vec![1, 42],
+    };
+    let original = StoredSession {
+        expiry_secs: 120,
+        subscriptions: vec![
+            StoredSubscription {
+                filter: "$share/g/jobs/+".into(),
+                options: options(QoS::AtMostOnce),
+            },
+            StoredSubscription {
+                filter: "sensors/#".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainForwardRule::OnNewSubscribe,
+                    identifier: Some(42),
+                },
+            },
+        ],
+        inflight: vec![
+            InflightMessage {
+                packet_id: 1,
+                state: InflightState::AwaitingAck,
+                queued: queued_rich.clone(),
+            },
+            InflightMessage {
+                packet_id: 65535,
+                state: InflightState::AwaitingComplete,
+                queued: queued("plain"),
+            },
+        ],
+        queue: [queued_rich.clone(), queued("second")].into(),
+        incoming_qos2: vec![9, 2, 65535],
+        disconnected_at: None,
+    };
+    let id: ClientId = "client/with:odd{chars}".into();
+    store.attach_session(&id).await.expect("attach");
+    let before = SystemTime::now() - Duration::from_millis(1);
+    store
+        .detach_session(&id, original.clone())
+        .await
+        .expect("detach");
+    let mut back = store
+        .attach_session(&id)
+        .await
+        .expect("attach")
+        .expect("session");
+    let at = back.disconnected_at.take().expect("disconnect time");
+    assert!(at >= before && at <= SystemTime::now(), "{at:?}");
+    assert_eq!(back, original);
+    assert_eq!(back.queue[0].message.payload, rich.payload);
+
+    store.set_retained(rich.clone()).await.expect("retain");
+    let found = store
+        .retained_matching("sensors/+/temp")
+        .await
+        .expect("match");
+    assert_eq!(found.len(), 1);
+    assert_eq!(*found[0], *rich);
+}
+
+#[tokio::test]
+async fn unreadable_entries_are_dropped_not_fatal() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let id: ClientId = "c".into();
+    store.attach_session(&id).await.expect("attach");
+    let mut own = StoredSession {
+        expiry_secs: 60,
+        ..Default::default()
+    };
+    own.queue.push_back(queued("good"));
+    store.detach_session(&id, own).await.expect("detach");
+    let mut con = server.client().await;
+    let _: () = redis::cmd("RPUSH")
+        .arg("starling:v1:queue:c")
+        .arg(&b"\x09garbage"[..])
+        .arg(&b""[..])
+        .query_async(&mut con)
+        .await
+        .expect("push garbage");
+    let _: () = redis::cmd("SET")
+        .arg("starling:v1:retained:r")
+        .arg(&b"\x01\xff\xff"[..])
+        .query_async(&mut con)
+        .await
+        .expect("set garbage");
+    let session = store
+        .attach_session(&id)
+        .await
+        .expect("attach")
+        .expect("session");
+    assert_eq!(payloads(&session), ["good"]);
+    assert!(store
+        .retained_matching("r")
+        .await
+        .expect("match")
+        .is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key schema and TTLs
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn keys_follow_the_documented_schema() {
+    let server = RedisServer::start().await;
+    let mut config = config(&server, "node-x", 10);
+    config.key_prefix = "test:".into();
+    let store = RedisStore::connect(config).await.expect("connect");
+    let other = store_with_prefix(&server, "other:").await;
+    let id: ClientId = "c".into();
+    store.attach_session(&id).await.expect("attach");
+    let mut con = server.client().await;
+    let online: Vec<String> = redis::cmd("HGETALL")
+        .arg("test:v1:session:c")
+        .query_async(&mut con)
+        .await
+        .expect("HGETALL");
+    assert_eq!(online, ["online", "1", "node", "node-x"]);
+    assert_eq!(
+        pttl(&mut con, "test:v1:session:c").await,
+        -1,
+        "online: no TTL"
+    );
+    let mut own = StoredSession {
+        expiry_secs: 60,
+        subscriptions: vec![StoredSubscription {
+            filter: "f".into(),
+            options: options(QoS::AtLeastOnce),
+        }],
+        incoming_qos2: vec![5],
+        ..Default::default()
+    };
+    own.queue.push_back(queued("q"));
+    own.inflight.push(InflightMessage {
+        packet_id: 3,
+        state: InflightState::AwaitingAck,
+        queued: queued("i"),
+    });
+    store.detach_session(&id, own).await.expect("detach");
+    for kind in ["session", "subs", "inflight", "queue", "qos2"] {
+        let ttl = pttl(&mut con, &format!("test:v1:{kind}:c")).await;
+        assert!((60_000..=90_000).contains(&ttl), "{kind}: TTL {ttl}");
+    }
+    let ids: Vec<String> = redis::cmd("LRANGE")
+        .arg("test:v1:qos2:c")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .expect("LRANGE");
+    assert_eq!(ids, ["5"]);
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("test:v1:sessions")
+        .query_async(&mut con)
+        .await
+        .expect("SMEMBERS");
+    assert_eq!(members, ["c"]);
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg("test:v1:expiry")
+        .arg("c")
+        .query_async(&mut con)
+        .await
+        .expect("ZSCORE");
+    let expected = SystemTime::now() + Duration::from_secs(60);
+    let expected_ms = expected
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_millis() as f64;
+    assert!((expected_ms - score).abs() < 5_000.0, "score {score}");
+    let info = store
+        .session_info("c")
+        .await
+        .expect("info")
+        .expect("session");
+    assert!(!info.online);
+    assert_eq!(info.node.as_deref(), Some("node-x"));
+    assert_eq!(info.expiry_secs, Some(60));
+    // Another prefix is another keyspace.
+    assert_eq!(other.session_count().await.ok(), Some(0));
+    assert_eq!(
+        other.enqueue("c", queued("x"), false).await.ok(),
+        Some(Enqueued::NoSession)
+    );
+    store
+        .set_retained(Arc::new(message("r/1", b"v")))
+        .await
+        .expect("retain");
+    assert!(exists(&mut con, "test:v1:retained:r/1").await);
+    assert_eq!(pttl(&mut con, "test:v1:retained:r/1").await, -1);
+    assert_eq!(other.retained_count().await.ok(), Some(0));
+}
+
+async fn store_with_prefix(server: &RedisServer, prefix: &str) -> RedisStore {
+    let mut config = config(server, "node-p", 10);
+    config.key_prefix = prefix.into();
+    RedisStore::connect(config).await.expect("connect")
+}
+
+#[tokio::test]
+async fn an_offline_session_vanishes_by_its_ttl_and_the_sweep_reports_it() {
+    let server = RedisServer::start().await;
+    let mut config = config(&server, "node-a", 10);
+    config.expiry_grace = Duration::ZERO;
+    let store = RedisStore::connect(config).await.expect("connect");
+    let id: ClientId = "c".into();
+    store.attach_session(&id).await.expect("attach");
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 1,
+                subscriptions: vec![StoredSubscription {
+                    filter: "t".into(),
+                    options: options(QoS::AtLeastOnce),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    // A queue created after the detach takes the session's TTL.
+    assert_eq!(
+        store.enqueue("c", queued("m"), false).await.ok(),
+        Some(Enqueued::Queued)
+    );
+    let mut con = server.client().await;
+    for key in [
+        "starling:v1:session:c",
+        "starling:v1:subs:c",
+        "starling:v1:queue:c",
+    ] {
+        let ttl = pttl(&mut con, key).await;
+        assert!(ttl > 0 && ttl <= 1000, "{key}: TTL {ttl}");
+    }
+    eventually("keys expire", || {
+        let mut con = con.clone();
+        async move {
+            let mut any = false;
+            for kind in ["session", "subs", "queue"] {
+                any |= exists(&mut con, &format!("starling:v1:{kind}:c")).await;
+            }
+            (!any).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(store.session_info("c").await.ok(), Some(None));
+    assert_eq!(
+        store.enqueue("c", queued("late"), false).await.ok(),
+        Some(Enqueued::NoSession)
+    );
+    // The index still names it until a sweep: the sweep reports it (its data is gone).
+    assert_eq!(store.session_count().await.ok(), Some(1));
+    let swept = store
+        .take_expired_sessions(SystemTime::now())
+        .await
+        .expect("sweep");
+    assert_eq!(swept.len(), 1);
+    assert_eq!(&*swept[0].0, "c");
+    assert_eq!(store.session_count().await.ok(), Some(0));
+}
+
+#[tokio::test]
+async fn the_sweep_returns_an_expired_session_with_its_subscriptions() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let id: ClientId = "c".into();
+    store.attach_session(&id).await.expect("attach");
+    let subscriptions = vec![StoredSubscription {
+        filter: "t/#".into(),
+        options: options(QoS::ExactlyOnce),
+    }];
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 1,
+                subscriptions: subscriptions.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    assert!(store
+        .take_expired_sessions(SystemTime::now())
+        .await
+        .expect("sweep")
+        .is_empty());
+    let swept = eventually("the session expires", || async {
+        let swept = store
+            .take_expired_sessions(SystemTime::now())
+            .await
+            .expect("sweep");
+        (!swept.is_empty()).then_some(swept)
+    })
+    .await;
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].1.subscriptions, subscriptions);
+    assert_eq!(swept[0].1.expiry_secs, 1);
+    let mut con = server.client().await;
+    assert!(!exists(&mut con, "starling:v1:session:c").await);
+    assert!(!exists(&mut con, "starling:v1:subs:c").await);
+    assert_eq!(store.session_count().await.ok(), Some(0));
+}
+
+#[tokio::test]
+async fn a_session_that_never_expires_has_no_ttl() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let id: ClientId = "c".into();
+    let mut own = StoredSession {
+        expiry_secs: u32::MAX,
+        ..Default::default()
+    };
+    own.queue.push_back(queued("q"));
+    store.detach_session(&id, own).await.expect("detach");
+    let mut con = server.client().await;
+    assert_eq!(pttl(&mut con, "starling:v1:session:c").await, -1);
+    assert_eq!(pttl(&mut con, "starling:v1:queue:c").await, -1);
+    let far = SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    assert!(store
+        .take_expired_sessions(far)
+        .await
+        .expect("sweep")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn retained_messages_expire_by_their_ttl() {
+    let server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let mut m = message("r", b"soon gone");
+    m.expires_at = Some(SystemTime::now() + Duration::from_millis(800));
+    store.set_retained(Arc::new(m)).await.expect("retain");
+    store
+        .set_retained(Arc::new(message("s", b"stays")))
+        .await
+        .expect("retain");
+    let mut con = server.client().await;
+    let ttl = pttl(&mut con, "starling:v1:retained:r").await;
+    assert!(ttl > 0 && ttl <= 800, "TTL {ttl}");
+    assert_eq!(
+        store.retained_matching("#").await.map(|v| v.len()).ok(),
+        Some(2)
+    );
+    eventually("the retained message expires", || {
+        let mut con = con.clone();
+        async move { (!exists(&mut con, "starling:v1:retained:r").await).then_some(()) }
+    })
+    .await;
+    let left = store.retained_matching("#").await.expect("match");
+    assert_eq!(left.len(), 1);
+    assert_eq!(&*left[0].topic, "s");
+    assert_eq!(store.retained_count().await.ok(), Some(1), "index tidied");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster: two nodes on one Redis
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn two_nodes_share_sessions_and_retained_messages() {
+    let server = RedisServer::start().await;
+    let a = RedisStore::connect(config(&server, "node-a", 10))
+        .await
+        .expect("connect a");
+    let b = RedisStore::connect(config(&server, "node-b", 10))
+        .await
+        .expect("connect b");
+    let id: ClientId = "roamer".into();
+    assert!(a.attach_session(&id).await.expect("attach").is_none());
+    let info = b
+        .session_info("roamer")
+        .await
+        .expect("info")
+        .expect("session");
+    assert!(info.online);
+    assert_eq!(info.node.as_deref(), Some("node-a"));
+    assert_eq!(
+        b.enqueue("roamer", queued("x"), false).await.ok(),
+        Some(Enqueued::Online)
+    );
+    let mut own = StoredSession {
+        expiry_secs: 300,
+        subscriptions: vec![StoredSubscription {
+            filter: "news/#".into(),
+            options: options(QoS::AtLeastOnce),
+        }],
+        ..Default::default()
+    };
+    own.queue.push_back(queued("from-a"));
+    a.detach_session(&id, own).await.expect("detach");
+    assert_eq!(
+        b.enqueue("roamer", queued("from-b"), false).await.ok(),
+        Some(Enqueued::Queued)
+    );
+    assert_eq!(a.session_count().await.ok(), Some(1));
+    assert_eq!(b.session_count().await.ok(), Some(1));
+    let resumed = b
+        .attach_session(&id)
+        .await
+        .expect("attach")
+        .expect("the session moves to node b");
+    assert_eq!(payloads(&resumed), ["from-a", "from-b"]);
+    assert_eq!(resumed.subscriptions[0].filter, "news/#");
+    let info = a
+        .session_info("roamer")
+        .await
+        .expect("info")
+        .expect("session");
+    assert!(info.online);
+    assert_eq!(info.node.as_deref(), Some("node-b"));
+
+    a.set_retained(Arc::new(message("news/today", b"\xffbinary")))
+        .await
+        .expect("retain");
+    let seen = b.retained_matching("news/+").await.expect("match");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(&seen[0].payload[..], b"\xffbinary");
+    assert_eq!(b.retained_count().await.ok(), Some(1));
+    b.set_retained(Arc::new(message("news/today", b"")))
+        .await
+        .expect("delete");
+    assert_eq!(a.retained_count().await.ok(), Some(0));
+}
+
+#[tokio::test]
+async fn only_one_of_two_racing_nodes_takes_an_offline_session() {
+    let server = RedisServer::start().await;
+    let a = Arc::new(
+        RedisStore::connect(config(&server, "node-a", 10))
+            .await
+            .expect("connect a"),
+    );
+    let b = Arc::new(
+        RedisStore::connect(config(&server, "node-b", 10))
+            .await
+            .expect("connect b"),
+    );
+    for round in 0..20 {
+        let id: ClientId = format!("c{round}").into();
+        let mut own = StoredSession {
+            expiry_secs: 60,
+            ..Default::default()
+        };
+        own.queue.push_back(queued("m"));
+        a.detach_session(&id, own).await.expect("detach");
+        let (ra, rb) = tokio::join!(a.attach_session(&id), b.attach_session(&id));
+        let (ra, rb) = (ra.expect("attach a"), rb.expect("attach b"));
+        // Exactly one gets the offline session with its queue; the other takes it over from
+        // the first (online: an empty session).
+        let full = [&ra, &rb]
+            .iter()
+            .filter(|s| s.as_ref().is_some_and(|s| s.expiry_secs == 60))
+            .count();
+        assert_eq!(full, 1, "round {round}: {ra:?} / {rb:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis going away and coming back
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_redis_restart_fails_calls_then_they_succeed_again() {
+    let mut server = RedisServer::start().await;
+    let store = store(&server, 10).await;
+    let id: ClientId = "c".into();
+    store
+        .set_retained(Arc::new(message("r", b"v")))
+        .await
+        .expect("retain");
+    assert_eq!(store.retained_count().await.ok(), Some(1));
+
+    server.stop();
+    let started = Instant::now();
+    assert!(matches!(
+        store.session_count().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.attach_session(&id).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.enqueue("c", queued("x"), true).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(store.retained_matching("#").await.is_err());
+    assert!(store
+        .take_expired_sessions(SystemTime::now())
+        .await
+        .is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "failures are bounded by the operation timeout: {:?}",
+        started.elapsed()
+    );
+
+    server.restart().await;
+    eventually("the store reconnects", || async {
+        store.session_count().await.ok()
+    })
+    .await;
+    // The restarted Redis kept nothing (persistence is off); everything works again, scripts
+    // included (they are loaded anew).
+    assert_eq!(store.retained_count().await.ok(), Some(0));
+    assert!(store.attach_session(&id).await.expect("attach").is_none());
+    store
+        .detach_session(
+            &id,
+            StoredSession {
+                expiry_secs: 60,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("detach");
+    assert_eq!(
+        store.enqueue("c", queued("after"), false).await.ok(),
+        Some(Enqueued::Queued)
+    );
+    let session = store
+        .attach_session(&id)
+        .await
+        .expect("attach")
+        .expect("session");
+    assert_eq!(payloads(&session), ["after"]);
+}
+
+#[tokio::test]
+async fn connecting_to_a_missing_redis_is_an_error() {
+    let mut server = RedisServer::start().await;
+    server.stop();
+    let started = Instant::now();
+    let result = RedisStore::connect(config(&server, "node-a", 10)).await;
+    assert!(matches!(result, Err(StoreError::Unavailable(_))));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A broker on top of Redis
+// ---------------------------------------------------------------------------------------------
+
+/// A broker core using `store`, serving plain TCP on a free loopback port.
+async fn serve_broker(store: Arc<RedisStore>) -> (std::net::SocketAddr, Arc<Broker>) {
+    let config = common::test_config();
+    let auth = Auth::load(&config.auth).expect("auth");
+    let broker = Broker::new(config, auth, store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let serving = broker.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(starling_broker::connection::serve(
+                serving.clone(),
+                stream,
+                peer,
+            ));
+        }
+    });
+    (addr, broker)
+}
+
+#[tokio::test]
+async fn a_broker_keeps_offline_sessions_and_retained_messages_in_redis() {
+    let server = RedisServer::start().await;
+    let store = Arc::new(store(&server, 100).await);
+    let (addr, broker) = serve_broker(store.clone()).await;
+
+    let (mut sub, ack) = v5_client(addr, "sub", |o| {
+        o.set_session_expiry_interval(Some(300));
+    })
+    .await;
+    assert!(!ack.session_present);
+    subscribe(&mut sub, "t/#", QoS::AtLeastOnce).await;
+    end_connection(&mut sub).await;
+    drop(sub);
+    eventually("the session is offline in redis", || async {
+        store
+            .session_info("sub")
+            .await
+            .ok()
+            .flatten()
+            .filter(|info| !info.online)
+    })
+    .await;
+
+    let (mut publisher, _) = v5_client(addr, "pub", |_| {}).await;
+    assert_eq!(
+        publish_qos1(&mut publisher, "t/a", "while-away").await,
+        PubAckReason::Success
+    );
+    publisher
+        .client
+        .publish(
+            "t/r",
+            QoS::AtLeastOnce,
+            true,
+            Bytes::from_static(b"\x00\xffkept"),
+        )
+        .await
+        .expect("publish retained");
+    mqtt5_support::puback(&mut publisher).await;
+    let con = server.client().await;
+    let queued: i64 = eventually("the message is queued in redis", || {
+        let mut con = con.clone();
+        async move {
+            let n: i64 = redis::cmd("LLEN")
+                .arg("starling:v1:queue:sub")
+                .query_async(&mut con)
+                .await
+                .ok()?;
+            (n >= 2).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(queued, 2);
+
+    // Another node sees the retained message.
+    let other = RedisStore::connect(config(&server, "node-b", 100))
+        .await
+        .expect("connect");
+    let retained = other.retained_matching("t/+").await.expect("match");
+    assert_eq!(retained.len(), 1);
+    assert_eq!(&retained[0].payload[..], b"\x00\xffkept");
+
+    let (mut sub, ack) = v5_client(addr, "sub", |o| {
+        o.set_session_expiry_interval(Some(300));
+        o.set_clean_start(false);
+    })
+    .await;
+    assert!(ack.session_present, "the session came back from redis");
+    let first = sub.publish().await;
+    assert_eq!(&first.topic[..], b"t/a");
+    assert_eq!(&first.payload[..], b"while-away");
+    let second = sub.publish().await;
+    assert_eq!(&second.topic[..], b"t/r");
+    assert_eq!(&second.payload[..], b"\x00\xffkept");
+    let info = store
+        .session_info("sub")
+        .await
+        .expect("info")
+        .expect("session");
+    assert!(info.online);
+    assert_eq!(info.node.as_deref(), Some("node-a"));
+    assert_eq!(store.session_count().await.ok(), Some(2));
+    drop(broker);
+}
+
+#[tokio::test]
+async fn a_session_stored_by_one_node_resumes_on_another_with_its_subscriptions() {
+    let server = RedisServer::start().await;
+    let store_a = Arc::new(store(&server, 100).await);
+    let (addr_a, _a) = serve_broker(store_a.clone()).await;
+    let store_b = Arc::new(
+        RedisStore::connect(config(&server, "node-b", 100))
+            .await
+            .expect("connect"),
+    );
+    let (addr_b, _b) = serve_broker(store_b).await;
+
+    let (mut sub, _) = v5_client(addr_a, "mover", |o| {
+        o.set_session_expiry_interval(Some(300));
+    })
+    .await;
+    subscribe(&mut sub, "moved/#", QoS::AtLeastOnce).await;
+    end_connection(&mut sub).await;
+    drop(sub);
+    eventually("the session is offline in redis", || async {
+        store_a
+            .session_info("mover")
+            .await
+            .ok()
+            .flatten()
+            .filter(|info| !info.online)
+    })
+    .await;
+
+    // The client comes back through another node: its subscription must route there.
+    let (mut sub, ack) = v5_client(addr_b, "mover", |o| {
+        o.set_session_expiry_interval(Some(300));
+        o.set_clean_start(false);
+    })
+    .await;
+    assert!(ack.session_present);
+    let (mut publisher, _) = v5_client(addr_b, "pub-b", |_| {}).await;
+    assert_eq!(
+        publish_qos1(&mut publisher, "moved/x", "found").await,
+        PubAckReason::Success,
+        "node B routes to the resumed subscription"
+    );
+    let p = sub.publish().await;
+    assert_eq!(&p.topic[..], b"moved/x");
+    assert_eq!(&p.payload[..], b"found");
+}

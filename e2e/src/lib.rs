@@ -1,0 +1,217 @@
+//! End-to-end harness: real processes on loopback, each on a port the OS picked, all stopped when
+//! their handles drop.
+//!
+//! - [`RedisServer`]: a `redis-server` (Debian) without persistence.
+//! - [`BrokerNode`]: the `starling-broker` binary of this workspace.
+//! - [`Haproxy`]: HAProxy (Debian) in TCP mode, `balance roundrobin`, in front of the nodes.
+//!
+//! The broker binary is found through `STARLING_BROKER_BIN`, else next to this test's own
+//! executable (`target/<profile>/starling-broker`); `cargo test --workspace` builds it.
+
+mod process;
+
+pub use process::{free_port, wait_for, Process};
+
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a process may take to become ready.
+pub const STARTUP: Duration = Duration::from_secs(15);
+
+/// A running `redis-server`.
+pub struct RedisServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    _process: Process,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port and waits until it answers PING.
+    pub async fn start() -> Result<Self> {
+        let port = free_port()?;
+        let process = Process::spawn(
+            "redis",
+            "redis-server",
+            &[
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        )
+        .context("redis-server is needed (Debian package redis-server)")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for(STARTUP, || async move { redis_ping(addr).await }).await?;
+        Ok(RedisServer {
+            addr,
+            _process: process,
+        })
+    }
+
+    /// The `redis://` URL of this server.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+}
+
+/// Sends PING in the inline protocol and checks for PONG.
+pub async fn redis_ping(addr: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(b"PING\r\n").await?;
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).await?;
+    if &reply != b"+PONG\r\n" {
+        bail!("unexpected reply {:?}", String::from_utf8_lossy(&reply));
+    }
+    Ok(())
+}
+
+/// The broker binary to run.
+pub fn broker_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("STARLING_BROKER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target directory")?;
+    let path = profile_dir.join("starling-broker");
+    if !path.exists() {
+        bail!(
+            "{} does not exist: build it with `cargo build -p starling-broker` (or set STARLING_BROKER_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running broker node.
+pub struct BrokerNode {
+    /// Its node id.
+    pub id: String,
+    /// Its MQTT TCP address.
+    pub mqtt: SocketAddr,
+    /// Its admin HTTP address.
+    pub admin: SocketAddr,
+    process: Process,
+}
+
+impl BrokerNode {
+    /// Starts a node with `extra` arguments and waits until `/readyz` answers 200.
+    pub async fn start(id: &str, extra: &[&str]) -> Result<Self> {
+        let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--tcp".to_string(),
+            mqtt.to_string(),
+            "--admin-bind".to_string(),
+            admin.to_string(),
+            "--log-level".to_string(),
+            "warn".to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let binary = broker_binary()?;
+        let process = Process::spawn(id, &binary.to_string_lossy(), &arg_refs)?;
+        wait_for(STARTUP, || async move {
+            match http_get(admin, "/readyz").await?.0 {
+                200 => Ok(()),
+                status => bail!("/readyz answered {status}"),
+            }
+        })
+        .await
+        .with_context(|| format!("node {id} did not become ready"))?;
+        Ok(BrokerNode {
+            id: id.to_string(),
+            mqtt,
+            admin,
+            process,
+        })
+    }
+
+    /// Kills the node with SIGKILL (a crash, no drain).
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Reads one unlabelled metric from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let (_, body) = http_get(self.admin, "/metrics").await?;
+        body.lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+                rest.trim().parse::<f64>().ok()
+            })
+            .with_context(|| format!("metric {name} not found"))
+    }
+}
+
+/// A running HAProxy balancing TCP connections round-robin over some backends.
+pub struct Haproxy {
+    /// The frontend address clients connect to.
+    pub addr: SocketAddr,
+    _config: tempfile::NamedTempFile,
+    _process: Process,
+}
+
+impl Haproxy {
+    /// Starts HAProxy in front of `backends` and waits until its frontend accepts connections.
+    pub async fn start(backends: &[SocketAddr]) -> Result<Self> {
+        use std::io::Write;
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut config = tempfile::NamedTempFile::new()?;
+        let mut text = format!(
+            "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\nfrontend mqtt\n  bind {addr}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n"
+        );
+        for (i, backend) in backends.iter().enumerate() {
+            text.push_str(&format!("  server node{i} {backend}\n"));
+        }
+        config.write_all(text.as_bytes())?;
+        config.flush()?;
+        let path = config.path().to_string_lossy().to_string();
+        let process = Process::spawn("haproxy", "haproxy", &["-db", "-f", &path])
+            .context("haproxy is needed (Debian package haproxy)")?;
+        wait_for(STARTUP, || async move {
+            TcpStream::connect(addr).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(Haproxy {
+            addr,
+            _config: config,
+            _process: process,
+        })
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

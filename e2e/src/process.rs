@@ -1,0 +1,82 @@
+//! Child processes that are killed when their handle drops, and small helpers to start them.
+
+use anyhow::{Context, Result};
+use std::future::Future;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// A child process killed (SIGKILL) when dropped; its output is discarded unless
+/// `E2E_SHOW_OUTPUT` is set.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Process {
+    /// Spawns `program` with `args`.
+    pub fn spawn(name: &str, program: &str, args: &[&str]) -> Result<Self> {
+        let show = std::env::var_os("E2E_SHOW_OUTPUT").is_some();
+        let output = || {
+            if show {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            }
+        };
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(output())
+            .stderr(output())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        Ok(Process {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    /// Kills the process now.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Err(e) = child.start_kill() {
+                eprintln!("killing {}: {e}", self.name);
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Retries `probe` until it succeeds or `limit` passes; returns the last error on timeout.
+pub async fn wait_for<F, Fut>(limit: Duration, mut probe: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match probe().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context(format!("not ready within {limit:?}")))
+            }
+            // Polling a process that gives no other readiness signal: back off between probes.
+            Err(_) => tokio::time::sleep(backoff).await,
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+}
