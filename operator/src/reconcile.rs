@@ -29,6 +29,54 @@ pub struct Context {
     pub client: Client,
 }
 
+/// Every (API group, resource, verb) the controller and this module use. The operator's
+/// ClusterRole in `operator/deploy/operator.yaml` must grant them all (a test checks); update
+/// this list with the code.
+pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    (
+        "mqtt.starling.dev",
+        "mqttclusters",
+        &["get", "list", "watch"],
+    ),
+    ("mqtt.starling.dev", "mqttclusters/status", &["patch"]),
+    // Watched children (`owns` in main.rs), applied (server-side apply of an object that does
+    // not exist yet needs `create` as well as `patch`) and, when turned off, deleted.
+    (
+        "apps",
+        "statefulsets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "services",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "configmaps",
+        &["get", "list", "watch", "create", "patch"],
+    ),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    // Applied only.
+    ("", "persistentvolumeclaims", &["create", "patch"]),
+    // The managed Redis' password: read, created once.
+    ("", "secrets", &["get", "create"]),
+    (
+        "monitoring.coreos.com",
+        "servicemonitors",
+        &["get", "create", "patch", "delete"],
+    ),
+];
+
 /// How often a healthy cluster is looked at again even without changes.
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a cluster that is still coming up is looked at again.
