@@ -39,6 +39,9 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch"],
     ),
     ("mqtt.starling.dev", "mqttclusters/status", &["patch"]),
+    // Children carry a controller reference with blockOwnerDeletion, which API servers with
+    // the OwnerReferencesPermissionEnforcement admission plugin only allow with this.
+    ("mqtt.starling.dev", "mqttclusters/finalizers", &["update"]),
     // Watched children (`owns` in main.rs), applied (server-side apply of an object that does
     // not exist yet needs `create` as well as `patch`) and, when turned off, deleted.
     (
