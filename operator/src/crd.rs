@@ -129,8 +129,8 @@ pub struct ImageSpec {
     #[serde(default = "default_image_repository")]
     #[schemars(length(min = 1))]
     pub repository: String,
-    /// Image tag. Unset: the operator's own version, so upgrading the operator upgrades the
-    /// brokers.
+    /// Image tag, or a digest such as `sha256:…`. Unset: the operator's own version, so
+    /// upgrading the operator upgrades the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
     /// When the kubelet pulls the image.
@@ -160,10 +160,14 @@ impl Default for ImageSpec {
 }
 
 impl ImageSpec {
-    /// `repository:tag`, the tag defaulting to the operator's version.
+    /// `repository:tag` (or `repository@digest`), the tag defaulting to the operator's version.
     pub fn reference(&self) -> String {
         let tag = self.tag.as_deref().unwrap_or(env!("CARGO_PKG_VERSION"));
-        format!("{}:{}", self.repository, tag)
+        if tag.starts_with("sha256:") {
+            format!("{}@{}", self.repository, tag)
+        } else {
+            format!("{}:{}", self.repository, tag)
+        }
     }
 }
 
@@ -452,12 +456,20 @@ pub struct RedisPersistence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// Size of the claim.
-    #[serde(default = "default_redis_size")]
-    pub size: Quantity,
+    // Option only because the generated schema marks the field nullable: an explicit null
+    // must not make the whole object unreadable. `None` means the default.
+    #[serde(
+        default = "default_redis_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub size: Option<Quantity>,
 }
 
-fn default_redis_size() -> Quantity {
-    Quantity("1Gi".to_string())
+/// Default size of the managed Redis' claim.
+pub const DEFAULT_REDIS_SIZE: &str = "1Gi";
+
+fn default_redis_size() -> Option<Quantity> {
+    Some(Quantity(DEFAULT_REDIS_SIZE.to_string()))
 }
 
 /// A Redis the user runs.
@@ -719,12 +731,20 @@ pub struct PodDisruptionBudgetSpec {
     pub enabled: bool,
     /// Most broker pods that voluntary disruptions (drains, upgrades) may take down at once: a
     /// number or a percentage such as `"25%"`.
-    #[serde(default = "default_max_unavailable")]
-    pub max_unavailable: IntOrString,
+    // Option only because the generated schema marks the field nullable: an explicit null
+    // must not make the whole object unreadable. `None` means the default.
+    #[serde(
+        default = "default_max_unavailable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_unavailable: Option<IntOrString>,
 }
 
-fn default_max_unavailable() -> IntOrString {
-    IntOrString::Int(1)
+/// Default `maxUnavailable` of the PodDisruptionBudget.
+pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
+
+fn default_max_unavailable() -> Option<IntOrString> {
+    Some(IntOrString::Int(DEFAULT_MAX_UNAVAILABLE))
 }
 
 impl Default for PodDisruptionBudgetSpec {
@@ -1018,6 +1038,44 @@ mod tests {
             "above the maximum 65535",
         );
         assert_rejected(json!({"replicaz": 3}), ".spec.replicaz: unknown field");
+    }
+
+    /// Fields the schema marks nullable accept an explicit null (the API server keeps it), so
+    /// such an object still deserializes.
+    #[test]
+    fn explicit_nulls_are_readable() {
+        let spec = json!({
+            "podDisruptionBudget": {"maxUnavailable": null},
+            "redis": {"managed": {"persistence": {"size": null}}},
+            "listeners": {"tls": null},
+            "image": {"tag": null},
+        });
+        assert_eq!(
+            structural_errors(&object(spec.clone())),
+            Vec::<String>::new()
+        );
+        let parsed: MqttClusterSpec = serde_json::from_value(spec).expect("nulls deserialize");
+        assert_eq!(parsed.pod_disruption_budget.max_unavailable, None);
+        assert_eq!(parsed.listeners.tls, None);
+    }
+
+    #[test]
+    fn image_reference_takes_tags_and_digests() {
+        let mut image = ImageSpec::default();
+        assert_eq!(
+            image.reference(),
+            format!("{DEFAULT_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
+        );
+        image.tag = Some("1.4.2".into());
+        assert_eq!(
+            image.reference(),
+            format!("{DEFAULT_IMAGE_REPOSITORY}:1.4.2")
+        );
+        image.tag = Some("sha256:0123abcd".into());
+        assert_eq!(
+            image.reference(),
+            format!("{DEFAULT_IMAGE_REPOSITORY}@sha256:0123abcd")
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The broker pods' PodDisruptionBudget.
 
 use super::{Cluster, COMPONENT_BROKER};
+use crate::crd::DEFAULT_MAX_UNAVAILABLE;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The PodDisruptionBudget, or `None` when the spec turns it off.
 pub fn pod_disruption_budget(cluster: &Cluster<'_>) -> Option<PodDisruptionBudget> {
@@ -12,7 +14,11 @@ pub fn pod_disruption_budget(cluster: &Cluster<'_>) -> Option<PodDisruptionBudge
     Some(PodDisruptionBudget {
         metadata: cluster.child_meta(cluster.broker_name(), COMPONENT_BROKER),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(pdb.max_unavailable.clone()),
+            max_unavailable: Some(
+                pdb.max_unavailable
+                    .clone()
+                    .unwrap_or(IntOrString::Int(DEFAULT_MAX_UNAVAILABLE)),
+            ),
             selector: Some(cluster.label_selector(COMPONENT_BROKER)),
             ..PodDisruptionBudgetSpec::default()
         }),
@@ -24,7 +30,6 @@ pub fn pod_disruption_budget(cluster: &Cluster<'_>) -> Option<PodDisruptionBudge
 mod tests {
     use super::*;
     use crate::resources::test_support::{assert_child, cluster_from_yaml};
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     #[test]
     fn default_budget_allows_one_pod_down() {
@@ -49,6 +54,15 @@ mod tests {
         assert_eq!(
             spec.max_unavailable,
             Some(IntOrString::String("25%".into()))
+        );
+
+        let object = cluster_from_yaml("podDisruptionBudget: {maxUnavailable: null}");
+        let c = Cluster::new(&object).expect("cluster");
+        let spec = pod_disruption_budget(&c).expect("pdb").spec.expect("spec");
+        assert_eq!(
+            spec.max_unavailable,
+            Some(IntOrString::Int(1)),
+            "null means the default"
         );
 
         let object = cluster_from_yaml("podDisruptionBudget: {enabled: false}");

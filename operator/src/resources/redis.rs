@@ -2,7 +2,7 @@
 //! and how broker pods reach whichever Redis the spec names.
 
 use super::{Cluster, COMPONENT_REDIS};
-use crate::crd::{ManagedRedis, RedisMode};
+use crate::crd::{ManagedRedis, RedisMode, DEFAULT_REDIS_SIZE};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
@@ -282,7 +283,10 @@ pub fn persistent_volume_claim(cluster: &Cluster<'_>) -> Option<PersistentVolume
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
-                    persistence.size.clone(),
+                    persistence
+                        .size
+                        .clone()
+                        .unwrap_or_else(|| Quantity(DEFAULT_REDIS_SIZE.to_string())),
                 )])),
                 limits: None,
             }),
@@ -475,5 +479,17 @@ mod tests {
             .requests
             .expect("q");
         assert_eq!(requests["storage"].0, "1Gi");
+
+        let object = cluster_from_yaml("redis: {managed: {persistence: {size: null}}}");
+        let c = Cluster::new(&object).expect("cluster");
+        let pvc = persistent_volume_claim(&c).expect("claim");
+        let requests = pvc
+            .spec
+            .expect("spec")
+            .resources
+            .expect("r")
+            .requests
+            .expect("q");
+        assert_eq!(requests["storage"].0, "1Gi", "null means the default");
     }
 }
