@@ -875,6 +875,14 @@ mod tests {
     }
 
     #[test]
+    fn crd_schema_is_one_the_api_server_accepts() {
+        assert_eq!(
+            crate::schema_check::crd_schema_problems(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
     fn crd_identity() {
         let crd = MqttCluster::crd();
         assert_eq!(

@@ -157,3 +157,57 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Problems that would make the API server refuse the CRD itself: a schema node without a
+/// type (structural schemas need one everywhere, except int-or-string and preserve-unknown
+/// nodes), `$ref`s, CEL rules that do not compile, and defaults that do not satisfy their own
+/// schema.
+pub fn crd_schema_problems() -> Vec<String> {
+    let schema = schema();
+    let mut problems = Vec::new();
+    walk_schema(&schema, "", &mut problems);
+    fn collect_compile_errors(c: &kube::core::cel::CompiledSchema, out: &mut Vec<String>) {
+        out.extend(c.compilation_errors().iter().map(|e| e.to_string()));
+        for child in c.properties.values() {
+            collect_compile_errors(child, out);
+        }
+        if let Some(items) = &c.items {
+            collect_compile_errors(items, out);
+        }
+        if let Some(values) = &c.additional_properties {
+            collect_compile_errors(values, out);
+        }
+    }
+    collect_compile_errors(&kube::core::cel::compile_schema(&schema), &mut problems);
+    problems
+}
+
+fn walk_schema(schema: &Value, path: &str, problems: &mut Vec<String>) {
+    let here = if path.is_empty() { "<root>" } else { path };
+    let flag = |key: &str| schema.get(key) == Some(&Value::Bool(true));
+    if schema.get("$ref").is_some() {
+        problems.push(format!("{here}: $ref is not allowed"));
+    }
+    if schema.get("type").is_none()
+        && !flag("x-kubernetes-int-or-string")
+        && !flag("x-kubernetes-preserve-unknown-fields")
+    {
+        problems.push(format!("{here}: no type"));
+    }
+    if let Some(default) = schema.get("default") {
+        let mut errors = Vec::new();
+        check(schema, default, &format!("{path}(default)"), &mut errors);
+        problems.extend(errors);
+    }
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        for (key, child) in properties {
+            walk_schema(child, &format!("{path}.{key}"), problems);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        walk_schema(items, &format!("{path}[]"), problems);
+    }
+    if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+        walk_schema(values, &format!("{path}{{}}"), problems);
+    }
+}
