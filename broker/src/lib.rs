@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod connection;
 pub mod listener;
 pub mod mailbox;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub publish_denied: Counter,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: Counter,
+    /// Cluster members this node sees, itself included.
+    pub cluster_members: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -132,7 +134,14 @@ impl Metrics {
             "Connections closed for malformed packets or protocol violations",
             protocol_errors.clone(),
         );
+        let cluster_members = Gauge::default();
+        registry.register(
+            "cluster_members",
+            "Cluster members this node sees, itself included",
+            cluster_members.clone(),
+        );
         Metrics {
+            cluster_members,
             connections,
             connections_total,
             subscriptions,

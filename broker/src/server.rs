@@ -3,9 +3,11 @@
 
 use crate::auth::{Auth, AuthError};
 use crate::broker::Broker;
+use crate::cluster::membership::MemberEvent;
+use crate::cluster::membership::{self, GossipConfig, Membership, MembershipError, SingleNode};
 use crate::connection;
 use crate::listener::{self, ListenerError};
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, RedisStore, RedisStoreConfig, Store, StoreError};
 use starling_config::BrokerConfig;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +36,12 @@ pub enum ServerError {
     /// The password or ACL file could not be loaded.
     #[error("`auth`: {0}")]
     Auth(#[from] AuthError),
+    /// The cluster store could not be reached.
+    #[error("`cluster.redis_url`: {0}")]
+    Store(#[from] StoreError),
+    /// Gossip could not start.
+    #[error("`cluster`: {0}")]
+    Membership(#[from] MembershipError),
 }
 
 /// The addresses actually bound (useful when the configuration asked for port 0).
@@ -59,6 +67,7 @@ enum Transport {
 /// A node whose sockets are bound, ready to run.
 pub struct Server {
     broker: Arc<Broker>,
+    membership: Arc<dyn Membership>,
     listeners: Vec<(TcpListener, Transport)>,
     admin: Option<TcpListener>,
     addresses: BoundAddresses,
@@ -78,7 +87,8 @@ impl Server {
     /// Loads auth and TLS material and binds every configured socket.
     pub async fn bind(config: BrokerConfig) -> Result<Server, ServerError> {
         let auth = Auth::load(&config.auth)?;
-        let store = Arc::new(MemoryStore::new(config.limits.max_queued_messages));
+        let store = open_store(&config).await?;
+        let membership = join_cluster(&config).await?;
         let mut listeners = Vec::new();
         let mut addresses = BoundAddresses::default();
         if let Some(addr) = config.listeners.tcp {
@@ -107,6 +117,7 @@ impl Server {
         };
         Ok(Server {
             broker: Broker::new(config, auth, store),
+            membership,
             listeners,
             admin,
             addresses,
@@ -152,6 +163,7 @@ impl Server {
                 }
             })
         });
+        tokio::spawn(watch_members(broker.clone(), self.membership.clone()));
         tokio::spawn(broker.clone().run_expiry());
         tokio::spawn(broker.clone().run_keep_alive());
         if broker.config.sys.interval_secs > 0 {
@@ -178,10 +190,65 @@ impl Server {
                 "drain timeout reached with connections still open"
             ),
         }
+        if let Err(e) = self.membership.leave(Duration::from_secs(2)).await {
+            tracing::warn!(error = %e, "leaving the cluster");
+        }
         let _ = admin_stop.send(());
         if let Some(task) = admin_task {
             let _ = task.await;
         }
+    }
+}
+
+/// The state store: Redis when `cluster.redis_url` is set, else in memory.
+async fn open_store(config: &BrokerConfig) -> Result<Arc<dyn Store>, ServerError> {
+    let max_queued = config.limits.max_queued_messages;
+    Ok(match &config.cluster.redis_url {
+        None => Arc::new(MemoryStore::new(max_queued)),
+        Some(url) => {
+            let store_config = RedisStoreConfig::new(url.as_str(), &config.node_id, max_queued);
+            Arc::new(RedisStore::connect(store_config).await?)
+        }
+    })
+}
+
+/// Gossip membership when `cluster.gossip_bind` is set, else a cluster of one.
+async fn join_cluster(config: &BrokerConfig) -> Result<Arc<dyn Membership>, ServerError> {
+    let cluster = &config.cluster;
+    let Some(bind) = cluster.gossip_bind else {
+        return Ok(Arc::new(SingleNode::new(config.node_id.as_str())));
+    };
+    let mut gossip = GossipConfig::new(config.node_id.as_str(), bind);
+    gossip.advertise = cluster.gossip_advertise;
+    gossip.seeds = cluster.gossip_seeds.clone();
+    if let Some(path) = &cluster.gossip_key_file {
+        gossip.secret_key = Some(membership::load_key_file(path)?);
+    }
+    Ok(membership::start(gossip).await?)
+}
+
+/// Logs membership changes and keeps the members gauge true, until shutdown.
+async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
+    let mut events = membership.events();
+    let mut state = broker.run_state();
+    broker
+        .metrics
+        .cluster_members
+        .set(membership.members().await.len() as i64);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(MemberEvent::Joined(node)) => tracing::info!(node = %node.id, addr = %node.addr, "node joined"),
+                Ok(MemberEvent::Left(node)) => tracing::info!(node = %node.id, "node left or failed"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = state.changed() => return,
+        }
+        broker
+            .metrics
+            .cluster_members
+            .set(membership.members().await.len() as i64);
     }
 }
 

@@ -27,6 +27,8 @@ pub struct BrokerConfig {
     pub shutdown: ShutdownConfig,
     /// `$SYS/` broker statistics.
     pub sys: SysConfig,
+    /// Clustering: gossip membership and the shared store. All unset means a standalone node.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for BrokerConfig {
@@ -41,6 +43,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             sys: SysConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -250,6 +253,32 @@ impl Default for SysConfig {
     }
 }
 
+/// Clustering. With every field unset (the default) the node runs standalone.
+///
+/// Nodes find each other by gossip (SWIM) on `gossip_bind`; a new node contacts the
+/// `gossip_seeds` (retried in the background until one answers) and learns the rest from it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Redis URL of the shared cluster store (`redis://`, `rediss://`, `redis+unix://` or
+    /// `unix://`).
+    pub redis_url: Option<String>,
+    /// Address the gossip protocol binds, TCP and UDP on the same port (7946 by convention).
+    /// Required for clustering.
+    pub gossip_bind: Option<SocketAddr>,
+    /// Address other nodes reach this node's gossip at, when it differs from `gossip_bind`
+    /// (e.g. the pod IP when binding `0.0.0.0`). Unset: the bind address, or, when that is
+    /// unspecified, the first private address of the host.
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip addresses of other nodes as `host:port` (DNS names such as a headless Service's
+    /// pod names, or IPs; IPv6 in brackets). Names are resolved by the system resolver.
+    pub gossip_seeds: Vec<String>,
+    /// File holding the gossip encryption key: base64 text (surrounding whitespace ignored)
+    /// of 16, 24 or 32 bytes, for AES-128/192/256-GCM, e.g. from `openssl rand -base64 32`.
+    /// Every node needs the same key; unset means gossip is not encrypted.
+    pub gossip_key_file: Option<PathBuf>,
+}
+
 impl BrokerConfig {
     /// Checks every value that parsing alone cannot; the error names the field and the fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -354,7 +383,111 @@ impl BrokerConfig {
                 "set `auth.password_file` or allow anonymous clients",
             ));
         }
+        let cluster = &self.cluster;
+        if let Some(url) = &cluster.redis_url {
+            let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+            if !schemes.iter().any(|s| url.starts_with(s)) || url.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    "cluster.redis_url",
+                    format!("{url:?} is not a Redis URL"),
+                    "write a URL such as `redis://redis:6379/0` (or rediss://, redis+unix://, unix://)",
+                ));
+            }
+        }
+        for seed in &cluster.gossip_seeds {
+            if let Err(problem) = check_host_port(seed) {
+                return Err(ConfigError::invalid(
+                    "cluster.gossip_seeds",
+                    format!("{seed:?}: {problem}"),
+                    "write each seed as `host:port`, e.g. `starling-0.starling:7946`, `10.0.0.5:7946` or `[fd00::5]:7946`",
+                ));
+            }
+        }
+        if cluster.gossip_bind.is_none() {
+            let needs_bind = [
+                ("cluster.gossip_seeds", !cluster.gossip_seeds.is_empty()),
+                (
+                    "cluster.gossip_advertise",
+                    cluster.gossip_advertise.is_some(),
+                ),
+                ("cluster.gossip_key_file", cluster.gossip_key_file.is_some()),
+            ];
+            if let Some((field, _)) = needs_bind.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::invalid(
+                    "cluster.gossip_bind",
+                    format!("`{field}` is set but gossip is off"),
+                    "set `cluster.gossip_bind` (e.g. `0.0.0.0:7946`) or remove the other gossip settings",
+                ));
+            }
+        }
+        if let Some(bind) = cluster.gossip_bind {
+            if let Some((other, _)) = binds.iter().find(|(_, a)| *a == bind && bind.port() != 0) {
+                return Err(ConfigError::invalid(
+                    "cluster.gossip_bind",
+                    format!("{bind} is already used by `{other}`"),
+                    "give gossip its own port, e.g. 7946",
+                ));
+            }
+        }
+        if let Some(addr) = cluster.gossip_advertise {
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(ConfigError::invalid(
+                    "cluster.gossip_advertise",
+                    format!("{addr} cannot be reached by other nodes"),
+                    "advertise this node's own IP and gossip port, e.g. the pod IP and 7946",
+                ));
+            }
+        }
+        if let Some(path) = &cluster.gossip_key_file {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(
+                    "cluster.gossip_key_file",
+                    "the path is empty",
+                    "remove the field or name a file holding a base64 key of 16, 24 or 32 bytes",
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// Checks that `text` is `host:port`: a DNS name or IP (IPv6 in brackets) and a port 1..=65535.
+fn check_host_port(text: &str) -> Result<(), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| "no `:port`".to_string())?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(format!("port {port:?} is not a number in 1..=65535")),
+    }
+    let host = match host.strip_prefix('[') {
+        Some(inner) => {
+            let inner = inner
+                .strip_suffix(']')
+                .ok_or_else(|| "unclosed `[`".to_string())?;
+            return inner
+                .parse::<std::net::Ipv6Addr>()
+                .map(|_| ())
+                .map_err(|_| format!("{inner:?} is not an IPv6 address"));
+        }
+        None => host,
+    };
+    // A fully qualified name may end in a dot.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if name_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name or IPv4 address (IPv6 goes in brackets)"
+        ))
     }
 }
 
@@ -423,6 +556,76 @@ mod tests {
     fn closed_broker_without_users_is_rejected() {
         let err = BrokerConfig::from_toml_str("[auth]\nallow_anonymous = false\n").unwrap_err();
         assert!(err.to_string().contains("auth.password_file"), "{err}");
+    }
+
+    #[test]
+    fn cluster_defaults_to_standalone_and_takes_gossip_settings() {
+        assert_eq!(BrokerConfig::default().cluster, ClusterConfig::default());
+        let config = BrokerConfig::from_toml_str(
+            "[cluster]\ngossip_bind = \"0.0.0.0:7946\"\n\
+             gossip_advertise = \"10.1.2.3:7946\"\n\
+             gossip_seeds = [\"starling-0.starling:7946\", \"10.0.0.5:7946\", \"[fd00::5]:7946\", \"a.b.svc.cluster.local.:7946\"]\n\
+             gossip_key_file = \"/etc/starling/gossip.key\"\n\
+             redis_url = \"redis://redis:6379/0\"\n",
+        )
+        .expect("valid cluster section");
+        assert_eq!(config.cluster.gossip_seeds.len(), 4);
+    }
+
+    #[test]
+    fn cluster_seeds_must_be_host_port() {
+        for bad in [
+            "starling-0",
+            "starling-0:",
+            "starling-0:0",
+            "starling-0:70000",
+            ":7946",
+            "fd00::5:7946",
+            "[fd00::5:7946",
+            "bad host:7946",
+            "a..b:7946",
+        ] {
+            let text =
+                format!("[cluster]\ngossip_bind = \"0.0.0.0:7946\"\ngossip_seeds = [{bad:?}]\n");
+            let err = BrokerConfig::from_toml_str(&text).unwrap_err().to_string();
+            assert!(err.contains("cluster.gossip_seeds"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn gossip_settings_need_gossip_bind() {
+        for line in [
+            "gossip_seeds = [\"a:7946\"]",
+            "gossip_advertise = \"10.0.0.1:7946\"",
+            "gossip_key_file = \"/k\"",
+        ] {
+            let err = BrokerConfig::from_toml_str(&format!("[cluster]\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cluster.gossip_bind"), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn cluster_values_that_cannot_work_are_named() {
+        let cases = [
+            ("redis_url = \"localhost:6379\"", "cluster.redis_url"),
+            (
+                "gossip_bind = \"0.0.0.0:7946\"\ngossip_advertise = \"0.0.0.0:7946\"",
+                "cluster.gossip_advertise",
+            ),
+            ("gossip_bind = \"0.0.0.0:1883\"", "cluster.gossip_bind"),
+            (
+                "gossip_bind = \"0.0.0.0:7946\"\ngossip_key_file = \"\"",
+                "cluster.gossip_key_file",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = BrokerConfig::from_toml_str(&format!("[cluster]\n{body}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -104,9 +104,51 @@ pub struct BrokerNode {
     /// Its admin HTTP address.
     pub admin: SocketAddr,
     process: Process,
+    _config: Option<tempfile::NamedTempFile>,
+}
+
+/// Cluster settings of a node started by [`BrokerNode::start_clustered`].
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The shared Redis.
+    pub redis_url: String,
+    /// This node's gossip address.
+    pub gossip: SocketAddr,
+    /// Gossip addresses of other nodes.
+    pub seeds: Vec<SocketAddr>,
+}
+
+impl ClusterSettings {
+    /// Settings for a node with a fresh gossip port.
+    pub fn new(redis_url: &str, seeds: &[SocketAddr]) -> Result<Self> {
+        Ok(ClusterSettings {
+            redis_url: redis_url.to_string(),
+            gossip: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            seeds: seeds.to_vec(),
+        })
+    }
 }
 
 impl BrokerNode {
+    /// Starts a cluster node (Redis store, gossip) from a configuration file.
+    pub async fn start_clustered(id: &str, cluster: &ClusterSettings) -> Result<Self> {
+        use std::io::Write;
+        let seeds: Vec<String> = cluster.seeds.iter().map(|s| format!("\"{s}\"")).collect();
+        let text = format!(
+            "[cluster]\nredis_url = \"{}\"\ngossip_bind = \"{}\"\ngossip_seeds = [{}]\n",
+            cluster.redis_url,
+            cluster.gossip,
+            seeds.join(", ")
+        );
+        let mut file = tempfile::NamedTempFile::new()?;
+        file.write_all(text.as_bytes())?;
+        file.flush()?;
+        let path = file.path().to_string_lossy().to_string();
+        let mut node = Self::start(id, &["--config", &path]).await?;
+        node._config = Some(file);
+        Ok(node)
+    }
+
     /// Starts a node with `extra` arguments and waits until `/readyz` answers 200.
     pub async fn start(id: &str, extra: &[&str]) -> Result<Self> {
         let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -138,6 +180,7 @@ impl BrokerNode {
             mqtt,
             admin,
             process,
+            _config: None,
         })
     }
 

@@ -1,0 +1,3 @@
+//! Running as one node of a cluster: membership by gossip (issue 4).
+
+pub mod membership;

@@ -1,0 +1,150 @@
+//! Cluster behaviour available today, on real processes: nodes find each other by gossip and share
+//! sessions and retained messages through Redis. (Live relay between nodes is not built yet; see
+//! docs/cluster.md.)
+
+use e2e::{wait_for, BrokerNode, ClusterSettings, RedisServer};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn two_nodes(redis: &RedisServer) -> (BrokerNode, BrokerNode) {
+    let a_settings = ClusterSettings::new(&redis.url(), &[]).expect("ports");
+    let a = BrokerNode::start_clustered("node-a", &a_settings)
+        .await
+        .expect("node a");
+    let b_settings = ClusterSettings::new(&redis.url(), &[a_settings.gossip]).expect("ports");
+    let b = BrokerNode::start_clustered("node-b", &b_settings)
+        .await
+        .expect("node b");
+    (a, b)
+}
+
+async fn client(addr: SocketAddr, id: &str, clean: bool) -> (AsyncClient, EventLoop, bool) {
+    let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_start(clean);
+    options.set_session_expiry_interval(Some(300));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let present = tokio::time::timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await.expect("connection") {
+                Event::Incoming(Packet::ConnAck(ack)) => return ack.session_present,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    (client, eventloop, present)
+}
+
+async fn next_packet(eventloop: &mut EventLoop, mut pick: impl FnMut(&Packet) -> bool) -> Packet {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(p) = eventloop.poll().await.expect("connection") {
+                if pick(&p) {
+                    return p;
+                }
+            }
+        }
+    })
+    .await
+    .expect("packet in time")
+}
+
+#[tokio::test]
+async fn nodes_find_each_other_by_gossip() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    for node in [&a, &b] {
+        wait_for(WAIT, || async move {
+            let members = node.metric("starling_cluster_members").await?;
+            anyhow::ensure!(members == 2.0, "{} sees {members} members", node.id);
+            Ok(())
+        })
+        .await
+        .expect("both nodes see two members");
+    }
+}
+
+#[tokio::test]
+async fn a_session_moves_between_nodes_with_its_queued_messages() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+
+    // Subscribe on node A, go away.
+    let (sub, mut sub_loop, present) = client(a.mqtt, "traveller", true).await;
+    assert!(!present);
+    sub.subscribe("trip/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    sub.disconnect().await.expect("disconnect");
+    let _ = tokio::time::timeout(WAIT, async { while sub_loop.poll().await.is_ok() {} }).await;
+
+    // Published on A while away: queued in Redis for the session.
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "sender", true).await;
+    publisher
+        .publish("trip/1", QoS::AtLeastOnce, false, "postcard")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    publisher
+        .publish("trip/retained", QoS::AtLeastOnce, true, "kept")
+        .await
+        .expect("publish retained");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+
+    // Back through node B: the session is there, with what was queued and the retained message.
+    let (_sub, mut sub_loop, present) = client(b.mqtt, "traveller", false).await;
+    assert!(present, "session present on the other node");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Packet::Publish(p) =
+            next_packet(&mut sub_loop, |p| matches!(p, Packet::Publish(_))).await
+        {
+            got.push((
+                String::from_utf8_lossy(&p.topic).to_string(),
+                String::from_utf8_lossy(&p.payload).to_string(),
+            ));
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("trip/1".to_string(), "postcard".to_string()),
+            ("trip/retained".to_string(), "kept".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_retained_message_published_on_one_node_is_served_by_another() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "weather-station", true).await;
+    publisher
+        .publish("weather/now", QoS::AtLeastOnce, true, "sunny")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+
+    let (reader, mut reader_loop, _) = client(b.mqtt, "reader", true).await;
+    reader
+        .subscribe("weather/+", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let Packet::Publish(p) =
+        next_packet(&mut reader_loop, |p| matches!(p, Packet::Publish(_))).await
+    else {
+        unreachable!("picked a publish")
+    };
+    assert_eq!(&p.topic[..], b"weather/now");
+    assert_eq!(&p.payload[..], b"sunny");
+    assert!(p.retain);
+}
