@@ -24,6 +24,11 @@ pub const TLS_DIR: &str = "/etc/starling/tls";
 pub const PASSWORD_FILE: &str = "/etc/starling/auth/passwd";
 /// Where the ACL ConfigMap's file is mounted.
 pub const ACL_FILE: &str = "/etc/starling/acl/acl";
+/// Where the gossip key Secret is mounted.
+pub const GOSSIP_KEY_FILE: &str = "/etc/starling/gossip/key";
+/// Most gossip seeds listed. Seeds are the first pods only, so scaling beyond this many pods
+/// does not change the configuration (and does not restart every pod).
+pub const MAX_SEEDS: i32 = 3;
 
 /// The configuration file's path in broker pods.
 pub fn config_path() -> String {
@@ -36,11 +41,23 @@ fn any_addr(port: i32) -> Result<SocketAddr, Error> {
     Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
-/// The broker configuration for a cluster's pods, validated.
-pub fn broker_config(name: &str, spec: &MqttClusterSpec) -> Result<BrokerConfig, Error> {
+/// The gossip seeds: headless DNS names of the first pods,
+/// `<name>-<i>.<name>-headless.<namespace>.svc:<port>`.
+pub fn gossip_seeds(cluster: &Cluster<'_>) -> Vec<String> {
+    let port = cluster.spec().gossip.port;
+    (0..cluster.spec().replicas.clamp(1, MAX_SEEDS))
+        .map(|i| format!("{}:{port}", cluster.pod_dns_name(i)))
+        .collect()
+}
+
+/// The broker configuration for a cluster's pods, validated. Per-pod values (node id, gossip
+/// advertise address) and the Redis URL (it carries the password) come from environment
+/// variables instead; see [`super::statefulset::broker_env`].
+pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
+    let spec: &MqttClusterSpec = cluster.spec();
     let mut config = BrokerConfig {
         // Each pod overrides this with its own name (STARLING_NODE_ID).
-        node_id: name.to_string(),
+        node_id: cluster.name.to_string(),
         ..BrokerConfig::default()
     };
     let l = &spec.listeners;
@@ -94,13 +111,20 @@ pub fn broker_config(name: &str, spec: &MqttClusterSpec) -> Result<BrokerConfig,
         .acl_config_map_ref
         .as_ref()
         .map(|_| ACL_FILE.into());
+    config.cluster.gossip_bind = Some(any_addr(spec.gossip.port)?);
+    config.cluster.gossip_seeds = gossip_seeds(cluster);
+    config.cluster.gossip_key_file = spec
+        .gossip
+        .encryption_key_secret_ref
+        .as_ref()
+        .map(|_| GOSSIP_KEY_FILE.into());
     config.validate()?;
     Ok(config)
 }
 
 /// The ConfigMap with the rendered configuration file.
 pub fn config_map(cluster: &Cluster<'_>) -> Result<ConfigMap, Error> {
-    let config = broker_config(cluster.name, cluster.spec())?;
+    let config = broker_config(cluster)?;
     let text = config.to_toml_string()?;
     Ok(ConfigMap {
         metadata: cluster.child_meta(cluster.config_map_name(), COMPONENT_BROKER),
@@ -156,6 +180,12 @@ mod tests {
             ..BrokerConfig::default()
         };
         expected.log.format = starling_config::LogFormat::Json;
+        expected.cluster.gossip_bind = Some("0.0.0.0:7946".parse().unwrap());
+        expected.cluster.gossip_seeds = vec![
+            "demo-0.demo-headless.iot.svc:7946".to_string(),
+            "demo-1.demo-headless.iot.svc:7946".to_string(),
+            "demo-2.demo-headless.iot.svc:7946".to_string(),
+        ];
         assert_eq!(parsed, expected);
     }
 
@@ -230,9 +260,10 @@ broker:
             "listeners: {mqtt: {enabled: false}, tls: {secretName: c}}",
             "listeners: {websocket: {port: 9001}}\nbroker: {logFormat: text, drainTimeoutSecs: 0}",
             "auth: {allowAnonymous: false, usersSecretRef: {name: u, key: k}}",
+            "gossip: {port: 7000, encryptionKeySecretRef: {name: g, key: k}}\nreplicas: 1",
         ] {
             let object = cluster_from_yaml(yaml);
-            let config = broker_config("demo", &object.spec).expect("config");
+            let config = broker_config(&Cluster::new(&object).expect("cluster")).expect("config");
             let text = config.to_toml_string().expect("render");
             let parsed = BrokerConfig::from_toml_str(&text).expect("parse");
             assert_eq!(parsed, config, "{yaml}");
@@ -249,6 +280,47 @@ broker:
     }
 
     #[test]
+    fn seeds_are_the_first_pods_headless_names() {
+        let object = cluster_from_yaml("replicas: 2\ngossip: {port: 7000}");
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(
+            gossip_seeds(&c),
+            vec![
+                "demo-0.demo-headless.iot.svc:7000",
+                "demo-1.demo-headless.iot.svc:7000"
+            ]
+        );
+        let (_, parsed) = rendered("replicas: 2\ngossip: {port: 7000}");
+        assert_eq!(parsed.cluster.gossip_seeds, gossip_seeds(&c));
+        assert_eq!(
+            parsed.cluster.gossip_bind,
+            Some("0.0.0.0:7000".parse().unwrap())
+        );
+        assert_eq!(parsed.cluster.gossip_key_file, None);
+        let (_, keyed) = rendered("gossip: {encryptionKeySecretRef: {name: g, key: k}}");
+        assert_eq!(
+            keyed
+                .cluster
+                .gossip_key_file
+                .as_deref()
+                .and_then(|p| p.to_str()),
+            Some(GOSSIP_KEY_FILE)
+        );
+    }
+
+    #[test]
+    fn scaling_past_the_seed_count_leaves_the_config_alone() {
+        let object = cluster_from_yaml("replicas: 9");
+        assert_eq!(
+            gossip_seeds(&Cluster::new(&object).expect("cluster")).len(),
+            3
+        );
+        let (three, _) = rendered("replicas: 3");
+        let (nine, _) = rendered("replicas: 9");
+        assert_eq!(config_hash(&three), config_hash(&nine));
+    }
+
+    #[test]
     fn hash_follows_the_config() {
         let object = cluster(Default::default());
         let c = Cluster::new(&object).expect("cluster");
@@ -260,7 +332,7 @@ broker:
         let c2 = Cluster::new(&changed).expect("cluster");
         assert_ne!(first, config_hash(&config_map(&c2).expect("cm")));
 
-        // Replicas are not part of the configuration file: scaling does not change the hash.
+        // Beyond the seed count, replicas do not reach the configuration file.
         let scaled = cluster_from_yaml("replicas: 7");
         let c3 = Cluster::new(&scaled).expect("cluster");
         assert_eq!(first, config_hash(&config_map(&c3).expect("cm")));

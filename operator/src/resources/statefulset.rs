@@ -1,11 +1,14 @@
 //! The broker StatefulSet.
 //!
-//! Pods are named `<cluster>-<i>`; the pod name becomes the broker's node id
-//! (`STARLING_NODE_ID`). Cluster settings the broker's configuration file does not describe yet
-//! (Redis URL, gossip bind/advertise/seeds/key) are passed as `STARLING_CLUSTER__*` variables,
-//! which the broker's loader maps onto its `cluster` section.
+//! Pods are named `<cluster>-<i>`. What differs per pod or comes from a Secret is passed as
+//! environment variables that the broker's loader layers over its configuration file: the pod
+//! name as node id (`STARLING_NODE_ID`), the pod IP as gossip address
+//! (`STARLING_CLUSTER__GOSSIP_ADVERTISE`) and the Redis URL with the password
+//! (`STARLING_CLUSTER__REDIS_URL`). Everything else is in the ConfigMap.
 
-use super::configmap::{self, ACL_FILE, CONFIG_DIR, CONFIG_KEY, PASSWORD_FILE, TLS_DIR};
+use super::configmap::{
+    self, ACL_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE, TLS_DIR,
+};
 use super::redis::{self, PASSWORD_ENV};
 use super::services::{PORT_ADMIN, PORT_GOSSIP, PORT_GOSSIP_UDP, PORT_MQTT, PORT_MQTTS, PORT_WS};
 use super::{Cluster, COMPONENT_BROKER, CONFIG_HASH_ANNOTATION};
@@ -31,21 +34,8 @@ pub const CONTAINER: &str = "broker";
 pub const PRE_STOP_SLEEP_SECS: i64 = 5;
 /// Slack on top of the pre-stop sleep and the broker's drain timeout before SIGKILL.
 pub const GRACE_SLACK_SECS: i64 = 10;
-/// Most gossip seeds listed. Seeds are the first pods only, so scaling beyond this many pods
-/// does not change the pod template (and does not restart every pod).
-pub const MAX_SEEDS: i32 = 3;
-/// Where the gossip key Secret is mounted.
-pub const GOSSIP_KEY_FILE: &str = "/etc/starling/gossip/key";
 /// User and group id the broker runs as by default (no root needed: ports are above 1024).
 pub const BROKER_UID: i64 = 65532;
-
-/// The gossip seeds: headless DNS names of the first pods, `<name>-<i>.<name>-headless.<ns>.svc:<port>`.
-pub fn gossip_seeds(cluster: &Cluster<'_>) -> Vec<String> {
-    let port = cluster.spec().gossip.port;
-    (0..cluster.spec().replicas.clamp(1, MAX_SEEDS))
-        .map(|i| format!("{}:{port}", cluster.pod_dns_name(i)))
-        .collect()
-}
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -90,23 +80,9 @@ pub fn broker_env(cluster: &Cluster<'_>) -> Result<Vec<EnvVar>, Error> {
     }
     vars.push(env("STARLING_CLUSTER__REDIS_URL", redis.url));
     vars.push(env(
-        "STARLING_CLUSTER__GOSSIP_BIND",
-        format!("0.0.0.0:{gossip_port}"),
-    ));
-    vars.push(env(
         "STARLING_CLUSTER__GOSSIP_ADVERTISE",
         format!("$(POD_IP):{gossip_port}"),
     ));
-    // A TOML-style array, which the broker's environment loader parses into a list.
-    let seeds = gossip_seeds(cluster)
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(",");
-    vars.push(env("STARLING_CLUSTER__GOSSIP_SEEDS", format!("[{seeds}]")));
-    if cluster.spec().gossip.encryption_key_secret_ref.is_some() {
-        vars.push(env("STARLING_CLUSTER__GOSSIP_KEY_FILE", GOSSIP_KEY_FILE));
-    }
     Ok(vars)
 }
 
@@ -423,6 +399,7 @@ mod tests {
     use crate::resources::configmap::{config_hash, config_map};
     use crate::resources::test_support::{assert_child, cluster_from_yaml};
     use k8s_openapi::api::core::v1::PodSpec;
+    use starling_config::BrokerConfig;
 
     fn build(yaml: &str) -> StatefulSet {
         let object = cluster_from_yaml(yaml);
@@ -508,36 +485,39 @@ mod tests {
     }
 
     #[test]
-    fn seeds_are_the_first_pods_headless_names() {
-        let object = cluster_from_yaml("replicas: 2\ngossip: {port: 7000}");
-        let c = Cluster::new(&object).expect("cluster");
-        assert_eq!(
-            gossip_seeds(&c),
-            vec![
-                "demo-0.demo-headless.iot.svc:7000",
-                "demo-1.demo-headless.iot.svc:7000"
-            ]
-        );
+    fn gossip_advertises_the_pod_ip_and_the_rest_is_in_the_config_file() {
         let set = build("replicas: 2\ngossip: {port: 7000}");
+        let c = container(&set);
         assert_eq!(
-            value(container(&set), "STARLING_CLUSTER__GOSSIP_SEEDS"),
-            r#"["demo-0.demo-headless.iot.svc:7000","demo-1.demo-headless.iot.svc:7000"]"#
-        );
-        assert_eq!(
-            value(container(&set), "STARLING_CLUSTER__GOSSIP_BIND"),
-            "0.0.0.0:7000"
-        );
-        assert_eq!(
-            value(container(&set), "STARLING_CLUSTER__GOSSIP_ADVERTISE"),
+            value(c, "STARLING_CLUSTER__GOSSIP_ADVERTISE"),
             "$(POD_IP):7000"
         );
+        for name in [
+            "STARLING_CLUSTER__GOSSIP_BIND",
+            "STARLING_CLUSTER__GOSSIP_SEEDS",
+            "STARLING_CLUSTER__GOSSIP_KEY_FILE",
+        ] {
+            assert!(
+                env_value(c, name).is_none(),
+                "{name} belongs in the ConfigMap"
+            );
+        }
+        let gossip_ports: Vec<(i32, String)> = c
+            .ports
+            .as_ref()
+            .expect("ports")
+            .iter()
+            .filter(|p| p.name.as_deref().is_some_and(|n| n.starts_with("gossip")))
+            .map(|p| (p.container_port, p.protocol.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(gossip_ports, [(7000, "TCP".into()), (7000, "UDP".into())]);
     }
 
     #[test]
     fn scaling_past_the_seed_count_leaves_the_pod_template_alone() {
         let object = cluster_from_yaml("replicas: 9");
         let c = Cluster::new(&object).expect("cluster");
-        assert_eq!(gossip_seeds(&c).len(), 3);
+        assert_eq!(configmap::gossip_seeds(&c).len(), 3);
         let a = build("replicas: 3");
         let b = build("replicas: 9");
         assert_eq!(a.spec.template, b.spec.template);
@@ -748,11 +728,12 @@ gossip: {encryptionKeySecretRef: {name: gossip, key: k}}
         assert_eq!(full("gossip-key"), GOSSIP_KEY_FILE);
         assert_eq!(item("gossip-key").0, "k");
         assert_eq!(full("config"), configmap::config_path());
-        assert_eq!(
-            value(c, "STARLING_CLUSTER__GOSSIP_KEY_FILE"),
-            GOSSIP_KEY_FILE
-        );
-        assert!(env_value(container(&build("{}")), "STARLING_CLUSTER__GOSSIP_KEY_FILE").is_none());
+        assert!(!pod(&build("{}"))
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .any(|v| v.name == "gossip-key"));
     }
 
     #[test]
@@ -848,57 +829,52 @@ resources: {limits: {memory: 512Mi}}
         out
     }
 
-    /// The environment a pod gets, fed to the broker's own loader (figment, `STARLING_` prefix,
-    /// `__` for nesting): the cluster settings arrive with the intended types. The broker's
-    /// `cluster` section is being built separately, so the shape is mirrored here.
+    /// A broker pod's whole configuration, loaded the way the broker loads it: the ConfigMap's
+    /// file through `BrokerConfig::figment` (defaults, file, `STARLING_*` environment), then
+    /// validated. The environment is the pod's, with `$(VAR)` references expanded as the
+    /// kubelet does and Secret values made up.
     #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
-    fn pod_environment_parses_with_the_broker_loader() {
-        #[derive(serde::Deserialize, Debug)]
-        struct Cluster {
-            redis_url: String,
-            gossip_bind: std::net::SocketAddr,
-            gossip_advertise: std::net::SocketAddr,
-            gossip_seeds: Vec<String>,
-            gossip_key_file: Option<std::path::PathBuf>,
-        }
-        #[derive(serde::Deserialize, Debug)]
-        #[serde(deny_unknown_fields)]
-        struct Loaded {
-            node_id: String,
-            cluster: Cluster,
-        }
-        let set = build("replicas: 3\ngossip: {encryptionKeySecretRef: {name: g, key: k}}");
+    fn pod_configuration_loads_with_the_broker_loader() {
+        let yaml = "replicas: 3\ngossip: {encryptionKeySecretRef: {name: g, key: k}}";
+        let object = cluster_from_yaml(yaml);
+        let c = Cluster::new(&object).expect("cluster");
+        let cm = config_map(&c).expect("config map");
+        let file = cm.data.as_ref().expect("data")[CONFIG_KEY].clone();
+        let set = build(yaml);
         let mut known: Vec<(String, String)> = Vec::new();
         for var in container(&set).env.as_ref().expect("env") {
             let value = match (&var.value, &var.value_from) {
                 (Some(v), _) => expand(v, &known),
-                (None, Some(from)) if from.field_ref.is_some() => {
+                (None, Some(from)) => {
                     match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                         Some("metadata.name") => "demo-1".to_string(),
                         Some("status.podIP") => "10.1.2.3".to_string(),
-                        other => panic!("unexpected field {other:?}"),
+                        Some(other) => panic!("unexpected field {other}"),
+                        None => "pw0rd".to_string(), // a Secret key
                     }
                 }
-                (None, Some(_)) => "pw0rd".to_string(),
                 (None, None) => String::new(),
             };
             known.push((var.name.clone(), value));
         }
         figment::Jail::expect_with(|jail| {
+            jail.create_file(CONFIG_KEY, &file)?;
             for (name, value) in &known {
                 jail.set_env(name, value);
             }
-            let loaded: Loaded = figment::Figment::new()
-                .merge(figment::providers::Env::prefixed("STARLING_").split("__"))
-                .extract()?;
-            assert_eq!(loaded.node_id, "demo-1");
-            let c = loaded.cluster;
-            assert_eq!(c.redis_url, "redis://:pw0rd@demo-redis.iot.svc:6379/0");
-            assert_eq!(c.gossip_bind, "0.0.0.0:7946".parse().unwrap());
-            assert_eq!(c.gossip_advertise, "10.1.2.3:7946".parse().unwrap());
+            let figment = BrokerConfig::figment(Some(std::path::Path::new(CONFIG_KEY)));
+            let config = BrokerConfig::from_figment(&figment).expect("the pod's config loads");
+            assert_eq!(config.node_id, "demo-1");
+            let cl = &config.cluster;
             assert_eq!(
-                c.gossip_seeds,
+                cl.redis_url.as_deref(),
+                Some("redis://:pw0rd@demo-redis.iot.svc:6379/0")
+            );
+            assert_eq!(cl.gossip_bind, Some("0.0.0.0:7946".parse().unwrap()));
+            assert_eq!(cl.gossip_advertise, Some("10.1.2.3:7946".parse().unwrap()));
+            assert_eq!(
+                cl.gossip_seeds,
                 [
                     "demo-0.demo-headless.iot.svc:7946",
                     "demo-1.demo-headless.iot.svc:7946",
@@ -906,7 +882,7 @@ resources: {limits: {memory: 512Mi}}
                 ]
             );
             assert_eq!(
-                c.gossip_key_file.as_deref().and_then(|p| p.to_str()),
+                cl.gossip_key_file.as_deref().and_then(|p| p.to_str()),
                 Some(GOSSIP_KEY_FILE)
             );
             Ok(())
