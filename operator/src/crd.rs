@@ -76,6 +76,21 @@ pub const VERSION: &str = "v1alpha1";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(
+        "self.gossip.port != self.broker.adminPort && \
+         (!self.listeners.mqtt.enabled || self.gossip.port != self.listeners.mqtt.port) && \
+         (!has(self.listeners.tls) || self.gossip.port != self.listeners.tls.port) && \
+         (!has(self.listeners.websocket) || self.gossip.port != self.listeners.websocket.port)"
+    )
+    .message("gossip.port must differ from broker.adminPort and from every listener port"),
+    validation = Rule::new(
+        "(!self.listeners.mqtt.enabled || self.broker.adminPort != self.listeners.mqtt.port) && \
+         (!has(self.listeners.tls) || self.broker.adminPort != self.listeners.tls.port) && \
+         (!has(self.listeners.websocket) || self.broker.adminPort != self.listeners.websocket.port)"
+    )
+    .message("broker.adminPort must differ from every listener port")
+)]
 pub struct MqttClusterSpec {
     /// Number of broker pods. Each is one cluster node; clients may connect to any of them.
     #[serde(default = "default_replicas")]
@@ -1008,6 +1023,28 @@ mod tests {
         assert_eq!(
             problems(
                 json!({"listeners": {"mqtt": {"enabled": false}, "tls": {"secretName": "c", "port": 1883}}})
+            ),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn gossip_and_admin_ports_must_not_clash() {
+        assert_rejected(
+            json!({"gossip": {"port": 1883}}),
+            "gossip.port must differ from broker.adminPort and from every listener port",
+        );
+        assert_rejected(
+            json!({"gossip": {"port": 9090}}),
+            "gossip.port must differ from broker.adminPort",
+        );
+        assert_rejected(
+            json!({"broker": {"adminPort": 8883}, "listeners": {"tls": {"secretName": "c"}}}),
+            "broker.adminPort must differ from every listener port",
+        );
+        assert_eq!(
+            problems(
+                json!({"gossip": {"port": 1883}, "listeners": {"mqtt": {"enabled": false}, "websocket": {}}})
             ),
             Vec::<String>::new()
         );
