@@ -1,0 +1,24 @@
+//! The operator's one error type.
+
+/// Everything that can go wrong while building or applying a cluster's objects.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object lacks a field the API server always sets (name, namespace or uid).
+    #[error("MqttCluster has no metadata.{0}; it must come from the API server")]
+    MissingMetadata(&'static str),
+    /// The spec cannot work; the CRD's validation normally rejects it first.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// The rendered broker configuration does not validate.
+    #[error("rendered broker configuration is invalid: {0}")]
+    BrokerConfig(#[from] starling_config::ConfigError),
+    /// The system's random source failed.
+    #[error("no randomness for the Redis password: {0}")]
+    Random(String),
+    /// A call to the API server failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be serialized.
+    #[error("serialization: {0}")]
+    Serialize(#[from] serde_json::Error),
+}

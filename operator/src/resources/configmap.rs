@@ -1,0 +1,340 @@
+//! The ConfigMap holding the broker configuration file.
+//!
+//! The file is a [`starling_config::BrokerConfig`] rendered with its own `to_toml_string`, so
+//! what the operator writes is exactly what the broker parses. Settings that differ per pod
+//! (node id, gossip address) or come from Secrets (the Redis password) are passed as
+//! `STARLING_*` environment variables instead; see [`super::statefulset`].
+
+use super::{Cluster, COMPONENT_BROKER};
+use crate::crd::{LogFormat, MqttClusterSpec};
+use crate::Error;
+use k8s_openapi::api::core::v1::ConfigMap;
+use sha2::{Digest, Sha256};
+use starling_config::{BrokerConfig, TlsListenerConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Key of the configuration file in the ConfigMap.
+pub const CONFIG_KEY: &str = "starling.toml";
+/// Where the ConfigMap is mounted in broker pods.
+pub const CONFIG_DIR: &str = "/etc/starling/config";
+/// Where the TLS Secret is mounted.
+pub const TLS_DIR: &str = "/etc/starling/tls";
+/// Where the users Secret's password file is mounted.
+pub const PASSWORD_FILE: &str = "/etc/starling/auth/passwd";
+/// Where the ACL ConfigMap's file is mounted.
+pub const ACL_FILE: &str = "/etc/starling/acl/acl";
+/// Where the gossip key Secret is mounted.
+pub const GOSSIP_KEY_FILE: &str = "/etc/starling/gossip/key";
+/// Most gossip seeds listed. Seeds are the first pods only, so scaling beyond this many pods
+/// does not change the configuration (and does not restart every pod).
+pub const MAX_SEEDS: i32 = 3;
+
+/// The configuration file's path in broker pods.
+pub fn config_path() -> String {
+    format!("{CONFIG_DIR}/{CONFIG_KEY}")
+}
+
+fn any_addr(port: i32) -> Result<SocketAddr, Error> {
+    let port = u16::try_from(port)
+        .map_err(|_| Error::InvalidSpec(format!("port {port} is outside 1..=65535")))?;
+    Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// The gossip seeds: headless DNS names of the first pods,
+/// `<name>-<i>.<name>-headless.<namespace>.svc:<port>`.
+pub fn gossip_seeds(cluster: &Cluster<'_>) -> Vec<String> {
+    let port = cluster.spec().gossip.port;
+    (0..cluster.spec().replicas.clamp(1, MAX_SEEDS))
+        .map(|i| format!("{}:{port}", cluster.pod_dns_name(i)))
+        .collect()
+}
+
+/// The broker configuration for a cluster's pods, validated. Per-pod values (node id, gossip
+/// advertise address) and the Redis URL (it carries the password) come from environment
+/// variables instead; see [`super::statefulset::broker_env`].
+pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
+    let spec: &MqttClusterSpec = cluster.spec();
+    let mut config = BrokerConfig {
+        // Each pod overrides this with its own name (STARLING_NODE_ID).
+        node_id: cluster.name.to_string(),
+        ..BrokerConfig::default()
+    };
+    let l = &spec.listeners;
+    // The configuration file cannot say "no TCP listener" yet: an absent `listeners.tcp` means
+    // the broker's default, 0.0.0.0:1883. A disabled plain listener is therefore bound to the
+    // pod's loopback only, where no client outside the pod reaches it (and no Service exposes
+    // it). `rendered_config_round_trips` below fails if rendering and parsing ever disagree.
+    config.listeners.tcp = if l.mqtt.enabled {
+        Some(any_addr(l.mqtt.port)?)
+    } else {
+        let port = u16::try_from(l.mqtt.port).map_err(|_| {
+            Error::InvalidSpec(format!("port {} is outside 1..=65535", l.mqtt.port))
+        })?;
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    config.listeners.tls = match &l.tls {
+        Some(tls) => Some(TlsListenerConfig {
+            bind: any_addr(tls.port)?,
+            cert_file: format!("{TLS_DIR}/tls.crt").into(),
+            key_file: format!("{TLS_DIR}/tls.key").into(),
+        }),
+        None => None,
+    };
+    config.listeners.ws = match &l.websocket {
+        Some(ws) => Some(any_addr(ws.port)?),
+        None => None,
+    };
+    let b = &spec.broker;
+    config.admin.bind = Some(any_addr(b.admin_port)?);
+    config.limits.max_packet_size = b.max_packet_size;
+    config.limits.max_queued_messages = b.max_queued_messages as usize;
+    config.limits.max_inflight = b.max_inflight;
+    config.limits.max_connections = b.max_connections as usize;
+    config.session.max_session_expiry_secs = b.max_session_expiry_secs;
+    config.session.max_message_expiry_secs = b.max_message_expiry_secs;
+    config.session.queue_qos0 = b.queue_qos0;
+    config.shutdown.drain_timeout_secs = u64::from(b.drain_timeout_secs);
+    config.log.level = b.log_level.clone();
+    config.log.format = match b.log_format {
+        LogFormat::Text => starling_config::LogFormat::Text,
+        LogFormat::Json => starling_config::LogFormat::Json,
+    };
+    config.auth.allow_anonymous = spec.auth.allow_anonymous;
+    config.auth.password_file = spec
+        .auth
+        .users_secret_ref
+        .as_ref()
+        .map(|_| PASSWORD_FILE.into());
+    config.auth.acl_file = spec
+        .auth
+        .acl_config_map_ref
+        .as_ref()
+        .map(|_| ACL_FILE.into());
+    config.cluster.gossip_bind = Some(any_addr(spec.gossip.port)?);
+    config.cluster.gossip_seeds = gossip_seeds(cluster);
+    config.cluster.gossip_key_file = spec
+        .gossip
+        .encryption_key_secret_ref
+        .as_ref()
+        .map(|_| GOSSIP_KEY_FILE.into());
+    config.validate()?;
+    Ok(config)
+}
+
+/// The ConfigMap with the rendered configuration file.
+pub fn config_map(cluster: &Cluster<'_>) -> Result<ConfigMap, Error> {
+    let config = broker_config(cluster)?;
+    let text = config.to_toml_string()?;
+    Ok(ConfigMap {
+        metadata: cluster.child_meta(cluster.config_map_name(), COMPONENT_BROKER),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), text)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// A short hash of the ConfigMap's data. It goes into the broker pod template, so a changed
+/// configuration rolls the pods.
+pub fn config_hash(config_map: &ConfigMap) -> String {
+    let mut hasher = Sha256::new();
+    // BTreeMap iterates in key order, so equal data always hashes equally.
+    for (key, value) in config_map.data.iter().flatten() {
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(value.as_bytes());
+    }
+    hasher.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::test_support::{assert_child, cluster, cluster_from_yaml};
+
+    fn rendered(yaml: &str) -> (ConfigMap, BrokerConfig) {
+        let object = cluster_from_yaml(yaml);
+        let c = Cluster::new(&object).expect("cluster");
+        let cm = config_map(&c).expect("config map");
+        let text = &cm.data.as_ref().expect("data")[CONFIG_KEY];
+        let parsed = BrokerConfig::from_toml_str(text).expect("the broker parses the ConfigMap");
+        (cm, parsed)
+    }
+
+    #[test]
+    fn default_spec_renders_a_config_the_broker_parses() {
+        let (cm, parsed) = rendered("{}");
+        assert_child(&cm.metadata, "demo-config", "broker");
+        assert_eq!(parsed.node_id, "demo");
+        assert_eq!(parsed.listeners.tcp, Some("0.0.0.0:1883".parse().unwrap()));
+        assert_eq!(parsed.listeners.tls, None);
+        assert_eq!(parsed.listeners.ws, None);
+        assert_eq!(parsed.admin.bind, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(parsed.log.format, starling_config::LogFormat::Json);
+        // Everything the spec does not set is the broker's own default.
+        let mut expected = BrokerConfig {
+            node_id: "demo".into(),
+            ..BrokerConfig::default()
+        };
+        expected.log.format = starling_config::LogFormat::Json;
+        expected.cluster.gossip_bind = Some("0.0.0.0:7946".parse().unwrap());
+        expected.cluster.gossip_seeds = vec![
+            "demo-0.demo-headless.iot.svc:7946".to_string(),
+            "demo-1.demo-headless.iot.svc:7946".to_string(),
+            "demo-2.demo-headless.iot.svc:7946".to_string(),
+        ];
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn spec_settings_reach_the_config_file() {
+        let (_, parsed) = rendered(
+            r#"
+listeners:
+  mqtt: {enabled: false}
+  tls: {port: 8884, secretName: mqtt-cert}
+  websocket: {port: 8080}
+auth:
+  allowAnonymous: false
+  usersSecretRef: {name: users, key: passwd}
+  aclConfigMapRef: {name: acl, key: rules}
+broker:
+  maxSessionExpirySecs: 60
+  maxMessageExpirySecs: 30
+  maxQueuedMessages: 50
+  maxInflight: 7
+  queueQos0: true
+  maxPacketSize: 65536
+  maxConnections: 10
+  drainTimeoutSecs: 25
+  adminPort: 9100
+  logLevel: debug
+  logFormat: text
+"#,
+        );
+        assert_eq!(
+            parsed.listeners.tcp,
+            Some("127.0.0.1:1883".parse().unwrap()),
+            "a disabled plain listener is reachable inside the pod only"
+        );
+        let tls = parsed.listeners.tls.expect("tls listener");
+        assert_eq!(tls.bind, "0.0.0.0:8884".parse().unwrap());
+        assert_eq!(tls.cert_file.to_str(), Some("/etc/starling/tls/tls.crt"));
+        assert_eq!(tls.key_file.to_str(), Some("/etc/starling/tls/tls.key"));
+        assert_eq!(parsed.listeners.ws, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(parsed.admin.bind, Some("0.0.0.0:9100".parse().unwrap()));
+        assert!(!parsed.auth.allow_anonymous);
+        assert_eq!(
+            parsed
+                .auth
+                .password_file
+                .as_deref()
+                .and_then(|p| p.to_str()),
+            Some(PASSWORD_FILE)
+        );
+        assert_eq!(
+            parsed.auth.acl_file.as_deref().and_then(|p| p.to_str()),
+            Some(ACL_FILE)
+        );
+        assert_eq!(parsed.session.max_session_expiry_secs, 60);
+        assert_eq!(parsed.session.max_message_expiry_secs, 30);
+        assert!(parsed.session.queue_qos0);
+        assert_eq!(parsed.limits.max_queued_messages, 50);
+        assert_eq!(parsed.limits.max_inflight, 7);
+        assert_eq!(parsed.limits.max_packet_size, 65536);
+        assert_eq!(parsed.limits.max_connections, 10);
+        assert_eq!(parsed.shutdown.drain_timeout_secs, 25);
+        assert_eq!(parsed.log.level, "debug");
+        assert_eq!(parsed.log.format, starling_config::LogFormat::Text);
+    }
+
+    /// What the operator means is what the broker reads: rendering then parsing gives back the
+    /// same configuration, for specs that touch every rendered field.
+    #[test]
+    fn rendered_config_round_trips() {
+        for yaml in [
+            "{}",
+            "listeners: {mqtt: {enabled: false}, tls: {secretName: c}}",
+            "listeners: {websocket: {port: 9001}}\nbroker: {logFormat: text, drainTimeoutSecs: 0}",
+            "auth: {allowAnonymous: false, usersSecretRef: {name: u, key: k}}",
+            "gossip: {port: 7000, encryptionKeySecretRef: {name: g, key: k}}\nreplicas: 1",
+        ] {
+            let object = cluster_from_yaml(yaml);
+            let config = broker_config(&Cluster::new(&object).expect("cluster")).expect("config");
+            let text = config.to_toml_string().expect("render");
+            let parsed = BrokerConfig::from_toml_str(&text).expect("parse");
+            assert_eq!(parsed, config, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn a_config_the_broker_would_reject_is_an_error() {
+        // The admin port clashes with the MQTT port: the broker's own validation names it.
+        let object = cluster_from_yaml("broker: {adminPort: 1883}");
+        let err = config_map(&Cluster::new(&object).expect("cluster")).unwrap_err();
+        assert!(matches!(err, Error::BrokerConfig(_)), "{err}");
+        assert!(err.to_string().contains("admin.bind"), "{err}");
+    }
+
+    #[test]
+    fn seeds_are_the_first_pods_headless_names() {
+        let object = cluster_from_yaml("replicas: 2\ngossip: {port: 7000}");
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(
+            gossip_seeds(&c),
+            vec![
+                "demo-0.demo-headless.iot.svc:7000",
+                "demo-1.demo-headless.iot.svc:7000"
+            ]
+        );
+        let (_, parsed) = rendered("replicas: 2\ngossip: {port: 7000}");
+        assert_eq!(parsed.cluster.gossip_seeds, gossip_seeds(&c));
+        assert_eq!(
+            parsed.cluster.gossip_bind,
+            Some("0.0.0.0:7000".parse().unwrap())
+        );
+        assert_eq!(parsed.cluster.gossip_key_file, None);
+        let (_, keyed) = rendered("gossip: {encryptionKeySecretRef: {name: g, key: k}}");
+        assert_eq!(
+            keyed
+                .cluster
+                .gossip_key_file
+                .as_deref()
+                .and_then(|p| p.to_str()),
+            Some(GOSSIP_KEY_FILE)
+        );
+    }
+
+    #[test]
+    fn scaling_past_the_seed_count_leaves_the_config_alone() {
+        let object = cluster_from_yaml("replicas: 9");
+        assert_eq!(
+            gossip_seeds(&Cluster::new(&object).expect("cluster")).len(),
+            3
+        );
+        let (three, _) = rendered("replicas: 3");
+        let (nine, _) = rendered("replicas: 9");
+        assert_eq!(config_hash(&three), config_hash(&nine));
+    }
+
+    #[test]
+    fn hash_follows_the_config() {
+        let object = cluster(Default::default());
+        let c = Cluster::new(&object).expect("cluster");
+        let first = config_hash(&config_map(&c).expect("cm"));
+        assert_eq!(first.len(), 32);
+        assert_eq!(first, config_hash(&config_map(&c).expect("cm")), "stable");
+
+        let changed = cluster_from_yaml("broker: {maxInflight: 5}");
+        let c2 = Cluster::new(&changed).expect("cluster");
+        assert_ne!(first, config_hash(&config_map(&c2).expect("cm")));
+
+        // Beyond the seed count, replicas do not reach the configuration file.
+        let scaled = cluster_from_yaml("replicas: 7");
+        let c3 = Cluster::new(&scaled).expect("cluster");
+        assert_eq!(first, config_hash(&config_map(&c3).expect("cm")));
+    }
+}

@@ -1,0 +1,495 @@
+//! The managed Redis (Deployment, Service, password Secret and optional PersistentVolumeClaim)
+//! and how broker pods reach whichever Redis the spec names.
+
+use super::{Cluster, COMPONENT_REDIS};
+use crate::crd::{ManagedRedis, RedisMode, DEFAULT_REDIS_SIZE};
+use crate::Error;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// Redis port of the managed Redis.
+pub const REDIS_PORT: i32 = 6379;
+/// Key of the password in the managed Redis' Secret.
+pub const PASSWORD_KEY: &str = "password";
+/// Environment variable holding the Redis password in broker and Redis pods. It has no
+/// `STARLING_` prefix, so the broker's configuration loader ignores it; the Redis URL refers to
+/// it as `$(REDIS_PASSWORD)`, which Kubernetes expands.
+pub const PASSWORD_ENV: &str = "REDIS_PASSWORD";
+/// User id of the Redis process in the official image.
+const REDIS_UID: i64 = 999;
+
+/// How broker pods reach Redis: the URL (possibly referring to `$(REDIS_PASSWORD)`) and where
+/// the password comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConnection {
+    /// Value of the broker's Redis URL setting.
+    pub url: String,
+    /// The Secret key to load into `REDIS_PASSWORD`, when there is a password.
+    pub password: Option<SecretKeySelector>,
+}
+
+fn secret_key(name: String, key: &str) -> SecretKeySelector {
+    SecretKeySelector {
+        name,
+        key: key.to_string(),
+        optional: Some(false),
+    }
+}
+
+/// Where the broker pods find Redis.
+pub fn connection(cluster: &Cluster<'_>) -> Result<RedisConnection, Error> {
+    let placeholder = format!("$({PASSWORD_ENV})");
+    match cluster.spec().redis.mode() {
+        Some(RedisMode::Managed(_)) => Ok(RedisConnection {
+            url: format!(
+                "redis://:{placeholder}@{}.{}.svc:{REDIS_PORT}/0",
+                cluster.redis_name(),
+                cluster.namespace
+            ),
+            password: Some(secret_key(cluster.redis_name(), PASSWORD_KEY)),
+        }),
+        Some(RedisMode::External(external)) => match &external.password_secret_ref {
+            Some(r) => Ok(RedisConnection {
+                url: url_with_password(&external.url, &placeholder)?,
+                password: Some(secret_key(r.name.clone(), &r.key)),
+            }),
+            None => Ok(RedisConnection {
+                url: external.url.clone(),
+                password: None,
+            }),
+        },
+        None => Err(Error::InvalidSpec(
+            "redis: set exactly one of managed or external".to_string(),
+        )),
+    }
+}
+
+/// Inserts `password` into a Redis URL's user info: `redis://host` becomes
+/// `redis://:password@host`, `redis://user@host` becomes `redis://user:password@host`.
+/// A URL that already carries a password is refused: the Secret would silently lose.
+pub fn url_with_password(url: &str, password: &str) -> Result<String, Error> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error::InvalidSpec(format!("redis url {url:?} has no scheme")))?;
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(':') => Err(Error::InvalidSpec(format!(
+            "redis url {url:?} already contains a password; remove it or drop passwordSecretRef"
+        ))),
+        Some((user, host)) => Ok(format!("{scheme}://{user}:{password}@{host}{tail}")),
+        None => Ok(format!("{scheme}://:{password}@{authority}{tail}")),
+    }
+}
+
+/// The managed Redis' settings, when the spec asks for one.
+fn managed<'a>(cluster: &Cluster<'a>) -> Option<&'a ManagedRedis> {
+    match cluster.spec().redis.mode() {
+        Some(RedisMode::Managed(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// The Secret with the managed Redis' password. The operator creates it once with a random
+/// password and never rewrites it, so the password survives operator restarts.
+pub fn password_secret(cluster: &Cluster<'_>, password: &str) -> Secret {
+    Secret {
+        metadata: cluster.child_meta(cluster.redis_name(), COMPONENT_REDIS),
+        type_: Some("Opaque".to_string()),
+        string_data: Some(BTreeMap::from([(
+            PASSWORD_KEY.to_string(),
+            password.to_string(),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// A random password of 32 letters and digits (about 190 bits), safe inside a URL.
+pub fn generate_password() -> Result<String, Error> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const LEN: usize = 32;
+    let mut out = String::with_capacity(LEN);
+    while out.len() < LEN {
+        let mut bytes = [0u8; LEN];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+        // 248 = 4 * 62: dropping larger bytes keeps every character equally likely.
+        for b in bytes.into_iter().filter(|&b| b < 248).take(LEN - out.len()) {
+            out.push(char::from(ALPHABET[usize::from(b) % ALPHABET.len()]));
+        }
+    }
+    Ok(out)
+}
+
+/// The managed Redis' Deployment, or `None` for an external Redis.
+pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
+    let redis = managed(cluster)?;
+    let labels = cluster.labels(COMPONENT_REDIS);
+    let data_volume = match &redis.persistence {
+        Some(_) => Volume {
+            name: "data".to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: cluster.redis_pvc_name(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "data".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    };
+    let mut args = vec![
+        "--requirepass".to_string(),
+        format!("$({PASSWORD_ENV})"),
+        "--dir".to_string(),
+        "/data".to_string(),
+    ];
+    if redis.persistence.is_some() {
+        args.extend(["--appendonly".to_string(), "yes".to_string()]);
+    } else {
+        args.extend([
+            "--appendonly".to_string(),
+            "no".to_string(),
+            "--save".to_string(),
+            String::new(),
+        ]);
+    }
+    let probe = |period: i32, failures: i32| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("redis".to_string()),
+            host: None,
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "redis".to_string(),
+        image: Some(redis.image.clone()),
+        command: Some(vec!["redis-server".to_string()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some("redis".to_string()),
+            container_port: REDIS_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![EnvVar {
+            name: PASSWORD_ENV.to_string(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(secret_key(cluster.redis_name(), PASSWORD_KEY)),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        resources: redis.resources.clone(),
+        readiness_probe: Some(probe(5, 3)),
+        liveness_probe: Some(probe(10, 6)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".to_string(),
+            mount_path: "/data".to_string(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Some(Deployment {
+        metadata: cluster.child_meta(cluster.redis_name(), COMPONENT_REDIS),
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: cluster.label_selector(COMPONENT_REDIS),
+            // One pod with a ReadWriteOnce volume: the old pod must be gone first.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".to_string()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![data_volume]),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(REDIS_UID),
+                        run_as_group: Some(REDIS_UID),
+                        fs_group: Some(REDIS_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    })
+}
+
+/// The managed Redis' Service, or `None` for an external Redis.
+pub fn service(cluster: &Cluster<'_>) -> Option<Service> {
+    managed(cluster)?;
+    Some(Service {
+        metadata: cluster.child_meta(cluster.redis_name(), COMPONENT_REDIS),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(cluster.selector_labels(COMPONENT_REDIS)),
+            ports: Some(vec![ServicePort {
+                name: Some("redis".to_string()),
+                port: REDIS_PORT,
+                target_port: Some(IntOrString::String("redis".to_string())),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The managed Redis' volume claim, when persistence is on.
+pub fn persistent_volume_claim(cluster: &Cluster<'_>) -> Option<PersistentVolumeClaim> {
+    let persistence = managed(cluster)?.persistence.as_ref()?;
+    Some(PersistentVolumeClaim {
+        metadata: cluster.child_meta(cluster.redis_pvc_name(), COMPONENT_REDIS),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: persistence.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    persistence
+                        .size
+                        .clone()
+                        .unwrap_or_else(|| Quantity(DEFAULT_REDIS_SIZE.to_string())),
+                )])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::test_support::{assert_child, cluster_from_yaml};
+
+    #[test]
+    fn managed_redis_is_reached_through_its_service_with_the_generated_password() {
+        let object = cluster_from_yaml("{}");
+        let c = Cluster::new(&object).expect("cluster");
+        let conn = connection(&c).expect("connection");
+        assert_eq!(
+            conn.url,
+            "redis://:$(REDIS_PASSWORD)@demo-redis.iot.svc:6379/0"
+        );
+        let password = conn.password.expect("password");
+        assert_eq!(password.name, "demo-redis");
+        assert_eq!(password.key, "password");
+    }
+
+    #[test]
+    fn external_redis_gets_the_password_from_its_secret() {
+        let object = cluster_from_yaml(
+            "redis: {external: {url: 'rediss://cache.example:6380/2', passwordSecretRef: {name: r, key: pw}}}",
+        );
+        let c = Cluster::new(&object).expect("cluster");
+        let conn = connection(&c).expect("connection");
+        assert_eq!(conn.url, "rediss://:$(REDIS_PASSWORD)@cache.example:6380/2");
+        let password = conn.password.expect("password");
+        assert_eq!((password.name.as_str(), password.key.as_str()), ("r", "pw"));
+        // No managed Redis objects for an external Redis.
+        assert!(deployment(&c).is_none());
+        assert!(service(&c).is_none());
+        assert!(persistent_volume_claim(&c).is_none());
+    }
+
+    #[test]
+    fn external_redis_without_password_keeps_its_url() {
+        let object = cluster_from_yaml("redis: {external: {url: 'redis://cache:6379'}}");
+        let c = Cluster::new(&object).expect("cluster");
+        let conn = connection(&c).expect("connection");
+        assert_eq!(conn.url, "redis://cache:6379");
+        assert_eq!(conn.password, None);
+    }
+
+    #[test]
+    fn both_or_neither_redis_is_an_error() {
+        for yaml in [
+            "redis: {}",
+            "redis: {managed: {}, external: {url: 'redis://x'}}",
+        ] {
+            let object = cluster_from_yaml(yaml);
+            let c = Cluster::new(&object).expect("cluster");
+            let err = connection(&c).unwrap_err();
+            assert!(err.to_string().contains("exactly one"), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn password_goes_into_the_user_info() {
+        let p = "$(P)";
+        assert_eq!(
+            url_with_password("redis://h:1", p).unwrap(),
+            "redis://:$(P)@h:1"
+        );
+        assert_eq!(
+            url_with_password("redis://app@h:1/3", p).unwrap(),
+            "redis://app:$(P)@h:1/3"
+        );
+        assert_eq!(
+            url_with_password("redis://h?db=2", p).unwrap(),
+            "redis://:$(P)@h?db=2"
+        );
+        assert!(url_with_password("redis://app:secret@h", p).is_err());
+        assert!(url_with_password("h:6379", p).is_err());
+    }
+
+    #[test]
+    fn generated_passwords_are_url_safe_and_differ() {
+        let a = generate_password().expect("password");
+        let b = generate_password().expect("password");
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn password_secret_holds_the_password() {
+        let object = cluster_from_yaml("{}");
+        let c = Cluster::new(&object).expect("cluster");
+        let secret = password_secret(&c, "s3cret");
+        assert_child(&secret.metadata, "demo-redis", "redis");
+        assert_eq!(secret.string_data.expect("data")["password"], "s3cret");
+    }
+
+    #[test]
+    fn managed_redis_without_persistence_uses_an_empty_dir() {
+        let object = cluster_from_yaml("{}");
+        let c = Cluster::new(&object).expect("cluster");
+        let d = deployment(&c).expect("deployment");
+        assert_child(&d.metadata, "demo-redis", "redis");
+        let spec = d.spec;
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(
+            spec.selector.match_labels,
+            Some(c.selector_labels(COMPONENT_REDIS))
+        );
+        let pod = spec.template.spec.expect("pod");
+        let volume = &pod.volumes.expect("volumes")[0];
+        assert!(volume.empty_dir.is_some());
+        assert!(volume.persistent_volume_claim.is_none());
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("redis:7.4-alpine"));
+        let args = container.args.clone().expect("args");
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--requirepass", "$(REDIS_PASSWORD)"]));
+        assert!(args.windows(2).any(|w| w == ["--appendonly", "no"]));
+        let env = &container.env.as_ref().expect("env")[0];
+        assert_eq!(env.name, "REDIS_PASSWORD");
+        let from = env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("from secret");
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("demo-redis", "password")
+        );
+        assert!(persistent_volume_claim(&c).is_none());
+
+        let svc = service(&c).expect("service");
+        assert_child(&svc.metadata, "demo-redis", "redis");
+        let svc_spec = svc.spec.expect("spec");
+        assert_eq!(svc_spec.selector, Some(c.selector_labels(COMPONENT_REDIS)));
+        assert_eq!(svc_spec.ports.expect("ports")[0].port, 6379);
+    }
+
+    #[test]
+    fn persistence_adds_a_claim_and_mounts_it() {
+        let object = cluster_from_yaml(
+            "redis: {managed: {image: 'valkey/valkey:8', persistence: {storageClassName: fast, size: 5Gi}}}",
+        );
+        let c = Cluster::new(&object).expect("cluster");
+        let pvc = persistent_volume_claim(&c).expect("claim");
+        assert_child(&pvc.metadata, "demo-redis-data", "redis");
+        let spec = pvc.spec.expect("spec");
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources
+                .expect("resources")
+                .requests
+                .expect("requests")["storage"]
+                .0,
+            "5Gi"
+        );
+        let d = deployment(&c).expect("deployment");
+        let pod = d.spec.template.spec.expect("pod");
+        let volume = &pod.volumes.expect("volumes")[0];
+        assert_eq!(
+            volume
+                .persistent_volume_claim
+                .as_ref()
+                .map(|p| p.claim_name.as_str()),
+            Some("demo-redis-data")
+        );
+        assert_eq!(pod.containers[0].image.as_deref(), Some("valkey/valkey:8"));
+        let args = pod.containers[0].args.clone().expect("args");
+        assert!(args.windows(2).any(|w| w == ["--appendonly", "yes"]));
+    }
+
+    #[test]
+    fn default_persistence_size_is_one_gibibyte() {
+        let object = cluster_from_yaml("redis: {managed: {persistence: {}}}");
+        let c = Cluster::new(&object).expect("cluster");
+        let pvc = persistent_volume_claim(&c).expect("claim");
+        let requests = pvc
+            .spec
+            .expect("spec")
+            .resources
+            .expect("r")
+            .requests
+            .expect("q");
+        assert_eq!(requests["storage"].0, "1Gi");
+
+        let object = cluster_from_yaml("redis: {managed: {persistence: {size: null}}}");
+        let c = Cluster::new(&object).expect("cluster");
+        let pvc = persistent_volume_claim(&c).expect("claim");
+        let requests = pvc
+            .spec
+            .expect("spec")
+            .resources
+            .expect("r")
+            .requests
+            .expect("q");
+        assert_eq!(requests["storage"].0, "1Gi", "null means the default");
+    }
+}

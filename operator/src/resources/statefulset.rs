@@ -1,0 +1,891 @@
+//! The broker StatefulSet.
+//!
+//! Pods are named `<cluster>-<i>`. What differs per pod or comes from a Secret is passed as
+//! environment variables that the broker's loader layers over its configuration file: the pod
+//! name as node id (`STARLING_NODE_ID`), the pod IP as gossip address
+//! (`STARLING_CLUSTER__GOSSIP_ADVERTISE`) and the Redis URL with the password
+//! (`STARLING_CLUSTER__REDIS_URL`). Everything else is in the ConfigMap.
+
+use super::configmap::{
+    self, ACL_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE, TLS_DIR,
+};
+use super::redis::{self, PASSWORD_ENV};
+use super::services::{PORT_ADMIN, PORT_GOSSIP, PORT_GOSSIP_UDP, PORT_MQTT, PORT_MQTTS, PORT_WS};
+use super::{Cluster, COMPONENT_BROKER, CONFIG_HASH_ANNOTATION};
+use crate::Error;
+use k8s_openapi::api::apps::v1::{
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, LocalObjectReference,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, SleepAction, TopologySpreadConstraint, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::path::Path;
+
+/// Name of the broker container.
+pub const CONTAINER: &str = "broker";
+/// Seconds the pod keeps serving after it was told to stop, before SIGTERM, so load balancers
+/// and endpoints stop sending new clients first.
+pub const PRE_STOP_SLEEP_SECS: i64 = 5;
+/// Slack on top of the pre-stop sleep and the broker's drain timeout before SIGKILL.
+pub const GRACE_SLACK_SECS: i64 = 10;
+/// User and group id the broker runs as by default (no root needed: ports are above 1024).
+pub const BROKER_UID: i64 = 65532;
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// The broker container's environment.
+pub fn broker_env(cluster: &Cluster<'_>) -> Result<Vec<EnvVar>, Error> {
+    let gossip_port = cluster.spec().gossip.port;
+    let redis = redis::connection(cluster)?;
+    let mut vars = vec![
+        env_from_field("STARLING_NODE_ID", "metadata.name"),
+        env_from_field("POD_IP", "status.podIP"),
+    ];
+    // Variables referred to as $(NAME) must come before the variables that use them.
+    if let Some(secret) = redis.password {
+        vars.push(EnvVar {
+            name: PASSWORD_ENV.to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(secret),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
+    vars.push(env("STARLING_CLUSTER__REDIS_URL", redis.url));
+    vars.push(env(
+        "STARLING_CLUSTER__GOSSIP_ADVERTISE",
+        format!("$(POD_IP):{gossip_port}"),
+    ));
+    Ok(vars)
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn parent(path: &str) -> String {
+    Path::new(path)
+        .parent()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Volumes and mounts: the configuration, TLS certificate, password file, ACL file and gossip
+/// key, each only when used.
+fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let spec = cluster.spec();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut mount = |name: &str, dir: String| {
+        mounts.push(VolumeMount {
+            name: name.to_string(),
+            mount_path: dir,
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    };
+    let one_key = |key: &str, path: &str| {
+        Some(vec![KeyToPath {
+            key: key.to_string(),
+            path: file_name(path),
+            ..KeyToPath::default()
+        }])
+    };
+
+    volumes.push(Volume {
+        name: "config".to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: cluster.config_map_name(),
+            items: one_key(CONFIG_KEY, CONFIG_KEY),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mount("config", CONFIG_DIR.to_string());
+
+    if let Some(tls) = &spec.listeners.tls {
+        volumes.push(Volume {
+            name: "tls".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                items: Some(
+                    ["tls.crt", "tls.key"]
+                        .into_iter()
+                        .map(|k| KeyToPath {
+                            key: k.to_string(),
+                            path: k.to_string(),
+                            ..KeyToPath::default()
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("tls", TLS_DIR.to_string());
+    }
+    if let Some(users) = &spec.auth.users_secret_ref {
+        volumes.push(Volume {
+            name: "users".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(users.name.clone()),
+                items: one_key(&users.key, PASSWORD_FILE),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("users", parent(PASSWORD_FILE));
+    }
+    if let Some(acl) = &spec.auth.acl_config_map_ref {
+        volumes.push(Volume {
+            name: "acl".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: acl.name.clone(),
+                items: one_key(&acl.key, ACL_FILE),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("acl", parent(ACL_FILE));
+    }
+    if let Some(key) = &spec.gossip.encryption_key_secret_ref {
+        volumes.push(Volume {
+            name: "gossip-key".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(key.name.clone()),
+                items: one_key(&key.key, GOSSIP_KEY_FILE),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("gossip-key", parent(GOSSIP_KEY_FILE));
+    }
+    // The root filesystem is read-only; give the process a scratch directory.
+    volumes.push(Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    mounts.push(VolumeMount {
+        name: "tmp".to_string(),
+        mount_path: "/tmp".to_string(),
+        ..VolumeMount::default()
+    });
+    (volumes, mounts)
+}
+
+fn container_port(name: &str, port: i32, protocol: &str) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some(protocol.to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(PORT_ADMIN.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// Seconds between the stop request and SIGKILL: the pre-stop sleep, the broker's drain
+/// timeout and some slack.
+pub fn termination_grace_period_secs(cluster: &Cluster<'_>) -> i64 {
+    PRE_STOP_SLEEP_SECS + i64::from(cluster.spec().broker.drain_timeout_secs) + GRACE_SLACK_SECS
+}
+
+/// The broker StatefulSet; `config_hash` is [`configmap::config_hash`] of the ConfigMap.
+pub fn stateful_set(cluster: &Cluster<'_>, config_hash: &str) -> Result<StatefulSet, Error> {
+    let spec = cluster.spec();
+    let overrides = &spec.pod_template;
+    let listeners = &spec.listeners;
+
+    let mut ports = Vec::new();
+    if listeners.mqtt.enabled {
+        ports.push(container_port(PORT_MQTT, listeners.mqtt.port, "TCP"));
+    }
+    if let Some(tls) = &listeners.tls {
+        ports.push(container_port(PORT_MQTTS, tls.port, "TCP"));
+    }
+    if let Some(ws) = &listeners.websocket {
+        ports.push(container_port(PORT_WS, ws.port, "TCP"));
+    }
+    ports.push(container_port(PORT_ADMIN, spec.broker.admin_port, "TCP"));
+    ports.push(container_port(PORT_GOSSIP, spec.gossip.port, "TCP"));
+    ports.push(container_port(PORT_GOSSIP_UDP, spec.gossip.port, "UDP"));
+
+    let (volumes, volume_mounts) = volumes(cluster);
+    let container = Container {
+        name: CONTAINER.to_string(),
+        image: Some(spec.image.reference()),
+        image_pull_policy: Some(spec.image.pull_policy.as_str().to_string()),
+        args: Some(vec!["--config".to_string(), configmap::config_path()]),
+        env: Some(broker_env(cluster)?),
+        ports: Some(ports),
+        resources: spec.resources.clone(),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        // Up to a minute to start (e.g. while Redis comes up) before liveness counts.
+        startup_probe: Some(http_probe("/healthz", 2, 30)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        volume_mounts: Some(volume_mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    // User labels first, so the operator's own labels (which the selector uses) win.
+    let mut labels = overrides.labels.clone();
+    labels.extend(cluster.labels(COMPONENT_BROKER));
+    let mut annotations = overrides.annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string());
+
+    let security_context =
+        overrides
+            .security_context
+            .clone()
+            .unwrap_or_else(|| PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(BROKER_UID),
+                run_as_group: Some(BROKER_UID),
+                fs_group: Some(BROKER_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_string(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            });
+    let topology_spread_constraints = overrides
+        .topology_spread_constraints
+        .clone()
+        .unwrap_or_else(|| {
+            vec![TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: "kubernetes.io/hostname".to_string(),
+                when_unsatisfiable: "ScheduleAnyway".to_string(),
+                label_selector: Some(cluster.label_selector(COMPONENT_BROKER)),
+                ..TopologySpreadConstraint::default()
+            }]
+        });
+
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        termination_grace_period_seconds: Some(termination_grace_period_secs(cluster)),
+        // The brokers never call the Kubernetes API.
+        automount_service_account_token: Some(false),
+        // Service links would add variables such as STARLING_SERVICE_HOST for a Service named
+        // `starling`, which the broker would read as configuration keys and reject.
+        enable_service_links: Some(false),
+        security_context: Some(security_context),
+        image_pull_secrets: (!spec.image.pull_secrets.is_empty()).then(|| {
+            spec.image
+                .pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect()
+        }),
+        node_selector: (!overrides.node_selector.is_empty())
+            .then(|| overrides.node_selector.clone()),
+        tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
+        affinity: overrides.affinity.clone(),
+        topology_spread_constraints: Some(topology_spread_constraints),
+        priority_class_name: overrides.priority_class_name.clone(),
+        ..PodSpec::default()
+    };
+
+    Ok(StatefulSet {
+        metadata: cluster.child_meta(cluster.broker_name(), COMPONENT_BROKER),
+        spec: StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            selector: cluster.label_selector(COMPONENT_BROKER),
+            service_name: Some(cluster.headless_service_name()),
+            // Nodes are peers: start and stop them all at once rather than one by one.
+            pod_management_policy: Some("Parallel".to_string()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: None,
+                    max_unavailable: None,
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    })
+}
+
+#[cfg(test)]
+fn template_labels(set: &StatefulSet) -> std::collections::BTreeMap<String, String> {
+    set.spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::configmap::{config_hash, config_map};
+    use crate::resources::test_support::{assert_child, cluster_from_yaml};
+    use k8s_openapi::api::core::v1::PodSpec;
+    use starling_config::BrokerConfig;
+
+    fn build(yaml: &str) -> StatefulSet {
+        let object = cluster_from_yaml(yaml);
+        let c = Cluster::new(&object).expect("cluster");
+        let hash = config_hash(&config_map(&c).expect("config map"));
+        stateful_set(&c, &hash).expect("stateful set")
+    }
+
+    fn pod(set: &StatefulSet) -> &PodSpec {
+        set.spec.template.spec.as_ref().expect("pod spec")
+    }
+
+    fn container(set: &StatefulSet) -> &Container {
+        &pod(set).containers[0]
+    }
+
+    fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+        c.env.as_ref()?.iter().find(|e| e.name == name)
+    }
+
+    fn value(c: &Container, name: &str) -> String {
+        env_value(c, name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("{name} has no value"))
+    }
+
+    fn hash_of(set: &StatefulSet) -> String {
+        set.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+            .expect("config hash annotation")
+    }
+
+    #[test]
+    fn stateful_set_shape() {
+        let set = build("replicas: 5");
+        assert_child(&set.metadata, "demo", "broker");
+        let spec = &set.spec;
+        assert_eq!(spec.replicas, Some(5));
+        assert_eq!(spec.service_name.as_deref(), Some("demo-headless"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let selector = spec.selector.match_labels.as_ref().expect("selector");
+        let labels = template_labels(&set);
+        for (k, v) in selector {
+            assert_eq!(labels.get(k), Some(v), "pod labels match the selector");
+        }
+        let c = container(&set);
+        assert_eq!(
+            c.image.as_deref(),
+            Some(&*format!(
+                "ghcr.io/starling-mqtt/starling-broker:{}",
+                env!("CARGO_PKG_VERSION")
+            ))
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            c.args.as_deref(),
+            Some(
+                &[
+                    "--config".to_string(),
+                    "/etc/starling/config/starling.toml".to_string()
+                ][..]
+            )
+        );
+        let p = pod(&set);
+        assert_eq!(p.enable_service_links, Some(false));
+        assert_eq!(p.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn node_id_comes_from_the_pod_name() {
+        let set = build("{}");
+        let var = env_value(container(&set), "STARLING_NODE_ID").expect("node id");
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .expect("field ref");
+        assert_eq!(field.field_path, "metadata.name");
+    }
+
+    #[test]
+    fn gossip_advertises_the_pod_ip_and_the_rest_is_in_the_config_file() {
+        let set = build("replicas: 2\ngossip: {port: 7000}");
+        let c = container(&set);
+        assert_eq!(
+            value(c, "STARLING_CLUSTER__GOSSIP_ADVERTISE"),
+            "$(POD_IP):7000"
+        );
+        for name in [
+            "STARLING_CLUSTER__GOSSIP_BIND",
+            "STARLING_CLUSTER__GOSSIP_SEEDS",
+            "STARLING_CLUSTER__GOSSIP_KEY_FILE",
+        ] {
+            assert!(
+                env_value(c, name).is_none(),
+                "{name} belongs in the ConfigMap"
+            );
+        }
+        let gossip_ports: Vec<(i32, String)> = c
+            .ports
+            .as_ref()
+            .expect("ports")
+            .iter()
+            .filter(|p| p.name.as_deref().is_some_and(|n| n.starts_with("gossip")))
+            .map(|p| (p.container_port, p.protocol.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(gossip_ports, [(7000, "TCP".into()), (7000, "UDP".into())]);
+    }
+
+    #[test]
+    fn scaling_past_the_seed_count_leaves_the_pod_template_alone() {
+        let object = cluster_from_yaml("replicas: 9");
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(configmap::gossip_seeds(&c).len(), 3);
+        let a = build("replicas: 3");
+        let b = build("replicas: 9");
+        assert_eq!(a.spec.template, b.spec.template);
+    }
+
+    #[test]
+    fn variables_are_defined_before_they_are_referenced() {
+        let set = build("{}");
+        let names: Vec<&str> = container(&set)
+            .env
+            .as_ref()
+            .expect("env")
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        let pos = |n: &str| names.iter().position(|x| *x == n).expect(n);
+        assert!(pos("REDIS_PASSWORD") < pos("STARLING_CLUSTER__REDIS_URL"));
+        assert!(pos("POD_IP") < pos("STARLING_CLUSTER__GOSSIP_ADVERTISE"));
+    }
+
+    #[test]
+    fn managed_redis_url_and_password() {
+        let set = build("{}");
+        let c = container(&set);
+        assert_eq!(
+            value(c, "STARLING_CLUSTER__REDIS_URL"),
+            "redis://:$(REDIS_PASSWORD)@demo-redis.iot.svc:6379/0"
+        );
+        let secret = env_value(c, "REDIS_PASSWORD")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("password from secret");
+        assert_eq!(secret.name, "demo-redis");
+        assert_eq!(secret.key, "password");
+    }
+
+    #[test]
+    fn external_redis_without_password_has_no_password_variable() {
+        let set = build("redis: {external: {url: 'redis://cache:6379/1'}}");
+        let c = container(&set);
+        assert_eq!(
+            value(c, "STARLING_CLUSTER__REDIS_URL"),
+            "redis://cache:6379/1"
+        );
+        assert!(env_value(c, "REDIS_PASSWORD").is_none());
+    }
+
+    #[test]
+    fn invalid_redis_spec_is_an_error() {
+        let object = cluster_from_yaml("redis: {}");
+        let c = Cluster::new(&object).expect("cluster");
+        assert!(stateful_set(&c, "h").is_err());
+    }
+
+    #[test]
+    fn probes_use_the_admin_port() {
+        let set = build("broker: {adminPort: 9100}");
+        let c = container(&set);
+        let admin = c
+            .ports
+            .as_ref()
+            .expect("ports")
+            .iter()
+            .find(|p| p.name.as_deref() == Some("admin"))
+            .expect("admin port");
+        assert_eq!(admin.container_port, 9100);
+        for (probe, path) in [
+            (&c.readiness_probe, "/readyz"),
+            (&c.liveness_probe, "/healthz"),
+            (&c.startup_probe, "/healthz"),
+        ] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect("http probe");
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.port, IntOrString::String("admin".into()));
+        }
+    }
+
+    #[test]
+    fn grace_period_outlasts_pre_stop_and_drain() {
+        let set = build("broker: {drainTimeoutSecs: 30}");
+        let grace = pod(&set)
+            .termination_grace_period_seconds
+            .expect("grace period");
+        let sleep = container(&set)
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .expect("pre-stop sleep")
+            .seconds;
+        assert!(grace > sleep + 30, "grace {grace}, sleep {sleep}");
+    }
+
+    #[test]
+    fn ports_follow_the_listeners() {
+        let set = build(
+            "listeners: {mqtt: {port: 1884}, tls: {secretName: c, port: 8884}, websocket: {port: 8084}}\ngossip: {port: 7000}",
+        );
+        let ports: Vec<(String, i32, String)> = container(&set)
+            .ports
+            .as_ref()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone().unwrap_or_default(),
+                    p.container_port,
+                    p.protocol.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("mqtt".into(), 1884, "TCP".into()),
+                ("mqtts".into(), 8884, "TCP".into()),
+                ("ws".into(), 8084, "TCP".into()),
+                ("admin".into(), 9090, "TCP".into()),
+                ("gossip".into(), 7000, "TCP".into()),
+                ("gossip-udp".into(), 7000, "UDP".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_certificate_is_mounted_where_the_config_points() {
+        let set = build("listeners: {tls: {secretName: mqtt-cert}}");
+        let p = pod(&set);
+        let volume = p
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .find(|v| v.name == "tls")
+            .expect("tls volume");
+        let secret = volume.secret.as_ref().expect("secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("mqtt-cert"));
+        let mount = container(&set)
+            .volume_mounts
+            .as_ref()
+            .expect("mounts")
+            .iter()
+            .find(|m| m.name == "tls")
+            .expect("tls mount");
+        assert_eq!(mount.mount_path, TLS_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        let paths: Vec<&str> = secret
+            .items
+            .as_ref()
+            .expect("items")
+            .iter()
+            .map(|i| i.path.as_str())
+            .collect();
+        assert_eq!(paths, ["tls.crt", "tls.key"]);
+        // Without TLS there is no such volume.
+        let plain = build("{}");
+        assert!(!pod(&plain)
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .any(|v| v.name == "tls"));
+    }
+
+    #[test]
+    fn auth_files_and_gossip_key_are_mounted_at_the_configured_paths() {
+        let set = build(
+            r#"
+auth: {allowAnonymous: false, usersSecretRef: {name: users, key: passwd.txt}, aclConfigMapRef: {name: rules, key: acl.txt}}
+gossip: {encryptionKeySecretRef: {name: gossip, key: k}}
+"#,
+        );
+        let p = pod(&set);
+        let c = container(&set);
+        let mount_dir = |name: &str| {
+            c.volume_mounts
+                .as_ref()
+                .expect("mounts")
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.mount_path.clone())
+                .unwrap_or_else(|| panic!("no mount {name}"))
+        };
+        let item = |name: &str| {
+            let v = p
+                .volumes
+                .as_ref()
+                .expect("volumes")
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap_or_else(|| panic!("no volume {name}"));
+            let items = v
+                .secret
+                .as_ref()
+                .and_then(|s| s.items.clone())
+                .or_else(|| v.config_map.as_ref().and_then(|c| c.items.clone()))
+                .expect("items");
+            (items[0].key.clone(), items[0].path.clone())
+        };
+        let full = |name: &str| format!("{}/{}", mount_dir(name), item(name).1);
+        assert_eq!(full("users"), PASSWORD_FILE);
+        assert_eq!(item("users").0, "passwd.txt");
+        assert_eq!(full("acl"), ACL_FILE);
+        assert_eq!(item("acl").0, "acl.txt");
+        assert_eq!(full("gossip-key"), GOSSIP_KEY_FILE);
+        assert_eq!(item("gossip-key").0, "k");
+        assert_eq!(full("config"), configmap::config_path());
+        assert!(!pod(&build("{}"))
+            .volumes
+            .as_ref()
+            .expect("volumes")
+            .iter()
+            .any(|v| v.name == "gossip-key"));
+    }
+
+    #[test]
+    fn config_change_changes_the_pod_template_hash() {
+        let a = build("{}");
+        let b = build("broker: {maxQueuedMessages: 5}");
+        assert_eq!(hash_of(&a).len(), 32);
+        assert_ne!(hash_of(&a), hash_of(&b));
+        assert_eq!(hash_of(&a), hash_of(&build("{}")));
+    }
+
+    #[test]
+    fn pod_template_overrides_apply_but_cannot_break_the_selector() {
+        let set = build(
+            r#"
+image: {repository: registry.example/starling, tag: "1.2.3", pullPolicy: Always, pullSecrets: [regcred]}
+podTemplate:
+  labels: {team: iot, app.kubernetes.io/instance: hijack}
+  annotations: {example.com/note: hi}
+  nodeSelector: {disk: ssd}
+  tolerations: [{key: dedicated, operator: Equal, value: mqtt, effect: NoSchedule}]
+  priorityClassName: high
+  securityContext: {runAsUser: 1000}
+  topologySpreadConstraints: []
+resources: {limits: {memory: 512Mi}}
+"#,
+        );
+        let labels = template_labels(&set);
+        assert_eq!(labels["team"], "iot");
+        assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+        let meta = set
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .expect("template metadata");
+        assert_eq!(
+            meta.annotations.as_ref().expect("annotations")["example.com/note"],
+            "hi"
+        );
+        let p = pod(&set);
+        assert_eq!(
+            p.node_selector.as_ref().expect("node selector")["disk"],
+            "ssd"
+        );
+        assert_eq!(p.tolerations.as_ref().expect("tolerations").len(), 1);
+        assert_eq!(p.priority_class_name.as_deref(), Some("high"));
+        assert_eq!(
+            p.security_context.as_ref().and_then(|s| s.run_as_user),
+            Some(1000)
+        );
+        assert_eq!(p.topology_spread_constraints.as_deref(), Some(&[][..]));
+        assert_eq!(
+            p.image_pull_secrets.as_ref().expect("pull secrets")[0].name,
+            "regcred"
+        );
+        let c = container(&set);
+        assert_eq!(c.image.as_deref(), Some("registry.example/starling:1.2.3"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .expect("limits")["memory"]
+                .0,
+            "512Mi"
+        );
+    }
+
+    #[test]
+    fn defaults_spread_pods_and_run_as_non_root() {
+        let set = build("{}");
+        let p = pod(&set);
+        let spread = p.topology_spread_constraints.as_ref().expect("spread");
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        let sc = p.security_context.as_ref().expect("security context");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(BROKER_UID));
+        let csc = container(&set)
+            .security_context
+            .as_ref()
+            .expect("container sc");
+        assert_eq!(csc.read_only_root_filesystem, Some(true));
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+    }
+
+    /// Expands `$(NAME)` references the way the kubelet does, from earlier variables.
+    fn expand(value: &str, known: &[(String, String)]) -> String {
+        let mut out = value.to_string();
+        for (name, v) in known {
+            out = out.replace(&format!("$({name})"), v);
+        }
+        out
+    }
+
+    /// A broker pod's whole configuration, loaded the way the broker loads it: the ConfigMap's
+    /// file through `BrokerConfig::figment` (defaults, file, `STARLING_*` environment), then
+    /// validated. The environment is the pod's, with `$(VAR)` references expanded as the
+    /// kubelet does and Secret values made up.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
+    fn pod_configuration_loads_with_the_broker_loader() {
+        let yaml = "replicas: 3\ngossip: {encryptionKeySecretRef: {name: g, key: k}}";
+        let object = cluster_from_yaml(yaml);
+        let c = Cluster::new(&object).expect("cluster");
+        let cm = config_map(&c).expect("config map");
+        let file = cm.data.as_ref().expect("data")[CONFIG_KEY].clone();
+        let set = build(yaml);
+        let mut known: Vec<(String, String)> = Vec::new();
+        for var in container(&set).env.as_ref().expect("env") {
+            let value = match (&var.value, &var.value_from) {
+                (Some(v), _) => expand(v, &known),
+                (None, Some(from)) => {
+                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                        Some("metadata.name") => "demo-1".to_string(),
+                        Some("status.podIP") => "10.1.2.3".to_string(),
+                        Some(other) => panic!("unexpected field {other}"),
+                        None => "pw0rd".to_string(), // a Secret key
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            known.push((var.name.clone(), value));
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(CONFIG_KEY, &file)?;
+            for (name, value) in &known {
+                jail.set_env(name, value);
+            }
+            let figment = BrokerConfig::figment(Some(std::path::Path::new(CONFIG_KEY)));
+            let config = BrokerConfig::from_figment(&figment).expect("the pod's config loads");
+            assert_eq!(config.node_id, "demo-1");
+            let cl = &config.cluster;
+            assert_eq!(
+                cl.redis_url.as_deref(),
+                Some("redis://:pw0rd@demo-redis.iot.svc:6379/0")
+            );
+            assert_eq!(cl.gossip_bind, Some("0.0.0.0:7946".parse().unwrap()));
+            assert_eq!(cl.gossip_advertise, Some("10.1.2.3:7946".parse().unwrap()));
+            assert_eq!(
+                cl.gossip_seeds,
+                [
+                    "demo-0.demo-headless.iot.svc:7946",
+                    "demo-1.demo-headless.iot.svc:7946",
+                    "demo-2.demo-headless.iot.svc:7946"
+                ]
+            );
+            assert_eq!(
+                cl.gossip_key_file.as_deref().and_then(|p| p.to_str()),
+                Some(GOSSIP_KEY_FILE)
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,644 @@
+//! The cluster's status, computed purely from what the operator observed: the broker
+//! StatefulSet, the managed Redis Deployment, the client Service and the outcome of the last
+//! reconcile.
+//!
+//! Conditions (each with reason, message, lastTransitionTime and observedGeneration):
+//! - `Ready`: every broker pod is ready on the current revision and Redis is available.
+//! - `Progressing`: a rollout or scale is under way.
+//! - `Degraded`: something needs a human (invalid spec, failed apply, Redis or brokers down
+//!   while nothing is rolling out).
+
+use crate::crd::{MqttClusterStatus, ServiceType};
+use crate::resources::{Cluster, COMPONENT_BROKER};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition type: the cluster serves clients as specified.
+pub const READY: &str = "Ready";
+/// Condition type: a rollout or scale is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: the cluster needs attention.
+pub const DEGRADED: &str = "Degraded";
+
+/// What went wrong in the last reconcile, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconcileOutcome {
+    /// Every object was applied.
+    Applied,
+    /// The spec cannot be turned into objects (reason `InvalidSpec`).
+    InvalidSpec(String),
+    /// Applying failed (reason `ReconcileFailed`).
+    Failed(String),
+}
+
+/// Everything the status is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The broker StatefulSet as the API server returned it.
+    pub stateful_set: Option<&'a StatefulSet>,
+    /// The managed Redis Deployment; `None` when it does not exist (yet) or Redis is external.
+    pub redis_deployment: Option<&'a Deployment>,
+    /// Whether Redis is run by the operator.
+    pub redis_managed: bool,
+    /// The client Service as the API server returned it.
+    pub client_service: Option<&'a Service>,
+    /// The last reconcile's outcome.
+    pub outcome: &'a ReconcileOutcome,
+}
+
+/// The managed Redis' state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RedisState {
+    /// External, or managed and available.
+    Available,
+    /// Managed, coming up.
+    Starting,
+    /// Managed, its Deployment gave up (progress deadline exceeded).
+    Failed,
+}
+
+fn deployment_condition<'a>(
+    d: &'a Deployment,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::apps::v1::DeploymentCondition> {
+    d.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_.as_deref() == Some(type_))
+}
+
+fn redis_state(observed: &Observed<'_>) -> RedisState {
+    if !observed.redis_managed {
+        return RedisState::Available;
+    }
+    let Some(d) = observed.redis_deployment else {
+        return RedisState::Starting;
+    };
+    let available = deployment_condition(d, "Available")
+        .is_some_and(|c| c.status.as_deref() == Some("True"))
+        && d.status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
+            > 0;
+    if available {
+        return RedisState::Available;
+    }
+    let gave_up = deployment_condition(d, "Progressing").is_some_and(|c| {
+        c.status.as_deref() == Some("False")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if gave_up {
+        RedisState::Failed
+    } else {
+        RedisState::Starting
+    }
+}
+
+/// The broker StatefulSet's rollout, reduced to what the conditions need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Brokers {
+    desired: i32,
+    replicas: i32,
+    ready: i32,
+    /// The controller has seen the latest spec and every pod runs the latest revision.
+    rolled_out: bool,
+}
+
+fn brokers(desired: i32, set: Option<&StatefulSet>) -> Brokers {
+    let Some(set) = set else {
+        return Brokers {
+            desired,
+            replicas: 0,
+            ready: 0,
+            rolled_out: false,
+        };
+    };
+    let Some(status) = set.status.as_ref() else {
+        return Brokers {
+            desired,
+            replicas: 0,
+            ready: 0,
+            rolled_out: false,
+        };
+    };
+    let seen = match (status.observed_generation, set.metadata.generation) {
+        (Some(observed), Some(generation)) => observed >= generation,
+        _ => false,
+    };
+    let same_revision = match (&status.current_revision, &status.update_revision) {
+        (Some(current), Some(update)) => current == update,
+        // An apiserver that does not report revisions: judge by updated replicas alone.
+        _ => true,
+    };
+    let updated = status.updated_replicas.unwrap_or(0);
+    Brokers {
+        desired,
+        replicas: status.replicas,
+        ready: status.ready_replicas.unwrap_or(0),
+        rolled_out: seen && same_revision && updated >= desired && status.replicas == desired,
+    }
+}
+
+/// Where clients connect: the load balancer's address, or the Service's in-cluster DNS name
+/// for `ClusterIP` and `NodePort` (node addresses are not the operator's to know).
+pub fn endpoint(cluster: &Cluster<'_>, service: Option<&Service>) -> Option<String> {
+    let spec = cluster.spec();
+    let listeners = &spec.listeners;
+    let port = if listeners.mqtt.enabled {
+        listeners.mqtt.port
+    } else if let Some(tls) = &listeners.tls {
+        tls.port
+    } else {
+        listeners.websocket.as_ref()?.port
+    };
+    match spec.service.type_ {
+        ServiceType::LoadBalancer => {
+            let ingress = service?
+                .status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .first()?;
+            let host = ingress.hostname.clone().or_else(|| ingress.ip.clone())?;
+            if host.contains(':') {
+                Some(format!("[{host}]:{port}"))
+            } else {
+                Some(format!("{host}:{port}"))
+            }
+        }
+        ServiceType::ClusterIP | ServiceType::NodePort => Some(format!(
+            "{}.{}.svc:{port}",
+            cluster.broker_name(),
+            cluster.namespace
+        )),
+    }
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: None,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// The status for the observed state. `previous` keeps each condition's
+/// `lastTransitionTime` while its status does not change; `now` stamps the ones that do.
+pub fn compute(
+    cluster: &Cluster<'_>,
+    observed: &Observed<'_>,
+    previous: Option<&MqttClusterStatus>,
+    now: &Time,
+) -> MqttClusterStatus {
+    let generation = cluster.object.metadata.generation;
+    let b = brokers(cluster.spec().replicas, observed.stateful_set);
+    let redis = redis_state(observed);
+    let all_ready = b.rolled_out && b.ready >= b.desired;
+
+    let (ready, progressing, degraded) = match observed.outcome {
+        ReconcileOutcome::InvalidSpec(msg) => (
+            condition(READY, false, "InvalidSpec", msg.clone()),
+            condition(PROGRESSING, false, "InvalidSpec", msg.clone()),
+            condition(DEGRADED, true, "InvalidSpec", msg.clone()),
+        ),
+        ReconcileOutcome::Failed(msg) => (
+            condition(
+                READY,
+                all_ready && redis == RedisState::Available,
+                "ReconcileFailed",
+                msg.clone(),
+            ),
+            condition(PROGRESSING, false, "ReconcileFailed", msg.clone()),
+            condition(DEGRADED, true, "ReconcileFailed", msg.clone()),
+        ),
+        ReconcileOutcome::Applied => {
+            let ready = match redis {
+                RedisState::Starting | RedisState::Failed => condition(
+                    READY,
+                    false,
+                    "RedisUnavailable",
+                    "the managed Redis is not available".to_string(),
+                ),
+                RedisState::Available if all_ready => condition(
+                    READY,
+                    true,
+                    "AllReplicasReady",
+                    format!("{} of {} brokers ready", b.ready, b.desired),
+                ),
+                RedisState::Available => condition(
+                    READY,
+                    false,
+                    "ReplicasNotReady",
+                    format!("{} of {} brokers ready", b.ready, b.desired),
+                ),
+            };
+            let progressing = if !b.rolled_out {
+                let reason = if b.replicas != b.desired {
+                    "Scaling"
+                } else {
+                    "RollingUpdate"
+                };
+                condition(
+                    PROGRESSING,
+                    true,
+                    reason,
+                    format!("{} of {} brokers exist", b.replicas, b.desired),
+                )
+            } else if redis == RedisState::Starting {
+                condition(
+                    PROGRESSING,
+                    true,
+                    "RedisStarting",
+                    "the managed Redis is starting".to_string(),
+                )
+            } else {
+                condition(
+                    PROGRESSING,
+                    false,
+                    "RolloutComplete",
+                    "every broker runs the current spec".to_string(),
+                )
+            };
+            let degraded = if redis == RedisState::Failed {
+                condition(
+                    DEGRADED,
+                    true,
+                    "RedisUnavailable",
+                    "the managed Redis Deployment exceeded its progress deadline".to_string(),
+                )
+            } else if b.rolled_out && b.ready < b.desired {
+                condition(
+                    DEGRADED,
+                    true,
+                    "BrokersUnavailable",
+                    format!(
+                        "{} of {} brokers are not ready",
+                        b.desired - b.ready,
+                        b.desired
+                    ),
+                )
+            } else {
+                condition(DEGRADED, false, "AsExpected", String::new())
+            };
+            (ready, progressing, degraded)
+        }
+    };
+
+    let conditions = [ready, progressing, degraded]
+        .into_iter()
+        .map(|mut c| {
+            c.observed_generation = generation;
+            let earlier = previous
+                .into_iter()
+                .flat_map(|p| p.conditions.iter())
+                .find(|p| p.type_ == c.type_);
+            c.last_transition_time = match earlier {
+                Some(p) if p.status == c.status => p.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            c
+        })
+        .collect();
+
+    MqttClusterStatus {
+        observed_generation: generation,
+        replicas: b.replicas,
+        ready_replicas: b.ready,
+        selector: Some(cluster.selector_string(COMPONENT_BROKER)),
+        endpoint: endpoint(cluster, observed.client_service),
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::test_support::cluster_from_yaml;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus, StatefulSetStatus};
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn time(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).expect("time"))
+    }
+
+    fn set(generation: i64, observed: i64, replicas: i32, ready: i32, updated: i32) -> StatefulSet {
+        StatefulSet {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(observed),
+                replicas,
+                ready_replicas: Some(ready),
+                updated_replicas: Some(updated),
+                current_revision: Some("r1".into()),
+                update_revision: Some("r1".into()),
+                ..StatefulSetStatus::default()
+            }),
+            ..StatefulSet::default()
+        }
+    }
+
+    fn redis(available: bool, deadline_exceeded: bool) -> Deployment {
+        let mut conditions = vec![DeploymentCondition {
+            type_: Some("Available".into()),
+            status: Some(if available { "True" } else { "False" }.into()),
+            ..DeploymentCondition::default()
+        }];
+        if deadline_exceeded {
+            conditions.push(DeploymentCondition {
+                type_: Some("Progressing".into()),
+                status: Some("False".into()),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                ..DeploymentCondition::default()
+            });
+        }
+        Deployment {
+            status: Some(DeploymentStatus {
+                available_replicas: Some(i32::from(available)),
+                conditions: Some(conditions),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    fn get<'a>(status: &'a MqttClusterStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    /// (status, reason) of Ready, Progressing and Degraded.
+    fn summary(status: &MqttClusterStatus) -> [(String, String); 3] {
+        [READY, PROGRESSING, DEGRADED].map(|t| {
+            let c = get(status, t);
+            (c.status.clone(), c.reason.clone())
+        })
+    }
+
+    fn pair(status: &str, reason: &str) -> (String, String) {
+        (status.to_string(), reason.to_string())
+    }
+
+    fn run(yaml: &str, observed: Observed<'_>) -> MqttClusterStatus {
+        let object = cluster_from_yaml(yaml);
+        let c = Cluster::new(&object).expect("cluster");
+        compute(&c, &observed, None, &time(100))
+    }
+
+    fn observed<'a>(
+        set: Option<&'a StatefulSet>,
+        redis: Option<&'a Deployment>,
+        outcome: &'a ReconcileOutcome,
+    ) -> Observed<'a> {
+        Observed {
+            stateful_set: set,
+            redis_deployment: redis,
+            redis_managed: true,
+            client_service: None,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn healthy_cluster_is_ready() {
+        let s = set(2, 2, 3, 3, 3);
+        let r = redis(true, false);
+        let status = run(
+            "{}",
+            observed(Some(&s), Some(&r), &ReconcileOutcome::Applied),
+        );
+        assert_eq!(
+            summary(&status),
+            [
+                pair("True", "AllReplicasReady"),
+                pair("False", "RolloutComplete"),
+                pair("False", "AsExpected")
+            ]
+        );
+        assert_eq!(status.replicas, 3);
+        assert_eq!(status.ready_replicas, 3);
+        assert_eq!(status.observed_generation, Some(4));
+        assert!(status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(4)));
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("app.kubernetes.io/component=broker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=starling")
+        );
+    }
+
+    #[test]
+    fn new_cluster_is_progressing() {
+        let status = run("{}", observed(None, None, &ReconcileOutcome::Applied));
+        assert_eq!(
+            summary(&status),
+            [
+                pair("False", "RedisUnavailable"),
+                pair("True", "Scaling"),
+                pair("False", "AsExpected")
+            ]
+        );
+    }
+
+    #[test]
+    fn rolling_update_and_scaling_are_progress() {
+        let r = redis(true, false);
+        // The StatefulSet controller has not seen generation 3 yet.
+        let s = set(3, 2, 3, 3, 3);
+        let status = run(
+            "{}",
+            observed(Some(&s), Some(&r), &ReconcileOutcome::Applied),
+        );
+        assert_eq!(get(&status, PROGRESSING).reason, "RollingUpdate");
+        assert_eq!(get(&status, READY).status, "False");
+        // Pods on two revisions.
+        let mut s = set(3, 3, 3, 3, 1);
+        if let Some(st) = s.status.as_mut() {
+            st.update_revision = Some("r2".into());
+        }
+        let status = run(
+            "{}",
+            observed(Some(&s), Some(&r), &ReconcileOutcome::Applied),
+        );
+        assert_eq!(get(&status, PROGRESSING).reason, "RollingUpdate");
+        assert_eq!(get(&status, DEGRADED).status, "False");
+        // Scaling from 3 to 5.
+        let s = set(3, 3, 3, 3, 3);
+        let status = run(
+            "replicas: 5",
+            observed(Some(&s), Some(&r), &ReconcileOutcome::Applied),
+        );
+        assert_eq!(get(&status, PROGRESSING).reason, "Scaling");
+        assert_eq!(get(&status, READY).reason, "ReplicasNotReady");
+    }
+
+    #[test]
+    fn redis_down_is_named() {
+        let s = set(2, 2, 3, 3, 3);
+        let starting = redis(false, false);
+        let status = run(
+            "{}",
+            observed(Some(&s), Some(&starting), &ReconcileOutcome::Applied),
+        );
+        assert_eq!(
+            summary(&status),
+            [
+                pair("False", "RedisUnavailable"),
+                pair("True", "RedisStarting"),
+                pair("False", "AsExpected")
+            ]
+        );
+        let failed = redis(false, true);
+        let status = run(
+            "{}",
+            observed(Some(&s), Some(&failed), &ReconcileOutcome::Applied),
+        );
+        assert_eq!(get(&status, READY).reason, "RedisUnavailable");
+        assert_eq!(
+            (
+                get(&status, DEGRADED).status.as_str(),
+                get(&status, DEGRADED).reason.as_str()
+            ),
+            ("True", "RedisUnavailable")
+        );
+    }
+
+    #[test]
+    fn external_redis_needs_no_deployment() {
+        let s = set(2, 2, 3, 3, 3);
+        let outcome = ReconcileOutcome::Applied;
+        let mut o = observed(Some(&s), None, &outcome);
+        o.redis_managed = false;
+        let status = run("redis: {external: {url: 'redis://r:6379'}}", o);
+        assert_eq!(get(&status, READY).reason, "AllReplicasReady");
+    }
+
+    #[test]
+    fn brokers_down_without_a_rollout_is_degraded() {
+        let s = set(2, 2, 3, 1, 3);
+        let r = redis(true, false);
+        let status = run(
+            "{}",
+            observed(Some(&s), Some(&r), &ReconcileOutcome::Applied),
+        );
+        assert_eq!(
+            summary(&status),
+            [
+                pair("False", "ReplicasNotReady"),
+                pair("False", "RolloutComplete"),
+                pair("True", "BrokersUnavailable")
+            ]
+        );
+        assert!(get(&status, DEGRADED).message.contains("2 of 3"));
+    }
+
+    #[test]
+    fn reconcile_errors_are_degraded_with_their_message() {
+        let outcome = ReconcileOutcome::InvalidSpec("redis: set exactly one".into());
+        let status = run("{}", observed(None, None, &outcome));
+        let d = get(&status, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert!(d.message.contains("exactly one"));
+        assert_eq!(get(&status, READY).status, "False");
+
+        let s = set(2, 2, 3, 3, 3);
+        let r = redis(true, false);
+        let outcome = ReconcileOutcome::Failed("forbidden".into());
+        let status = run("{}", observed(Some(&s), Some(&r), &outcome));
+        assert_eq!(get(&status, DEGRADED).reason, "ReconcileFailed");
+        // What runs keeps serving: Ready reflects the pods, with the failure as reason.
+        assert_eq!(get(&status, READY).status, "True");
+    }
+
+    #[test]
+    fn transition_time_changes_only_with_the_status() {
+        let object = cluster_from_yaml("{}");
+        let c = Cluster::new(&object).expect("cluster");
+        let s = set(2, 2, 3, 3, 3);
+        let r = redis(true, false);
+        let outcome = ReconcileOutcome::Applied;
+        let first = compute(
+            &c,
+            &observed(Some(&s), Some(&r), &outcome),
+            None,
+            &time(100),
+        );
+        assert_eq!(get(&first, READY).last_transition_time, time(100));
+        // Same state later: times are kept.
+        let second = compute(
+            &c,
+            &observed(Some(&s), Some(&r), &outcome),
+            Some(&first),
+            &time(200),
+        );
+        assert_eq!(get(&second, READY).last_transition_time, time(100));
+        // Redis goes away: Ready flips and is stamped, Degraded stays False and keeps its time.
+        let down = redis(false, false);
+        let third = compute(
+            &c,
+            &observed(Some(&s), Some(&down), &outcome),
+            Some(&second),
+            &time(300),
+        );
+        assert_eq!(get(&third, READY).status, "False");
+        assert_eq!(get(&third, READY).last_transition_time, time(300));
+        assert_eq!(get(&third, DEGRADED).last_transition_time, time(100));
+    }
+
+    #[test]
+    fn endpoint_follows_the_service_type() {
+        let object = cluster_from_yaml("{}");
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(endpoint(&c, None), None, "no address before the LB has one");
+        let lb = |ip: Option<&str>, hostname: Option<&str>| Service {
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: ip.map(str::to_string),
+                        hostname: hostname.map(str::to_string),
+                        ..LoadBalancerIngress::default()
+                    }]),
+                }),
+                conditions: None,
+            }),
+            ..Service::default()
+        };
+        assert_eq!(
+            endpoint(&c, Some(&lb(Some("203.0.113.7"), None))).as_deref(),
+            Some("203.0.113.7:1883")
+        );
+        assert_eq!(
+            endpoint(&c, Some(&lb(None, Some("mqtt.example.com")))).as_deref(),
+            Some("mqtt.example.com:1883")
+        );
+        assert_eq!(
+            endpoint(&c, Some(&lb(Some("2001:db8::7"), None))).as_deref(),
+            Some("[2001:db8::7]:1883")
+        );
+
+        let object = cluster_from_yaml(
+            "service: {type: ClusterIP}\nlisteners: {mqtt: {enabled: false}, tls: {secretName: c}}",
+        );
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(endpoint(&c, None).as_deref(), Some("demo.iot.svc:8883"));
+    }
+}
