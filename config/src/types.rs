@@ -52,7 +52,8 @@ impl Default for BrokerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenersConfig {
-    /// Plain MQTT over TCP.
+    /// Plain MQTT over TCP; `"off"` disables it.
+    #[serde(with = "address_or_off")]
     pub tcp: Option<SocketAddr>,
     /// MQTT over TLS.
     pub tls: Option<TlsListenerConfig>,
@@ -67,6 +68,34 @@ impl Default for ListenersConfig {
             tls: None,
             ws: None,
         }
+    }
+}
+
+/// An address that is on by default, written `"off"` when disabled: TOML has no null, and an
+/// omitted key means the default.
+mod address_or_off {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    const OFF: &str = "off";
+
+    pub fn serialize<S: Serializer>(value: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(OFF),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == OFF {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{text:?} is neither an address such as \"0.0.0.0:1883\" nor \"off\""
+            ))
+        })
     }
 }
 
@@ -86,7 +115,8 @@ pub struct TlsListenerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin HTTP server; `None` disables it.
+    /// Address of the admin HTTP server; `"off"` disables it.
+    #[serde(with = "address_or_off")]
     pub bind: Option<SocketAddr>,
 }
 
@@ -511,6 +541,27 @@ mod tests {
         let text = config.to_toml_string().expect("render");
         let parsed = BrokerConfig::from_toml_str(&text).expect("parse");
         assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn listeners_switched_off_stay_off_through_toml() {
+        let mut config = BrokerConfig::default();
+        config.listeners.tcp = None;
+        config.listeners.ws = Some("127.0.0.1:8083".parse().expect("addr"));
+        config.admin.bind = None;
+        let text = config.to_toml_string().expect("render");
+        assert!(text.contains("tcp = \"off\""), "{text}");
+        assert_eq!(BrokerConfig::from_toml_str(&text).expect("parse"), config);
+    }
+
+    #[test]
+    fn a_bad_address_names_the_field() {
+        let err = BrokerConfig::from_toml_str("[listeners]\ntcp = \"nowhere\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("listeners.tcp") && text.contains("\"off\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -61,17 +61,12 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
         ..BrokerConfig::default()
     };
     let l = &spec.listeners;
-    // The configuration file cannot say "no TCP listener" yet: an absent `listeners.tcp` means
-    // the broker's default, 0.0.0.0:1883. A disabled plain listener is therefore bound to the
-    // pod's loopback only, where no client outside the pod reaches it (and no Service exposes
-    // it). `rendered_config_round_trips` below fails if rendering and parsing ever disagree.
+    // A disabled plain listener renders as `tcp = "off"`; `rendered_config_round_trips` below
+    // fails if rendering and parsing ever disagree.
     config.listeners.tcp = if l.mqtt.enabled {
         Some(any_addr(l.mqtt.port)?)
     } else {
-        let port = u16::try_from(l.mqtt.port).map_err(|_| {
-            Error::InvalidSpec(format!("port {} is outside 1..=65535", l.mqtt.port))
-        })?;
-        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+        None
     };
     config.listeners.tls = match &l.tls {
         Some(tls) => Some(TlsListenerConfig {
@@ -216,9 +211,8 @@ broker:
 "#,
         );
         assert_eq!(
-            parsed.listeners.tcp,
-            Some("127.0.0.1:1883".parse().unwrap()),
-            "a disabled plain listener is reachable inside the pod only"
+            parsed.listeners.tcp, None,
+            "a disabled plain listener is off"
         );
         let tls = parsed.listeners.tls.expect("tls listener");
         assert_eq!(tls.bind, "0.0.0.0:8884".parse().unwrap());
