@@ -51,6 +51,25 @@ struct RunArgs {
     /// Log format: text or json (log.format).
     #[arg(long, global = true)]
     log_format: Option<String>,
+    /// Redis URL of the cluster store, e.g. redis://:password@redis:6379/ or rediss://
+    /// (cluster.redis_url). Prefer STARLING_CLUSTER__REDIS_URL or a config file for a password.
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// File holding the Redis password, inserted into the Redis URL (keeps it out of `ps`).
+    #[arg(long, global = true)]
+    redis_password_file: Option<PathBuf>,
+    /// Gossip bind address, e.g. 0.0.0.0:7946 (cluster.gossip_bind).
+    #[arg(long, global = true)]
+    gossip_bind: Option<SocketAddr>,
+    /// Gossip address other nodes reach this node at (cluster.gossip_advertise).
+    #[arg(long, global = true)]
+    gossip_advertise: Option<SocketAddr>,
+    /// Gossip seeds as host:port, comma-separated (cluster.gossip_seeds).
+    #[arg(long, global = true, value_delimiter = ',')]
+    gossip_seeds: Vec<String>,
+    /// File with the base64 gossip encryption key (cluster.gossip_key_file).
+    #[arg(long, global = true)]
+    gossip_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,8 +120,80 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
             other => anyhow::bail!("--log-format: {other:?} is neither `text` nor `json`"),
         };
     }
+    let cluster = &mut config.cluster;
+    if let Some(url) = &args.redis_url {
+        cluster.redis_url = Some(url.clone());
+    }
+    if let Some(path) = &args.redis_password_file {
+        let password = std::fs::read_to_string(path)
+            .with_context(|| format!("--redis-password-file {}", path.display()))?;
+        let Some(url) = &cluster.redis_url else {
+            anyhow::bail!(
+                "--redis-password-file needs a Redis URL (--redis-url or cluster.redis_url)"
+            );
+        };
+        cluster.redis_url = Some(with_password(url, password.trim())?);
+    }
+    if let Some(addr) = args.gossip_bind {
+        cluster.gossip_bind = Some(addr);
+    }
+    if let Some(addr) = args.gossip_advertise {
+        cluster.gossip_advertise = Some(addr);
+    }
+    if !args.gossip_seeds.is_empty() {
+        cluster.gossip_seeds = args.gossip_seeds.clone();
+    }
+    if let Some(path) = &args.gossip_key_file {
+        cluster.gossip_key_file = Some(path.clone());
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// Puts `password` into a `redis://` or `rediss://` URL (replacing any there), percent-encoded.
+fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .context("the Redis URL has no scheme (redis:// or rediss://)")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let user = authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':').map(|(u, _)| u).or(Some(userinfo)))
+        .unwrap_or("");
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    Ok(format!("{scheme}://{user}:{encoded}@{host}{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_password;
+
+    #[test]
+    fn password_goes_into_the_url_encoded() {
+        assert_eq!(
+            with_password("redis://redis:6379/0", "p@ss word").expect("url"),
+            "redis://:p%40ss%20word@redis:6379/0"
+        );
+        assert_eq!(
+            with_password("rediss://app:old@host:6380", "new").expect("url"),
+            "rediss://app:new@host:6380"
+        );
+        assert!(with_password("host:6379", "x").is_err());
+    }
 }
 
 fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {

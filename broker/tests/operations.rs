@@ -374,6 +374,46 @@ async fn check_config_prints_effective_toml_with_environment_override() {
     assert_eq!(effective.listeners, defaults.listeners);
 }
 
+#[tokio::test]
+async fn cluster_flags_reach_the_configuration() {
+    let file = config_file("");
+    let password = config_file("s3cr:t\n");
+    let mut cmd = broker_command(&file);
+    cmd.args([
+        "check-config",
+        "--redis-url",
+        "redis://redis.default.svc:6379/0",
+        "--redis-password-file",
+    ])
+    .arg(password.path())
+    .args([
+        "--gossip-bind",
+        "0.0.0.0:7946",
+        "--gossip-advertise",
+        "10.1.2.3:7946",
+        "--gossip-seeds",
+        "node-0.h:7946,node-1.h:7946",
+    ]);
+    let (status, stdout, stderr) = run_to_end(cmd).await;
+    assert!(status.success(), "{stderr}");
+    let effective =
+        starling_config::BrokerConfig::from_toml_str(&stdout).expect("output is a valid config");
+    let cluster = effective.cluster;
+    assert_eq!(
+        cluster.redis_url.as_deref(),
+        Some("redis://:s3cr%3At@redis.default.svc:6379/0")
+    );
+    assert_eq!(
+        cluster.gossip_bind,
+        Some("0.0.0.0:7946".parse().expect("addr"))
+    );
+    assert_eq!(
+        cluster.gossip_advertise,
+        Some("10.1.2.3:7946".parse().expect("addr"))
+    );
+    assert_eq!(cluster.gossip_seeds, ["node-0.h:7946", "node-1.h:7946"]);
+}
+
 /// A free loopback port (bound and released; another process could take it, rarely).
 fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
