@@ -178,24 +178,6 @@ fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{user}:{encoded}@{host}{path}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_password;
-
-    #[test]
-    fn password_goes_into_the_url_encoded() {
-        assert_eq!(
-            with_password("redis://redis:6379/0", "p@ss word").expect("url"),
-            "redis://:p%40ss%20word@redis:6379/0"
-        );
-        assert_eq!(
-            with_password("rediss://app:old@host:6380", "new").expect("url"),
-            "rediss://app:new@host:6380"
-        );
-        assert!(with_password("host:6379", "x").is_err());
-    }
-}
-
 fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("log.level: {:?} is not a valid filter", config.log.level))?;
@@ -278,5 +260,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_password;
+
+    #[test]
+    fn password_goes_into_the_url_encoded() {
+        assert_eq!(
+            with_password("redis://redis:6379/0", "p@ss word").expect("url"),
+            "redis://:p%40ss%20word@redis:6379/0"
+        );
+        assert_eq!(
+            with_password("rediss://app:old@host:6380", "new").expect("url"),
+            "rediss://app:new@host:6380"
+        );
+        assert!(with_password("host:6379", "x").is_err());
     }
 }
