@@ -39,6 +39,31 @@ pub enum RunState {
 /// How often the keep-alive sweep runs (and the coarse clock advances).
 pub const KEEP_ALIVE_TICK: Duration = Duration::from_millis(250);
 
+/// A share group, identified by its name and filter.
+pub type GroupKey = (String, String);
+
+/// Which share groups a node's local routing serves for one message.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupScope<'a> {
+    /// All of them (standalone, or no other node has members).
+    All,
+    /// All but these, which another node serves.
+    Except(&'a [GroupKey]),
+    /// Only these (a relayed message: the origin node chose this node for them).
+    Only(&'a [GroupKey]),
+}
+
+impl GroupScope<'_> {
+    fn serves(&self, group: &str, filter: &str) -> bool {
+        let listed = |keys: &[GroupKey]| keys.iter().any(|(g, f)| g == group && f == filter);
+        match self {
+            GroupScope::All => true,
+            GroupScope::Except(keys) => !listed(keys),
+            GroupScope::Only(keys) => listed(keys),
+        }
+    }
+}
+
 /// Delivery work that could not be finished without waiting.
 enum Deferred {
     /// The session's mailbox is full: wait (bounded) for room.
@@ -192,10 +217,23 @@ impl Broker {
     /// Delivers a message to every matching session here and hands it to the cluster relay for
     /// the other nodes; returns how many local sessions it reached.
     pub async fn route(&self, message: &Arc<Message>) -> usize {
-        if let Some(link) = self.cluster.get() {
-            link.forward(self, message);
-        }
-        self.route_local(message).await
+        let served_elsewhere = match self.cluster.get() {
+            Some(link) => link.forward(self, message),
+            None => Vec::new(),
+        };
+        self.route_scoped(message, GroupScope::Except(&served_elsewhere))
+            .await
+    }
+
+    /// Whether this node has members of a share group: (any online, any at all).
+    pub fn local_group_presence(&self, filter: &str, group: &str) -> (bool, bool) {
+        let tree = self.subscriptions.read();
+        let members = tree.group_members(filter, group);
+        let online = self.online.read();
+        let any_online = members
+            .iter()
+            .any(|(client, _)| online.contains_key(client));
+        (any_online, !members.is_empty())
     }
 
     /// Delivers a message to every matching session on this node only (relayed messages come
@@ -205,7 +243,13 @@ impl Broker {
     /// targets that need a wait or the store are handled afterwards, in a boxed future, so the hot
     /// path stays small in every connection's task.
     pub async fn route_local(&self, message: &Arc<Message>) -> usize {
-        let matches = self.matching(&message.topic);
+        self.route_scoped(message, GroupScope::All).await
+    }
+
+    /// Delivers a message to the matching sessions of this node, serving the share groups that
+    /// `scope` lets through (the cluster decides which node serves a group); returns how many.
+    pub async fn route_scoped(&self, message: &Arc<Message>, scope: GroupScope<'_>) -> usize {
+        let matches = self.matching(&message.topic, scope);
         if matches.is_empty() {
             return 0;
         }
@@ -230,15 +274,20 @@ impl Broker {
         count
     }
 
-    fn matching(&self, topic: &str) -> Vec<(ClientId, SubscriptionOptions)> {
+    fn matching(&self, topic: &str, scope: GroupScope<'_>) -> Vec<(ClientId, SubscriptionOptions)> {
         let tree = self.subscriptions.read();
         let mut out = Vec::new();
         let online = self.online.read();
         tree.matches(topic, |m| match m {
             Match::Direct(client, options) => out.push((client.clone(), options.clone())),
-            Match::Shared { members, start, .. } => {
+            Match::Shared {
+                group,
+                filter,
+                members,
+                start,
+            } => {
                 let n = members.len();
-                if n == 0 {
+                if n == 0 || !scope.serves(group, filter) {
                     return;
                 }
                 let chosen = (0..n)

@@ -233,3 +233,99 @@ async fn publishes_are_relayed_live_to_subscribers_on_other_nodes_once() {
         assert!(extra.is_err(), "a message arrived twice: {extra:?}");
     }
 }
+
+#[tokio::test]
+async fn a_shared_group_spread_over_two_nodes_gets_each_message_once() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    let (worker_a, mut loop_a, _) = client(a.mqtt, "worker-a", true).await;
+    worker_a
+        .subscribe("$share/workers/jobs/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut loop_a, |p| matches!(p, Packet::SubAck(_))).await;
+    let (worker_b, mut loop_b, _) = client(b.mqtt, "worker-b", true).await;
+    worker_b
+        .subscribe("$share/workers/jobs/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut loop_b, |p| matches!(p, Packet::SubAck(_))).await;
+    // A plain subscriber on node B too: B then receives every job, and must still hand only the
+    // jobs it was chosen for to its group member.
+    let (auditor, mut audit_loop, _) = client(b.mqtt, "auditor", true).await;
+    auditor
+        .subscribe("jobs/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut audit_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 2.0).await;
+
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "dispatcher", true).await;
+    let n = 40usize;
+    let acknowledging = tokio::spawn(async move {
+        let mut acks = 0;
+        while acks < n {
+            if let Event::Incoming(Packet::PubAck(_)) = pub_loop.poll().await.expect("publisher") {
+                acks += 1;
+            }
+        }
+    });
+    for i in 0..n {
+        publisher
+            .publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    tokio::time::timeout(WAIT, acknowledging)
+        .await
+        .expect("PUBACKs in time")
+        .expect("publisher");
+
+    // Collect until every job arrived somewhere; then make sure nothing else comes.
+    let mut seen: Vec<(char, usize)> = Vec::new();
+    let collect = async {
+        while seen.len() < n {
+            tokio::select! {
+                event = loop_a.poll() => if let Event::Incoming(Packet::Publish(p)) = event.expect("worker a") {
+                    seen.push(('a', String::from_utf8_lossy(&p.payload).parse().expect("number")));
+                },
+                event = loop_b.poll() => if let Event::Incoming(Packet::Publish(p)) = event.expect("worker b") {
+                    seen.push(('b', String::from_utf8_lossy(&p.payload).parse().expect("number")));
+                },
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, collect)
+        .await
+        .expect("every job delivered");
+    let mut jobs: Vec<usize> = seen.iter().map(|(_, job)| *job).collect();
+    jobs.sort();
+    assert_eq!(
+        jobs,
+        (0..n).collect::<Vec<_>>(),
+        "each job exactly once across the group"
+    );
+    let mut audited = 0;
+    while audited < n {
+        next_packet(&mut audit_loop, |p| matches!(p, Packet::Publish(_))).await;
+        audited += 1;
+    }
+    let on_a = seen.iter().filter(|(w, _)| *w == 'a').count();
+    assert!(
+        on_a > 0 && on_a < n,
+        "both nodes' members take jobs (a took {on_a} of {n})"
+    );
+    for eventloop in [&mut loop_a, &mut loop_b] {
+        let extra = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) =
+                    eventloop.poll().await.expect("connection")
+                {
+                    return p;
+                }
+            }
+        })
+        .await;
+        assert!(extra.is_err(), "a job arrived twice: {extra:?}");
+    }
+}

@@ -11,12 +11,15 @@
 //!   again, so nothing loops.
 //!
 //! Writes are batched by one writer task (pipelined); reads use their own connections, as
-//! `XREAD BLOCK` and Pub/Sub would hold up a shared connection. Shared subscriptions are not
-//! relayed yet (each node load-balances its own members); see docs/cluster.md.
+//! `XREAD BLOCK` and Pub/Sub would hold up a shared connection.
+//! - **Share groups**: nodes advertise `$share/<group>/<filter>` entries too. For each group with
+//!   members elsewhere, the publishing node picks the one node that serves this message (rotating
+//!   over the nodes with members, itself included when it has an online member) and says so in the
+//!   inbox entry; a receiving node serves only the groups it was given.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, GroupKey, GroupScope};
 use crate::message::Message;
-use crate::router::remote::{NodeId, RemoteFilters};
+use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
 use futures_util::StreamExt;
 use parking_lot::RwLock;
@@ -46,8 +49,15 @@ fn relay_error(e: impl std::fmt::Display) -> RelayError {
 }
 
 enum Outbound {
-    Entry { raw: String, added: bool },
-    Forward { node: NodeId, payload: Vec<u8> },
+    Entry {
+        raw: String,
+        added: bool,
+    },
+    Forward {
+        node: NodeId,
+        payload: Vec<u8>,
+        groups: String,
+    },
 }
 
 /// Key names under one prefix.
@@ -149,9 +159,6 @@ impl ClusterLink {
 
     /// A local entry got its first subscriber (`added`) or lost its last one.
     pub fn entry_changed(&self, raw: &str, added: bool) {
-        if raw.starts_with("$share/") {
-            return;
-        }
         let item = Outbound::Entry {
             raw: raw.to_string(),
             added,
@@ -162,31 +169,51 @@ impl ClusterLink {
     }
 
     /// Appends a message that was published on this node to the inbox of every other node that
-    /// has a matching entry.
-    pub fn forward(&self, broker: &Broker, message: &Message) {
+    /// has a matching entry, and decides which node serves each share group with members
+    /// elsewhere. Returns the groups another node serves (this node must skip them).
+    pub fn forward(&self, broker: &Broker, message: &Message) -> Vec<GroupKey> {
         if message.topic.starts_with("$SYS") {
-            return;
+            return Vec::new();
         }
-        let nodes = self.remote.read().route(&message.topic).nodes;
-        if nodes.is_empty() {
-            return;
+        let route = self.remote.read().route(&message.topic);
+        if route.nodes.is_empty() && route.groups.is_empty() {
+            return Vec::new();
+        }
+        // Each node gets the message once, with the groups it was chosen to serve.
+        let mut targets: Vec<(NodeId, Vec<GroupKey>)> =
+            route.nodes.into_iter().map(|n| (n, Vec::new())).collect();
+        let mut served_elsewhere = Vec::new();
+        for group in route.groups {
+            let (online, any) = broker.local_group_presence(&group.filter, &group.group);
+            if let SharedChoice::Remote(node) =
+                choose_shared(online, any, &group.nodes, group.start)
+            {
+                let key = (group.group, group.filter);
+                match targets.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, groups)) => groups.push(key.clone()),
+                    None => targets.push((node, vec![key.clone()])),
+                }
+                served_elsewhere.push(key);
+            }
         }
         let payload = match codec::encode_message(message) {
             Ok(payload) => payload,
             Err(e) => {
                 tracing::warn!(error = %e, "message not relayed: encoding failed");
-                return;
+                return Vec::new();
             }
         };
-        for node in nodes {
+        for (node, groups) in targets {
             let item = Outbound::Forward {
                 node,
                 payload: payload.clone(),
+                groups: encode_groups(&groups),
             };
             if self.outbound.try_send(item).is_err() {
                 broker.metrics.relay_dropped.inc();
             }
         }
+        served_elsewhere
     }
 
     /// Forgets a node that left the cluster from the replica (its entry set stays in Redis until
@@ -268,7 +295,11 @@ async fn write_loop(
                         .arg(format!("{}\n{sign}{raw}", link.node_id))
                         .ignore();
                 }
-                Outbound::Forward { node, payload } => {
+                Outbound::Forward {
+                    node,
+                    payload,
+                    groups,
+                } => {
                     pipe.cmd("XADD")
                         .arg(link.keys.inbox(node))
                         .arg("MAXLEN")
@@ -279,6 +310,8 @@ async fn write_loop(
                         .arg(&*link.node_id)
                         .arg("m")
                         .arg(payload.as_slice())
+                        .arg("g")
+                        .arg(groups.as_str())
                         .ignore();
                 }
             }
@@ -320,11 +353,12 @@ async fn read_inbox(
         }
         match reply {
             Ok(value) => {
-                for (id, message) in stream_entries(value) {
+                for (id, message, groups) in stream_entries(value) {
                     last_id = id;
                     match message {
                         Some(message) => {
-                            broker.route_local(&Arc::new(message)).await;
+                            let scope = GroupScope::Only(&groups);
+                            broker.route_scoped(&Arc::new(message), scope).await;
                         }
                         None => tracing::warn!(stream = %key, "unreadable relayed message skipped"),
                     }
@@ -338,8 +372,34 @@ async fn read_inbox(
     }
 }
 
-/// Entries of an XREAD reply for one stream: (id, decoded message or None if unreadable).
-fn stream_entries(value: Value) -> Vec<(String, Option<Message>)> {
+/// Share groups as sent in an inbox entry: `group NUL filter` pairs joined by NUL (neither may
+/// contain NUL).
+fn encode_groups(groups: &[GroupKey]) -> String {
+    let mut out = String::new();
+    for (group, filter) in groups {
+        if !out.is_empty() {
+            out.push('\0');
+        }
+        out.push_str(group);
+        out.push('\0');
+        out.push_str(filter);
+    }
+    out
+}
+
+fn decode_groups(text: &str) -> Vec<GroupKey> {
+    let parts: Vec<&str> = text.split('\0').collect();
+    parts
+        .chunks_exact(2)
+        .map(|pair| (pair[0].to_string(), pair[1].to_string()))
+        .collect()
+}
+
+/// Entries of an XREAD reply for one stream: (id, decoded message or None if unreadable, the
+/// share groups this node serves for it).
+type InboxEntry = (String, Option<Message>, Vec<GroupKey>);
+
+fn stream_entries(value: Value) -> Vec<InboxEntry> {
     let mut out = Vec::new();
     let Value::Array(streams) = value else {
         return out;
@@ -366,13 +426,19 @@ fn stream_entries(value: Value) -> Vec<(String, Option<Message>)> {
                 Some(Value::SimpleString(id)) => id,
                 _ => continue,
             };
-            let message = kv.chunks(2).find_map(|pair| match pair {
-                [Value::BulkString(k), Value::BulkString(v)] if k.as_slice() == b"m" => {
-                    codec::decode_message(v).ok()
-                }
-                _ => None,
-            });
-            out.push((id, message));
+            let field = |name: &[u8]| {
+                kv.chunks(2).find_map(|pair| match pair {
+                    [Value::BulkString(k), Value::BulkString(v)] if k.as_slice() == name => {
+                        Some(v.as_slice())
+                    }
+                    _ => None,
+                })
+            };
+            let message = field(b"m").and_then(|v| codec::decode_message(v).ok());
+            let groups = field(b"g")
+                .map(|v| decode_groups(&String::from_utf8_lossy(v)))
+                .unwrap_or_default();
+            out.push((id, message, groups));
         }
     }
     out
@@ -418,5 +484,20 @@ async fn watch_entries(
         }
         tracing::warn!("entry announcements disconnected; reconnecting");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_round_trip_through_an_inbox_field() {
+        let groups = vec![
+            ("g".to_string(), "a/+".to_string()),
+            ("other".to_string(), "#".to_string()),
+        ];
+        assert_eq!(decode_groups(&encode_groups(&groups)), groups);
+        assert!(decode_groups(&encode_groups(&[])).is_empty());
     }
 }

@@ -77,7 +77,7 @@ pub struct ParsedFilter<'a> {
 pub fn parse_subscription(raw: &str, max_len: usize) -> Result<ParsedFilter<'_>, TopicError> {
     if let Some(rest) = raw.strip_prefix("$share/") {
         let (group, filter) = rest.split_once('/').ok_or(TopicError::BadShare)?;
-        if group.is_empty() || group.contains(['+', '#']) {
+        if group.is_empty() || group.contains(['+', '#', '\0']) {
             return Err(TopicError::BadShare);
         }
         validate_filter(filter, max_len)?;

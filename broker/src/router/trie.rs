@@ -161,6 +161,18 @@ impl SubscriptionTree {
         change
     }
 
+    /// The members of share group `group` on exactly `filter` (not matching: the same filter).
+    pub fn group_members(&self, filter: &str, group: &str) -> &[(ClientId, SubscriptionOptions)] {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return &[],
+            }
+        }
+        node.shared.get(group).map_or(&[], |g| g.members.as_slice())
+    }
+
     /// Every entry with at least one subscriber, as raw filters (`$share/<group>/<filter>` for
     /// shared groups).
     pub fn entries(&self) -> Vec<String> {
