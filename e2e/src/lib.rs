@@ -217,7 +217,7 @@ impl Haproxy {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut config = tempfile::NamedTempFile::new()?;
         let mut text = format!(
-            "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\nfrontend mqtt\n  bind {addr}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n"
+            "global\n  maxconn 1000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\nfrontend mqtt\n  bind {addr}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n"
         );
         for (i, backend) in backends.iter().enumerate() {
             text.push_str(&format!("  server node{i} {backend}\n"));
