@@ -196,6 +196,10 @@ impl ClusterLink {
                 served_elsewhere.push(key);
             }
         }
+        if targets.is_empty() {
+            // Every group with members elsewhere is served here this time: nothing to send.
+            return served_elsewhere;
+        }
         let payload = match codec::encode_message(message) {
             Ok(payload) => payload,
             Err(e) => {
