@@ -56,6 +56,56 @@ async fn next_packet(eventloop: &mut EventLoop, mut pick: impl FnMut(&Packet) ->
     .expect("packet in time")
 }
 
+/// Publishes `n` QoS 1 messages numbered 0.. on `<prefix>/<i>` and waits for every PUBACK (the
+/// event loop runs meanwhile: the client's request queue is small).
+async fn publish_numbered(
+    publisher: AsyncClient,
+    mut eventloop: EventLoop,
+    prefix: &str,
+    n: usize,
+) {
+    let acknowledging = tokio::spawn(async move {
+        let mut acks = 0;
+        while acks < n {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.expect("publisher") {
+                acks += 1;
+            }
+        }
+    });
+    for i in 0..n {
+        publisher
+            .publish(
+                format!("{prefix}/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                i.to_string(),
+            )
+            .await
+            .expect("publish");
+    }
+    tokio::time::timeout(WAIT, acknowledging)
+        .await
+        .expect("PUBACKs in time")
+        .expect("publisher");
+}
+
+/// Asserts that nothing more is published to these connections within half a second.
+async fn assert_no_more_publishes(loops: [&mut EventLoop; 2], what: &str) {
+    for eventloop in loops {
+        let extra = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) =
+                    eventloop.poll().await.expect("connection")
+                {
+                    return p;
+                }
+            }
+        })
+        .await;
+        assert!(extra.is_err(), "{what} arrived twice: {extra:?}");
+    }
+}
+
 #[tokio::test]
 async fn nodes_find_each_other_by_gossip() {
     let redis = RedisServer::start().await.expect("redis");
@@ -178,23 +228,9 @@ async fn publishes_are_relayed_live_to_subscribers_on_other_nodes_once() {
     next_packet(&mut loop_a, |p| matches!(p, Packet::SubAck(_))).await;
     remote_entries_at_least(&a, 1.0).await;
 
-    let (publisher, mut pub_loop, _) = client(a.mqtt, "speaker", true).await;
     let n = 100;
-    // The event loop must run while publishing (the client's request queue is small).
-    let acknowledging = tokio::spawn(async move {
-        let mut acks = 0;
-        while acks < n {
-            if let Event::Incoming(Packet::PubAck(_)) = pub_loop.poll().await.expect("publisher") {
-                acks += 1;
-            }
-        }
-    });
-    for i in 0..n {
-        publisher
-            .publish(format!("live/{i}"), QoS::AtLeastOnce, false, i.to_string())
-            .await
-            .expect("publish");
-    }
+    let (publisher, pub_loop, _) = client(a.mqtt, "speaker", true).await;
+    publish_numbered(publisher, pub_loop, "live", n).await;
     for (name, eventloop) in [("b", &mut loop_b), ("a", &mut loop_a)] {
         let mut got = Vec::new();
         while got.len() < n {
@@ -214,24 +250,8 @@ async fn publishes_are_relayed_live_to_subscribers_on_other_nodes_once() {
             "node {name}: every message once, in order"
         );
     }
-    tokio::time::timeout(WAIT, acknowledging)
-        .await
-        .expect("PUBACKs in time")
-        .expect("publisher");
     // Nothing arrives twice (a relayed message is never relayed back).
-    for eventloop in [&mut loop_a, &mut loop_b] {
-        let extra = tokio::time::timeout(Duration::from_millis(500), async {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) =
-                    eventloop.poll().await.expect("connection")
-                {
-                    return p;
-                }
-            }
-        })
-        .await;
-        assert!(extra.is_err(), "a message arrived twice: {extra:?}");
-    }
+    assert_no_more_publishes([&mut loop_a, &mut loop_b], "a message").await;
 }
 
 #[tokio::test]
@@ -260,26 +280,9 @@ async fn a_shared_group_spread_over_two_nodes_gets_each_message_once() {
     next_packet(&mut audit_loop, |p| matches!(p, Packet::SubAck(_))).await;
     remote_entries_at_least(&a, 2.0).await;
 
-    let (publisher, mut pub_loop, _) = client(a.mqtt, "dispatcher", true).await;
     let n = 40usize;
-    let acknowledging = tokio::spawn(async move {
-        let mut acks = 0;
-        while acks < n {
-            if let Event::Incoming(Packet::PubAck(_)) = pub_loop.poll().await.expect("publisher") {
-                acks += 1;
-            }
-        }
-    });
-    for i in 0..n {
-        publisher
-            .publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, i.to_string())
-            .await
-            .expect("publish");
-    }
-    tokio::time::timeout(WAIT, acknowledging)
-        .await
-        .expect("PUBACKs in time")
-        .expect("publisher");
+    let (publisher, pub_loop, _) = client(a.mqtt, "dispatcher", true).await;
+    publish_numbered(publisher, pub_loop, "jobs", n).await;
 
     // Collect until every job arrived somewhere; then make sure nothing else comes.
     let mut seen: Vec<(char, usize)> = Vec::new();
@@ -315,17 +318,5 @@ async fn a_shared_group_spread_over_two_nodes_gets_each_message_once() {
         on_a > 0 && on_a < n,
         "both nodes' members take jobs (a took {on_a} of {n})"
     );
-    for eventloop in [&mut loop_a, &mut loop_b] {
-        let extra = tokio::time::timeout(Duration::from_millis(500), async {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) =
-                    eventloop.poll().await.expect("connection")
-                {
-                    return p;
-                }
-            }
-        })
-        .await;
-        assert!(extra.is_err(), "a job arrived twice: {extra:?}");
-    }
+    assert_no_more_publishes([&mut loop_a, &mut loop_b], "a job").await;
 }
