@@ -8,7 +8,7 @@ use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{self, topic, QoS};
 use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
-use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription};
+use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription, StoredWill};
 use parking_lot::{Mutex, RwLock};
 use starling_config::BrokerConfig;
 use std::collections::HashMap;
@@ -77,6 +77,14 @@ enum Deferred {
         client_id: ClientId,
         queued: QueuedMessage,
     },
+}
+
+/// Whether a message for a session held by another node may be sent on to that node: not for a
+/// message that was itself sent on, so nothing bounces between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Onward {
+    Allowed,
+    Forbidden,
 }
 
 /// One lock per client id held by a connection for its session's lifetime; entries of ended
@@ -268,10 +276,18 @@ impl Broker {
             }
         }
         if !deferred.is_empty() {
-            let delivering = Box::pin(self.deliver_deferred(deferred));
+            let delivering = Box::pin(self.deliver_deferred(deferred, Onward::Allowed));
             delivering.await;
         }
         count
+    }
+
+    /// Delivers a message another node sent on for one session of this node (the session moved
+    /// here while the message was on its way).
+    pub async fn deliver_direct(&self, client_id: ClientId, queued: QueuedMessage) {
+        if let Some(later) = self.deliver_now(client_id, queued) {
+            Box::pin(self.deliver_deferred(vec![later], Onward::Forbidden)).await;
+        }
     }
 
     fn matching(&self, topic: &str, scope: GroupScope<'_>) -> Vec<(ClientId, SubscriptionOptions)> {
@@ -331,7 +347,7 @@ impl Broker {
         Some(Deferred::Enqueue { client_id, queued })
     }
 
-    async fn deliver_deferred(&self, deferred: Vec<Deferred>) {
+    async fn deliver_deferred(&self, deferred: Vec<Deferred>, onward: Onward) {
         for work in deferred {
             match work {
                 Deferred::WaitForRoom {
@@ -347,18 +363,20 @@ impl Broker {
                         if let Some(Deferred::Enqueue { client_id, queued }) =
                             self.offline(client_id, queued)
                         {
-                            self.enqueue(&client_id, queued).await;
+                            self.enqueue(&client_id, queued, onward).await;
                         }
                     }
                 },
-                Deferred::Enqueue { client_id, queued } => self.enqueue(&client_id, queued).await,
+                Deferred::Enqueue { client_id, queued } => {
+                    self.enqueue(&client_id, queued, onward).await
+                }
             }
         }
     }
 
     /// Queues a message for a session that has no connection here, re-checking whether it
     /// came online meanwhile.
-    async fn enqueue(&self, client_id: &ClientId, queued: QueuedMessage) {
+    async fn enqueue(&self, client_id: &ClientId, queued: QueuedMessage, onward: Onward) {
         for attempt in 0..2 {
             match self
                 .store
@@ -368,6 +386,18 @@ impl Broker {
                 Ok(Enqueued::Queued) | Ok(Enqueued::NoSession) => return,
                 Ok(Enqueued::Full) => {
                     self.metrics.dropped_queue_full.inc();
+                    return;
+                }
+                Ok(Enqueued::Elsewhere(node)) => {
+                    // The session moved to another node while this one still routed for it.
+                    match (self.cluster.get(), onward) {
+                        (Some(link), Onward::Allowed) => {
+                            link.send_direct(&node, client_id, &queued)
+                        }
+                        _ => {
+                            self.metrics.relay_dropped.inc();
+                        }
+                    }
                     return;
                 }
                 Ok(Enqueued::Online) => {
@@ -527,9 +557,22 @@ impl Broker {
     pub async fn expire_sessions(&self) {
         match self.store.take_expired_sessions(SystemTime::now()).await {
             Ok(expired) => {
-                for (client_id, session) in expired {
-                    tracing::debug!(client_id = %client_id, "session expired");
-                    self.remove_subscriptions(&client_id, &session.subscriptions);
+                for gone in expired {
+                    tracing::debug!(client_id = %gone.client_id, "session expired");
+                    match (gone.parked_on, self.cluster.get()) {
+                        (Some(node), Some(link)) if node != link.node_id() => {
+                            let filters = gone
+                                .session
+                                .subscriptions
+                                .into_iter()
+                                .map(|s| s.filter)
+                                .collect();
+                            link.forget_parked(&node, &gone.client_id, filters);
+                        }
+                        _ => {
+                            self.remove_subscriptions(&gone.client_id, &gone.session.subscriptions)
+                        }
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "session expiry sweep failed"),
@@ -537,6 +580,71 @@ impl Broker {
         if let Ok(n) = self.store.session_count().await {
             self.metrics.sessions.set(n as i64);
         }
+    }
+
+    /// Hands a session held by a connection here over to another node that claimed it: closes
+    /// the connection (its state goes to the claimer as the connection ends), then tells the
+    /// claimer. Waits for the connection to finish, so it runs in a task of its own.
+    pub async fn release_session(&self, client_id: &ClientId) {
+        if let Some(handle) = self.online_handle(client_id) {
+            handle.mailbox.signal(Signal::TakenOver);
+        }
+        // Held by the connection until it has stored (handed over) the session.
+        let _session = self.lock_session(client_id).await;
+        self.cancel_will(client_id);
+    }
+
+    /// Forgets a session parked here that another node took (or that expired elsewhere): its
+    /// subscriptions leave this node's routing tree, and a delayed will waiting for it is
+    /// cancelled. A session that is online here again is left alone.
+    pub fn forget_parked(&self, client_id: &str, filters: &[String]) {
+        if self.online.read().contains_key(client_id) {
+            return;
+        }
+        for filter in filters {
+            self.remove_subscription(client_id, filter);
+        }
+        self.cancel_will(client_id);
+    }
+
+    /// Takes over the sessions of a node that left the cluster: their subscriptions are routed
+    /// here from now on (parked: messages are queued for them) and the wills of the connections
+    /// the node held are published, each once cluster-wide.
+    pub async fn adopt_sessions_of(self: &Arc<Self>, departed: &str) {
+        let adopted = match self.store.adopt_sessions(departed).await {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                tracing::warn!(node = departed, error = %e, "sessions of a departed node not adopted");
+                return;
+            }
+        };
+        let (mut online, mut wills) = (0, 0);
+        for session in adopted {
+            online += usize::from(session.was_online);
+            for s in &session.subscriptions {
+                self.add_subscription(&session.client_id, &s.filter, s.options.clone());
+            }
+            if let Some(StoredWill {
+                message,
+                delay_secs,
+            }) = session.will
+            {
+                wills += 1;
+                let delay = Duration::from_secs(u64::from(delay_secs));
+                if delay.is_zero() {
+                    self.metrics.messages_received[message.qos as usize].inc();
+                    self.publish(message).await;
+                } else {
+                    self.schedule_will(session.client_id.clone(), message, delay);
+                }
+            }
+        }
+        tracing::info!(
+            node = departed,
+            online,
+            wills,
+            "adopted the sessions of a departed node"
+        );
     }
 
     /// Runs the periodic session-expiry sweep until shutdown.

@@ -126,6 +126,11 @@ impl Server {
                 .await
                 .map_err(|e| ServerError::Relay(e.to_string()))?;
             broker.attach_cluster(link);
+            // Sessions an earlier run of this node held or parked (it may have crashed and come
+            // back before gossip noticed): parked ones are routed here again, and the wills of
+            // connections that died with it are published.
+            let node_id = broker.config.node_id.clone();
+            broker.adopt_sessions_of(&node_id).await;
         }
         Ok(Server {
             broker,
@@ -239,6 +244,21 @@ async fn join_cluster(config: &BrokerConfig) -> Result<Arc<dyn Membership>, Serv
     Ok(membership::start(gossip).await?)
 }
 
+/// Whether this node is the one that adopts a departed node's sessions: the live node with the
+/// lowest id, so the survivors agree without talking (and should two disagree for a moment,
+/// adoption is atomic in the store: a session is adopted, and its will fired, once).
+async fn is_adopter(membership: &dyn Membership, departed: &str) -> bool {
+    let me = membership.local_id();
+    let lowest = membership
+        .members()
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .filter(|id| id != departed)
+        .min();
+    lowest.is_none_or(|id| id.as_str() >= me)
+}
+
 /// Logs membership changes and keeps the members gauge true, until shutdown.
 async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
     let mut events = membership.events();
@@ -250,11 +270,21 @@ async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Ok(MemberEvent::Joined(node)) => tracing::info!(node = %node.id, addr = %node.addr, "node joined"),
+                Ok(MemberEvent::Joined(node)) => {
+                    tracing::info!(node = %node.id, addr = %node.addr, "node joined");
+                    if let Some(link) = broker.cluster() {
+                        link.node_joined(&node.id);
+                    }
+                }
                 Ok(MemberEvent::Left(node)) => {
                     tracing::info!(node = %node.id, "node left or failed");
                     if let Some(link) = broker.cluster() {
+                        link.node_departed(&node.id);
                         link.forget_node(&node.id, &broker).await;
+                        if is_adopter(&*membership, &node.id).await {
+                            link.remove_node_entries(&node.id);
+                            broker.adopt_sessions_of(&node.id).await;
+                        }
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -16,8 +16,9 @@ use starling_broker::message::{ClientId, Message, MessageProperties};
 use starling_broker::protocol::{QoS, RetainForwardRule};
 use starling_broker::router::SubscriptionOptions;
 use starling_broker::store::{
-    Enqueued, InflightMessage, InflightState, MemoryStore, QueuedMessage, RedisStore,
-    RedisStoreConfig, Store, StoreError, StoredSession, StoredSubscription,
+    Attached, Completed, Detached, Enqueued, Holder, InflightMessage, InflightState, MemoryStore,
+    QueuedMessage, RedisStore, RedisStoreConfig, SessionClaim, Store, StoreError, StoredSession,
+    StoredSubscription, StoredWill,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,14 @@ async fn store(server: &RedisServer, max_queued: usize) -> RedisStore {
 }
 
 /// Polls `check` until it returns `Some`, for at most [`WAIT`].
+/// Claims a session with a default claim (expiry 0, no will, no clean start).
+async fn attach(store: &dyn Store, id: &ClientId) -> Attached {
+    store
+        .attach_session(id, &SessionClaim::default())
+        .await
+        .expect("attach")
+}
+
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -123,7 +132,7 @@ async fn offline_queue_is_bounded_and_returned_on_attach() {
         store.enqueue("c", queued("x"), false).await.ok(),
         Some(Enqueued::NoSession)
     );
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     assert_eq!(
         store.enqueue("c", queued("x"), false).await.ok(),
         Some(Enqueued::Online)
@@ -131,6 +140,7 @@ async fn offline_queue_is_bounded_and_returned_on_attach() {
     store
         .detach_session(
             &id,
+            held.generation,
             StoredSession {
                 expiry_secs: 60,
                 ..Default::default()
@@ -148,11 +158,7 @@ async fn offline_queue_is_bounded_and_returned_on_attach() {
         store.enqueue("c", queued("3"), false).await.ok(),
         Some(Enqueued::Full)
     );
-    let session = store
-        .attach_session(&id)
-        .await
-        .expect("attach")
-        .expect("session");
+    let session = attach(&store, &id).await.previous.expect("session");
     assert_eq!(payloads(&session), ["1", "2"]);
 }
 
@@ -161,7 +167,7 @@ async fn messages_forced_while_detaching_follow_the_session_queue() {
     let server = RedisServer::start().await;
     let store = store(&server, 10).await;
     let id: ClientId = "c".into();
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     assert_eq!(
         store.enqueue("c", queued("late"), true).await.ok(),
         Some(Enqueued::Queued)
@@ -171,12 +177,11 @@ async fn messages_forced_while_detaching_follow_the_session_queue() {
         ..Default::default()
     };
     own.queue.push_back(queued("early"));
-    store.detach_session(&id, own).await.expect("detach");
-    let session = store
-        .attach_session(&id)
+    store
+        .detach_session(&id, held.generation, own)
         .await
-        .expect("attach")
-        .expect("session");
+        .expect("detach");
+    let session = attach(&store, &id).await.previous.expect("session");
     assert_eq!(payloads(&session), ["early", "late"]);
 }
 
@@ -185,10 +190,11 @@ async fn expiry_removes_and_reattach_returns_the_session() {
     let server = RedisServer::start().await;
     let store = store(&server, 10).await;
     let id: ClientId = "c".into();
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     store
         .detach_session(
             &id,
+            held.generation,
             StoredSession {
                 expiry_secs: 0,
                 ..Default::default()
@@ -202,10 +208,11 @@ async fn expiry_removes_and_reattach_returns_the_session() {
         .expect("sweep");
     assert_eq!(expired.len(), 1);
     assert_eq!(store.session_count().await.ok(), Some(0));
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     store
         .detach_session(
             &id,
+            held.generation,
             StoredSession {
                 expiry_secs: 60,
                 ..Default::default()
@@ -213,7 +220,7 @@ async fn expiry_removes_and_reattach_returns_the_session() {
         )
         .await
         .expect("detach");
-    assert!(store.attach_session(&id).await.expect("attach").is_some());
+    assert!(attach(&store, &id).await.previous.is_some());
 }
 
 #[tokio::test]
@@ -273,8 +280,8 @@ async fn scenario(store: &dyn Store) -> Vec<String> {
         store.enqueue("c", queued("a"), false).await.ok()
     );
     note!("count", store.session_count().await.ok());
-    let attached = store.attach_session(&id).await.expect("attach");
-    note!("attach new", describe(attached.as_ref()));
+    let attached = attach(store, &id).await;
+    note!("attach new", describe(attached.previous.as_ref()));
     note!(
         "enqueue online",
         store.enqueue("c", queued("b"), false).await.ok()
@@ -283,8 +290,15 @@ async fn scenario(store: &dyn Store) -> Vec<String> {
         "force online",
         store.enqueue("c", queued("f1"), true).await.ok()
     );
-    let taken = store.attach_session(&id).await.expect("attach");
-    note!("takeover", describe(taken.as_ref()));
+    let held = attach(store, &id).await;
+    note!("takeover", describe(held.previous.as_ref()));
+    note!(
+        "stale detach",
+        store
+            .detach_session(&id, attached.generation, StoredSession::default())
+            .await
+            .ok()
+    );
     for p in ["f2", "f3", "f4", "f5"] {
         note!(p, store.enqueue("c", queued(p), true).await.ok());
     }
@@ -298,42 +312,61 @@ async fn scenario(store: &dyn Store) -> Vec<String> {
         ..Default::default()
     };
     own.queue.extend([queued("o1"), queued("o2")]);
-    store.detach_session(&id, own).await.expect("detach");
+    note!(
+        "detach",
+        store.detach_session(&id, held.generation, own).await.ok()
+    );
     note!(
         "enqueue full",
         store.enqueue("c", queued("g"), false).await.ok()
     );
     note!("count", store.session_count().await.ok());
-    // Detaching an offline session again: its queue counts as "arrived meanwhile".
-    store
-        .detach_session(
-            &id,
-            StoredSession {
-                expiry_secs: 30,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("detach");
-    let back = store.attach_session(&id).await.expect("attach");
-    note!("attach offline", describe(back.as_ref()));
-    store.remove_session("c").await.expect("remove");
+    // Detaching an offline session again changes nothing: no connection holds it.
+    note!(
+        "detach again",
+        store
+            .detach_session(
+                &id,
+                held.generation,
+                StoredSession {
+                    expiry_secs: 30,
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok()
+    );
+    let back = attach(store, &id).await;
+    note!("attach offline", describe(back.previous.as_ref()));
+    note!(
+        "stale remove",
+        store.remove_session("c", held.generation).await.ok()
+    );
+    note!(
+        "remove",
+        store.remove_session("c", back.generation).await.ok()
+    );
     note!(
         "enqueue removed",
         store.enqueue("c", queued("h"), true).await.ok()
     );
     note!("count", store.session_count().await.ok());
-    // Detach without attach creates an offline session.
-    store
-        .detach_session(
-            &id,
-            StoredSession {
-                expiry_secs: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("detach");
+    let fresh = attach(store, &id).await;
+    note!("attach removed", describe(fresh.previous.as_ref()));
+    note!(
+        "detach fresh",
+        store
+            .detach_session(
+                &id,
+                fresh.generation,
+                StoredSession {
+                    expiry_secs: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok()
+    );
     note!(
         "enqueue offline",
         store.enqueue("c", queued("i"), false).await.ok()
@@ -347,12 +380,15 @@ async fn scenario(store: &dyn Store) -> Vec<String> {
         .take_expired_sessions(now + Duration::from_secs(11))
         .await
         .expect("sweep");
-    for (id, s) in &swept {
-        note!(format!("swept {id}"), describe(Some(s)));
+    for gone in &swept {
+        note!(
+            format!("swept {}", gone.client_id),
+            describe(Some(&gone.session))
+        );
     }
     note!("count", store.session_count().await.ok());
     // An online session is never swept.
-    store.attach_session(&id).await.expect("attach");
+    attach(store, &id).await;
     let later = now + Duration::from_secs(3600);
     note!(
         "sweep online",
@@ -497,17 +533,13 @@ async fn sessions_and_retained_messages_round_trip_exactly() {
         disconnected_at: None,
     };
     let id: ClientId = "client/with:odd{chars}".into();
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     let before = SystemTime::now() - Duration::from_millis(1);
     store
-        .detach_session(&id, original.clone())
+        .detach_session(&id, held.generation, original.clone())
         .await
         .expect("detach");
-    let mut back = store
-        .attach_session(&id)
-        .await
-        .expect("attach")
-        .expect("session");
+    let mut back = attach(&store, &id).await.previous.expect("session");
     let at = back.disconnected_at.take().expect("disconnect time");
     assert!(at >= before && at <= SystemTime::now(), "{at:?}");
     assert_eq!(back, original);
@@ -527,13 +559,16 @@ async fn unreadable_entries_are_dropped_not_fatal() {
     let server = RedisServer::start().await;
     let store = store(&server, 10).await;
     let id: ClientId = "c".into();
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     let mut own = StoredSession {
         expiry_secs: 60,
         ..Default::default()
     };
     own.queue.push_back(queued("good"));
-    store.detach_session(&id, own).await.expect("detach");
+    store
+        .detach_session(&id, held.generation, own)
+        .await
+        .expect("detach");
     let mut con = server.client().await;
     let _: () = redis::cmd("RPUSH")
         .arg("starling:v1:queue:c")
@@ -548,11 +583,7 @@ async fn unreadable_entries_are_dropped_not_fatal() {
         .query_async(&mut con)
         .await
         .expect("set garbage");
-    let session = store
-        .attach_session(&id)
-        .await
-        .expect("attach")
-        .expect("session");
+    let session = attach(&store, &id).await.previous.expect("session");
     assert_eq!(payloads(&session), ["good"]);
     assert!(store
         .retained_matching("r")
@@ -573,14 +604,30 @@ async fn keys_follow_the_documented_schema() {
     let store = RedisStore::connect(config).await.expect("connect");
     let other = store_with_prefix(&server, "other:").await;
     let id: ClientId = "c".into();
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     let mut con = server.client().await;
-    let online: Vec<String> = redis::cmd("HGETALL")
+    let mut online: Vec<(String, String)> = redis::cmd("HGETALL")
         .arg("test:v1:session:c")
         .query_async(&mut con)
         .await
         .expect("HGETALL");
-    assert_eq!(online, ["online", "1", "node", "node-x"]);
+    online.sort();
+    let field = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        online,
+        [
+            field("expiry", "0"),
+            field("gen", &held.generation.to_string()),
+            field("node", "node-x"),
+            field("state", "online"),
+        ]
+    );
+    let held_here: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("test:v1:node:node-x:sessions")
+        .query_async(&mut con)
+        .await
+        .expect("SMEMBERS");
+    assert_eq!(held_here, ["c"]);
     assert_eq!(
         pttl(&mut con, "test:v1:session:c").await,
         -1,
@@ -601,7 +648,10 @@ async fn keys_follow_the_documented_schema() {
         state: InflightState::AwaitingAck,
         queued: queued("i"),
     });
-    store.detach_session(&id, own).await.expect("detach");
+    store
+        .detach_session(&id, held.generation, own)
+        .await
+        .expect("detach");
     for kind in ["session", "subs", "inflight", "queue", "qos2"] {
         let ttl = pttl(&mut con, &format!("test:v1:{kind}:c")).await;
         assert!((60_000..=90_000).contains(&ttl), "{kind}: TTL {ttl}");
@@ -668,10 +718,11 @@ async fn an_offline_session_vanishes_by_its_ttl_and_the_sweep_reports_it() {
     config.expiry_grace = Duration::ZERO;
     let store = RedisStore::connect(config).await.expect("connect");
     let id: ClientId = "c".into();
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     store
         .detach_session(
             &id,
+            held.generation,
             StoredSession {
                 expiry_secs: 1,
                 subscriptions: vec![StoredSubscription {
@@ -720,7 +771,7 @@ async fn an_offline_session_vanishes_by_its_ttl_and_the_sweep_reports_it() {
         .await
         .expect("sweep");
     assert_eq!(swept.len(), 1);
-    assert_eq!(&*swept[0].0, "c");
+    assert_eq!(&*swept[0].client_id, "c");
     assert_eq!(store.session_count().await.ok(), Some(0));
 }
 
@@ -729,7 +780,7 @@ async fn the_sweep_returns_an_expired_session_with_its_subscriptions() {
     let server = RedisServer::start().await;
     let store = store(&server, 10).await;
     let id: ClientId = "c".into();
-    store.attach_session(&id).await.expect("attach");
+    let held = attach(&store, &id).await;
     let subscriptions = vec![StoredSubscription {
         filter: "t/#".into(),
         options: options(QoS::ExactlyOnce),
@@ -737,6 +788,7 @@ async fn the_sweep_returns_an_expired_session_with_its_subscriptions() {
     store
         .detach_session(
             &id,
+            held.generation,
             StoredSession {
                 expiry_secs: 1,
                 subscriptions: subscriptions.clone(),
@@ -759,8 +811,9 @@ async fn the_sweep_returns_an_expired_session_with_its_subscriptions() {
     })
     .await;
     assert_eq!(swept.len(), 1);
-    assert_eq!(swept[0].1.subscriptions, subscriptions);
-    assert_eq!(swept[0].1.expiry_secs, 1);
+    assert_eq!(swept[0].session.subscriptions, subscriptions);
+    assert_eq!(swept[0].session.expiry_secs, 1);
+    assert_eq!(swept[0].parked_on.as_deref(), Some("node-a"));
     let mut con = server.client().await;
     assert!(!exists(&mut con, "starling:v1:session:c").await);
     assert!(!exists(&mut con, "starling:v1:subs:c").await);
@@ -777,7 +830,11 @@ async fn a_session_that_never_expires_has_no_ttl() {
         ..Default::default()
     };
     own.queue.push_back(queued("q"));
-    store.detach_session(&id, own).await.expect("detach");
+    let held = attach(&store, &id).await;
+    store
+        .detach_session(&id, held.generation, own)
+        .await
+        .expect("detach");
     let mut con = server.client().await;
     assert_eq!(pttl(&mut con, "starling:v1:session:c").await, -1);
     assert_eq!(pttl(&mut con, "starling:v1:queue:c").await, -1);
@@ -832,7 +889,8 @@ async fn two_nodes_share_sessions_and_retained_messages() {
         .await
         .expect("connect b");
     let id: ClientId = "roamer".into();
-    assert!(a.attach_session(&id).await.expect("attach").is_none());
+    let held = attach(&a, &id).await;
+    assert!(held.previous.is_none());
     let info = b
         .session_info("roamer")
         .await
@@ -842,7 +900,8 @@ async fn two_nodes_share_sessions_and_retained_messages() {
     assert_eq!(info.node.as_deref(), Some("node-a"));
     assert_eq!(
         b.enqueue("roamer", queued("x"), false).await.ok(),
-        Some(Enqueued::Online)
+        Some(Enqueued::Elsewhere("node-a".into())),
+        "a message for a session node a holds is node a's to deliver"
     );
     let mut own = StoredSession {
         expiry_secs: 300,
@@ -853,18 +912,25 @@ async fn two_nodes_share_sessions_and_retained_messages() {
         ..Default::default()
     };
     own.queue.push_back(queued("from-a"));
-    a.detach_session(&id, own).await.expect("detach");
+    assert_eq!(
+        a.detach_session(&id, held.generation, own).await.ok(),
+        Some(Detached::Stored)
+    );
     assert_eq!(
         b.enqueue("roamer", queued("from-b"), false).await.ok(),
         Some(Enqueued::Queued)
     );
     assert_eq!(a.session_count().await.ok(), Some(1));
     assert_eq!(b.session_count().await.ok(), Some(1));
-    let resumed = b
-        .attach_session(&id)
-        .await
-        .expect("attach")
-        .expect("the session moves to node b");
+    let claimed = attach(&b, &id).await;
+    assert_eq!(
+        claimed.holder,
+        Holder::Free {
+            parked_on: Some("node-a".into())
+        },
+        "node a must be told to forget the session it had parked"
+    );
+    let resumed = claimed.previous.expect("the session moves to node b");
     assert_eq!(payloads(&resumed), ["from-a", "from-b"]);
     assert_eq!(resumed.subscriptions[0].filter, "news/#");
     let info = a
@@ -888,6 +954,285 @@ async fn two_nodes_share_sessions_and_retained_messages() {
     assert_eq!(a.retained_count().await.ok(), Some(0));
 }
 
+async fn node(server: &RedisServer, id: &str) -> RedisStore {
+    RedisStore::connect(config(server, id, 10))
+        .await
+        .expect("connect")
+}
+
+fn persistent_claim(expiry_secs: u32, will: Option<&str>) -> SessionClaim {
+    SessionClaim {
+        expiry_secs,
+        clean_start: false,
+        will: will.map(|payload| StoredWill {
+            message: Arc::new(message("wills", payload.as_bytes())),
+            delay_secs: 0,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_claim_of_a_session_held_elsewhere_completes_with_what_the_holder_hands_over() {
+    let server = RedisServer::start().await;
+    let (a, b) = (node(&server, "node-a").await, node(&server, "node-b").await);
+    let id: ClientId = "mover".into();
+    let on_a = a
+        .attach_session(&id, &persistent_claim(60, None))
+        .await
+        .expect("attach a");
+    let claim = b
+        .attach_session(&id, &persistent_claim(60, None))
+        .await
+        .expect("attach b");
+    assert_eq!(claim.holder, Holder::Elsewhere("node-a".into()));
+    assert!(claim.generation > on_a.generation);
+    // Until node a hands over, the claim cannot complete with a's state, and a message for the
+    // session belongs to the claimer.
+    assert_eq!(
+        a.enqueue("mover", queued("x"), false).await.ok(),
+        Some(Enqueued::Elsewhere("node-b".into()))
+    );
+    let mut own = StoredSession {
+        expiry_secs: 60,
+        subscriptions: vec![StoredSubscription {
+            filter: "moves/#".into(),
+            options: options(QoS::AtLeastOnce),
+        }],
+        incoming_qos2: vec![9],
+        ..Default::default()
+    };
+    own.queue.push_back(queued("unsent"));
+    assert_eq!(
+        a.detach_session(&id, on_a.generation, own).await.ok(),
+        Some(Detached::HandedOver)
+    );
+    let Completed::Taken(Some(session)) = b
+        .complete_attach(&id, claim.generation)
+        .await
+        .expect("complete")
+    else {
+        panic!("node b gets the session");
+    };
+    assert_eq!(payloads(&session), ["unsent"]);
+    assert_eq!(session.subscriptions[0].filter, "moves/#");
+    assert_eq!(session.incoming_qos2, [9]);
+    let info = a
+        .session_info("mover")
+        .await
+        .expect("info")
+        .expect("session");
+    assert!(info.online);
+    assert_eq!(info.node.as_deref(), Some("node-b"));
+    // Node a's copy is stale now: a late detach or removal changes nothing.
+    assert_eq!(
+        a.detach_session(&id, on_a.generation, StoredSession::default())
+            .await
+            .ok(),
+        Some(Detached::Fenced)
+    );
+    assert_eq!(
+        a.remove_session("mover", on_a.generation).await.ok(),
+        Some(Detached::Fenced)
+    );
+    assert_eq!(
+        b.enqueue("mover", queued("y"), false).await.ok(),
+        Some(Enqueued::Online)
+    );
+}
+
+#[tokio::test]
+async fn a_newer_claim_supersedes_one_still_waiting_and_a_session_that_ended_is_not_resumed() {
+    let server = RedisServer::start().await;
+    let (a, b, c) = (
+        node(&server, "node-a").await,
+        node(&server, "node-b").await,
+        node(&server, "node-c").await,
+    );
+    let id: ClientId = "contested".into();
+    let on_a = a
+        .attach_session(&id, &persistent_claim(0, None))
+        .await
+        .expect("attach a");
+    let from_b = b
+        .attach_session(&id, &persistent_claim(60, None))
+        .await
+        .expect("attach b");
+    let from_c = c
+        .attach_session(&id, &persistent_claim(60, None))
+        .await
+        .expect("attach c");
+    // Node a still holds the state: both claims wait for it.
+    assert_eq!(from_b.holder, Holder::Elsewhere("node-a".into()));
+    assert_eq!(from_c.holder, Holder::Elsewhere("node-a".into()));
+    // a's connection had expiry 0: its session ends instead of being handed over.
+    assert_eq!(
+        a.remove_session("contested", on_a.generation).await.ok(),
+        Some(Detached::HandedOver)
+    );
+    assert_eq!(
+        b.complete_attach(&id, from_b.generation).await.ok(),
+        Some(Completed::Superseded)
+    );
+    assert_eq!(
+        c.complete_attach(&id, from_c.generation).await.ok(),
+        Some(Completed::Taken(None))
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_are_written_through_only_by_the_current_holder() {
+    let server = RedisServer::start().await;
+    let (a, b) = (node(&server, "node-a").await, node(&server, "node-b").await);
+    let id: ClientId = "subscriber".into();
+    let held = a
+        .attach_session(&id, &persistent_claim(60, None))
+        .await
+        .expect("attach");
+    let sub = |filter: &str| StoredSubscription {
+        filter: filter.into(),
+        options: options(QoS::AtLeastOnce),
+    };
+    a.save_subscriptions("subscriber", held.generation, &[sub("x"), sub("y/#")], &[])
+        .await
+        .expect("save");
+    a.save_subscriptions("subscriber", held.generation, &[], &["x".into()])
+        .await
+        .expect("save");
+    // A stale generation writes nothing.
+    a.save_subscriptions("subscriber", held.generation - 1, &[sub("z")], &[])
+        .await
+        .expect("save");
+    let mut con = server.client().await;
+    let mut filters: Vec<String> = redis::cmd("HKEYS")
+        .arg("starling:v1:subs:subscriber")
+        .query_async(&mut con)
+        .await
+        .expect("HKEYS");
+    filters.sort();
+    assert_eq!(filters, ["y/#"]);
+    // Another node cannot write through a session it does not hold.
+    b.save_subscriptions("subscriber", held.generation, &[sub("w")], &[])
+        .await
+        .expect("save");
+    let n: usize = redis::cmd("HLEN")
+        .arg("starling:v1:subs:subscriber")
+        .query_async(&mut con)
+        .await
+        .expect("HLEN");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
+    let server = RedisServer::start().await;
+    let (a, b, c) = (
+        node(&server, "node-a").await,
+        node(&server, "node-b").await,
+        node(&server, "node-c").await,
+    );
+    let (online, ended, parked): (ClientId, ClientId, ClientId) =
+        ("online".into(), "ended".into(), "parked".into());
+    let held = a
+        .attach_session(&online, &persistent_claim(60, Some("online died")))
+        .await
+        .expect("attach");
+    a.save_subscriptions(
+        "online",
+        held.generation,
+        &[StoredSubscription {
+            filter: "alerts/#".into(),
+            options: options(QoS::AtLeastOnce),
+        }],
+        &[],
+    )
+    .await
+    .expect("save");
+    a.attach_session(&ended, &persistent_claim(0, Some("ended died")))
+        .await
+        .expect("attach");
+    let p = a
+        .attach_session(&parked, &persistent_claim(60, Some("never sent")))
+        .await
+        .expect("attach");
+    a.detach_session(
+        &parked,
+        p.generation,
+        StoredSession {
+            expiry_secs: 60,
+            subscriptions: vec![StoredSubscription {
+                filter: "parked/#".into(),
+                options: options(QoS::AtLeastOnce),
+            }],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("detach");
+
+    let mut adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    adopted.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+    let summary: Vec<_> = adopted
+        .iter()
+        .map(|s| {
+            (
+                s.client_id.to_string(),
+                s.was_online,
+                s.will.as_ref().map(|w| w.message.payload.clone()),
+                s.subscriptions
+                    .iter()
+                    .map(|s| s.filter.clone())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "ended".to_string(),
+                true,
+                Some(Bytes::from_static(b"ended died")),
+                vec![]
+            ),
+            (
+                "online".to_string(),
+                true,
+                Some(Bytes::from_static(b"online died")),
+                vec!["alerts/#".to_string()]
+            ),
+            (
+                "parked".to_string(),
+                false,
+                None,
+                vec!["parked/#".to_string()]
+            ),
+        ]
+    );
+    // However many survivors try, each session (and its will) is adopted once.
+    assert!(c.adopt_sessions("node-a").await.expect("adopt").is_empty());
+    assert!(b.session_info("ended").await.expect("info").is_none());
+    let info = b
+        .session_info("online")
+        .await
+        .expect("info")
+        .expect("session");
+    assert!(!info.online);
+    assert_eq!(info.node.as_deref(), Some("node-b"));
+    assert_eq!(
+        c.enqueue("online", queued("while away"), false).await.ok(),
+        Some(Enqueued::Queued)
+    );
+    // Resuming on node b: parked there now, so there is nobody to tell.
+    let back = b
+        .attach_session(&online, &persistent_claim(60, None))
+        .await
+        .expect("attach");
+    assert_eq!(back.holder, Holder::Free { parked_on: None });
+    let session = back.previous.expect("session");
+    assert_eq!(payloads(&session), ["while away"]);
+    assert_eq!(session.subscriptions[0].filter, "alerts/#");
+}
+
 #[tokio::test]
 async fn only_one_of_two_racing_nodes_takes_an_offline_session() {
     let server = RedisServer::start().await;
@@ -908,16 +1253,22 @@ async fn only_one_of_two_racing_nodes_takes_an_offline_session() {
             ..Default::default()
         };
         own.queue.push_back(queued("m"));
-        a.detach_session(&id, own).await.expect("detach");
-        let (ra, rb) = tokio::join!(a.attach_session(&id), b.attach_session(&id));
-        let (ra, rb) = (ra.expect("attach a"), rb.expect("attach b"));
-        // Exactly one gets the offline session with its queue; the other takes it over from
-        // the first (online: an empty session).
+        let held = attach(&*a, &id).await;
+        a.detach_session(&id, held.generation, own)
+            .await
+            .expect("detach");
+        let (ra, rb) = tokio::join!(attach(&*a, &id), attach(&*b, &id));
+        // Exactly one gets the offline session with its queue; the other finds it held by the
+        // first and has to ask for it.
         let full = [&ra, &rb]
             .iter()
-            .filter(|s| s.as_ref().is_some_and(|s| s.expiry_secs == 60))
+            .filter(|s| s.previous.as_ref().is_some_and(|s| s.expiry_secs == 60))
             .count();
-        assert_eq!(full, 1, "round {round}: {ra:?} / {rb:?}");
+        let waiting = [&ra, &rb]
+            .iter()
+            .filter(|s| matches!(s.holder, Holder::Elsewhere(_)))
+            .count();
+        assert_eq!((full, waiting), (1, 1), "round {round}: {ra:?} / {rb:?}");
     }
 }
 
@@ -943,7 +1294,7 @@ async fn a_redis_restart_fails_calls_then_they_succeed_again() {
         Err(StoreError::Unavailable(_))
     ));
     assert!(matches!(
-        store.attach_session(&id).await,
+        store.attach_session(&id, &SessionClaim::default()).await,
         Err(StoreError::Unavailable(_))
     ));
     assert!(matches!(
@@ -969,10 +1320,12 @@ async fn a_redis_restart_fails_calls_then_they_succeed_again() {
     // The restarted Redis kept nothing (persistence is off); everything works again, scripts
     // included (they are loaded anew).
     assert_eq!(store.retained_count().await.ok(), Some(0));
-    assert!(store.attach_session(&id).await.expect("attach").is_none());
+    let held = attach(&store, &id).await;
+    assert!(held.previous.is_none());
     store
         .detach_session(
             &id,
+            held.generation,
             StoredSession {
                 expiry_secs: 60,
                 ..Default::default()
@@ -984,11 +1337,7 @@ async fn a_redis_restart_fails_calls_then_they_succeed_again() {
         store.enqueue("c", queued("after"), false).await.ok(),
         Some(Enqueued::Queued)
     );
-    let session = store
-        .attach_session(&id)
-        .await
-        .expect("attach")
-        .expect("session");
+    let session = attach(&store, &id).await.previous.expect("session");
     assert_eq!(payloads(&session), ["after"]);
 }
 

@@ -12,22 +12,30 @@
 //!
 //! Writes are batched by one writer task (pipelined); reads use their own connections, as
 //! `XREAD BLOCK` and Pub/Sub would hold up a shared connection.
+//! - **Session hand-over**: control entries in the same inbox streams (field `k`): `release`
+//!   asks the node holding a session on a connection to hand it over to the claimer, which is
+//!   answered by `released`; `forget` tells the node a session was parked on that another node
+//!   took it; `direct` carries a message for one session that moved while the message was on its
+//!   way.
 //! - **Share groups**: nodes advertise `$share/<group>/<filter>` entries too. For each group with
 //!   members elsewhere, the publishing node picks the one node that serves this message (rotating
 //!   over the nodes with members, itself included when it has an online member) and says so in the
 //!   inbox entry; a receiving node serves only the groups it was given.
 
 use crate::broker::{Broker, GroupKey, GroupScope};
+use crate::message::ClientId;
 use crate::message::Message;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
+use crate::store::QueuedMessage;
 use futures_util::StreamExt;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{Client, Value};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
 /// the oldest.
@@ -38,6 +46,9 @@ const WRITE_BATCH: usize = 512;
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
 /// Items waiting for the writer before new ones are dropped (and counted).
 const WRITE_QUEUE: usize = 65_536;
+/// How long a node claiming a session waits for the node holding it to hand it over, before it
+/// takes what the store has (the holder is presumed dead or cut off).
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +69,21 @@ enum Outbound {
         payload: Vec<u8>,
         groups: String,
     },
+    Control {
+        node: NodeId,
+        fields: Vec<(&'static str, Vec<u8>)>,
+    },
+    DropNode(NodeId),
 }
+
+/// Kinds of control entries (field `k`).
+const KIND_RELEASE: &[u8] = b"release";
+const KIND_RELEASED: &[u8] = b"released";
+const KIND_FORGET: &[u8] = b"forget";
+const KIND_DIRECT: &[u8] = b"direct";
+
+/// A claim waiting for its holder's answer.
+type Waiters = HashMap<(ClientId, u64), (NodeId, oneshot::Sender<()>)>;
 
 /// Key names under one prefix.
 #[derive(Clone)]
@@ -87,6 +112,8 @@ pub struct ClusterLink {
     remote: RwLock<RemoteFilters>,
     outbound: mpsc::Sender<Outbound>,
     keys: Keys,
+    waiting: Mutex<Waiters>,
+    departed: RwLock<HashSet<NodeId>>,
 }
 
 impl ClusterLink {
@@ -123,6 +150,8 @@ impl ClusterLink {
             remote: RwLock::new(RemoteFilters::default()),
             outbound,
             keys,
+            waiting: Mutex::new(HashMap::new()),
+            departed: RwLock::new(HashSet::new()),
         });
         link.resync(&mut writer, broker)
             .await
@@ -143,6 +172,7 @@ impl ClusterLink {
             .map_err(relay_error)?;
         let start_id = format!("{}-0", seconds * 1000 + micros / 1000);
         tokio::spawn(read_inbox(
+            link.clone(),
             link.keys.inbox(node_id),
             start_id,
             inbox,
@@ -155,6 +185,179 @@ impl ClusterLink {
             Arc::downgrade(broker),
         ));
         Ok(link)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn send_control(&self, node: &str, fields: Vec<(&'static str, Vec<u8>)>) {
+        let item = Outbound::Control {
+            node: node.into(),
+            fields,
+        };
+        if self.outbound.try_send(item).is_err() {
+            tracing::warn!(node, "relay queue full: control entry dropped");
+        }
+    }
+
+    /// Asks `holder`, whose connection holds a session this node claimed, to hand it over, and
+    /// waits for its answer: at most [`HANDOVER_WAIT`], and not at all for a node gossip
+    /// reported gone. Returns whether the holder answered.
+    pub async fn request_release(
+        &self,
+        holder: &str,
+        client_id: &ClientId,
+        generation: u64,
+    ) -> bool {
+        if self.departed.read().contains(holder) {
+            return false;
+        }
+        let (done, answered) = oneshot::channel();
+        self.waiting
+            .lock()
+            .insert((client_id.clone(), generation), (holder.into(), done));
+        self.send_control(
+            holder,
+            vec![
+                ("k", KIND_RELEASE.to_vec()),
+                ("c", client_id.as_bytes().to_vec()),
+                ("n", generation.to_string().into_bytes()),
+                ("o", self.node_id.as_bytes().to_vec()),
+            ],
+        );
+        let answered = matches!(
+            tokio::time::timeout(HANDOVER_WAIT, answered).await,
+            Ok(Ok(()))
+        );
+        self.waiting.lock().remove(&(client_id.clone(), generation));
+        if !answered {
+            tracing::warn!(node = holder, client_id = %client_id, "no hand-over from the node holding the session: taking what the store has");
+        }
+        answered
+    }
+
+    /// Tells the node a session was parked on that it is gone from there (taken by another
+    /// node, or expired), with the subscriptions to drop.
+    pub fn forget_parked(&self, node: &str, client_id: &str, filters: Vec<String>) {
+        self.send_control(
+            node,
+            vec![
+                ("k", KIND_FORGET.to_vec()),
+                ("c", client_id.as_bytes().to_vec()),
+                ("f", filters.join("\0").into_bytes()),
+            ],
+        );
+    }
+
+    /// Sends a message on to the node that holds its session now.
+    pub fn send_direct(&self, node: &str, client_id: &str, queued: &QueuedMessage) {
+        match codec::encode_queued(queued) {
+            Ok(encoded) => self.send_control(
+                node,
+                vec![
+                    ("k", KIND_DIRECT.to_vec()),
+                    ("c", client_id.as_bytes().to_vec()),
+                    ("q", encoded),
+                ],
+            ),
+            Err(e) => tracing::warn!(error = %e, "message not sent on: encoding failed"),
+        }
+    }
+
+    /// Gossip reported a node gone: claims waiting for it stop waiting.
+    pub fn node_departed(&self, node: &str) {
+        self.departed.write().insert(node.into());
+        let mut waiting = self.waiting.lock();
+        let gone: Vec<_> = waiting
+            .iter()
+            .filter(|(_, (holder, _))| &**holder == node)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            if let Some((_, done)) = waiting.remove(&key) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Gossip reported a node (back) in the cluster.
+    pub fn node_joined(&self, node: &str) {
+        self.departed.write().remove(node);
+    }
+
+    /// Deletes a departed node's entry set, so nobody rebuilds routes to it from Redis.
+    pub fn remove_node_entries(&self, node: &str) {
+        if self
+            .outbound
+            .try_send(Outbound::DropNode(node.into()))
+            .is_err()
+        {
+            tracing::warn!(
+                node,
+                "relay queue full: departed node's entries not removed"
+            );
+        }
+    }
+
+    /// Handles a control entry read from this node's inbox.
+    fn on_control(
+        self: &Arc<Self>,
+        kind: &[u8],
+        field: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
+        broker: &Arc<Broker>,
+    ) {
+        let text = |name: &[u8]| field(name).and_then(|v| String::from_utf8(v).ok());
+        let Some(client) = text(b"c") else {
+            tracing::warn!("control entry without a client id skipped");
+            return;
+        };
+        let client: ClientId = client.into();
+        match kind {
+            KIND_RELEASE => {
+                let (Some(requester), Some(generation)) =
+                    (text(b"o"), text(b"n").and_then(|n| n.parse::<u64>().ok()))
+                else {
+                    tracing::warn!("unreadable release request skipped");
+                    return;
+                };
+                let link = self.clone();
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    broker.release_session(&client).await;
+                    link.send_control(
+                        &requester,
+                        vec![
+                            ("k", KIND_RELEASED.to_vec()),
+                            ("c", client.as_bytes().to_vec()),
+                            ("n", generation.to_string().into_bytes()),
+                        ],
+                    );
+                });
+            }
+            KIND_RELEASED => {
+                if let Some(generation) = text(b"n").and_then(|n| n.parse::<u64>().ok()) {
+                    if let Some((_, done)) = self.waiting.lock().remove(&(client, generation)) {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            KIND_FORGET => {
+                let filters: Vec<String> = text(b"f")
+                    .map(|f| {
+                        f.split('\0')
+                            .filter(|f| !f.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                broker.forget_parked(&client, &filters);
+            }
+            other => {
+                tracing::warn!(kind = %String::from_utf8_lossy(other), "unknown control entry skipped")
+            }
+        }
     }
 
     /// A local entry got its first subscriber (`added`) or lost its last one.
@@ -318,6 +521,26 @@ async fn write_loop(
                         .arg(groups.as_str())
                         .ignore();
                 }
+                Outbound::Control { node, fields } => {
+                    let xadd = pipe
+                        .cmd("XADD")
+                        .arg(link.keys.inbox(node))
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(INBOX_MAX_LEN)
+                        .arg("*");
+                    for (name, value) in fields {
+                        xadd.arg(*name).arg(value.as_slice());
+                    }
+                    xadd.ignore();
+                }
+                Outbound::DropNode(node) => {
+                    pipe.cmd("DEL").arg(link.keys.entries(node)).ignore();
+                    pipe.cmd("SREM")
+                        .arg(link.keys.nodes())
+                        .arg(&**node)
+                        .ignore();
+                }
             }
         }
         let mut delay = Duration::from_millis(50);
@@ -330,8 +553,10 @@ async fn write_loop(
     }
 }
 
-/// Reads this node's inbox and delivers each message to local subscribers only.
+/// Reads this node's inbox: delivers each message to local subscribers only, and handles the
+/// control entries.
 async fn read_inbox(
+    link: Arc<ClusterLink>,
     key: String,
     start_id: String,
     mut con: MultiplexedConnection,
@@ -357,14 +582,29 @@ async fn read_inbox(
         }
         match reply {
             Ok(value) => {
-                for (id, message, groups) in stream_entries(value) {
+                for (id, fields) in stream_entries(value) {
                     last_id = id;
-                    match message {
-                        Some(message) => {
-                            let scope = GroupScope::Only(&groups);
-                            broker.route_scoped(&Arc::new(message), scope).await;
+                    let field = |name: &[u8]| {
+                        fields
+                            .iter()
+                            .find(|(k, _)| k.as_slice() == name)
+                            .map(|(_, v)| v.clone())
+                    };
+                    match field(b"k") {
+                        None => deliver_relayed(&broker, &key, field(b"m"), field(b"g")).await,
+                        Some(kind) if kind == KIND_DIRECT => {
+                            let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
+                            let queued = field(b"q").map(|q| codec::decode_queued(&q));
+                            match (client, queued) {
+                                (Some(client), Some(Ok(queued))) => {
+                                    broker.deliver_direct(client.into(), queued).await
+                                }
+                                _ => {
+                                    tracing::warn!(stream = %key, "unreadable direct message skipped")
+                                }
+                            }
                         }
-                        None => tracing::warn!(stream = %key, "unreadable relayed message skipped"),
+                        Some(kind) => link.on_control(&kind, &field, &broker),
                     }
                 }
             }
@@ -373,6 +613,28 @@ async fn read_inbox(
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// Delivers a relayed publish to this node's subscribers, serving the share groups the
+/// publishing node chose this node for.
+async fn deliver_relayed(
+    broker: &Broker,
+    stream: &str,
+    message: Option<Vec<u8>>,
+    groups: Option<Vec<u8>>,
+) {
+    let message = message.and_then(|v| codec::decode_message(&v).ok());
+    let groups = groups
+        .map(|v| decode_groups(&String::from_utf8_lossy(&v)))
+        .unwrap_or_default();
+    match message {
+        Some(message) => {
+            broker
+                .route_scoped(&Arc::new(message), GroupScope::Only(&groups))
+                .await;
+        }
+        None => tracing::warn!(stream, "unreadable relayed message skipped"),
     }
 }
 
@@ -399,11 +661,11 @@ fn decode_groups(text: &str) -> Vec<GroupKey> {
         .collect()
 }
 
-/// Entries of an XREAD reply for one stream: (id, decoded message or None if unreadable, the
-/// share groups this node serves for it).
-type InboxEntry = (String, Option<Message>, Vec<GroupKey>);
+/// A field of an inbox entry: name and value.
+type EntryField = (Vec<u8>, Vec<u8>);
 
-fn stream_entries(value: Value) -> Vec<InboxEntry> {
+/// Entries of an XREAD reply for one stream: (id, fields).
+fn stream_entries(value: Value) -> Vec<(String, Vec<EntryField>)> {
     let mut out = Vec::new();
     let Value::Array(streams) = value else {
         return out;
@@ -416,33 +678,28 @@ fn stream_entries(value: Value) -> Vec<InboxEntry> {
             continue;
         };
         for entry in entries {
-            let Value::Array(mut fields) = entry else {
+            let Value::Array(mut parts) = entry else {
                 continue;
             };
-            if fields.len() != 2 {
+            if parts.len() != 2 {
                 continue;
             }
-            let Some(Value::Array(kv)) = fields.pop() else {
+            let Some(Value::Array(kv)) = parts.pop() else {
                 continue;
             };
-            let id = match fields.pop() {
+            let id = match parts.pop() {
                 Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
                 Some(Value::SimpleString(id)) => id,
                 _ => continue,
             };
-            let field = |name: &[u8]| {
-                kv.chunks(2).find_map(|pair| match pair {
-                    [Value::BulkString(k), Value::BulkString(v)] if k.as_slice() == name => {
-                        Some(v.as_slice())
-                    }
-                    _ => None,
-                })
-            };
-            let message = field(b"m").and_then(|v| codec::decode_message(v).ok());
-            let groups = field(b"g")
-                .map(|v| decode_groups(&String::from_utf8_lossy(v)))
-                .unwrap_or_default();
-            out.push((id, message, groups));
+            let mut fields = Vec::with_capacity(kv.len() / 2);
+            let mut kv = kv.into_iter();
+            while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                (kv.next(), kv.next())
+            {
+                fields.push((k, v));
+            }
+            out.push((id, fields));
         }
     }
     out

@@ -10,6 +10,7 @@ use crate::protocol::{
     ProtocolVersion,
 };
 use crate::session::Outgoing;
+use crate::store::{Completed, Holder, SessionClaim, StoredSession, StoredWill};
 use bytes::BytesMut;
 use rand::Rng;
 use std::collections::VecDeque;
@@ -177,14 +178,20 @@ where
     if broker.is_shutting_down() {
         mailbox.signal(Signal::Shutdown);
     }
-    let stored = match broker.store.attach_session(&client_id).await {
-        Ok(stored) => stored,
-        Err(e) => {
-            tracing::warn!(client_id = %client_id, error = %e, "session store unavailable");
-            broker.deregister(&client_id, connection_id);
-            refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
-            return None;
-        }
+    let claim = SessionClaim {
+        expiry_secs,
+        clean_start: connect.clean_start,
+        will: will.as_ref().map(|w| StoredWill {
+            message: w.message.clone(),
+            delay_secs: u32::try_from(w.delay.as_secs())
+                .unwrap_or(u32::MAX)
+                .min(expiry_secs),
+        }),
+    };
+    let Some((generation, stored)) = claim_session(broker, &client_id, &claim).await else {
+        broker.deregister(&client_id, connection_id);
+        refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
+        return None;
     };
     let stored = match stored {
         Some(old) if connect.clean_start => {
@@ -261,6 +268,7 @@ where
         topic_alias_max: limits.max_topic_alias,
         topic_aliases: BTreeMap::new(),
         expiry_secs,
+        generation,
         connect_expiry_was_zero: requested_expiry == 0,
         subscriptions,
         outgoing,
@@ -270,6 +278,58 @@ where
         arrived: VecDeque::new(),
         _session_guard: session_guard,
     })
+}
+
+/// Claims the session in the store for this node: from a node that had it parked (told to
+/// forget it) or from a connection on another node (asked to hand it over, waited for). Returns
+/// the claim's generation and the stored session; `None` when the store failed or a newer claim
+/// won meanwhile (the connection is refused).
+async fn claim_session(
+    broker: &Arc<Broker>,
+    client_id: &ClientId,
+    claim: &SessionClaim,
+) -> Option<(u64, Option<StoredSession>)> {
+    let attached = match broker.store.attach_session(client_id, claim).await {
+        Ok(attached) => attached,
+        Err(e) => {
+            tracing::warn!(client_id = %client_id, error = %e, "session store unavailable");
+            return None;
+        }
+    };
+    match attached.holder {
+        Holder::Free { parked_on } => {
+            if let (Some(node), Some(link)) = (parked_on, broker.cluster()) {
+                let filters = attached
+                    .previous
+                    .iter()
+                    .flat_map(|s| s.subscriptions.iter().map(|s| s.filter.clone()))
+                    .collect();
+                link.forget_parked(&node, client_id, filters);
+            }
+            Some((attached.generation, attached.previous))
+        }
+        Holder::Elsewhere(node) => {
+            if let Some(link) = broker.cluster() {
+                link.request_release(&node, client_id, attached.generation)
+                    .await;
+            }
+            match broker
+                .store
+                .complete_attach(client_id, attached.generation)
+                .await
+            {
+                Ok(Completed::Taken(session)) => Some((attached.generation, session)),
+                Ok(Completed::Superseded) => {
+                    tracing::debug!(client_id = %client_id, "a newer connection claimed the session first");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(client_id = %client_id, error = %e, "session store unavailable");
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// Reads until a whole CONNECT has arrived; `Ok(None)` if the peer closed first.

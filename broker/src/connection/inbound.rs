@@ -9,7 +9,7 @@ use crate::protocol::{
 };
 use crate::protocol::{PubCompReason, RetainForwardRule};
 use crate::router::SubscriptionOptions;
-use crate::store::QueuedMessage;
+use crate::store::{QueuedMessage, StoredSubscription};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -53,10 +53,6 @@ where
                     comp.reason = PubCompReason::PacketIdentifierNotFound;
                 }
                 self.send(&Packet::PubComp(comp));
-                Ok(())
-            }
-            Packet::Unsubscribe(unsubscribe) => {
-                self.on_unsubscribe(unsubscribe);
                 Ok(())
             }
             Packet::PingReq(_) => {
@@ -272,6 +268,7 @@ where
         let max_subs = limits.max_subscriptions_per_client;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
+        let mut added = Vec::new();
         for filter in subscribe.filters {
             let parsed = match topic::parse_subscription(&filter.path, max_len) {
                 Ok(parsed) => parsed,
@@ -313,6 +310,12 @@ where
                     .add_subscription(&self.client_id, &filter.path, options.clone());
             self.subscriptions
                 .insert(filter.path.clone(), options.clone());
+            if self.expiry_secs > 0 {
+                added.push(StoredSubscription {
+                    filter: filter.path.clone(),
+                    options: options.clone(),
+                });
+            }
             codes.push(SubscribeReasonCode::Success(filter.qos));
             let send_retained = match options.retain_handling {
                 RetainForwardRule::OnEverySubscribe => true,
@@ -323,6 +326,7 @@ where
                 retained_for.push((parsed.filter.to_string(), options));
             }
         }
+        self.save_subscriptions(&added, &[]).await;
         self.send(&Packet::SubAck(SubAck {
             pkid: subscribe.pkid,
             return_codes: codes,
@@ -349,23 +353,44 @@ where
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+    pub(super) async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut removed = Vec::new();
         let reasons = unsubscribe
             .filters
             .iter()
             .map(|filter| {
                 if self.subscriptions.remove(filter).is_some() {
                     self.broker.remove_subscription(&self.client_id, filter);
+                    removed.push(filter.clone());
                     UnsubAckReason::Success
                 } else {
                     UnsubAckReason::NoSubscriptionExisted
                 }
             })
             .collect();
+        if self.expiry_secs > 0 {
+            self.save_subscriptions(&[], &removed).await;
+        }
         self.send(&Packet::UnsubAck(UnsubAck {
             pkid: unsubscribe.pkid,
             reasons,
             properties: None,
         }));
+    }
+
+    /// Writes subscription changes of a persistent session through to the store (a cluster
+    /// store keeps them so a node that adopts the session after this one dies has them).
+    async fn save_subscriptions(&self, added: &[StoredSubscription], removed: &[String]) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .broker
+            .store
+            .save_subscriptions(&self.client_id, self.generation, added, removed)
+            .await
+        {
+            tracing::warn!(client_id = %self.client_id, error = %e, "subscriptions not written through");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::protocol::{self, Disconnect, DisconnectProperties, DisconnectReasonCo
 use crate::protocol::{ProtocolVersion, PubRel, Publish, QoS};
 use crate::router::SubscriptionOptions;
 use crate::session::{Offer, Outgoing};
-use crate::store::{InflightState, QueuedMessage, StoredSession, StoredSubscription};
+use crate::store::{Detached, InflightState, QueuedMessage, StoredSession, StoredSubscription};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,6 +73,8 @@ enum Work {
     },
     /// A SUBSCRIBE (which may need the store for retained messages).
     Subscribe(Box<crate::protocol::Subscribe>),
+    /// An UNSUBSCRIBE (written through to a cluster store).
+    Unsubscribe(Box<crate::protocol::Unsubscribe>),
 }
 
 /// A will waiting for its connection to end.
@@ -97,6 +99,8 @@ struct Connection<S> {
     topic_alias_max: u16,
     topic_aliases: BTreeMap<u16, Arc<str>>,
     expiry_secs: u32,
+    /// The store's fencing token for this connection's claim of the session.
+    generation: u64,
     connect_expiry_was_zero: bool,
     subscriptions: BTreeMap<String, SubscriptionOptions>,
     outgoing: Outgoing,
@@ -207,6 +211,10 @@ where
                     let subscribing = Box::pin(self.on_subscribe(*subscribe));
                     subscribing.await?
                 }
+                Work::Unsubscribe(unsubscribe) => {
+                    let unsubscribing = Box::pin(self.on_unsubscribe(*unsubscribe));
+                    unsubscribing.await
+                }
             }
             if self.write_buf.len() >= WRITE_HIGH_WATER {
                 self.flush().await?;
@@ -237,6 +245,9 @@ where
                     }
                 }
                 Packet::Subscribe(subscribe) => return Ok(Work::Subscribe(Box::new(subscribe))),
+                Packet::Unsubscribe(unsubscribe) => {
+                    return Ok(Work::Unsubscribe(Box::new(unsubscribe)))
+                }
                 other => self.handle(other)?,
             }
         }
@@ -436,7 +447,11 @@ where
             .collect();
         if self.expiry_secs == 0 {
             broker.remove_subscriptions(&self.client_id, &subscriptions);
-            if let Err(e) = broker.store.remove_session(&self.client_id).await {
+            if let Err(e) = broker
+                .store
+                .remove_session(&self.client_id, self.generation)
+                .await
+            {
                 tracing::warn!(client_id = %self.client_id, error = %e, "session not removed");
             }
         } else {
@@ -445,7 +460,7 @@ where
             queue.retain(|q| q.qos != QoS::AtMostOnce || broker.config.session.queue_qos0);
             let session = StoredSession {
                 expiry_secs: self.expiry_secs,
-                subscriptions,
+                subscriptions: subscriptions.clone(),
                 inflight,
                 queue,
                 incoming_qos2: std::mem::take(&mut self.incoming_qos2)
@@ -453,8 +468,20 @@ where
                     .collect(),
                 disconnected_at: None,
             };
-            if let Err(e) = broker.store.detach_session(&self.client_id, session).await {
-                tracing::warn!(client_id = %self.client_id, error = %e, "session not stored");
+            match broker
+                .store
+                .detach_session(&self.client_id, self.generation, session)
+                .await
+            {
+                // Parked here: its subscriptions stay in this node's routing tree.
+                Ok(Detached::Stored) => {}
+                // The session lives on elsewhere now.
+                Ok(Detached::HandedOver | Detached::Fenced) => {
+                    broker.remove_subscriptions(&self.client_id, &subscriptions);
+                }
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, error = %e, "session not stored");
+                }
             }
         }
         if let Some(will) = self.will.take() {

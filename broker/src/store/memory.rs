@@ -1,6 +1,9 @@
 //! In-memory store: the embedded default of a standalone node.
 
-use super::{Enqueued, QueuedMessage, Store, StoreError, StoredSession};
+use super::{
+    Attached, Completed, Detached, Enqueued, ExpiredSession, Holder, QueuedMessage, SessionClaim,
+    Store, StoreError, StoredSession,
+};
 use crate::message::{ClientId, Message};
 use crate::protocol::topic;
 use async_trait::async_trait;
@@ -12,7 +15,10 @@ use std::time::{Duration, SystemTime};
 /// A session as the store holds it. Online sessions keep their state in their connection, so
 /// the store only keeps what is forced into their queue meanwhile (kept small: one per client).
 enum Entry {
-    Online { forced: VecDeque<QueuedMessage> },
+    Online {
+        forced: VecDeque<QueuedMessage>,
+        generation: u64,
+    },
     Offline(Box<StoredSession>),
 }
 
@@ -21,6 +27,7 @@ pub struct MemoryStore {
     sessions: Mutex<HashMap<ClientId, Entry>>,
     retained: Mutex<HashMap<Arc<str>, Arc<Message>>>,
     max_queued: usize,
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
@@ -30,6 +37,7 @@ impl MemoryStore {
             sessions: Mutex::new(HashMap::new()),
             retained: Mutex::new(HashMap::new()),
             max_queued,
+            generations: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -64,11 +72,16 @@ impl Store for MemoryStore {
     async fn attach_session(
         &self,
         client_id: &ClientId,
-    ) -> Result<Option<StoredSession>, StoreError> {
+        _claim: &SessionClaim,
+    ) -> Result<Attached, StoreError> {
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let mut sessions = self.sessions.lock();
         let previous = match sessions.remove(client_id) {
             Some(Entry::Offline(session)) => Some(*session),
-            Some(Entry::Online { forced }) => Some(StoredSession {
+            Some(Entry::Online { forced, .. }) => Some(StoredSession {
                 queue: forced,
                 ..StoredSession::default()
             }),
@@ -78,20 +91,41 @@ impl Store for MemoryStore {
             client_id.clone(),
             Entry::Online {
                 forced: VecDeque::new(),
+                generation,
             },
         );
-        Ok(previous)
+        Ok(Attached {
+            generation,
+            previous,
+            holder: Holder::Free { parked_on: None },
+        })
+    }
+
+    async fn complete_attach(
+        &self,
+        _client_id: &ClientId,
+        _generation: u64,
+    ) -> Result<Completed, StoreError> {
+        // Only one node uses this store: no claim ever waits for another node.
+        Ok(Completed::Superseded)
     }
 
     async fn detach_session(
         &self,
         client_id: &ClientId,
+        generation: u64,
         mut session: StoredSession,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Detached, StoreError> {
         let mut sessions = self.sessions.lock();
         let arrived_meanwhile = match sessions.remove(client_id) {
-            Some(Entry::Online { forced }) => forced,
-            Some(Entry::Offline(session)) => session.queue,
+            Some(Entry::Online {
+                forced,
+                generation: held,
+            }) if held == generation => forced,
+            Some(other) => {
+                sessions.insert(client_id.clone(), other);
+                return Ok(Detached::Fenced);
+            }
             None => VecDeque::new(),
         };
         for message in arrived_meanwhile {
@@ -102,12 +136,24 @@ impl Store for MemoryStore {
         }
         session.disconnected_at = Some(SystemTime::now());
         sessions.insert(client_id.clone(), Entry::Offline(Box::new(session)));
-        Ok(())
+        Ok(Detached::Stored)
     }
 
-    async fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
-        self.sessions.lock().remove(client_id);
-        Ok(())
+    async fn remove_session(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Result<Detached, StoreError> {
+        let mut sessions = self.sessions.lock();
+        match sessions.get(client_id) {
+            Some(Entry::Online {
+                generation: held, ..
+            }) if *held != generation => Ok(Detached::Fenced),
+            _ => {
+                sessions.remove(client_id);
+                Ok(Detached::Stored)
+            }
+        }
     }
 
     async fn enqueue(
@@ -120,7 +166,7 @@ impl Store for MemoryStore {
         let queue = match sessions.get_mut(client_id) {
             None => return Ok(Enqueued::NoSession),
             Some(Entry::Online { .. }) if !force => return Ok(Enqueued::Online),
-            Some(Entry::Online { forced }) => forced,
+            Some(Entry::Online { forced, .. }) => forced,
             Some(Entry::Offline(session)) => &mut session.queue,
         };
         if queue.len() >= self.max_queued {
@@ -133,7 +179,7 @@ impl Store for MemoryStore {
     async fn take_expired_sessions(
         &self,
         now: SystemTime,
-    ) -> Result<Vec<(ClientId, StoredSession)>, StoreError> {
+    ) -> Result<Vec<ExpiredSession>, StoreError> {
         let mut sessions = self.sessions.lock();
         let expired: Vec<ClientId> = sessions
             .iter()
@@ -148,7 +194,11 @@ impl Store for MemoryStore {
         Ok(expired
             .into_iter()
             .filter_map(|id| match sessions.remove(&id) {
-                Some(Entry::Offline(session)) => Some((id, *session)),
+                Some(Entry::Offline(session)) => Some(ExpiredSession {
+                    client_id: id,
+                    parked_on: None,
+                    session: *session,
+                }),
                 _ => None,
             })
             .collect())
@@ -169,6 +219,13 @@ mod tests {
         super::super::test_queued(payload, QoS::AtLeastOnce)
     }
 
+    async fn attach(store: &MemoryStore, id: &ClientId) -> Attached {
+        store
+            .attach_session(id, &SessionClaim::default())
+            .await
+            .expect("attach")
+    }
+
     #[tokio::test]
     async fn offline_queue_is_bounded_and_returned_on_attach() {
         let store = MemoryStore::new(2);
@@ -177,7 +234,7 @@ mod tests {
             store.enqueue("c", queued("x"), false).await.ok(),
             Some(Enqueued::NoSession)
         );
-        store.attach_session(&id).await.expect("attach");
+        let held = attach(&store, &id).await;
         assert_eq!(
             store.enqueue("c", queued("x"), false).await.ok(),
             Some(Enqueued::Online)
@@ -185,6 +242,7 @@ mod tests {
         store
             .detach_session(
                 &id,
+                held.generation,
                 StoredSession {
                     expiry_secs: 60,
                     ..Default::default()
@@ -202,11 +260,7 @@ mod tests {
             store.enqueue("c", queued("3"), false).await.ok(),
             Some(Enqueued::Full)
         );
-        let session = store
-            .attach_session(&id)
-            .await
-            .expect("attach")
-            .expect("session");
+        let session = attach(&store, &id).await.previous.expect("session");
         let payloads: Vec<_> = session
             .queue
             .iter()
@@ -219,7 +273,7 @@ mod tests {
     async fn messages_forced_while_detaching_follow_the_session_queue() {
         let store = MemoryStore::new(10);
         let id: ClientId = "c".into();
-        store.attach_session(&id).await.expect("attach");
+        let held = attach(&store, &id).await;
         assert_eq!(
             store.enqueue("c", queued("late"), true).await.ok(),
             Some(Enqueued::Queued)
@@ -229,12 +283,11 @@ mod tests {
             ..Default::default()
         };
         own.queue.push_back(queued("early"));
-        store.detach_session(&id, own).await.expect("detach");
-        let session = store
-            .attach_session(&id)
+        store
+            .detach_session(&id, held.generation, own)
             .await
-            .expect("attach")
-            .expect("session");
+            .expect("detach");
+        let session = attach(&store, &id).await.previous.expect("session");
         let payloads: Vec<_> = session
             .queue
             .iter()
@@ -247,10 +300,11 @@ mod tests {
     async fn expiry_removes_and_reattach_returns_the_session() {
         let store = MemoryStore::new(10);
         let id: ClientId = "c".into();
-        store.attach_session(&id).await.expect("attach");
+        let held = attach(&store, &id).await;
         store
             .detach_session(
                 &id,
+                held.generation,
                 StoredSession {
                     expiry_secs: 0,
                     ..Default::default()
@@ -264,10 +318,11 @@ mod tests {
             .expect("sweep");
         assert_eq!(expired.len(), 1);
         assert_eq!(store.session_count().await.ok(), Some(0));
-        store.attach_session(&id).await.expect("attach");
+        let held = attach(&store, &id).await;
         store
             .detach_session(
                 &id,
+                held.generation,
                 StoredSession {
                     expiry_secs: 60,
                     ..Default::default()
@@ -275,7 +330,33 @@ mod tests {
             )
             .await
             .expect("detach");
-        assert!(store.attach_session(&id).await.expect("attach").is_some());
+        assert!(attach(&store, &id).await.previous.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_stale_connection_cannot_store_over_a_newer_one() {
+        let store = MemoryStore::new(10);
+        let id: ClientId = "c".into();
+        let old = attach(&store, &id).await;
+        let new = attach(&store, &id).await;
+        assert!(new.generation > old.generation);
+        let stale = StoredSession {
+            expiry_secs: 60,
+            ..Default::default()
+        };
+        assert_eq!(
+            store.detach_session(&id, old.generation, stale).await.ok(),
+            Some(Detached::Fenced)
+        );
+        assert_eq!(
+            store.remove_session("c", old.generation).await.ok(),
+            Some(Detached::Fenced)
+        );
+        assert_eq!(
+            store.enqueue("c", queued("x"), false).await.ok(),
+            Some(Enqueued::Online),
+            "the newer connection still holds the session"
+        );
     }
 
     #[tokio::test]

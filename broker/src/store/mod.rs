@@ -87,16 +87,112 @@ pub struct StoredSession {
 }
 
 /// What became of a message offered to an offline session's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Queued.
     Queued,
     /// The queue is full; the message was dropped.
     Full,
-    /// The session is attached to a connection right now; deliver to it instead.
+    /// A connection on this node holds the session right now; deliver to it instead.
     Online,
+    /// Another node of the cluster holds (or is taking) the session: the message is its to
+    /// deliver.
+    Elsewhere(String),
     /// There is no such session (it expired or was never persistent); the message was dropped.
     NoSession,
+}
+
+/// A will kept with a session while its connection is open, so that the node that adopts the
+/// session after this node dies can publish it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWill {
+    /// The will message.
+    pub message: Arc<Message>,
+    /// Will delay interval in seconds.
+    pub delay_secs: u32,
+}
+
+/// What a connection asks for when it claims its session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionClaim {
+    /// The connection's session expiry interval, in seconds.
+    pub expiry_secs: u32,
+    /// Clean start: any stored session is discarded.
+    pub clean_start: bool,
+    /// The connection's will.
+    pub will: Option<StoredWill>,
+}
+
+/// Where a claimed session was before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Nobody held it on a connection: it is this node's now. A session parked on another node
+    /// (offline, its subscriptions in that node's routing tree) names that node, which must be
+    /// told to forget it.
+    Free {
+        /// The node the session was parked on, if another one.
+        parked_on: Option<String>,
+    },
+    /// A connection on another node holds it: that node must hand it over (it is asked to),
+    /// then the claim is finished with [`Store::complete_attach`].
+    Elsewhere(String),
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// The claim's fencing token: detaching, removing or writing subscriptions through with an
+    /// older generation than the session's current one changes nothing.
+    pub generation: u64,
+    /// The stored session, when [`Holder::Free`] (also on a clean start, when it is discarded
+    /// from the store: its subscriptions tell what to forget).
+    pub previous: Option<StoredSession>,
+    /// Where the session was.
+    pub holder: Holder,
+}
+
+/// How a claim that waited for another node's hand-over ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    /// The session is this connection's: here is what there was of it (none: start afresh).
+    Taken(Option<StoredSession>),
+    /// A newer claim took the session meanwhile: this connection must give up.
+    Superseded,
+}
+
+/// What became of a session when its connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// Stored (offline, parked here) or removed, as asked.
+    Stored,
+    /// Another node is claiming it: the state went to that node.
+    HandedOver,
+    /// A newer holder owns it already: nothing was written.
+    Fenced,
+}
+
+/// A session taken over from a departed node.
+#[derive(Debug, Clone)]
+pub struct AdoptedSession {
+    /// The client.
+    pub client_id: ClientId,
+    /// The will of the connection the departed node held, to publish now (once).
+    pub will: Option<StoredWill>,
+    /// The session's subscriptions (empty if it ended).
+    pub subscriptions: Vec<StoredSubscription>,
+    /// Whether a connection held it when its node departed.
+    pub was_online: bool,
+}
+
+/// A session removed by the expiry sweep.
+#[derive(Debug, Clone)]
+pub struct ExpiredSession {
+    /// The client.
+    pub client_id: ClientId,
+    /// The node it was parked on, when known.
+    pub parked_on: Option<String>,
+    /// What was stored.
+    pub session: StoredSession,
 }
 
 /// Storage of session and retained-message state.
@@ -111,26 +207,57 @@ pub trait Store: Send + Sync + 'static {
     /// Number of retained messages.
     async fn retained_count(&self) -> Result<usize, StoreError>;
 
-    /// Takes a session for a connecting client and marks it online. Returns the stored session,
-    /// if there was one; the caller discards it on a clean start.
+    /// Claims a session for a connecting client.
     async fn attach_session(
         &self,
         client_id: &ClientId,
-    ) -> Result<Option<StoredSession>, StoreError>;
+        claim: &SessionClaim,
+    ) -> Result<Attached, StoreError>;
+
+    /// Finishes a claim that found the session held by another node, once that node handed it
+    /// over (or did not answer in time).
+    async fn complete_attach(
+        &self,
+        client_id: &ClientId,
+        generation: u64,
+    ) -> Result<Completed, StoreError>;
 
     /// Puts a session back when its connection ends and marks it offline. Messages queued while
     /// it was attached are kept behind the session's own queue.
     async fn detach_session(
         &self,
         client_id: &ClientId,
+        generation: u64,
         session: StoredSession,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Detached, StoreError>;
 
-    /// Forgets a session entirely.
-    async fn remove_session(&self, client_id: &str) -> Result<(), StoreError>;
+    /// Ends a session (its connection closed with expiry 0).
+    async fn remove_session(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Result<Detached, StoreError>;
+
+    /// Writes a held session's subscription changes through to the store, so another node can
+    /// take the session over if this one dies. A store only this node uses does nothing.
+    async fn save_subscriptions(
+        &self,
+        _client_id: &str,
+        _generation: u64,
+        _added: &[StoredSubscription],
+        _removed: &[String],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Takes over the sessions of a node that left the cluster. A store only this node uses
+    /// has none.
+    async fn adopt_sessions(&self, _departed: &str) -> Result<Vec<AdoptedSession>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Offers a message to a session's queue. Unless `force` is set, a session that is attached
-    /// answers [`Enqueued::Online`] instead of queueing.
+    /// here answers [`Enqueued::Online`] instead of queueing.
     async fn enqueue(
         &self,
         client_id: &str,
@@ -142,7 +269,7 @@ pub trait Store: Send + Sync + 'static {
     async fn take_expired_sessions(
         &self,
         now: SystemTime,
-    ) -> Result<Vec<(ClientId, StoredSession)>, StoreError>;
+    ) -> Result<Vec<ExpiredSession>, StoreError>;
 
     /// Number of sessions, online and offline.
     async fn session_count(&self) -> Result<usize, StoreError>;

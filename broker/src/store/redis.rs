@@ -26,7 +26,9 @@ pub(crate) mod codec;
 pub use codec::{DecodeError, ENCODING_VERSION};
 
 use super::{
-    Enqueued, InflightMessage, QueuedMessage, Store, StoreError, StoredSession, StoredSubscription,
+    AdoptedSession, Attached, Completed, Detached, Enqueued, ExpiredSession, Holder,
+    InflightMessage, QueuedMessage, SessionClaim, Store, StoreError, StoredSession,
+    StoredSubscription,
 };
 use crate::message::{ClientId, Message};
 use crate::protocol::topic;
@@ -95,8 +97,12 @@ pub struct SessionInfo {
 
 struct Scripts {
     attach: Script,
+    complete: Script,
     detach: Script,
+    remove: Script,
     enqueue: Script,
+    subscribe: Script,
+    adopt: Script,
     take_expired: Script,
 }
 
@@ -160,8 +166,12 @@ impl RedisStore {
             manager,
             scripts: Scripts {
                 attach: Script::new(include_str!("redis/attach.lua")),
+                complete: Script::new(include_str!("redis/complete.lua")),
                 detach: Script::new(include_str!("redis/detach.lua")),
+                remove: Script::new(include_str!("redis/remove.lua")),
                 enqueue: Script::new(include_str!("redis/enqueue.lua")),
+                subscribe: Script::new(include_str!("redis/subscribe.lua")),
+                adopt: Script::new(include_str!("redis/adopt.lua")),
                 take_expired: Script::new(include_str!("redis/take_expired.lua")),
             },
             base: format!("{}v{SCHEMA_VERSION}:", config.key_prefix),
@@ -213,6 +223,31 @@ impl RedisStore {
             prefix.push_str(kind);
             prefix
         })
+    }
+
+    /// Prefix of the per-node session sets: `<prefix>v1:node:`.
+    fn node_prefix(&self) -> String {
+        format!("{}node:", self.base)
+    }
+
+    /// The set of sessions a node holds or has parked.
+    fn node_sessions_key(&self, node: &str) -> String {
+        format!("{}node:{node}:sessions", self.base)
+    }
+
+    /// The invocation of a script whose keys are one session's plus the indexes.
+    fn session_invocation<'a>(
+        &self,
+        script: &'a Script,
+        keys: &SessionKeys,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&keys.0[..])
+            .key(self.sessions_key())
+            .key(self.expiry_key())
+            .key(self.node_sessions_key(&self.node_id));
+        invocation
     }
 
     fn sessions_key(&self) -> String {
@@ -284,7 +319,7 @@ impl SessionHash {
         for (name, value) in pairs(flat)? {
             let value = String::from_utf8_lossy(&value).into_owned();
             match name.as_slice() {
-                b"online" => hash.online = value == "1",
+                b"state" => hash.online = value != "offline",
                 b"node" => hash.node = Some(value),
                 b"expiry" => match value.parse::<u32>() {
                     Ok(secs) => hash.expiry_secs = Some(secs),
@@ -300,6 +335,16 @@ impl SessionHash {
             }
         }
         Ok(hash)
+    }
+}
+
+/// What a detach or remove script answered.
+fn detached(code: i64) -> Result<Detached, StoreError> {
+    match code {
+        1 => Ok(Detached::Stored),
+        2 => Ok(Detached::HandedOver),
+        3 => Ok(Detached::Fenced),
+        other => Err(malformed(&format!("detach answered {other}"))),
     }
 }
 
@@ -371,38 +416,15 @@ fn decode_list<T>(
 }
 
 /// Builds a session from the parts the scripts return: the session hash, the subscriptions hash,
-/// the in-flight, queue and incoming QoS 2 lists. Returns whether the session was online.
-fn decode_session(client_id: &str, parts: Vec<Value>) -> Result<(bool, StoredSession), StoreError> {
+/// the in-flight, queue and incoming QoS 2 lists.
+fn decode_session(client_id: &str, parts: Vec<Value>) -> Result<StoredSession, StoreError> {
     let [hash, subs, inflight, queue, qos2]: [Value; 5] = parts
         .try_into()
         .map_err(|_| malformed("a session has five parts"))?;
     let hash = SessionHash::parse(client_id, array(hash)?)?;
     let queue: VecDeque<QueuedMessage> =
         decode_list(client_id, "queued message", queue, codec::decode_queued)?.into();
-    if hash.online {
-        // An attached session keeps its state in its connection: the store only holds what was
-        // forced into its queue meanwhile.
-        return Ok((
-            true,
-            StoredSession {
-                queue,
-                ..StoredSession::default()
-            },
-        ));
-    }
-    let mut subscriptions = Vec::new();
-    for (filter, options) in pairs(array(subs)?)? {
-        let Ok(filter) = String::from_utf8(filter) else {
-            tracing::warn!(client_id, "subscription filter is not UTF-8: dropped");
-            continue;
-        };
-        match codec::decode_options(&options) {
-            Ok(options) => subscriptions.push(StoredSubscription { filter, options }),
-            Err(e) => tracing::warn!(client_id, filter, error = %e, "subscription dropped"),
-        }
-    }
-    // A hash has no order: give the subscriptions the order a connection keeps them in.
-    subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+    let subscriptions = decode_subscriptions(client_id, subs)?;
     let inflight: Vec<InflightMessage> = decode_list(
         client_id,
         "in-flight message",
@@ -418,17 +440,58 @@ fn decode_session(client_id: &str, parts: Vec<Value>) -> Result<(bool, StoredSes
                 value: 0,
             })
     })?;
-    Ok((
-        false,
-        StoredSession {
-            expiry_secs: hash.expiry_secs.unwrap_or(0),
-            subscriptions,
-            inflight,
-            queue,
-            incoming_qos2,
-            disconnected_at: hash.disconnected_at,
-        },
-    ))
+    Ok(StoredSession {
+        expiry_secs: hash.expiry_secs.unwrap_or(0),
+        subscriptions,
+        inflight,
+        queue,
+        incoming_qos2,
+        disconnected_at: hash.disconnected_at,
+    })
+}
+
+/// Reads a subscriptions hash (HGETALL), leaving out (and logging) entries that do not decode.
+fn decode_subscriptions(
+    client_id: &str,
+    subs: Value,
+) -> Result<Vec<StoredSubscription>, StoreError> {
+    let mut subscriptions = Vec::new();
+    for (filter, options) in pairs(array(subs)?)? {
+        let Ok(filter) = String::from_utf8(filter) else {
+            tracing::warn!(client_id, "subscription filter is not UTF-8: dropped");
+            continue;
+        };
+        match codec::decode_options(&options) {
+            Ok(options) => subscriptions.push(StoredSubscription { filter, options }),
+            Err(e) => tracing::warn!(client_id, filter, error = %e, "subscription dropped"),
+        }
+    }
+    // A hash has no order: give the subscriptions the order a connection keeps them in.
+    subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+    Ok(subscriptions)
+}
+
+/// A will stored with a session, if it decodes (an undecodable one is logged and dropped).
+fn decode_stored_will(
+    client_id: &str,
+    value: Value,
+) -> Result<Option<super::StoredWill>, StoreError> {
+    let raw = bytes(value)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    match codec::decode_will(&raw) {
+        Ok(will) => Ok(Some(will)),
+        Err(e) => {
+            tracing::warn!(client_id, error = %e, "stored will unreadable: dropped");
+            Ok(None)
+        }
+    }
+}
+
+/// The text of a string reply.
+fn text(value: Value) -> Result<String, StoreError> {
+    String::from_utf8(bytes(value)?).map_err(|_| malformed("expected UTF-8 text"))
 }
 
 #[async_trait]
@@ -526,31 +589,92 @@ impl Store for RedisStore {
     async fn attach_session(
         &self,
         client_id: &ClientId,
-    ) -> Result<Option<StoredSession>, StoreError> {
+        claim: &SessionClaim,
+    ) -> Result<Attached, StoreError> {
+        let will = match &claim.will {
+            Some(will) => codec::encode_will(will).map_err(encode_failed)?,
+            None => Vec::new(),
+        };
         let keys = self.session_keys(client_id);
-        let mut invocation = self.scripts.attach.prepare_invoke();
+        let mut invocation = self.session_invocation(&self.scripts.attach, &keys);
+        invocation
+            .arg(&**client_id)
+            .arg(&self.node_id)
+            .arg(claim.expiry_secs)
+            .arg(will)
+            .arg(if claim.clean_start { "1" } else { "0" })
+            .arg(self.node_prefix());
+        let mut reply = array(self.run_script(invocation).await?)?.into_iter();
+        let code = reply.next().map(int).transpose()?;
+        let generation = |value: Option<Value>| -> Result<u64, StoreError> {
+            let n = value.map(int).transpose()?;
+            n.and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| malformed("attach: no generation"))
+        };
+        match code {
+            Some(2) => {
+                // {2, holder, gen}: the holder comes first.
+                let holder = reply
+                    .next()
+                    .map(text)
+                    .transpose()?
+                    .ok_or_else(|| malformed("attach: no holder"))?;
+                let generation = generation(reply.next())?;
+                Ok(Attached {
+                    generation,
+                    previous: None,
+                    holder: Holder::Elsewhere(holder),
+                })
+            }
+            Some(code @ (0 | 1)) => {
+                let generation = generation(reply.next())?;
+                let previous_node = reply.next().map(text).transpose()?.unwrap_or_default();
+                let previous = if code == 1 {
+                    Some(decode_session(client_id, reply.collect())?)
+                } else {
+                    None
+                };
+                let parked_on = (!previous_node.is_empty() && previous_node != self.node_id)
+                    .then_some(previous_node);
+                Ok(Attached {
+                    generation,
+                    previous,
+                    holder: Holder::Free { parked_on },
+                })
+            }
+            _ => Err(malformed("attach answered an unknown code")),
+        }
+    }
+
+    async fn complete_attach(
+        &self,
+        client_id: &ClientId,
+        generation: u64,
+    ) -> Result<Completed, StoreError> {
+        let keys = self.session_keys(client_id);
+        let mut invocation = self.scripts.complete.prepare_invoke();
         invocation
             .key(&keys.0[..])
-            .key(self.sessions_key())
-            .key(self.expiry_key())
-            .arg(&**client_id)
-            .arg(&self.node_id);
+            .arg(&self.node_id)
+            .arg(generation);
         let mut reply = array(self.run_script(invocation).await?)?.into_iter();
         match reply.next().map(int).transpose()? {
-            Some(0) => Ok(None),
-            Some(1) => {
-                let (_, session) = decode_session(client_id, reply.collect())?;
-                Ok(Some(session))
-            }
-            _ => Err(malformed("attach answered neither 0 nor 1")),
+            Some(0) => Ok(Completed::Superseded),
+            Some(1) => Ok(Completed::Taken(None)),
+            Some(2) => Ok(Completed::Taken(Some(decode_session(
+                client_id,
+                reply.collect(),
+            )?))),
+            _ => Err(malformed("complete answered an unknown code")),
         }
     }
 
     async fn detach_session(
         &self,
         client_id: &ClientId,
+        generation: u64,
         session: StoredSession,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Detached, StoreError> {
         let now = SystemTime::now();
         let now_ms = millis_since_epoch(now);
         // MQTT 5: an expiry interval of 0xFFFFFFFF means the session never expires.
@@ -565,11 +689,8 @@ impl Store for RedisStore {
             )
         };
         let keys = self.session_keys(client_id);
-        let mut invocation = self.scripts.detach.prepare_invoke();
+        let mut invocation = self.session_invocation(&self.scripts.detach, &keys);
         invocation
-            .key(&keys.0[..])
-            .key(self.sessions_key())
-            .key(self.expiry_key())
             .arg(&**client_id)
             .arg(&self.node_id)
             .arg(session.expiry_secs)
@@ -580,7 +701,8 @@ impl Store for RedisStore {
             .arg(session.subscriptions.len())
             .arg(session.inflight.len())
             .arg(session.queue.len())
-            .arg(session.incoming_qos2.len());
+            .arg(session.incoming_qos2.len())
+            .arg(generation);
         for s in &session.subscriptions {
             invocation
                 .arg(&s.filter)
@@ -595,20 +717,76 @@ impl Store for RedisStore {
         for id in &session.incoming_qos2 {
             invocation.arg(*id);
         }
+        detached(int(self.run_script(invocation).await?)?)
+    }
+
+    async fn remove_session(
+        &self,
+        client_id: &str,
+        generation: u64,
+    ) -> Result<Detached, StoreError> {
+        let keys = self.session_keys(client_id);
+        let mut invocation = self.session_invocation(&self.scripts.remove, &keys);
+        invocation.arg(client_id).arg(&self.node_id).arg(generation);
+        detached(int(self.run_script(invocation).await?)?)
+    }
+
+    async fn save_subscriptions(
+        &self,
+        client_id: &str,
+        generation: u64,
+        added: &[StoredSubscription],
+        removed: &[String],
+    ) -> Result<(), StoreError> {
+        if added.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        let keys = self.session_keys(client_id);
+        let mut invocation = self.scripts.subscribe.prepare_invoke();
+        invocation
+            .key(&keys.0[0])
+            .key(&keys.0[1])
+            .arg(&self.node_id)
+            .arg(generation)
+            .arg(added.len());
+        for s in added {
+            invocation
+                .arg(&s.filter)
+                .arg(codec::encode_options(&s.options).map_err(encode_failed)?);
+        }
+        for filter in removed {
+            invocation.arg(filter);
+        }
         self.run_script(invocation).await.map(|_| ())
     }
 
-    async fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
-        let keys = self.session_keys(client_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&keys.0[..])
-            .ignore()
-            .srem(self.sessions_key(), client_id)
-            .ignore()
-            .zrem(self.expiry_key(), client_id)
-            .ignore();
-        self.query_pipeline(pipe).await.map(|_| ())
+    async fn adopt_sessions(&self, departed: &str) -> Result<Vec<AdoptedSession>, StoreError> {
+        let grace_ms = u64::try_from(self.expiry_grace.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.scripts.adopt.prepare_invoke();
+        invocation
+            .key(self.node_sessions_key(departed))
+            .key(self.node_sessions_key(&self.node_id))
+            .key(self.sessions_key())
+            .key(self.expiry_key())
+            .arg(departed)
+            .arg(&self.node_id)
+            .arg(millis_since_epoch(SystemTime::now()))
+            .arg(grace_ms)
+            .arg(&self.key_prefixes()[..]);
+        let mut adopted = Vec::new();
+        for entry in array(self.run_script(invocation).await?)? {
+            let [id, will, subs, was_online, _ended]: [Value; 5] = array(entry)?
+                .try_into()
+                .map_err(|_| malformed("an adopted session has five parts"))?;
+            let client_id: ClientId = text(id)?.into();
+            adopted.push(AdoptedSession {
+                will: decode_stored_will(&client_id, will)?,
+                subscriptions: decode_subscriptions(&client_id, subs)?,
+                was_online: int(was_online)? == 1,
+                client_id,
+            });
+        }
+        Ok(adopted)
     }
 
     async fn enqueue(
@@ -625,20 +803,24 @@ impl Store for RedisStore {
             .key(&keys.0[3])
             .arg(encoded)
             .arg(if force { "1" } else { "0" })
-            .arg(self.max_queued);
-        match int(self.run_script(invocation).await?)? {
-            0 => Ok(Enqueued::Queued),
-            1 => Ok(Enqueued::Full),
-            2 => Ok(Enqueued::Online),
-            3 => Ok(Enqueued::NoSession),
-            other => Err(malformed(&format!("enqueue answered {other}"))),
+            .arg(self.max_queued)
+            .arg(&self.node_id);
+        match self.run_script(invocation).await? {
+            Value::Int(0) => Ok(Enqueued::Queued),
+            Value::Int(1) => Ok(Enqueued::Full),
+            Value::Int(2) => Ok(Enqueued::Online),
+            Value::Int(3) => Ok(Enqueued::NoSession),
+            other @ (Value::BulkString(_) | Value::SimpleString(_)) => {
+                Ok(Enqueued::Elsewhere(text(other)?))
+            }
+            other => Err(malformed(&format!("enqueue answered {other:?}"))),
         }
     }
 
     async fn take_expired_sessions(
         &self,
         now: SystemTime,
-    ) -> Result<Vec<(ClientId, StoredSession)>, StoreError> {
+    ) -> Result<Vec<ExpiredSession>, StoreError> {
         let now_ms = millis_since_epoch(now);
         let prefixes = self.key_prefixes();
         let mut expired = Vec::new();
@@ -649,7 +831,8 @@ impl Store for RedisStore {
                 .key(self.expiry_key())
                 .arg(now_ms)
                 .arg(SWEEP_BATCH)
-                .arg(&prefixes[..]);
+                .arg(&prefixes[..])
+                .arg(self.node_prefix());
             let [examined, taken]: [Value; 2] = array(self.run_script(invocation).await?)?
                 .try_into()
                 .map_err(|_| malformed("the sweep answers two values"))?;
@@ -661,8 +844,13 @@ impl Store for RedisStore {
                     .transpose()?
                     .ok_or_else(|| malformed("a swept session without a client id"))?;
                 let id: ClientId = String::from_utf8_lossy(&id).into();
-                let (_, session) = decode_session(&id, parts.collect())?;
-                expired.push((id, session));
+                let node = parts.next().map(text).transpose()?.unwrap_or_default();
+                let session = decode_session(&id, parts.collect())?;
+                expired.push(ExpiredSession {
+                    client_id: id,
+                    parked_on: (!node.is_empty()).then_some(node),
+                    session,
+                });
             }
             if usize::try_from(int(examined)?).unwrap_or(0) < SWEEP_BATCH {
                 return Ok(expired);

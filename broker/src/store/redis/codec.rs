@@ -9,7 +9,7 @@
 use crate::message::{Message, MessageProperties};
 use crate::protocol::{self, QoS, RetainForwardRule};
 use crate::router::SubscriptionOptions;
-use crate::store::{InflightMessage, InflightState, QueuedMessage};
+use crate::store::{InflightMessage, InflightState, QueuedMessage, StoredWill};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -51,6 +51,13 @@ struct WireProperties<'a> {
     correlation_data: Option<Bytes>,
     #[serde(borrow)]
     user_properties: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireWill<'a> {
+    delay_secs: u32,
+    #[serde(borrow)]
+    message: WireMessage<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,6 +210,23 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
     message_from_wire(postcard::from_bytes(body(bytes)?)?)
 }
 
+/// Encodes a will kept with an online session.
+pub fn encode_will(will: &StoredWill) -> Result<Vec<u8>, postcard::Error> {
+    encode(&WireWill {
+        delay_secs: will.delay_secs,
+        message: message_to_wire(&will.message),
+    })
+}
+
+/// Decodes a will written by [`encode_will`].
+pub fn decode_will(bytes: &[u8]) -> Result<StoredWill, DecodeError> {
+    let w: WireWill<'_> = postcard::from_bytes(body(bytes)?)?;
+    Ok(StoredWill {
+        delay_secs: w.delay_secs,
+        message: Arc::new(message_from_wire(w.message)?),
+    })
+}
+
 /// Encodes a queued message.
 pub fn encode_queued(queued: &QueuedMessage) -> Result<Vec<u8>, postcard::Error> {
     encode(&queued_to_wire(queued))
@@ -321,6 +345,11 @@ mod tests {
             decode_message(&encode_message(&m).expect("encode")).ok(),
             Some(m.clone())
         );
+        let w = StoredWill {
+            message: Arc::new(m.clone()),
+            delay_secs: 30,
+        };
+        assert_eq!(decode_will(&encode_will(&w).expect("encode")).ok(), Some(w));
         let q = QueuedMessage {
             message: Arc::new(m),
             qos: QoS::AtLeastOnce,

@@ -1,4 +1,4 @@
--- detach: puts a session back when its connection ends and marks it offline, atomically.
+-- detach: stores a session when its connection ends, atomically, fenced by generation.
 --
 -- KEYS as for attach.lua.
 -- ARGV[1] client id         ARGV[2] node id             ARGV[3] expiry interval (s)
@@ -7,17 +7,25 @@
 -- ARGV[6] key TTL (ms), '' if the session never expires
 -- ARGV[7] maximum queue length
 -- ARGV[8] number of subscriptions S, ARGV[9] in-flight I, ARGV[10] queued Q, ARGV[11] QoS 2 ids N
--- ARGV[12..] S (filter, options) pairs, then I in-flight, Q queued messages and N ids.
+-- ARGV[12] the generation the connection's claim got
+-- ARGV[13..] S (filter, options) pairs, then I in-flight, Q queued messages and N ids.
 --
+-- Returns 1 when the session is stored offline (parked on this node), 2 when another node is
+-- claiming it from this one (the state is stored for that node, which completes its claim),
+-- 3 when a newer holder owns it already (nothing is written: this node's copy is stale).
 -- Messages forced into the queue while the session was attached follow the session's own
 -- queue, as long as the queue has room.
-local meanwhile = {}
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  meanwhile = redis.call('LRANGE', KEYS[4], 0, -1)
+local state = redis.call('HGET', KEYS[1], 'state')
+local handover = state == 'pending' and redis.call('HGET', KEYS[1], 'from') == ARGV[2]
+if not handover and (state ~= 'online' or redis.call('HGET', KEYS[1], 'node') ~= ARGV[2]
+    or redis.call('HGET', KEYS[1], 'gen') ~= ARGV[12]) then
+  return 3
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 
-local next_arg = 12
+local meanwhile = redis.call('LRANGE', KEYS[4], 0, -1)
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+
+local next_arg = 13
 -- Appends the next `count` arguments to `key` with `command`, in chunks (Lua's unpack is
 -- limited to a few thousand values).
 local function push(command, key, count)
@@ -44,7 +52,12 @@ for _, message in ipairs(meanwhile) do
 end
 push('RPUSH', KEYS[5], tonumber(ARGV[11]))
 
-redis.call('HSET', KEYS[1], 'online', '0', 'node', ARGV[2], 'expiry', ARGV[3],
+if handover then
+  redis.call('HSET', KEYS[1], 'handed', '1')
+  return 2
+end
+redis.call('HDEL', KEYS[1], 'will')
+redis.call('HSET', KEYS[1], 'state', 'offline', 'node', ARGV[2], 'expiry', ARGV[3],
   'disconnected_at', ARGV[4])
 if ARGV[6] ~= '' then
   for i = 1, 5 do
@@ -52,6 +65,7 @@ if ARGV[6] ~= '' then
   end
 end
 redis.call('SADD', KEYS[6], ARGV[1])
+redis.call('SADD', KEYS[8], ARGV[1])
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 else

@@ -1,0 +1,54 @@
+-- adopt: a surviving node takes over the sessions of a node that left or failed, atomically.
+--
+-- KEYS[1] the departed node's session set   KEYS[2] the survivor's session set
+-- KEYS[3] session index set                 KEYS[4] expiry index zset
+-- ARGV[1] departed node id  ARGV[2] survivor node id   ARGV[3] now (ms since the Unix epoch)
+-- ARGV[4] grace added to an offline session's TTL (ms)
+-- ARGV[5..9] key name prefixes of the session hash, subscriptions, in-flight, queue and
+--            incoming QoS 2 keys (the client id follows each prefix)
+--
+-- A node restarting under its old id adopts its own earlier run's sessions the same way.
+-- Sessions the departed node held online become offline (their expiry starts now) and those
+-- with expiry 0 end; sessions it had parked move to the survivor. Each will is removed as it
+-- is returned, so however many survivors run this, a will fires once.
+-- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended}...
+local adopted = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local keys = {}
+  for i = 1, 5 do
+    keys[i] = ARGV[4 + i] .. id
+  end
+  local state = redis.call('HGET', keys[1], 'state')
+  if state and redis.call('HGET', keys[1], 'node') == ARGV[1] then
+    local will = redis.call('HGET', keys[1], 'will') or ''
+    local expiry = tonumber(redis.call('HGET', keys[1], 'expiry') or '0') or 0
+    local was_online = state ~= 'offline'
+    local subs = redis.call('HGETALL', keys[2])
+    if was_online and expiry == 0 then
+      redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5])
+      redis.call('SREM', KEYS[3], id)
+      redis.call('ZREM', KEYS[4], id)
+      adopted[#adopted + 1] = {id, will, {}, 1, 1}
+    else
+      redis.call('HDEL', keys[1], 'will', 'from', 'clean', 'handed', 'fresh')
+      redis.call('HSET', keys[1], 'node', ARGV[2])
+      if was_online then
+        redis.call('HSET', keys[1], 'state', 'offline', 'disconnected_at', ARGV[3])
+        if expiry >= 4294967295 then
+          redis.call('ZREM', KEYS[4], id)
+        else
+          redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) + expiry * 1000, id)
+          for i = 1, 5 do
+            redis.call('PEXPIRE', keys[i], expiry * 1000 + tonumber(ARGV[4]))
+          end
+        end
+      end
+      redis.call('SADD', KEYS[2], id)
+      adopted[#adopted + 1] = {id, will, subs, was_online and 1 or 0, 0}
+    end
+  end
+end
+if KEYS[1] ~= KEYS[2] then
+  redis.call('DEL', KEYS[1])
+end
+return adopted
