@@ -1,11 +1,11 @@
-//! Cluster behaviour available today, on real processes: nodes find each other by gossip and share
-//! sessions and retained messages through Redis. (Live relay between nodes is not built yet; see
-//! docs/cluster.md.)
+//! Cluster behaviour on real processes (redis-server and broker nodes): gossip discovery, sessions
+//! and retained messages shared through Redis, the live relay, shared groups across nodes,
+//! takeover across nodes, and a killed node's sessions and wills taken over by a survivor.
 
 use e2e::{wait_for, BrokerNode, ClusterSettings, RedisServer};
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -319,4 +319,168 @@ async fn a_shared_group_spread_over_two_nodes_gets_each_message_once() {
         "both nodes' members take jobs (a took {on_a} of {n})"
     );
     assert_no_more_publishes([&mut loop_a, &mut loop_b], "a job").await;
+}
+
+/// Polls until the server disconnects this connection; returns its reason code.
+async fn disconnect_reason(eventloop: &mut EventLoop) -> DisconnectReasonCode {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(_) => continue,
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return reason_code,
+                Err(other) => panic!("expected a DISCONNECT, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("DISCONNECT in time")
+}
+
+/// Asserts that nothing more is published to this connection within half a second.
+async fn assert_quiet(eventloop: &mut EventLoop, what: &str) {
+    let extra = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await.expect("connection")
+            {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "{what}: unexpected {extra:?}");
+}
+
+#[tokio::test]
+async fn a_connection_on_another_node_takes_the_session_over_with_its_unacknowledged_messages() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+
+    // The first connection, on node A, leaves a QoS 1 message unacknowledged.
+    let mut options = MqttOptions::new("twin", a.mqtt.ip().to_string(), a.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(300));
+    options.set_manual_acks(true);
+    let (first, mut first_loop) = AsyncClient::new(options, 10);
+    next_packet(&mut first_loop, |p| matches!(p, Packet::ConnAck(_))).await;
+    first
+        .subscribe("twin/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut first_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "twin-feed", true).await;
+    publisher
+        .publish("twin/1", QoS::AtLeastOnce, false, "unacked")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    next_packet(&mut first_loop, |p| matches!(p, Packet::Publish(_))).await;
+
+    // The same client id on node B: node A hands the session over and closes its connection.
+    let (_second, mut second_loop, present) = client(b.mqtt, "twin", false).await;
+    assert!(present, "the session is resumed on node B");
+    assert_eq!(
+        disconnect_reason(&mut first_loop).await,
+        DisconnectReasonCode::SessionTakenOver
+    );
+    let Packet::Publish(again) =
+        next_packet(&mut second_loop, |p| matches!(p, Packet::Publish(_))).await
+    else {
+        unreachable!("picked a publish")
+    };
+    assert_eq!(&again.payload[..], b"unacked");
+    assert!(
+        again.dup,
+        "an unacknowledged message is sent again with DUP"
+    );
+
+    // From now on node B delivers, once: node A no longer routes for the session.
+    remote_entries_at_least(&a, 1.0).await;
+    publisher
+        .publish("twin/2", QoS::AtLeastOnce, false, "live")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    let Packet::Publish(live) =
+        next_packet(&mut second_loop, |p| matches!(p, Packet::Publish(_))).await
+    else {
+        unreachable!("picked a publish")
+    };
+    assert_eq!(&live.payload[..], b"live");
+    assert_quiet(&mut second_loop, "after the hand-over").await;
+}
+
+#[tokio::test]
+async fn a_killed_nodes_wills_fire_once_and_its_sessions_resume_on_a_survivor() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (mut a, b) = two_nodes(&redis).await;
+    for node in [&a, &b] {
+        wait_for(WAIT, || async move {
+            let members = node.metric("starling_cluster_members").await?;
+            anyhow::ensure!(members == 2.0, "{} sees {members} members", node.id);
+            Ok(())
+        })
+        .await
+        .expect("both nodes see two members");
+    }
+    let (watcher, mut watch_loop, _) = client(b.mqtt, "watcher", true).await;
+    watcher
+        .subscribe("wills/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut watch_loop, |p| matches!(p, Packet::SubAck(_))).await;
+
+    // A persistent session with a will, held by node A.
+    let mut options = MqttOptions::new("victim", a.mqtt.ip().to_string(), a.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_start(true);
+    options.set_session_expiry_interval(Some(300));
+    options.set_last_will(LastWill::new(
+        "wills/victim",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+        None,
+    ));
+    let (victim, mut victim_loop) = AsyncClient::new(options, 10);
+    next_packet(&mut victim_loop, |p| matches!(p, Packet::ConnAck(_))).await;
+    victim
+        .subscribe("orders/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut victim_loop, |p| matches!(p, Packet::SubAck(_))).await;
+
+    a.kill();
+    // Gossip declares node A failed; node B adopts its sessions and publishes the will, once.
+    let Packet::Publish(will) = tokio::time::timeout(
+        Duration::from_secs(30),
+        next_packet(&mut watch_loop, |p| matches!(p, Packet::Publish(_))),
+    )
+    .await
+    .expect("the will within 30 s") else {
+        unreachable!("picked a publish")
+    };
+    assert_eq!(&will.topic[..], b"wills/victim");
+    assert_eq!(&will.payload[..], b"gone");
+
+    // The adopted session is routed by node B now: a message published meanwhile is queued.
+    let (publisher, mut pub_loop, _) = client(b.mqtt, "shop", true).await;
+    publisher
+        .publish("orders/1", QoS::AtLeastOnce, false, "while away")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    let (_back, mut back_loop, present) = client(b.mqtt, "victim", false).await;
+    assert!(present, "the session survived its node");
+    let Packet::Publish(queued) =
+        next_packet(&mut back_loop, |p| matches!(p, Packet::Publish(_))).await
+    else {
+        unreachable!("picked a publish")
+    };
+    assert_eq!(&queued.topic[..], b"orders/1");
+    assert_eq!(&queued.payload[..], b"while away");
+    assert_quiet(&mut watch_loop, "a second will").await;
 }
