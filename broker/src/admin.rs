@@ -1,5 +1,6 @@
-//! The HTTP admin endpoint: `/healthz` (the process is alive), `/readyz` (accepting clients) and
-//! `/metrics` (Prometheus text format).
+//! The HTTP admin endpoint: `/healthz` (the process is alive), `/readyz` (accepting clients: 503
+//! while draining, or while a cluster node cannot reach Redis) and `/metrics` (Prometheus text
+//! format).
 
 use crate::broker::Broker;
 use axum::extract::State;
@@ -21,6 +22,11 @@ pub fn router(broker: Arc<Broker>) -> Router {
 async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
     if broker.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if broker.cluster().is_some_and(|link| !link.redis_up()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded: redis unreachable (local delivery continues; new sessions and the relay wait for it)\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }

@@ -153,6 +153,15 @@ impl Broker {
         }
     }
 
+    /// Writes and announces every entry of this node's routing tree through the relay again.
+    pub fn announce_entries(&self) {
+        if let Some(link) = self.cluster.get() {
+            for raw in self.subscriptions.read().entries() {
+                link.entry_changed(&raw, true);
+            }
+        }
+    }
+
     /// The cluster relay, if this node is part of a cluster.
     pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
         self.cluster.get()

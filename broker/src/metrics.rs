@@ -45,8 +45,11 @@ pub struct Metrics {
     pub cluster_members: Gauge,
     /// Entries (filters) other cluster nodes advertise, as this node's replica knows them.
     pub remote_entries: Gauge,
-    /// Messages not relayed to another node because the relay queue was full.
+    /// Messages not relayed to another node: the relay queue was full, or the session moved
+    /// again while the message was on its way to it.
     pub relay_dropped: Counter,
+    /// 1 while the cluster's Redis answers, 0 while it does not (always 1 standalone).
+    pub redis_up: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -153,10 +156,18 @@ impl Metrics {
         let relay_dropped = Counter::default();
         registry.register(
             "relay_dropped",
-            "Messages not relayed to another node because the relay queue was full",
+            "Messages not relayed to another node (relay queue full, or the session moved again on the way)",
             relay_dropped.clone(),
         );
+        let redis_up = Gauge::default();
+        redis_up.set(1);
+        registry.register(
+            "cluster_redis_up",
+            "1 while the cluster's Redis answers, 0 while it does not",
+            redis_up.clone(),
+        );
         Metrics {
+            redis_up,
             remote_entries,
             relay_dropped,
             cluster_members,

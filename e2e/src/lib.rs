@@ -26,13 +26,37 @@ pub const STARTUP: Duration = Duration::from_secs(15);
 pub struct RedisServer {
     /// Its address.
     pub addr: SocketAddr,
-    _process: Process,
+    process: Option<Process>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it answers PING.
     pub async fn start() -> Result<Self> {
-        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let process = Self::spawn(addr).await?;
+        Ok(RedisServer {
+            addr,
+            process: Some(process),
+        })
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a shutdown) and waits until it is gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill_and_wait().await;
+        }
+    }
+
+    /// Starts the server again on the same port, empty (persistence is off), and waits until it
+    /// answers PING.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await;
+        self.process = Some(Self::spawn(self.addr).await?);
+        Ok(())
+    }
+
+    async fn spawn(addr: SocketAddr) -> Result<Process> {
+        let port = addr.port();
         let process = Process::spawn(
             "redis",
             "redis-server",
@@ -48,12 +72,8 @@ impl RedisServer {
             ],
         )
         .context("redis-server is needed (Debian package redis-server)")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for(STARTUP, || async move { redis_ping(addr).await }).await?;
-        Ok(RedisServer {
-            addr,
-            _process: process,
-        })
+        Ok(process)
     }
 
     /// The `redis://` URL of this server.

@@ -48,6 +48,17 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Kills the process and waits until it is gone (its ports are free again).
+    pub async fn kill_and_wait(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Err(e) = child.kill().await {
+                eprintln!("killing {}: {e}", self.name);
+            }
+        }
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();

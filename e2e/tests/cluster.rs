@@ -484,3 +484,78 @@ async fn a_killed_nodes_wills_fire_once_and_its_sessions_resume_on_a_survivor() 
     assert_eq!(&queued.payload[..], b"while away");
     assert_quiet(&mut watch_loop, "a second will").await;
 }
+
+/// Waits until `/readyz` of `node` answers `status`; returns the body.
+async fn readyz_becomes(node: &BrokerNode, status: u16) -> String {
+    wait_for(WAIT, || async {
+        let (got, text) = e2e::http_get(node.admin, "/readyz").await?;
+        anyhow::ensure!(got == status, "{} /readyz answered {got}: {text}", node.id);
+        Ok(())
+    })
+    .await
+    .expect("/readyz in time");
+    e2e::http_get(node.admin, "/readyz")
+        .await
+        .expect("/readyz")
+        .1
+}
+
+#[tokio::test]
+async fn a_redis_outage_degrades_the_nodes_and_the_relay_resumes_after_it() {
+    let mut redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    let (local, mut local_loop, _) = client(a.mqtt, "local-listener", true).await;
+    local
+        .subscribe("outage/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut local_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "outage-speaker", true).await;
+
+    redis.stop().await;
+    let body = readyz_becomes(&a, 503).await;
+    assert!(body.contains("redis"), "the reason is given: {body}");
+    readyz_becomes(&b, 503).await;
+    assert_eq!(
+        a.metric("starling_cluster_redis_up").await.expect("metric"),
+        0.0
+    );
+    // Local delivery goes on without Redis.
+    publisher
+        .publish("outage/local", QoS::AtLeastOnce, false, "still here")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    let Packet::Publish(p) =
+        next_packet(&mut local_loop, |p| matches!(p, Packet::Publish(_))).await
+    else {
+        unreachable!("picked a publish")
+    };
+    assert_eq!(&p.payload[..], b"still here");
+
+    // Redis comes back empty: the nodes become ready, announce their entries again, and the
+    // relay works for subscriptions made before the outage.
+    redis.restart().await.expect("redis back");
+    readyz_becomes(&a, 200).await;
+    readyz_becomes(&b, 200).await;
+    let (remote, mut remote_loop, _) = client(b.mqtt, "remote-listener", true).await;
+    remote
+        .subscribe("outage/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut remote_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+    remote_entries_at_least(&b, 1.0).await;
+    publisher
+        .publish("outage/after", QoS::AtLeastOnce, false, "relayed")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    for eventloop in [&mut remote_loop, &mut local_loop] {
+        let Packet::Publish(p) = next_packet(eventloop, |p| matches!(p, Packet::Publish(_))).await
+        else {
+            unreachable!("picked a publish")
+        };
+        assert_eq!(&p.payload[..], b"relayed");
+    }
+}

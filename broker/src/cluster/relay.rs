@@ -33,6 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{Client, Value};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -49,6 +50,8 @@ const WRITE_QUEUE: usize = 65_536;
 /// How long a node claiming a session waits for the node holding it to hand it over, before it
 /// takes what the store has (the holder is presumed dead or cut off).
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How often the link checks that Redis answers.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +117,7 @@ pub struct ClusterLink {
     keys: Keys,
     waiting: Mutex<Waiters>,
     departed: RwLock<HashSet<NodeId>>,
+    redis_up: AtomicBool,
 }
 
 impl ClusterLink {
@@ -152,18 +156,18 @@ impl ClusterLink {
             keys,
             waiting: Mutex::new(HashMap::new()),
             departed: RwLock::new(HashSet::new()),
+            redis_up: AtomicBool::new(true),
         });
         link.resync(&mut writer, broker)
             .await
             .map_err(relay_error)?;
         tokio::spawn(write_loop(link.clone(), writer.clone(), queue));
-        // XREAD BLOCK answers after up to INBOX_BLOCK: the connection must wait longer than that.
-        let inbox_config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(Some(INBOX_BLOCK + Duration::from_secs(5)));
-        let mut inbox = client
-            .get_multiplexed_async_connection_with_config(&inbox_config)
-            .await
-            .map_err(relay_error)?;
+        tokio::spawn(watch_health(
+            link.clone(),
+            writer.clone(),
+            Arc::downgrade(broker),
+        ));
+        let mut inbox = inbox_connection(&client).await.map_err(relay_error)?;
         // Read what arrives from now on (by Redis's clock, which stream ids follow), not what an
         // earlier run of this node left unread.
         let (seconds, micros): (u64, u64) = redis::cmd("TIME")
@@ -173,6 +177,7 @@ impl ClusterLink {
         let start_id = format!("{}-0", seconds * 1000 + micros / 1000);
         tokio::spawn(read_inbox(
             link.clone(),
+            client.clone(),
             link.keys.inbox(node_id),
             start_id,
             inbox,
@@ -190,6 +195,12 @@ impl ClusterLink {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Whether Redis answered the last health check. While it does not, the node is degraded:
+    /// local delivery goes on, but sessions cannot be claimed and nothing is relayed.
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
     }
 
     fn send_control(&self, node: &str, fields: Vec<(&'static str, Vec<u8>)>) {
@@ -557,6 +568,7 @@ async fn write_loop(
 /// control entries.
 async fn read_inbox(
     link: Arc<ClusterLink>,
+    client: Client,
     key: String,
     start_id: String,
     mut con: MultiplexedConnection,
@@ -609,11 +621,25 @@ async fn read_inbox(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reading the relay inbox failed; retrying");
+                tracing::warn!(error = %e, "reading the relay inbox failed; reconnecting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(fresh) = inbox_connection(&client).await {
+                    con = fresh;
+                }
             }
         }
     }
+}
+
+/// A connection of its own for the inbox reader (XREAD BLOCK would hold up a shared one).
+async fn inbox_connection(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
+    // XREAD BLOCK answers after up to INBOX_BLOCK: the connection must wait longer than that.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(INBOX_BLOCK + Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 /// Delivers a relayed publish to this node's subscribers, serving the share groups the
@@ -703,6 +729,45 @@ fn stream_entries(value: Value) -> Vec<(String, Vec<EntryField>)> {
         }
     }
     out
+}
+
+/// Pings Redis every [`HEALTH_INTERVAL`] and keeps [`ClusterLink::redis_up`] and its gauge true.
+/// When Redis answers again after an outage, this node's entries are written and announced anew
+/// (a Redis that restarted without persistence lost them).
+async fn watch_health(link: Arc<ClusterLink>, mut con: ConnectionManager, broker: Weak<Broker>) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ping = tokio::time::timeout(
+            HEALTH_INTERVAL,
+            redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await;
+        let up = matches!(ping, Ok(Ok(_)));
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let was_up = link.redis_up.swap(up, Ordering::Relaxed);
+        broker.metrics.redis_up.set(i64::from(up));
+        match (was_up, up) {
+            (true, false) => {
+                tracing::warn!("redis unreachable: relay paused, new sessions refused")
+            }
+            (false, true) => {
+                tracing::info!("redis reachable again: announcing this node's entries");
+                let _ = redis::pipe()
+                    .cmd("SADD")
+                    .arg(link.keys.nodes())
+                    .arg(&*link.node_id)
+                    .ignore()
+                    .query_async::<()>(&mut con)
+                    .await;
+                broker.announce_entries();
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Follows entry announcements; on every (re)subscription the replica is rebuilt from Redis.
