@@ -9,6 +9,8 @@ mod deploy_manifest;
 pub mod error;
 #[cfg(test)]
 mod example_files;
+#[cfg(test)]
+mod fake_api;
 pub mod reconcile;
 pub mod resources;
 #[cfg(test)]
