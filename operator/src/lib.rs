@@ -7,6 +7,7 @@ pub mod crd;
 #[cfg(test)]
 mod deploy_manifest;
 pub mod error;
+pub mod events;
 #[cfg(test)]
 mod example_files;
 #[cfg(test)]

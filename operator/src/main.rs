@@ -65,9 +65,7 @@ async fn run(namespace: Option<String>) -> anyhow::Result<()> {
         .context("cannot list MqttClusters; is the CRD installed (kubectl apply -f crds/mqttcluster.yaml) and may this account list them?")?;
 
     let children = watcher::Config::default().labels(&managed_by_selector());
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-    });
+    let ctx = Arc::new(Context::new(client.clone(), std::env::var("POD_NAME").ok()));
     tracing::info!(
         namespace = ns.unwrap_or("<all>"),
         "starling-operator running"

@@ -15,7 +15,10 @@ const STATUS_PATH: &str =
     "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttclusters/demo/status";
 
 fn context(client: Client) -> Arc<Context> {
-    Arc::new(Context { client })
+    Arc::new(Context::new(
+        client,
+        Some("starling-operator-0".to_string()),
+    ))
 }
 
 /// Runs `reconcile` for `object` while `script` plays the API server; returns the result.
@@ -153,6 +156,30 @@ fn load_balancer(ip: &str) -> Value {
     service
 }
 
+/// Answers the next request, asserted to create an Event of `type_` and `reason` about the
+/// cluster; returns the Event.
+async fn expect_event(api: &mut FakeApiServer, type_: &str, reason: &str) -> Value {
+    let call = api
+        .expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/iot/events")
+        .await;
+    let event = call.body.clone();
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some(type_), Some(reason)),
+        "{event:#}"
+    );
+    assert_eq!(event["reportingController"], "starling-operator");
+    assert_eq!(event["reportingInstance"], "starling-operator-0");
+    assert_eq!(event["regarding"]["kind"], "MqttCluster");
+    assert_eq!(event["regarding"]["name"], "demo");
+    assert_eq!(
+        event["regarding"]["uid"],
+        "0b8c1b7e-5a6d-4a57-9f7e-3c7b1d2e4f60"
+    );
+    call.respond(StatusCode::CREATED, live(event.clone()));
+    event
+}
+
 fn condition<'a>(status: &'a MqttClusterStatus, type_: &str) -> &'a Condition {
     status
         .conditions
@@ -249,6 +276,8 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             (degraded.status.as_str(), degraded.reason.as_str()),
             ("False", "AsExpected")
         );
+        let event = expect_event(&mut api, "Normal", "Reconciled").await;
+        assert_eq!(event["note"], "applied generation 4: 3 brokers");
         api
     })
     .await;
@@ -282,12 +311,14 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
         assert_eq!(status.endpoint.as_deref(), Some("203.0.113.7:1883"));
         assert_eq!(status.ready_replicas, 3);
         *slot = Some(status);
+        expect_event(&mut api, "Normal", "Reconciled").await;
         api
     })
     .await;
     assert_eq!(first.expect("reconcile succeeds"), Action::requeue(RESYNC));
 
-    // The next pass sees the recorded status: same observations, nothing to patch.
+    // The next pass sees the recorded status: same observations and generation, so no status
+    // patch and no Event.
     let mut object = object;
     object.status = recorded;
     let second = run(object, |mut api| async move {
@@ -322,6 +353,11 @@ async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns
             .await;
         assert_eq!(call.body["propagationPolicy"], "Background");
         call.respond_with(existing("v1", "Service", "demo-redis", true));
+        let event = expect_event(&mut api, "Normal", "DeletedChild").await;
+        assert_eq!(
+            event["note"],
+            "deleted Service demo-redis: the spec no longer asks for it"
+        );
         // A Deployment of the same name that the user made: left alone (no DELETE follows).
         api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
             .await
@@ -363,6 +399,7 @@ async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns
             ("True", "AllReplicasReady")
         );
         assert_eq!(status.endpoint, None, "no load balancer address yet");
+        expect_event(&mut api, "Normal", "Reconciled").await;
         api
     })
     .await;
@@ -397,6 +434,7 @@ async fn reconcile_with_monitoring(installed: bool) -> Option<Value> {
             .await
             .respond_with(load_balancer("203.0.113.7"));
         expect_status_patch(&mut api).await;
+        expect_event(&mut api, "Normal", "Reconciled").await;
         api
     })
     .await;
@@ -440,6 +478,13 @@ async fn failed_discovery_fails_the_reconcile_instead_of_skipping_the_service_mo
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),
             ("True", "ReconcileFailed")
+        );
+        let event = expect_event(&mut api, "Warning", "ReconcileFailed").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("discovery is forbidden")),
+            "{event:#}"
         );
         api
     })
@@ -494,6 +539,8 @@ async fn api_error_records_reconcile_failed_and_requeues() {
             "{}",
             degraded.message
         );
+        let event = expect_event(&mut api, "Warning", "ReconcileFailed").await;
+        assert_eq!(event["note"], degraded.message.as_str());
         api
     })
     .await;
@@ -532,6 +579,8 @@ async fn invalid_spec_is_recorded_and_waits_for_a_change() {
         assert!(degraded
             .message
             .contains("exactly one of managed or external"));
+        let event = expect_event(&mut api, "Warning", "InvalidSpec").await;
+        assert_eq!(event["note"], degraded.message.as_str());
         api
     })
     .await;
