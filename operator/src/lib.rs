@@ -12,6 +12,8 @@ pub mod events;
 mod example_files;
 #[cfg(test)]
 mod fake_api;
+pub mod http;
+pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 #[cfg(test)]

@@ -10,9 +10,13 @@ use kube::api::{Api, ListParams};
 use kube::runtime::{watcher, Controller};
 use kube::Client;
 use starling_operator::crd::MqttCluster;
+use starling_operator::http::{self, HttpState};
+use starling_operator::metrics::Metrics;
 use starling_operator::reconcile::{error_policy, managed_by_selector, reconcile, Context};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(
@@ -30,17 +34,27 @@ enum Command {
     /// Print the MqttCluster CustomResourceDefinition as YAML.
     Crd,
     /// Run the controller against the cluster from the kubeconfig or the in-cluster account.
-    Run {
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long, env = "STARLING_OPERATOR_NAMESPACE")]
-        namespace: Option<String>,
-        /// Log filter, e.g. `info` or `starling_operator=debug,info`.
-        #[arg(long, env = "RUST_LOG", default_value = "info")]
-        log: String,
-        /// Log JSON lines instead of text.
-        #[arg(long, env = "STARLING_OPERATOR_LOG_JSON")]
-        log_json: bool,
-    },
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "STARLING_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "STARLING_OPERATOR_HTTP_BIND",
+        default_value = "0.0.0.0:8080"
+    )]
+    http_bind: SocketAddr,
+    /// Log filter, e.g. `info` or `starling_operator=debug,info`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "STARLING_OPERATOR_LOG_JSON")]
+    log_json: bool,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -53,29 +67,28 @@ where
     }
 }
 
-async fn run(namespace: Option<String>) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes client configuration (kubeconfig or in-cluster)")?;
-    let ns = namespace.as_deref();
-    let clusters: Api<MqttCluster> = api(&client, ns);
+/// Runs the controller until a shutdown signal.
+async fn run_controller(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+) -> anyhow::Result<()> {
+    let clusters: Api<MqttCluster> = api(&client, namespace);
     clusters
         .list(&ListParams::default().limit(1))
         .await
         .context("cannot list MqttClusters; is the CRD installed (kubectl apply -f crds/mqttcluster.yaml) and may this account list them?")?;
-
     let children = watcher::Config::default().labels(&managed_by_selector());
-    let ctx = Arc::new(Context::new(client.clone(), std::env::var("POD_NAME").ok()));
     tracing::info!(
-        namespace = ns.unwrap_or("<all>"),
-        "starling-operator running"
+        namespace = namespace.unwrap_or("<all>"),
+        "controller running"
     );
     Controller::new(clusters, watcher::Config::default())
-        .owns(api::<StatefulSet>(&client, ns), children.clone())
-        .owns(api::<Deployment>(&client, ns), children.clone())
-        .owns(api::<Service>(&client, ns), children.clone())
-        .owns(api::<ConfigMap>(&client, ns), children.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), children)
+        .owns(api::<StatefulSet>(&client, namespace), children.clone())
+        .owns(api::<Deployment>(&client, namespace), children.clone())
+        .owns(api::<Service>(&client, namespace), children.clone())
+        .owns(api::<ConfigMap>(&client, namespace), children.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), children)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -85,7 +98,49 @@ async fn run(namespace: Option<String>) -> anyhow::Result<()> {
             }
         })
         .await;
-    tracing::info!("starling-operator stopped");
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let http_state = Arc::new(HttpState::new(metrics.clone()));
+    let listener = TcpListener::bind(args.http_bind)
+        .await
+        .with_context(|| format!("cannot listen on --http-bind {}", args.http_bind))?;
+    tracing::info!(address = %args.http_bind, "serving /metrics, /healthz, /readyz");
+    let http_server = http::serve(listener, http_state.clone());
+
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (kubeconfig or in-cluster)")?;
+    let instance = std::env::var("POD_NAME").ok();
+    let ctx = Arc::new(Context::new(client.clone(), instance, metrics.clone()));
+    let namespace = args.namespace.as_deref();
+
+    let controller = async {
+        metrics.leader.set(1);
+        http_state.set_ready();
+        run_controller(client.clone(), namespace, ctx).await
+    };
+    tokio::select! {
+        result = controller => result,
+        result = http_server => {
+            result.context("the HTTP endpoint stopped")?;
+            anyhow::bail!("the HTTP endpoint stopped")
+        }
+    }
+}
+
+fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("{filter:?} is not a valid log filter"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     Ok(())
 }
 
@@ -98,24 +153,13 @@ fn main() -> anyhow::Result<()> {
                 .write_all(yaml.as_bytes())
                 .context("writing the CRD")?;
         }
-        Command::Run {
-            namespace,
-            log,
-            log_json,
-        } => {
-            let filter = tracing_subscriber::EnvFilter::try_new(&log)
-                .with_context(|| format!("{log:?} is not a valid log filter"))?;
-            let builder = tracing_subscriber::fmt().with_env_filter(filter);
-            if log_json {
-                builder.json().init();
-            } else {
-                builder.init();
-            }
+        Command::Run(run_args) => {
+            init_logging(&run_args.log, run_args.log_json)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(run(namespace))?;
+                .block_on(run(run_args))?;
         }
     }
     Ok(())

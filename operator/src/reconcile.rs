@@ -8,6 +8,7 @@
 
 use crate::crd::{MqttCluster, RedisMode};
 use crate::events;
+use crate::metrics::Metrics;
 use crate::resources::{self, redis, servicemonitor, Children, Cluster, FIELD_MANAGER};
 use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
@@ -32,14 +33,17 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events about the clusters (shared, so repeats become a series).
     pub recorder: Recorder,
+    /// Counts reconciles and their duration.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
     /// A context whose Events name `instance` (the pod name) as reporting instance.
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
         Context {
             recorder: events::recorder(client.clone(), instance),
             client,
+            metrics,
         }
     }
 }
@@ -316,9 +320,11 @@ async fn apply_children(
 }
 
 /// Reconciles one cluster: apply, observe, record the status. A failure is also published as a
-/// Warning Event.
+/// Warning Event; every reconcile is counted in the metrics.
 pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let result = reconcile_cluster(&object, &ctx).await;
+    ctx.metrics.observe_reconcile(&result, started.elapsed());
     if let Err(error) = &result {
         events::publish(
             &ctx.recorder,

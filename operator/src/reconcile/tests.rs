@@ -18,6 +18,7 @@ fn context(client: Client) -> Arc<Context> {
     Arc::new(Context::new(
         client,
         Some("starling-operator-0".to_string()),
+        Arc::new(Metrics::new()),
     ))
 }
 
@@ -29,8 +30,24 @@ async fn run<F>(
 where
     F: std::future::Future<Output = FakeApiServer>,
 {
+    run_counted(&Arc::new(Metrics::new()), object, script).await
+}
+
+/// [`run`], counting the reconcile in `metrics`.
+async fn run_counted<F>(
+    metrics: &Arc<Metrics>,
+    object: MqttCluster,
+    script: impl FnOnce(FakeApiServer) -> F,
+) -> Result<Action, Error>
+where
+    F: std::future::Future<Output = FakeApiServer>,
+{
     let (client, api) = fake_api::client();
-    let ctx = context(client);
+    let ctx = Arc::new(Context::new(
+        client,
+        Some("starling-operator-0".to_string()),
+        metrics.clone(),
+    ));
     let (result, api) = tokio::join!(reconcile(Arc::new(object), ctx), script(api));
     api.expect_done().await;
     result
@@ -498,54 +515,70 @@ async fn failed_discovery_fails_the_reconcile_instead_of_skipping_the_service_mo
 
 #[tokio::test]
 async fn api_error_records_reconcile_failed_and_requeues() {
-    let result = run(cluster(Default::default()), |mut api| async move {
-        expect_existing_managed_redis(&mut api).await;
-        api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
-            .await;
-        api.expect_apply(&format!("{NS_API}/services/demo-headless"))
-            .await;
-        api.expect_apply(&format!("{NS_API}/services/demo")).await;
-        let call = api
-            .expect(Method::PATCH, &format!("{NS_APPS}/statefulsets/demo"))
-            .await;
-        call.assert_server_side_apply();
-        call.fail(500, "InternalError", "etcdserver: request timed out");
-        // The remaining children are not applied; what exists is still observed and recorded.
-        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
-            .await
-            .not_found();
-        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
-            .await
-            .respond_with(redis_available());
-        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
-            .await
-            .not_found();
-        let status = expect_status_patch(&mut api).await;
-        assert_eq!(status.observed_generation, Some(4));
-        for type_ in ["Ready", "Progressing"] {
-            let c = condition(&status, type_);
+    let metrics = Arc::new(Metrics::new());
+    let result = run_counted(
+        &metrics,
+        cluster(Default::default()),
+        |mut api| async move {
+            expect_existing_managed_redis(&mut api).await;
+            api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+                .await;
+            api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+                .await;
+            api.expect_apply(&format!("{NS_API}/services/demo")).await;
+            let call = api
+                .expect(Method::PATCH, &format!("{NS_APPS}/statefulsets/demo"))
+                .await;
+            call.assert_server_side_apply();
+            call.fail(500, "InternalError", "etcdserver: request timed out");
+            // The remaining children are not applied; what exists is still observed and recorded.
+            api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+                .await
+                .not_found();
+            api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+                .await
+                .respond_with(redis_available());
+            api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+                .await
+                .not_found();
+            let status = expect_status_patch(&mut api).await;
+            assert_eq!(status.observed_generation, Some(4));
+            for type_ in ["Ready", "Progressing"] {
+                let c = condition(&status, type_);
+                assert_eq!(
+                    (c.status.as_str(), c.reason.as_str()),
+                    ("False", "ReconcileFailed")
+                );
+            }
+            let degraded = condition(&status, "Degraded");
             assert_eq!(
-                (c.status.as_str(), c.reason.as_str()),
-                ("False", "ReconcileFailed")
+                (degraded.status.as_str(), degraded.reason.as_str()),
+                ("True", "ReconcileFailed")
             );
-        }
-        let degraded = condition(&status, "Degraded");
-        assert_eq!(
-            (degraded.status.as_str(), degraded.reason.as_str()),
-            ("True", "ReconcileFailed")
-        );
-        assert!(
-            degraded.message.contains("etcdserver: request timed out"),
-            "{}",
-            degraded.message
-        );
-        let event = expect_event(&mut api, "Warning", "ReconcileFailed").await;
-        assert_eq!(event["note"], degraded.message.as_str());
-        api
-    })
+            assert!(
+                degraded.message.contains("etcdserver: request timed out"),
+                "{}",
+                degraded.message
+            );
+            let event = expect_event(&mut api, "Warning", "ReconcileFailed").await;
+            assert_eq!(event["note"], degraded.message.as_str());
+            api
+        },
+    )
     .await;
     let error = result.expect_err("the reconcile fails");
     assert!(matches!(error, Error::Kube(_)), "{error:?}");
+    let counted = metrics.render();
+    for line in [
+        "starling_operator_reconciles_total{result=\"error\"} 1",
+        "starling_operator_reconcile_errors_total{error=\"kube_api\"} 1",
+        "starling_operator_reconcile_duration_seconds_count 1",
+    ] {
+        assert!(
+            counted.lines().any(|l| l == line),
+            "{line:?} missing in\n{counted}"
+        );
+    }
 
     let (client, api) = fake_api::client();
     let action = error_policy(
