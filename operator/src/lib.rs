@@ -13,6 +13,7 @@ mod example_files;
 #[cfg(test)]
 mod fake_api;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod resources;

@@ -11,6 +11,7 @@ use kube::runtime::{watcher, Controller};
 use kube::Client;
 use starling_operator::crd::MqttCluster;
 use starling_operator::http::{self, HttpState};
+use starling_operator::leader::{self, Elector, LeaseConfig};
 use starling_operator::metrics::Metrics;
 use starling_operator::reconcile::{error_policy, managed_by_selector, reconcile, Context};
 use std::io::Write;
@@ -49,6 +50,16 @@ struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     http_bind: SocketAddr,
+    /// Run the controller only while holding a coordination.k8s.io Lease, so that of several
+    /// replicas one leads and the others stand by.
+    #[arg(long, env = "STARLING_OPERATOR_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the Lease (with --leader-election).
+    #[arg(long, default_value = "starling-operator")]
+    lease_name: String,
+    /// Namespace of the Lease; required with --leader-election.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// Log filter, e.g. `info` or `starling_operator=debug,info`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -67,6 +78,16 @@ where
     }
 }
 
+/// Checks the CRD is installed and readable before anything else waits on it.
+async fn check_crd(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
+    let clusters: Api<MqttCluster> = api(client, namespace);
+    clusters
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("cannot list MqttClusters; is the CRD installed (kubectl apply -f crds/mqttcluster.yaml) and may this account list them?")?;
+    Ok(())
+}
+
 /// Runs the controller until a shutdown signal.
 async fn run_controller(
     client: Client,
@@ -74,10 +95,6 @@ async fn run_controller(
     ctx: Arc<Context>,
 ) -> anyhow::Result<()> {
     let clusters: Api<MqttCluster> = api(&client, namespace);
-    clusters
-        .list(&ListParams::default().limit(1))
-        .await
-        .context("cannot list MqttClusters; is the CRD installed (kubectl apply -f crds/mqttcluster.yaml) and may this account list them?")?;
     let children = watcher::Config::default().labels(&managed_by_selector());
     tracing::info!(
         namespace = namespace.unwrap_or("<all>"),
@@ -103,32 +120,82 @@ async fn run_controller(
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let pod_name = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
+    let lease = if args.leader_election {
+        Some(LeaseConfig::new(
+            args.lease_name.clone(),
+            args.lease_namespace.clone(),
+            pod_name.clone(),
+            leader::hostname(),
+        )?)
+    } else {
+        None
+    };
+
     let metrics = Arc::new(Metrics::new());
     let http_state = Arc::new(HttpState::new(metrics.clone()));
     let listener = TcpListener::bind(args.http_bind)
         .await
         .with_context(|| format!("cannot listen on --http-bind {}", args.http_bind))?;
-    tracing::info!(address = %args.http_bind, "serving /metrics, /healthz, /readyz");
-    let http_server = http::serve(listener, http_state.clone());
+    let address = listener.local_addr().unwrap_or(args.http_bind);
+    tracing::info!(%address, "serving /metrics, /healthz, /readyz");
+    let mut http_server = tokio::spawn(http::serve(listener, http_state.clone()));
 
     let client = Client::try_default()
         .await
         .context("no Kubernetes client configuration (kubeconfig or in-cluster)")?;
-    let instance = std::env::var("POD_NAME").ok();
-    let ctx = Arc::new(Context::new(client.clone(), instance, metrics.clone()));
     let namespace = args.namespace.as_deref();
+    check_crd(&client, namespace).await?;
+    let instance = lease.as_ref().map(|l| l.identity.clone()).or(pod_name);
+    let ctx = Arc::new(Context::new(client.clone(), instance, metrics.clone()));
 
-    let controller = async {
+    let Some(lease) = lease else {
         metrics.leader.set(1);
         http_state.set_ready();
-        run_controller(client.clone(), namespace, ctx).await
+        return tokio::select! {
+            result = run_controller(client.clone(), namespace, ctx) => result,
+            result = &mut http_server => http_stopped(result),
+        };
     };
+
+    let elector = Elector::new(client.clone(), &lease)
+        .await
+        .with_context(|| format!("cannot use Lease {}/{}", lease.namespace, lease.name))?;
+    // A standby is Ready: a Deployment with several replicas must finish rolling out.
+    metrics.leader.set(0);
+    http_state.set_ready();
+    tracing::info!(
+        identity = %lease.identity,
+        lease = %format!("{}/{}", lease.namespace, lease.name),
+        "standing by for the lease"
+    );
     tokio::select! {
-        result = controller => result,
-        result = http_server => {
-            result.context("the HTTP endpoint stopped")?;
-            anyhow::bail!("the HTTP endpoint stopped")
+        () = elector.acquire() => {}
+        result = &mut http_server => return http_stopped(result),
+    }
+    metrics.leader.set(1);
+    let outcome = tokio::select! {
+        result = run_controller(client.clone(), namespace, ctx) => result,
+        reason = elector.hold() => {
+            metrics.leader.set(0);
+            // Exiting lets Kubernetes restart this replica as a standby; nothing of the
+            // controller keeps running.
+            Err(anyhow::anyhow!("lost leadership ({reason}); exiting"))
         }
+        result = &mut http_server => http_stopped(result),
+    };
+    if outcome.is_ok() {
+        // Shut down by a signal: let a standby take over now rather than after expiry.
+        elector.release().await;
+    }
+    outcome
+}
+
+fn http_stopped(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match result {
+        Ok(Ok(())) => anyhow::bail!("the HTTP endpoint stopped"),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("the HTTP endpoint failed")),
+        Err(e) => Err(anyhow::Error::new(e).context("the HTTP endpoint task failed")),
     }
 }
 

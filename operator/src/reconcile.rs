@@ -101,6 +101,12 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
+/// What leader election ([`crate::leader`]) uses, in the Lease's namespace only: the
+/// operator's namespaced Role in `operator/deploy/operator.yaml` grants it (a test checks, and
+/// another that the lease manager uses nothing else).
+pub const LEADER_ELECTION_PERMISSIONS: &[(&str, &str, &[&str])] =
+    &[("coordination.k8s.io", "leases", &["get", "create", "patch"])];
+
 /// How often a healthy cluster is looked at again even without changes.
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a cluster that is still coming up is looked at again.
