@@ -22,3 +22,17 @@ pub enum Error {
     #[error("serialization: {0}")]
     Serialize(#[from] serde_json::Error),
 }
+
+impl Error {
+    /// A short, stable name of the variant, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::MissingMetadata(_) => "missing_metadata",
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::BrokerConfig(_) => "broker_config",
+            Error::Random(_) => "random",
+            Error::Kube(_) => "kube_api",
+            Error::Serialize(_) => "serialize",
+        }
+    }
+}

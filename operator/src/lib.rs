@@ -7,8 +7,14 @@ pub mod crd;
 #[cfg(test)]
 mod deploy_manifest;
 pub mod error;
+pub mod events;
 #[cfg(test)]
 mod example_files;
+#[cfg(test)]
+mod fake_api;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 #[cfg(test)]

@@ -2,10 +2,13 @@
 //! records what it observed in the cluster's status ([`crate::status`]).
 //!
 //! Everything that decides *what* to apply is pure and unit-tested elsewhere; this module only
-//! talks to the API server and is compile-checked but not exercised by tests: there is no API
-//! server in the test environment.
+//! talks to the API server. Its tests (`reconcile/tests.rs`) run the real [`reconcile`] against
+//! a scripted fake API server and check every request: order, server-side apply parameters and
+//! bodies, deletions, the status patch and the returned action.
 
 use crate::crd::{MqttCluster, RedisMode};
+use crate::events;
+use crate::metrics::Metrics;
 use crate::resources::{self, redis, servicemonitor, Children, Cluster, FIELD_MANAGER};
 use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
@@ -16,6 +19,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::Action;
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -27,6 +31,21 @@ use std::time::Duration;
 pub struct Context {
     /// The API client.
     pub client: Client,
+    /// Publishes Events about the clusters (shared, so repeats become a series).
+    pub recorder: Recorder,
+    /// Counts reconciles and their duration.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context whose Events name `instance` (the pod name) as reporting instance.
+    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
+        Context {
+            recorder: events::recorder(client.clone(), instance),
+            client,
+            metrics,
+        }
+    }
 }
 
 /// Every (API group, resource, verb) the controller and this module use. The operator's
@@ -78,7 +97,15 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
         "servicemonitors",
         &["get", "create", "patch", "delete"],
     ),
+    // Events about the clusters (kube's Recorder creates them, then patches repeats).
+    ("events.k8s.io", "events", &["create", "patch"]),
 ];
+
+/// What leader election ([`crate::leader`]) uses, in the Lease's namespace only: the
+/// operator's namespaced Role in `operator/deploy/operator.yaml` grants it (a test checks, and
+/// another that the lease manager uses nothing else).
+pub const LEADER_ELECTION_PERMISSIONS: &[(&str, &str, &[&str])] =
+    &[("coordination.k8s.io", "leases", &["get", "create", "patch"])];
 
 /// How often a healthy cluster is looked at again even without changes.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -118,17 +145,30 @@ fn owned_by(meta: &kube::api::ObjectMeta, cluster: &Cluster<'_>) -> bool {
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
 }
 
+/// Records that a child the spec no longer asks for was deleted.
+async fn deleted_child_event(ctx: &Context, cluster: &Cluster<'_>, kind: &str, name: &str) {
+    events::publish(
+        &ctx.recorder,
+        cluster.object,
+        EventType::Normal,
+        events::DELETED_CHILD,
+        "DeleteChild",
+        format!("deleted {kind} {name}: the spec no longer asks for it"),
+    )
+    .await;
+}
+
 /// Deletes one namespaced object if it exists and this cluster controls it. An object of the
 /// same name that the user made (say, their own Redis named like the managed one) is left
 /// alone.
-async fn delete_owned<K>(client: &Client, cluster: &Cluster<'_>, name: &str) -> Result<(), Error>
+async fn delete_owned<K>(ctx: &Context, cluster: &Cluster<'_>, name: &str) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + DeserializeOwned
         + Clone
         + Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), cluster.namespace);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), cluster.namespace);
     let Some(existing) = api.get_opt(name).await? else {
         return Ok(());
     };
@@ -136,7 +176,10 @@ where
         return Ok(());
     }
     match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            deleted_child_event(ctx, cluster, &K::kind(&()), name).await;
+            Ok(())
+        }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -144,7 +187,7 @@ where
 
 /// Applies `object` when it is `Some`, deletes `name` when it is `None`.
 async fn apply_or_delete<K>(
-    client: &Client,
+    ctx: &Context,
     cluster: &Cluster<'_>,
     name: String,
     object: Option<&K>,
@@ -157,8 +200,8 @@ where
         + Debug,
 {
     match object {
-        Some(o) => apply(client, cluster.namespace, o).await,
-        None => delete_owned::<K>(client, cluster, &name).await,
+        Some(o) => apply(&ctx.client, cluster.namespace, o).await,
+        None => delete_owned::<K>(ctx, cluster, &name).await,
     }
 }
 
@@ -179,7 +222,8 @@ async fn ensure_redis_secret(client: &Client, cluster: &Cluster<'_>) -> Result<(
 }
 
 /// Applies or removes the ServiceMonitor, when the API server knows the kind.
-async fn reconcile_service_monitor(client: &Client, cluster: &Cluster<'_>) -> Result<(), Error> {
+async fn reconcile_service_monitor(ctx: &Context, cluster: &Cluster<'_>) -> Result<(), Error> {
+    let client = &ctx.client;
     let gvk = GroupVersionKind::gvk(
         servicemonitor::GROUP,
         servicemonitor::VERSION,
@@ -187,8 +231,13 @@ async fn reconcile_service_monitor(client: &Client, cluster: &Cluster<'_>) -> Re
     );
     let resource = match kube::discovery::pinned_kind(client, &gvk).await {
         Ok((resource, _)) => resource,
-        // The Prometheus Operator is not installed: nothing to create or clean up.
-        Err(_) => return Ok(()),
+        // The Prometheus Operator is not installed (no such API group, or a version of it
+        // without the kind): nothing to create or clean up.
+        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+        Err(kube::Error::Discovery(_)) => return Ok(()),
+        // Anything else (the API server is unreachable, forbids discovery, ...) is a failure,
+        // not a reason to leave a ServiceMonitor behind or never create it.
+        Err(e) => return Err(e.into()),
     };
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), cluster.namespace, &resource);
@@ -211,7 +260,15 @@ async fn reconcile_service_monitor(client: &Client, cluster: &Cluster<'_>) -> Re
                     .delete(&cluster.broker_name(), &DeleteParams::background())
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        deleted_child_event(
+                            ctx,
+                            cluster,
+                            servicemonitor::KIND,
+                            &cluster.broker_name(),
+                        )
+                        .await;
+                    }
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -223,10 +280,11 @@ async fn reconcile_service_monitor(client: &Client, cluster: &Cluster<'_>) -> Re
 
 /// Applies every child, in an order that lets each find what it needs.
 async fn apply_children(
-    client: &Client,
+    ctx: &Context,
     cluster: &Cluster<'_>,
     children: &Children,
 ) -> Result<(), Error> {
+    let client = &ctx.client;
     let ns = cluster.namespace;
     let managed = matches!(cluster.spec().redis.mode(), Some(RedisMode::Managed(_)));
     // The managed Redis' Secret is kept when switching to an external Redis (switching back
@@ -240,14 +298,14 @@ async fn apply_children(
         apply::<PersistentVolumeClaim>(client, ns, claim).await?;
     }
     apply_or_delete(
-        client,
+        ctx,
         cluster,
         cluster.redis_name(),
         children.redis_service.as_ref(),
     )
     .await?;
     apply_or_delete(
-        client,
+        ctx,
         cluster,
         cluster.redis_name(),
         children.redis_deployment.as_ref(),
@@ -258,18 +316,37 @@ async fn apply_children(
     apply::<Service>(client, ns, &children.client_service).await?;
     apply::<StatefulSet>(client, ns, &children.stateful_set).await?;
     apply_or_delete(
-        client,
+        ctx,
         cluster,
         cluster.broker_name(),
         children.pod_disruption_budget.as_ref(),
     )
     .await?;
-    reconcile_service_monitor(client, cluster).await
+    reconcile_service_monitor(ctx, cluster).await
 }
 
-/// Reconciles one cluster: apply, observe, record the status.
+/// Reconciles one cluster: apply, observe, record the status. A failure is also published as a
+/// Warning Event; every reconcile is counted in the metrics.
 pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let cluster = Cluster::new(&object)?;
+    let started = std::time::Instant::now();
+    let result = reconcile_cluster(&object, &ctx).await;
+    ctx.metrics.observe_reconcile(&result, started.elapsed());
+    if let Err(error) = &result {
+        events::publish(
+            &ctx.recorder,
+            &object,
+            EventType::Warning,
+            events::RECONCILE_FAILED,
+            "Reconcile",
+            error.to_string(),
+        )
+        .await;
+    }
+    result
+}
+
+async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action, Error> {
+    let cluster = Cluster::new(object)?;
     let client = &ctx.client;
     let ns = cluster.namespace;
 
@@ -278,7 +355,7 @@ pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Ac
             (ReconcileOutcome::InvalidSpec(e.to_string()), None)
         }
         Err(e) => (ReconcileOutcome::Failed(e.to_string()), Some(e)),
-        Ok(children) => match apply_children(client, &cluster, &children).await {
+        Ok(children) => match apply_children(ctx, &cluster, &children).await {
             Ok(()) => (ReconcileOutcome::Applied, None),
             Err(e) => (ReconcileOutcome::Failed(e.to_string()), Some(e)),
         },
@@ -317,6 +394,38 @@ pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Ac
     if let Some(e) = failure {
         return Err(e);
     }
+    match &outcome {
+        ReconcileOutcome::InvalidSpec(message) => {
+            events::publish(
+                &ctx.recorder,
+                object,
+                EventType::Warning,
+                events::INVALID_SPEC,
+                "Reconcile",
+                message.clone(),
+            )
+            .await;
+        }
+        ReconcileOutcome::Applied
+            if object.status.as_ref().and_then(|s| s.observed_generation)
+                != object.metadata.generation =>
+        {
+            events::publish(
+                &ctx.recorder,
+                object,
+                EventType::Normal,
+                events::RECONCILED,
+                "Reconcile",
+                format!(
+                    "applied generation {}: {} brokers",
+                    object.metadata.generation.unwrap_or(0),
+                    cluster.spec().replicas
+                ),
+            )
+            .await;
+        }
+        _ => {}
+    }
     Ok(match outcome {
         // Nothing changes until the spec does.
         ReconcileOutcome::InvalidSpec(_) => Action::await_change(),
@@ -348,23 +457,4 @@ pub fn managed_by_selector() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::resources::test_support::cluster;
-
-    #[test]
-    fn only_objects_this_cluster_controls_count_as_owned() {
-        let object = cluster(Default::default());
-        let c = Cluster::new(&object).expect("cluster");
-        let ours = c.child_meta("demo-redis".into(), "redis");
-        assert!(owned_by(&ours, &c));
-        let mut theirs = ours.clone();
-        theirs.owner_references = None;
-        assert!(!owned_by(&theirs, &c), "a user's object of the same name");
-        let mut other = ours;
-        if let Some(refs) = other.owner_references.as_mut() {
-            refs[0].uid = "another-cluster".into();
-        }
-        assert!(!owned_by(&other, &c));
-    }
-}
+mod tests;

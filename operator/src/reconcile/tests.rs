@@ -1,0 +1,640 @@
+//! The real [`reconcile`] against a scripted fake API server ([`crate::fake_api`]): each test
+//! answers every request in the order the reconciler must make it and checks what it sends.
+
+use super::*;
+use crate::crd::MqttClusterStatus;
+use crate::fake_api::{self, FakeApiServer};
+use crate::resources::test_support::{cluster, cluster_from_yaml};
+use http::{Method, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use serde_json::{json, Value};
+
+const NS_API: &str = "/api/v1/namespaces/iot";
+const NS_APPS: &str = "/apis/apps/v1/namespaces/iot";
+const STATUS_PATH: &str =
+    "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttclusters/demo/status";
+
+fn context(client: Client) -> Arc<Context> {
+    Arc::new(Context::new(
+        client,
+        Some("starling-operator-0".to_string()),
+        Arc::new(Metrics::new()),
+    ))
+}
+
+/// Runs `reconcile` for `object` while `script` plays the API server; returns the result.
+async fn run<F>(
+    object: MqttCluster,
+    script: impl FnOnce(FakeApiServer) -> F,
+) -> Result<Action, Error>
+where
+    F: std::future::Future<Output = FakeApiServer>,
+{
+    run_counted(&Arc::new(Metrics::new()), object, script).await
+}
+
+/// [`run`], counting the reconcile in `metrics`.
+async fn run_counted<F>(
+    metrics: &Arc<Metrics>,
+    object: MqttCluster,
+    script: impl FnOnce(FakeApiServer) -> F,
+) -> Result<Action, Error>
+where
+    F: std::future::Future<Output = FakeApiServer>,
+{
+    let (client, api) = fake_api::client();
+    let ctx = Arc::new(Context::new(
+        client,
+        Some("starling-operator-0".to_string()),
+        metrics.clone(),
+    ));
+    let (result, api) = tokio::join!(reconcile(Arc::new(object), ctx), script(api));
+    api.expect_done().await;
+    result
+}
+
+/// `object` with `metadata` fields the API server sets on a live object.
+fn live(mut object: Value) -> Value {
+    object["metadata"]["resourceVersion"] = json!("1");
+    object["metadata"]["uid"] = json!("c0ffee00-0000-4000-8000-000000000001");
+    object
+}
+
+/// What the API server returns for an existing object of this cluster's, or of the user's.
+fn existing(api_version: &str, kind: &str, name: &str, owned: bool) -> Value {
+    let mut meta = json!({"name": name, "namespace": "iot", "resourceVersion": "7"});
+    if owned {
+        meta["ownerReferences"] = json!([{
+            "apiVersion": "mqtt.starling.dev/v1alpha1",
+            "kind": "MqttCluster",
+            "name": "demo",
+            "uid": "0b8c1b7e-5a6d-4a57-9f7e-3c7b1d2e4f60",
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }]);
+    }
+    json!({"apiVersion": api_version, "kind": kind, "metadata": meta})
+}
+
+/// The broker StatefulSet as the API server reports it: `applied` plus a status.
+fn stateful_set_with_status(applied: &Value, ready: i32) -> Value {
+    let mut set = live(applied.clone());
+    set["metadata"]["generation"] = json!(1);
+    let replicas = applied["spec"]["replicas"].clone();
+    set["status"] = json!({
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "updatedReplicas": replicas,
+        "currentRevision": "demo-1",
+        "updateRevision": "demo-1",
+    });
+    set
+}
+
+/// Answers the discovery request for the ServiceMonitor kind: present or not.
+async fn expect_service_monitor_discovery(api: &mut FakeApiServer, installed: bool) {
+    let call = api
+        .expect(Method::GET, "/apis/monitoring.coreos.com/v1")
+        .await;
+    if installed {
+        call.respond_with(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "monitoring.coreos.com/v1",
+            "resources": [{
+                "name": "servicemonitors",
+                "singularName": "servicemonitor",
+                "namespaced": true,
+                "kind": "ServiceMonitor",
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            }],
+        }));
+    } else {
+        call.not_found();
+    }
+}
+
+/// Answers the status patch and returns the status it carried.
+async fn expect_status_patch(api: &mut FakeApiServer) -> MqttClusterStatus {
+    let call = api.expect(Method::PATCH, STATUS_PATH).await;
+    assert_eq!(
+        call.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    let status: MqttClusterStatus =
+        serde_json::from_value(call.body["status"].clone()).expect("status patch carries a status");
+    let mut object = serde_json::to_value(cluster(Default::default())).expect("JSON");
+    object["status"] = call.body["status"].clone();
+    call.respond_with(object);
+    status
+}
+
+/// Answers the applies of the broker's objects (ConfigMap to PodDisruptionBudget) and returns
+/// the applied StatefulSet.
+async fn expect_broker_children_applied(api: &mut FakeApiServer) -> Value {
+    api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+        .await;
+    api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+        .await;
+    api.expect_apply(&format!("{NS_API}/services/demo")).await;
+    let set = api
+        .expect_apply(&format!("{NS_APPS}/statefulsets/demo"))
+        .await;
+    api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
+        .await;
+    set
+}
+
+/// Answers the managed Redis' Secret lookup (it exists) and the Redis Service and Deployment
+/// applies.
+async fn expect_existing_managed_redis(api: &mut FakeApiServer) {
+    api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
+        .await
+        .respond_with(existing("v1", "Secret", "demo-redis", true));
+    api.expect_apply(&format!("{NS_API}/services/demo-redis"))
+        .await;
+    api.expect_apply(&format!("{NS_APPS}/deployments/demo-redis"))
+        .await;
+}
+
+fn redis_available() -> Value {
+    let mut redis = existing("apps/v1", "Deployment", "demo-redis", true);
+    redis["status"] = json!({
+        "availableReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True"}],
+    });
+    redis
+}
+
+fn load_balancer(ip: &str) -> Value {
+    let mut service = existing("v1", "Service", "demo", true);
+    service["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+    service
+}
+
+/// Answers the next request, asserted to create an Event of `type_` and `reason` about the
+/// cluster; returns the Event.
+async fn expect_event(api: &mut FakeApiServer, type_: &str, reason: &str) -> Value {
+    let call = api
+        .expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/iot/events")
+        .await;
+    let event = call.body.clone();
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some(type_), Some(reason)),
+        "{event:#}"
+    );
+    assert_eq!(event["reportingController"], "starling-operator");
+    assert_eq!(event["reportingInstance"], "starling-operator-0");
+    assert_eq!(event["regarding"]["kind"], "MqttCluster");
+    assert_eq!(event["regarding"]["name"], "demo");
+    assert_eq!(
+        event["regarding"]["uid"],
+        "0b8c1b7e-5a6d-4a57-9f7e-3c7b1d2e4f60"
+    );
+    call.respond(StatusCode::CREATED, live(event.clone()));
+    event
+}
+
+fn condition<'a>(status: &'a MqttClusterStatus, type_: &str) -> &'a Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:#?}"))
+}
+
+#[tokio::test]
+async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_records_status() {
+    let result = run(cluster(Default::default()), |mut api| async move {
+        // The Redis password Secret: looked up, created once.
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
+            .await
+            .not_found();
+        let call = api.expect(Method::POST, &format!("{NS_API}/secrets")).await;
+        assert_eq!(call.body["metadata"]["name"], "demo-redis");
+        let password = call.body["stringData"]["password"]
+            .as_str()
+            .expect("password")
+            .to_string();
+        assert_eq!(password.len(), 32);
+        assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
+        let secret = live(call.body.clone());
+        call.respond(StatusCode::CREATED, secret);
+
+        let redis_service = api
+            .expect_apply(&format!("{NS_API}/services/demo-redis"))
+            .await;
+        assert_eq!(redis_service["spec"]["ports"][0]["port"], 6379);
+        let redis = api
+            .expect_apply(&format!("{NS_APPS}/deployments/demo-redis"))
+            .await;
+        assert_eq!(redis["kind"], "Deployment");
+        assert_eq!(redis["metadata"]["ownerReferences"][0]["name"], "demo");
+        let config = api
+            .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+            .await;
+        let toml = config["data"]["starling.toml"].as_str().expect("config");
+        assert!(toml.contains("demo-0.demo-headless.iot.svc"), "{toml}");
+        let headless = api
+            .expect_apply(&format!("{NS_API}/services/demo-headless"))
+            .await;
+        assert_eq!(headless["spec"]["clusterIP"], "None");
+        let client_service = api.expect_apply(&format!("{NS_API}/services/demo")).await;
+        assert_eq!(client_service["spec"]["type"], "LoadBalancer");
+        let set = api
+            .expect_apply(&format!("{NS_APPS}/statefulsets/demo"))
+            .await;
+        assert_eq!(set["spec"]["replicas"], 3);
+        assert_eq!(set["spec"]["serviceName"], "demo-headless");
+        assert!(set["spec"]["template"]["metadata"]["annotations"]
+            ["mqtt.starling.dev/config-hash"]
+            .is_string());
+        let pdb = api
+            .expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
+            .await;
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        expect_service_monitor_discovery(&mut api, false).await;
+
+        // Observation: the StatefulSet controller has not acted yet; Redis has no status yet.
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(live(set));
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(live(redis));
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(live(client_service));
+
+        let status = expect_status_patch(&mut api).await;
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.replicas, 0);
+        assert_eq!(status.ready_replicas, 0);
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("app.kubernetes.io/component=broker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=starling")
+        );
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "RedisUnavailable")
+        );
+        assert_eq!(ready.observed_generation, Some(4));
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "Scaling")
+        );
+        assert_eq!(progressing.message, "0 of 3 brokers exist");
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("False", "AsExpected")
+        );
+        let event = expect_event(&mut api, "Normal", "Reconciled").await;
+        assert_eq!(event["note"], "applied generation 4: 3 brokers");
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
+}
+
+#[tokio::test]
+async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
+    let object = cluster(Default::default());
+    let mut recorded = None;
+    let slot = &mut recorded;
+    let first = run(object.clone(), |mut api| async move {
+        expect_existing_managed_redis(&mut api).await;
+        let set = expect_broker_children_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 3));
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(redis_available());
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(load_balancer("203.0.113.7"));
+        let status = expect_status_patch(&mut api).await;
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "AllReplicasReady")
+        );
+        assert_eq!(status.endpoint.as_deref(), Some("203.0.113.7:1883"));
+        assert_eq!(status.ready_replicas, 3);
+        *slot = Some(status);
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(first.expect("reconcile succeeds"), Action::requeue(RESYNC));
+
+    // The next pass sees the recorded status: same observations and generation, so no status
+    // patch and no Event.
+    let mut object = object;
+    object.status = recorded;
+    let second = run(object, |mut api| async move {
+        expect_existing_managed_redis(&mut api).await;
+        let set = expect_broker_children_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 3));
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(redis_available());
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(load_balancer("203.0.113.7"));
+        api
+    })
+    .await;
+    assert_eq!(second.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns() {
+    let object = cluster_from_yaml("redis: {external: {url: \"redis://redis.example:6379/0\"}}");
+    let result = run(object, |mut api| async move {
+        // The managed Redis' Service is this cluster's: deleted.
+        api.expect(Method::GET, &format!("{NS_API}/services/demo-redis"))
+            .await
+            .respond_with(existing("v1", "Service", "demo-redis", true));
+        let call = api
+            .expect(Method::DELETE, &format!("{NS_API}/services/demo-redis"))
+            .await;
+        assert_eq!(call.body["propagationPolicy"], "Background");
+        call.respond_with(existing("v1", "Service", "demo-redis", true));
+        let event = expect_event(&mut api, "Normal", "DeletedChild").await;
+        assert_eq!(
+            event["note"],
+            "deleted Service demo-redis: the spec no longer asks for it"
+        );
+        // A Deployment of the same name that the user made: left alone (no DELETE follows).
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(existing("apps/v1", "Deployment", "demo-redis", false));
+
+        let config = api
+            .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+            .await;
+        let toml = config["data"]["starling.toml"].as_str().expect("config");
+        assert!(!toml.contains("demo-redis"), "{toml}");
+        api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+            .await;
+        api.expect_apply(&format!("{NS_API}/services/demo")).await;
+        let set = api
+            .expect_apply(&format!("{NS_APPS}/statefulsets/demo"))
+            .await;
+        let env = set["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env");
+        let url = env
+            .iter()
+            .find(|e| e["name"] == "STARLING_CLUSTER__REDIS_URL")
+            .expect("redis url");
+        assert_eq!(url["value"], "redis://redis.example:6379/0");
+        api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
+            .await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 3));
+        // No look at a Redis Deployment: Redis is external.
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .not_found();
+        let status = expect_status_patch(&mut api).await;
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "AllReplicasReady")
+        );
+        assert_eq!(status.endpoint, None, "no load balancer address yet");
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// Runs a ready cluster with monitoring on, the ServiceMonitor CRD `installed` or not; returns
+/// the ServiceMonitor applied, if any.
+async fn reconcile_with_monitoring(installed: bool) -> Option<Value> {
+    let object = cluster_from_yaml("monitoring: {serviceMonitor: {enabled: true, interval: 15s}}");
+    let mut applied = None;
+    let slot = &mut applied;
+    let result = run(object, |mut api| async move {
+        expect_existing_managed_redis(&mut api).await;
+        let set = expect_broker_children_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, installed).await;
+        if installed {
+            *slot = Some(
+                api.expect_apply(
+                    "/apis/monitoring.coreos.com/v1/namespaces/iot/servicemonitors/demo",
+                )
+                .await,
+            );
+        }
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 3));
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(redis_available());
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(load_balancer("203.0.113.7"));
+        expect_status_patch(&mut api).await;
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+    applied
+}
+
+#[tokio::test]
+async fn service_monitor_is_applied_only_when_its_crd_exists() {
+    let monitor = reconcile_with_monitoring(true)
+        .await
+        .expect("a ServiceMonitor is applied");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["ownerReferences"][0]["name"], "demo");
+    assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+
+    assert_eq!(reconcile_with_monitoring(false).await, None);
+}
+
+#[tokio::test]
+async fn failed_discovery_fails_the_reconcile_instead_of_skipping_the_service_monitor() {
+    let object = cluster_from_yaml("monitoring: {serviceMonitor: {enabled: true}}");
+    let result = run(object, |mut api| async move {
+        expect_existing_managed_redis(&mut api).await;
+        let set = expect_broker_children_applied(&mut api).await;
+        api.expect(Method::GET, "/apis/monitoring.coreos.com/v1")
+            .await
+            .fail(403, "Forbidden", "discovery is forbidden");
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 3));
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(redis_available());
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(load_balancer("203.0.113.7"));
+        let status = expect_status_patch(&mut api).await;
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ReconcileFailed")
+        );
+        let event = expect_event(&mut api, "Warning", "ReconcileFailed").await;
+        assert!(
+            event["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("discovery is forbidden")),
+            "{event:#}"
+        );
+        api
+    })
+    .await;
+    let error = result.expect_err("the reconcile fails");
+    assert!(
+        error.to_string().contains("discovery is forbidden"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn api_error_records_reconcile_failed_and_requeues() {
+    let metrics = Arc::new(Metrics::new());
+    let result = run_counted(
+        &metrics,
+        cluster(Default::default()),
+        |mut api| async move {
+            expect_existing_managed_redis(&mut api).await;
+            api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+                .await;
+            api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+                .await;
+            api.expect_apply(&format!("{NS_API}/services/demo")).await;
+            let call = api
+                .expect(Method::PATCH, &format!("{NS_APPS}/statefulsets/demo"))
+                .await;
+            call.assert_server_side_apply();
+            call.fail(500, "InternalError", "etcdserver: request timed out");
+            // The remaining children are not applied; what exists is still observed and recorded.
+            api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+                .await
+                .not_found();
+            api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+                .await
+                .respond_with(redis_available());
+            api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+                .await
+                .not_found();
+            let status = expect_status_patch(&mut api).await;
+            assert_eq!(status.observed_generation, Some(4));
+            for type_ in ["Ready", "Progressing"] {
+                let c = condition(&status, type_);
+                assert_eq!(
+                    (c.status.as_str(), c.reason.as_str()),
+                    ("False", "ReconcileFailed")
+                );
+            }
+            let degraded = condition(&status, "Degraded");
+            assert_eq!(
+                (degraded.status.as_str(), degraded.reason.as_str()),
+                ("True", "ReconcileFailed")
+            );
+            assert!(
+                degraded.message.contains("etcdserver: request timed out"),
+                "{}",
+                degraded.message
+            );
+            let event = expect_event(&mut api, "Warning", "ReconcileFailed").await;
+            assert_eq!(event["note"], degraded.message.as_str());
+            api
+        },
+    )
+    .await;
+    let error = result.expect_err("the reconcile fails");
+    assert!(matches!(error, Error::Kube(_)), "{error:?}");
+    let counted = metrics.render();
+    for line in [
+        "starling_operator_reconciles_total{result=\"error\"} 1",
+        "starling_operator_reconcile_errors_total{error=\"kube_api\"} 1",
+        "starling_operator_reconcile_duration_seconds_count 1",
+    ] {
+        assert!(
+            counted.lines().any(|l| l == line),
+            "{line:?} missing in\n{counted}"
+        );
+    }
+
+    let (client, api) = fake_api::client();
+    let action = error_policy(
+        Arc::new(cluster(Default::default())),
+        &error,
+        context(client),
+    );
+    assert_eq!(action, Action::requeue(POLL));
+    api.expect_done().await;
+}
+
+#[tokio::test]
+async fn invalid_spec_is_recorded_and_waits_for_a_change() {
+    let object = cluster_from_yaml(
+        "redis: {managed: {}, external: {url: \"redis://redis.example:6379/0\"}}",
+    );
+    let result = run(object, |mut api| async move {
+        // Nothing is applied; what exists is observed.
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .not_found();
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .not_found();
+        let status = expect_status_patch(&mut api).await;
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert!(degraded
+            .message
+            .contains("exactly one of managed or external"));
+        let event = expect_event(&mut api, "Warning", "InvalidSpec").await;
+        assert_eq!(event["note"], degraded.message.as_str());
+        api
+    })
+    .await;
+    assert_eq!(
+        result.expect("an invalid spec is not an error to retry"),
+        Action::await_change()
+    );
+}
+
+#[test]
+fn only_objects_this_cluster_controls_count_as_owned() {
+    let object = cluster(Default::default());
+    let c = Cluster::new(&object).expect("cluster");
+    let ours = c.child_meta("demo-redis".into(), "redis");
+    assert!(owned_by(&ours, &c));
+    let mut theirs = ours.clone();
+    theirs.owner_references = None;
+    assert!(!owned_by(&theirs, &c), "a user's object of the same name");
+    let mut other = ours;
+    if let Some(refs) = other.owner_references.as_mut() {
+        refs[0].uid = "another-cluster".into();
+    }
+    assert!(!owned_by(&other, &c));
+}
