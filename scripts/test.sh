@@ -24,6 +24,16 @@ if [ -n "${STARLING_TOOLS_DIR:-}" ]; then
   export PATH="$STARLING_TOOLS_DIR:$PATH"
 fi
 
-# The end-to-end tests run the broker binary: build it first.
-cargo build -p starling-broker --locked
+# The end-to-end tests run the broker binary: build it first, with the operator's. Both
+# binaries the images ship must start and report the workspace version (a debug build: the
+# images' release build takes minutes).
+cargo build -p starling-broker -p starling-operator --locked
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
+for bin in starling-broker starling-operator; do
+  said="$("${CARGO_TARGET_DIR:-target}/debug/$bin" --version)"
+  if [ "$said" != "$bin $version" ]; then
+    echo "$bin --version printed '$said', expected '$bin $version'" >&2
+    exit 1
+  fi
+done
 cargo test --workspace --all-targets --locked "$@"

@@ -29,9 +29,10 @@ pub struct Context {
     pub client: Client,
 }
 
-/// Every (API group, resource, verb) the controller and this module use. The operator's
-/// ClusterRole in `operator/deploy/operator.yaml` must grant them all (a test checks); update
-/// this list with the code.
+/// Every (API group, resource, verb) the controller and this module use. The chart's RBAC
+/// (`charts/starling-operator/templates/rbac.yaml`, rendered into `deploy/`) must grant exactly
+/// these (`operator/tests/chart.rs` checks); update this list, the template and
+/// `scripts/render-deploy.sh`'s output with the code.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "mqtt.starling.dev",
