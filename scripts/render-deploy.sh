@@ -2,7 +2,7 @@
 # Renders deploy/starling-operator.yaml, the plain manifests for installing without Helm
 # (`kubectl apply -f deploy/`), from charts/starling-operator with its default values: the
 # starling-system Namespace, the CRD, RBAC and the operator Deployment. Run it after changing
-# the chart or the CRD; a test (operator/tests/chart.rs) re-renders and fails when the
+# the chart or the CRD; a test (operator/tests/install.rs) re-renders and fails when the
 # committed file differs. Needs helm v4 (scripts/install-helm.sh).
 #   scripts/render-deploy.sh [OUTPUT]     default: deploy/starling-operator.yaml
 set -euo pipefail

@@ -31,7 +31,7 @@ pub struct Context {
 
 /// Every (API group, resource, verb) the controller and this module use. The chart's RBAC
 /// (`charts/starling-operator/templates/rbac.yaml`, rendered into `deploy/`) must grant exactly
-/// these (`operator/tests/chart.rs` checks); update this list, the template and
+/// these (`operator/tests/install.rs` checks); update this list, the template and
 /// `scripts/render-deploy.sh`'s output with the code.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
