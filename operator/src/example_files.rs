@@ -99,3 +99,49 @@ fn example_values_are_read_as_written() {
     let minimal = stored(&docs[0].1);
     assert_eq!(minimal.spec, Default::default());
 }
+
+#[test]
+fn autoscaler_example_targets_an_example_cluster_through_the_scale_subresource() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use kube::Resource;
+
+    let text = include_str!("../examples/mqttcluster-hpa.yaml");
+    let value: Value = serde_yaml_ng::from_str(text).expect("YAML");
+    assert_eq!(value["apiVersion"], "autoscaling/v2");
+    assert_eq!(value["kind"], "HorizontalPodAutoscaler");
+    let hpa: HorizontalPodAutoscaler =
+        serde_json::from_value(value).expect("an autoscaling/v2 HPA");
+    let spec = hpa.spec;
+    let target = &spec.scale_target_ref;
+    assert_eq!(target.kind, MqttCluster::kind(&()));
+    assert_eq!(
+        target.api_version.as_deref(),
+        Some(MqttCluster::api_version(&()).as_ref())
+    );
+
+    let cluster = documents()
+        .into_iter()
+        .map(|(_, doc)| stored(&doc))
+        .find(|c| c.metadata.name.as_deref() == Some(target.name.as_str()))
+        .expect("the HPA targets a cluster from the examples");
+    assert_eq!(hpa.metadata.namespace, cluster.metadata.namespace);
+    assert!(
+        spec.min_replicas.is_some_and(|m| m >= 1)
+            && spec.max_replicas >= spec.min_replicas.unwrap_or(1)
+    );
+    // CPU utilisation is measured against requests: the target's pods must have them.
+    let uses_cpu = spec
+        .metrics
+        .iter()
+        .flatten()
+        .any(|m| m.resource.as_ref().is_some_and(|r| r.name == "cpu"));
+    let requests_cpu = cluster
+        .spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .is_some_and(|r| r.contains_key("cpu"));
+    assert!(!uses_cpu || requests_cpu, "the target cluster requests CPU");
+
+    // The CRD serves the scale subresource the HPA goes through: crd.rs tests it.
+}

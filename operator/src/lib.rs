@@ -4,8 +4,6 @@
 //! the operator applies is unit-tested without an API server; [`reconcile`] only applies them.
 
 pub mod crd;
-#[cfg(test)]
-mod deploy_manifest;
 pub mod error;
 pub mod events;
 #[cfg(test)]

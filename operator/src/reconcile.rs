@@ -48,9 +48,10 @@ impl Context {
     }
 }
 
-/// Every (API group, resource, verb) the controller and this module use. The operator's
-/// ClusterRole in `operator/deploy/operator.yaml` must grant them all (a test checks); update
-/// this list with the code.
+/// Every (API group, resource, verb) the controller and this module use. The chart's RBAC
+/// (`charts/starling-operator/templates/rbac.yaml`, rendered into `deploy/`) must grant exactly
+/// these (`operator/tests/install.rs` checks); update this list, the template and
+/// `scripts/render-deploy.sh`'s output with the code.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "mqtt.starling.dev",
@@ -102,8 +103,8 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
 ];
 
 /// What leader election ([`crate::leader`]) uses, in the Lease's namespace only: the
-/// operator's namespaced Role in `operator/deploy/operator.yaml` grants it (a test checks, and
-/// another that the lease manager uses nothing else).
+/// operator's namespaced Role in the Helm chart (and `deploy/`) grants it (`tests/install.rs`
+/// checks, and `leader` tests that the lease manager uses nothing else).
 pub const LEADER_ELECTION_PERMISSIONS: &[(&str, &str, &[&str])] =
     &[("coordination.k8s.io", "leases", &["get", "create", "patch"])];
 
