@@ -48,14 +48,8 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts the broker on a free loopback port and waits until it accepts TCP.
     pub async fn start(spec: &BrokerSpec) -> Result<Self> {
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let dir = tempfile::Builder::new()
-            .prefix("starling-bench-")
-            .tempdir()
-            .context("creating a temporary directory")?;
-        let log = File::create(dir.path().join("broker.log")).context("creating broker log")?;
-
+        let addr = free_loopback_addr()?;
+        let dir = temp_dir()?;
         let mut cmd = Command::new(&spec.bin);
         match spec.kind {
             BrokerKind::Starling => {
@@ -67,25 +61,33 @@ impl BrokerProcess {
             }
             BrokerKind::Mosquitto => {
                 let conf = dir.path().join("mosquitto.conf");
-                std::fs::write(&conf, mosquitto_config(port))
+                std::fs::write(&conf, mosquitto_config(addr.port()))
                     .context("writing mosquitto config")?;
                 cmd.arg("-c").arg(&conf);
             }
         }
+        Self::launch(&spec.kind.to_string(), cmd, addr, dir).await
+    }
+
+    /// Spawns `cmd` (a server that will listen on `addr`) with its output in
+    /// `dir/broker.log`, and waits until `addr` accepts TCP.
+    pub async fn launch(
+        name: &str,
+        mut cmd: Command,
+        addr: SocketAddr,
+        dir: TempDir,
+    ) -> Result<Self> {
+        let log = File::create(dir.path().join("broker.log")).context("creating broker log")?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating log handle")?)
             .stderr(log);
         let child = cmd
             .spawn()
-            .with_context(|| format!("starting {} from {}", spec.kind, spec.bin.display()))?;
+            .with_context(|| format!("starting {name} from {:?}", cmd.get_program()))?;
 
         let mut broker = BrokerProcess { child, addr, dir };
         if let Err(e) = broker.wait_ready().await {
-            bail!(
-                "{} did not become ready: {e:#}{}",
-                spec.kind,
-                broker.log_tail()
-            );
+            bail!("{name} did not become ready: {e:#}{}", broker.log_tail());
         }
         Ok(broker)
     }
@@ -120,7 +122,7 @@ impl BrokerProcess {
     }
 
     /// The last lines the broker wrote, formatted for an error message.
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         if lines.is_empty() {
@@ -151,10 +153,18 @@ pub fn mosquitto_config(port: u16) -> String {
     )
 }
 
-/// A loopback port that was free a moment ago (bound to port 0, then released).
-fn free_port() -> Result<u16> {
+/// A loopback address whose port was free a moment ago (bound to port 0, then released).
+pub fn free_loopback_addr() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
-    Ok(listener.local_addr()?.port())
+    listener.local_addr().context("reading the probe port")
+}
+
+/// A fresh temporary directory for one server's files.
+pub fn temp_dir() -> Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix("starling-bench-")
+        .tempdir()
+        .context("creating a temporary directory")
 }
 
 /// Default Starling binary: `<target>/release/starling-broker`, where target is

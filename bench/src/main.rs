@@ -3,10 +3,18 @@
 //!
 //! Every scenario starts a fresh process of each broker, which is killed when
 //! the scenario ends (or the bench fails or is interrupted).
+//!
+//! `--cluster` runs the cluster scenarios instead: two Starling nodes sharing
+//! one `redis-server`, compared with one node, and `redis-benchmark` XADD
+//! figures as the relay's ceiling.
 
 mod broker;
+mod cluster;
+mod cluster_report;
+mod cluster_scenarios;
 mod mqtt;
 mod procfs;
+mod redis_benchmark;
 mod report;
 mod scenarios;
 
@@ -19,6 +27,8 @@ use clap::Parser;
 use tokio::signal::unix::SignalKind;
 
 use broker::{BrokerKind, BrokerProcess, BrokerSpec};
+use cluster_report::{ClusterReport, LoadResults, XaddResult};
+use cluster_scenarios::{Load, Placement};
 use report::{JsonReport, JsonScenario, Outcome, ScenarioReport};
 use scenarios::{Scenario, Settings};
 
@@ -38,6 +48,11 @@ struct Args {
     /// Run only this broker.
     #[arg(long, value_enum)]
     only: Option<BrokerKind>,
+    /// Run the cluster scenarios instead: two Starling nodes sharing one
+    /// redis-server (publisher and subscriber on different nodes, on the same
+    /// node, and on a standalone node) and redis-benchmark XADD as the ceiling.
+    #[arg(long, conflicts_with_all = ["only", "scenarios"])]
+    cluster: bool,
     /// Measured seconds per scenario and broker.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     seconds: u64,
@@ -47,7 +62,7 @@ struct Args {
     /// Idle connections opened in the idle-connections scenario.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
-    /// Total publish rate (msgs/s) of the latency scenario.
+    /// Total publish rate (msgs/s) of the latency scenarios.
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
     /// Also write the results as JSON to this file.
@@ -71,8 +86,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        let work = async {
+            if args.cluster {
+                run_cluster(args).await
+            } else {
+                run(args).await
+            }
+        };
         tokio::select! {
-            r = run(args) => r,
+            r = work => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
             _ = term.recv() => Err(anyhow::anyhow!("terminated")),
         }
@@ -181,6 +203,126 @@ async fn run(args: Args) -> Result<bool> {
         println!("results written to {}", path.display());
     }
     Ok(all_ok)
+}
+
+/// Runs the cluster scenarios and redis-benchmark; `Ok(false)` if any failed.
+async fn run_cluster(args: Args) -> Result<bool> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number");
+    }
+    let bin = cluster::starling_bin(args.starling_bin.clone())?;
+    for tool in ["redis-server", "redis-benchmark"] {
+        if broker::resolve_bin(std::path::Path::new(tool)).is_none() {
+            bail!(
+                "{tool} not found in $PATH: install it (apt-get install redis-server redis-tools)"
+            );
+        }
+    }
+    broker::raise_nofile_limit(NOFILE_WANTED)?;
+    let settings = Settings {
+        duration: Duration::from_secs(args.seconds),
+        connections: args.connections,
+        rate: args.rate,
+        clk_tck: procfs::clock_ticks_per_second()?,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "starling-bench --cluster: loopback, {cores} cores shared by the load generator, \
+         both nodes and redis-server"
+    );
+    println!("  starling: {}", bin.display());
+    println!(
+        "  {} s per case; fresh processes for every case (redis-server + node-a + node-b, \
+         or one standalone node)",
+        args.seconds
+    );
+    println!(
+        "  cross-node: publishers on node-a, subscriber on node-b; same-node: both on node-a\n"
+    );
+
+    let mut all_ok = true;
+    let mut loads = Vec::new();
+    for load in Load::ALL {
+        let mut outcomes = Vec::new();
+        for placement in Placement::ALL {
+            print!("-- {} {} ... ", load.id(), placement.label());
+            flush_stdout();
+            let outcome = match cluster_scenarios::run_case(load, placement, &bin, &settings).await
+            {
+                Ok(metrics) => {
+                    println!("done");
+                    Outcome::Ok { metrics }
+                }
+                Err(e) => {
+                    println!("FAILED");
+                    all_ok = false;
+                    Outcome::Failed {
+                        error: format!("{e:#}"),
+                    }
+                }
+            };
+            outcomes.push((placement, outcome));
+        }
+        loads.push(LoadResults {
+            load,
+            title: load.title(args.rate),
+            outcomes,
+        });
+    }
+
+    print!("-- redis-benchmark XADD ... ");
+    flush_stdout();
+    let xadd = xadd_ceiling(&bin).await;
+    all_ok &= xadd.iter().all(|x| x.figures.is_ok());
+    println!("done\n");
+
+    let report = ClusterReport {
+        rate: args.rate,
+        loads,
+        xadd,
+    };
+    println!("{}", report.render());
+    println!("cross/same: cross-node value / same-node value; saturated runs' latencies are queueing delay");
+
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "seconds_per_case": settings.duration.as_secs_f64(),
+            "cores": cores,
+            "cluster": &report,
+            "summary": report.summary(),
+        });
+        let text = serde_json::to_string_pretty(&json).context("encoding JSON")?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    Ok(all_ok)
+}
+
+/// Runs the redis-benchmark XADD runs against the redis-server of a fresh,
+/// idle two-node cluster.
+async fn xadd_ceiling(bin: &std::path::Path) -> Vec<XaddResult> {
+    let cluster = cluster::Cluster::start(bin).await;
+    let mut results = Vec::new();
+    for run in &redis_benchmark::RUNS {
+        let (command, figures) = match &cluster {
+            Ok(c) => (
+                run.command_line(c.redis.process.addr.port()),
+                redis_benchmark::measure(run, c.redis.process.addr)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+            ),
+            Err(e) => (
+                run.command_line(0),
+                Err(format!("starting the cluster: {e:#}")),
+            ),
+        };
+        results.push(XaddResult {
+            label: run.label,
+            command,
+            figures,
+        });
+    }
+    results
 }
 
 /// Starts a fresh broker, runs one scenario on it (bounded in time), and

@@ -46,14 +46,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn value(&self, name: &str) -> Option<f64> {
+    /// The value of a metric, if the run succeeded and measured it.
+    pub fn value(&self, name: &str) -> Option<f64> {
         match self {
             Outcome::Ok { metrics } => metrics.iter().find(|m| m.name == name).map(|m| m.value),
             _ => None,
         }
     }
 
-    fn metrics(&self) -> &[Metric] {
+    /// The measured figures; none unless the run succeeded.
+    pub fn metrics(&self) -> &[Metric] {
         match self {
             Outcome::Ok { metrics } => metrics,
             _ => &[],
@@ -170,7 +172,7 @@ pub fn format_value(value: Option<f64>) -> String {
 }
 
 /// Left-aligned columns separated by ` | `, with a rule under the header.
-fn render_table(lines: &[Vec<String>]) -> String {
+pub fn render_table(lines: &[Vec<String>]) -> String {
     let cols = lines.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))

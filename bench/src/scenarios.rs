@@ -1,5 +1,6 @@
 //! The benchmark scenarios, each run against one already started broker.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -100,19 +101,25 @@ impl Scenario {
         let metrics = match self {
             Scenario::FanInQos0 => {
                 let flow = Flow::new(10, 1, "bench/in", QoS::AtMostOnce, None);
-                throughput_metrics(run_flow(broker, &flow, s).await?, "received msgs/s")
+                let target = FlowTarget::single(broker);
+                throughput_metrics(run_flow(&target, &flow, s).await?, "received msgs/s")
             }
             Scenario::FanInQos1 => {
                 let flow = Flow::new(10, 1, "bench/in", QoS::AtLeastOnce, None);
-                throughput_metrics(run_flow(broker, &flow, s).await?, "received msgs/s")
+                let target = FlowTarget::single(broker);
+                throughput_metrics(run_flow(&target, &flow, s).await?, "received msgs/s")
             }
             Scenario::FanOutQos0 => {
                 let flow = Flow::new(1, 50, "bench/out", QoS::AtMostOnce, None);
-                throughput_metrics(run_flow(broker, &flow, s).await?, "deliveries/s (all subs)")
+                let target = FlowTarget::single(broker);
+                throughput_metrics(
+                    run_flow(&target, &flow, s).await?,
+                    "deliveries/s (all subs)",
+                )
             }
             Scenario::Latency => {
                 let flow = Flow::new(1, 1, "bench/lat", QoS::AtLeastOnce, Some(s.rate));
-                latency_metrics(run_flow(broker, &flow, s).await?)
+                latency_metrics(run_flow(&FlowTarget::single(broker), &flow, s).await?)
             }
             Scenario::IdleConnections => idle_connections(broker, s).await?,
         };
@@ -122,7 +129,7 @@ impl Scenario {
 }
 
 /// Publishers and subscribers on one topic.
-struct Flow {
+pub struct Flow {
     publishers: usize,
     subscribers: usize,
     topic: &'static str,
@@ -131,7 +138,7 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(
+    pub fn new(
         publishers: usize,
         subscribers: usize,
         topic: &'static str,
@@ -148,32 +155,68 @@ impl Flow {
     }
 }
 
+/// Where a flow's clients connect and whose CPU time it samples.
+pub struct FlowTarget {
+    /// Publishers connect here.
+    pub publish: SocketAddr,
+    /// Subscribers connect here.
+    pub subscribe: SocketAddr,
+    /// Processes whose CPU time is measured, reported in this order.
+    pub pids: Vec<u32>,
+    /// Admin address of the publishing node when subscriptions live on
+    /// another cluster node: publishing waits until that node knows them.
+    pub remote_routes_on: Option<SocketAddr>,
+}
+
+impl FlowTarget {
+    /// Everyone on one broker; its CPU time is measured.
+    pub fn single(broker: &BrokerProcess) -> Self {
+        FlowTarget {
+            publish: broker.addr,
+            subscribe: broker.addr,
+            pids: vec![broker.pid()],
+            remote_routes_on: None,
+        }
+    }
+}
+
 /// Raw results of a flow run.
-struct FlowOutcome {
-    elapsed: f64,
-    published: u64,
-    received: u64,
-    cpu_seconds: f64,
-    latency: Histogram<u64>,
-    max_lag_ns: u64,
+pub struct FlowOutcome {
+    pub elapsed: f64,
+    pub published: u64,
+    pub received: u64,
+    /// CPU seconds of each process of [`FlowTarget::pids`], in order.
+    pub cpu_seconds: Vec<f64>,
+    pub latency: Histogram<u64>,
+    pub max_lag_ns: u64,
+}
+
+impl FlowOutcome {
+    /// CPU seconds of all measured processes together.
+    pub fn total_cpu_seconds(&self) -> f64 {
+        self.cpu_seconds.iter().sum()
+    }
 }
 
 /// Connects everyone, runs publishers and subscribers for the duration while
-/// sampling the broker's CPU time, and gathers the counts.
-async fn run_flow(broker: &BrokerProcess, flow: &Flow, s: &Settings) -> Result<FlowOutcome> {
+/// sampling the brokers' CPU time, and gathers the counts.
+pub async fn run_flow(target: &FlowTarget, flow: &Flow, s: &Settings) -> Result<FlowOutcome> {
     let clock = Clock::new();
     let mut subscribers = Vec::with_capacity(flow.subscribers);
     for i in 0..flow.subscribers {
-        let mut session = Session::connect(broker.addr, &format!("bench-sub-{i}")).await?;
+        let mut session = Session::connect(target.subscribe, &format!("bench-sub-{i}")).await?;
         session.subscribe(flow.topic, flow.qos).await?;
         subscribers.push(session);
     }
+    if let Some(admin) = target.remote_routes_on {
+        crate::cluster::wait_for_remote_entries(admin, 1.0).await?;
+    }
     let mut publishers = Vec::with_capacity(flow.publishers);
     for i in 0..flow.publishers {
-        publishers.push(Session::connect(broker.addr, &format!("bench-pub-{i}")).await?);
+        publishers.push(Session::connect(target.publish, &format!("bench-pub-{i}")).await?);
     }
 
-    let cpu_before = procfs::cpu_seconds(broker.pid(), s.clk_tck)?;
+    let cpu_before = cpu_seconds_of(&target.pids, s.clk_tck)?;
     let start = Instant::now();
     let deadline = start + s.duration;
     let mut sub_tasks = JoinSet::new();
@@ -192,7 +235,11 @@ async fn run_flow(broker: &BrokerProcess, flow: &Flow, s: &Settings) -> Result<F
     }
 
     tokio::time::sleep_until(deadline).await;
-    let cpu_seconds = procfs::cpu_seconds(broker.pid(), s.clk_tck)? - cpu_before;
+    let cpu_seconds = cpu_seconds_of(&target.pids, s.clk_tck)?
+        .into_iter()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before)
+        .collect();
     let elapsed = start.elapsed().as_secs_f64();
 
     let mut published = 0;
@@ -223,8 +270,14 @@ async fn run_flow(broker: &BrokerProcess, flow: &Flow, s: &Settings) -> Result<F
     })
 }
 
+fn cpu_seconds_of(pids: &[u32], clk_tck: u64) -> Result<Vec<f64>> {
+    pids.iter()
+        .map(|&pid| procfs::cpu_seconds(pid, clk_tck))
+        .collect()
+}
+
 /// Latency quantile in milliseconds, NaN when nothing was received.
-fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     if h.is_empty() {
         f64::NAN
     } else {
@@ -232,7 +285,7 @@ fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     }
 }
 
-fn throughput_metrics(o: FlowOutcome, received_label: &'static str) -> Vec<Metric> {
+pub fn throughput_metrics(o: FlowOutcome, received_label: &'static str) -> Vec<Metric> {
     vec![
         Metric::new(
             received_label,
@@ -244,11 +297,11 @@ fn throughput_metrics(o: FlowOutcome, received_label: &'static str) -> Vec<Metri
             Better::Higher,
             o.published as f64 / o.elapsed,
         ),
-        Metric::new("broker CPU s", Better::Lower, o.cpu_seconds),
+        Metric::new("broker CPU s", Better::Lower, o.total_cpu_seconds()),
         Metric::new(
             "msgs per broker CPU-s",
             Better::Higher,
-            per_cpu_second(o.received, o.cpu_seconds),
+            per_cpu_second(o.received, o.total_cpu_seconds()),
         ),
         Metric::new(
             "latency p50 ms",
@@ -263,7 +316,7 @@ fn throughput_metrics(o: FlowOutcome, received_label: &'static str) -> Vec<Metri
     ]
 }
 
-fn latency_metrics(o: FlowOutcome) -> Vec<Metric> {
+pub fn latency_metrics(o: FlowOutcome) -> Vec<Metric> {
     vec![
         Metric::new(
             "latency p50 ms",
@@ -295,7 +348,7 @@ fn latency_metrics(o: FlowOutcome) -> Vec<Metric> {
             Better::Higher,
             o.received as f64 / o.elapsed,
         ),
-        Metric::new("broker CPU s", Better::Lower, o.cpu_seconds),
+        Metric::new("broker CPU s", Better::Lower, o.total_cpu_seconds()),
         Metric::new(
             "publisher max lag ms",
             Better::Lower,
@@ -305,7 +358,7 @@ fn latency_metrics(o: FlowOutcome) -> Vec<Metric> {
 }
 
 /// Messages per CPU-second, NaN when no CPU time was measured.
-fn per_cpu_second(count: u64, cpu_seconds: f64) -> f64 {
+pub fn per_cpu_second(count: u64, cpu_seconds: f64) -> f64 {
     if cpu_seconds > 0.0 {
         count as f64 / cpu_seconds
     } else {
