@@ -234,12 +234,19 @@ impl Broker {
     /// Delivers a message to every matching session here and hands it to the cluster relay for
     /// the other nodes; returns how many local sessions it reached.
     pub async fn route(&self, message: &Arc<Message>) -> usize {
-        let served_elsewhere = match self.cluster.get() {
-            Some(link) => link.forward(self, message),
-            None => Vec::new(),
+        let Some(link) = self.cluster.get() else {
+            return self.route_scoped(message, GroupScope::All).await;
         };
-        self.route_scoped(message, GroupScope::Except(&served_elsewhere))
-            .await
+        let (served_elsewhere, overflow) = link.forward(self, message);
+        let count = self
+            .route_scoped(message, GroupScope::Except(&served_elsewhere))
+            .await;
+        if !overflow.is_empty() {
+            // The relay is saturated: a QoS 1/2 publisher waits (and is acknowledged later)
+            // rather than having its message dropped.
+            Box::pin(link.send_overflow(overflow, self.delivery_patience, self)).await;
+        }
+        count
     }
 
     /// Whether this node has members of a share group: (any online, any at all).

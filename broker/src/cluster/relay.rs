@@ -79,6 +79,16 @@ enum Outbound {
     DropNode(NodeId),
 }
 
+/// Relay work the full relay queue did not take yet (see [`ClusterLink::forward`]).
+pub struct Overflow(Vec<Outbound>);
+
+impl Overflow {
+    /// Whether there is nothing left to send.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Kinds of control entries (field `k`).
 const KIND_RELEASE: &[u8] = b"release";
 const KIND_RELEASED: &[u8] = b"released";
@@ -384,14 +394,35 @@ impl ClusterLink {
 
     /// Appends a message that was published on this node to the inbox of every other node that
     /// has a matching entry, and decides which node serves each share group with members
-    /// elsewhere. Returns the groups another node serves (this node must skip them).
-    pub fn forward(&self, broker: &Broker, message: &Message) -> Vec<GroupKey> {
+    /// elsewhere. Returns the groups another node serves (this node must skip them), and, when
+    /// the relay queue is full, the QoS 1/2 relay work still to hand over with
+    /// [`Self::send_overflow`] (QoS 0 messages are dropped and counted instead).
+    pub fn forward(&self, broker: &Broker, message: &Message) -> (Vec<GroupKey>, Overflow) {
+        let (served, overflow) = self.forward_inner(broker, message);
+        (served, Overflow(overflow))
+    }
+
+    /// Waits (at most `patience` for each) until the relay queue takes the overflow of
+    /// [`Self::forward`]; what it does not take in time is dropped and counted.
+    pub async fn send_overflow(&self, overflow: Overflow, patience: Duration, broker: &Broker) {
+        for item in overflow.0 {
+            if !matches!(
+                tokio::time::timeout(patience, self.outbound.send(item)).await,
+                Ok(Ok(()))
+            ) {
+                broker.metrics.relay_dropped.inc();
+            }
+        }
+    }
+
+    fn forward_inner(&self, broker: &Broker, message: &Message) -> (Vec<GroupKey>, Vec<Outbound>) {
+        let mut overflow = Vec::new();
         if message.topic.starts_with("$SYS") {
-            return Vec::new();
+            return (Vec::new(), overflow);
         }
         let route = self.remote.read().route(&message.topic);
         if route.nodes.is_empty() && route.groups.is_empty() {
-            return Vec::new();
+            return (Vec::new(), overflow);
         }
         // Each node gets the message once, with the groups it was chosen to serve.
         let mut targets: Vec<(NodeId, Vec<GroupKey>)> =
@@ -412,13 +443,13 @@ impl ClusterLink {
         }
         if targets.is_empty() {
             // Every group with members elsewhere is served here this time: nothing to send.
-            return served_elsewhere;
+            return (served_elsewhere, overflow);
         }
         let payload = match codec::encode_message(message) {
             Ok(payload) => payload,
             Err(e) => {
                 tracing::warn!(error = %e, "message not relayed: encoding failed");
-                return Vec::new();
+                return (Vec::new(), overflow);
             }
         };
         for (node, groups) in targets {
@@ -427,11 +458,19 @@ impl ClusterLink {
                 payload: payload.clone(),
                 groups: encode_groups(&groups),
             };
-            if self.outbound.try_send(item).is_err() {
-                broker.metrics.relay_dropped.inc();
+            match self.outbound.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item))
+                    if message.qos != crate::protocol::QoS::AtMostOnce =>
+                {
+                    overflow.push(item)
+                }
+                Err(_) => {
+                    broker.metrics.relay_dropped.inc();
+                }
             }
         }
-        served_elsewhere
+        (served_elsewhere, overflow)
     }
 
     /// Forgets a node that left the cluster from the replica (its entry set stays in Redis until
