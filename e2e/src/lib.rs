@@ -99,20 +99,23 @@ pub fn broker_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("STARLING_BROKER_BIN") {
         return Ok(PathBuf::from(path));
     }
-    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    // Test executables live in target/<profile>/deps; binaries (this crate's local-cluster
+    // among them) in target/<profile>.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test executable has no target directory")?;
-    let path = profile_dir.join("starling-broker");
-    if !path.exists() {
-        bail!(
-            "{} does not exist: build it with `cargo build -p starling-broker` (or set STARLING_BROKER_BIN)",
-            path.display()
-        );
+    let exe_dir = exe.parent().context("executable has no directory")?;
+    let candidates = [Some(exe_dir), exe_dir.parent()];
+    let mut tried = Vec::new();
+    for dir in candidates.into_iter().flatten() {
+        let path = dir.join("starling-broker");
+        if path.exists() {
+            return Ok(path);
+        }
+        tried.push(path.display().to_string());
     }
-    Ok(path)
+    bail!(
+        "no starling-broker binary at {}: build it with `cargo build -p starling-broker` (or set STARLING_BROKER_BIN)",
+        tried.join(" or ")
+    )
 }
 
 /// A running broker node.
@@ -230,11 +233,15 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// Starts HAProxy in front of `backends` and waits until its frontend accepts connections.
+    /// Starts HAProxy in front of `backends` on a free loopback port and waits until its
+    /// frontend accepts connections.
     pub async fn start(backends: &[SocketAddr]) -> Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], free_port()?)), backends).await
+    }
+
+    /// Starts HAProxy listening on `addr` in front of `backends`.
+    pub async fn start_on(addr: SocketAddr, backends: &[SocketAddr]) -> Result<Self> {
         use std::io::Write;
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut config = tempfile::NamedTempFile::new()?;
         let mut text = format!(
             "global\n  maxconn 1000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\nfrontend mqtt\n  bind {addr}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n"
