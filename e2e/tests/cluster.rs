@@ -23,12 +23,17 @@ async fn two_nodes(redis: &RedisServer) -> (BrokerNode, BrokerNode) {
     (a, b)
 }
 
-async fn client(addr: SocketAddr, id: &str, clean: bool) -> (AsyncClient, EventLoop, bool) {
+/// MQTT 5 options for a persistent session (expiry 300 s).
+fn options(addr: SocketAddr, id: &str, clean: bool) -> MqttOptions {
     let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_start(clean);
     options.set_session_expiry_interval(Some(300));
-    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    options
+}
+
+async fn client(addr: SocketAddr, id: &str, clean: bool) -> (AsyncClient, EventLoop, bool) {
+    let (client, mut eventloop) = AsyncClient::new(options(addr, id, clean), 10);
     let present = tokio::time::timeout(WAIT, async {
         loop {
             match eventloop.poll().await.expect("connection") {
@@ -92,25 +97,13 @@ async fn publish_numbered(
 /// Asserts that nothing more is published to these connections within half a second.
 async fn assert_no_more_publishes(loops: [&mut EventLoop; 2], what: &str) {
     for eventloop in loops {
-        let extra = tokio::time::timeout(Duration::from_millis(500), async {
-            loop {
-                if let Event::Incoming(Packet::Publish(p)) =
-                    eventloop.poll().await.expect("connection")
-                {
-                    return p;
-                }
-            }
-        })
-        .await;
-        assert!(extra.is_err(), "{what} arrived twice: {extra:?}");
+        assert_quiet(eventloop, &format!("{what} arrived twice")).await;
     }
 }
 
-#[tokio::test]
-async fn nodes_find_each_other_by_gossip() {
-    let redis = RedisServer::start().await.expect("redis");
-    let (a, b) = two_nodes(&redis).await;
-    for node in [&a, &b] {
+/// Waits until both nodes count two cluster members.
+async fn both_see_two_members(a: &BrokerNode, b: &BrokerNode) {
+    for node in [a, b] {
         wait_for(WAIT, || async move {
             let members = node.metric("starling_cluster_members").await?;
             anyhow::ensure!(members == 2.0, "{} sees {members} members", node.id);
@@ -119,6 +112,13 @@ async fn nodes_find_each_other_by_gossip() {
         .await
         .expect("both nodes see two members");
     }
+}
+
+#[tokio::test]
+async fn nodes_find_each_other_by_gossip() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    both_see_two_members(&a, &b).await;
 }
 
 #[tokio::test]
@@ -359,10 +359,7 @@ async fn a_connection_on_another_node_takes_the_session_over_with_its_unacknowle
     let (a, b) = two_nodes(&redis).await;
 
     // The first connection, on node A, leaves a QoS 1 message unacknowledged.
-    let mut options = MqttOptions::new("twin", a.mqtt.ip().to_string(), a.mqtt.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_clean_start(false);
-    options.set_session_expiry_interval(Some(300));
+    let mut options = options(a.mqtt, "twin", false);
     options.set_manual_acks(true);
     let (first, mut first_loop) = AsyncClient::new(options, 10);
     next_packet(&mut first_loop, |p| matches!(p, Packet::ConnAck(_))).await;
@@ -417,15 +414,7 @@ async fn a_connection_on_another_node_takes_the_session_over_with_its_unacknowle
 async fn a_killed_nodes_wills_fire_once_and_its_sessions_resume_on_a_survivor() {
     let redis = RedisServer::start().await.expect("redis");
     let (mut a, b) = two_nodes(&redis).await;
-    for node in [&a, &b] {
-        wait_for(WAIT, || async move {
-            let members = node.metric("starling_cluster_members").await?;
-            anyhow::ensure!(members == 2.0, "{} sees {members} members", node.id);
-            Ok(())
-        })
-        .await
-        .expect("both nodes see two members");
-    }
+    both_see_two_members(&a, &b).await;
     let (watcher, mut watch_loop, _) = client(b.mqtt, "watcher", true).await;
     watcher
         .subscribe("wills/#", QoS::AtLeastOnce)
@@ -434,10 +423,7 @@ async fn a_killed_nodes_wills_fire_once_and_its_sessions_resume_on_a_survivor() 
     next_packet(&mut watch_loop, |p| matches!(p, Packet::SubAck(_))).await;
 
     // A persistent session with a will, held by node A.
-    let mut options = MqttOptions::new("victim", a.mqtt.ip().to_string(), a.mqtt.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_clean_start(true);
-    options.set_session_expiry_interval(Some(300));
+    let mut options = options(a.mqtt, "victim", true);
     options.set_last_will(LastWill::new(
         "wills/victim",
         "gone",
