@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 /// the oldest.
 const INBOX_MAX_LEN: usize = 100_000;
 /// Items the writer gathers into one pipeline.
-const WRITE_BATCH: usize = 512;
+const WRITE_BATCH: usize = 4096;
 /// How long one XREAD waits for new entries before it is issued again.
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
 /// Items waiting for the writer before new ones are dropped (and counted).
