@@ -40,6 +40,14 @@ async fn store(server: &RedisServer, max_queued: usize) -> RedisStore {
 }
 
 /// Polls `check` until it returns `Some`, for at most [`WAIT`].
+/// An empty session with this expiry interval.
+fn expiring(expiry_secs: u32) -> StoredSession {
+    StoredSession {
+        expiry_secs,
+        ..Default::default()
+    }
+}
+
 /// Claims a session with a default claim (expiry 0, no will, no clean start).
 async fn attach(store: &dyn Store, id: &ClientId) -> Attached {
     store
@@ -138,14 +146,7 @@ async fn offline_queue_is_bounded_and_returned_on_attach() {
         Some(Enqueued::Online)
     );
     store
-        .detach_session(
-            &id,
-            held.generation,
-            StoredSession {
-                expiry_secs: 60,
-                ..Default::default()
-            },
-        )
+        .detach_session(&id, held.generation, expiring(60))
         .await
         .expect("detach");
     for p in ["1", "2"] {
@@ -172,10 +173,7 @@ async fn messages_forced_while_detaching_follow_the_session_queue() {
         store.enqueue("c", queued("late"), true).await.ok(),
         Some(Enqueued::Queued)
     );
-    let mut own = StoredSession {
-        expiry_secs: 60,
-        ..Default::default()
-    };
+    let mut own = expiring(60);
     own.queue.push_back(queued("early"));
     store
         .detach_session(&id, held.generation, own)
@@ -192,14 +190,7 @@ async fn expiry_removes_and_reattach_returns_the_session() {
     let id: ClientId = "c".into();
     let held = attach(&store, &id).await;
     store
-        .detach_session(
-            &id,
-            held.generation,
-            StoredSession {
-                expiry_secs: 0,
-                ..Default::default()
-            },
-        )
+        .detach_session(&id, held.generation, expiring(0))
         .await
         .expect("detach");
     let expired = store
@@ -210,14 +201,7 @@ async fn expiry_removes_and_reattach_returns_the_session() {
     assert_eq!(store.session_count().await.ok(), Some(0));
     let held = attach(&store, &id).await;
     store
-        .detach_session(
-            &id,
-            held.generation,
-            StoredSession {
-                expiry_secs: 60,
-                ..Default::default()
-            },
-        )
+        .detach_session(&id, held.generation, expiring(60))
         .await
         .expect("detach");
     assert!(attach(&store, &id).await.previous.is_some());
@@ -325,14 +309,7 @@ async fn scenario(store: &dyn Store) -> Vec<String> {
     note!(
         "detach again",
         store
-            .detach_session(
-                &id,
-                held.generation,
-                StoredSession {
-                    expiry_secs: 30,
-                    ..Default::default()
-                },
-            )
+            .detach_session(&id, held.generation, expiring(30),)
             .await
             .ok()
     );
@@ -356,14 +333,7 @@ async fn scenario(store: &dyn Store) -> Vec<String> {
     note!(
         "detach fresh",
         store
-            .detach_session(
-                &id,
-                fresh.generation,
-                StoredSession {
-                    expiry_secs: 10,
-                    ..Default::default()
-                },
-            )
+            .detach_session(&id, fresh.generation, expiring(10),)
             .await
             .ok()
     );
@@ -560,10 +530,7 @@ async fn unreadable_entries_are_dropped_not_fatal() {
     let store = store(&server, 10).await;
     let id: ClientId = "c".into();
     let held = attach(&store, &id).await;
-    let mut own = StoredSession {
-        expiry_secs: 60,
-        ..Default::default()
-    };
+    let mut own = expiring(60);
     own.queue.push_back(queued("good"));
     store
         .detach_session(&id, held.generation, own)
@@ -825,10 +792,7 @@ async fn a_session_that_never_expires_has_no_ttl() {
     let server = RedisServer::start().await;
     let store = store(&server, 10).await;
     let id: ClientId = "c".into();
-    let mut own = StoredSession {
-        expiry_secs: u32::MAX,
-        ..Default::default()
-    };
+    let mut own = expiring(u32::MAX);
     own.queue.push_back(queued("q"));
     let held = attach(&store, &id).await;
     store
@@ -1248,10 +1212,7 @@ async fn only_one_of_two_racing_nodes_takes_an_offline_session() {
     );
     for round in 0..20 {
         let id: ClientId = format!("c{round}").into();
-        let mut own = StoredSession {
-            expiry_secs: 60,
-            ..Default::default()
-        };
+        let mut own = expiring(60);
         own.queue.push_back(queued("m"));
         let held = attach(&*a, &id).await;
         a.detach_session(&id, held.generation, own)
@@ -1323,14 +1284,7 @@ async fn a_redis_restart_fails_calls_then_they_succeed_again() {
     let held = attach(&store, &id).await;
     assert!(held.previous.is_none());
     store
-        .detach_session(
-            &id,
-            held.generation,
-            StoredSession {
-                expiry_secs: 60,
-                ..Default::default()
-            },
-        )
+        .detach_session(&id, held.generation, expiring(60))
         .await
         .expect("detach");
     assert_eq!(

@@ -213,7 +213,16 @@ impl ClusterLink {
         self.redis_up.load(Ordering::Relaxed)
     }
 
-    fn send_control(&self, node: &str, fields: Vec<(&'static str, Vec<u8>)>) {
+    /// Appends a control entry of `kind` about `client_id` to `node`'s inbox, with more fields.
+    fn send_control(
+        &self,
+        node: &str,
+        kind: &[u8],
+        client_id: &str,
+        more: Vec<(&'static str, Vec<u8>)>,
+    ) {
+        let mut fields = vec![("k", kind.to_vec()), ("c", client_id.as_bytes().to_vec())];
+        fields.extend(more);
         let item = Outbound::Control {
             node: node.into(),
             fields,
@@ -241,9 +250,9 @@ impl ClusterLink {
             .insert((client_id.clone(), generation), (holder.into(), done));
         self.send_control(
             holder,
+            KIND_RELEASE,
+            client_id,
             vec![
-                ("k", KIND_RELEASE.to_vec()),
-                ("c", client_id.as_bytes().to_vec()),
                 ("n", generation.to_string().into_bytes()),
                 ("o", self.node_id.as_bytes().to_vec()),
             ],
@@ -264,25 +273,16 @@ impl ClusterLink {
     pub fn forget_parked(&self, node: &str, client_id: &str, filters: Vec<String>) {
         self.send_control(
             node,
-            vec![
-                ("k", KIND_FORGET.to_vec()),
-                ("c", client_id.as_bytes().to_vec()),
-                ("f", filters.join("\0").into_bytes()),
-            ],
+            KIND_FORGET,
+            client_id,
+            vec![("f", filters.join("\0").into_bytes())],
         );
     }
 
     /// Sends a message on to the node that holds its session now.
     pub fn send_direct(&self, node: &str, client_id: &str, queued: &QueuedMessage) {
         match codec::encode_queued(queued) {
-            Ok(encoded) => self.send_control(
-                node,
-                vec![
-                    ("k", KIND_DIRECT.to_vec()),
-                    ("c", client_id.as_bytes().to_vec()),
-                    ("q", encoded),
-                ],
-            ),
+            Ok(encoded) => self.send_control(node, KIND_DIRECT, client_id, vec![("q", encoded)]),
             Err(e) => tracing::warn!(error = %e, "message not sent on: encoding failed"),
         }
     }
@@ -349,11 +349,9 @@ impl ClusterLink {
                     broker.release_session(&client).await;
                     link.send_control(
                         &requester,
-                        vec![
-                            ("k", KIND_RELEASED.to_vec()),
-                            ("c", client.as_bytes().to_vec()),
-                            ("n", generation.to_string().into_bytes()),
-                        ],
+                        KIND_RELEASED,
+                        &client,
+                        vec![("n", generation.to_string().into_bytes())],
                     );
                 });
             }
@@ -473,8 +471,8 @@ impl ClusterLink {
         (served_elsewhere, overflow)
     }
 
-    /// Forgets a node that left the cluster from the replica (its entry set stays in Redis until
-    /// it starts again, which replaces it).
+    /// Forgets a node that left the cluster from the replica (the node that adopts its sessions
+    /// also deletes its entry set from Redis, see [`Self::remove_node_entries`]).
     pub async fn forget_node(&self, node: &str, broker: &Broker) {
         let removed = {
             let mut remote = self.remote.write();
@@ -529,6 +527,21 @@ impl ClusterLink {
     }
 }
 
+/// Starts an XADD to `node`'s inbox (trimmed to about [`INBOX_MAX_LEN`] entries); the caller adds
+/// the fields.
+fn inbox_append<'p>(
+    pipe: &'p mut redis::Pipeline,
+    keys: &Keys,
+    node: &str,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("XADD")
+        .arg(keys.inbox(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(INBOX_MAX_LEN)
+        .arg("*")
+}
+
 /// Writes entry changes and relayed messages in pipelined batches, retrying a failed batch
 /// until Redis takes it (the connection manager reconnects meanwhile).
 async fn write_loop(
@@ -557,12 +570,7 @@ async fn write_loop(
                     payload,
                     groups,
                 } => {
-                    pipe.cmd("XADD")
-                        .arg(link.keys.inbox(node))
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(INBOX_MAX_LEN)
-                        .arg("*")
+                    inbox_append(&mut pipe, &link.keys, node)
                         .arg("o")
                         .arg(&*link.node_id)
                         .arg("m")
@@ -572,13 +580,7 @@ async fn write_loop(
                         .ignore();
                 }
                 Outbound::Control { node, fields } => {
-                    let xadd = pipe
-                        .cmd("XADD")
-                        .arg(link.keys.inbox(node))
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(INBOX_MAX_LEN)
-                        .arg("*");
+                    let xadd = inbox_append(&mut pipe, &link.keys, node);
                     for (name, value) in fields {
                         xadd.arg(*name).arg(value.as_slice());
                     }

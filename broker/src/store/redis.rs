@@ -6,18 +6,21 @@
 //!
 //! | key                               | type   | holds                                         |
 //! |-----------------------------------|--------|-----------------------------------------------|
-//! | `v1:session:<client id>`          | hash   | `online`, `node`, `expiry`, `disconnected_at` |
+//! | `v1:session:<client id>`          | hash   | `state`, `node`, `gen`, `expiry`, `will`, ... |
 //! | `v1:subs:<client id>`             | hash   | filter → encoded subscription options         |
 //! | `v1:inflight:<client id>`         | list   | encoded in-flight messages, in order          |
 //! | `v1:queue:<client id>`            | list   | encoded queued messages, oldest first         |
 //! | `v1:qos2:<client id>`             | list   | incoming QoS 2 packet ids (decimal)           |
 //! | `v1:sessions`                     | set    | client ids of all sessions                    |
 //! | `v1:expiry`                       | zset   | offline client ids by expiry time (ms)        |
+//! | `v1:node:<node>:sessions`         | set    | sessions a node holds or has parked           |
 //! | `v1:retained:<topic>`             | string | encoded retained message                      |
 //! | `v1:retained-topics`              | set    | topics with a retained message                |
 //!
 //! Operations that the in-memory store performs under its lock run here as Lua scripts, so they
-//! are atomic against every node: attach, detach, enqueue and the expiry sweep. An offline
+//! are atomic against every node: claiming (and completing a claim), detaching, removing, writing
+//! subscriptions through, enqueueing, adopting a departed node's sessions and the expiry sweep.
+//! Each claim increments the session's generation, which fences a stale holder. An offline
 //! session's keys carry a TTL (its expiry interval plus a grace period), so sessions vanish even
 //! when no node is alive to sweep them; retained messages with an expiry carry theirs too.
 
@@ -85,7 +88,7 @@ impl RedisStoreConfig {
 /// Where a session stands, as far as Redis knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
-    /// Whether a connection holds the session right now.
+    /// Whether a connection holds the session right now, or a node is claiming it.
     pub online: bool,
     /// The node that holds it (online) or last held it (offline).
     pub node: Option<String>,
