@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
+use crate::cluster::recovery::{self, AdoptedRoutes, Leftovers};
 use crate::cluster::relay::ClusterLink;
 use crate::mailbox::{Mailbox, Refused, Signal};
 use crate::message::{ClientId, Message};
@@ -25,6 +26,9 @@ pub struct SessionHandle {
     pub connection_id: u64,
     /// Messages to deliver, and signals (takeover, shutdown).
     pub mailbox: Arc<Mailbox>,
+    /// Whether the session outlives the connection (expiry > 0): in a cluster, its QoS 1/2
+    /// copies are journalled while they are in this node's memory.
+    pub persistent: bool,
 }
 
 /// Why the broker is going away, broadcast to every connection.
@@ -281,12 +285,12 @@ impl Broker {
         let count = targets.len();
         let mut deferred = Vec::new();
         for target in targets {
-            let queued = QueuedMessage {
-                message: message.clone(),
-                qos: protocol::qos_min(message.qos, target.qos),
-                retain: message.retain && target.retain_as_published,
-                subscription_ids: target.subscription_ids,
-            };
+            let queued = QueuedMessage::new(
+                message.clone(),
+                protocol::qos_min(message.qos, target.qos),
+                message.retain && target.retain_as_published,
+                target.subscription_ids,
+            );
             if let Some(later) = self.deliver_now(target.client_id, queued) {
                 deferred.push(later);
             }
@@ -334,25 +338,50 @@ impl Broker {
 
     /// Puts a message in an online session's mailbox if there is room; otherwise says what is
     /// left to do (wait for room, or queue it in the store).
-    fn deliver_now(&self, client_id: ClientId, queued: QueuedMessage) -> Option<Deferred> {
+    fn deliver_now(&self, client_id: ClientId, mut queued: QueuedMessage) -> Option<Deferred> {
         let queued = {
             let online = self.online.read();
             match online.get(&client_id) {
                 None => queued,
-                Some(handle) => match handle.mailbox.push(queued) {
-                    Ok(()) => return None,
-                    Err(Refused::Full(queued)) => {
-                        return Some(Deferred::WaitForRoom {
-                            mailbox: handle.mailbox.clone(),
-                            client_id,
-                            queued,
-                        })
+                Some(handle) => {
+                    if handle.persistent {
+                        self.journal_copy(&client_id, &mut queued);
                     }
-                    Err(Refused::Closed(queued)) => queued,
-                },
+                    match handle.mailbox.push(queued) {
+                        Ok(()) => return None,
+                        Err(Refused::Full(queued)) => {
+                            return Some(Deferred::WaitForRoom {
+                                mailbox: handle.mailbox.clone(),
+                                client_id,
+                                queued,
+                            })
+                        }
+                        Err(Refused::Closed(queued)) => queued,
+                    }
+                }
             }
         };
         self.offline(client_id, queued)
+    }
+
+    /// In a cluster, records a QoS 1/2 copy for a persistent session connected here in the
+    /// delivery journal, so it survives this node's death (see [`crate::cluster::journal`]).
+    pub fn journal_copy(&self, client_id: &str, queued: &mut QueuedMessage) {
+        if queued.qos == QoS::AtMostOnce || queued.journal.is_some() {
+            return;
+        }
+        if let Some(link) = self.cluster.get() {
+            queued.journal = link.journal(client_id, queued);
+        }
+    }
+
+    /// Delivers a copy recovered from a node that stopped while holding it (see
+    /// [`crate::cluster::recovery`]): to the session's connection here, its stored queue, or the
+    /// node that holds it now.
+    pub async fn deliver_recovered(&self, client_id: ClientId, queued: QueuedMessage) {
+        if let Some(later) = self.deliver_now(client_id, queued) {
+            Box::pin(self.deliver_deferred(vec![later], Onward::Allowed)).await;
+        }
     }
 
     /// What to do for a session that is not online (here).
@@ -626,7 +655,11 @@ impl Broker {
     /// Takes over the sessions of a node that left the cluster: their subscriptions are routed
     /// here from now on (parked: messages are queued for them) and the wills of the connections
     /// the node held are published, each once cluster-wide.
-    pub async fn adopt_sessions_of(self: &Arc<Self>, departed: &str) {
+    ///
+    /// Then recovers the copies the node held only in memory (its journal and inbox, see
+    /// [`crate::cluster::recovery`]) in a task of its own, as a departed node's inbox is followed
+    /// for a while.
+    pub async fn adopt_sessions_of(self: &Arc<Self>, departed: &str, leftovers: Leftovers) {
         let adopted = match self.store.adopt_sessions(departed).await {
             Ok(adopted) => adopted,
             Err(e) => {
@@ -634,6 +667,20 @@ impl Broker {
                 return;
             }
         };
+        let routes = AdoptedRoutes::new(
+            adopted
+                .iter()
+                .map(|s| (&s.client_id, s.subscriptions.as_slice())),
+        );
+        if let Some(link) = self.cluster.get() {
+            tokio::spawn(recovery::recover(
+                link.clone(),
+                self.clone(),
+                departed.to_string(),
+                leftovers,
+                routes,
+            ));
+        }
         let (mut online, mut wills) = (0, 0);
         for session in adopted {
             online += usize::from(session.was_online);

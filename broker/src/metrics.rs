@@ -50,6 +50,9 @@ pub struct Metrics {
     pub relay_dropped: Counter,
     /// 1 while the cluster's Redis answers, 0 while it does not (always 1 standalone).
     pub redis_up: Gauge,
+    /// QoS 1/2 publishes acknowledged before Redis confirmed what they wrote (Redis unreachable
+    /// or too slow): a node killed right after loses them.
+    pub acks_unconfirmed: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -159,6 +162,12 @@ impl Metrics {
             "Messages not relayed to another node (relay queue full, or the session moved again on the way)",
             relay_dropped.clone(),
         );
+        let acks_unconfirmed = Counter::default();
+        registry.register(
+            "acks_unconfirmed",
+            "QoS 1/2 publishes acknowledged before Redis confirmed what they wrote",
+            acks_unconfirmed.clone(),
+        );
         let redis_up = Gauge::default();
         redis_up.set(1);
         registry.register(
@@ -168,6 +177,7 @@ impl Metrics {
         );
         Metrics {
             redis_up,
+            acks_unconfirmed,
             remote_entries,
             relay_dropped,
             cluster_members,

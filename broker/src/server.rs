@@ -5,6 +5,7 @@ use crate::auth::{Auth, AuthError};
 use crate::broker::Broker;
 use crate::cluster::membership::MemberEvent;
 use crate::cluster::membership::{self, GossipConfig, Membership, MembershipError, SingleNode};
+use crate::cluster::recovery::Leftovers;
 use crate::cluster::relay::ClusterLink;
 use crate::connection;
 use crate::listener::{self, ListenerError};
@@ -130,7 +131,9 @@ impl Server {
             // back before gossip noticed): parked ones are routed here again, and the wills of
             // connections that died with it are published.
             let node_id = broker.config.node_id.clone();
-            broker.adopt_sessions_of(&node_id).await;
+            broker
+                .adopt_sessions_of(&node_id, Leftovers::EarlierRuns)
+                .await;
         }
         Ok(Server {
             broker,
@@ -283,7 +286,7 @@ async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
                         link.forget_node(&node.id, &broker).await;
                         if is_adopter(&*membership, &node.id).await {
                             link.remove_node_entries(&node.id);
-                            broker.adopt_sessions_of(&node.id).await;
+                            broker.adopt_sessions_of(&node.id, Leftovers::Departed).await;
                         }
                     }
                 }

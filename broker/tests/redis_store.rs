@@ -84,12 +84,12 @@ fn message(topic: &str, payload: &[u8]) -> Message {
 }
 
 fn queued(payload: &str) -> QueuedMessage {
-    QueuedMessage {
-        message: Arc::new(message("t", payload.as_bytes())),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        subscription_ids: vec![],
-    }
+    QueuedMessage::new(
+        Arc::new(message("t", payload.as_bytes())),
+        QoS::AtLeastOnce,
+        false,
+        vec![],
+    )
 }
 
 fn payloads(session: &StoredSession) -> Vec<Bytes> {
@@ -462,12 +462,8 @@ async fn sessions_and_retained_messages_round_trip_exactly() {
     let server = RedisServer::start().await;
     let store = store(&server, 100).await;
     let rich = Arc::new(rich_message());
-    let queued_rich = QueuedMessage {
-        message: rich.clone(),
-        qos: QoS::AtLeastOnce,
-        retain: true,
-        subscription_ids: vec![1, 42],
-    };
+    let mut queued_rich = QueuedMessage::new(rich.clone(), QoS::AtLeastOnce, true, vec![1, 42]);
+    queued_rich.maybe_sent = true;
     let original = StoredSession {
         expiry_secs: 120,
         subscriptions: vec![

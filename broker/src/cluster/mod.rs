@@ -1,4 +1,6 @@
 //! Running as one node of a cluster: membership by gossip (issue 4).
 
+pub mod journal;
 pub mod membership;
+pub mod recovery;
 pub mod relay;

@@ -22,6 +22,7 @@
 //!   over the nodes with members, itself included when it has an online member) and says so in the
 //!   inbox entry; a receiving node serves only the groups it was given.
 
+use super::journal::{self, JournalHold};
 use crate::broker::{Broker, GroupKey, GroupScope};
 use crate::message::ClientId;
 use crate::message::Message;
@@ -33,10 +34,10 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{Client, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
 /// the oldest.
@@ -45,8 +46,13 @@ const INBOX_MAX_LEN: usize = 100_000;
 const WRITE_BATCH: usize = 4096;
 /// How long one XREAD waits for new entries before it is issued again.
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
-/// Items waiting for the writer before new ones are dropped (and counted).
+/// Relayed messages waiting for the writer before new QoS 0 ones are dropped (and counted) and
+/// QoS 1/2 publishers wait. Other writer work (entries, control entries, journal writes) is not
+/// bounded here: what produces it is bounded elsewhere.
 const WRITE_QUEUE: usize = 65_536;
+/// How long a publisher's acknowledgement waits for the writer to confirm that Redis has what
+/// the publish wrote (see [`ClusterLink::barrier`]).
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// How long a node claiming a session waits for the node holding it to hand it over, before it
 /// takes what the store has (the holder is presumed dead or cut off).
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(5);
@@ -71,7 +77,24 @@ enum Outbound {
         node: NodeId,
         payload: Vec<u8>,
         groups: String,
+        /// Its place in the bounded part of the queue, given back once written.
+        room: Option<OwnedSemaphorePermit>,
     },
+    /// A copy recorded in this node's delivery journal.
+    Journal {
+        field: String,
+        value: Vec<u8>,
+    },
+    /// A journal field whose copy is done with.
+    Unjournal(String),
+    /// Deletes handled inbox entries (XDEL) or recovered journal fields (HDEL).
+    Delete {
+        command: &'static str,
+        key: String,
+        ids: Vec<String>,
+    },
+    /// Answered once everything queued before it is in Redis.
+    Barrier(oneshot::Sender<()>),
     Control {
         node: NodeId,
         fields: Vec<(&'static str, Vec<u8>)>,
@@ -93,7 +116,7 @@ impl Overflow {
 const KIND_RELEASE: &[u8] = b"release";
 const KIND_RELEASED: &[u8] = b"released";
 const KIND_FORGET: &[u8] = b"forget";
-const KIND_DIRECT: &[u8] = b"direct";
+pub(super) const KIND_DIRECT: &[u8] = b"direct";
 
 /// A claim waiting for its holder's answer.
 type Waiters = HashMap<(ClientId, u64), (NodeId, oneshot::Sender<()>)>;
@@ -117,14 +140,24 @@ impl Keys {
     fn inbox(&self, node: &str) -> String {
         format!("{}v1:inbox:{node}", self.prefix)
     }
+    fn journal(&self, node: &str) -> String {
+        format!("{}v1:journal:{node}", self.prefix)
+    }
 }
 
 /// This node's end of the relay: what the broker core calls.
 pub struct ClusterLink {
     node_id: NodeId,
     remote: RwLock<RemoteFilters>,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: mpsc::UnboundedSender<Outbound>,
+    forward_room: Arc<Semaphore>,
     keys: Keys,
+    /// Identifies this run of the node in its journal fields.
+    run: u64,
+    journal_seq: AtomicU64,
+    /// The first inbox entry id this run reads; older ones are an earlier run's leftovers.
+    inbox_start: String,
+    client: Client,
     waiting: Mutex<Waiters>,
     departed: RwLock<HashSet<NodeId>>,
     redis_up: AtomicBool,
@@ -158,12 +191,25 @@ impl ClusterLink {
             .query_async::<()>(&mut writer)
             .await
             .map_err(relay_error)?;
-        let (outbound, queue) = mpsc::channel(WRITE_QUEUE);
+        let mut inbox = inbox_connection(&client).await.map_err(relay_error)?;
+        // Read what arrives from now on (by Redis's clock, which stream ids follow); what an
+        // earlier run of this node left is recovered separately (see `recovery`).
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut inbox)
+            .await
+            .map_err(relay_error)?;
+        let now_ms = seconds * 1000 + micros / 1000;
+        let (outbound, queue) = mpsc::unbounded_channel();
         let link = Arc::new(ClusterLink {
             node_id: node_id.into(),
             remote: RwLock::new(RemoteFilters::default()),
             outbound,
+            forward_room: Arc::new(Semaphore::new(WRITE_QUEUE)),
             keys,
+            run: now_ms,
+            journal_seq: AtomicU64::new(0),
+            inbox_start: format!("{now_ms}-0"),
+            client: client.clone(),
             waiting: Mutex::new(HashMap::new()),
             departed: RwLock::new(HashSet::new()),
             redis_up: AtomicBool::new(true),
@@ -177,19 +223,11 @@ impl ClusterLink {
             writer.clone(),
             Arc::downgrade(broker),
         ));
-        let mut inbox = inbox_connection(&client).await.map_err(relay_error)?;
-        // Read what arrives from now on (by Redis's clock, which stream ids follow), not what an
-        // earlier run of this node left unread.
-        let (seconds, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut inbox)
-            .await
-            .map_err(relay_error)?;
-        let start_id = format!("{}-0", seconds * 1000 + micros / 1000);
         tokio::spawn(read_inbox(
             link.clone(),
             client.clone(),
             link.keys.inbox(node_id),
-            start_id,
+            link.inbox_start.clone(),
             inbox,
             Arc::downgrade(broker),
         ));
@@ -223,13 +261,95 @@ impl ClusterLink {
     ) {
         let mut fields = vec![("k", kind.to_vec()), ("c", client_id.as_bytes().to_vec())];
         fields.extend(more);
-        let item = Outbound::Control {
+        self.queue(Outbound::Control {
             node: node.into(),
             fields,
-        };
-        if self.outbound.try_send(item).is_err() {
-            tracing::warn!(node, "relay queue full: control entry dropped");
+        });
+    }
+
+    /// Hands work to the writer (which lives as long as the link).
+    fn queue(&self, item: Outbound) {
+        if self.outbound.send(item).is_err() {
+            tracing::warn!("relay writer gone: work dropped");
         }
+    }
+
+    /// Records a copy of a QoS 1/2 message for `client_id`, a persistent session connected here,
+    /// in this node's delivery journal; the returned hold deletes the record when the copy is
+    /// dropped (see [`super::journal`]).
+    pub fn journal(
+        self: &Arc<Self>,
+        client_id: &str,
+        queued: &QueuedMessage,
+    ) -> Option<JournalHold> {
+        let value = match journal::encode_value(client_id, queued) {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(error = %e, "copy not journalled: encoding failed");
+                return None;
+            }
+        };
+        let seq = self.journal_seq.fetch_add(1, Ordering::Relaxed);
+        let field = journal::field(self.run, seq);
+        self.queue(Outbound::Journal {
+            field: field.clone(),
+            value,
+        });
+        Some(JournalHold::new(field, Arc::downgrade(self)))
+    }
+
+    /// Deletes `ids` of `key` (`XDEL` or `HDEL`) once the writer has written everything queued
+    /// before.
+    pub(super) fn delete_after_writes(&self, command: &'static str, key: &str, ids: Vec<String>) {
+        self.queue(Outbound::Delete {
+            command,
+            key: key.to_string(),
+            ids,
+        });
+    }
+
+    /// A connection for recovering a node's leftovers.
+    pub(super) async fn recovery_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        self.client.get_multiplexed_async_connection().await
+    }
+
+    /// The journal hash of `node`.
+    pub(super) fn journal_key(&self, node: &str) -> String {
+        self.keys.journal(node)
+    }
+
+    /// The inbox stream of `node`.
+    pub(super) fn inbox_key(&self, node: &str) -> String {
+        self.keys.inbox(node)
+    }
+
+    /// This run of the node, as its journal fields name it.
+    pub(super) fn run(&self) -> u64 {
+        self.run
+    }
+
+    /// The first inbox entry id this run reads.
+    pub(super) fn inbox_start(&self) -> &str {
+        &self.inbox_start
+    }
+
+    /// Whether gossip reported `node` gone (and not back since).
+    pub(super) fn is_departed(&self, node: &str) -> bool {
+        self.departed.read().contains(node)
+    }
+
+    /// Deletes a journal field (its copy is done with).
+    pub(super) fn release_journal(&self, field: String) {
+        self.queue(Outbound::Unjournal(field));
+    }
+
+    /// Resolves once everything handed to the writer before this call is in Redis: a QoS 1/2
+    /// publish is acknowledged only after that, so a node killed afterwards loses nothing of it.
+    /// Never resolves while Redis is unreachable (the caller bounds its wait).
+    pub fn barrier(&self) -> oneshot::Receiver<()> {
+        let (done, confirmed) = oneshot::channel();
+        self.queue(Outbound::Barrier(done));
+        confirmed
     }
 
     /// Asks `holder`, whose connection holds a session this node claimed, to hand it over, and
@@ -310,16 +430,7 @@ impl ClusterLink {
 
     /// Deletes a departed node's entry set, so nobody rebuilds routes to it from Redis.
     pub fn remove_node_entries(&self, node: &str) {
-        if self
-            .outbound
-            .try_send(Outbound::DropNode(node.into()))
-            .is_err()
-        {
-            tracing::warn!(
-                node,
-                "relay queue full: departed node's entries not removed"
-            );
-        }
+        self.queue(Outbound::DropNode(node.into()));
     }
 
     /// Handles a control entry read from this node's inbox.
@@ -381,13 +492,10 @@ impl ClusterLink {
 
     /// A local entry got its first subscriber (`added`) or lost its last one.
     pub fn entry_changed(&self, raw: &str, added: bool) {
-        let item = Outbound::Entry {
+        self.queue(Outbound::Entry {
             raw: raw.to_string(),
             added,
-        };
-        if self.outbound.try_send(item).is_err() {
-            tracing::warn!(filter = raw, "relay queue full: entry change not announced");
-        }
+        });
     }
 
     /// Appends a message that was published on this node to the inbox of every other node that
@@ -403,11 +511,19 @@ impl ClusterLink {
     /// Waits (at most `patience` for each) until the relay queue takes the overflow of
     /// [`Self::forward`]; what it does not take in time is dropped and counted.
     pub async fn send_overflow(&self, overflow: Overflow, patience: Duration, broker: &Broker) {
-        for item in overflow.0 {
-            if !matches!(
-                tokio::time::timeout(patience, self.outbound.send(item)).await,
-                Ok(Ok(()))
-            ) {
+        for mut item in overflow.0 {
+            let room =
+                tokio::time::timeout(patience, self.forward_room.clone().acquire_owned()).await;
+            let placed = match (room, &mut item) {
+                (Ok(Ok(permit)), Outbound::Forward { room, .. }) => {
+                    *room = Some(permit);
+                    true
+                }
+                _ => false,
+            };
+            if placed {
+                self.queue(item);
+            } else {
                 broker.metrics.relay_dropped.inc();
             }
         }
@@ -451,21 +567,20 @@ impl ClusterLink {
             }
         };
         for (node, groups) in targets {
+            let room = self.forward_room.clone().try_acquire_owned().ok();
+            let full = room.is_none();
             let item = Outbound::Forward {
                 node,
                 payload: payload.clone(),
                 groups: encode_groups(&groups),
+                room,
             };
-            match self.outbound.try_send(item) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(item))
-                    if message.qos != crate::protocol::QoS::AtMostOnce =>
-                {
-                    overflow.push(item)
-                }
-                Err(_) => {
-                    broker.metrics.relay_dropped.inc();
-                }
+            if !full {
+                self.queue(item);
+            } else if message.qos != crate::protocol::QoS::AtMostOnce {
+                overflow.push(item);
+            } else {
+                broker.metrics.relay_dropped.inc();
             }
         }
         (served_elsewhere, overflow)
@@ -547,9 +662,10 @@ fn inbox_append<'p>(
 async fn write_loop(
     link: Arc<ClusterLink>,
     mut con: ConnectionManager,
-    mut queue: mpsc::Receiver<Outbound>,
+    mut queue: mpsc::UnboundedReceiver<Outbound>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut barriers = Vec::new();
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         for item in &batch {
@@ -569,6 +685,7 @@ async fn write_loop(
                     node,
                     payload,
                     groups,
+                    ..
                 } => {
                     inbox_append(&mut pipe, &link.keys, node)
                         .arg("o")
@@ -593,15 +710,45 @@ async fn write_loop(
                         .arg(&**node)
                         .ignore();
                 }
+                Outbound::Journal { field, value } => {
+                    pipe.cmd("HSET")
+                        .arg(link.keys.journal(&link.node_id))
+                        .arg(field.as_str())
+                        .arg(value.as_slice())
+                        .ignore();
+                }
+                Outbound::Unjournal(field) => {
+                    pipe.cmd("HDEL")
+                        .arg(link.keys.journal(&link.node_id))
+                        .arg(field.as_str())
+                        .ignore();
+                }
+                Outbound::Delete { command, key, ids } => {
+                    pipe.cmd(command).arg(key.as_str()).arg(ids).ignore();
+                }
+                Outbound::Barrier(_) => {}
             }
         }
         let mut delay = Duration::from_millis(50);
-        while let Err(e) = pipe.query_async::<()>(&mut con).await {
-            tracing::warn!(error = %e, "relay write failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+        // A batch of nothing but barriers has nothing to write (an empty pipeline would wait for
+        // replies that never come).
+        if batch
+            .iter()
+            .any(|item| !matches!(item, Outbound::Barrier(_)))
+        {
+            while let Err(e) = pipe.query_async::<()>(&mut con).await {
+                tracing::warn!(error = %e, "relay write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
         }
-        batch.clear();
+        barriers.extend(batch.drain(..).filter_map(|item| match item {
+            Outbound::Barrier(done) => Some(done),
+            _ => None,
+        }));
+        for done in barriers.drain(..) {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -635,8 +782,11 @@ async fn read_inbox(
         }
         match reply {
             Ok(value) => {
-                for (id, fields) in stream_entries(value) {
-                    last_id = id;
+                let entries = stream_entries(value);
+                let mut handled = Vec::with_capacity(entries.len());
+                for (id, fields) in entries {
+                    last_id = id.clone();
+                    handled.push(id);
                     let field = |name: &[u8]| {
                         fields
                             .iter()
@@ -659,6 +809,11 @@ async fn read_inbox(
                         }
                         Some(kind) => link.on_control(&kind, &field, &broker),
                     }
+                }
+                // After the journal writes of what was delivered (the writer keeps order), so a
+                // copy is always in the inbox, the journal or the session's stored queue.
+                if !handled.is_empty() {
+                    link.delete_after_writes("XDEL", &key, handled);
                 }
             }
             Err(e) => {
@@ -720,7 +875,7 @@ fn encode_groups(groups: &[GroupKey]) -> String {
     out
 }
 
-fn decode_groups(text: &str) -> Vec<GroupKey> {
+pub(super) fn decode_groups(text: &str) -> Vec<GroupKey> {
     let parts: Vec<&str> = text.split('\0').collect();
     parts
         .chunks_exact(2)
@@ -729,10 +884,10 @@ fn decode_groups(text: &str) -> Vec<GroupKey> {
 }
 
 /// A field of an inbox entry: name and value.
-type EntryField = (Vec<u8>, Vec<u8>);
+pub(super) type EntryField = (Vec<u8>, Vec<u8>);
 
 /// Entries of an XREAD reply for one stream: (id, fields).
-fn stream_entries(value: Value) -> Vec<(String, Vec<EntryField>)> {
+pub(super) fn stream_entries(value: Value) -> Vec<(String, Vec<EntryField>)> {
     let mut out = Vec::new();
     let Value::Array(streams) = value else {
         return out;

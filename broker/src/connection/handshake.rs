@@ -172,6 +172,7 @@ where
         SessionHandle {
             connection_id,
             mailbox: mailbox.clone(),
+            persistent: expiry_secs > 0,
         },
     );
     // A shutdown that began after the check above did not see this session: tell it now.
@@ -211,7 +212,17 @@ where
     let mut outgoing = Outgoing::new(window, limits.max_queued_messages);
     let mut subscriptions = BTreeMap::new();
     let mut incoming_qos2 = BTreeSet::new();
-    if let Some(stored) = stored {
+    if let Some(mut stored) = stored {
+        // The store gave these up when the session was claimed: from now on they live in this
+        // node's memory, so in a cluster they are journalled until done with.
+        if expiry_secs > 0 {
+            for inflight in &mut stored.inflight {
+                broker.journal_copy(&client_id, &mut inflight.queued);
+            }
+            for queued in &mut stored.queue {
+                broker.journal_copy(&client_id, queued);
+            }
+        }
         outgoing.restore(stored.inflight, stored.queue);
         incoming_qos2.extend(stored.incoming_qos2);
         for s in stored.subscriptions {
@@ -276,6 +287,7 @@ where
         will,
         mailbox,
         arrived: VecDeque::new(),
+        unconfirmed: false,
         _session_guard: session_guard,
     })
 }

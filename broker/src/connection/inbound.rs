@@ -342,12 +342,12 @@ where
             };
             for message in messages {
                 let qos = crate::protocol::qos_min(message.qos, options.qos);
-                self.offer(QueuedMessage {
+                self.offer(QueuedMessage::new(
                     message,
                     qos,
-                    retain: true,
-                    subscription_ids: options.identifier.into_iter().collect(),
-                });
+                    true,
+                    options.identifier.into_iter().collect(),
+                ));
             }
         }
         Ok(())

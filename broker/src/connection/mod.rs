@@ -8,6 +8,7 @@ mod handshake;
 mod inbound;
 
 use crate::broker::Broker;
+use crate::cluster::relay::CONFIRM_WAIT;
 use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
@@ -108,6 +109,9 @@ struct Connection<S> {
     will: Option<Will>,
     mailbox: Arc<Mailbox>,
     arrived: VecDeque<QueuedMessage>,
+    /// A QoS 1/2 publish was routed in a cluster and its acknowledgement is in the write buffer:
+    /// the next flush first waits for Redis to have what it wrote.
+    unconfirmed: bool,
     _session_guard: OwnedMutexGuard<()>,
 }
 
@@ -203,6 +207,7 @@ where
                     packet_id,
                 } => {
                     let routed = self.broker.publish(message).await;
+                    self.unconfirmed |= qos != QoS::AtMostOnce && self.broker.cluster().is_some();
                     self.acknowledge_publish(qos, packet_id, routed);
                 }
                 Work::Subscribe(subscribe) => {
@@ -258,6 +263,9 @@ where
         if self.write_buf.is_empty() {
             return Ok(());
         }
+        if self.unconfirmed {
+            self.confirm_publishes().await;
+        }
         let len = self.write_buf.len();
         // A client that does not read must not keep a takeover or a shutdown waiting: the write
         // is raced against the mailbox's signals (only those: the wake-up for messages belongs to
@@ -287,6 +295,24 @@ where
             self.write_buf = BytesMut::new();
         }
         Ok(())
+    }
+
+    /// Waits until Redis has everything the publishes acknowledged in the write buffer wrote
+    /// (relayed messages, journalled copies), so no acknowledged QoS 1/2 message is lost if this
+    /// node dies. While Redis is unreachable the node is degraded and acknowledges without it.
+    async fn confirm_publishes(&mut self) {
+        self.unconfirmed = false;
+        let Some(link) = self.broker.cluster() else {
+            return;
+        };
+        let confirmed = link.redis_up()
+            && matches!(
+                tokio::time::timeout(CONFIRM_WAIT, link.barrier()).await,
+                Ok(Ok(()))
+            );
+        if !confirmed {
+            self.broker.metrics.acks_unconfirmed.inc();
+        }
     }
 
     /// Encodes a packet into the write buffer.
@@ -329,6 +355,8 @@ where
 
     /// Encodes one PUBLISH to the client; expired or oversized messages are dropped.
     fn send_publish(&mut self, packet_id: u16, queued: &QueuedMessage, dup: bool) {
+        // A copy recovered from a node that died may have been sent before (never DUP at QoS 0).
+        let dup = dup || (queued.maybe_sent && queued.qos != QoS::AtMostOnce);
         let now = SystemTime::now();
         let message = &queued.message;
         if message.is_expired(now) {

@@ -11,6 +11,7 @@ pub mod redis;
 pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisStoreConfig};
 
+use crate::cluster::journal::JournalHold;
 use crate::message::{ClientId, Message};
 use crate::protocol::QoS;
 use crate::router::SubscriptionOptions;
@@ -38,6 +39,31 @@ pub struct QueuedMessage {
     pub retain: bool,
     /// Subscription identifiers to send with it.
     pub subscription_ids: Vec<usize>,
+    /// This copy may have reached the client already (it was recovered from a node that died
+    /// while delivering it): it is sent with DUP.
+    pub maybe_sent: bool,
+    /// Keeps this copy's entry in the node's delivery journal (cluster mode) for as long as the
+    /// copy lives only in this node's memory; see [`crate::cluster::journal`].
+    pub journal: Option<JournalHold>,
+}
+
+impl QueuedMessage {
+    /// A first delivery attempt of `message` with the given delivery options.
+    pub fn new(
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<usize>,
+    ) -> Self {
+        QueuedMessage {
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            maybe_sent: false,
+            journal: None,
+        }
+    }
 }
 
 /// Where an unacknowledged outgoing QoS 1/2 message stood when its connection ended.
@@ -278,8 +304,8 @@ pub trait Store: Send + Sync + 'static {
 /// A queued message on topic `t` for unit tests.
 #[cfg(test)]
 pub(crate) fn test_queued(payload: &'static str, qos: QoS) -> QueuedMessage {
-    QueuedMessage {
-        message: Arc::new(Message {
+    QueuedMessage::new(
+        Arc::new(Message {
             topic: "t".into(),
             payload: bytes::Bytes::from_static(payload.as_bytes()),
             qos,
@@ -289,7 +315,7 @@ pub(crate) fn test_queued(payload: &'static str, qos: QoS) -> QueuedMessage {
             publisher: None,
         }),
         qos,
-        retain: false,
-        subscription_ids: vec![],
-    }
+        false,
+        vec![],
+    )
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The version byte every encoded value starts with.
-pub const ENCODING_VERSION: u8 = 1;
+pub const ENCODING_VERSION: u8 = 2;
 
 /// Why a stored value could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,8 @@ struct WireQueued<'a> {
     qos: u8,
     retain: bool,
     subscription_ids: Vec<u64>,
+    /// Sent with DUP: it may have reached the client before.
+    maybe_sent: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,6 +168,7 @@ fn queued_to_wire(q: &QueuedMessage) -> WireQueued<'_> {
         qos: q.qos as u8,
         retain: q.retain,
         subscription_ids: q.subscription_ids.iter().map(|&id| id as u64).collect(),
+        maybe_sent: q.maybe_sent,
     }
 }
 
@@ -180,12 +183,14 @@ fn queued_from_wire(w: WireQueued<'_>) -> Result<QueuedMessage, DecodeError> {
             })
         })
         .collect::<Result<_, _>>()?;
-    Ok(QueuedMessage {
-        message: Arc::new(message_from_wire(w.message)?),
-        qos: qos(w.qos)?,
-        retain: w.retain,
+    let mut queued = QueuedMessage::new(
+        Arc::new(message_from_wire(w.message)?),
+        qos(w.qos)?,
+        w.retain,
         subscription_ids,
-    })
+    );
+    queued.maybe_sent = w.maybe_sent;
+    Ok(queued)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
@@ -350,12 +355,8 @@ mod tests {
             delay_secs: 30,
         };
         assert_eq!(decode_will(&encode_will(&w).expect("encode")).ok(), Some(w));
-        let q = QueuedMessage {
-            message: Arc::new(m),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: vec![1, 268_435_455],
-        };
+        let mut q = QueuedMessage::new(Arc::new(m), QoS::AtLeastOnce, false, vec![1, 268_435_455]);
+        q.maybe_sent = true;
         assert_eq!(
             decode_queued(&encode_queued(&q).expect("encode")).ok(),
             Some(q.clone())

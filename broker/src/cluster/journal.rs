@@ -1,0 +1,151 @@
+//! The delivery journal: how a QoS 1/2 copy for a persistent session survives the death of the
+//! node that holds it only in memory.
+//!
+//! When a node hands a QoS 1/2 message to a persistent session connected to it (or resumes such a
+//! session's queue from the store), it records the copy in the Redis hash
+//! `<prefix>v1:journal:<node>`, field `<run>.<seq>`, and deletes the field once the copy is done
+//! with: acknowledged by the client, stored back with the session when the connection ends, or
+//! dropped. Both writes go through the relay's single writer, in order, and a publisher is only
+//! acknowledged once the writer has confirmed everything queued before (see
+//! [`super::relay::ClusterLink::barrier`]). When a node dies, the node that adopts its sessions
+//! queues every copy still in its journal again, marked as possibly sent (DUP); a node restarting
+//! under the same id does the same for its earlier runs ([`super::recovery`]).
+//!
+//! A [`JournalHold`] travels with the copy ([`crate::store::QueuedMessage::journal`]): clones
+//! share it, and the field is deleted when the last of them is dropped.
+
+use super::relay::ClusterLink;
+use crate::message::ClientId;
+use crate::store::redis::codec::{self, DecodeError};
+use crate::store::QueuedMessage;
+use std::fmt;
+use std::sync::{Arc, Weak};
+
+/// Keeps a copy's journal field in Redis while the copy lives in this node's memory.
+#[derive(Clone)]
+pub struct JournalHold(Arc<Held>);
+
+struct Held {
+    field: String,
+    link: Weak<ClusterLink>,
+}
+
+impl JournalHold {
+    pub(super) fn new(field: String, link: Weak<ClusterLink>) -> Self {
+        JournalHold(Arc::new(Held { field, link }))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.upgrade() {
+            link.release_journal(std::mem::take(&mut self.field));
+        }
+    }
+}
+
+impl fmt::Debug for JournalHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JournalHold({})", self.0.field)
+    }
+}
+
+/// Holds do not distinguish copies: two copies of the same message are equal whichever holds.
+impl PartialEq for JournalHold {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for JournalHold {}
+
+/// The journal field of copy `seq` of run `run` of a node.
+pub fn field(run: u64, seq: u64) -> String {
+    format!("{run}.{seq}")
+}
+
+/// The (run, seq) of a journal field, for putting recovered copies back in order.
+pub fn parse_field(field: &str) -> Option<(u64, u64)> {
+    let (run, seq) = field.split_once('.')?;
+    Some((run.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Why a journal value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Shorter than its client id length says.
+    #[error("journal value truncated")]
+    Truncated,
+    /// The client id is not UTF-8.
+    #[error("journal client id is not UTF-8")]
+    ClientId,
+    /// The copy itself could not be decoded.
+    #[error("journal copy: {0}")]
+    Copy(#[from] DecodeError),
+}
+
+/// A journal value: the client id's length (2 bytes, big-endian), the client id, and the copy as
+/// the store encodes queued messages.
+pub fn encode_value(client_id: &str, queued: &QueuedMessage) -> Result<Vec<u8>, postcard::Error> {
+    let copy = codec::encode_queued(queued)?;
+    let id = client_id.as_bytes();
+    // MQTT client ids are at most 65,535 bytes (a UTF-8 string field).
+    let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
+    let mut value = Vec::with_capacity(2 + id.len() + copy.len());
+    value.extend_from_slice(&len.to_be_bytes());
+    value.extend_from_slice(&id[..usize::from(len)]);
+    value.extend_from_slice(&copy);
+    Ok(value)
+}
+
+/// Reads a value written by [`encode_value`].
+pub fn decode_value(value: &[u8]) -> Result<(ClientId, QueuedMessage), JournalError> {
+    let (len, rest) = value.split_at_checked(2).ok_or(JournalError::Truncated)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let (id, copy) = rest.split_at_checked(len).ok_or(JournalError::Truncated)?;
+    let id = std::str::from_utf8(id).map_err(|_| JournalError::ClientId)?;
+    Ok((id.into(), codec::decode_queued(copy)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QoS;
+
+    #[test]
+    fn a_value_round_trips_with_its_client_and_dup_mark() {
+        let mut copy = crate::store::test_queued("hello", QoS::AtLeastOnce);
+        copy.maybe_sent = true;
+        let value = encode_value("sensor-7", &copy).expect("encode");
+        let (client, decoded) = decode_value(&value).expect("decode");
+        assert_eq!(&*client, "sensor-7");
+        assert_eq!(decoded, copy);
+        assert!(decoded.maybe_sent);
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        assert!(matches!(decode_value(&[]), Err(JournalError::Truncated)));
+        assert!(matches!(
+            decode_value(&[0, 9, b'a']),
+            Err(JournalError::Truncated)
+        ));
+        assert!(matches!(
+            decode_value(&[0, 1, 0xff, 2]),
+            Err(JournalError::ClientId)
+        ));
+        assert!(matches!(
+            decode_value(&[0, 1, b'a', 2, 0xff]),
+            Err(JournalError::Copy(_))
+        ));
+    }
+
+    #[test]
+    fn fields_sort_by_run_then_sequence() {
+        let mut fields = [field(2, 1), field(1, 10), field(1, 9)];
+        fields.sort_by_key(|f| parse_field(f));
+        assert_eq!(fields, [field(1, 9), field(1, 10), field(2, 1)]);
+        assert_eq!(parse_field("x.1"), None);
+        assert_eq!(parse_field("12"), None);
+    }
+}

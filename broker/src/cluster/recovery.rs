@@ -1,0 +1,295 @@
+//! Recovery of what a node held only in memory when it stopped without handing it on: the copies
+//! in its delivery journal ([`super::journal`]) and the entries left in its inbox stream.
+//!
+//! Run by the node that adopts a departed node's sessions, right after the adoption, and by a
+//! node restarting under its old id for its earlier runs. Every recovered copy is marked as
+//! possibly sent (DUP) and delivered like a message sent on to its session: queued in the store
+//! for an offline session, handed to the session's connection here, or sent on to the node that
+//! holds it now. What was recovered is deleted through the relay's writer, after the journal
+//! writes and relays of its deliveries, so nothing is deleted before it is safe elsewhere.
+
+use super::journal;
+use super::relay::{decode_groups, stream_entries, ClusterLink, EntryField, KIND_DIRECT};
+use crate::broker::Broker;
+use crate::message::ClientId;
+use crate::protocol::{self, topic};
+use crate::router::{self, Match, SubscriptionTree};
+use crate::store::redis::codec;
+use crate::store::{QueuedMessage, StoredSubscription};
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the adopter keeps reading a departed node's inbox: the other nodes relay to it until
+/// gossip has told each of them that it is gone.
+const TAIL: Duration = Duration::from_secs(10);
+/// Pause between readings of a departed node's inbox while tailing it.
+const TAIL_POLL: Duration = Duration::from_millis(250);
+/// Inbox entries read at a time.
+const PAGE: usize = 512;
+
+/// Whose leftovers are recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leftovers {
+    /// A node that left the cluster: all of its journal and inbox, and what keeps arriving in
+    /// its inbox for a while.
+    Departed,
+    /// This node's earlier runs: journal fields of other runs, inbox entries older than this run.
+    EarlierRuns,
+}
+
+/// The adopted sessions' subscriptions, for matching the messages left in the inbox.
+pub struct AdoptedRoutes(SubscriptionTree);
+
+impl AdoptedRoutes {
+    /// Builds the routes of the given sessions.
+    pub fn new<'a>(
+        sessions: impl IntoIterator<Item = (&'a ClientId, &'a [StoredSubscription])>,
+    ) -> Self {
+        let mut tree = SubscriptionTree::default();
+        for (client, subscriptions) in sessions {
+            for s in subscriptions {
+                if let Ok(parsed) = topic::parse_subscription(&s.filter, usize::MAX) {
+                    tree.insert(client, parsed.group, parsed.filter, s.options.clone());
+                }
+            }
+        }
+        AdoptedRoutes(tree)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The copies of `message` for the adopted sessions: every plain match, and one member of
+    /// each share group the origin chose the departed node for.
+    fn copies(
+        &self,
+        message: &Arc<crate::message::Message>,
+        groups: &[(String, String)],
+    ) -> Vec<(ClientId, QueuedMessage)> {
+        let mut matches = Vec::new();
+        self.0.matches(&message.topic, |m| match m {
+            Match::Direct(client, options) => matches.push((client.clone(), options.clone())),
+            Match::Shared {
+                group,
+                filter,
+                members,
+                start,
+            } => {
+                let chosen = groups.iter().any(|(g, f)| g == group && f == filter);
+                if let (true, Some(member)) = (chosen, members.get(start % members.len().max(1))) {
+                    matches.push(member.clone());
+                }
+            }
+        });
+        router::targets(matches, message.publisher.as_deref())
+            .into_iter()
+            .map(|target| {
+                let mut copy = QueuedMessage::new(
+                    message.clone(),
+                    protocol::qos_min(message.qos, target.qos),
+                    message.retain && target.retain_as_published,
+                    target.subscription_ids,
+                );
+                copy.maybe_sent = true;
+                (target.client_id, copy)
+            })
+            .collect()
+    }
+}
+
+/// Recovers `node`'s journal and inbox leftovers; `routes` are the subscriptions of the sessions
+/// adopted from it. Logs what it did; a failure leaves the rest in Redis for a later attempt
+/// (the next restart of that node id).
+pub async fn recover(
+    link: Arc<ClusterLink>,
+    broker: Arc<Broker>,
+    node: String,
+    leftovers: Leftovers,
+    routes: AdoptedRoutes,
+) {
+    let mut con = match link.recovery_connection().await {
+        Ok(con) => con,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "recovery: redis unreachable");
+            return;
+        }
+    };
+    let journalled = match recover_journal(&link, &broker, &mut con, &node, leftovers).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "recovery of the delivery journal failed");
+            0
+        }
+    };
+    let relayed = match recover_inbox(&link, &broker, &mut con, &node, leftovers, &routes).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(node, error = %e, "recovery of the inbox failed");
+            0
+        }
+    };
+    tracing::info!(
+        node,
+        ?leftovers,
+        journalled,
+        relayed,
+        "recovered copies a node held only in memory"
+    );
+}
+
+/// Re-delivers the copies in `node`'s journal, oldest first; returns how many.
+async fn recover_journal(
+    link: &ClusterLink,
+    broker: &Broker,
+    con: &mut MultiplexedConnection,
+    node: &str,
+    leftovers: Leftovers,
+) -> redis::RedisResult<usize> {
+    let key = link.journal_key(node);
+    let mut entries: Vec<((u64, u64), String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async::<Vec<(String, Vec<u8>)>>(con)
+        .await?
+        .into_iter()
+        .filter_map(|(field, value)| {
+            let order = journal::parse_field(&field)?;
+            let ours = leftovers == Leftovers::EarlierRuns && order.0 == link.run();
+            (!ours).then_some((order, field, value))
+        })
+        .collect();
+    entries.sort_by_key(|(order, _, _)| *order);
+    let mut fields = Vec::with_capacity(entries.len());
+    let mut count = 0;
+    for (_, field, value) in entries {
+        match journal::decode_value(&value) {
+            Ok((client, mut copy)) => {
+                copy.maybe_sent = true;
+                broker.deliver_recovered(client, copy).await;
+                count += 1;
+            }
+            Err(e) => tracing::warn!(node, field, error = %e, "unreadable journal entry dropped"),
+        }
+        fields.push(field);
+    }
+    for chunk in fields.chunks(PAGE) {
+        link.delete_after_writes("HDEL", &key, chunk.to_vec());
+    }
+    Ok(count)
+}
+
+/// Re-delivers what `node`'s inbox still holds; for a departed node, keeps reading for [`TAIL`]
+/// (unless the node comes back). Returns how many copies it delivered.
+async fn recover_inbox(
+    link: &ClusterLink,
+    broker: &Broker,
+    con: &mut MultiplexedConnection,
+    node: &str,
+    leftovers: Leftovers,
+    routes: &AdoptedRoutes,
+) -> redis::RedisResult<usize> {
+    let key = link.inbox_key(node);
+    let end = match leftovers {
+        Leftovers::Departed => "+".to_string(),
+        Leftovers::EarlierRuns => format!("({}", link.inbox_start()),
+    };
+    let started = Instant::now();
+    let mut next = "-".to_string();
+    let mut count = 0;
+    loop {
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(&next)
+            .arg(&end)
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(con)
+            .await?;
+        let entries = stream_entries(Value::Array(vec![Value::Array(vec![
+            Value::BulkString(key.clone().into_bytes()),
+            reply,
+        ])]));
+        if let Some((last, _)) = entries.last() {
+            next = format!("({last}");
+        }
+        let mut handled = Vec::with_capacity(entries.len());
+        let full_page = entries.len() == PAGE;
+        for (id, fields) in entries {
+            count += redeliver_entry(broker, routes, node, &fields).await;
+            handled.push(id);
+        }
+        if !handled.is_empty() {
+            link.delete_after_writes("XDEL", &key, handled);
+        }
+        if full_page {
+            continue;
+        }
+        let keep_tailing =
+            leftovers == Leftovers::Departed && started.elapsed() < TAIL && link.is_departed(node);
+        if !keep_tailing {
+            return Ok(count);
+        }
+        tokio::time::sleep(TAIL_POLL).await;
+    }
+}
+
+/// Delivers one inbox entry's message (or message sent on) to the adopted sessions; returns how
+/// many copies.
+async fn redeliver_entry(
+    broker: &Broker,
+    routes: &AdoptedRoutes,
+    node: &str,
+    fields: &[EntryField],
+) -> usize {
+    let field = |name: &[u8]| {
+        fields
+            .iter()
+            .find(|(k, _)| k.as_slice() == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    match field(b"k") {
+        None => {
+            if routes.is_empty() {
+                return 0;
+            }
+            let Some(Ok(message)) = field(b"m").map(codec::decode_message) else {
+                tracing::warn!(
+                    node,
+                    "unreadable relayed message in a recovered inbox dropped"
+                );
+                return 0;
+            };
+            let groups = field(b"g")
+                .map(|g| decode_groups(&String::from_utf8_lossy(g)))
+                .unwrap_or_default();
+            let copies = routes.copies(&Arc::new(message), &groups);
+            let n = copies.len();
+            for (client, copy) in copies {
+                broker.deliver_recovered(client, copy).await;
+            }
+            n
+        }
+        Some(KIND_DIRECT) => {
+            let client = field(b"c").and_then(|c| std::str::from_utf8(c).ok());
+            let copy = field(b"q").map(codec::decode_queued);
+            match (client, copy) {
+                (Some(client), Some(Ok(mut copy))) => {
+                    copy.maybe_sent = true;
+                    broker.deliver_recovered(client.into(), copy).await;
+                    1
+                }
+                _ => {
+                    tracing::warn!(
+                        node,
+                        "unreadable direct message in a recovered inbox dropped"
+                    );
+                    0
+                }
+            }
+        }
+        // Hand-over requests and answers are for the node that is gone.
+        Some(_) => 0,
+    }
+}
