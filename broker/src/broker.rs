@@ -40,6 +40,11 @@ pub enum RunState {
     ShuttingDown,
 }
 
+/// How long a copy recovered from a dead node waits for room in a session's mailbox (live
+/// messages wait `limits.delivery_wait_ms`). A mailbox that stays full is marked slow after one
+/// such wait, and then refuses at once.
+const RECOVERED_PATIENCE: Duration = Duration::from_secs(10);
+
 /// How often the keep-alive sweep runs (and the coarse clock advances).
 pub const KEEP_ALIVE_TICK: Duration = Duration::from_millis(250);
 
@@ -399,19 +404,28 @@ impl Broker {
                     client_id,
                     mailbox,
                     queued,
-                } => match mailbox.push_or_wait(queued, self.delivery_patience).await {
-                    Ok(()) => {}
-                    Err(Refused::Full(_)) => {
-                        self.metrics.dropped_queue_full.inc();
-                    }
-                    Err(Refused::Closed(queued)) => {
-                        if let Some(Deferred::Enqueue { client_id, queued }) =
-                            self.offline(client_id, queued)
-                        {
-                            self.enqueue(&client_id, queued, onward).await;
+                } => {
+                    // Copies recovered from a dead node come in bursts, often alongside the live
+                    // stream: they wait longer for a session's room than live messages do.
+                    let patience = if queued.maybe_sent {
+                        RECOVERED_PATIENCE.max(self.delivery_patience)
+                    } else {
+                        self.delivery_patience
+                    };
+                    match mailbox.push_or_wait(queued, patience).await {
+                        Ok(()) => {}
+                        Err(Refused::Full(_)) => {
+                            self.metrics.dropped_queue_full.inc();
+                        }
+                        Err(Refused::Closed(queued)) => {
+                            if let Some(Deferred::Enqueue { client_id, queued }) =
+                                self.offline(client_id, queued)
+                            {
+                                self.enqueue(&client_id, queued, onward).await;
+                            }
                         }
                     }
-                },
+                }
                 Deferred::Enqueue { client_id, queued } => {
                     self.enqueue(&client_id, queued, onward).await
                 }
@@ -682,7 +696,7 @@ impl Broker {
             ));
         }
         let (mut online, mut wills) = (0, 0);
-        for session in adopted {
+        for session in adopted.into_iter().filter(|s| !s.moved) {
             online += usize::from(session.was_online);
             for s in &session.subscriptions {
                 self.add_subscription(&session.client_id, &s.filter, s.options.clone());

@@ -262,6 +262,9 @@ async fn is_adopter(membership: &dyn Membership, departed: &str) -> bool {
     lowest.is_none_or(|id| id.as_str() >= me)
 }
 
+/// How long a node keeps routing to a departed node's inbox (see [`crate::cluster::recovery`]).
+const FORGET_DEPARTED_AFTER: Duration = Duration::from_secs(5);
+
 /// Logs membership changes and keeps the members gauge true, until shutdown.
 async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
     let mut events = membership.events();
@@ -283,7 +286,17 @@ async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
                     tracing::info!(node = %node.id, "node left or failed");
                     if let Some(link) = broker.cluster() {
                         link.node_departed(&node.id);
-                        link.forget_node(&node.id, &broker).await;
+                        // Messages go on being relayed to the departed node's inbox for a while
+                        // (the adopter recovers them from there) until the adopter's own routes
+                        // for the adopted sessions have reached this node.
+                        let (later, broker_later, departed) =
+                            (link.clone(), broker.clone(), node.id.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(FORGET_DEPARTED_AFTER).await;
+                            if later.is_departed(&departed) {
+                                later.forget_node(&departed, &broker_later).await;
+                            }
+                        });
                         if is_adopter(&*membership, &node.id).await {
                             link.remove_node_entries(&node.id);
                             broker.adopt_sessions_of(&node.id, Leftovers::Departed).await;

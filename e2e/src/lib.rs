@@ -139,6 +139,8 @@ pub struct ClusterSettings {
     pub gossip: SocketAddr,
     /// Gossip addresses of other nodes.
     pub seeds: Vec<SocketAddr>,
+    /// More configuration (TOML) appended to the node's file, e.g. a `[limits]` table.
+    pub extra_config: String,
 }
 
 impl ClusterSettings {
@@ -148,6 +150,7 @@ impl ClusterSettings {
             redis_url: redis_url.to_string(),
             gossip: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             seeds: seeds.to_vec(),
+            extra_config: String::new(),
         })
     }
 }
@@ -158,10 +161,11 @@ impl BrokerNode {
         use std::io::Write;
         let seeds: Vec<String> = cluster.seeds.iter().map(|s| format!("\"{s}\"")).collect();
         let text = format!(
-            "[cluster]\nredis_url = \"{}\"\ngossip_bind = \"{}\"\ngossip_seeds = [{}]\n",
+            "[cluster]\nredis_url = \"{}\"\ngossip_bind = \"{}\"\ngossip_seeds = [{}]\n{}",
             cluster.redis_url,
             cluster.gossip,
-            seeds.join(", ")
+            seeds.join(", "),
+            cluster.extra_config,
         );
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(text.as_bytes())?;
@@ -184,7 +188,7 @@ impl BrokerNode {
             "--admin-bind".to_string(),
             admin.to_string(),
             "--log-level".to_string(),
-            "warn".to_string(),
+            std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "warn".to_string()),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -23,6 +23,12 @@
 //! - The probe timings follow the classic LAN profile (probe every second, 500 ms ack timeout):
 //!   memberlist 0.8's `Options::lan()` swaps the two (500 ms interval, 1 s timeout), which
 //!   leaves no time in a probe round for the indirect probes.
+//! - Dead members are never reaped ([`NEVER_REAP_DEAD`]): memberlist 0.8.5 reaps them by
+//!   moving them to the end of its member list without updating its id → index map, and the
+//!   next message about a moved live member then panics inside memberlist (index out of bounds;
+//!   seen in our three-node kill test about 30 s after the death). Keeping dead members costs a
+//!   few gossip packets to dead addresses; their number is bounded by the node ids ever used
+//!   (StatefulSet ordinals), and a node coming back under its id reclaims its entry.
 //! - Seeds are retried in the background for as long as the node sees no other member, so a
 //!   node whose seeds are not up yet (or that lost everyone) joins when one answers.
 
@@ -39,6 +45,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+
+/// How long memberlist keeps a dead member before reaping it: in effect never (see the module
+/// documentation).
+const NEVER_REAP_DEAD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// How many membership events a slow subscriber may fall behind before it sees
 /// [`broadcast::error::RecvError::Lagged`] (and should re-read [`Membership::members`]).
@@ -395,7 +405,8 @@ impl GossipMembership {
             .with_gossip_interval(t.gossip_interval)
             .with_push_pull_interval(t.push_pull_interval)
             .with_timeout(t.tcp_timeout)
-            .with_dead_node_reclaim_time(config.dead_node_reclaim);
+            .with_dead_node_reclaim_time(config.dead_node_reclaim)
+            .with_gossip_to_the_dead_time(NEVER_REAP_DEAD);
         if let Some(key) = key {
             options = options
                 .with_primary_key(key)

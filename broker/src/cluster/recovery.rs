@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long the adopter keeps reading a departed node's inbox: the other nodes relay to it until
-/// gossip has told each of them that it is gone.
-const TAIL: Duration = Duration::from_secs(10);
+/// gossip has told each of them that it is gone, and for a few seconds more (until the adopter's
+/// routes for the adopted sessions have reached them).
+pub const TAIL: Duration = Duration::from_secs(12);
 /// Pause between readings of a departed node's inbox while tailing it.
 const TAIL_POLL: Duration = Duration::from_millis(250);
 /// Inbox entries read at a time.

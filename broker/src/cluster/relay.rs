@@ -334,7 +334,7 @@ impl ClusterLink {
     }
 
     /// Whether gossip reported `node` gone (and not back since).
-    pub(super) fn is_departed(&self, node: &str) -> bool {
+    pub fn is_departed(&self, node: &str) -> bool {
         self.departed.read().contains(node)
     }
 

@@ -208,6 +208,10 @@ pub struct AdoptedSession {
     pub subscriptions: Vec<StoredSubscription>,
     /// Whether a connection held it when its node departed.
     pub was_online: bool,
+    /// Another node claimed it while its node was departing: it is not adopted (nothing of it
+    /// changed), and is listed only so messages relayed to the departed node for it are
+    /// recovered.
+    pub moved: bool,
 }
 
 /// A session removed by the expiry sweep.

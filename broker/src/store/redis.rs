@@ -778,14 +778,15 @@ impl Store for RedisStore {
             .arg(&self.key_prefixes()[..]);
         let mut adopted = Vec::new();
         for entry in array(self.run_script(invocation).await?)? {
-            let [id, will, subs, was_online, _ended]: [Value; 5] = array(entry)?
+            let [id, will, subs, was_online, _ended, moved]: [Value; 6] = array(entry)?
                 .try_into()
-                .map_err(|_| malformed("an adopted session has five parts"))?;
+                .map_err(|_| malformed("an adopted session has six parts"))?;
             let client_id: ClientId = text(id)?.into();
             adopted.push(AdoptedSession {
                 will: decode_stored_will(&client_id, will)?,
                 subscriptions: decode_subscriptions(&client_id, subs)?,
                 was_online: int(was_online)? == 1,
+                moved: int(moved)? == 1,
                 client_id,
             });
         }

@@ -11,7 +11,11 @@
 -- Sessions the departed node held online become offline (their expiry starts now) and those
 -- with expiry 0 end; sessions it had parked move to the survivor. Each will is removed as it
 -- is returned, so however many survivors run this, a will fires once.
--- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended}...
+-- Sessions in the departed node's set that another node has claimed meanwhile are not adopted
+-- but reported too (with their subscriptions), so messages relayed to the departed node for them
+-- can still be recovered (see the broker's cluster::recovery).
+-- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended,
+-- 1 if it moved to another node}...
 local adopted = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local keys = {}
@@ -28,7 +32,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5])
       redis.call('SREM', KEYS[3], id)
       redis.call('ZREM', KEYS[4], id)
-      adopted[#adopted + 1] = {id, will, {}, 1, 1}
+      adopted[#adopted + 1] = {id, will, {}, 1, 1, 0}
     else
       redis.call('HDEL', keys[1], 'will', 'from', 'clean', 'handed', 'fresh')
       redis.call('HSET', keys[1], 'node', ARGV[2])
@@ -44,8 +48,10 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         end
       end
       redis.call('SADD', KEYS[2], id)
-      adopted[#adopted + 1] = {id, will, subs, was_online and 1 or 0, 0}
+      adopted[#adopted + 1] = {id, will, subs, was_online and 1 or 0, 0, 0}
     end
+  elseif state then
+    adopted[#adopted + 1] = {id, '', redis.call('HGETALL', keys[2]), 0, 0, 1}
   end
 end
 if KEYS[1] ~= KEYS[2] then
