@@ -1128,6 +1128,26 @@ async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
     )
     .await
     .expect("detach");
+    // Node C claims a session node A held before gossip tells it A is dead: C waits for A.
+    let claimed: ClientId = "claimed".into();
+    let h = a
+        .attach_session(&claimed, &persistent_claim(60, None))
+        .await
+        .expect("attach");
+    a.save_subscriptions(
+        "claimed",
+        h.generation,
+        &[StoredSubscription {
+            filter: "claimed/#".into(),
+            options: options(QoS::AtLeastOnce),
+        }],
+        &[],
+    )
+    .await
+    .expect("save");
+    c.attach_session(&claimed, &persistent_claim(60, None))
+        .await
+        .expect("claim");
 
     let mut adopted = b.adopt_sessions("node-a").await.expect("adopt");
     adopted.sort_by(|x, y| x.client_id.cmp(&y.client_id));
@@ -1137,6 +1157,7 @@ async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
             (
                 s.client_id.to_string(),
                 s.was_online,
+                s.moved,
                 s.will.as_ref().map(|w| w.message.payload.clone()),
                 s.subscriptions
                     .iter()
@@ -1148,25 +1169,46 @@ async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
     assert_eq!(
         summary,
         [
+            // Not adopted (node C has it), but listed with its subscriptions for recovery.
+            (
+                "claimed".to_string(),
+                false,
+                true,
+                None,
+                vec!["claimed/#".to_string()]
+            ),
             (
                 "ended".to_string(),
                 true,
+                false,
                 Some(Bytes::from_static(b"ended died")),
                 vec![]
             ),
             (
                 "online".to_string(),
                 true,
+                false,
                 Some(Bytes::from_static(b"online died")),
                 vec!["alerts/#".to_string()]
             ),
             (
                 "parked".to_string(),
                 false,
+                false,
                 None,
                 vec!["parked/#".to_string()]
             ),
         ]
+    );
+    let pending = c
+        .session_info("claimed")
+        .await
+        .expect("info")
+        .expect("session");
+    assert_eq!(
+        pending.node.as_deref(),
+        Some("node-c"),
+        "a moved session is left as it is"
     );
     // However many survivors try, each session (and its will) is adopted once.
     assert!(c.adopt_sessions("node-a").await.expect("adopt").is_empty());
