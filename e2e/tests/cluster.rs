@@ -545,3 +545,73 @@ async fn a_redis_outage_degrades_the_nodes_and_the_relay_resumes_after_it() {
         assert_eq!(&p.payload[..], b"relayed");
     }
 }
+
+#[tokio::test]
+async fn a_node_restarted_under_its_id_rejoins_and_relays_both_ways() {
+    let redis = RedisServer::start().await.expect("redis");
+    let a_settings = ClusterSettings::new(&redis.url(), &[]).expect("ports");
+    let mut a = BrokerNode::start_clustered("node-a", &a_settings)
+        .await
+        .expect("node a");
+    let b_settings = ClusterSettings::new(&redis.url(), &[a_settings.gossip]).expect("ports");
+    let b = BrokerNode::start_clustered("node-b", &b_settings)
+        .await
+        .expect("node b");
+    both_see_two_members(&a, &b).await;
+
+    // A persistent subscriber on node A; node A dies and gossip declares it failed.
+    let (sub, mut sub_loop, _) = client(a.mqtt, "returning", false).await;
+    sub.subscribe("back/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    drop(sub_loop);
+    a.kill();
+    wait_for(Duration::from_secs(30), || async {
+        let members = b.metric("starling_cluster_members").await?;
+        anyhow::ensure!(members == 1.0, "node b sees {members} members");
+        Ok(())
+    })
+    .await
+    .expect("node a declared failed");
+
+    // The same id comes back on new ports (a restarted pod gets a new address).
+    let again_settings = ClusterSettings::new(&redis.url(), &[b_settings.gossip]).expect("ports");
+    let again = BrokerNode::start_clustered("node-a", &again_settings)
+        .await
+        .expect("node a again");
+    both_see_two_members(&again, &b).await;
+
+    // Relay works both ways: a subscriber on each node, a publisher on each node.
+    let (_back, mut back_loop, present) = client(again.mqtt, "returning", false).await;
+    assert!(present, "the session survived its node's death and restart");
+    let (watcher, mut watch_loop, _) = client(b.mqtt, "watcher-b", true).await;
+    watcher
+        .subscribe("back/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut watch_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&again, 1.0).await;
+    remote_entries_at_least(&b, 1.0).await;
+    for (from, node) in [("b", &b), ("a", &again)] {
+        let (publisher, mut pub_loop, _) = client(node.mqtt, &format!("pub-{from}"), true).await;
+        publisher
+            .publish(format!("back/{from}"), QoS::AtLeastOnce, false, from)
+            .await
+            .expect("publish");
+        next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+        for (name, eventloop) in [("a", &mut back_loop), ("b", &mut watch_loop)] {
+            let Packet::Publish(p) =
+                next_packet(eventloop, |p| matches!(p, Packet::Publish(_))).await
+            else {
+                unreachable!("picked a publish")
+            };
+            assert_eq!(
+                &p.payload[..],
+                from.as_bytes(),
+                "the subscriber on node {name} gets what node {from} published"
+            );
+        }
+    }
+    assert_no_more_publishes([&mut back_loop, &mut watch_loop], "a message").await;
+}
