@@ -461,11 +461,13 @@ impl Broker {
                 }
                 Ok(Enqueued::Online) => {
                     // It attached between our look-up and the store's answer: hand it over.
-                    let pushed = self
-                        .online
-                        .read()
-                        .get(client_id)
-                        .map(|handle| handle.mailbox.push(queued.clone()));
+                    let pushed = self.online.read().get(client_id).map(|handle| {
+                        let mut copy = queued.clone();
+                        if handle.persistent {
+                            self.journal_copy(client_id, &mut copy);
+                        }
+                        handle.mailbox.push(copy)
+                    });
                     match pushed {
                         Some(Ok(())) => return,
                         Some(Err(Refused::Full(_))) => {

@@ -210,6 +210,17 @@ impl Server {
                 "drain timeout reached with connections still open"
             ),
         }
+        // What the drained connections handed back (journal deletions, hand-overs) reaches Redis
+        // before the node goes; otherwise its next run (or the adopter) would deliver those
+        // copies again.
+        if let Some(link) = broker.cluster() {
+            if tokio::time::timeout(Duration::from_secs(2), link.barrier())
+                .await
+                .is_err()
+            {
+                tracing::warn!("relay writes still pending at shutdown");
+            }
+        }
         if let Err(e) = self.membership.leave(Duration::from_secs(2)).await {
             tracing::warn!(error = %e, "leaving the cluster");
         }
