@@ -580,7 +580,17 @@ async fn a_node_restarted_under_its_id_rejoins_and_relays_both_ways() {
     let again = BrokerNode::start_clustered("node-a", &again_settings)
         .await
         .expect("node a again");
-    both_see_two_members(&again, &b).await;
+    // Node B refuses the new address until node A has been dead for `dead_node_reclaim` (3 s);
+    // a refused first announcement is repaired by the next state exchange (every 15 s).
+    for node in [&again, &b] {
+        wait_for(Duration::from_secs(40), || async move {
+            let members = node.metric("starling_cluster_members").await?;
+            anyhow::ensure!(members == 2.0, "{} sees {members} members", node.id);
+            Ok(())
+        })
+        .await
+        .expect("node a rejoined");
+    }
 
     // Relay works both ways: a subscriber on each node, a publisher on each node.
     let (_back, mut back_loop, present) = client(again.mqtt, "returning", false).await;
