@@ -233,8 +233,10 @@ async fn reconcile_service_monitor(ctx: &Context, cluster: &Cluster<'_>) -> Resu
     let resource = match kube::discovery::pinned_kind(client, &gvk).await {
         Ok((resource, _)) => resource,
         // The Prometheus Operator is not installed (no such API group, or a version of it
-        // without the kind): nothing to create or clean up.
-        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+        // without the kind): nothing to create or clean up. A real API server answers an
+        // unknown group version with a plain-text `404 page not found`, not a `Status`, so kube
+        // reports it with reason "Failed to parse error data" and only the code says 404.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
         Err(kube::Error::Discovery(_)) => return Ok(()),
         // Anything else (the API server is unreachable, forbids discovery, ...) is a failure,
         // not a reason to leave a ServiceMonitor behind or never create it.

@@ -111,7 +111,8 @@ async fn expect_service_monitor_discovery(api: &mut FakeApiServer, installed: bo
             }],
         }));
     } else {
-        call.not_found();
+        // What kube-apiserver sends for a group version it does not serve.
+        call.page_not_found();
     }
 }
 
