@@ -10,20 +10,25 @@
 //! namespace (`STARLING_OPERATOR_BIN` names another binary; `STARLING_E2E_OPERATOR=external`
 //! starts none, for an operator already running in the cluster), and deletes the namespace
 //! at the end. Broker pods become ready only with a published broker image:
-//! `STARLING_E2E_BROKER_IMAGE=repo:tag` sets it and makes the test wait for `Ready`.
+//! `STARLING_E2E_BROKER_IMAGE=repo:tag` sets it and makes the test wait for `Ready`; without
+//! it the test prints what it could not check and checks that the status says the brokers are
+//! not ready. The HorizontalPodAutoscaler step needs the cluster's kube-controller-manager.
 
 use e2e::{free_port, wait_for, Process};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions, Condition};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use starling_operator::crd::MqttCluster;
 use starling_operator::resources::CONFIG_HASH_ANNOTATION;
 use std::fmt::Debug;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +43,8 @@ const CLUSTER: &str = "e2e";
 struct Env {
     client: Client,
     namespace: String,
+    /// The operator's HTTP endpoint (`/metrics`), when the test started the operator.
+    operator_http: Option<SocketAddr>,
     _operator: Option<Process>,
 }
 
@@ -149,9 +156,11 @@ impl Env {
             .expect("creating the test namespace");
         println!("created namespace {namespace}");
 
-        let operator = if std::env::var("STARLING_E2E_OPERATOR").as_deref() == Ok("external") {
+        let (operator, operator_http) = if std::env::var("STARLING_E2E_OPERATOR").as_deref()
+            == Ok("external")
+        {
             println!("using the operator already running in the cluster");
-            None
+            (None, None)
         } else {
             let port = free_port().expect("a free port");
             let bind = format!("127.0.0.1:{port}");
@@ -168,11 +177,15 @@ impl Env {
             })
             .await
             .expect("the operator becomes ready");
-            Some(process)
+            (
+                Some(process),
+                Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            )
         };
         Env {
             client,
             namespace,
+            operator_http,
             _operator: operator,
         }
     }
@@ -199,6 +212,34 @@ impl Env {
 fn serde_yaml_from_str<T: serde::de::DeserializeOwned>(yaml: &str) -> Result<T, String> {
     let value: serde_json::Value = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
     serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// The value of one sample (`name{labels}`) in OpenMetrics text, if present.
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+}
+
+/// Waits until the operator has published an Event with `reason` about the object `uid`.
+async fn wait_for_event(events: &Api<Event>, uid: &str, reason: &str) -> Event {
+    println!("waiting for a {reason} Event");
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .expect("listing Events");
+            if let Some(event) = list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid)
+            }) {
+                return event;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {reason} Event within {WAIT:?}"))
 }
 
 fn assert_owned_by(meta: &kube::api::ObjectMeta, cluster_uid: &str, what: &str) {
@@ -315,7 +356,19 @@ async fn mqttcluster_children_status_scale_config_change_and_deletion() {
             .find(|c| c.type_ == type_)
             .unwrap_or_else(|| panic!("no {type_} condition"));
         assert_eq!(condition.observed_generation, generation, "{type_}");
+        // A failed reconcile records a status too: the reasons tell it apart.
+        assert!(
+            !["ReconcileFailed", "InvalidSpec"].contains(&condition.reason.as_str()),
+            "the reconcile failed: {condition:?}"
+        );
     }
+    let event = wait_for_event(&env.api(), &uid, "Reconciled").await;
+    assert_eq!(
+        event.reporting_controller.as_deref(),
+        Some("starling-operator")
+    );
+    assert_eq!(event.type_.as_deref(), Some("Normal"));
+    println!("Reconciled Event: {}", event.note.as_deref().unwrap_or(""));
     if image.is_some() {
         wait_until(
             &clusters,
@@ -332,7 +385,22 @@ async fn mqttcluster_children_status_scale_config_change_and_deletion() {
         )
         .await;
     } else {
-        println!("STARLING_E2E_BROKER_IMAGE unset: not waiting for broker pods to become ready");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready condition");
+        assert_eq!(ready.status, "False", "{ready:?}");
+        assert!(
+            ["ReplicasNotReady", "RedisUnavailable"].contains(&ready.reason.as_str()),
+            "{ready:?}"
+        );
+        assert_eq!(status.ready_replicas, 0);
+        println!(
+            "NOT CHECKED (STARLING_E2E_BROKER_IMAGE unset): broker and Redis pods becoming \
+             ready, Ready=True and readyReplicas; checked instead that Ready is False ({}: {})",
+            ready.reason, ready.message
+        );
     }
 
     // Scale through the scale subresource.
@@ -352,6 +420,64 @@ async fn mqttcluster_children_status_scale_config_change_and_deletion() {
         |o: Option<&StatefulSet>| o.and_then(|s| s.spec.replicas) == Some(3),
     )
     .await;
+
+    // An autoscaler finds the cluster through the scale subresource (kube-controller-manager's
+    // HPA controller; min = max = the current size, so it changes nothing).
+    let autoscalers: Api<HorizontalPodAutoscaler> = env.api();
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": CLUSTER},
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "mqtt.starling.dev/v1alpha1",
+                "kind": "MqttCluster",
+                "name": CLUSTER,
+            },
+            "minReplicas": 3,
+            "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70},
+            }}],
+        },
+    }))
+    .expect("HorizontalPodAutoscaler");
+    autoscalers
+        .create(&PostParams::default(), &hpa)
+        .await
+        .expect("creating the HorizontalPodAutoscaler");
+    let hpa = wait_until(
+        &autoscalers,
+        CLUSTER,
+        "the autoscaler to read the cluster's scale",
+        |o: Option<&HorizontalPodAutoscaler>| {
+            o.and_then(|h| h.status.as_ref()).is_some_and(|s| {
+                s.current_replicas == Some(3)
+                    && s.conditions.iter().flatten().any(|c| {
+                        c.type_ == "AbleToScale"
+                            && c.status == "True"
+                            && c.reason.as_deref() == Some("SucceededGetScale")
+                    })
+            })
+        },
+    )
+    .await;
+    for condition in hpa
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+    {
+        println!(
+            "autoscaler {}={} {}: {}",
+            condition.type_,
+            condition.status,
+            condition.reason.as_deref().unwrap_or(""),
+            condition.message.as_deref().unwrap_or("")
+        );
+    }
+    autoscalers
+        .delete(CLUSTER, &DeleteParams::default())
+        .await
+        .expect("deleting the HorizontalPodAutoscaler");
 
     // A broker setting changes the configuration hash on the pod template.
     let hash = |set: &StatefulSet| -> Option<String> {
@@ -385,6 +511,26 @@ async fn mqttcluster_children_status_scale_config_change_and_deletion() {
     let config = config_maps.get("e2e-config").await.expect("ConfigMap");
     let toml = &config.data.as_ref().expect("data")["starling.toml"];
     assert!(toml.contains("max_inflight = 17"), "{toml}");
+
+    // No reconcile failed along the way (a failure is retried, so the children alone do not
+    // show it).
+    if let Some(http) = env.operator_http {
+        let (code, text) = e2e::http_get(http, "/metrics").await.expect("/metrics");
+        assert_eq!(code, 200);
+        let succeeded = metric(
+            &text,
+            "starling_operator_reconciles_total{result=\"success\"}",
+        );
+        let failed = metric(
+            &text,
+            "starling_operator_reconciles_total{result=\"error\"}",
+        );
+        println!("operator reconciles: {succeeded:?} succeeded, {failed:?} failed");
+        assert!(succeeded.is_some_and(|n| n > 0.0), "{text}");
+        assert!(failed.unwrap_or(0.0) == 0.0, "{text}");
+    } else {
+        println!("NOT CHECKED (external operator): the operator's reconcile error count");
+    }
 
     // Deleting the cluster garbage-collects every child.
     clusters

@@ -558,6 +558,7 @@ impl Default for AuthSpec {
 /// Broker settings; defaults are the broker's own.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = unsigned_as_kubernetes_integers)]
 pub struct BrokerSettings {
     /// Upper bound on a session's expiry interval, in seconds; MQTT 3.1.1 persistent sessions
     /// get this expiry.
@@ -618,6 +619,36 @@ impl Default for BrokerSettings {
             log_level: defaults::log_level(),
             log_format: defaults::log_format(),
         }
+    }
+}
+
+/// Rewrites the properties schemars describes as `uint16`/`uint32` into integer formats the
+/// API server knows (it warns about any other on every apply) with the Rust type's maximum, so
+/// the API server refuses a value the operator could not read back: one such object would
+/// otherwise make the operator's whole list of clusters unreadable.
+fn unsigned_as_kubernetes_integers(schema: &mut schemars::Schema) {
+    let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    for property in properties.values_mut() {
+        let Some(property) = property.as_object_mut() else {
+            continue;
+        };
+        let (format, type_max) = match property.get("format").and_then(|f| f.as_str()) {
+            Some("uint8") => ("int32", u32::from(u8::MAX)),
+            Some("uint16") => ("int32", u32::from(u16::MAX)),
+            Some("uint32") => ("int64", u32::MAX),
+            _ => continue,
+        };
+        let maximum = match property.get("maximum").and_then(serde_json::Value::as_f64) {
+            Some(declared) if declared < f64::from(type_max) => property["maximum"].clone(),
+            _ => type_max.into(),
+        };
+        property.insert("format".into(), format.into());
+        property.insert("maximum".into(), maximum);
     }
 }
 
@@ -1083,6 +1114,40 @@ mod tests {
             "above the maximum 65535",
         );
         assert_rejected(json!({"replicaz": 3}), ".spec.replicaz: unknown field");
+    }
+
+    /// kube-apiserver accepts any integer its schema allows; one the operator's Rust type cannot
+    /// hold would make every list of clusters fail to deserialize.
+    #[test]
+    fn unsigned_settings_are_bounded_by_their_rust_types() {
+        for field in [
+            "maxSessionExpirySecs",
+            "maxMessageExpirySecs",
+            "maxQueuedMessages",
+            "maxConnections",
+        ] {
+            assert_rejected(
+                json!({"broker": {field: u64::from(u32::MAX) + 1}}),
+                "above the maximum 4294967295",
+            );
+            let spec = json!({"broker": {field: u32::MAX}});
+            assert_eq!(problems(spec.clone()), Vec::<String>::new(), "{field}");
+            let parsed: MqttClusterSpec =
+                serde_json::from_value(defaults(&object(spec))["spec"].clone())
+                    .expect("the largest allowed value deserializes");
+            assert_eq!(
+                serde_json::to_value(&parsed.broker).expect("JSON")[field],
+                json!(u32::MAX)
+            );
+        }
+        assert_rejected(
+            json!({"broker": {"maxInflight": 65536}}),
+            "above the maximum 65535",
+        );
+        assert_rejected(
+            json!({"broker": {"drainTimeoutSecs": 3601}}),
+            "above the maximum 3600",
+        );
     }
 
     /// Fields the schema marks nullable accept an explicit null (the API server keeps it), so

@@ -3,6 +3,7 @@
 //! Publishing is best effort: a failed Event is logged, never a reason to fail a reconcile.
 
 use crate::crd::MqttCluster;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 
@@ -29,7 +30,10 @@ pub fn recorder(client: Client, instance: Option<String>) -> Recorder {
     )
 }
 
-/// Publishes one Event about `cluster`; logs instead of failing.
+/// Publishes one Event about `cluster`, naming `related` as the other object involved, if
+/// any; logs instead of failing. The Recorder folds repeats of the same type, reason, action
+/// and related object into one series that keeps the first note, so an Event about a
+/// particular child names it as `related`.
 pub async fn publish(
     recorder: &Recorder,
     cluster: &MqttCluster,
@@ -37,6 +41,7 @@ pub async fn publish(
     reason: &str,
     action: &str,
     note: String,
+    related: Option<ObjectReference>,
 ) {
     let event = Event {
         type_,
@@ -44,7 +49,7 @@ pub async fn publish(
         // The API server rejects notes over 1 kB.
         note: Some(truncate(note, 1024)),
         action: action.to_string(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(error) = recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(

@@ -193,6 +193,17 @@ impl Call {
         );
     }
 
+    /// Answers 404 as a real API server does for a path it does not serve at all (an API
+    /// group version that is not installed): a plain-text body, not a `Status`.
+    pub fn page_not_found(self) {
+        let response = Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Body::from(b"404 page not found\n".to_vec()))
+            .expect("response");
+        self.send.send_response(response);
+    }
+
     /// Answers 404 Not Found.
     pub fn not_found(self) {
         let message = format!("{} not found", self.path);

@@ -13,7 +13,9 @@ use crate::resources::{self, redis, servicemonitor, Children, Cluster, FIELD_MAN
 use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -146,15 +148,19 @@ fn owned_by(meta: &kube::api::ObjectMeta, cluster: &Cluster<'_>) -> bool {
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
 }
 
-/// Records that a child the spec no longer asks for was deleted.
-async fn deleted_child_event(ctx: &Context, cluster: &Cluster<'_>, kind: &str, name: &str) {
+/// Records that `child`, which the spec no longer asks for, was deleted.
+async fn deleted_child_event(ctx: &Context, cluster: &Cluster<'_>, child: ObjectReference) {
+    let kind = child.kind.as_deref().unwrap_or("object");
+    let name = child.name.as_deref().unwrap_or("?");
+    let note = format!("deleted {kind} {name}: the spec no longer asks for it");
     events::publish(
         &ctx.recorder,
         cluster.object,
         EventType::Normal,
         events::DELETED_CHILD,
         "DeleteChild",
-        format!("deleted {kind} {name}: the spec no longer asks for it"),
+        note,
+        Some(child),
     )
     .await;
 }
@@ -178,7 +184,7 @@ where
     }
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => {
-            deleted_child_event(ctx, cluster, &K::kind(&()), name).await;
+            deleted_child_event(ctx, cluster, existing.object_ref(&())).await;
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
@@ -233,8 +239,10 @@ async fn reconcile_service_monitor(ctx: &Context, cluster: &Cluster<'_>) -> Resu
     let resource = match kube::discovery::pinned_kind(client, &gvk).await {
         Ok((resource, _)) => resource,
         // The Prometheus Operator is not installed (no such API group, or a version of it
-        // without the kind): nothing to create or clean up.
-        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+        // without the kind): nothing to create or clean up. A real API server answers an
+        // unknown group version with a plain-text `404 page not found`, not a `Status`, so kube
+        // reports it with reason "Failed to parse error data" and only the code says 404.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
         Err(kube::Error::Discovery(_)) => return Ok(()),
         // Anything else (the API server is unreachable, forbids discovery, ...) is a failure,
         // not a reason to leave a ServiceMonitor behind or never create it.
@@ -253,22 +261,16 @@ async fn reconcile_service_monitor(ctx: &Context, cluster: &Cluster<'_>) -> Resu
         }
         None => {
             let owned = match api.get_opt(&cluster.broker_name()).await? {
-                Some(existing) => owned_by(&existing.metadata, cluster),
-                None => false,
+                Some(existing) if owned_by(&existing.metadata, cluster) => Some(existing),
+                _ => None,
             };
-            if owned {
+            if let Some(existing) = owned {
                 match api
                     .delete(&cluster.broker_name(), &DeleteParams::background())
                     .await
                 {
                     Ok(_) => {
-                        deleted_child_event(
-                            ctx,
-                            cluster,
-                            servicemonitor::KIND,
-                            &cluster.broker_name(),
-                        )
-                        .await;
+                        deleted_child_event(ctx, cluster, existing.object_ref(&resource)).await;
                     }
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
                     Err(e) => return Err(e.into()),
@@ -340,6 +342,7 @@ pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Ac
             events::RECONCILE_FAILED,
             "Reconcile",
             error.to_string(),
+            None,
         )
         .await;
     }
@@ -404,6 +407,7 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
                 events::INVALID_SPEC,
                 "Reconcile",
                 message.clone(),
+                None,
             )
             .await;
         }
@@ -422,6 +426,7 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
                     object.metadata.generation.unwrap_or(0),
                     cluster.spec().replicas
                 ),
+                None,
             )
             .await;
         }

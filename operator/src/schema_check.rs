@@ -158,10 +158,45 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// The `format`s kube-apiserver knows for CRD schemas (kube-openapi's string formats and the
+/// OpenAPI number formats); it warns "unrecognized format" about any other.
+const KNOWN_FORMATS: &[&str] = &[
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "binary",
+    "password",
+    "date",
+    "date-time",
+    "datetime",
+    "duration",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "bsonobjectid",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+];
+
 /// Problems that would make the API server refuse the CRD itself: a schema node without a
 /// type (structural schemas need one everywhere, except int-or-string and preserve-unknown
 /// nodes), `$ref`s, CEL rules that do not compile, and defaults that do not satisfy their own
-/// schema.
+/// schema; and formats it does not know, which it accepts with a warning.
 pub fn crd_schema_problems() -> Vec<String> {
     let schema = schema();
     let mut problems = Vec::new();
@@ -193,6 +228,13 @@ fn walk_schema(schema: &Value, path: &str, problems: &mut Vec<String>) {
         && !flag("x-kubernetes-preserve-unknown-fields")
     {
         problems.push(format!("{here}: no type"));
+    }
+    if let Some(format) = schema.get("format").and_then(Value::as_str) {
+        if !KNOWN_FORMATS.contains(&format) {
+            problems.push(format!(
+                "{here}: format {format:?} is unknown to the API server (it warns on every apply)"
+            ));
+        }
     }
     if let Some(default) = schema.get("default") {
         let mut errors = Vec::new();

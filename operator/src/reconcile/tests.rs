@@ -111,7 +111,8 @@ async fn expect_service_monitor_discovery(api: &mut FakeApiServer, installed: bo
             }],
         }));
     } else {
-        call.not_found();
+        // What kube-apiserver sends for a group version it does not serve.
+        call.page_not_found();
     }
 }
 
@@ -375,6 +376,11 @@ async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns
             event["note"],
             "deleted Service demo-redis: the spec no longer asks for it"
         );
+        // Each deleted child is the Event's related object, so deletions of different children
+        // are not folded into one series under the first one's note.
+        assert_eq!(event["related"]["kind"], "Service");
+        assert_eq!(event["related"]["name"], "demo-redis");
+        assert_eq!(event["related"]["apiVersion"], "v1");
         // A Deployment of the same name that the user made: left alone (no DELETE follows).
         api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
             .await
@@ -470,6 +476,44 @@ async fn service_monitor_is_applied_only_when_its_crd_exists() {
     assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
 
     assert_eq!(reconcile_with_monitoring(false).await, None);
+}
+
+#[tokio::test]
+async fn service_monitor_turned_off_is_deleted_and_named_in_the_event() {
+    let object = cluster_from_yaml("monitoring: {serviceMonitor: {enabled: false}}");
+    let result = run(object, |mut api| async move {
+        expect_existing_managed_redis(&mut api).await;
+        let set = expect_broker_children_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, true).await;
+        let path = "/apis/monitoring.coreos.com/v1/namespaces/iot/servicemonitors/demo";
+        let monitor = existing("monitoring.coreos.com/v1", "ServiceMonitor", "demo", true);
+        api.expect(Method::GET, path)
+            .await
+            .respond_with(monitor.clone());
+        api.expect(Method::DELETE, path).await.respond_with(monitor);
+        let event = expect_event(&mut api, "Normal", "DeletedChild").await;
+        assert_eq!(
+            event["note"],
+            "deleted ServiceMonitor demo: the spec no longer asks for it"
+        );
+        assert_eq!(event["related"]["kind"], "ServiceMonitor");
+        assert_eq!(event["related"]["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(event["related"]["name"], "demo");
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 3));
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(redis_available());
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(load_balancer("203.0.113.7"));
+        expect_status_patch(&mut api).await;
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
 }
 
 #[tokio::test]
