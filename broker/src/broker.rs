@@ -7,7 +7,7 @@ use crate::cluster::relay::ClusterLink;
 use crate::mailbox::{Mailbox, Refused, Signal};
 use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
-use crate::protocol::{self, topic, QoS};
+use crate::protocol::{topic, QoS};
 use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
 use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription, StoredWill};
 use parking_lot::{Mutex, RwLock};
@@ -290,13 +290,9 @@ impl Broker {
         let count = targets.len();
         let mut deferred = Vec::new();
         for target in targets {
-            let queued = QueuedMessage::new(
-                message.clone(),
-                protocol::qos_min(message.qos, target.qos),
-                message.retain && target.retain_as_published,
-                target.subscription_ids,
-            );
-            if let Some(later) = self.deliver_now(target.client_id, queued) {
+            let client_id = target.client_id.clone();
+            let queued = QueuedMessage::for_target(message, target);
+            if let Some(later) = self.deliver_now(client_id, queued) {
                 deferred.push(later);
             }
         }

@@ -126,6 +126,8 @@ pub struct BrokerNode {
     pub mqtt: SocketAddr,
     /// Its admin HTTP address.
     pub admin: SocketAddr,
+    /// Its gossip address (cluster nodes only).
+    pub gossip: Option<SocketAddr>,
     process: Process,
     _config: Option<tempfile::NamedTempFile>,
 }
@@ -173,6 +175,7 @@ impl BrokerNode {
         let path = file.path().to_string_lossy().to_string();
         let mut node = Self::start(id, &["--config", &path]).await?;
         node._config = Some(file);
+        node.gossip = Some(cluster.gossip);
         Ok(node)
     }
 
@@ -206,6 +209,7 @@ impl BrokerNode {
             id: id.to_string(),
             mqtt,
             admin,
+            gossip: None,
             process,
             _config: None,
         })
@@ -214,6 +218,16 @@ impl BrokerNode {
     /// Kills the node with SIGKILL (a crash, no drain).
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Waits until this node's gossip sees exactly `members` nodes (itself included).
+    pub async fn wait_for_members(&self, members: usize, within: Duration) -> Result<()> {
+        wait_for(within, || async move {
+            let seen = self.metric("starling_cluster_members").await?;
+            anyhow::ensure!(seen == members as f64, "{} sees {seen} members", self.id);
+            Ok(())
+        })
+        .await
     }
 
     /// Reads one unlabelled metric from `/metrics`.

@@ -104,13 +104,9 @@ async fn assert_no_more_publishes(loops: [&mut EventLoop; 2], what: &str) {
 /// Waits until both nodes count two cluster members.
 async fn both_see_two_members(a: &BrokerNode, b: &BrokerNode) {
     for node in [a, b] {
-        wait_for(WAIT, || async move {
-            let members = node.metric("starling_cluster_members").await?;
-            anyhow::ensure!(members == 2.0, "{} sees {members} members", node.id);
-            Ok(())
-        })
-        .await
-        .expect("both nodes see two members");
+        node.wait_for_members(2, WAIT)
+            .await
+            .expect("both nodes see two members");
     }
 }
 
@@ -549,14 +545,7 @@ async fn a_redis_outage_degrades_the_nodes_and_the_relay_resumes_after_it() {
 #[tokio::test]
 async fn a_node_restarted_under_its_id_rejoins_and_relays_both_ways() {
     let redis = RedisServer::start().await.expect("redis");
-    let a_settings = ClusterSettings::new(&redis.url(), &[]).expect("ports");
-    let mut a = BrokerNode::start_clustered("node-a", &a_settings)
-        .await
-        .expect("node a");
-    let b_settings = ClusterSettings::new(&redis.url(), &[a_settings.gossip]).expect("ports");
-    let b = BrokerNode::start_clustered("node-b", &b_settings)
-        .await
-        .expect("node b");
+    let (mut a, b) = two_nodes(&redis).await;
     both_see_two_members(&a, &b).await;
 
     // A persistent subscriber on node A; node A dies and gossip declares it failed.
@@ -567,29 +556,22 @@ async fn a_node_restarted_under_its_id_rejoins_and_relays_both_ways() {
     next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
     drop(sub_loop);
     a.kill();
-    wait_for(Duration::from_secs(30), || async {
-        let members = b.metric("starling_cluster_members").await?;
-        anyhow::ensure!(members == 1.0, "node b sees {members} members");
-        Ok(())
-    })
-    .await
-    .expect("node a declared failed");
+    b.wait_for_members(1, Duration::from_secs(30))
+        .await
+        .expect("node a declared failed");
 
     // The same id comes back on new ports (a restarted pod gets a new address).
-    let again_settings = ClusterSettings::new(&redis.url(), &[b_settings.gossip]).expect("ports");
+    let seeds: Vec<SocketAddr> = b.gossip.into_iter().collect();
+    let again_settings = ClusterSettings::new(&redis.url(), &seeds).expect("ports");
     let again = BrokerNode::start_clustered("node-a", &again_settings)
         .await
         .expect("node a again");
     // Node B refuses the new address until node A has been dead for `dead_node_reclaim` (3 s);
     // a refused first announcement is repaired by the next state exchange (every 15 s).
     for node in [&again, &b] {
-        wait_for(Duration::from_secs(40), || async move {
-            let members = node.metric("starling_cluster_members").await?;
-            anyhow::ensure!(members == 2.0, "{} sees {members} members", node.id);
-            Ok(())
-        })
-        .await
-        .expect("node a rejoined");
+        node.wait_for_members(2, Duration::from_secs(40))
+            .await
+            .expect("node a rejoined");
     }
 
     // Relay works both ways: a subscriber on each node, a publisher on each node.

@@ -106,16 +106,6 @@ async fn subscriber(
     }
 }
 
-async fn members_are(node: &BrokerNode, n: f64) {
-    wait_for(Duration::from_secs(30), || async move {
-        let members = node.metric("starling_cluster_members").await?;
-        anyhow::ensure!(members == n, "{} sees {members} members", node.id);
-        Ok(())
-    })
-    .await
-    .expect("members");
-}
-
 /// Node settings: sessions may queue the whole stream (the default of 1,000 per session would
 /// drop, and count, what the subscriber on the killed node misses while it is away).
 fn settings(redis: &RedisServer, seeds: &[SocketAddr]) -> ClusterSettings {
@@ -140,7 +130,9 @@ async fn a_node_killed_under_qos1_load_loses_nothing_for_persistent_subscribers(
         .await
         .expect("node c");
     for node in [&victim, &b, &c] {
-        members_are(node, 3.0).await;
+        node.wait_for_members(3, Duration::from_secs(30))
+            .await
+            .expect("three members");
     }
     let lb = Haproxy::start(&[victim.mqtt, b.mqtt, c.mqtt])
         .await

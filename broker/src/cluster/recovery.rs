@@ -12,7 +12,7 @@ use super::journal;
 use super::relay::{decode_groups, stream_entries, ClusterLink, EntryField, KIND_DIRECT};
 use crate::broker::Broker;
 use crate::message::ClientId;
-use crate::protocol::{self, topic};
+use crate::protocol::topic;
 use crate::router::{self, Match, SubscriptionTree};
 use crate::store::redis::codec;
 use crate::store::{QueuedMessage, StoredSubscription};
@@ -88,14 +88,10 @@ impl AdoptedRoutes {
         router::targets(matches, message.publisher.as_deref())
             .into_iter()
             .map(|target| {
-                let mut copy = QueuedMessage::new(
-                    message.clone(),
-                    protocol::qos_min(message.qos, target.qos),
-                    message.retain && target.retain_as_published,
-                    target.subscription_ids,
-                );
+                let client_id = target.client_id.clone();
+                let mut copy = QueuedMessage::for_target(message, target);
                 copy.maybe_sent = true;
-                (target.client_id, copy)
+                (client_id, copy)
             })
             .collect()
     }

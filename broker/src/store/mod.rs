@@ -48,6 +48,17 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
+    /// The copy of `message` a routing target gets: QoS downgraded to the target's maximum,
+    /// retain flag kept only where the target asked for it.
+    pub fn for_target(message: &Arc<Message>, target: crate::router::Target) -> Self {
+        QueuedMessage::new(
+            message.clone(),
+            crate::protocol::qos_min(message.qos, target.qos),
+            message.retain && target.retain_as_published,
+            target.subscription_ids,
+        )
+    }
+
     /// A first delivery attempt of `message` with the given delivery options.
     pub fn new(
         message: Arc<Message>,

@@ -176,6 +176,20 @@ fn load_balancer(ip: &str) -> Value {
 
 /// Answers the next request, asserted to create an Event of `type_` and `reason` about the
 /// cluster; returns the Event.
+/// The reads of a status pass over a cluster whose brokers (all 3), Redis and load balancer
+/// (203.0.113.7) are ready; `set` is the StatefulSet the pass applied.
+async fn expect_ready_observations(api: &mut FakeApiServer, set: &Value) {
+    api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+        .await
+        .respond_with(stateful_set_with_status(set, 3));
+    api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+        .await
+        .respond_with(redis_available());
+    api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+        .await
+        .respond_with(load_balancer("203.0.113.7"));
+}
+
 async fn expect_event(api: &mut FakeApiServer, type_: &str, reason: &str) -> Value {
     let call = api
         .expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/iot/events")
@@ -311,15 +325,7 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
-        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
-            .await
-            .respond_with(stateful_set_with_status(&set, 3));
-        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
-            .await
-            .respond_with(redis_available());
-        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
-            .await
-            .respond_with(load_balancer("203.0.113.7"));
+        expect_ready_observations(&mut api, &set).await;
         let status = expect_status_patch(&mut api).await;
         let ready = condition(&status, "Ready");
         assert_eq!(
@@ -343,15 +349,7 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
-        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
-            .await
-            .respond_with(stateful_set_with_status(&set, 3));
-        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
-            .await
-            .respond_with(redis_available());
-        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
-            .await
-            .respond_with(load_balancer("203.0.113.7"));
+        expect_ready_observations(&mut api, &set).await;
         api
     })
     .await;
@@ -447,15 +445,7 @@ async fn reconcile_with_monitoring(installed: bool) -> Option<Value> {
                 .await,
             );
         }
-        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
-            .await
-            .respond_with(stateful_set_with_status(&set, 3));
-        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
-            .await
-            .respond_with(redis_available());
-        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
-            .await
-            .respond_with(load_balancer("203.0.113.7"));
+        expect_ready_observations(&mut api, &set).await;
         expect_status_patch(&mut api).await;
         expect_event(&mut api, "Normal", "Reconciled").await;
         api
@@ -499,15 +489,7 @@ async fn service_monitor_turned_off_is_deleted_and_named_in_the_event() {
         assert_eq!(event["related"]["kind"], "ServiceMonitor");
         assert_eq!(event["related"]["apiVersion"], "monitoring.coreos.com/v1");
         assert_eq!(event["related"]["name"], "demo");
-        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
-            .await
-            .respond_with(stateful_set_with_status(&set, 3));
-        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
-            .await
-            .respond_with(redis_available());
-        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
-            .await
-            .respond_with(load_balancer("203.0.113.7"));
+        expect_ready_observations(&mut api, &set).await;
         expect_status_patch(&mut api).await;
         expect_event(&mut api, "Normal", "Reconciled").await;
         api
@@ -525,15 +507,7 @@ async fn failed_discovery_fails_the_reconcile_instead_of_skipping_the_service_mo
         api.expect(Method::GET, "/apis/monitoring.coreos.com/v1")
             .await
             .fail(403, "Forbidden", "discovery is forbidden");
-        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
-            .await
-            .respond_with(stateful_set_with_status(&set, 3));
-        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
-            .await
-            .respond_with(redis_available());
-        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
-            .await
-            .respond_with(load_balancer("203.0.113.7"));
+        expect_ready_observations(&mut api, &set).await;
         let status = expect_status_patch(&mut api).await;
         let degraded = condition(&status, "Degraded");
         assert_eq!(
