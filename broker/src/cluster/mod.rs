@@ -1,4 +1,5 @@
 //! Running as one node of a cluster: membership by gossip (issue 4).
 
 pub mod membership;
+pub mod packed;
 pub mod relay;

@@ -22,12 +22,14 @@
 //!   over the nodes with members, itself included when it has an online member) and says so in the
 //!   inbox entry; a receiving node serves only the groups it was given.
 
+use super::packed::{self, Packer};
 use crate::broker::{Broker, GroupKey, GroupScope};
 use crate::message::ClientId;
 use crate::message::Message;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::QueuedMessage;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -43,6 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 const INBOX_MAX_LEN: usize = 100_000;
 /// Items the writer gathers into one pipeline.
 const WRITE_BATCH: usize = 4096;
+/// Size at which a packed inbox entry (messages for one node) is written out and another begun.
+const PACK_BYTES: usize = 64 * 1024;
 /// How long one XREAD waits for new entries before it is issued again.
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
 /// Items waiting for the writer before new ones are dropped (and counted).
@@ -69,7 +73,8 @@ enum Outbound {
     },
     Forward {
         node: NodeId,
-        payload: Vec<u8>,
+        /// The encoded message, shared by the items for every target node.
+        payload: Bytes,
         groups: String,
     },
     Control {
@@ -444,7 +449,7 @@ impl ClusterLink {
             return (served_elsewhere, overflow);
         }
         let payload = match codec::encode_message(message) {
-            Ok(payload) => payload,
+            Ok(payload) => Bytes::from(payload),
             Err(e) => {
                 tracing::warn!(error = %e, "message not relayed: encoding failed");
                 return (Vec::new(), overflow);
@@ -542,17 +547,83 @@ fn inbox_append<'p>(
         .arg("*")
 }
 
+/// Relayed messages of one write batch, packed per target node (see [`packed`]) until they are
+/// appended to the pipeline.
+#[derive(Default)]
+struct Packs(Vec<(NodeId, Packer)>);
+
+impl Packs {
+    /// Adds a message for `node`; a packed entry that reaches [`PACK_BYTES`] is appended at once.
+    fn push(
+        &mut self,
+        pipe: &mut redis::Pipeline,
+        link: &ClusterLink,
+        node: &NodeId,
+        payload: &[u8],
+        groups: &str,
+    ) {
+        let index = match self.0.iter().position(|(n, _)| n == node) {
+            Some(index) => index,
+            None => {
+                self.0.push((node.clone(), Packer::new()));
+                self.0.len() - 1
+            }
+        };
+        let (node, packer) = &mut self.0[index];
+        if let Err(e) = packer.push(payload, groups.as_bytes()) {
+            tracing::warn!(error = %e, "message not relayed: packing failed");
+            return;
+        }
+        if packer.byte_len() >= PACK_BYTES {
+            append_packed(pipe, link, node, packer);
+        }
+    }
+
+    /// Appends every packed entry that holds messages to the pipeline. Called before any other
+    /// item is appended, so that the entries of each inbox keep the order of the queue.
+    fn flush(&mut self, pipe: &mut redis::Pipeline, link: &ClusterLink) {
+        for (node, packer) in &mut self.0 {
+            if !packer.is_empty() {
+                append_packed(pipe, link, node, packer);
+            }
+        }
+    }
+}
+
+/// Appends one packed entry for `node` and empties the packer.
+fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, packer: &mut Packer) {
+    inbox_append(pipe, &link.keys, node)
+        .arg("o")
+        .arg(&*link.node_id)
+        .arg(packed::FIELD)
+        .arg(packer.as_bytes())
+        .ignore();
+    packer.clear();
+}
+
 /// Writes entry changes and relayed messages in pipelined batches, retrying a failed batch
-/// until Redis takes it (the connection manager reconnects meanwhile).
+/// until Redis takes it (the connection manager reconnects meanwhile). The messages of a batch
+/// bound for one node go in as few inbox entries as [`PACK_BYTES`] allows.
 async fn write_loop(
     link: Arc<ClusterLink>,
     mut con: ConnectionManager,
     mut queue: mpsc::Receiver<Outbound>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut packs = Packs::default();
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         for item in &batch {
+            if let Outbound::Forward {
+                node,
+                payload,
+                groups,
+            } = item
+            {
+                packs.push(&mut pipe, &link, node, payload, groups);
+                continue;
+            }
+            packs.flush(&mut pipe, &link);
             match item {
                 Outbound::Entry { raw, added } => {
                     let (command, sign) = if *added { ("SADD", '+') } else { ("SREM", '-') };
@@ -565,20 +636,8 @@ async fn write_loop(
                         .arg(format!("{}\n{sign}{raw}", link.node_id))
                         .ignore();
                 }
-                Outbound::Forward {
-                    node,
-                    payload,
-                    groups,
-                } => {
-                    inbox_append(&mut pipe, &link.keys, node)
-                        .arg("o")
-                        .arg(&*link.node_id)
-                        .arg("m")
-                        .arg(payload.as_slice())
-                        .arg("g")
-                        .arg(groups.as_str())
-                        .ignore();
-                }
+                // Packed above.
+                Outbound::Forward { .. } => {}
                 Outbound::Control { node, fields } => {
                     let xadd = inbox_append(&mut pipe, &link.keys, node);
                     for (name, value) in fields {
@@ -587,6 +646,7 @@ async fn write_loop(
                     xadd.ignore();
                 }
                 Outbound::DropNode(node) => {
+                    packs.0.retain(|(n, _)| n != node);
                     pipe.cmd("DEL").arg(link.keys.entries(node)).ignore();
                     pipe.cmd("SREM")
                         .arg(link.keys.nodes())
@@ -595,6 +655,7 @@ async fn write_loop(
                 }
             }
         }
+        packs.flush(&mut pipe, &link);
         let mut delay = Duration::from_millis(50);
         while let Err(e) = pipe.query_async::<()>(&mut con).await {
             tracing::warn!(error = %e, "relay write failed; retrying");
@@ -644,7 +705,7 @@ async fn read_inbox(
                             .map(|(_, v)| v.clone())
                     };
                     match field(b"k") {
-                        None => deliver_relayed(&broker, &key, field(b"m"), field(b"g")).await,
+                        None => deliver_relayed(&broker, &key, &fields).await,
                         Some(kind) if kind == KIND_DIRECT => {
                             let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
                             let queued = field(b"q").map(|q| codec::decode_queued(&q));
@@ -683,26 +744,51 @@ async fn inbox_connection(client: &Client) -> redis::RedisResult<MultiplexedConn
         .await
 }
 
-/// Delivers a relayed publish to this node's subscribers, serving the share groups the
-/// publishing node chose this node for.
-async fn deliver_relayed(
-    broker: &Broker,
-    stream: &str,
-    message: Option<Vec<u8>>,
-    groups: Option<Vec<u8>>,
-) {
-    let message = message.and_then(|v| codec::decode_message(&v).ok());
-    let groups = groups
-        .map(|v| decode_groups(&String::from_utf8_lossy(&v)))
-        .unwrap_or_default();
-    match message {
-        Some(message) => {
-            broker
-                .route_scoped(&Arc::new(message), GroupScope::Only(&groups))
-                .await;
+/// Delivers the relayed publishes of an inbox entry to this node's subscribers, in order,
+/// serving the share groups the publishing node chose this node for. A packed entry (field
+/// [`packed::FIELD`]) holds many; an entry with fields `m` and `g` holds one.
+async fn deliver_relayed(broker: &Broker, stream: &str, fields: &[EntryField]) {
+    let field = |name: &[u8]| {
+        fields
+            .iter()
+            .find(|(k, _)| k.as_slice() == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    let Some(value) = field(packed::FIELD.as_bytes()) else {
+        deliver_one(broker, stream, field(b"m"), field(b"g").unwrap_or_default()).await;
+        return;
+    };
+    let records = match packed::records(value) {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "unreadable relayed messages skipped");
+            return;
         }
-        None => tracing::warn!(stream, "unreadable relayed message skipped"),
+    };
+    for record in records {
+        match record {
+            Ok(record) => deliver_one(broker, stream, Some(record.message), record.groups).await,
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "rest of damaged relayed messages skipped")
+            }
+        }
     }
+}
+
+/// Delivers one relayed publish, serving only the share groups in `groups`.
+async fn deliver_one(broker: &Broker, stream: &str, message: Option<&[u8]>, groups: &[u8]) {
+    let Some(message) = message.and_then(|m| codec::decode_message(m).ok()) else {
+        tracing::warn!(stream, "unreadable relayed message skipped");
+        return;
+    };
+    let groups = if groups.is_empty() {
+        Vec::new()
+    } else {
+        decode_groups(&String::from_utf8_lossy(groups))
+    };
+    broker
+        .route_scoped(&Arc::new(message), GroupScope::Only(&groups))
+        .await;
 }
 
 /// Share groups as sent in an inbox entry: `group NUL filter` pairs joined by NUL (neither may
