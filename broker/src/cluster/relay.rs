@@ -176,7 +176,7 @@ impl ClusterLink {
         link.resync(&mut writer, broker)
             .await
             .map_err(relay_error)?;
-        tokio::spawn(write_loop(link.clone(), writer.clone(), queue));
+        spawn_writer(Arc::downgrade(&link), client.clone(), queue)?;
         tokio::spawn(watch_health(
             link.clone(),
             writer.clone(),
@@ -601,17 +601,57 @@ fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, pac
     packer.clear();
 }
 
+/// Runs [`write_loop`] on a thread of its own, with a runtime and a Redis connection of its own:
+/// busy connection tasks on the broker's runtime would otherwise leave it waiting for a turn at
+/// every step of every batch, and the relay queue would overflow while Redis idles. The thread
+/// ends once the link is gone.
+fn spawn_writer(
+    link: Weak<ClusterLink>,
+    client: Client,
+    queue: mpsc::Receiver<Outbound>,
+) -> Result<(), RelayError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(relay_error)?;
+    std::thread::Builder::new()
+        .name("relay-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let con = loop {
+                    match ConnectionManager::new(client.clone()).await {
+                        Ok(con) => break con,
+                        Err(e) => {
+                            if link.strong_count() == 0 {
+                                return;
+                            }
+                            tracing::warn!(error = %e, "relay writer cannot reach redis; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                write_loop(link, con, queue).await
+            })
+        })
+        .map_err(relay_error)?;
+    Ok(())
+}
+
 /// Writes entry changes and relayed messages in pipelined batches, retrying a failed batch
 /// until Redis takes it (the connection manager reconnects meanwhile). The messages of a batch
-/// bound for one node go in as few inbox entries as [`PACK_BYTES`] allows.
+/// bound for one node go in as few inbox entries as [`PACK_BYTES`] allows. Ends when the link
+/// is gone (its queue closes).
 async fn write_loop(
-    link: Arc<ClusterLink>,
+    weak_link: Weak<ClusterLink>,
     mut con: ConnectionManager,
     mut queue: mpsc::Receiver<Outbound>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut packs = Packs::default();
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let Some(link) = weak_link.upgrade() else {
+            return;
+        };
         let mut pipe = redis::pipe();
         for item in &batch {
             if let Outbound::Forward {
