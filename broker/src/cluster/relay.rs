@@ -41,7 +41,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
-/// the oldest.
+/// the oldest. A packed entry counts for the messages it holds (see [`append_packed`]).
 const INBOX_MAX_LEN: usize = 100_000;
 /// Items the writer gathers into one pipeline.
 const WRITE_BATCH: usize = 4096;
@@ -448,17 +448,23 @@ impl ClusterLink {
             // Every group with members elsewhere is served here this time: nothing to send.
             return (served_elsewhere, overflow);
         }
-        let payload = match codec::encode_message(message) {
+        let mut payload = match codec::encode_message(message) {
             Ok(payload) => Bytes::from(payload),
             Err(e) => {
                 tracing::warn!(error = %e, "message not relayed: encoding failed");
                 return (Vec::new(), overflow);
             }
         };
-        for (node, groups) in targets {
+        let mut targets = targets.into_iter().peekable();
+        while let Some((node, groups)) = targets.next() {
+            let payload = if targets.peek().is_some() {
+                payload.clone()
+            } else {
+                std::mem::take(&mut payload)
+            };
             let item = Outbound::Forward {
                 node,
-                payload: payload.clone(),
+                payload,
                 groups: encode_groups(&groups),
             };
             match self.outbound.try_send(item) {
@@ -539,11 +545,21 @@ fn inbox_append<'p>(
     keys: &Keys,
     node: &str,
 ) -> &'p mut redis::Pipeline {
+    inbox_append_trimmed(pipe, keys, node, INBOX_MAX_LEN)
+}
+
+/// Starts an XADD to `node`'s inbox, trimmed to about `max_len` entries.
+fn inbox_append_trimmed<'p>(
+    pipe: &'p mut redis::Pipeline,
+    keys: &Keys,
+    node: &str,
+    max_len: usize,
+) -> &'p mut redis::Pipeline {
     pipe.cmd("XADD")
         .arg(keys.inbox(node))
         .arg("MAXLEN")
         .arg("~")
-        .arg(INBOX_MAX_LEN)
+        .arg(max_len)
         .arg("*")
 }
 
@@ -590,9 +606,12 @@ impl Packs {
     }
 }
 
-/// Appends one packed entry for `node` and empties the packer.
+/// Appends one packed entry for `node` and empties the packer. The inbox is trimmed to about
+/// [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this one: the bound on
+/// what a node that falls behind keeps stays in messages, not in (much larger) packed entries.
 fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, packer: &mut Packer) {
-    inbox_append(pipe, &link.keys, node)
+    let max_len = INBOX_MAX_LEN.div_ceil(packer.count().max(1));
+    inbox_append_trimmed(pipe, &link.keys, node, max_len)
         .arg("o")
         .arg(&*link.node_id)
         .arg(packed::FIELD)
