@@ -131,7 +131,10 @@ pub fn records(value: &[u8]) -> Result<Records<'_>, PackedError> {
 impl<'a> Records<'a> {
     fn part(&mut self) -> Result<&'a [u8], PackedError> {
         let truncated = PackedError::Truncated(self.offset);
-        let (len, rest) = self.rest.split_first_chunk::<4>().ok_or(truncated.clone())?;
+        let (len, rest) = self
+            .rest
+            .split_first_chunk::<4>()
+            .ok_or(truncated.clone())?;
         let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| truncated.clone())?;
         if rest.len() < len {
             return Err(truncated);
@@ -217,7 +220,10 @@ mod tests {
         assert!(packer.is_empty());
         packer.push(b"new", b"").unwrap();
         assert_eq!(packer.byte_len(), 1 + 4 + 3 + 4);
-        let got: Vec<_> = read(packer.as_bytes()).into_iter().map(Result::unwrap).collect();
+        let got: Vec<_> = read(packer.as_bytes())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(
             got,
             vec![Record {

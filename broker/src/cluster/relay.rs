@@ -7,11 +7,12 @@
 //!   announcement channel reconnects, so a missed announcement heals.
 //! - **Messages**: a publish that originated here is matched against the replica and appended once
 //!   to the inbox stream `<prefix>v1:inbox:<node>` of each node that needs it, with the origin node
-//!   id. A node reads only its own inbox and delivers what it reads locally, never relaying it
-//!   again, so nothing loops.
+//!   id; the messages of one write batch for one node share a stream entry ([`packed`]). A node
+//!   reads only its own inbox and delivers what it reads locally, never relaying it again, so
+//!   nothing loops.
 //!
-//! Writes are batched by one writer task (pipelined); reads use their own connections, as
-//! `XREAD BLOCK` and Pub/Sub would hold up a shared connection.
+//! Writes are batched by one writer (pipelined) on a thread of its own; reads use their own
+//! connections, as `XREAD BLOCK` and Pub/Sub would hold up a shared connection.
 //! - **Session hand-over**: control entries in the same inbox streams (field `k`): `release`
 //!   asks the node holding a session on a connection to hand it over to the claimer, which is
 //!   answered by `released`; `forget` tells the node a session was parked on that another node
