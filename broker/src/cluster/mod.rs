@@ -3,3 +3,4 @@
 pub mod membership;
 pub mod packed;
 pub mod relay;
+pub mod window;

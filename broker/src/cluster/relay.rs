@@ -24,6 +24,7 @@
 //!   inbox entry; a receiving node serves only the groups it was given.
 
 use super::packed::{self, Packer};
+use super::window::{parse_stream_id, Unread};
 use crate::broker::{Broker, GroupKey, GroupScope};
 use crate::message::ClientId;
 use crate::message::Message;
@@ -48,6 +49,16 @@ const INBOX_MAX_LEN: usize = 100_000;
 const WRITE_BATCH: usize = 4096;
 /// Size at which a packed inbox entry (messages for one node) is written out and another begun.
 const PACK_BYTES: usize = 64 * 1024;
+/// Messages this node may have in a node's inbox that its reader has not reported read before
+/// the writer waits (and the relay queue pushes back on publishers). Well below
+/// [`INBOX_MAX_LEN`], so trimming does not drop unread messages of a few busy origins.
+const RELAY_WINDOW: usize = INBOX_MAX_LEN / 4;
+/// How long the writer waits for a reader that does not move before it stops waiting for it.
+const WINDOW_WAIT: Duration = Duration::from_secs(1);
+/// How often the writer asks for the progress of a reader it waits for.
+const WINDOW_POLL: Duration = Duration::from_millis(2);
+/// How often at most the inbox reader reports its progress.
+const READ_REPORT_EVERY: Duration = Duration::from_millis(5);
 /// How long one XREAD waits for new entries before it is issued again.
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
 /// Items waiting for the writer before new ones are dropped (and counted).
@@ -122,6 +133,9 @@ impl Keys {
     }
     fn inbox(&self, node: &str) -> String {
         format!("{}v1:inbox:{node}", self.prefix)
+    }
+    fn inbox_read(&self, node: &str) -> String {
+        format!("{}v1:inbox:{node}:read", self.prefix)
     }
 }
 
@@ -567,7 +581,12 @@ fn inbox_append_trimmed<'p>(
 /// Relayed messages of one write batch, packed per target node (see [`packed`]) until they are
 /// appended to the pipeline.
 #[derive(Default)]
-struct Packs(Vec<(NodeId, Packer)>);
+struct Packs {
+    packers: Vec<(NodeId, Packer)>,
+    /// The packed entries appended to the pipeline, in order: node and message count. Their
+    /// XADD replies (entry ids) are the pipeline's first replies.
+    appended: Vec<(NodeId, usize)>,
+}
 
 impl Packs {
     /// Adds a message for `node`; a packed entry that reaches [`PACK_BYTES`] is appended at once.
@@ -579,46 +598,100 @@ impl Packs {
         payload: &[u8],
         groups: &str,
     ) {
-        let index = match self.0.iter().position(|(n, _)| n == node) {
+        let index = match self.packers.iter().position(|(n, _)| n == node) {
             Some(index) => index,
             None => {
-                self.0.push((node.clone(), Packer::new()));
-                self.0.len() - 1
+                self.packers.push((node.clone(), Packer::new()));
+                self.packers.len() - 1
             }
         };
-        let (node, packer) = &mut self.0[index];
+        let (node, packer) = &mut self.packers[index];
         if let Err(e) = packer.push(payload, groups.as_bytes()) {
             tracing::warn!(error = %e, "message not relayed: packing failed");
             return;
         }
         if packer.byte_len() >= PACK_BYTES {
             append_packed(pipe, link, node, packer);
+            self.appended.push((node.clone(), packer.count()));
+            packer.clear();
         }
     }
 
     /// Appends every packed entry that holds messages to the pipeline. Called before any other
     /// item is appended, so that the entries of each inbox keep the order of the queue.
     fn flush(&mut self, pipe: &mut redis::Pipeline, link: &ClusterLink) {
-        for (node, packer) in &mut self.0 {
+        for (node, packer) in &mut self.packers {
             if !packer.is_empty() {
                 append_packed(pipe, link, node, packer);
+                self.appended.push((node.clone(), packer.count()));
+                packer.clear();
             }
         }
     }
 }
 
-/// Appends one packed entry for `node` and empties the packer. The inbox is trimmed to about
-/// [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this one: the bound on
-/// what a node that falls behind keeps stays in messages, not in (much larger) packed entries.
-fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, packer: &mut Packer) {
+/// Appends one packed entry for `node` (its reply is the entry id). The inbox is trimmed to
+/// about [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this one: the
+/// bound on what a node that falls behind keeps stays in messages, not in (much larger) packed
+/// entries.
+fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, packer: &Packer) {
     let max_len = INBOX_MAX_LEN.div_ceil(packer.count().max(1));
     inbox_append_trimmed(pipe, &link.keys, node, max_len)
         .arg("o")
         .arg(&*link.node_id)
         .arg(packed::FIELD)
-        .arg(packer.as_bytes())
-        .ignore();
-    packer.clear();
+        .arg(packer.as_bytes());
+}
+
+/// Flow control of the writer: how far behind each node's reader is (see [`window`]).
+#[derive(Default)]
+struct Flow {
+    unread: Unread,
+    /// Nodes whose reader did not move within [`WINDOW_WAIT`]: not waited for again until it does.
+    stalled: HashSet<NodeId>,
+}
+
+impl Flow {
+    /// Applies a reader's progress report (the value of its `:read` key).
+    fn progress(&mut self, node: &NodeId, report: Option<Vec<u8>>) {
+        let Some(read) = report.as_deref().and_then(parse_stream_id) else {
+            return;
+        };
+        let before = self.unread.messages(node);
+        self.unread.read_up_to(node, read);
+        if self.unread.messages(node) < before {
+            self.stalled.remove(node);
+        }
+    }
+
+    /// Waits until the readers of the nodes in `targets` are less than [`RELAY_WINDOW`] messages
+    /// behind, polling their progress; a reader that does not move within [`WINDOW_WAIT`] (its
+    /// node is likely gone) is not waited for until it moves again.
+    async fn wait_for_readers(
+        &mut self,
+        link: &ClusterLink,
+        con: &mut ConnectionManager,
+        targets: &[NodeId],
+    ) {
+        for node in targets {
+            let started = tokio::time::Instant::now();
+            while self.unread.messages(node) >= RELAY_WINDOW && !self.stalled.contains(node) {
+                if started.elapsed() >= WINDOW_WAIT {
+                    tracing::warn!(node = %node, "relay: the node's inbox reader does not move; not waiting for it");
+                    self.stalled.insert(node.clone());
+                    break;
+                }
+                tokio::time::sleep(WINDOW_POLL).await;
+                let report: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GET")
+                    .arg(link.keys.inbox_read(node))
+                    .query_async(con)
+                    .await;
+                if let Ok(report) = report {
+                    self.progress(node, report);
+                }
+            }
+        }
+    }
 }
 
 /// Runs [`write_loop`] on a thread of its own, with a runtime and a Redis connection of its own:
@@ -668,10 +741,21 @@ async fn write_loop(
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut packs = Packs::default();
+    let mut flow = Flow::default();
+    let mut targets: Vec<NodeId> = Vec::new();
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let Some(link) = weak_link.upgrade() else {
             return;
         };
+        targets.clear();
+        for item in &batch {
+            if let Outbound::Forward { node, .. } = item {
+                if !targets.contains(node) {
+                    targets.push(node.clone());
+                }
+            }
+        }
+        flow.wait_for_readers(&link, &mut con, &targets).await;
         let mut pipe = redis::pipe();
         for item in &batch {
             if let Outbound::Forward {
@@ -706,8 +790,11 @@ async fn write_loop(
                     xadd.ignore();
                 }
                 Outbound::DropNode(node) => {
-                    packs.0.retain(|(n, _)| n != node);
+                    packs.packers.retain(|(n, _)| n != node);
+                    flow.unread.forget(node);
+                    flow.stalled.remove(node);
                     pipe.cmd("DEL").arg(link.keys.entries(node)).ignore();
+                    pipe.cmd("DEL").arg(link.keys.inbox_read(node)).ignore();
                     pipe.cmd("SREM")
                         .arg(link.keys.nodes())
                         .arg(&**node)
@@ -716,11 +803,39 @@ async fn write_loop(
             }
         }
         packs.flush(&mut pipe, &link);
+        // The readers' progress, read back with the batch.
+        let behind: Vec<NodeId> = flow
+            .unread
+            .behind()
+            .chain(packs.appended.iter().map(|(node, _)| node))
+            .fold(Vec::new(), |mut nodes, node| {
+                if !nodes.contains(node) {
+                    nodes.push(node.clone());
+                }
+                nodes
+            });
+        for node in &behind {
+            pipe.cmd("GET").arg(link.keys.inbox_read(node));
+        }
         let mut delay = Duration::from_millis(50);
-        while let Err(e) = pipe.query_async::<()>(&mut con).await {
-            tracing::warn!(error = %e, "relay write failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+        let replies = loop {
+            match pipe.query_async::<Vec<Value>>(&mut con).await {
+                Ok(replies) => break replies,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let mut replies = replies.into_iter();
+        for ((node, messages), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
+            if let Some(id) = bulk_bytes(reply).as_deref().and_then(parse_stream_id) {
+                flow.unread.appended(&node, id, messages);
+            }
+        }
+        for (node, reply) in behind.iter().zip(replies) {
+            flow.progress(node, bulk_bytes(reply));
         }
         batch.clear();
     }
@@ -737,12 +852,34 @@ async fn read_inbox(
     broker: Weak<Broker>,
 ) {
     let mut last_id = start_id;
+    // What this reader last reported delivered, for the other nodes' writers (see [`window`]).
+    let read_key = link.keys.inbox_read(&link.node_id);
+    let mut reported: Option<(String, tokio::time::Instant)> = None;
     loop {
+        let due = match &reported {
+            None => true,
+            Some((id, at)) => *id != last_id && at.elapsed() >= READ_REPORT_EVERY,
+        };
+        if due {
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&read_key)
+                .arg(&last_id)
+                .query_async(&mut con)
+                .await;
+            if set.is_ok() {
+                reported = Some((last_id.clone(), tokio::time::Instant::now()));
+            }
+        }
+        // With progress not reported yet, a writer may be waiting for it: read again soon.
+        let block = match &reported {
+            Some((id, _)) if *id != last_id => READ_REPORT_EVERY,
+            _ => INBOX_BLOCK,
+        };
         let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(WRITE_BATCH)
             .arg("BLOCK")
-            .arg(INBOX_BLOCK.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&key)
             .arg(&last_id)
@@ -872,6 +1009,15 @@ fn decode_groups(text: &str) -> Vec<GroupKey> {
         .chunks_exact(2)
         .map(|pair| (pair[0].to_string(), pair[1].to_string()))
         .collect()
+}
+
+/// The bytes of a bulk or simple string reply.
+fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
 }
 
 /// A field of an inbox entry: name and value.
