@@ -2,5 +2,7 @@
 
 pub mod journal;
 pub mod membership;
+pub mod packed;
 pub mod recovery;
 pub mod relay;
+pub mod window;

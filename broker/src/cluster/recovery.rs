@@ -9,7 +9,10 @@
 //! writes and relays of its deliveries, so nothing is deleted before it is safe elsewhere.
 
 use super::journal;
-use super::relay::{decode_groups, stream_entries, ClusterLink, EntryField, KIND_DIRECT};
+use super::relay::{
+    decode_groups, entry_field, relayed_records, stream_entries, ClusterLink, EntryField,
+    KIND_DIRECT,
+};
 use crate::broker::Broker;
 use crate::message::ClientId;
 use crate::protocol::topic;
@@ -240,31 +243,26 @@ async fn redeliver_entry(
     node: &str,
     fields: &[EntryField],
 ) -> usize {
-    let field = |name: &[u8]| {
-        fields
-            .iter()
-            .find(|(k, _)| k.as_slice() == name)
-            .map(|(_, v)| v.as_slice())
-    };
+    let field = |name: &[u8]| entry_field(fields, name);
     match field(b"k") {
         None => {
             if routes.is_empty() {
                 return 0;
             }
-            let Some(Ok(message)) = field(b"m").map(codec::decode_message) else {
-                tracing::warn!(
-                    node,
-                    "unreadable relayed message in a recovered inbox dropped"
-                );
-                return 0;
-            };
-            let groups = field(b"g")
-                .map(|g| decode_groups(&String::from_utf8_lossy(g)))
-                .unwrap_or_default();
-            let copies = routes.copies(&Arc::new(message), &groups);
-            let n = copies.len();
-            for (client, copy) in copies {
-                broker.deliver_recovered(client, copy).await;
+            let mut n = 0;
+            for record in relayed_records(node, fields) {
+                let Ok(message) = codec::decode_message(record.message) else {
+                    tracing::warn!(
+                        node,
+                        "unreadable relayed message in a recovered inbox dropped"
+                    );
+                    continue;
+                };
+                let groups = decode_groups(&String::from_utf8_lossy(record.groups));
+                for (client, copy) in routes.copies(&Arc::new(message), &groups) {
+                    broker.deliver_recovered(client, copy).await;
+                    n += 1;
+                }
             }
             n
         }

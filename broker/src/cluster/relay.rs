@@ -7,11 +7,12 @@
 //!   announcement channel reconnects, so a missed announcement heals.
 //! - **Messages**: a publish that originated here is matched against the replica and appended once
 //!   to the inbox stream `<prefix>v1:inbox:<node>` of each node that needs it, with the origin node
-//!   id. A node reads only its own inbox and delivers what it reads locally, never relaying it
-//!   again, so nothing loops.
+//!   id; the messages of one write batch for one node share a stream entry ([`packed`]). A node
+//!   reads only its own inbox and delivers what it reads locally, never relaying it again, so
+//!   nothing loops.
 //!
-//! Writes are batched by one writer task (pipelined); reads use their own connections, as
-//! `XREAD BLOCK` and Pub/Sub would hold up a shared connection.
+//! Writes are batched by one writer (pipelined) on a thread of its own; reads use their own
+//! connections, as `XREAD BLOCK` and Pub/Sub would hold up a shared connection.
 //! - **Session hand-over**: control entries in the same inbox streams (field `k`): `release`
 //!   asks the node holding a session on a connection to hand it over to the claimer, which is
 //!   answered by `released`; `forget` tells the node a session was parked on that another node
@@ -23,12 +24,15 @@
 //!   inbox entry; a receiving node serves only the groups it was given.
 
 use super::journal::{self, JournalHold};
+use super::packed::{self, Packer};
+use super::window::{parse_stream_id, Unread};
 use crate::broker::{Broker, GroupKey, GroupScope};
 use crate::message::ClientId;
 use crate::message::Message;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::QueuedMessage;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -40,10 +44,22 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
-/// the oldest.
+/// the oldest. A packed entry counts for the messages it holds (see [`append_packed`]).
 const INBOX_MAX_LEN: usize = 100_000;
 /// Items the writer gathers into one pipeline.
 const WRITE_BATCH: usize = 4096;
+/// Size at which a packed inbox entry (messages for one node) is written out and another begun.
+const PACK_BYTES: usize = 64 * 1024;
+/// Messages this node may have in a node's inbox that its reader has not reported read before
+/// the writer waits (and the relay queue pushes back on publishers). Well below
+/// [`INBOX_MAX_LEN`], so trimming does not drop unread messages of a few busy origins.
+const RELAY_WINDOW: usize = INBOX_MAX_LEN / 4;
+/// How long the writer waits for a reader that does not move before it stops waiting for it.
+const WINDOW_WAIT: Duration = Duration::from_secs(1);
+/// How often the writer asks for the progress of a reader it waits for.
+const WINDOW_POLL: Duration = Duration::from_millis(2);
+/// How often at most the inbox reader reports its progress.
+const READ_REPORT_EVERY: Duration = Duration::from_millis(5);
 /// How long one XREAD waits for new entries before it is issued again.
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
 /// Relayed messages waiting for the writer before new QoS 0 ones are dropped (and counted) and
@@ -75,7 +91,8 @@ enum Outbound {
     },
     Forward {
         node: NodeId,
-        payload: Vec<u8>,
+        /// The encoded message, shared by the items for every target node.
+        payload: Bytes,
         groups: String,
         /// Its place in the bounded part of the queue, given back once written.
         room: Option<OwnedSemaphorePermit>,
@@ -142,6 +159,9 @@ impl Keys {
     }
     fn journal(&self, node: &str) -> String {
         format!("{}v1:journal:{node}", self.prefix)
+    }
+    fn inbox_read(&self, node: &str) -> String {
+        format!("{}v1:inbox:{node}:read", self.prefix)
     }
 }
 
@@ -217,7 +237,7 @@ impl ClusterLink {
         link.resync(&mut writer, broker)
             .await
             .map_err(relay_error)?;
-        tokio::spawn(write_loop(link.clone(), writer.clone(), queue));
+        spawn_writer(Arc::downgrade(&link), client.clone(), queue)?;
         tokio::spawn(watch_health(
             link.clone(),
             writer.clone(),
@@ -559,19 +579,25 @@ impl ClusterLink {
             // Every group with members elsewhere is served here this time: nothing to send.
             return (served_elsewhere, overflow);
         }
-        let payload = match codec::encode_message(message) {
-            Ok(payload) => payload,
+        let mut payload = match codec::encode_message(message) {
+            Ok(payload) => Bytes::from(payload),
             Err(e) => {
                 tracing::warn!(error = %e, "message not relayed: encoding failed");
                 return (Vec::new(), overflow);
             }
         };
-        for (node, groups) in targets {
+        let mut targets = targets.into_iter().peekable();
+        while let Some((node, groups)) = targets.next() {
+            let payload = if targets.peek().is_some() {
+                payload.clone()
+            } else {
+                std::mem::take(&mut payload)
+            };
             let room = self.forward_room.clone().try_acquire_owned().ok();
             let full = room.is_none();
             let item = Outbound::Forward {
                 node,
-                payload: payload.clone(),
+                payload,
                 groups: encode_groups(&groups),
                 room,
             };
@@ -649,26 +675,215 @@ fn inbox_append<'p>(
     keys: &Keys,
     node: &str,
 ) -> &'p mut redis::Pipeline {
+    inbox_append_trimmed(pipe, keys, node, INBOX_MAX_LEN)
+}
+
+/// Starts an XADD to `node`'s inbox, trimmed to about `max_len` entries.
+fn inbox_append_trimmed<'p>(
+    pipe: &'p mut redis::Pipeline,
+    keys: &Keys,
+    node: &str,
+    max_len: usize,
+) -> &'p mut redis::Pipeline {
     pipe.cmd("XADD")
         .arg(keys.inbox(node))
         .arg("MAXLEN")
         .arg("~")
-        .arg(INBOX_MAX_LEN)
+        .arg(max_len)
         .arg("*")
 }
 
+/// Relayed messages of one write batch, packed per target node (see [`packed`]) until they are
+/// appended to the pipeline.
+#[derive(Default)]
+struct Packs {
+    packers: Vec<(NodeId, Packer)>,
+    /// The packed entries appended to the pipeline, in order: node and message count. Their
+    /// XADD replies (entry ids) are the pipeline's first replies.
+    appended: Vec<(NodeId, usize)>,
+}
+
+impl Packs {
+    /// Adds a message for `node`; a packed entry that reaches [`PACK_BYTES`] is appended at once.
+    fn push(
+        &mut self,
+        pipe: &mut redis::Pipeline,
+        link: &ClusterLink,
+        node: &NodeId,
+        payload: &[u8],
+        groups: &str,
+    ) {
+        let index = match self.packers.iter().position(|(n, _)| n == node) {
+            Some(index) => index,
+            None => {
+                self.packers.push((node.clone(), Packer::new()));
+                self.packers.len() - 1
+            }
+        };
+        let (node, packer) = &mut self.packers[index];
+        if let Err(e) = packer.push(payload, groups.as_bytes()) {
+            tracing::warn!(error = %e, "message not relayed: packing failed");
+            return;
+        }
+        if packer.byte_len() >= PACK_BYTES {
+            append_packed(pipe, link, node, packer);
+            self.appended.push((node.clone(), packer.count()));
+            packer.clear();
+        }
+    }
+
+    /// Appends every packed entry that holds messages to the pipeline. Called before any other
+    /// item is appended, so that the entries of each inbox keep the order of the queue.
+    fn flush(&mut self, pipe: &mut redis::Pipeline, link: &ClusterLink) {
+        for (node, packer) in &mut self.packers {
+            if !packer.is_empty() {
+                append_packed(pipe, link, node, packer);
+                self.appended.push((node.clone(), packer.count()));
+                packer.clear();
+            }
+        }
+    }
+}
+
+/// Appends one packed entry for `node` (its reply is the entry id). The inbox is trimmed to
+/// about [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this one: the
+/// bound on what a node that falls behind keeps stays in messages, not in (much larger) packed
+/// entries.
+fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, packer: &Packer) {
+    let max_len = INBOX_MAX_LEN.div_ceil(packer.count().max(1));
+    inbox_append_trimmed(pipe, &link.keys, node, max_len)
+        .arg("o")
+        .arg(&*link.node_id)
+        .arg(packed::FIELD)
+        .arg(packer.as_bytes());
+}
+
+/// Flow control of the writer: how far behind each node's reader is (see [`window`]).
+#[derive(Default)]
+struct Flow {
+    unread: Unread,
+    /// Nodes whose reader did not move within [`WINDOW_WAIT`]: not waited for again until it does.
+    stalled: HashSet<NodeId>,
+}
+
+impl Flow {
+    /// Applies a reader's progress report (the value of its `:read` key).
+    fn progress(&mut self, node: &NodeId, report: Option<Vec<u8>>) {
+        let Some(read) = report.as_deref().and_then(parse_stream_id) else {
+            return;
+        };
+        let before = self.unread.messages(node);
+        self.unread.read_up_to(node, read);
+        if self.unread.messages(node) < before {
+            self.stalled.remove(node);
+        }
+    }
+
+    /// Waits until the readers of the nodes in `targets` are less than [`RELAY_WINDOW`] messages
+    /// behind, polling their progress; a reader that does not move within [`WINDOW_WAIT`] (its
+    /// node is likely gone) is not waited for until it moves again.
+    async fn wait_for_readers(
+        &mut self,
+        link: &ClusterLink,
+        con: &mut ConnectionManager,
+        targets: &[NodeId],
+    ) {
+        for node in targets {
+            let started = tokio::time::Instant::now();
+            while self.unread.messages(node) >= RELAY_WINDOW && !self.stalled.contains(node) {
+                if started.elapsed() >= WINDOW_WAIT {
+                    tracing::warn!(node = %node, "relay: the node's inbox reader does not move; not waiting for it");
+                    self.stalled.insert(node.clone());
+                    break;
+                }
+                tokio::time::sleep(WINDOW_POLL).await;
+                let report: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GET")
+                    .arg(link.keys.inbox_read(node))
+                    .query_async(con)
+                    .await;
+                if let Ok(report) = report {
+                    self.progress(node, report);
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`write_loop`] on a thread of its own, with a runtime and a Redis connection of its own:
+/// busy connection tasks on the broker's runtime would otherwise leave it waiting for a turn at
+/// every step of every batch, and the relay queue would overflow while Redis idles. The thread
+/// ends once the link is gone.
+fn spawn_writer(
+    link: Weak<ClusterLink>,
+    client: Client,
+    queue: mpsc::UnboundedReceiver<Outbound>,
+) -> Result<(), RelayError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(relay_error)?;
+    std::thread::Builder::new()
+        .name("relay-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let con = loop {
+                    match ConnectionManager::new(client.clone()).await {
+                        Ok(con) => break con,
+                        Err(e) => {
+                            if link.strong_count() == 0 {
+                                return;
+                            }
+                            tracing::warn!(error = %e, "relay writer cannot reach redis; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                write_loop(link, con, queue).await
+            })
+        })
+        .map_err(relay_error)?;
+    Ok(())
+}
+
 /// Writes entry changes and relayed messages in pipelined batches, retrying a failed batch
-/// until Redis takes it (the connection manager reconnects meanwhile).
+/// until Redis takes it (the connection manager reconnects meanwhile). The messages of a batch
+/// bound for one node go in as few inbox entries as [`PACK_BYTES`] allows. Ends when the link
+/// is gone (its queue closes).
 async fn write_loop(
-    link: Arc<ClusterLink>,
+    weak_link: Weak<ClusterLink>,
     mut con: ConnectionManager,
     mut queue: mpsc::UnboundedReceiver<Outbound>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut barriers = Vec::new();
+    let mut packs = Packs::default();
+    let mut flow = Flow::default();
+    let mut targets: Vec<NodeId> = Vec::new();
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let Some(link) = weak_link.upgrade() else {
+            return;
+        };
+        targets.clear();
+        for item in &batch {
+            if let Outbound::Forward { node, .. } = item {
+                if !targets.contains(node) {
+                    targets.push(node.clone());
+                }
+            }
+        }
+        flow.wait_for_readers(&link, &mut con, &targets).await;
         let mut pipe = redis::pipe();
         for item in &batch {
+            if let Outbound::Forward {
+                node,
+                payload,
+                groups,
+                ..
+            } = item
+            {
+                packs.push(&mut pipe, &link, node, payload, groups);
+                continue;
+            }
+            packs.flush(&mut pipe, &link);
             match item {
                 Outbound::Entry { raw, added } => {
                     let (command, sign) = if *added { ("SADD", '+') } else { ("SREM", '-') };
@@ -681,21 +896,8 @@ async fn write_loop(
                         .arg(format!("{}\n{sign}{raw}", link.node_id))
                         .ignore();
                 }
-                Outbound::Forward {
-                    node,
-                    payload,
-                    groups,
-                    ..
-                } => {
-                    inbox_append(&mut pipe, &link.keys, node)
-                        .arg("o")
-                        .arg(&*link.node_id)
-                        .arg("m")
-                        .arg(payload.as_slice())
-                        .arg("g")
-                        .arg(groups.as_str())
-                        .ignore();
-                }
+                // Packed above.
+                Outbound::Forward { .. } => {}
                 Outbound::Control { node, fields } => {
                     let xadd = inbox_append(&mut pipe, &link.keys, node);
                     for (name, value) in fields {
@@ -704,7 +906,11 @@ async fn write_loop(
                     xadd.ignore();
                 }
                 Outbound::DropNode(node) => {
+                    packs.packers.retain(|(n, _)| n != node);
+                    flow.unread.forget(node);
+                    flow.stalled.remove(node);
                     pipe.cmd("DEL").arg(link.keys.entries(node)).ignore();
+                    pipe.cmd("DEL").arg(link.keys.inbox_read(node)).ignore();
                     pipe.cmd("SREM")
                         .arg(link.keys.nodes())
                         .arg(&**node)
@@ -729,25 +935,55 @@ async fn write_loop(
                 Outbound::Barrier(_) => {}
             }
         }
+        packs.flush(&mut pipe, &link);
+        // The readers' progress, read back with the batch.
+        let behind: Vec<NodeId> = flow
+            .unread
+            .behind()
+            .chain(packs.appended.iter().map(|(node, _)| node))
+            .fold(Vec::new(), |mut nodes, node| {
+                if !nodes.contains(node) {
+                    nodes.push(node.clone());
+                }
+                nodes
+            });
+        for node in &behind {
+            pipe.cmd("GET").arg(link.keys.inbox_read(node));
+        }
         let mut delay = Duration::from_millis(50);
         // A batch of nothing but barriers has nothing to write (an empty pipeline would wait for
         // replies that never come).
-        if batch
-            .iter()
-            .any(|item| !matches!(item, Outbound::Barrier(_)))
-        {
-            while let Err(e) = pipe.query_async::<()>(&mut con).await {
-                tracing::warn!(error = %e, "relay write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+        let writes = !behind.is_empty()
+            || batch
+                .iter()
+                .any(|item| !matches!(item, Outbound::Barrier(_)));
+        let replies = loop {
+            if !writes {
+                break Vec::new();
+            }
+            match pipe.query_async::<Vec<Value>>(&mut con).await {
+                Ok(replies) => break replies,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        // Everything queued before a barrier is in Redis now.
+        for item in batch.drain(..) {
+            if let Outbound::Barrier(done) = item {
+                let _ = done.send(());
             }
         }
-        barriers.extend(batch.drain(..).filter_map(|item| match item {
-            Outbound::Barrier(done) => Some(done),
-            _ => None,
-        }));
-        for done in barriers.drain(..) {
-            let _ = done.send(());
+        let mut replies = replies.into_iter();
+        for ((node, messages), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
+            if let Some(id) = bulk_bytes(reply).as_deref().and_then(parse_stream_id) {
+                flow.unread.appended(&node, id, messages);
+            }
+        }
+        for (node, reply) in behind.iter().zip(replies) {
+            flow.progress(node, bulk_bytes(reply));
         }
     }
 }
@@ -763,12 +999,34 @@ async fn read_inbox(
     broker: Weak<Broker>,
 ) {
     let mut last_id = start_id;
+    // What this reader last reported delivered, for the other nodes' writers (see [`window`]).
+    let read_key = link.keys.inbox_read(&link.node_id);
+    let mut reported: Option<(String, tokio::time::Instant)> = None;
     loop {
+        let due = match &reported {
+            None => true,
+            Some((id, at)) => *id != last_id && at.elapsed() >= READ_REPORT_EVERY,
+        };
+        if due {
+            let set: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(&read_key)
+                .arg(&last_id)
+                .query_async(&mut con)
+                .await;
+            if set.is_ok() {
+                reported = Some((last_id.clone(), tokio::time::Instant::now()));
+            }
+        }
+        // With progress not reported yet, a writer may be waiting for it: read again soon.
+        let block = match &reported {
+            Some((id, _)) if *id != last_id => READ_REPORT_EVERY,
+            _ => INBOX_BLOCK,
+        };
         let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(WRITE_BATCH)
             .arg("BLOCK")
-            .arg(INBOX_BLOCK.as_millis() as u64)
+            .arg(block.as_millis() as u64)
             .arg("STREAMS")
             .arg(&key)
             .arg(&last_id)
@@ -787,14 +1045,9 @@ async fn read_inbox(
                 for (id, fields) in entries {
                     last_id = id.clone();
                     handled.push(id);
-                    let field = |name: &[u8]| {
-                        fields
-                            .iter()
-                            .find(|(k, _)| k.as_slice() == name)
-                            .map(|(_, v)| v.clone())
-                    };
+                    let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
                     match field(b"k") {
-                        None => deliver_relayed(&broker, &key, field(b"m"), field(b"g")).await,
+                        None => deliver_relayed(&broker, &key, &fields).await,
                         Some(kind) if kind == KIND_DIRECT => {
                             let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
                             let queued = field(b"q").map(|q| codec::decode_queued(&q));
@@ -838,26 +1091,72 @@ async fn inbox_connection(client: &Client) -> redis::RedisResult<MultiplexedConn
         .await
 }
 
-/// Delivers a relayed publish to this node's subscribers, serving the share groups the
-/// publishing node chose this node for.
-async fn deliver_relayed(
-    broker: &Broker,
+/// The relayed publishes of an inbox entry, in order, as (encoded message, encoded share groups):
+/// a packed entry (field [`packed::FIELD`]) holds many, an entry with fields `m` and `g` one.
+/// What cannot be read is logged (with `stream`) and left out.
+pub(super) fn relayed_records<'a>(
     stream: &str,
-    message: Option<Vec<u8>>,
-    groups: Option<Vec<u8>>,
-) {
-    let message = message.and_then(|v| codec::decode_message(&v).ok());
-    let groups = groups
-        .map(|v| decode_groups(&String::from_utf8_lossy(&v)))
-        .unwrap_or_default();
-    match message {
-        Some(message) => {
-            broker
-                .route_scoped(&Arc::new(message), GroupScope::Only(&groups))
-                .await;
+    fields: &'a [EntryField],
+) -> Vec<packed::Record<'a>> {
+    let field = |name: &[u8]| entry_field(fields, name);
+    let Some(value) = field(packed::FIELD.as_bytes()) else {
+        return match field(b"m") {
+            Some(message) => vec![packed::Record {
+                message,
+                groups: field(b"g").unwrap_or_default(),
+            }],
+            None => {
+                tracing::warn!(stream, "relayed entry without a message skipped");
+                Vec::new()
+            }
+        };
+    };
+    let records = match packed::records(value) {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "unreadable relayed messages skipped");
+            return Vec::new();
         }
-        None => tracing::warn!(stream, "unreadable relayed message skipped"),
+    };
+    records
+        .filter_map(|record| {
+            record
+                .map_err(|e| tracing::warn!(stream, error = %e, "rest of damaged relayed messages skipped"))
+                .ok()
+        })
+        .collect()
+}
+
+/// The value of field `name` of an inbox entry.
+pub(super) fn entry_field<'a>(fields: &'a [EntryField], name: &[u8]) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_slice() == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Delivers the relayed publishes of an inbox entry to this node's subscribers, in order,
+/// serving the share groups the publishing node chose this node for.
+async fn deliver_relayed(broker: &Broker, stream: &str, fields: &[EntryField]) {
+    for record in relayed_records(stream, fields) {
+        deliver_one(broker, stream, Some(record.message), record.groups).await;
     }
+}
+
+/// Delivers one relayed publish, serving only the share groups in `groups`.
+async fn deliver_one(broker: &Broker, stream: &str, message: Option<&[u8]>, groups: &[u8]) {
+    let Some(message) = message.and_then(|m| codec::decode_message(m).ok()) else {
+        tracing::warn!(stream, "unreadable relayed message skipped");
+        return;
+    };
+    let groups = if groups.is_empty() {
+        Vec::new()
+    } else {
+        decode_groups(&String::from_utf8_lossy(groups))
+    };
+    broker
+        .route_scoped(&Arc::new(message), GroupScope::Only(&groups))
+        .await;
 }
 
 /// Share groups as sent in an inbox entry: `group NUL filter` pairs joined by NUL (neither may
@@ -881,6 +1180,15 @@ pub(super) fn decode_groups(text: &str) -> Vec<GroupKey> {
         .chunks_exact(2)
         .map(|pair| (pair[0].to_string(), pair[1].to_string()))
         .collect()
+}
+
+/// The bytes of a bulk or simple string reply.
+fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
 }
 
 /// A field of an inbox entry: name and value.

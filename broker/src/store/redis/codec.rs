@@ -205,9 +205,19 @@ fn body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     }
 }
 
-/// Encodes a message (a retained message).
+/// Bytes an encoded message takes besides its topic, payload and properties, about.
+const MESSAGE_OVERHEAD: usize = 32;
+
+/// Encodes a message (a retained message, a relayed one).
 pub fn encode_message(message: &Message) -> Result<Vec<u8>, postcard::Error> {
-    encode(&message_to_wire(message))
+    // Sized up front: growing from one byte would reallocate several times per message.
+    let capacity = MESSAGE_OVERHEAD
+        + message.topic.len()
+        + message.payload.len()
+        + message.publisher.as_deref().map_or(0, str::len);
+    let mut out = Vec::with_capacity(capacity);
+    out.push(ENCODING_VERSION);
+    postcard::to_extend(&message_to_wire(message), out)
 }
 
 /// Decodes a message written by [`encode_message`].
