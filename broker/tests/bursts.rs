@@ -72,7 +72,14 @@ async fn count(mut raw: RawClient, expected: usize) -> Vec<Vec<u32>> {
 }
 
 /// Publishes `n` messages as fast as the socket takes them (QoS 1 with a window of 50).
-async fn publish_burst(addr: SocketAddr, id: String, publisher: u8, topic: &str, qos: QoS, n: u32) {
+async fn publish_burst(
+    addr: SocketAddr,
+    id: String,
+    publisher: u8,
+    topic: String,
+    qos: QoS,
+    n: u32,
+) {
     let mut raw = raw_session(addr, &id).await;
     let mut out = BytesMut::new();
     let mut unacked = 0u32;
@@ -80,7 +87,7 @@ async fn publish_burst(addr: SocketAddr, id: String, publisher: u8, topic: &str,
     for seq in 0..n {
         let mut payload = vec![publisher];
         payload.extend_from_slice(&seq.to_be_bytes());
-        let mut p = Publish::new(topic, qos, payload);
+        let mut p = Publish::new(topic.as_str(), qos, payload);
         if qos == QoS::AtLeastOnce {
             p.pkid = (seq % 60_000 + 1) as u16;
             unacked += 1;
@@ -115,21 +122,22 @@ fn assert_complete_and_ordered(seen: &[Vec<u32>], publishers: usize, n: u32) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos0_fan_in_burst_arrives_complete_and_in_order() {
+/// Four publishers each send `n` numbered messages at `qos` on `<prefix>/t` as fast as they can;
+/// one subscriber to `<prefix>/#` must see every message, each publisher's in order.
+async fn fan_in_burst(prefix: &str, qos: QoS, n: u32) {
     let broker = TestBroker::start().await;
     let addr = broker.tcp();
-    let (publishers, n) = (4usize, 20_000u32);
-    let sub = subscriber(addr, "burst0-sub", "burst0/#", QoS::AtMostOnce).await;
+    let publishers = 4usize;
+    let sub = subscriber(addr, &format!("{prefix}-sub"), &format!("{prefix}/#"), qos).await;
     let counting = tokio::spawn(count(sub, publishers * n as usize));
     let mut tasks = Vec::new();
     for p in 0..publishers {
         tasks.push(tokio::spawn(publish_burst(
             addr,
-            format!("burst0-pub{p}"),
+            format!("{prefix}-pub{p}"),
             p as u8,
-            "burst0/t",
-            QoS::AtMostOnce,
+            format!("{prefix}/t"),
+            qos,
             n,
         )));
     }
@@ -142,29 +150,13 @@ async fn qos0_fan_in_burst_arrives_complete_and_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_fan_in_burst_arrives_complete_and_in_order() {
+    fan_in_burst("burst0", QoS::AtMostOnce, 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_fan_in_burst_arrives_complete_and_in_order() {
-    let broker = TestBroker::start().await;
-    let addr = broker.tcp();
-    let (publishers, n) = (4usize, 10_000u32);
-    let sub = subscriber(addr, "burst1-sub", "burst1/#", QoS::AtLeastOnce).await;
-    let counting = tokio::spawn(count(sub, publishers * n as usize));
-    let mut tasks = Vec::new();
-    for p in 0..publishers {
-        tasks.push(tokio::spawn(publish_burst(
-            addr,
-            format!("burst1-pub{p}"),
-            p as u8,
-            "burst1/t",
-            QoS::AtLeastOnce,
-            n,
-        )));
-    }
-    for t in tasks {
-        t.await.expect("publisher");
-    }
-    let seen = counting.await.expect("subscriber");
-    assert_complete_and_ordered(&seen, publishers, n);
-    broker.stop().await;
+    fan_in_burst("burst1", QoS::AtLeastOnce, 10_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +169,15 @@ async fn qos0_fan_out_burst_reaches_every_subscriber() {
         let sub = subscriber(addr, &format!("fanout-sub{s}"), "fanout/t", QoS::AtMostOnce).await;
         counting.push(tokio::spawn(count(sub, n as usize)));
     }
-    publish_burst(addr, "fanout-pub".into(), 0, "fanout/t", QoS::AtMostOnce, n).await;
+    publish_burst(
+        addr,
+        "fanout-pub".into(),
+        0,
+        "fanout/t".into(),
+        QoS::AtMostOnce,
+        n,
+    )
+    .await;
     for c in counting {
         let seen = c.await.expect("subscriber");
         assert_complete_and_ordered(&seen, 1, n);
