@@ -116,7 +116,8 @@ pub struct Broker {
     /// When the broker started.
     pub started_at: Instant,
     subscriptions: RwLock<SubscriptionTree>,
-    online: RwLock<HashMap<ClientId, SessionHandle>>,
+    /// Looked up for every delivery: foldhash (seeded per process) rather than SipHash.
+    online: RwLock<HashMap<ClientId, SessionHandle, foldhash::fast::RandomState>>,
     session_locks: Mutex<SessionLocks>,
     pending_wills: Mutex<HashMap<ClientId, AbortHandle>>,
     next_connection_id: AtomicU64,
@@ -140,7 +141,7 @@ impl Broker {
             metrics: Arc::new(Metrics::new()),
             started_at: Instant::now(),
             subscriptions: RwLock::new(SubscriptionTree::default()),
-            online: RwLock::new(HashMap::new()),
+            online: RwLock::new(HashMap::default()),
             session_locks: Mutex::new(SessionLocks {
                 locks: HashMap::new(),
                 prune_above: 1024,
@@ -251,8 +252,8 @@ impl Broker {
             .route_scoped(message, GroupScope::Except(&served_elsewhere))
             .await;
         if !overflow.is_empty() {
-            // The relay is saturated: a QoS 1/2 publisher waits (and is acknowledged later)
-            // rather than having its message dropped.
+            // The relay is saturated: the publisher waits (a QoS 1/2 one is acknowledged
+            // later) rather than having its message dropped, as for a full local mailbox.
             Box::pin(link.send_overflow(overflow, self.delivery_patience, self)).await;
         }
         count
@@ -283,6 +284,24 @@ impl Broker {
     /// `scope` lets through (the cluster decides which node serves a group); returns how many.
     pub async fn route_scoped(&self, message: &Arc<Message>, scope: GroupScope<'_>) -> usize {
         let matches = self.matching(&message.topic, scope);
+        self.route_matched(message, &matches).await
+    }
+
+    /// The plain (not shared) subscriptions of this node that match `topic`: what
+    /// [`Self::route_scoped`] finds for a relayed message that serves no share group. A caller
+    /// routing many messages of one topic may keep it for [`Self::route_matched`] (it holds no
+    /// online state, only the subscriptions at the time of the call).
+    pub fn direct_matches(&self, topic: &str) -> Vec<(ClientId, SubscriptionOptions)> {
+        self.matching(topic, GroupScope::Only(&[]))
+    }
+
+    /// Delivers a message to the sessions of `matches` (as [`Self::matching`] found them) on
+    /// this node only; returns how many.
+    pub async fn route_matched(
+        &self,
+        message: &Arc<Message>,
+        matches: &[(ClientId, SubscriptionOptions)],
+    ) -> usize {
         if matches.is_empty() {
             return 0;
         }

@@ -48,6 +48,9 @@ pub struct Metrics {
     /// Messages not relayed to another node: the relay queue was full, or the session moved
     /// again while the message was on its way to it.
     pub relay_dropped: Counter,
+    /// Relayed messages whose publisher waited for room in the full relay queue (the relay
+    /// sets the pace of publishers).
+    pub relay_waits: Counter,
     /// 1 while the cluster's Redis answers, 0 while it does not (always 1 standalone).
     pub redis_up: Gauge,
     /// QoS 1/2 publishes acknowledged before Redis confirmed what they wrote (Redis unreachable
@@ -162,6 +165,12 @@ impl Metrics {
             "Messages not relayed to another node (relay queue full, or the session moved again on the way)",
             relay_dropped.clone(),
         );
+        let relay_waits = Counter::default();
+        registry.register(
+            "relay_waits",
+            "Relayed messages whose publisher waited for room in the full relay queue",
+            relay_waits.clone(),
+        );
         let acks_unconfirmed = Counter::default();
         registry.register(
             "acks_unconfirmed",
@@ -180,6 +189,7 @@ impl Metrics {
             acks_unconfirmed,
             remote_entries,
             relay_dropped,
+            relay_waits,
             cluster_members,
             connections,
             connections_total,

@@ -47,6 +47,23 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server (SIGSTOP) without closing its connections: it answers nothing until
+    /// [`Self::resume`].
+    pub fn pause(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("redis-server is not running")?
+            .pause()
+    }
+
+    /// Lets a paused server answer again.
+    pub fn resume(&self) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("redis-server is not running")?
+            .resume()
+    }
+
     /// Starts the server again on the same port, empty (persistence is off), and waits until it
     /// answers PING.
     pub async fn restart(&mut self) -> Result<()> {

@@ -49,6 +49,32 @@ impl Process {
 }
 
 impl Process {
+    /// Stops the process (SIGSTOP) until [`Self::resume`]: it keeps its sockets open but
+    /// answers nothing, like a stalled server.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("{} is not running", self.name))?;
+        let pid = libc::pid_t::try_from(pid).context("process id out of range")?;
+        // SAFETY: kill(2) only sends a signal to our own child; it touches no memory of ours.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("signalling {}", self.name));
+        }
+        Ok(())
+    }
+
     /// Kills the process and waits until it is gone (its ports are free again).
     pub async fn kill_and_wait(&mut self) {
         if let Some(mut child) = self.child.take() {

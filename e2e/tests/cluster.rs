@@ -542,6 +542,80 @@ async fn a_redis_outage_degrades_the_nodes_and_the_relay_resumes_after_it() {
     }
 }
 
+/// A burst of QoS 0 publishes bound for another node while Redis stalls (SIGSTOP): the relay
+/// queue (65,536 messages) fills and then holds the publisher back instead of dropping its
+/// messages; once Redis answers, every message arrives once and in order (a batch Redis answered
+/// late is not written twice).
+#[tokio::test]
+async fn a_stalled_relay_holds_qos0_publishers_back_instead_of_dropping_their_messages() {
+    let redis = RedisServer::start().await.expect("redis");
+    // Publishers may wait for room as long as the stall below lasts.
+    let patient = |seeds: &[SocketAddr]| {
+        let mut settings = ClusterSettings::new(&redis.url(), seeds).expect("ports");
+        settings.extra_config = "[limits]\ndelivery_wait_ms = 60000\n".into();
+        settings
+    };
+    let a_settings = patient(&[]);
+    let a = BrokerNode::start_clustered("node-a", &a_settings)
+        .await
+        .expect("node a");
+    let b = BrokerNode::start_clustered("node-b", &patient(&[a_settings.gossip]))
+        .await
+        .expect("node b");
+    let (sub, mut sub_loop, _) = client(b.mqtt, "burst-listener", true).await;
+    sub.subscribe("burst/#", QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+
+    let n: usize = 100_000;
+    // Connected first: a session cannot be claimed while Redis stalls.
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "burst-speaker", true).await;
+    redis.pause().expect("pause redis");
+    let publishing = tokio::spawn(async move {
+        for i in 0..n {
+            publisher
+                .publish("burst/n", QoS::AtMostOnce, false, i.to_string())
+                .await
+                .expect("publish");
+        }
+        publisher
+    });
+    let driving = tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+    // The queue is full and the publisher waits for room.
+    wait_for(Duration::from_secs(60), || async {
+        let waits = a.metric("starling_relay_waits_total").await?;
+        anyhow::ensure!(waits >= 1.0, "no publish waited for the relay yet");
+        Ok(())
+    })
+    .await
+    .expect("the publisher is held back while Redis stalls");
+    redis.resume().expect("resume redis");
+
+    let mut next = 0;
+    while next < n {
+        let Packet::Publish(p) =
+            next_packet(&mut sub_loop, |p| matches!(p, Packet::Publish(_))).await
+        else {
+            unreachable!("picked a publish")
+        };
+        let got: usize = String::from_utf8_lossy(&p.payload).parse().expect("number");
+        assert_eq!(got, next, "every message once, in order");
+        next += 1;
+    }
+    assert_quiet(&mut sub_loop, "a message arrived twice").await;
+    assert_eq!(
+        a.metric("starling_relay_dropped_total")
+            .await
+            .expect("metric"),
+        0.0,
+        "nothing was dropped"
+    );
+    let _publisher = publishing.await.expect("publisher");
+    driving.abort();
+}
+
 #[tokio::test]
 async fn a_node_restarted_under_its_id_rejoins_and_relays_both_ways() {
     let redis = RedisServer::start().await.expect("redis");

@@ -5,4 +5,5 @@ pub mod membership;
 pub mod packed;
 pub mod recovery;
 pub mod relay;
+mod relayed;
 pub mod window;

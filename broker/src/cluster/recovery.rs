@@ -88,7 +88,7 @@ impl AdoptedRoutes {
                 }
             }
         });
-        router::targets(matches, message.publisher.as_deref())
+        router::targets(&matches, message.publisher.as_deref())
             .into_iter()
             .map(|target| {
                 let client_id = target.client_id.clone();

@@ -25,8 +25,9 @@
 
 use super::journal::{self, JournalHold};
 use super::packed::{self, Packer};
+use super::relayed::ReadBatch;
 use super::window::{parse_stream_id, Unread};
-use crate::broker::{Broker, GroupKey, GroupScope};
+use crate::broker::{Broker, GroupKey};
 use crate::message::ClientId;
 use crate::message::Message;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
@@ -62,10 +63,15 @@ const WINDOW_POLL: Duration = Duration::from_millis(2);
 const READ_REPORT_EVERY: Duration = Duration::from_millis(5);
 /// How long one XREAD waits for new entries before it is issued again.
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
-/// Relayed messages waiting for the writer before new QoS 0 ones are dropped (and counted) and
-/// QoS 1/2 publishers wait. Other writer work (entries, control entries, journal writes) is not
-/// bounded here: what produces it is bounded elsewhere.
+/// Relayed messages waiting for the writer before publishers wait for room (see
+/// [`ClusterLink::send_overflow`]). Other writer work (entries, control entries, journal writes)
+/// is not bounded here: what produces it is bounded elsewhere.
 const WRITE_QUEUE: usize = 65_536;
+/// How long the writer waits for Redis to answer a batch before it writes the batch again. A
+/// batch Redis applied but answered late would be written twice (relayed twice), so this is far
+/// above any stall of a healthy Redis (the client's default is 500 ms); a Redis that went away
+/// closes the connection and is noticed at once.
+const WRITE_RESPONSE_WAIT: Duration = Duration::from_secs(30);
 /// How long a publisher's acknowledgement waits for the writer to confirm that Redis has what
 /// the publish wrote (see [`ClusterLink::barrier`]).
 pub const CONFIRM_WAIT: Duration = Duration::from_secs(5);
@@ -171,6 +177,9 @@ pub struct ClusterLink {
     remote: RwLock<RemoteFilters>,
     outbound: mpsc::UnboundedSender<Outbound>,
     forward_room: Arc<Semaphore>,
+    /// Set when a wait for room in the relay queue timed out (the writer does not move, e.g.
+    /// Redis is away); until the queue has room again, QoS 0 relays are dropped without waiting.
+    forward_stalled: AtomicBool,
     keys: Keys,
     /// Identifies this run of the node in its journal fields.
     run: u64,
@@ -225,6 +234,7 @@ impl ClusterLink {
             remote: RwLock::new(RemoteFilters::default()),
             outbound,
             forward_room: Arc::new(Semaphore::new(WRITE_QUEUE)),
+            forward_stalled: AtomicBool::new(false),
             keys,
             run: now_ms,
             journal_seq: AtomicU64::new(0),
@@ -521,17 +531,20 @@ impl ClusterLink {
     /// Appends a message that was published on this node to the inbox of every other node that
     /// has a matching entry, and decides which node serves each share group with members
     /// elsewhere. Returns the groups another node serves (this node must skip them), and, when
-    /// the relay queue is full, the QoS 1/2 relay work still to hand over with
-    /// [`Self::send_overflow`] (QoS 0 messages are dropped and counted instead).
+    /// the relay queue is full, the relay work still to hand over with [`Self::send_overflow`]
+    /// (while the queue is stalled, QoS 0 messages are dropped and counted instead).
     pub fn forward(&self, broker: &Broker, message: &Message) -> (Vec<GroupKey>, Overflow) {
         let (served, overflow) = self.forward_inner(broker, message);
         (served, Overflow(overflow))
     }
 
     /// Waits (at most `patience` for each) until the relay queue takes the overflow of
-    /// [`Self::forward`]; what it does not take in time is dropped and counted.
+    /// [`Self::forward`]: the publisher is held to the relay's pace, as a full mailbox holds it
+    /// to a subscriber's. What the queue does not take in time is dropped and counted, and the
+    /// queue counts as stalled until it has room again.
     pub async fn send_overflow(&self, overflow: Overflow, patience: Duration, broker: &Broker) {
         for mut item in overflow.0 {
+            broker.metrics.relay_waits.inc();
             let room =
                 tokio::time::timeout(patience, self.forward_room.clone().acquire_owned()).await;
             let placed = match (room, &mut item) {
@@ -544,6 +557,7 @@ impl ClusterLink {
             if placed {
                 self.queue(item);
             } else {
+                self.forward_stalled.store(true, Ordering::Relaxed);
                 broker.metrics.relay_dropped.inc();
             }
         }
@@ -602,8 +616,11 @@ impl ClusterLink {
                 room,
             };
             if !full {
+                self.forward_stalled.store(false, Ordering::Relaxed);
                 self.queue(item);
-            } else if message.qos != crate::protocol::QoS::AtMostOnce {
+            } else if message.qos != crate::protocol::QoS::AtMostOnce
+                || !self.forward_stalled.load(Ordering::Relaxed)
+            {
                 overflow.push(item);
             } else {
                 broker.metrics.relay_dropped.inc();
@@ -827,7 +844,9 @@ fn spawn_writer(
         .spawn(move || {
             runtime.block_on(async move {
                 let con = loop {
-                    match ConnectionManager::new(client.clone()).await {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_response_timeout(Some(WRITE_RESPONSE_WAIT));
+                    match ConnectionManager::new_with_config(client.clone(), config).await {
                         Ok(con) => break con,
                         Err(e) => {
                             if link.strong_count() == 0 {
@@ -1042,12 +1061,17 @@ async fn read_inbox(
             Ok(value) => {
                 let entries = stream_entries(value);
                 let mut handled = Vec::with_capacity(entries.len());
+                let mut relayed = ReadBatch::new(&broker);
                 for (id, fields) in entries {
                     last_id = id.clone();
                     handled.push(id);
                     let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
                     match field(b"k") {
-                        None => deliver_relayed(&broker, &key, &fields).await,
+                        None => {
+                            for record in relayed_records(&key, &fields) {
+                                relayed.deliver(&key, record).await;
+                            }
+                        }
                         Some(kind) if kind == KIND_DIRECT => {
                             let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
                             let queued = field(b"q").map(|q| codec::decode_queued(&q));
@@ -1133,30 +1157,6 @@ pub(super) fn entry_field<'a>(fields: &'a [EntryField], name: &[u8]) -> Option<&
         .iter()
         .find(|(k, _)| k.as_slice() == name)
         .map(|(_, v)| v.as_slice())
-}
-
-/// Delivers the relayed publishes of an inbox entry to this node's subscribers, in order,
-/// serving the share groups the publishing node chose this node for.
-async fn deliver_relayed(broker: &Broker, stream: &str, fields: &[EntryField]) {
-    for record in relayed_records(stream, fields) {
-        deliver_one(broker, stream, Some(record.message), record.groups).await;
-    }
-}
-
-/// Delivers one relayed publish, serving only the share groups in `groups`.
-async fn deliver_one(broker: &Broker, stream: &str, message: Option<&[u8]>, groups: &[u8]) {
-    let Some(message) = message.and_then(|m| codec::decode_message(m).ok()) else {
-        tracing::warn!(stream, "unreadable relayed message skipped");
-        return;
-    };
-    let groups = if groups.is_empty() {
-        Vec::new()
-    } else {
-        decode_groups(&String::from_utf8_lossy(groups))
-    };
-    broker
-        .route_scoped(&Arc::new(message), GroupScope::Only(&groups))
-        .await;
 }
 
 /// Share groups as sent in an inbox entry: `group NUL filter` pairs joined by NUL (neither may

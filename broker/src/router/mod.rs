@@ -42,21 +42,21 @@ pub struct Target {
 /// Reduces raw matches to one target per client: no-local subscriptions of the publisher are
 /// skipped, the highest QoS wins and subscription identifiers are collected.
 pub fn targets(
-    matches: Vec<(ClientId, SubscriptionOptions)>,
+    matches: &[(ClientId, SubscriptionOptions)],
     publisher: Option<&str>,
 ) -> Vec<Target> {
     let mut out: Vec<Target> = Vec::with_capacity(matches.len());
     for (client_id, options) in matches {
-        if options.no_local && publisher == Some(&*client_id) {
+        if options.no_local && publisher == Some(client_id.as_ref()) {
             continue;
         }
-        if let Some(existing) = out.iter_mut().find(|t| t.client_id == client_id) {
+        if let Some(existing) = out.iter_mut().find(|t| t.client_id == *client_id) {
             existing.qos = crate::protocol::qos_max(existing.qos, options.qos);
             existing.retain_as_published |= options.retain_as_published;
             existing.subscription_ids.extend(options.identifier);
         } else {
             out.push(Target {
-                client_id,
+                client_id: client_id.clone(),
                 qos: options.qos,
                 retain_as_published: options.retain_as_published,
                 subscription_ids: options.identifier.into_iter().collect(),
@@ -84,7 +84,7 @@ mod tests {
     fn overlapping_subscriptions_merge_into_one_target() {
         let a: ClientId = "a".into();
         let t = targets(
-            vec![
+            &[
                 (a.clone(), opts(QoS::AtMostOnce, false, Some(1))),
                 (a.clone(), opts(QoS::ExactlyOnce, false, Some(2))),
             ],
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn no_local_skips_only_the_publisher() {
         let t = targets(
-            vec![
+            &[
                 ("a".into(), opts(QoS::AtMostOnce, true, None)),
                 ("b".into(), opts(QoS::AtMostOnce, true, None)),
             ],

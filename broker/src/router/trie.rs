@@ -2,8 +2,11 @@
 
 use super::SubscriptionOptions;
 use crate::message::ClientId;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Keys are topic levels and client ids from the network; foldhash is fast and seeded per
+/// process (the hashbrown default).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Node {
@@ -210,9 +213,8 @@ impl SubscriptionTree {
 
     /// Calls `found` for every subscription and shared group matching `topic`.
     pub fn matches<'a>(&'a self, topic: &str, mut found: impl FnMut(Match<'a>)) {
-        let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        Self::walk(&self.root, &levels, dollar, &mut found);
+        Self::walk(&self.root, topic.split('/'), dollar, &mut found);
     }
 
     fn visit<'a>(node: &'a Node, found: &mut impl FnMut(Match<'a>)) {
@@ -230,9 +232,10 @@ impl SubscriptionTree {
         }
     }
 
+    /// `levels` are the topic levels still to match (a cloneable iterator: no allocation).
     fn walk<'a>(
         node: &'a Node,
-        levels: &[&str],
+        mut levels: std::str::Split<'_, char>,
         skip_wildcards: bool,
         found: &mut impl FnMut(Match<'a>),
     ) {
@@ -241,16 +244,16 @@ impl SubscriptionTree {
                 Self::visit(hash, found);
             }
         }
-        let Some((first, rest)) = levels.split_first() else {
+        let Some(first) = levels.next() else {
             Self::visit(node, found);
             return;
         };
-        if let Some(child) = node.children.get(*first) {
-            Self::walk(child, rest, false, found);
+        if let Some(child) = node.children.get(first) {
+            Self::walk(child, levels.clone(), false, found);
         }
         if !skip_wildcards {
             if let Some(plus) = node.children.get("+") {
-                Self::walk(plus, rest, false, found);
+                Self::walk(plus, levels, false, found);
             }
         }
     }

@@ -12,7 +12,6 @@ use crate::router::SubscriptionOptions;
 use crate::store::{InflightMessage, InflightState, QueuedMessage, StoredWill};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,13 +43,10 @@ pub enum DecodeError {
 #[derive(Serialize, Deserialize)]
 struct WireProperties<'a> {
     payload_format_indicator: Option<u8>,
-    #[serde(borrow)]
-    content_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    response_topic: Option<Cow<'a, str>>,
+    content_type: Option<&'a str>,
+    response_topic: Option<&'a str>,
     correlation_data: Option<Bytes>,
-    #[serde(borrow)]
-    user_properties: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    user_properties: Vec<(&'a str, &'a str)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -62,8 +58,7 @@ struct WireWill<'a> {
 
 #[derive(Serialize, Deserialize)]
 struct WireMessage<'a> {
-    #[serde(borrow)]
-    topic: Cow<'a, str>,
+    topic: &'a str,
     payload: Bytes,
     qos: u8,
     retain: bool,
@@ -71,8 +66,7 @@ struct WireMessage<'a> {
     properties: WireProperties<'a>,
     /// Time since the Unix epoch, exact to the nanosecond.
     expires_at: Option<Duration>,
-    #[serde(borrow)]
-    publisher: Option<Cow<'a, str>>,
+    publisher: Option<&'a str>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,46 +113,57 @@ fn since_epoch(at: SystemTime) -> Duration {
 fn message_to_wire(m: &Message) -> WireMessage<'_> {
     let p = &m.properties;
     WireMessage {
-        topic: Cow::Borrowed(&m.topic),
+        topic: &m.topic,
         payload: m.payload.clone(),
         qos: m.qos as u8,
         retain: m.retain,
         properties: WireProperties {
             payload_format_indicator: p.payload_format_indicator,
-            content_type: p.content_type.as_deref().map(Cow::Borrowed),
-            response_topic: p.response_topic.as_deref().map(Cow::Borrowed),
+            content_type: p.content_type.as_deref(),
+            response_topic: p.response_topic.as_deref(),
             correlation_data: p.correlation_data.clone(),
             user_properties: p
                 .user_properties
                 .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect(),
         },
         expires_at: m.expires_at.map(since_epoch),
-        publisher: m.publisher.as_deref().map(Cow::Borrowed),
+        publisher: m.publisher.as_deref(),
     }
 }
 
 fn message_from_wire(w: WireMessage<'_>) -> Result<Message, DecodeError> {
+    let topic = Arc::from(w.topic);
+    let publisher = w.publisher.map(Arc::from);
+    message_from_wire_named(w, topic, publisher)
+}
+
+/// Builds a message whose topic and publisher id were made already.
+fn message_from_wire_named(
+    w: WireMessage<'_>,
+    topic: Arc<str>,
+    publisher: Option<Arc<str>>,
+) -> Result<Message, DecodeError> {
     let p = w.properties;
     Ok(Message {
-        topic: Arc::from(w.topic.as_ref()),
+        topic,
         payload: w.payload,
         qos: qos(w.qos)?,
         retain: w.retain,
         properties: MessageProperties {
             payload_format_indicator: p.payload_format_indicator,
-            content_type: p.content_type.map(Cow::into_owned),
-            response_topic: p.response_topic.map(Cow::into_owned),
+            content_type: p.content_type.map(str::to_owned),
+            response_topic: p.response_topic.map(str::to_owned),
             correlation_data: p.correlation_data,
             user_properties: p
                 .user_properties
                 .into_iter()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
         },
         expires_at: w.expires_at.and_then(|d| UNIX_EPOCH.checked_add(d)),
-        publisher: w.publisher.map(|p| Arc::from(p.as_ref())),
+        publisher,
     })
 }
 
@@ -223,6 +228,39 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>, postcard::Error> {
 /// Decodes a message written by [`encode_message`].
 pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
     message_from_wire(postcard::from_bytes(body(bytes)?)?)
+}
+
+/// A message read from [`encode_message`]'s bytes that still borrows its topic and publisher id
+/// from them, so that a caller holding equal strings can share those instead of making new ones
+/// (relayed messages in one batch mostly repeat a few).
+pub struct MessageView<'a>(WireMessage<'a>);
+
+impl<'a> MessageView<'a> {
+    /// Reads a message written by [`encode_message`].
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        Ok(Self(postcard::from_bytes(body(bytes)?)?))
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &'a str {
+        self.0.topic
+    }
+
+    /// The id of the client that published it, if a client did.
+    pub fn publisher(&self) -> Option<&'a str> {
+        self.0.publisher
+    }
+
+    /// The message, with `topic` and `publisher` equal to [`Self::topic`] and
+    /// [`Self::publisher`].
+    pub fn into_message(
+        self,
+        topic: Arc<str>,
+        publisher: Option<Arc<str>>,
+    ) -> Result<Message, DecodeError> {
+        debug_assert_eq!(&*topic, self.0.topic);
+        message_from_wire_named(self.0, topic, publisher)
+    }
 }
 
 /// Encodes a will kept with an online session.

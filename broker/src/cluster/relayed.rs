@@ -1,0 +1,130 @@
+//! Delivery of relayed messages, one inbox read at a time. Messages relayed in one read mostly
+//! repeat a few topics and publishers: the read makes each topic and publisher string once, and
+//! looks up each topic's plain subscriptions once, instead of once per message. A message that
+//! serves share groups is matched on its own (the member chosen rotates).
+//!
+//! What a read keeps is current: it is looked up after the read's reply arrived, so every
+//! subscription made or removed before any message of the reply was published is seen.
+
+use super::packed::Record;
+use super::relay::decode_groups;
+use crate::broker::{Broker, GroupScope};
+use crate::message::ClientId;
+use crate::router::SubscriptionOptions;
+use crate::store::redis::codec;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Distinct topics (and, apart, publisher ids) a read keeps at most; beyond that it still
+/// delivers, without keeping more.
+const MAX_KEPT: usize = 1024;
+
+type Fast = foldhash::fast::RandomState;
+
+/// The plain subscriptions of a topic on this node, as [`Broker::direct_matches`] found them.
+type Matches = Vec<(ClientId, SubscriptionOptions)>;
+
+/// The work shared by the relayed messages of one inbox read.
+pub(super) struct ReadBatch<'b> {
+    broker: &'b Broker,
+    /// Each topic met so far, with its plain subscriptions.
+    topics: HashMap<Arc<str>, Matches, Fast>,
+    /// Each publisher id met so far.
+    publishers: HashSet<Arc<str>, Fast>,
+}
+
+impl<'b> ReadBatch<'b> {
+    /// Starts a read's deliveries (call after its reply arrived).
+    pub(super) fn new(broker: &'b Broker) -> Self {
+        Self {
+            broker,
+            topics: HashMap::default(),
+            publishers: HashSet::default(),
+        }
+    }
+
+    /// Delivers one relayed publish to this node's subscribers only, serving just the share
+    /// groups the record names. An unreadable record is logged (with `stream`) and skipped.
+    pub(super) async fn deliver(&mut self, stream: &str, record: Record<'_>) {
+        let view = match codec::MessageView::decode(record.message) {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "unreadable relayed message skipped");
+                return;
+            }
+        };
+        let publisher = view
+            .publisher()
+            .map(|id| shared_name(&mut self.publishers, id));
+        let (topic, kept) = match self.topics.get_key_value(view.topic()) {
+            Some((topic, _)) => (topic.clone(), true),
+            None => (Arc::from(view.topic()), false),
+        };
+        let message = match view.into_message(topic, publisher) {
+            Ok(message) => Arc::new(message),
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "unreadable relayed message skipped");
+                return;
+            }
+        };
+        if !record.groups.is_empty() {
+            let groups = decode_groups(&String::from_utf8_lossy(record.groups));
+            self.broker
+                .route_scoped(&message, GroupScope::Only(&groups))
+                .await;
+            return;
+        }
+        if !kept {
+            let matches = self.broker.direct_matches(&message.topic);
+            if self.topics.len() >= MAX_KEPT {
+                self.broker.route_matched(&message, &matches).await;
+                return;
+            }
+            self.topics.insert(message.topic.clone(), matches);
+        }
+        if let Some(matches) = self.topics.get(&message.topic) {
+            self.broker.route_matched(&message, matches).await;
+        }
+    }
+}
+
+/// The shared string for `text`: the one made before, or a new one (kept while there is room).
+fn shared_name(names: &mut HashSet<Arc<str>, Fast>, text: &str) -> Arc<str> {
+    if let Some(name) = names.get(text) {
+        return name.clone();
+    }
+    let name: Arc<str> = Arc::from(text);
+    if names.len() < MAX_KEPT {
+        names.insert(name.clone());
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_made_once_and_shared() {
+        let mut names = HashSet::default();
+        let a = shared_name(&mut names, "sensors/1/temp");
+        let b = shared_name(&mut names, "sensors/1/temp");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = shared_name(&mut names, "sensors/2/temp");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(&*c, "sensors/2/temp");
+    }
+
+    #[test]
+    fn names_beyond_the_bound_are_made_but_not_kept() {
+        let mut names = HashSet::default();
+        for i in 0..MAX_KEPT {
+            shared_name(&mut names, &format!("t/{i}"));
+        }
+        let extra_a = shared_name(&mut names, "t/extra");
+        let extra_b = shared_name(&mut names, "t/extra");
+        assert_eq!(names.len(), MAX_KEPT);
+        assert_eq!(extra_a, extra_b);
+        assert!(!Arc::ptr_eq(&extra_a, &extra_b));
+    }
+}
