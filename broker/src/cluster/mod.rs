@@ -7,3 +7,4 @@ pub mod recovery;
 pub mod relay;
 mod relayed;
 pub mod window;
+mod work_queue;

@@ -27,6 +27,7 @@ use super::journal::{self, JournalHold};
 use super::packed::{self, Packer};
 use super::relayed::ReadBatch;
 use super::window::{parse_stream_id, Unread};
+use super::work_queue::WorkQueue;
 use crate::broker::{Broker, GroupKey};
 use crate::message::ClientId;
 use crate::message::Message;
@@ -42,7 +43,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
 /// the oldest. A packed entry counts for the messages it holds (see [`append_packed`]).
@@ -100,8 +101,9 @@ enum Outbound {
         /// The encoded message, shared by the items for every target node.
         payload: Bytes,
         groups: String,
-        /// Its place in the bounded part of the queue, given back once written.
-        room: Option<OwnedSemaphorePermit>,
+        /// Whether it holds a place in the bounded part of the queue (a permit of
+        /// `forward_room`), given back once written.
+        counted: bool,
     },
     /// A copy recorded in this node's delivery journal.
     Journal {
@@ -175,7 +177,7 @@ impl Keys {
 pub struct ClusterLink {
     node_id: NodeId,
     remote: RwLock<RemoteFilters>,
-    outbound: mpsc::UnboundedSender<Outbound>,
+    outbound: Arc<WorkQueue<Outbound>>,
     forward_room: Arc<Semaphore>,
     /// Set when a wait for room in the relay queue timed out (the writer does not move, e.g.
     /// Redis is away); until the queue has room again, QoS 0 relays are dropped without waiting.
@@ -190,6 +192,13 @@ pub struct ClusterLink {
     waiting: Mutex<Waiters>,
     departed: RwLock<HashSet<NodeId>>,
     redis_up: AtomicBool,
+}
+
+impl Drop for ClusterLink {
+    /// Wakes the writer to end (shutdown waits for a barrier first, so nothing is left queued).
+    fn drop(&mut self) {
+        self.outbound.close();
+    }
 }
 
 impl ClusterLink {
@@ -228,11 +237,11 @@ impl ClusterLink {
             .await
             .map_err(relay_error)?;
         let now_ms = seconds * 1000 + micros / 1000;
-        let (outbound, queue) = mpsc::unbounded_channel();
+        let outbound = Arc::new(WorkQueue::default());
         let link = Arc::new(ClusterLink {
             node_id: node_id.into(),
             remote: RwLock::new(RemoteFilters::default()),
-            outbound,
+            outbound: outbound.clone(),
             forward_room: Arc::new(Semaphore::new(WRITE_QUEUE)),
             forward_stalled: AtomicBool::new(false),
             keys,
@@ -247,7 +256,7 @@ impl ClusterLink {
         link.resync(&mut writer, broker)
             .await
             .map_err(relay_error)?;
-        spawn_writer(Arc::downgrade(&link), client.clone(), queue)?;
+        spawn_writer(Arc::downgrade(&link), client.clone(), outbound)?;
         tokio::spawn(watch_health(
             link.clone(),
             writer.clone(),
@@ -299,7 +308,7 @@ impl ClusterLink {
 
     /// Hands work to the writer (which lives as long as the link).
     fn queue(&self, item: Outbound) {
-        if self.outbound.send(item).is_err() {
+        if self.outbound.push(item).is_err() {
             tracing::warn!("relay writer gone: work dropped");
         }
     }
@@ -548,8 +557,9 @@ impl ClusterLink {
             let room =
                 tokio::time::timeout(patience, self.forward_room.clone().acquire_owned()).await;
             let placed = match (room, &mut item) {
-                (Ok(Ok(permit)), Outbound::Forward { room, .. }) => {
-                    *room = Some(permit);
+                (Ok(Ok(permit)), Outbound::Forward { counted, .. }) => {
+                    permit.forget();
+                    *counted = true;
                     true
                 }
                 _ => false,
@@ -607,13 +617,18 @@ impl ClusterLink {
             } else {
                 std::mem::take(&mut payload)
             };
-            let room = self.forward_room.clone().try_acquire_owned().ok();
-            let full = room.is_none();
+            // Given back by the writer once written (see `write_loop`).
+            let counted = self
+                .forward_room
+                .try_acquire()
+                .map(|permit| permit.forget())
+                .is_ok();
+            let full = !counted;
             let item = Outbound::Forward {
                 node,
                 payload,
                 groups: encode_groups(&groups),
-                room,
+                counted,
             };
             if !full {
                 self.forward_stalled.store(false, Ordering::Relaxed);
@@ -833,7 +848,7 @@ impl Flow {
 fn spawn_writer(
     link: Weak<ClusterLink>,
     client: Client,
-    queue: mpsc::UnboundedReceiver<Outbound>,
+    queue: Arc<WorkQueue<Outbound>>,
 ) -> Result<(), RelayError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -871,13 +886,13 @@ fn spawn_writer(
 async fn write_loop(
     weak_link: Weak<ClusterLink>,
     mut con: ConnectionManager,
-    mut queue: mpsc::UnboundedReceiver<Outbound>,
+    queue: Arc<WorkQueue<Outbound>>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut packs = Packs::default();
     let mut flow = Flow::default();
     let mut targets: Vec<NodeId> = Vec::new();
-    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    while queue.take(&mut batch, WRITE_BATCH).await > 0 {
         let Some(link) = weak_link.upgrade() else {
             return;
         };
@@ -989,12 +1004,19 @@ async fn write_loop(
                 }
             }
         };
-        // Everything queued before a barrier is in Redis now.
+        // Everything queued before a barrier is in Redis now, and the relayed messages written
+        // give their places in the queue back.
+        let mut written = 0;
         for item in batch.drain(..) {
-            if let Outbound::Barrier(done) = item {
-                let _ = done.send(());
+            match item {
+                Outbound::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Outbound::Forward { counted: true, .. } => written += 1,
+                _ => {}
             }
         }
+        link.forward_room.add_permits(written);
         let mut replies = replies.into_iter();
         for ((node, messages), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
             if let Some(id) = bulk_bytes(reply).as_deref().and_then(parse_stream_id) {
