@@ -247,6 +247,16 @@ impl BrokerNode {
         .await
     }
 
+    /// Waits until this node's unlabelled metric `name` reaches at least `at_least`.
+    pub async fn wait_for_metric(&self, name: &str, at_least: f64, within: Duration) -> Result<()> {
+        wait_for(within, || async move {
+            let value = self.metric(name).await?;
+            anyhow::ensure!(value >= at_least, "{}: {name} is {value}", self.id);
+            Ok(())
+        })
+        .await
+    }
+
     /// Reads one unlabelled metric from `/metrics`.
     pub async fn metric(&self, name: &str) -> Result<f64> {
         let (_, body) = http_get(self.admin, "/metrics").await?;

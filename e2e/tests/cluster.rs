@@ -197,13 +197,9 @@ async fn a_retained_message_published_on_one_node_is_served_by_another() {
 
 /// Waits until `node` knows of at least `n` entries advertised by other nodes.
 async fn remote_entries_at_least(node: &BrokerNode, n: f64) {
-    wait_for(WAIT, || async move {
-        let known = node.metric("starling_cluster_remote_entries").await?;
-        anyhow::ensure!(known >= n, "{} knows {known} remote entries", node.id);
-        Ok(())
-    })
-    .await
-    .expect("entries advertised");
+    node.wait_for_metric("starling_cluster_remote_entries", n, WAIT)
+        .await
+        .expect("entries advertised");
 }
 
 #[tokio::test]
@@ -584,13 +580,9 @@ async fn a_stalled_relay_holds_qos0_publishers_back_instead_of_dropping_their_me
     });
     let driving = tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
     // The queue is full and the publisher waits for room.
-    wait_for(Duration::from_secs(60), || async {
-        let waits = a.metric("starling_relay_waits_total").await?;
-        anyhow::ensure!(waits >= 1.0, "no publish waited for the relay yet");
-        Ok(())
-    })
-    .await
-    .expect("the publisher is held back while Redis stalls");
+    a.wait_for_metric("starling_relay_waits_total", 1.0, Duration::from_secs(60))
+        .await
+        .expect("the publisher is held back while Redis stalls");
     redis.resume().expect("resume redis");
 
     let mut next = 0;

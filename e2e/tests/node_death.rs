@@ -3,7 +3,7 @@
 //! persistent subscriber, including the one whose node died (it resumes through the load
 //! balancer), and a message that arrives twice carries DUP on every copy but one.
 
-use e2e::{wait_for, BrokerNode, ClusterSettings, Haproxy, RedisServer};
+use e2e::{BrokerNode, ClusterSettings, Haproxy, RedisServer};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -163,11 +163,11 @@ async fn a_node_killed_under_qos1_load_loses_nothing_for_persistent_subscribers(
         subscribed += usize::from(n == usize::MAX);
     }
     // Every node's routes for the subscriptions reach node B, the publisher's node.
-    wait_for(Duration::from_secs(15), || async {
-        let entries = b.metric("starling_cluster_remote_entries").await?;
-        anyhow::ensure!(entries >= 1.0, "node b knows {entries} remote entries");
-        Ok(())
-    })
+    b.wait_for_metric(
+        "starling_cluster_remote_entries",
+        1.0,
+        Duration::from_secs(15),
+    )
     .await
     .expect("routes");
 
