@@ -631,7 +631,11 @@ impl ClusterLink {
                 counted,
             };
             if !full {
-                self.forward_stalled.store(false, Ordering::Relaxed);
+                // Read first: a store on every message would bounce the flag's cache line
+                // between the publishing threads.
+                if self.forward_stalled.load(Ordering::Relaxed) {
+                    self.forward_stalled.store(false, Ordering::Relaxed);
+                }
                 self.queue(item);
             } else if message.qos != crate::protocol::QoS::AtMostOnce
                 || !self.forward_stalled.load(Ordering::Relaxed)
