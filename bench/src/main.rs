@@ -70,6 +70,24 @@ struct Args {
     json: Option<PathBuf>,
 }
 
+/// Ends a case's progress line ("done" or "FAILED") and turns its result into an outcome; a
+/// failure clears `all_ok`.
+fn finished(result: Result<Vec<report::Metric>>, all_ok: &mut bool) -> Outcome {
+    match result {
+        Ok(metrics) => {
+            println!("done");
+            Outcome::Ok { metrics }
+        }
+        Err(e) => {
+            println!("FAILED");
+            *all_ok = false;
+            Outcome::Failed {
+                error: format!("{e:#}"),
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -161,19 +179,8 @@ async fn run(args: Args) -> Result<bool> {
         for spec in &brokers {
             print!("-- {} on {} ... ", scenario.id(), spec.kind);
             flush_stdout();
-            let outcome = match run_one(scenario, spec, &settings).await {
-                Ok(metrics) => {
-                    println!("done");
-                    Outcome::Ok { metrics }
-                }
-                Err(e) => {
-                    println!("FAILED");
-                    all_ok = false;
-                    Outcome::Failed {
-                        error: format!("{e:#}"),
-                    }
-                }
-            };
+            let outcome = finished(run_one(scenario, spec, &settings).await, &mut all_ok);
+
             match spec.kind {
                 BrokerKind::Starling => starling = outcome,
                 BrokerKind::Mosquitto => mosquitto = outcome,
@@ -247,20 +254,10 @@ async fn run_cluster(args: Args) -> Result<bool> {
         for placement in Placement::ALL {
             print!("-- {} {} ... ", load.id(), placement.label());
             flush_stdout();
-            let outcome = match cluster_scenarios::run_case(load, placement, &bin, &settings).await
-            {
-                Ok(metrics) => {
-                    println!("done");
-                    Outcome::Ok { metrics }
-                }
-                Err(e) => {
-                    println!("FAILED");
-                    all_ok = false;
-                    Outcome::Failed {
-                        error: format!("{e:#}"),
-                    }
-                }
-            };
+            let outcome = finished(
+                cluster_scenarios::run_case(load, placement, &bin, &settings).await,
+                &mut all_ok,
+            );
             outcomes.push((placement, outcome));
         }
         loads.push(LoadResults {

@@ -3,7 +3,7 @@
 //! takeover across nodes, and a killed node's sessions and wills taken over by a survivor.
 
 use e2e::{wait_for, BrokerNode, ClusterSettings, RedisServer};
-use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet};
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use std::net::SocketAddr;
@@ -59,6 +59,14 @@ async fn next_packet(eventloop: &mut EventLoop, mut pick: impl FnMut(&Packet) ->
     })
     .await
     .expect("packet in time")
+}
+
+/// The next PUBLISH on this connection (other packets are passed over).
+async fn next_publish(eventloop: &mut EventLoop) -> Publish {
+    match next_packet(eventloop, |p| matches!(p, Packet::Publish(_))).await {
+        Packet::Publish(publish) => publish,
+        _ => unreachable!("picked a publish"),
+    }
 }
 
 /// Publishes `n` QoS 1 messages numbered 0.. on `<prefix>/<i>` and waits for every PUBACK (the
@@ -150,14 +158,11 @@ async fn a_session_moves_between_nodes_with_its_queued_messages() {
     assert!(present, "session present on the other node");
     let mut got = Vec::new();
     while got.len() < 2 {
-        if let Packet::Publish(p) =
-            next_packet(&mut sub_loop, |p| matches!(p, Packet::Publish(_))).await
-        {
-            got.push((
-                String::from_utf8_lossy(&p.topic).to_string(),
-                String::from_utf8_lossy(&p.payload).to_string(),
-            ));
-        }
+        let p = next_publish(&mut sub_loop).await;
+        got.push((
+            String::from_utf8_lossy(&p.topic).to_string(),
+            String::from_utf8_lossy(&p.payload).to_string(),
+        ));
     }
     got.sort();
     assert_eq!(
@@ -185,11 +190,7 @@ async fn a_retained_message_published_on_one_node_is_served_by_another() {
         .subscribe("weather/+", QoS::AtLeastOnce)
         .await
         .expect("subscribe");
-    let Packet::Publish(p) =
-        next_packet(&mut reader_loop, |p| matches!(p, Packet::Publish(_))).await
-    else {
-        unreachable!("picked a publish")
-    };
+    let p = next_publish(&mut reader_loop).await;
     assert_eq!(&p.topic[..], b"weather/now");
     assert_eq!(&p.payload[..], b"sunny");
     assert!(p.retain);
@@ -226,15 +227,12 @@ async fn publishes_are_relayed_live_to_subscribers_on_other_nodes_once() {
     for (name, eventloop) in [("b", &mut loop_b), ("a", &mut loop_a)] {
         let mut got = Vec::new();
         while got.len() < n {
-            if let Packet::Publish(p) =
-                next_packet(eventloop, |p| matches!(p, Packet::Publish(_))).await
-            {
-                got.push(
-                    String::from_utf8_lossy(&p.payload)
-                        .parse::<usize>()
-                        .expect("number"),
-                );
-            }
+            let p = next_publish(eventloop).await;
+            got.push(
+                String::from_utf8_lossy(&p.payload)
+                    .parse::<usize>()
+                    .expect("number"),
+            );
         }
         assert_eq!(
             got,
@@ -375,11 +373,7 @@ async fn a_connection_on_another_node_takes_the_session_over_with_its_unacknowle
         disconnect_reason(&mut first_loop).await,
         DisconnectReasonCode::SessionTakenOver
     );
-    let Packet::Publish(again) =
-        next_packet(&mut second_loop, |p| matches!(p, Packet::Publish(_))).await
-    else {
-        unreachable!("picked a publish")
-    };
+    let again = next_publish(&mut second_loop).await;
     assert_eq!(&again.payload[..], b"unacked");
     assert!(
         again.dup,
@@ -393,11 +387,7 @@ async fn a_connection_on_another_node_takes_the_session_over_with_its_unacknowle
         .await
         .expect("publish");
     next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
-    let Packet::Publish(live) =
-        next_packet(&mut second_loop, |p| matches!(p, Packet::Publish(_))).await
-    else {
-        unreachable!("picked a publish")
-    };
+    let live = next_publish(&mut second_loop).await;
     assert_eq!(&live.payload[..], b"live");
     assert_quiet(&mut second_loop, "after the hand-over").await;
 }
@@ -453,11 +443,7 @@ async fn a_killed_nodes_wills_fire_once_and_its_sessions_resume_on_a_survivor() 
     next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
     let (_back, mut back_loop, present) = client(b.mqtt, "victim", false).await;
     assert!(present, "the session survived its node");
-    let Packet::Publish(queued) =
-        next_packet(&mut back_loop, |p| matches!(p, Packet::Publish(_))).await
-    else {
-        unreachable!("picked a publish")
-    };
+    let queued = next_publish(&mut back_loop).await;
     assert_eq!(&queued.topic[..], b"orders/1");
     assert_eq!(&queued.payload[..], b"while away");
     assert_quiet(&mut watch_loop, "a second will").await;
@@ -504,11 +490,7 @@ async fn a_redis_outage_degrades_the_nodes_and_the_relay_resumes_after_it() {
         .await
         .expect("publish");
     next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
-    let Packet::Publish(p) =
-        next_packet(&mut local_loop, |p| matches!(p, Packet::Publish(_))).await
-    else {
-        unreachable!("picked a publish")
-    };
+    let p = next_publish(&mut local_loop).await;
     assert_eq!(&p.payload[..], b"still here");
 
     // Redis comes back empty: the nodes become ready, announce their entries again, and the
@@ -530,10 +512,7 @@ async fn a_redis_outage_degrades_the_nodes_and_the_relay_resumes_after_it() {
         .expect("publish");
     next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
     for eventloop in [&mut remote_loop, &mut local_loop] {
-        let Packet::Publish(p) = next_packet(eventloop, |p| matches!(p, Packet::Publish(_))).await
-        else {
-            unreachable!("picked a publish")
-        };
+        let p = next_publish(eventloop).await;
         assert_eq!(&p.payload[..], b"relayed");
     }
 }
@@ -587,11 +566,7 @@ async fn a_stalled_relay_holds_qos0_publishers_back_instead_of_dropping_their_me
 
     let mut next = 0;
     while next < n {
-        let Packet::Publish(p) =
-            next_packet(&mut sub_loop, |p| matches!(p, Packet::Publish(_))).await
-        else {
-            unreachable!("picked a publish")
-        };
+        let p = next_publish(&mut sub_loop).await;
         let got: usize = String::from_utf8_lossy(&p.payload).parse().expect("number");
         assert_eq!(got, next, "every message once, in order");
         next += 1;
@@ -659,11 +634,7 @@ async fn a_node_restarted_under_its_id_rejoins_and_relays_both_ways() {
             .expect("publish");
         next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
         for (name, eventloop) in [("a", &mut back_loop), ("b", &mut watch_loop)] {
-            let Packet::Publish(p) =
-                next_packet(eventloop, |p| matches!(p, Packet::Publish(_))).await
-            else {
-                unreachable!("picked a publish")
-            };
+            let p = next_publish(eventloop).await;
             assert_eq!(
                 &p.payload[..],
                 from.as_bytes(),
