@@ -8,9 +8,10 @@ use crate::mailbox::{Mailbox, Refused, Signal};
 use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{topic, QoS};
+use crate::read_mostly::ReadMostly;
 use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
 use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription, StoredWill};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use starling_config::BrokerConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,9 +116,9 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     /// When the broker started.
     pub started_at: Instant,
-    subscriptions: RwLock<SubscriptionTree>,
+    subscriptions: ReadMostly<SubscriptionTree>,
     /// Looked up for every delivery: foldhash (seeded per process) rather than SipHash.
-    online: RwLock<HashMap<ClientId, SessionHandle, foldhash::fast::RandomState>>,
+    online: ReadMostly<HashMap<ClientId, SessionHandle, foldhash::fast::RandomState>>,
     session_locks: Mutex<SessionLocks>,
     pending_wills: Mutex<HashMap<ClientId, AbortHandle>>,
     next_connection_id: AtomicU64,
@@ -140,8 +141,8 @@ impl Broker {
             store,
             metrics: Arc::new(Metrics::new()),
             started_at: Instant::now(),
-            subscriptions: RwLock::new(SubscriptionTree::default()),
-            online: RwLock::new(HashMap::default()),
+            subscriptions: ReadMostly::default(),
+            online: ReadMostly::default(),
             session_locks: Mutex::new(SessionLocks {
                 locks: HashMap::new(),
                 prune_above: 1024,
@@ -309,7 +310,7 @@ impl Broker {
         let count = targets.len();
         let mut deferred = Vec::new();
         for target in targets {
-            let client_id = target.client_id.clone();
+            let client_id = target.client_id;
             let queued = QueuedMessage::for_target(message, target);
             if let Some(later) = self.deliver_now(client_id, queued) {
                 deferred.push(later);
@@ -325,7 +326,7 @@ impl Broker {
     /// Delivers a message another node sent on for one session of this node (the session moved
     /// here while the message was on its way).
     pub async fn deliver_direct(&self, client_id: ClientId, queued: QueuedMessage) {
-        if let Some(later) = self.deliver_now(client_id, queued) {
+        if let Some(later) = self.deliver_now(&client_id, queued) {
             Box::pin(self.deliver_deferred(vec![later], Onward::Forbidden)).await;
         }
     }
@@ -358,21 +359,21 @@ impl Broker {
 
     /// Puts a message in an online session's mailbox if there is room; otherwise says what is
     /// left to do (wait for room, or queue it in the store).
-    fn deliver_now(&self, client_id: ClientId, mut queued: QueuedMessage) -> Option<Deferred> {
+    fn deliver_now(&self, client_id: &ClientId, mut queued: QueuedMessage) -> Option<Deferred> {
         let queued = {
             let online = self.online.read();
-            match online.get(&client_id) {
+            match online.get(client_id) {
                 None => queued,
                 Some(handle) => {
                     if handle.persistent {
-                        self.journal_copy(&client_id, &mut queued);
+                        self.journal_copy(client_id, &mut queued);
                     }
                     match handle.mailbox.push(queued) {
                         Ok(()) => return None,
                         Err(Refused::Full(queued)) => {
                             return Some(Deferred::WaitForRoom {
                                 mailbox: handle.mailbox.clone(),
-                                client_id,
+                                client_id: client_id.clone(),
                                 queued,
                             })
                         }
@@ -399,17 +400,20 @@ impl Broker {
     /// [`crate::cluster::recovery`]): to the session's connection here, its stored queue, or the
     /// node that holds it now.
     pub async fn deliver_recovered(&self, client_id: ClientId, queued: QueuedMessage) {
-        if let Some(later) = self.deliver_now(client_id, queued) {
+        if let Some(later) = self.deliver_now(&client_id, queued) {
             Box::pin(self.deliver_deferred(vec![later], Onward::Allowed)).await;
         }
     }
 
     /// What to do for a session that is not online (here).
-    fn offline(&self, client_id: ClientId, queued: QueuedMessage) -> Option<Deferred> {
+    fn offline(&self, client_id: &ClientId, queued: QueuedMessage) -> Option<Deferred> {
         if queued.qos == QoS::AtMostOnce && !self.config.session.queue_qos0 {
             return None;
         }
-        Some(Deferred::Enqueue { client_id, queued })
+        Some(Deferred::Enqueue {
+            client_id: client_id.clone(),
+            queued,
+        })
     }
 
     async fn deliver_deferred(&self, deferred: Vec<Deferred>, onward: Onward) {
@@ -434,7 +438,7 @@ impl Broker {
                         }
                         Err(Refused::Closed(queued)) => {
                             if let Some(Deferred::Enqueue { client_id, queued }) =
-                                self.offline(client_id, queued)
+                                self.offline(&client_id, queued)
                             {
                                 self.enqueue(&client_id, queued, onward).await;
                             }

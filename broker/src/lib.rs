@@ -14,6 +14,7 @@ pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod protocol;
+pub mod read_mostly;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -70,18 +70,25 @@ impl Message {
         })
     }
 
+    /// The current time if the message expires, `None` if it never does: reading the clock
+    /// costs more than the rest of delivering a message that does not expire.
+    pub fn checked_now(&self) -> Option<SystemTime> {
+        self.expires_at.map(|_| SystemTime::now())
+    }
+
     /// Whether the message has expired at `now`.
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
-    /// The PUBLISH properties to send to a v5 subscriber.
+    /// The PUBLISH properties to send to a v5 subscriber; `now` is needed only for a message
+    /// that expires (see [`Self::checked_now`]).
     pub fn publish_properties(
         &self,
-        now: SystemTime,
+        now: Option<SystemTime>,
         subscription_ids: &[usize],
     ) -> Option<PublishProperties> {
-        let expiry = self.remaining_secs(now);
+        let expiry = now.and_then(|now| self.remaining_secs(now));
         if self.properties.is_empty() && expiry.is_none() && subscription_ids.is_empty() {
             return None;
         }
@@ -98,11 +105,12 @@ impl Message {
         })
     }
 
-    /// Computes an expiry instant from an expiry interval, bounded by `max_secs` (0 = unbounded).
+    /// Computes an expiry instant from an expiry interval, bounded by `max_secs` (0 = unbounded);
+    /// the clock is read only when there is an expiry.
     pub fn expiry_from_interval(
         interval: Option<u32>,
         max_secs: u32,
-        now: SystemTime,
+        now: impl FnOnce() -> SystemTime,
     ) -> Option<SystemTime> {
         let secs = match (interval, max_secs) {
             (Some(i), 0) => i,
@@ -110,7 +118,7 @@ impl Message {
             (None, 0) => return None,
             (None, max) => max,
         };
-        Some(now + Duration::from_secs(u64::from(secs)))
+        Some(now() + Duration::from_secs(u64::from(secs)))
     }
 }
 
@@ -143,16 +151,22 @@ mod tests {
     #[test]
     fn expiry_interval_is_capped() {
         let now = SystemTime::UNIX_EPOCH;
-        let at = Message::expiry_from_interval(Some(100), 10, now);
+        let at = Message::expiry_from_interval(Some(100), 10, || now);
         assert_eq!(at, Some(now + Duration::from_secs(10)));
-        assert_eq!(Message::expiry_from_interval(None, 0, now), None);
+        let unread = || -> SystemTime { panic!("no expiry: the clock is not read") };
+        assert_eq!(Message::expiry_from_interval(None, 0, unread), None);
     }
 
     #[test]
     fn properties_only_when_needed() {
         let now = SystemTime::UNIX_EPOCH;
-        assert_eq!(message(None).publish_properties(now, &[]), None);
-        let props = message(None).publish_properties(now, &[3]).expect("props");
+        assert_eq!(message(None).publish_properties(None, &[]), None);
+        let props = message(None).publish_properties(None, &[3]).expect("props");
         assert_eq!(props.subscription_identifiers, vec![3]);
+        let expiring = message(Some(now + Duration::from_secs(30)));
+        assert!(expiring.checked_now().is_some());
+        assert_eq!(message(None).checked_now(), None);
+        let props = expiring.publish_properties(Some(now), &[]).expect("props");
+        assert_eq!(props.message_expiry_interval, Some(30));
     }
 }

@@ -104,7 +104,6 @@ where
                 refuse(&mut stream, version, ConnectReturnCode::NotAuthorized).await;
                 return None;
             }
-            let now = SystemTime::now();
             let (delay, expiry, properties) = match w.properties {
                 Some(p) => (
                     p.delay_interval.unwrap_or(0),
@@ -130,7 +129,7 @@ where
                     expires_at: Message::expiry_from_interval(
                         expiry,
                         broker.config.session.max_message_expiry_secs,
-                        now,
+                        SystemTime::now,
                     ),
                     publisher: Some(client_id.clone()),
                 }),

@@ -196,7 +196,6 @@ where
             }
             return Ok(None);
         }
-        let now = SystemTime::now();
         let message = Arc::new(Message {
             topic,
             payload: publish.payload,
@@ -208,7 +207,7 @@ where
             expires_at: Message::expiry_from_interval(
                 properties.and_then(|p| p.message_expiry_interval),
                 self.broker.config.session.max_message_expiry_secs,
-                now,
+                SystemTime::now,
             ),
             publisher: Some(self.client_id.clone()),
         });

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
 
@@ -357,9 +357,9 @@ where
     fn send_publish(&mut self, packet_id: u16, queued: &QueuedMessage, dup: bool) {
         // A copy recovered from a node that died may have been sent before (never DUP at QoS 0).
         let dup = dup || (queued.maybe_sent && queued.qos != QoS::AtMostOnce);
-        let now = SystemTime::now();
         let message = &queued.message;
-        if message.is_expired(now) {
+        let now = message.checked_now();
+        if now.is_some_and(|now| message.is_expired(now)) {
             self.broker.metrics.dropped_expired.inc();
             self.outgoing.abandon(packet_id);
             return;

@@ -28,9 +28,10 @@ pub struct SubscriptionOptions {
 
 /// One client that should receive a message, with the options that apply to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The receiving session.
-    pub client_id: ClientId,
+pub struct Target<'a> {
+    /// The receiving session (borrowed from the matches: routing a message clones no client id
+    /// unless the message has to wait).
+    pub client_id: &'a ClientId,
     /// Highest QoS among the matching subscriptions.
     pub qos: QoS,
     /// Whether any matching subscription keeps the retain flag.
@@ -41,22 +42,22 @@ pub struct Target {
 
 /// Reduces raw matches to one target per client: no-local subscriptions of the publisher are
 /// skipped, the highest QoS wins and subscription identifiers are collected.
-pub fn targets(
-    matches: &[(ClientId, SubscriptionOptions)],
+pub fn targets<'a>(
+    matches: &'a [(ClientId, SubscriptionOptions)],
     publisher: Option<&str>,
-) -> Vec<Target> {
+) -> Vec<Target<'a>> {
     let mut out: Vec<Target> = Vec::with_capacity(matches.len());
     for (client_id, options) in matches {
         if options.no_local && publisher == Some(client_id.as_ref()) {
             continue;
         }
-        if let Some(existing) = out.iter_mut().find(|t| t.client_id == *client_id) {
+        if let Some(existing) = out.iter_mut().find(|t| t.client_id == client_id) {
             existing.qos = crate::protocol::qos_max(existing.qos, options.qos);
             existing.retain_as_published |= options.retain_as_published;
             existing.subscription_ids.extend(options.identifier);
         } else {
             out.push(Target {
-                client_id: client_id.clone(),
+                client_id,
                 qos: options.qos,
                 retain_as_published: options.retain_as_published,
                 subscription_ids: options.identifier.into_iter().collect(),
@@ -83,13 +84,11 @@ mod tests {
     #[test]
     fn overlapping_subscriptions_merge_into_one_target() {
         let a: ClientId = "a".into();
-        let t = targets(
-            &[
-                (a.clone(), opts(QoS::AtMostOnce, false, Some(1))),
-                (a.clone(), opts(QoS::ExactlyOnce, false, Some(2))),
-            ],
-            None,
-        );
+        let matches = [
+            (a.clone(), opts(QoS::AtMostOnce, false, Some(1))),
+            (a.clone(), opts(QoS::ExactlyOnce, false, Some(2))),
+        ];
+        let t = targets(&matches, None);
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].qos, QoS::ExactlyOnce);
         assert_eq!(t[0].subscription_ids, vec![1, 2]);
@@ -97,14 +96,12 @@ mod tests {
 
     #[test]
     fn no_local_skips_only_the_publisher() {
-        let t = targets(
-            &[
-                ("a".into(), opts(QoS::AtMostOnce, true, None)),
-                ("b".into(), opts(QoS::AtMostOnce, true, None)),
-            ],
-            Some("a"),
-        );
+        let matches = [
+            ("a".into(), opts(QoS::AtMostOnce, true, None)),
+            ("b".into(), opts(QoS::AtMostOnce, true, None)),
+        ];
+        let t = targets(&matches, Some("a"));
         assert_eq!(t.len(), 1);
-        assert_eq!(&*t[0].client_id, "b");
+        assert_eq!(&**t[0].client_id, "b");
     }
 }

@@ -50,7 +50,7 @@ pub struct QueuedMessage {
 impl QueuedMessage {
     /// The copy of `message` a routing target gets: QoS downgraded to the target's maximum,
     /// retain flag kept only where the target asked for it.
-    pub fn for_target(message: &Arc<Message>, target: crate::router::Target) -> Self {
+    pub fn for_target(message: &Arc<Message>, target: crate::router::Target<'_>) -> Self {
         QueuedMessage::new(
             message.clone(),
             crate::protocol::qos_min(message.qos, target.qos),
