@@ -6,7 +6,8 @@
 //!
 //! `--cluster` runs the cluster scenarios instead: two Starling nodes sharing
 //! one `redis-server`, compared with one node, and `redis-benchmark` XADD
-//! figures as the relay's ceiling.
+//! figures as the relay's ceiling. Each cluster case runs `--repeat` times,
+//! interleaved by round, and the report shows per-metric medians.
 
 mod broker;
 mod cluster;
@@ -15,6 +16,7 @@ mod cluster_scenarios;
 mod mqtt;
 mod procfs;
 mod redis_benchmark;
+mod repeats;
 mod report;
 mod scenarios;
 
@@ -34,6 +36,8 @@ use scenarios::{Scenario, Settings};
 
 /// Open files wanted for the bench and the brokers it starts.
 const NOFILE_WANTED: u64 = 30_000;
+/// Runs per cluster case without `--repeat`.
+const CLUSTER_REPEAT: u64 = 3;
 
 /// Benchmark Starling against Mosquitto on loopback.
 #[derive(Debug, Parser)]
@@ -53,6 +57,11 @@ struct Args {
     /// node, and on a standalone node) and redis-benchmark XADD as the ceiling.
     #[arg(long, conflicts_with_all = ["only", "scenarios"])]
     cluster: bool,
+    /// Runs of every cluster case, interleaved by round; the report shows
+    /// the median of each metric [default: 3].
+    #[arg(long, value_name = "N", requires = "cluster",
+          value_parser = clap::value_parser!(u64).range(1..=50))]
+    repeat: Option<u64>,
     /// Measured seconds per scenario and broker.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     seconds: u64,
@@ -217,6 +226,7 @@ async fn run_cluster(args: Args) -> Result<bool> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number");
     }
+    let repeat = args.repeat.unwrap_or(CLUSTER_REPEAT);
     let bin = cluster::starling_bin(args.starling_bin.clone())?;
     for tool in ["redis-server", "redis-benchmark"] {
         if broker::resolve_bin(std::path::Path::new(tool)).is_none() {
@@ -239,32 +249,40 @@ async fn run_cluster(args: Args) -> Result<bool> {
     );
     println!("  starling: {}", bin.display());
     println!(
-        "  {} s per case; fresh processes for every case (redis-server + node-a + node-b, \
+        "  {} s per case; fresh processes for every run (redis-server + node-a + node-b, \
          or one standalone node)",
         args.seconds
+    );
+    println!(
+        "  {repeat} run(s) of every case, round by round; tables show per-metric medians \
+         of the runs that succeeded"
     );
     println!(
         "  cross-node: publishers on node-a, subscriber on node-b; same-node: both on node-a\n"
     );
 
     let mut all_ok = true;
-    let mut loads = Vec::new();
-    for load in Load::ALL {
-        let mut outcomes = Vec::new();
-        for placement in Placement::ALL {
-            print!("-- {} {} ... ", load.id(), placement.label());
-            flush_stdout();
-            let outcome = finished(
-                cluster_scenarios::run_case(load, placement, &bin, &settings).await,
-                &mut all_ok,
-            );
-            outcomes.push((placement, outcome));
+    let mut loads: Vec<LoadResults> = Load::ALL
+        .into_iter()
+        .map(|load| LoadResults::new(load, args.rate))
+        .collect();
+    // Round by round, so a slow spell of the machine hits every placement alike.
+    for round in 1..=repeat {
+        for results in &mut loads {
+            for placement in Placement::ALL {
+                print!(
+                    "-- run {round}/{repeat}: {} {} ... ",
+                    results.load.id(),
+                    placement.label()
+                );
+                flush_stdout();
+                let outcome = finished(
+                    cluster_scenarios::run_case(results.load, placement, &bin, &settings).await,
+                    &mut all_ok,
+                );
+                results.push(placement, outcome);
+            }
         }
-        loads.push(LoadResults {
-            load,
-            title: load.title(args.rate),
-            outcomes,
-        });
     }
 
     print!("-- redis-benchmark XADD ... ");
@@ -275,6 +293,7 @@ async fn run_cluster(args: Args) -> Result<bool> {
 
     let report = ClusterReport {
         rate: args.rate,
+        repeat: repeat as usize,
         loads,
         xadd,
     };
@@ -284,6 +303,7 @@ async fn run_cluster(args: Args) -> Result<bool> {
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "seconds_per_case": settings.duration.as_secs_f64(),
+            "runs_per_case": repeat,
             "cores": cores,
             "cluster": &report,
             "summary": report.summary(),
