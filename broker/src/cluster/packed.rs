@@ -32,6 +32,9 @@ pub enum PackedError {
     /// A part is too long for its 4-byte length.
     #[error("part of {0} bytes is too long to pack")]
     TooLong(usize),
+    /// The message could not be encoded.
+    #[error("encoding the message: {0}")]
+    Encode(postcard::Error),
 }
 
 /// Builds one packed value, message by message.
@@ -58,11 +61,36 @@ impl Packer {
 
     /// Appends an encoded message and the encoded share groups the receiver serves for it.
     pub fn push(&mut self, message: &[u8], groups: &[u8]) -> Result<(), PackedError> {
-        let message_len = part_len(message)?;
-        let groups_len = part_len(groups)?;
-        self.bytes.reserve(8 + message.len() + groups.len());
-        self.bytes.extend_from_slice(&message_len);
-        self.bytes.extend_from_slice(message);
+        self.push_with(
+            |out| {
+                out.extend_from_slice(message);
+                Ok(())
+            },
+            groups,
+        )
+    }
+
+    /// Appends a message that `encode` writes straight into the packed value (no copy of it in
+    /// between), and the encoded share groups. On an error the value is left as it was.
+    pub fn push_with(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>,
+        groups: &[u8],
+    ) -> Result<(), PackedError> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        let written = encode(&mut self.bytes)
+            .map_err(PackedError::Encode)
+            .and_then(|()| part_len(&self.bytes[start + 4..]))
+            .and_then(|message_len| Ok((message_len, part_len(groups)?)));
+        let (message_len, groups_len) = match written {
+            Ok(lens) => lens,
+            Err(e) => {
+                self.bytes.truncate(start);
+                return Err(e);
+            }
+        };
+        self.bytes[start..start + 4].copy_from_slice(&message_len);
         self.bytes.extend_from_slice(&groups_len);
         self.bytes.extend_from_slice(groups);
         self.count += 1;
@@ -199,6 +227,50 @@ mod tests {
                 Record {
                     message: b"third",
                     groups: b"h\0#"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_message_encoded_in_place_reads_back_and_a_failed_one_leaves_no_trace() {
+        let mut packer = Packer::new();
+        packer.push(b"before", b"").unwrap();
+        let failed = packer.push_with(
+            |out| {
+                out.extend_from_slice(b"half written");
+                Err(postcard::Error::SerializeBufferFull)
+            },
+            b"",
+        );
+        assert_eq!(
+            failed,
+            Err(PackedError::Encode(postcard::Error::SerializeBufferFull))
+        );
+        packer
+            .push_with(
+                |out| {
+                    out.extend_from_slice(b"in place");
+                    Ok(())
+                },
+                b"g\0t",
+            )
+            .unwrap();
+        assert_eq!(packer.count(), 2);
+        let got: Vec<_> = read(packer.as_bytes())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Record {
+                    message: b"before",
+                    groups: b""
+                },
+                Record {
+                    message: b"in place",
+                    groups: b"g\0t"
                 },
             ]
         );

@@ -31,10 +31,10 @@ use super::work_queue::WorkQueue;
 use crate::broker::{Broker, GroupKey};
 use crate::message::ClientId;
 use crate::message::Message;
+use crate::read_mostly::ReadMostly;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::QueuedMessage;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -98,8 +98,8 @@ enum Outbound {
     },
     Forward {
         node: NodeId,
-        /// The encoded message, shared by the items for every target node.
-        payload: Bytes,
+        /// The message, encoded by the writer straight into the node's packed entry.
+        message: Arc<Message>,
         groups: String,
         /// Whether it holds a place in the bounded part of the queue (a permit of
         /// `forward_room`), given back once written.
@@ -176,7 +176,7 @@ impl Keys {
 /// This node's end of the relay: what the broker core calls.
 pub struct ClusterLink {
     node_id: NodeId,
-    remote: RwLock<RemoteFilters>,
+    remote: ReadMostly<RemoteFilters>,
     outbound: Arc<WorkQueue<Outbound>>,
     forward_room: Arc<Semaphore>,
     /// Set when a wait for room in the relay queue timed out (the writer does not move, e.g.
@@ -240,7 +240,7 @@ impl ClusterLink {
         let outbound = Arc::new(WorkQueue::default());
         let link = Arc::new(ClusterLink {
             node_id: node_id.into(),
-            remote: RwLock::new(RemoteFilters::default()),
+            remote: ReadMostly::default(),
             outbound: outbound.clone(),
             forward_room: Arc::new(Semaphore::new(WRITE_QUEUE)),
             forward_stalled: AtomicBool::new(false),
@@ -542,7 +542,7 @@ impl ClusterLink {
     /// elsewhere. Returns the groups another node serves (this node must skip them), and, when
     /// the relay queue is full, the relay work still to hand over with [`Self::send_overflow`]
     /// (while the queue is stalled, QoS 0 messages are dropped and counted instead).
-    pub fn forward(&self, broker: &Broker, message: &Message) -> (Vec<GroupKey>, Overflow) {
+    pub fn forward(&self, broker: &Broker, message: &Arc<Message>) -> (Vec<GroupKey>, Overflow) {
         let (served, overflow) = self.forward_inner(broker, message);
         (served, Overflow(overflow))
     }
@@ -573,7 +573,11 @@ impl ClusterLink {
         }
     }
 
-    fn forward_inner(&self, broker: &Broker, message: &Message) -> (Vec<GroupKey>, Vec<Outbound>) {
+    fn forward_inner(
+        &self,
+        broker: &Broker,
+        message: &Arc<Message>,
+    ) -> (Vec<GroupKey>, Vec<Outbound>) {
         let mut overflow = Vec::new();
         if message.topic.starts_with("$SYS") {
             return (Vec::new(), overflow);
@@ -603,20 +607,7 @@ impl ClusterLink {
             // Every group with members elsewhere is served here this time: nothing to send.
             return (served_elsewhere, overflow);
         }
-        let mut payload = match codec::encode_message(message) {
-            Ok(payload) => Bytes::from(payload),
-            Err(e) => {
-                tracing::warn!(error = %e, "message not relayed: encoding failed");
-                return (Vec::new(), overflow);
-            }
-        };
-        let mut targets = targets.into_iter().peekable();
-        while let Some((node, groups)) = targets.next() {
-            let payload = if targets.peek().is_some() {
-                payload.clone()
-            } else {
-                std::mem::take(&mut payload)
-            };
+        for (node, groups) in targets {
             // Given back by the writer once written (see `write_loop`).
             let counted = self
                 .forward_room
@@ -626,7 +617,7 @@ impl ClusterLink {
             let full = !counted;
             let item = Outbound::Forward {
                 node,
-                payload,
+                message: message.clone(),
                 groups: encode_groups(&groups),
                 counted,
             };
@@ -746,7 +737,7 @@ impl Packs {
         pipe: &mut redis::Pipeline,
         link: &ClusterLink,
         node: &NodeId,
-        payload: &[u8],
+        message: &Message,
         groups: &str,
     ) {
         let index = match self.packers.iter().position(|(n, _)| n == node) {
@@ -757,7 +748,8 @@ impl Packs {
             }
         };
         let (node, packer) = &mut self.packers[index];
-        if let Err(e) = packer.push(payload, groups.as_bytes()) {
+        let encode = |out: &mut Vec<u8>| codec::encode_message_into(message, out);
+        if let Err(e) = packer.push_with(encode, groups.as_bytes()) {
             tracing::warn!(error = %e, "message not relayed: packing failed");
             return;
         }
@@ -913,12 +905,12 @@ async fn write_loop(
         for item in &batch {
             if let Outbound::Forward {
                 node,
-                payload,
+                message,
                 groups,
                 ..
             } = item
             {
-                packs.push(&mut pipe, &link, node, payload, groups);
+                packs.push(&mut pipe, &link, node, message, groups);
                 continue;
             }
             packs.flush(&mut pipe, &link);

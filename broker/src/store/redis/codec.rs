@@ -215,14 +215,33 @@ const MESSAGE_OVERHEAD: usize = 32;
 
 /// Encodes a message (a retained message, a relayed one).
 pub fn encode_message(message: &Message) -> Result<Vec<u8>, postcard::Error> {
-    // Sized up front: growing from one byte would reallocate several times per message.
-    let capacity = MESSAGE_OVERHEAD
-        + message.topic.len()
-        + message.payload.len()
-        + message.publisher.as_deref().map_or(0, str::len);
-    let mut out = Vec::with_capacity(capacity);
+    let mut out = Vec::new();
+    encode_message_into(message, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the encoding of [`encode_message`] to `out` (the relay writes it straight into a
+/// packed entry).
+pub fn encode_message_into(message: &Message, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    // Sized up front: growing byte by byte would reallocate several times per message.
+    out.reserve(
+        MESSAGE_OVERHEAD
+            + message.topic.len()
+            + message.payload.len()
+            + message.publisher.as_deref().map_or(0, str::len),
+    );
     out.push(ENCODING_VERSION);
-    postcard::to_extend(&message_to_wire(message), out)
+    postcard::to_extend(&message_to_wire(message), Appending(out))?;
+    Ok(())
+}
+
+/// Lets postcard append to a buffer it does not own.
+struct Appending<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Appending<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
 }
 
 /// Decodes a message written by [`encode_message`].
