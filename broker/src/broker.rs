@@ -9,10 +9,12 @@ use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{topic, QoS};
 use crate::read_mostly::ReadMostly;
+use crate::router::memo::RouteMemo;
 use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
 use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription, StoredWill};
 use parking_lot::Mutex;
 use starling_config::BrokerConfig;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -72,6 +74,16 @@ impl GroupScope<'_> {
             GroupScope::Only(keys) => listed(keys),
         }
     }
+}
+
+/// What [`Broker::matching`] found for a topic.
+struct Found {
+    matches: Vec<(ClientId, SubscriptionOptions)>,
+    /// Whether a share group matched (served here or not): the result differs from message to
+    /// message.
+    shared: bool,
+    /// The subscription tree's generation the matches belong to.
+    generation: u64,
 }
 
 /// Delivery work that could not be finished without waiting.
@@ -234,30 +246,62 @@ impl Broker {
     /// Publishes a message from a client, a will or the broker itself: stores it if retained, then
     /// routes it. Returns the number of sessions it was routed to.
     pub async fn publish(&self, message: Arc<Message>) -> usize {
+        self.publish_with(message, &mut RouteMemo::default()).await
+    }
+
+    /// [`Self::publish`] for a connection that publishes again and again: `memo` keeps where its
+    /// last topic was routed for the next message.
+    pub async fn publish_with(&self, message: Arc<Message>, memo: &mut RouteMemo) -> usize {
         if message.retain {
             if let Err(e) = self.store.set_retained(message.clone()).await {
                 tracing::warn!(error = %e, topic = %message.topic, "retained message not stored");
             }
         }
-        self.route(&message).await
+        self.route_with(&message, memo).await
     }
 
     /// Delivers a message to every matching session here and hands it to the cluster relay for
     /// the other nodes; returns how many local sessions it reached.
     pub async fn route(&self, message: &Arc<Message>) -> usize {
+        self.route_with(message, &mut RouteMemo::default()).await
+    }
+
+    async fn route_with(&self, message: &Arc<Message>, memo: &mut RouteMemo) -> usize {
+        memo.start(&message.topic);
         let Some(link) = self.cluster.get() else {
-            return self.route_scoped(message, GroupScope::All).await;
+            let matches = self.local_matches(&message.topic, GroupScope::All, memo);
+            return self.route_matched(message, &matches).await;
         };
-        let (served_elsewhere, overflow) = link.forward(self, message);
-        let count = self
-            .route_scoped(message, GroupScope::Except(&served_elsewhere))
-            .await;
+        let (served_elsewhere, overflow) = link.forward(self, message, memo);
+        let matches =
+            self.local_matches(&message.topic, GroupScope::Except(&served_elsewhere), memo);
+        let count = self.route_matched(message, &matches).await;
         if !overflow.is_empty() {
             // The relay is saturated: the publisher waits (a QoS 1/2 one is acknowledged
             // later) rather than having its message dropped, as for a full local mailbox.
             Box::pin(link.send_overflow(overflow, self.delivery_patience, self)).await;
         }
         count
+    }
+
+    /// This node's subscriptions matching `topic`, from `memo` while the subscription tree has
+    /// not changed since they were found (and kept there when no share group is involved).
+    fn local_matches<'m>(
+        &self,
+        topic: &str,
+        scope: GroupScope<'_>,
+        memo: &'m mut RouteMemo,
+    ) -> Cow<'m, [(ClientId, SubscriptionOptions)]> {
+        let generation = self.subscriptions.read().generation();
+        if memo.local(generation).is_some() {
+            return Cow::Borrowed(memo.local(generation).unwrap_or_default());
+        }
+        let found = self.matching(topic, scope);
+        if found.shared {
+            return Cow::Owned(found.matches);
+        }
+        memo.keep_local(found.generation, found.matches);
+        Cow::Borrowed(memo.local(found.generation).unwrap_or_default())
     }
 
     /// Whether this node has members of a share group: (any online, any at all).
@@ -284,8 +328,8 @@ impl Broker {
     /// Delivers a message to the matching sessions of this node, serving the share groups that
     /// `scope` lets through (the cluster decides which node serves a group); returns how many.
     pub async fn route_scoped(&self, message: &Arc<Message>, scope: GroupScope<'_>) -> usize {
-        let matches = self.matching(&message.topic, scope);
-        self.route_matched(message, &matches).await
+        let found = self.matching(&message.topic, scope);
+        self.route_matched(message, &found.matches).await
     }
 
     /// The plain (not shared) subscriptions of this node that match `topic`: what
@@ -293,7 +337,7 @@ impl Broker {
     /// routing many messages of one topic may keep it for [`Self::route_matched`] (it holds no
     /// online state, only the subscriptions at the time of the call).
     pub fn direct_matches(&self, topic: &str) -> Vec<(ClientId, SubscriptionOptions)> {
-        self.matching(topic, GroupScope::Only(&[]))
+        self.matching(topic, GroupScope::Only(&[])).matches
     }
 
     /// Delivers a message to the sessions of `matches` (as [`Self::matching`] found them) on
@@ -331,9 +375,10 @@ impl Broker {
         }
     }
 
-    fn matching(&self, topic: &str, scope: GroupScope<'_>) -> Vec<(ClientId, SubscriptionOptions)> {
+    fn matching(&self, topic: &str, scope: GroupScope<'_>) -> Found {
         let tree = self.subscriptions.read();
         let mut out = Vec::new();
+        let mut shared = false;
         let online = self.online.read();
         tree.matches(topic, |m| match m {
             Match::Direct(client, options) => out.push((client.clone(), options.clone())),
@@ -343,6 +388,7 @@ impl Broker {
                 members,
                 start,
             } => {
+                shared = true;
                 let n = members.len();
                 if n == 0 || !scope.serves(group, filter) {
                     return;
@@ -354,7 +400,11 @@ impl Broker {
                 out.push(chosen.clone());
             }
         });
-        out
+        Found {
+            matches: out,
+            shared,
+            generation: tree.generation(),
+        }
     }
 
     /// Puts a message in an online session's mailbox if there is room; otherwise says what is

@@ -563,6 +563,59 @@ async fn resubscribing_replaces_the_subscription_qos() {
     broker.stop().await;
 }
 
+/// A connection that keeps publishing to one topic reuses where the topic was routed; every
+/// subscription made, changed or removed in between must still be seen by its next message.
+#[tokio::test]
+async fn a_publisher_on_one_topic_sees_subscriptions_made_changed_and_removed_meanwhile() {
+    let broker = TestBroker::start().await;
+    let mut publisher = clean_client(&broker, "memo-pub").await;
+    let mut first = clean_client(&broker, "memo-first").await;
+    subscribe(&mut first, "memo/t", QoS::AtMostOnce).await;
+    subscribe(&mut first, "marker", QoS::AtLeastOnce).await;
+    publish(&mut publisher, "memo/t", QoS::AtLeastOnce, false, b"1").await;
+    publish(&mut publisher, "memo/t", QoS::AtLeastOnce, false, b"2").await;
+    let before: Vec<_> = [first.publish().await, first.publish().await]
+        .iter()
+        .map(|p| (p.payload.to_vec(), p.qos))
+        .collect();
+    assert_eq!(
+        before,
+        vec![
+            (b"1".to_vec(), QoS::AtMostOnce),
+            (b"2".to_vec(), QoS::AtMostOnce)
+        ]
+    );
+
+    // A new subscriber, by wildcard, and a changed QoS: the same publisher connection's next
+    // message on the same topic reaches both, at the new QoS.
+    let mut second = clean_client(&broker, "memo-second").await;
+    subscribe(&mut second, "memo/+", QoS::AtLeastOnce).await;
+    subscribe(&mut first, "memo/t", QoS::AtLeastOnce).await;
+    publish(&mut publisher, "memo/t", QoS::AtLeastOnce, false, b"3").await;
+    let to_second = second.publish().await;
+    assert_eq!(to_second.payload.as_ref(), b"3");
+    let to_first = first.publish().await;
+    assert_eq!(
+        (to_first.payload.as_ref(), to_first.qos),
+        (&b"3"[..], QoS::AtLeastOnce)
+    );
+
+    // Unsubscribed: the next message on the topic no longer reaches the first subscriber.
+    first
+        .client
+        .unsubscribe("memo/t")
+        .await
+        .expect("unsubscribe");
+    first
+        .expect(|p| matches!(p, v4::Packet::UnsubAck(_)).then_some(()))
+        .await;
+    publish(&mut publisher, "memo/t", QoS::AtLeastOnce, false, b"4").await;
+    publish(&mut publisher, "marker", QoS::AtLeastOnce, false, b"m").await;
+    assert_eq!(until_marker(&mut first, "marker").await, vec![]);
+    assert_eq!(second.publish().await.payload.as_ref(), b"4");
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn qos1_publish_is_acknowledged_with_its_packet_id() {
     let broker = TestBroker::start().await;

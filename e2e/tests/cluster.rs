@@ -244,6 +244,60 @@ async fn publishes_are_relayed_live_to_subscribers_on_other_nodes_once() {
     assert_no_more_publishes([&mut loop_a, &mut loop_b], "a message").await;
 }
 
+/// A connection that keeps publishing to one topic reuses where the topic was routed, in the
+/// cluster too: a subscriber that appears on another node meanwhile gets its next message.
+#[tokio::test]
+async fn a_publisher_on_one_topic_reaches_a_subscriber_that_appears_on_another_node() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    let (sub_a, mut loop_a, _) = client(a.mqtt, "memo-local", true).await;
+    sub_a
+        .subscribe("memo/t", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut loop_a, |p| matches!(p, Packet::SubAck(_))).await;
+
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "memo-speaker", true).await;
+    let (acked, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = pub_loop.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = event {
+                let _ = acked.send(());
+            }
+        }
+    });
+    let publish = |payload: &'static str| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .publish("memo/t", QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+        }
+    };
+    for payload in ["1", "2"] {
+        publish(payload).await;
+        tokio::time::timeout(WAIT, acks.recv())
+            .await
+            .expect("PUBACK in time");
+        assert_eq!(
+            next_publish(&mut loop_a).await.payload.as_ref(),
+            payload.as_bytes()
+        );
+    }
+
+    let (sub_b, mut loop_b, _) = client(b.mqtt, "memo-remote", true).await;
+    sub_b
+        .subscribe("memo/t", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut loop_b, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+    publish("3").await;
+    assert_eq!(next_publish(&mut loop_b).await.payload.as_ref(), b"3");
+    assert_eq!(next_publish(&mut loop_a).await.payload.as_ref(), b"3");
+}
+
 #[tokio::test]
 async fn a_shared_group_spread_over_two_nodes_gets_each_message_once() {
     let redis = RedisServer::start().await.expect("redis");

@@ -32,7 +32,8 @@ use crate::broker::{Broker, GroupKey};
 use crate::message::ClientId;
 use crate::message::Message;
 use crate::read_mostly::ReadMostly;
-use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
+use crate::router::memo::RouteMemo;
+use crate::router::remote::{choose_shared, NodeId, RemoteFilters, RemoteRoute, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::QueuedMessage;
 use futures_util::StreamExt;
@@ -542,8 +543,13 @@ impl ClusterLink {
     /// elsewhere. Returns the groups another node serves (this node must skip them), and, when
     /// the relay queue is full, the relay work still to hand over with [`Self::send_overflow`]
     /// (while the queue is stalled, QoS 0 messages are dropped and counted instead).
-    pub fn forward(&self, broker: &Broker, message: &Arc<Message>) -> (Vec<GroupKey>, Overflow) {
-        let (served, overflow) = self.forward_inner(broker, message);
+    pub fn forward(
+        &self,
+        broker: &Broker,
+        message: &Arc<Message>,
+        memo: &mut RouteMemo,
+    ) -> (Vec<GroupKey>, Overflow) {
+        let (served, overflow) = self.forward_inner(broker, message, memo);
         (served, Overflow(overflow))
     }
 
@@ -577,12 +583,13 @@ impl ClusterLink {
         &self,
         broker: &Broker,
         message: &Arc<Message>,
+        memo: &mut RouteMemo,
     ) -> (Vec<GroupKey>, Vec<Outbound>) {
         let mut overflow = Vec::new();
         if message.topic.starts_with("$SYS") {
             return (Vec::new(), overflow);
         }
-        let route = self.remote.read().route(&message.topic);
+        let route = self.remote_route(&message.topic, memo);
         if route.nodes.is_empty() && route.groups.is_empty() {
             return (Vec::new(), overflow);
         }
@@ -637,6 +644,24 @@ impl ClusterLink {
             }
         }
         (served_elsewhere, overflow)
+    }
+
+    /// Where a publish on `topic` goes in the rest of the cluster: from `memo` while the replica
+    /// has not changed since, kept there when no share group is involved.
+    fn remote_route(&self, topic: &str, memo: &mut RouteMemo) -> RemoteRoute {
+        let remote = self.remote.read();
+        let generation = remote.generation();
+        if let Some(nodes) = memo.remote(generation) {
+            return RemoteRoute {
+                nodes: nodes.to_vec(),
+                groups: Vec::new(),
+            };
+        }
+        let route = remote.route(topic);
+        if route.groups.is_empty() {
+            memo.keep_remote(generation, route.nodes.clone());
+        }
+        route
     }
 
     /// Forgets a node that left the cluster from the replica (the node that adopts its sessions

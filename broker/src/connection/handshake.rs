@@ -286,6 +286,7 @@ where
         will,
         mailbox,
         arrived: VecDeque::new(),
+        route_memo: crate::router::memo::RouteMemo::default(),
         unconfirmed: false,
         _session_guard: session_guard,
     })

@@ -13,6 +13,7 @@ use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
 use crate::protocol::{ProtocolVersion, PubRel, Publish, QoS};
+use crate::router::memo::RouteMemo;
 use crate::router::SubscriptionOptions;
 use crate::session::{Offer, Outgoing};
 use crate::store::{Detached, InflightState, QueuedMessage, StoredSession, StoredSubscription};
@@ -109,6 +110,8 @@ struct Connection<S> {
     will: Option<Will>,
     mailbox: Arc<Mailbox>,
     arrived: VecDeque<QueuedMessage>,
+    /// Where this client's last topic was routed.
+    route_memo: RouteMemo,
     /// A QoS 1/2 publish was routed in a cluster and its acknowledgement is in the write buffer:
     /// the next flush first waits for Redis to have what it wrote.
     unconfirmed: bool,
@@ -206,7 +209,10 @@ where
                     qos,
                     packet_id,
                 } => {
-                    let routed = self.broker.publish(message).await;
+                    let routed = self
+                        .broker
+                        .publish_with(message, &mut self.route_memo)
+                        .await;
                     self.unconfirmed |= qos != QoS::AtMostOnce && self.broker.cluster().is_some();
                     self.acknowledge_publish(qos, packet_id, routed);
                 }

@@ -3,6 +3,7 @@
 //! The [`SubscriptionTree`] holds every subscription of every session on this node, online or
 //! not, so a message for an offline persistent session is still found and queued.
 
+pub mod memo;
 pub mod remote;
 mod trie;
 

@@ -108,6 +108,11 @@ impl RemoteFilters {
         }
     }
 
+    /// Changes with every change of the replica (see [`SubscriptionTree::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.tree.generation()
+    }
+
     /// Number of entries advertised by all other nodes together.
     pub fn len(&self) -> usize {
         self.tree.len()

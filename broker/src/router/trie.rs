@@ -63,9 +63,16 @@ pub enum Match<'a> {
 pub struct SubscriptionTree {
     root: Node,
     count: usize,
+    generation: u64,
 }
 
 impl SubscriptionTree {
+    /// Changes with every insert and remove, so a match result computed at one generation can be
+    /// reused while the generation is the same.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Adds or replaces a subscription.
     pub fn insert(
         &mut self,
@@ -74,6 +81,7 @@ impl SubscriptionTree {
         filter: &str,
         options: SubscriptionOptions,
     ) -> Change {
+        self.generation += 1;
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(level.into()).or_default();
@@ -118,6 +126,7 @@ impl SubscriptionTree {
 
     /// Removes a subscription.
     pub fn remove(&mut self, client_id: &str, group: Option<&str>, filter: &str) -> Change {
+        self.generation += 1;
         let levels: Vec<&str> = filter.split('/').collect();
         let change = Self::remove_at(&mut self.root, &levels, client_id, group);
         if change.changed {
