@@ -209,10 +209,15 @@ mod tests {
         records(value).unwrap().collect()
     }
 
+    /// Every record of a value that must read without errors.
+    fn read_all(value: &[u8]) -> Vec<Record<'_>> {
+        read(value).into_iter().map(Result::unwrap).collect()
+    }
+
     #[test]
     fn messages_come_back_in_order_with_their_groups() {
         let value = packed(&[(b"first", b""), (b"", b"g\0a/+"), (b"third", b"h\0#")]);
-        let got: Vec<_> = read(&value).into_iter().map(Result::unwrap).collect();
+        let got = read_all(&value);
         assert_eq!(
             got,
             vec![
@@ -257,10 +262,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(packer.count(), 2);
-        let got: Vec<_> = read(packer.as_bytes())
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let got = read_all(packer.as_bytes());
         assert_eq!(
             got,
             vec![
@@ -292,10 +294,7 @@ mod tests {
         assert!(packer.is_empty());
         packer.push(b"new", b"").unwrap();
         assert_eq!(packer.byte_len(), 1 + 4 + 3 + 4);
-        let got: Vec<_> = read(packer.as_bytes())
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let got = read_all(packer.as_bytes());
         assert_eq!(
             got,
             vec![Record {

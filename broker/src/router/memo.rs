@@ -72,17 +72,7 @@ fn kept_at<T>(kept: &Option<Kept<T>>, generation: u64) -> Option<&T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{QoS, RetainForwardRule};
-
-    fn options() -> SubscriptionOptions {
-        SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: RetainForwardRule::OnEverySubscribe,
-            identifier: None,
-        }
-    }
+    use crate::router::test_options as options;
 
     #[test]
     fn kept_results_serve_only_their_topic_and_generation() {

@@ -68,6 +68,18 @@ pub fn targets<'a>(
     out
 }
 
+/// Plain QoS 1 options for tests of routing.
+#[cfg(test)]
+pub(crate) fn test_options() -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: RetainForwardRule::OnEverySubscribe,
+        identifier: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -271,17 +271,8 @@ impl SubscriptionTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{QoS, RetainForwardRule};
 
-    fn opts() -> SubscriptionOptions {
-        SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: RetainForwardRule::OnEverySubscribe,
-            identifier: None,
-        }
-    }
+    use crate::router::test_options as opts;
 
     fn direct(tree: &SubscriptionTree, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
