@@ -271,7 +271,6 @@ impl SubscriptionTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::router::test_options as opts;
 
     fn direct(tree: &SubscriptionTree, topic: &str) -> Vec<String> {
