@@ -52,6 +52,18 @@ async fn subscribe(client: &mut v4::Client, filter: &str, qos: QoS) {
     );
 }
 
+/// Unsubscribes and waits for the UNSUBACK.
+async fn unsubscribe(client: &mut v4::Client, filter: &str) {
+    client
+        .client
+        .unsubscribe(filter)
+        .await
+        .expect("unsubscribe");
+    client
+        .expect(|p| matches!(p, v4::Packet::UnsubAck(_)).then_some(()))
+        .await;
+}
+
 /// Publishes and, for QoS 1, waits for the PUBACK (the broker routes before it acknowledges,
 /// so once this returns the message is in every matching session's channel or queue).
 async fn publish(client: &mut v4::Client, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
@@ -601,14 +613,7 @@ async fn a_publisher_on_one_topic_sees_subscriptions_made_changed_and_removed_me
     );
 
     // Unsubscribed: the next message on the topic no longer reaches the first subscriber.
-    first
-        .client
-        .unsubscribe("memo/t")
-        .await
-        .expect("unsubscribe");
-    first
-        .expect(|p| matches!(p, v4::Packet::UnsubAck(_)).then_some(()))
-        .await;
+    unsubscribe(&mut first, "memo/t").await;
     publish(&mut publisher, "memo/t", QoS::AtLeastOnce, false, b"4").await;
     publish(&mut publisher, "marker", QoS::AtLeastOnce, false, b"m").await;
     assert_eq!(until_marker(&mut first, "marker").await, vec![]);
@@ -1315,9 +1320,7 @@ async fn unsubscribe_stops_delivery() {
     publish(&mut publisher, "us/t", QoS::AtLeastOnce, false, b"before").await;
     assert_eq!(&sub.publish().await.payload[..], b"before");
 
-    sub.client.unsubscribe("us/t").await.expect("unsubscribe");
-    sub.expect(|p| matches!(p, v4::Packet::UnsubAck(_)).then_some(()))
-        .await;
+    unsubscribe(&mut sub, "us/t").await;
     publish(&mut publisher, "us/t", QoS::AtLeastOnce, false, b"after").await;
     publish(&mut publisher, "marker", QoS::AtLeastOnce, false, b"m").await;
     assert_eq!(until_marker(&mut sub, "marker").await, vec![]);
