@@ -153,10 +153,22 @@ pub fn mosquitto_config(port: u16) -> String {
     )
 }
 
-/// A loopback address whose port was free a moment ago (bound to port 0, then released).
+/// A loopback address whose port was free a moment ago (bound to port 0, then released), and
+/// never handed out before by this process: the system may offer a port it just released
+/// again, and two servers of one run must not be given the same.
 pub fn free_loopback_addr() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
-    listener.local_addr().context("reading the probe port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+        let addr = listener.local_addr().context("reading the probe port")?;
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return Ok(addr);
+        }
+    }
 }
 
 /// A fresh temporary directory for one server's files.
