@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
+use crate::cluster::pending::PendingRelays;
 use crate::cluster::recovery::{self, AdoptedRoutes, Leftovers};
 use crate::cluster::relay::ClusterLink;
 use crate::mailbox::{Mailbox, Refused, Signal};
@@ -114,6 +115,15 @@ enum Onward {
 struct SessionLocks {
     locks: HashMap<ClientId, Weak<tokio::sync::Mutex<()>>>,
     prune_above: usize,
+}
+
+/// What a connection that publishes again and again keeps between its messages: where its last
+/// topic was routed, and the messages for other nodes gathered since it last called
+/// [`Broker::send_relays`].
+#[derive(Default)]
+pub struct Publishing {
+    memo: RouteMemo,
+    relays: PendingRelays,
 }
 
 /// State and behaviour shared by all connections of one node.
@@ -246,42 +256,63 @@ impl Broker {
     /// Publishes a message from a client, a will or the broker itself: stores it if retained, then
     /// routes it. Returns the number of sessions it was routed to.
     pub async fn publish(&self, message: Arc<Message>) -> usize {
-        self.publish_with(message, &mut RouteMemo::default()).await
+        let mut publishing = Publishing::default();
+        let count = self.publish_with(message, &mut publishing).await;
+        self.send_relays(&mut publishing).await;
+        count
     }
 
-    /// [`Self::publish`] for a connection that publishes again and again: `memo` keeps where its
-    /// last topic was routed for the next message.
-    pub async fn publish_with(&self, message: Arc<Message>, memo: &mut RouteMemo) -> usize {
+    /// [`Self::publish`] for a connection that publishes again and again: `publishing` keeps
+    /// where its last topic was routed for the next message, and gathers what goes to other
+    /// nodes until [`Self::send_relays`].
+    pub async fn publish_with(&self, message: Arc<Message>, publishing: &mut Publishing) -> usize {
         if message.retain {
             if let Err(e) = self.store.set_retained(message.clone()).await {
                 tracing::warn!(error = %e, topic = %message.topic, "retained message not stored");
             }
         }
-        self.route_with(&message, memo).await
+        self.route_with(&message, publishing).await
     }
 
     /// Delivers a message to every matching session here and hands it to the cluster relay for
     /// the other nodes; returns how many local sessions it reached.
     pub async fn route(&self, message: &Arc<Message>) -> usize {
-        self.route_with(message, &mut RouteMemo::default()).await
+        let mut publishing = Publishing::default();
+        let count = self.route_with(message, &mut publishing).await;
+        self.send_relays(&mut publishing).await;
+        count
     }
 
-    async fn route_with(&self, message: &Arc<Message>, memo: &mut RouteMemo) -> usize {
+    async fn route_with(&self, message: &Arc<Message>, publishing: &mut Publishing) -> usize {
+        let Publishing { memo, relays } = publishing;
         memo.start(&message.topic);
         let Some(link) = self.cluster.get() else {
             let matches = self.local_matches(&message.topic, GroupScope::All, memo);
             return self.route_matched(message, &matches).await;
         };
-        let (served_elsewhere, overflow) = link.forward(self, message, memo);
-        let matches =
-            self.local_matches(&message.topic, GroupScope::Except(&served_elsewhere), memo);
-        let count = self.route_matched(message, &matches).await;
-        if !overflow.is_empty() {
-            // The relay is saturated: the publisher waits (a QoS 1/2 one is acknowledged
-            // later) rather than having its message dropped, as for a full local mailbox.
-            Box::pin(link.send_overflow(overflow, self.delivery_patience, self)).await;
+        let served_elsewhere = link.forward(self, message, memo, relays);
+        let count = {
+            let matches =
+                self.local_matches(&message.topic, GroupScope::Except(&served_elsewhere), memo);
+            self.route_matched(message, &matches).await
+        };
+        if relays.is_full() {
+            self.send_relays(publishing).await;
         }
         count
+    }
+
+    /// Hands what `publishing` gathered for other nodes to the cluster relay. A connection calls
+    /// this once it has handled the input it has, and before it acknowledges QoS 1/2 publishes;
+    /// while the relay is saturated, the publisher waits here (see [`ClusterLink::send_pending`]).
+    pub async fn send_relays(&self, publishing: &mut Publishing) {
+        if publishing.relays.is_empty() {
+            return;
+        }
+        if let Some(link) = self.cluster.get() {
+            link.send_pending(&mut publishing.relays, self.delivery_patience, self)
+                .await;
+        }
     }
 
     /// This node's subscriptions matching `topic`, from `memo` while the subscription tree has

@@ -1,8 +1,10 @@
 //! Running as one node of a cluster: membership by gossip (issue 4).
 
+mod inbox;
 pub mod journal;
 pub mod membership;
 pub mod packed;
+pub mod pending;
 pub mod recovery;
 pub mod relay;
 mod relayed;

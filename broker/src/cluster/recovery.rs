@@ -8,11 +8,9 @@
 //! holds it now. What was recovered is deleted through the relay's writer, after the journal
 //! writes and relays of its deliveries, so nothing is deleted before it is safe elsewhere.
 
+use super::inbox::{entry_field, relayed_records, stream_entries, EntryField};
 use super::journal;
-use super::relay::{
-    decode_groups, entry_field, relayed_records, stream_entries, ClusterLink, EntryField,
-    KIND_DIRECT,
-};
+use super::relay::{decode_groups, ClusterLink, KIND_DIRECT};
 use crate::broker::Broker;
 use crate::message::ClientId;
 use crate::protocol::topic;

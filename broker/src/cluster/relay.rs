@@ -23,9 +23,10 @@
 //!   over the nodes with members, itself included when it has an online member) and says so in the
 //!   inbox entry; a receiving node serves only the groups it was given.
 
+use super::inbox;
 use super::journal::{self, JournalHold};
 use super::packed::{self, Packer};
-use super::relayed::ReadBatch;
+use super::pending::PendingRelays;
 use super::window::{parse_stream_id, Unread};
 use super::work_queue::WorkQueue;
 use crate::broker::{Broker, GroupKey};
@@ -33,7 +34,7 @@ use crate::message::ClientId;
 use crate::message::Message;
 use crate::read_mostly::ReadMostly;
 use crate::router::memo::RouteMemo;
-use crate::router::remote::{choose_shared, NodeId, RemoteFilters, RemoteRoute, SharedChoice};
+use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::QueuedMessage;
 use futures_util::StreamExt;
@@ -49,7 +50,7 @@ use tokio::sync::{oneshot, Semaphore};
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
 /// the oldest. A packed entry counts for the messages it holds (see [`append_packed`]).
 const INBOX_MAX_LEN: usize = 100_000;
-/// Items the writer gathers into one pipeline.
+/// Work the writer gathers into one pipeline: relayed messages, and other items (see [`weight`]).
 const WRITE_BATCH: usize = 4096;
 /// Size at which a packed inbox entry (messages for one node) is written out and another begun.
 const PACK_BYTES: usize = 64 * 1024;
@@ -61,10 +62,6 @@ const RELAY_WINDOW: usize = INBOX_MAX_LEN / 4;
 const WINDOW_WAIT: Duration = Duration::from_secs(1);
 /// How often the writer asks for the progress of a reader it waits for.
 const WINDOW_POLL: Duration = Duration::from_millis(2);
-/// How often at most the inbox reader reports its progress.
-const READ_REPORT_EVERY: Duration = Duration::from_millis(5);
-/// How long one XREAD waits for new entries before it is issued again.
-const INBOX_BLOCK: Duration = Duration::from_secs(1);
 /// Relayed messages waiting for the writer before publishers wait for room (see
 /// [`ClusterLink::send_overflow`]). Other writer work (entries, control entries, journal writes)
 /// is not bounded here: what produces it is bounded elsewhere.
@@ -97,15 +94,10 @@ enum Outbound {
         raw: String,
         added: bool,
     },
-    Forward {
-        node: NodeId,
-        /// The message, encoded by the writer straight into the node's packed entry.
-        message: Arc<Message>,
-        groups: String,
-        /// Whether it holds a place in the bounded part of the queue (a permit of
-        /// `forward_room`), given back once written.
-        counted: bool,
-    },
+    /// The relayed messages of a publishing connection's burst, encoded by the writer straight
+    /// into each node's packed entry. Each holds a place in the bounded part of the queue (a
+    /// permit of `forward_room`), given back once written.
+    Relays(PendingRelays),
     /// A copy recorded in this node's delivery journal.
     Journal {
         field: String,
@@ -119,6 +111,8 @@ enum Outbound {
         key: String,
         ids: Vec<String>,
     },
+    /// This node's inbox reader delivered up to this entry id.
+    ReadUpTo(String),
     /// Answered once everything queued before it is in Redis.
     Barrier(oneshot::Sender<()>),
     Control {
@@ -126,16 +120,6 @@ enum Outbound {
         fields: Vec<(&'static str, Vec<u8>)>,
     },
     DropNode(NodeId),
-}
-
-/// Relay work the full relay queue did not take yet (see [`ClusterLink::forward`]).
-pub struct Overflow(Vec<Outbound>);
-
-impl Overflow {
-    /// Whether there is nothing left to send.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Kinds of control entries (field `k`).
@@ -230,7 +214,9 @@ impl ClusterLink {
             .query_async::<()>(&mut writer)
             .await
             .map_err(relay_error)?;
-        let mut inbox = inbox_connection(&client).await.map_err(relay_error)?;
+        let mut inbox = inbox::inbox_connection(&client)
+            .await
+            .map_err(relay_error)?;
         // Read what arrives from now on (by Redis's clock, which stream ids follow); what an
         // earlier run of this node left is recovered separately (see `recovery`).
         let (seconds, micros): (u64, u64) = redis::cmd("TIME")
@@ -263,14 +249,14 @@ impl ClusterLink {
             writer.clone(),
             Arc::downgrade(broker),
         ));
-        tokio::spawn(read_inbox(
+        inbox::start_reading(
             link.clone(),
             client.clone(),
             link.keys.inbox(node_id),
             link.inbox_start.clone(),
             inbox,
             Arc::downgrade(broker),
-        ));
+        );
         tokio::spawn(watch_entries(
             link.clone(),
             client,
@@ -346,6 +332,12 @@ impl ClusterLink {
             key: key.to_string(),
             ids,
         });
+    }
+
+    /// Reports, for the other nodes' writers, that this node delivered its inbox up to entry `id`
+    /// (see [`super::window`]); written after everything queued before.
+    pub(super) fn report_read(&self, id: &str) {
+        self.queue(Outbound::ReadUpTo(id.to_string()));
     }
 
     /// A connection for recovering a node's leftovers.
@@ -474,7 +466,7 @@ impl ClusterLink {
     }
 
     /// Handles a control entry read from this node's inbox.
-    fn on_control(
+    pub(super) fn on_control(
         self: &Arc<Self>,
         kind: &[u8],
         field: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
@@ -538,60 +530,37 @@ impl ClusterLink {
         });
     }
 
-    /// Appends a message that was published on this node to the inbox of every other node that
-    /// has a matching entry, and decides which node serves each share group with members
-    /// elsewhere. Returns the groups another node serves (this node must skip them), and, when
-    /// the relay queue is full, the relay work still to hand over with [`Self::send_overflow`]
-    /// (while the queue is stalled, QoS 0 messages are dropped and counted instead).
+    /// Adds a message that was published on this node to `pending`, for the inbox of every other
+    /// node that has a matching entry, and decides which node serves each share group with
+    /// members elsewhere. Returns the groups another node serves (this node must skip them).
+    /// `pending` goes to the writer with [`Self::send_pending`].
     pub fn forward(
         &self,
         broker: &Broker,
         message: &Arc<Message>,
         memo: &mut RouteMemo,
-    ) -> (Vec<GroupKey>, Overflow) {
-        let (served, overflow) = self.forward_inner(broker, message, memo);
-        (served, Overflow(overflow))
-    }
-
-    /// Waits (at most `patience` for each) until the relay queue takes the overflow of
-    /// [`Self::forward`]: the publisher is held to the relay's pace, as a full mailbox holds it
-    /// to a subscriber's. What the queue does not take in time is dropped and counted, and the
-    /// queue counts as stalled until it has room again.
-    pub async fn send_overflow(&self, overflow: Overflow, patience: Duration, broker: &Broker) {
-        for mut item in overflow.0 {
-            broker.metrics.relay_waits.inc();
-            let room =
-                tokio::time::timeout(patience, self.forward_room.clone().acquire_owned()).await;
-            let placed = match (room, &mut item) {
-                (Ok(Ok(permit)), Outbound::Forward { counted, .. }) => {
-                    permit.forget();
-                    *counted = true;
-                    true
-                }
-                _ => false,
-            };
-            if placed {
-                self.queue(item);
-            } else {
-                self.forward_stalled.store(true, Ordering::Relaxed);
-                broker.metrics.relay_dropped.inc();
-            }
-        }
-    }
-
-    fn forward_inner(
-        &self,
-        broker: &Broker,
-        message: &Arc<Message>,
-        memo: &mut RouteMemo,
-    ) -> (Vec<GroupKey>, Vec<Outbound>) {
-        let mut overflow = Vec::new();
+        pending: &mut PendingRelays,
+    ) -> Vec<GroupKey> {
         if message.topic.starts_with("$SYS") {
-            return (Vec::new(), overflow);
+            return Vec::new();
         }
-        let route = self.remote_route(&message.topic, memo);
+        let route = {
+            let remote = self.remote.read();
+            let generation = remote.generation();
+            if let Some(nodes) = memo.remote(generation) {
+                for node in nodes {
+                    pending.push(node, message, &[]);
+                }
+                return Vec::new();
+            }
+            let route = remote.route(&message.topic);
+            if route.groups.is_empty() {
+                memo.keep_remote(generation, route.nodes.clone());
+            }
+            route
+        };
         if route.nodes.is_empty() && route.groups.is_empty() {
-            return (Vec::new(), overflow);
+            return Vec::new();
         }
         // Each node gets the message once, with the groups it was chosen to serve.
         let mut targets: Vec<(NodeId, Vec<GroupKey>)> =
@@ -610,58 +579,77 @@ impl ClusterLink {
                 served_elsewhere.push(key);
             }
         }
-        if targets.is_empty() {
-            // Every group with members elsewhere is served here this time: nothing to send.
-            return (served_elsewhere, overflow);
-        }
         for (node, groups) in targets {
-            // Given back by the writer once written (see `write_loop`).
-            let counted = self
-                .forward_room
-                .try_acquire()
-                .map(|permit| permit.forget())
-                .is_ok();
-            let full = !counted;
-            let item = Outbound::Forward {
-                node,
-                message: message.clone(),
-                groups: encode_groups(&groups),
-                counted,
-            };
-            if !full {
-                // Read first: a store on every message would bounce the flag's cache line
-                // between the publishing threads.
-                if self.forward_stalled.load(Ordering::Relaxed) {
-                    self.forward_stalled.store(false, Ordering::Relaxed);
-                }
-                self.queue(item);
-            } else if message.qos != crate::protocol::QoS::AtMostOnce
-                || !self.forward_stalled.load(Ordering::Relaxed)
-            {
-                overflow.push(item);
-            } else {
-                broker.metrics.relay_dropped.inc();
-            }
+            pending.push(&node, message, &groups);
         }
-        (served_elsewhere, overflow)
+        served_elsewhere
     }
 
-    /// Where a publish on `topic` goes in the rest of the cluster: from `memo` while the replica
-    /// has not changed since, kept there when no share group is involved.
-    fn remote_route(&self, topic: &str, memo: &mut RouteMemo) -> RemoteRoute {
-        let remote = self.remote.read();
-        let generation = remote.generation();
-        if let Some(nodes) = memo.remote(generation) {
-            return RemoteRoute {
-                nodes: nodes.to_vec(),
-                groups: Vec::new(),
-            };
+    /// Hands the relayed messages of a burst to the writer. When the relay queue has no room
+    /// for them the publisher waits, at most `patience`: it is held to the relay's pace, as a
+    /// full mailbox holds it to a subscriber's. What the queue does not take in time is dropped
+    /// and counted, and the queue counts as stalled until it has room again; while it is
+    /// stalled, QoS 0 messages are dropped (and counted) without waiting.
+    pub async fn send_pending(
+        &self,
+        pending: &mut PendingRelays,
+        patience: Duration,
+        broker: &Broker,
+    ) {
+        if pending.is_empty() || self.try_send_pending(pending) {
+            return;
         }
-        let route = remote.route(topic);
-        if route.groups.is_empty() {
-            memo.keep_remote(generation, route.nodes.clone());
+        Box::pin(self.send_pending_when_room(pending.take(), patience, broker)).await
+    }
+
+    /// Hands `pending` over if the queue has room for all of it now.
+    fn try_send_pending(&self, pending: &mut PendingRelays) -> bool {
+        let Ok(permits) = self
+            .forward_room
+            .try_acquire_many(permit_count(pending.len()))
+        else {
+            return false;
+        };
+        // Given back by the writer once written (see `write_loop`).
+        permits.forget();
+        // Read first: a store on every burst would bounce the flag's cache line between the
+        // publishing threads.
+        if self.forward_stalled.load(Ordering::Relaxed) {
+            self.forward_stalled.store(false, Ordering::Relaxed);
         }
-        route
+        self.queue(Outbound::Relays(pending.take()));
+        true
+    }
+
+    async fn send_pending_when_room(
+        &self,
+        mut pending: PendingRelays,
+        patience: Duration,
+        broker: &Broker,
+    ) {
+        if self.forward_stalled.load(Ordering::Relaxed) {
+            let dropped = pending.drop_at_most_once();
+            broker.metrics.relay_dropped.inc_by(dropped as u64);
+            if pending.is_empty() || self.try_send_pending(&mut pending) {
+                return;
+            }
+        }
+        broker.metrics.relay_waits.inc_by(pending.len() as u64);
+        let room = tokio::time::timeout(
+            patience,
+            self.forward_room.acquire_many(permit_count(pending.len())),
+        )
+        .await;
+        match room {
+            Ok(Ok(permits)) => {
+                permits.forget();
+                self.queue(Outbound::Relays(pending));
+            }
+            _ => {
+                self.forward_stalled.store(true, Ordering::Relaxed);
+                broker.metrics.relay_dropped.inc_by(pending.len() as u64);
+            }
+        }
     }
 
     /// Forgets a node that left the cluster from the replica (the node that adopts its sessions
@@ -756,22 +744,27 @@ struct Packs {
 }
 
 impl Packs {
-    /// Adds a message for `node`; a packed entry that reaches [`PACK_BYTES`] is appended at once.
-    fn push(
-        &mut self,
-        pipe: &mut redis::Pipeline,
-        link: &ClusterLink,
-        node: &NodeId,
-        message: &Message,
-        groups: &str,
-    ) {
-        let index = match self.packers.iter().position(|(n, _)| n == node) {
+    /// The index of `node`'s packer, made if it has none yet.
+    fn packer_for(&mut self, node: &NodeId) -> usize {
+        match self.packers.iter().position(|(n, _)| n == node) {
             Some(index) => index,
             None => {
                 self.packers.push((node.clone(), Packer::new()));
                 self.packers.len() - 1
             }
-        };
+        }
+    }
+
+    /// Adds a message for the node of packer `index`; a packed entry that reaches
+    /// [`PACK_BYTES`] is appended at once.
+    fn push(
+        &mut self,
+        pipe: &mut redis::Pipeline,
+        link: &ClusterLink,
+        index: usize,
+        message: &Message,
+        groups: &str,
+    ) {
         let (node, packer) = &mut self.packers[index];
         let encode = |out: &mut Vec<u8>| codec::encode_message_into(message, out);
         if let Err(e) = packer.push_with(encode, groups.as_bytes()) {
@@ -796,6 +789,20 @@ impl Packs {
             }
         }
     }
+}
+
+/// The weight of a writer work item, for [`WRITE_BATCH`]: the messages it relays, at least 1.
+fn weight(item: &Outbound) -> usize {
+    match item {
+        Outbound::Relays(relays) => relays.len().max(1),
+        _ => 1,
+    }
+}
+
+/// The places in the relay queue (permits of `forward_room`) that `messages` relayed messages
+/// hold.
+fn permit_count(messages: usize) -> u32 {
+    messages.min(WRITE_QUEUE) as u32
 }
 
 /// Appends one packed entry for `node` (its reply is the entry id). The inbox is trimmed to
@@ -913,29 +920,31 @@ async fn write_loop(
     let mut packs = Packs::default();
     let mut flow = Flow::default();
     let mut targets: Vec<NodeId> = Vec::new();
-    while queue.take(&mut batch, WRITE_BATCH).await > 0 {
+    let mut slots: Vec<usize> = Vec::new();
+    while queue.take(&mut batch, WRITE_BATCH, weight).await > 0 {
         let Some(link) = weak_link.upgrade() else {
             return;
         };
         targets.clear();
         for item in &batch {
-            if let Outbound::Forward { node, .. } = item {
-                if !targets.contains(node) {
-                    targets.push(node.clone());
+            if let Outbound::Relays(relays) = item {
+                for node in &relays.nodes {
+                    if !targets.contains(node) {
+                        targets.push(node.clone());
+                    }
                 }
             }
         }
         flow.wait_for_readers(&link, &mut con, &targets).await;
         let mut pipe = redis::pipe();
         for item in &batch {
-            if let Outbound::Forward {
-                node,
-                message,
-                groups,
-                ..
-            } = item
-            {
-                packs.push(&mut pipe, &link, node, message, groups);
+            if let Outbound::Relays(relays) = item {
+                slots.clear();
+                slots.extend(relays.nodes.iter().map(|node| packs.packer_for(node)));
+                for relay in &relays.items {
+                    let slot = slots[relay.node];
+                    packs.push(&mut pipe, &link, slot, &relay.message, &relay.groups);
+                }
                 continue;
             }
             packs.flush(&mut pipe, &link);
@@ -952,7 +961,7 @@ async fn write_loop(
                         .ignore();
                 }
                 // Packed above.
-                Outbound::Forward { .. } => {}
+                Outbound::Relays(_) => {}
                 Outbound::Control { node, fields } => {
                     let xadd = inbox_append(&mut pipe, &link.keys, node);
                     for (name, value) in fields {
@@ -986,6 +995,12 @@ async fn write_loop(
                 }
                 Outbound::Delete { command, key, ids } => {
                     pipe.cmd(command).arg(key.as_str()).arg(ids).ignore();
+                }
+                Outbound::ReadUpTo(id) => {
+                    pipe.cmd("SET")
+                        .arg(link.keys.inbox_read(&link.node_id))
+                        .arg(id.as_str())
+                        .ignore();
                 }
                 Outbound::Barrier(_) => {}
             }
@@ -1033,7 +1048,7 @@ async fn write_loop(
                 Outbound::Barrier(done) => {
                     let _ = done.send(());
                 }
-                Outbound::Forward { counted: true, .. } => written += 1,
+                Outbound::Relays(relays) => written += permit_count(relays.len()) as usize,
                 _ => {}
             }
         }
@@ -1050,161 +1065,9 @@ async fn write_loop(
     }
 }
 
-/// Reads this node's inbox: delivers each message to local subscribers only, and handles the
-/// control entries.
-async fn read_inbox(
-    link: Arc<ClusterLink>,
-    client: Client,
-    key: String,
-    start_id: String,
-    mut con: MultiplexedConnection,
-    broker: Weak<Broker>,
-) {
-    let mut last_id = start_id;
-    // What this reader last reported delivered, for the other nodes' writers (see [`window`]).
-    let read_key = link.keys.inbox_read(&link.node_id);
-    let mut reported: Option<(String, tokio::time::Instant)> = None;
-    loop {
-        let due = match &reported {
-            None => true,
-            Some((id, at)) => *id != last_id && at.elapsed() >= READ_REPORT_EVERY,
-        };
-        if due {
-            let set: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(&read_key)
-                .arg(&last_id)
-                .query_async(&mut con)
-                .await;
-            if set.is_ok() {
-                reported = Some((last_id.clone(), tokio::time::Instant::now()));
-            }
-        }
-        // With progress not reported yet, a writer may be waiting for it: read again soon.
-        let block = match &reported {
-            Some((id, _)) if *id != last_id => READ_REPORT_EVERY,
-            _ => INBOX_BLOCK,
-        };
-        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(WRITE_BATCH)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&key)
-            .arg(&last_id)
-            .query_async(&mut con)
-            .await;
-        let Some(broker) = broker.upgrade() else {
-            return;
-        };
-        if broker.is_shutting_down() {
-            return;
-        }
-        match reply {
-            Ok(value) => {
-                let entries = stream_entries(value);
-                let mut handled = Vec::with_capacity(entries.len());
-                let mut relayed = ReadBatch::new(&broker);
-                for (id, fields) in entries {
-                    last_id = id.clone();
-                    handled.push(id);
-                    let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
-                    match field(b"k") {
-                        None => {
-                            for record in relayed_records(&key, &fields) {
-                                relayed.deliver(&key, record).await;
-                            }
-                        }
-                        Some(kind) if kind == KIND_DIRECT => {
-                            let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
-                            let queued = field(b"q").map(|q| codec::decode_queued(&q));
-                            match (client, queued) {
-                                (Some(client), Some(Ok(queued))) => {
-                                    broker.deliver_direct(client.into(), queued).await
-                                }
-                                _ => {
-                                    tracing::warn!(stream = %key, "unreadable direct message skipped")
-                                }
-                            }
-                        }
-                        Some(kind) => link.on_control(&kind, &field, &broker),
-                    }
-                }
-                // After the journal writes of what was delivered (the writer keeps order), so a
-                // copy is always in the inbox, the journal or the session's stored queue.
-                if !handled.is_empty() {
-                    link.delete_after_writes("XDEL", &key, handled);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the relay inbox failed; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Ok(fresh) = inbox_connection(&client).await {
-                    con = fresh;
-                }
-            }
-        }
-    }
-}
-
-/// A connection of its own for the inbox reader (XREAD BLOCK would hold up a shared one).
-async fn inbox_connection(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
-    // XREAD BLOCK answers after up to INBOX_BLOCK: the connection must wait longer than that.
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(INBOX_BLOCK + Duration::from_secs(5)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-}
-
-/// The relayed publishes of an inbox entry, in order, as (encoded message, encoded share groups):
-/// a packed entry (field [`packed::FIELD`]) holds many, an entry with fields `m` and `g` one.
-/// What cannot be read is logged (with `stream`) and left out.
-pub(super) fn relayed_records<'a>(
-    stream: &str,
-    fields: &'a [EntryField],
-) -> Vec<packed::Record<'a>> {
-    let field = |name: &[u8]| entry_field(fields, name);
-    let Some(value) = field(packed::FIELD.as_bytes()) else {
-        return match field(b"m") {
-            Some(message) => vec![packed::Record {
-                message,
-                groups: field(b"g").unwrap_or_default(),
-            }],
-            None => {
-                tracing::warn!(stream, "relayed entry without a message skipped");
-                Vec::new()
-            }
-        };
-    };
-    let records = match packed::records(value) {
-        Ok(records) => records,
-        Err(e) => {
-            tracing::warn!(stream, error = %e, "unreadable relayed messages skipped");
-            return Vec::new();
-        }
-    };
-    records
-        .filter_map(|record| {
-            record
-                .map_err(|e| tracing::warn!(stream, error = %e, "rest of damaged relayed messages skipped"))
-                .ok()
-        })
-        .collect()
-}
-
-/// The value of field `name` of an inbox entry.
-pub(super) fn entry_field<'a>(fields: &'a [EntryField], name: &[u8]) -> Option<&'a [u8]> {
-    fields
-        .iter()
-        .find(|(k, _)| k.as_slice() == name)
-        .map(|(_, v)| v.as_slice())
-}
-
 /// Share groups as sent in an inbox entry: `group NUL filter` pairs joined by NUL (neither may
 /// contain NUL).
-fn encode_groups(groups: &[GroupKey]) -> String {
+pub(super) fn encode_groups(groups: &[GroupKey]) -> String {
     let mut out = String::new();
     for (group, filter) in groups {
         if !out.is_empty() {
@@ -1232,50 +1095,6 @@ fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
         Value::SimpleString(text) => Some(text.into_bytes()),
         _ => None,
     }
-}
-
-/// A field of an inbox entry: name and value.
-pub(super) type EntryField = (Vec<u8>, Vec<u8>);
-
-/// Entries of an XREAD reply for one stream: (id, fields).
-pub(super) fn stream_entries(value: Value) -> Vec<(String, Vec<EntryField>)> {
-    let mut out = Vec::new();
-    let Value::Array(streams) = value else {
-        return out;
-    };
-    for stream in streams {
-        let Value::Array(parts) = stream else {
-            continue;
-        };
-        let Some(Value::Array(entries)) = parts.into_iter().nth(1) else {
-            continue;
-        };
-        for entry in entries {
-            let Value::Array(mut parts) = entry else {
-                continue;
-            };
-            if parts.len() != 2 {
-                continue;
-            }
-            let Some(Value::Array(kv)) = parts.pop() else {
-                continue;
-            };
-            let id = match parts.pop() {
-                Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
-                Some(Value::SimpleString(id)) => id,
-                _ => continue,
-            };
-            let mut fields = Vec::with_capacity(kv.len() / 2);
-            let mut kv = kv.into_iter();
-            while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
-                (kv.next(), kv.next())
-            {
-                fields.push((k, v));
-            }
-            out.push((id, fields));
-        }
-    }
-    out
 }
 
 /// Pings Redis every [`HEALTH_INTERVAL`] and keeps [`ClusterLink::redis_up`] and its gauge true.

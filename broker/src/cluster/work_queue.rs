@@ -47,16 +47,31 @@ impl<T> WorkQueue<T> {
         Ok(())
     }
 
-    /// Moves up to `limit` items, in order, to the back of `into`, waiting while the queue is
-    /// empty. Returns how many; 0 only once the queue is closed and empty.
-    pub async fn take(&self, into: &mut Vec<T>, limit: usize) -> usize {
+    /// Moves items, in order, to the back of `into` while their total `weight` stays within
+    /// `limit` (the first item always goes), waiting while the queue is empty. Returns how many;
+    /// 0 only once the queue is closed and empty.
+    pub async fn take(
+        &self,
+        into: &mut Vec<T>,
+        limit: usize,
+        weight: impl Fn(&T) -> usize,
+    ) -> usize {
         loop {
             // Registered before looking, so a push between the look and the wait is not missed.
             let ready = self.ready.notified();
             {
                 let mut state = self.state.lock();
                 if !state.items.is_empty() {
-                    let n = limit.min(state.items.len());
+                    let mut total = 0;
+                    let n = state
+                        .items
+                        .iter()
+                        .take_while(|item| {
+                            total += weight(item);
+                            total <= limit
+                        })
+                        .count()
+                        .max(1);
                     into.extend(state.items.drain(..n));
                     return n;
                 }
@@ -87,9 +102,25 @@ mod tests {
             queue.push(i).unwrap();
         }
         let mut out = Vec::new();
-        assert_eq!(queue.take(&mut out, 3).await, 3);
-        assert_eq!(queue.take(&mut out, 3).await, 2);
+        assert_eq!(queue.take(&mut out, 3, |_| 1).await, 3);
+        assert_eq!(queue.take(&mut out, 3, |_| 1).await, 2);
         assert_eq!(out, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_items_up_to_their_total_weight_and_always_one() {
+        let queue = WorkQueue::default();
+        for weight in [2, 3, 4, 10, 1] {
+            queue.push(weight).unwrap();
+        }
+        let mut out = Vec::new();
+        // 2 + 3 fit in 6, 4 more would not.
+        assert_eq!(queue.take(&mut out, 6, |w| *w).await, 2);
+        assert_eq!(queue.take(&mut out, 6, |w| *w).await, 1);
+        // Heavier than the limit on its own: taken alone.
+        assert_eq!(queue.take(&mut out, 6, |w| *w).await, 1);
+        assert_eq!(queue.take(&mut out, 6, |w| *w).await, 1);
+        assert_eq!(out, vec![2, 3, 4, 10, 1]);
     }
 
     #[tokio::test]
@@ -103,7 +134,7 @@ mod tests {
             producer.close();
         });
         let mut out = Vec::new();
-        while queue.take(&mut out, 64).await > 0 {}
+        while queue.take(&mut out, 64, |_| 1).await > 0 {}
         pushing.join().unwrap();
         assert_eq!(out, (0..10_000).collect::<Vec<_>>());
     }
@@ -115,8 +146,8 @@ mod tests {
         queue.close();
         assert_eq!(queue.push("late"), Err("late"));
         let mut out = Vec::new();
-        assert_eq!(queue.take(&mut out, 8).await, 1);
-        assert_eq!(queue.take(&mut out, 8).await, 0);
+        assert_eq!(queue.take(&mut out, 8, |_| 1).await, 1);
+        assert_eq!(queue.take(&mut out, 8, |_| 1).await, 0);
         assert_eq!(out, vec!["kept"]);
     }
 }

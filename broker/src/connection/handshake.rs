@@ -286,7 +286,7 @@ where
         will,
         mailbox,
         arrived: VecDeque::new(),
-        route_memo: crate::router::memo::RouteMemo::default(),
+        publishing: crate::broker::Publishing::default(),
         unconfirmed: false,
         _session_guard: session_guard,
     })

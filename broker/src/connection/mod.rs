@@ -13,7 +13,6 @@ use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet};
 use crate::protocol::{ProtocolVersion, PubRel, Publish, QoS};
-use crate::router::memo::RouteMemo;
 use crate::router::SubscriptionOptions;
 use crate::session::{Offer, Outgoing};
 use crate::store::{Detached, InflightState, QueuedMessage, StoredSession, StoredSubscription};
@@ -110,8 +109,9 @@ struct Connection<S> {
     will: Option<Will>,
     mailbox: Arc<Mailbox>,
     arrived: VecDeque<QueuedMessage>,
-    /// Where this client's last topic was routed.
-    route_memo: RouteMemo,
+    /// Where this client's last topic was routed, and what it published for other nodes since
+    /// its input was last handled.
+    publishing: crate::broker::Publishing,
     /// A QoS 1/2 publish was routed in a cluster and its acknowledgement is in the write buffer:
     /// the next flush first waits for Redis to have what it wrote.
     unconfirmed: bool,
@@ -198,8 +198,15 @@ where
         Ok(())
     }
 
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Decodes and handles every complete packet in the read buffer, then hands what it
+    /// published for other nodes to the relay.
     async fn process_input(&mut self) -> Result<(), Exit> {
+        let handled = self.handle_input().await;
+        self.broker.send_relays(&mut self.publishing).await;
+        handled
+    }
+
+    async fn handle_input(&mut self) -> Result<(), Exit> {
         loop {
             let work = self.next_work()?;
             match work {
@@ -211,7 +218,7 @@ where
                 } => {
                     let routed = self
                         .broker
-                        .publish_with(message, &mut self.route_memo)
+                        .publish_with(message, &mut self.publishing)
                         .await;
                     self.unconfirmed |= qos != QoS::AtMostOnce && self.broker.cluster().is_some();
                     self.acknowledge_publish(qos, packet_id, routed);
@@ -308,6 +315,8 @@ where
     /// node dies. While Redis is unreachable the node is degraded and acknowledges without it.
     async fn confirm_publishes(&mut self) {
         self.unconfirmed = false;
+        // What they relay must be in the relay queue before the barrier.
+        self.broker.send_relays(&mut self.publishing).await;
         let Some(link) = self.broker.cluster() else {
             return;
         };

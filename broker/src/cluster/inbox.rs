@@ -1,0 +1,247 @@
+//! Reading this node's inbox stream: relayed messages are delivered to local subscribers only
+//! (never relayed again), control entries are handled.
+//!
+//! Two tasks share the work. The *fetcher* issues the next `XREAD` as soon as a reply arrives,
+//! and hands each reply to the *deliverer*, so Redis answers the next read while this node
+//! delivers the last one, instead of each waiting for the other. At most [`READS_AHEAD`] replies
+//! wait between them. The deliverer reports its progress (for the other nodes' writers, see
+//! [`super::window`]) and deletes what it handled, both through this node's relay writer.
+
+use super::packed;
+use super::relay::{ClusterLink, KIND_DIRECT};
+use super::relayed::ReadBatch;
+use crate::broker::Broker;
+use crate::store::redis::codec;
+use redis::aio::MultiplexedConnection;
+use redis::{Client, Value};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long one XREAD waits for new entries before it is issued again.
+const INBOX_BLOCK: Duration = Duration::from_secs(1);
+/// Entries one XREAD returns at most.
+const READ_COUNT: usize = 4096;
+/// Replies fetched and not yet taken by the deliverer.
+const READS_AHEAD: usize = 1;
+
+/// A field of an inbox entry: name and value.
+pub(super) type EntryField = (Vec<u8>, Vec<u8>);
+
+/// An inbox entry: id and fields.
+pub(super) type Entry = (String, Vec<EntryField>);
+
+/// Starts reading `key`, this node's inbox, from `start_id` (exclusive) on `con`.
+pub(super) fn start_reading(
+    link: Arc<ClusterLink>,
+    client: Client,
+    key: String,
+    start_id: String,
+    con: MultiplexedConnection,
+    broker: Weak<Broker>,
+) {
+    let (replies, fetched) = mpsc::channel(READS_AHEAD);
+    link.report_read(&start_id);
+    tokio::spawn(fetch(
+        client,
+        key.clone(),
+        start_id,
+        con,
+        broker.clone(),
+        replies,
+    ));
+    tokio::spawn(deliver(link, key, broker, fetched));
+}
+
+/// Reads the inbox one XREAD after another, handing every non-empty reply to the deliverer.
+/// Ends with the broker, or once the deliverer is gone.
+async fn fetch(
+    client: Client,
+    key: String,
+    mut last_id: String,
+    mut con: MultiplexedConnection,
+    broker: Weak<Broker>,
+    replies: mpsc::Sender<Vec<Entry>>,
+) {
+    loop {
+        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(INBOX_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(&last_id)
+            .query_async(&mut con)
+            .await;
+        match broker.upgrade() {
+            Some(broker) if !broker.is_shutting_down() => {}
+            _ => return,
+        }
+        match reply {
+            Ok(value) => {
+                let entries = stream_entries(value);
+                let Some((id, _)) = entries.last() else {
+                    continue;
+                };
+                last_id = id.clone();
+                if replies.send(entries).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the relay inbox failed; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(fresh) = inbox_connection(&client).await {
+                    con = fresh;
+                }
+            }
+        }
+    }
+}
+
+/// Delivers what the fetcher read, in order: relayed messages to this node's subscribers only,
+/// control entries to the link.
+async fn deliver(
+    link: Arc<ClusterLink>,
+    key: String,
+    broker: Weak<Broker>,
+    mut fetched: mpsc::Receiver<Vec<Entry>>,
+) {
+    while let Some(entries) = fetched.recv().await {
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        if broker.is_shutting_down() {
+            return;
+        }
+        let mut handled = Vec::with_capacity(entries.len());
+        let mut relayed = ReadBatch::new(&broker);
+        for (id, fields) in entries {
+            handled.push(id);
+            let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
+            match field(b"k") {
+                None => {
+                    for record in relayed_records(&key, &fields) {
+                        relayed.deliver(&key, record).await;
+                    }
+                }
+                Some(kind) if kind == KIND_DIRECT => {
+                    let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
+                    let queued = field(b"q").map(|q| codec::decode_queued(&q));
+                    match (client, queued) {
+                        (Some(client), Some(Ok(queued))) => {
+                            broker.deliver_direct(client.into(), queued).await
+                        }
+                        _ => {
+                            tracing::warn!(stream = %key, "unreadable direct message skipped")
+                        }
+                    }
+                }
+                Some(kind) => link.on_control(&kind, &field, &broker),
+            }
+        }
+        // After the journal writes of what was delivered (the writer keeps order), so a copy is
+        // always in the inbox, the journal or the session's stored queue.
+        if let Some(last) = handled.last() {
+            link.report_read(last);
+            link.delete_after_writes("XDEL", &key, handled);
+        }
+    }
+}
+
+/// A connection of its own for the inbox fetcher (XREAD BLOCK would hold up a shared one).
+pub(super) async fn inbox_connection(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
+    // XREAD BLOCK answers after up to INBOX_BLOCK: the connection must wait longer than that.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(INBOX_BLOCK + Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// The relayed publishes of an inbox entry, in order, as (encoded message, encoded share groups):
+/// a packed entry (field [`packed::FIELD`]) holds many, an entry with fields `m` and `g` one.
+/// What cannot be read is logged (with `stream`) and left out.
+pub(super) fn relayed_records<'a>(
+    stream: &str,
+    fields: &'a [EntryField],
+) -> Vec<packed::Record<'a>> {
+    let field = |name: &[u8]| entry_field(fields, name);
+    let Some(value) = field(packed::FIELD.as_bytes()) else {
+        return match field(b"m") {
+            Some(message) => vec![packed::Record {
+                message,
+                groups: field(b"g").unwrap_or_default(),
+            }],
+            None => {
+                tracing::warn!(stream, "relayed entry without a message skipped");
+                Vec::new()
+            }
+        };
+    };
+    let records = match packed::records(value) {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "unreadable relayed messages skipped");
+            return Vec::new();
+        }
+    };
+    records
+        .filter_map(|record| {
+            record
+                .map_err(|e| tracing::warn!(stream, error = %e, "rest of damaged relayed messages skipped"))
+                .ok()
+        })
+        .collect()
+}
+
+/// The value of field `name` of an inbox entry.
+pub(super) fn entry_field<'a>(fields: &'a [EntryField], name: &[u8]) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_slice() == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Entries of an XREAD reply for one stream.
+pub(super) fn stream_entries(value: Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let Value::Array(streams) = value else {
+        return out;
+    };
+    for stream in streams {
+        let Value::Array(parts) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = parts.into_iter().nth(1) else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut parts) = entry else {
+                continue;
+            };
+            if parts.len() != 2 {
+                continue;
+            }
+            let Some(Value::Array(kv)) = parts.pop() else {
+                continue;
+            };
+            let id = match parts.pop() {
+                Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
+                Some(Value::SimpleString(id)) => id,
+                _ => continue,
+            };
+            let mut fields = Vec::with_capacity(kv.len() / 2);
+            let mut kv = kv.into_iter();
+            while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                (kv.next(), kv.next())
+            {
+                fields.push((k, v));
+            }
+            out.push((id, fields));
+        }
+    }
+    out
+}
