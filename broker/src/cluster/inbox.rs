@@ -41,7 +41,6 @@ pub(super) fn start_reading(
     broker: Weak<Broker>,
 ) {
     let (replies, fetched) = mpsc::channel(READS_AHEAD);
-    link.report_read(&start_id);
     tokio::spawn(fetch(
         client,
         key.clone(),
@@ -143,10 +142,7 @@ async fn deliver(
         }
         // After the journal writes of what was delivered (the writer keeps order), so a copy is
         // always in the inbox, the journal or the session's stored queue.
-        if let Some(last) = handled.last() {
-            link.report_read(last);
-            link.delete_after_writes("XDEL", &key, handled);
-        }
+        link.inbox_handled(&key, handled);
     }
 }
 

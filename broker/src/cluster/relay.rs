@@ -111,8 +111,11 @@ enum Outbound {
         key: String,
         ids: Vec<String>,
     },
-    /// This node's inbox reader delivered up to this entry id.
-    ReadUpTo(String),
+    /// Entries of this node's inbox it handled: deleted, and the last reported read.
+    InboxHandled {
+        key: String,
+        ids: Vec<String>,
+    },
     /// Answered once everything queued before it is in Redis.
     Barrier(oneshot::Sender<()>),
     Control {
@@ -334,10 +337,16 @@ impl ClusterLink {
         });
     }
 
-    /// Reports, for the other nodes' writers, that this node delivered its inbox up to entry `id`
-    /// (see [`super::window`]); written after everything queued before.
-    pub(super) fn report_read(&self, id: &str) {
-        self.queue(Outbound::ReadUpTo(id.to_string()));
+    /// This node handled entries `ids` (in order) of its inbox `key`: once everything queued
+    /// before is written (the journal writes of their deliveries), they are deleted and the last
+    /// is reported read, for the other nodes' writers (see [`super::window`]).
+    pub(super) fn inbox_handled(&self, key: &str, ids: Vec<String>) {
+        if !ids.is_empty() {
+            self.queue(Outbound::InboxHandled {
+                key: key.to_string(),
+                ids,
+            });
+        }
     }
 
     /// A connection for recovering a node's leftovers.
@@ -996,11 +1005,14 @@ async fn write_loop(
                 Outbound::Delete { command, key, ids } => {
                     pipe.cmd(command).arg(key.as_str()).arg(ids).ignore();
                 }
-                Outbound::ReadUpTo(id) => {
-                    pipe.cmd("SET")
-                        .arg(link.keys.inbox_read(&link.node_id))
-                        .arg(id.as_str())
-                        .ignore();
+                Outbound::InboxHandled { key, ids } => {
+                    if let Some(last) = ids.last() {
+                        pipe.cmd("SET")
+                            .arg(link.keys.inbox_read(&link.node_id))
+                            .arg(last.as_str())
+                            .ignore();
+                    }
+                    pipe.cmd("XDEL").arg(key.as_str()).arg(ids).ignore();
                 }
                 Outbound::Barrier(_) => {}
             }

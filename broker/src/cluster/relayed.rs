@@ -28,9 +28,16 @@ type Matches = Vec<(ClientId, SubscriptionOptions)>;
 pub(super) struct ReadBatch<'b> {
     broker: &'b Broker,
     /// Each topic met so far, with its plain subscriptions.
-    topics: HashMap<Arc<str>, Matches, Fast>,
+    topics: Vec<(Arc<str>, Matches)>,
+    /// Where each topic met so far is in `topics`.
+    topic_index: HashMap<Arc<str>, usize, Fast>,
+    /// The topic of the message before (an index into `topics`): most runs repeat it.
+    last_topic: Option<usize>,
     /// Each publisher id met so far.
     publishers: HashSet<Arc<str>, Fast>,
+    /// The publisher of the message before: a publisher's messages mostly come in runs (a
+    /// node relays each connection's burst together), so this usually answers without hashing.
+    last_publisher: Option<Arc<str>>,
 }
 
 impl<'b> ReadBatch<'b> {
@@ -38,8 +45,11 @@ impl<'b> ReadBatch<'b> {
     pub(super) fn new(broker: &'b Broker) -> Self {
         Self {
             broker,
-            topics: HashMap::default(),
+            topics: Vec::new(),
+            topic_index: HashMap::default(),
+            last_topic: None,
             publishers: HashSet::default(),
+            last_publisher: None,
         }
     }
 
@@ -53,12 +63,21 @@ impl<'b> ReadBatch<'b> {
                 return;
             }
         };
-        let publisher = view
-            .publisher()
-            .map(|id| shared_name(&mut self.publishers, id));
-        let (topic, kept) = match self.topics.get_key_value(view.topic()) {
-            Some((topic, _)) => (topic.clone(), true),
-            None => (Arc::from(view.topic()), false),
+        let publisher = view.publisher().map(|id| match &self.last_publisher {
+            Some(last) if **last == *id => last.clone(),
+            _ => {
+                let name = shared_name(&mut self.publishers, id);
+                self.last_publisher = Some(name.clone());
+                name
+            }
+        });
+        let kept = match self.last_topic {
+            Some(index) if *self.topics[index].0 == *view.topic() => Some(index),
+            _ => self.topic_index.get(view.topic()).copied(),
+        };
+        let topic = match kept {
+            Some(index) => self.topics[index].0.clone(),
+            None => Arc::from(view.topic()),
         };
         let message = match view.into_message(topic, publisher) {
             Ok(message) => Arc::new(message),
@@ -74,17 +93,24 @@ impl<'b> ReadBatch<'b> {
                 .await;
             return;
         }
-        if !kept {
-            let matches = self.broker.direct_matches(&message.topic);
-            if self.topics.len() >= MAX_KEPT {
-                self.broker.route_matched(&message, &matches).await;
-                return;
+        let index = match kept {
+            Some(index) => index,
+            None => {
+                let matches = self.broker.direct_matches(&message.topic);
+                if self.topics.len() >= MAX_KEPT {
+                    self.broker.route_matched(&message, &matches).await;
+                    return;
+                }
+                self.topics.push((message.topic.clone(), matches));
+                self.topic_index
+                    .insert(message.topic.clone(), self.topics.len() - 1);
+                self.topics.len() - 1
             }
-            self.topics.insert(message.topic.clone(), matches);
-        }
-        if let Some(matches) = self.topics.get(&message.topic) {
-            self.broker.route_matched(&message, matches).await;
-        }
+        };
+        self.last_topic = Some(index);
+        self.broker
+            .route_matched(&message, &self.topics[index].1)
+            .await;
     }
 }
 
