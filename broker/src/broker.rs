@@ -117,6 +117,33 @@ struct SessionLocks {
     prune_above: usize,
 }
 
+/// Connections to wake once a run of deliveries is done: a connection woken for every message
+/// of a run would take them one or two at a time, each wake-up a switch between threads.
+#[derive(Default)]
+pub struct Wakes(Vec<Arc<Mailbox>>);
+
+impl Wakes {
+    fn add(&mut self, mailbox: &Arc<Mailbox>) {
+        if !self.0.last().is_some_and(|last| Arc::ptr_eq(last, mailbox)) {
+            self.0.push(mailbox.clone());
+        }
+    }
+
+    /// Wakes every connection added since the last call.
+    pub fn wake_all(&mut self) {
+        for mailbox in self.0.drain(..) {
+            mailbox.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    /// Nothing is left unwoken.
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
 /// What a connection that publishes again and again keeps between its messages: where its last
 /// topic was routed, and the messages for other nodes gathered since it last called
 /// [`Broker::send_relays`].
@@ -378,6 +405,27 @@ impl Broker {
         message: &Arc<Message>,
         matches: &[(ClientId, SubscriptionOptions)],
     ) -> usize {
+        self.route_matched_waking(message, matches, None).await
+    }
+
+    /// [`Self::route_matched`] for a run of deliveries: connections that must be woken for the
+    /// message are added to `wakes` instead of being woken one message at a time.
+    pub async fn route_matched_waking_later(
+        &self,
+        message: &Arc<Message>,
+        matches: &[(ClientId, SubscriptionOptions)],
+        wakes: &mut Wakes,
+    ) -> usize {
+        self.route_matched_waking(message, matches, Some(wakes))
+            .await
+    }
+
+    async fn route_matched_waking(
+        &self,
+        message: &Arc<Message>,
+        matches: &[(ClientId, SubscriptionOptions)],
+        mut wakes: Option<&mut Wakes>,
+    ) -> usize {
         if matches.is_empty() {
             return 0;
         }
@@ -387,11 +435,15 @@ impl Broker {
         for target in targets {
             let client_id = target.client_id;
             let queued = QueuedMessage::for_target(message, target);
-            if let Some(later) = self.deliver_now(client_id, queued) {
+            if let Some(later) = self.deliver_now(client_id, queued, wakes.as_deref_mut()) {
                 deferred.push(later);
             }
         }
         if !deferred.is_empty() {
+            // A connection is about to be waited for: none may be left unwoken.
+            if let Some(wakes) = wakes {
+                wakes.wake_all();
+            }
             let delivering = Box::pin(self.deliver_deferred(deferred, Onward::Allowed));
             delivering.await;
         }
@@ -401,7 +453,7 @@ impl Broker {
     /// Delivers a message another node sent on for one session of this node (the session moved
     /// here while the message was on its way).
     pub async fn deliver_direct(&self, client_id: ClientId, queued: QueuedMessage) {
-        if let Some(later) = self.deliver_now(&client_id, queued) {
+        if let Some(later) = self.deliver_now(&client_id, queued, None) {
             Box::pin(self.deliver_deferred(vec![later], Onward::Forbidden)).await;
         }
     }
@@ -438,9 +490,15 @@ impl Broker {
         }
     }
 
-    /// Puts a message in an online session's mailbox if there is room; otherwise says what is
-    /// left to do (wait for room, or queue it in the store).
-    fn deliver_now(&self, client_id: &ClientId, mut queued: QueuedMessage) -> Option<Deferred> {
+    /// Puts a message in an online session's mailbox if there is room, waking its connection
+    /// now or, given `wakes`, adding it there; otherwise says what is left to do (wait for room,
+    /// or queue it in the store).
+    fn deliver_now(
+        &self,
+        client_id: &ClientId,
+        mut queued: QueuedMessage,
+        wakes: Option<&mut Wakes>,
+    ) -> Option<Deferred> {
         let queued = {
             let online = self.online.read();
             match online.get(client_id) {
@@ -449,8 +507,18 @@ impl Broker {
                     if handle.persistent {
                         self.journal_copy(client_id, &mut queued);
                     }
-                    match handle.mailbox.push(queued) {
-                        Ok(()) => return None,
+                    let pushed = match wakes {
+                        None => handle.mailbox.push(queued).map(|()| false),
+                        Some(_) => handle.mailbox.push_unwoken(queued),
+                    };
+                    match pushed {
+                        Ok(false) => return None,
+                        Ok(true) => {
+                            if let Some(wakes) = wakes {
+                                wakes.add(&handle.mailbox);
+                            }
+                            return None;
+                        }
                         Err(Refused::Full(queued)) => {
                             return Some(Deferred::WaitForRoom {
                                 mailbox: handle.mailbox.clone(),
@@ -481,7 +549,7 @@ impl Broker {
     /// [`crate::cluster::recovery`]): to the session's connection here, its stored queue, or the
     /// node that holds it now.
     pub async fn deliver_recovered(&self, client_id: ClientId, queued: QueuedMessage) {
-        if let Some(later) = self.deliver_now(&client_id, queued) {
+        if let Some(later) = self.deliver_now(&client_id, queued, None) {
             Box::pin(self.deliver_deferred(vec![later], Onward::Allowed)).await;
         }
     }

@@ -90,21 +90,29 @@ impl Mailbox {
 
     /// Adds a message and wakes the connection if it was waiting.
     pub fn push(&self, message: QueuedMessage) -> Result<(), Refused> {
-        let was_empty = {
-            let mut state = self.state.lock();
-            if state.closed {
-                return Err(Refused::Closed(message));
-            }
-            if state.queue.len() >= self.capacity {
-                return Err(Refused::Full(message));
-            }
-            state.queue.push_back(message);
-            state.queue.len() == 1
-        };
-        if was_empty {
-            self.ready.notify_one();
+        if self.push_unwoken(message)? {
+            self.wake();
         }
         Ok(())
+    }
+
+    /// Adds a message without waking the connection; returns whether it may be waiting for
+    /// messages (the mailbox was empty), in which case the caller must [`Self::wake`] it.
+    pub fn push_unwoken(&self, message: QueuedMessage) -> Result<bool, Refused> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(Refused::Closed(message));
+        }
+        if state.queue.len() >= self.capacity {
+            return Err(Refused::Full(message));
+        }
+        state.queue.push_back(message);
+        Ok(state.queue.len() == 1)
+    }
+
+    /// Wakes the connection to take its messages.
+    pub fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Adds a message, waiting up to `patience` for room if the mailbox is full, unless the
@@ -221,6 +229,25 @@ mod tests {
         let got = waiter.await.expect("waiter");
         assert!(!got.is_empty());
         assert_eq!(got[0].message.payload, "a");
+    }
+
+    #[tokio::test]
+    async fn an_unwoken_push_says_when_to_wake_and_wakes_nobody_by_itself() {
+        use futures_util::FutureExt;
+        let mailbox = Mailbox::new(10, None, 0);
+        assert_eq!(
+            mailbox.push_unwoken(q("a")).ok(),
+            Some(true),
+            "it was empty"
+        );
+        assert_eq!(mailbox.push_unwoken(q("b")).ok(), Some(false));
+        assert!(mailbox.wait().now_or_never().is_none(), "not woken yet");
+        mailbox.wake();
+        assert!(mailbox.wait().now_or_never().is_some(), "woken");
+        let mut got = VecDeque::new();
+        mailbox.take_up_to(&mut got, 10);
+        let payloads: Vec<_> = got.iter().map(|q| q.message.payload.clone()).collect();
+        assert_eq!(payloads, vec!["a", "b"]);
     }
 
     #[tokio::test]

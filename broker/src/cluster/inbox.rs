@@ -126,6 +126,7 @@ async fn deliver(
                     }
                 }
                 Some(kind) if kind == KIND_DIRECT => {
+                    relayed.wake_all();
                     let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
                     let queued = field(b"q").map(|q| codec::decode_queued(&q));
                     match (client, queued) {
@@ -137,9 +138,13 @@ async fn deliver(
                         }
                     }
                 }
-                Some(kind) => link.on_control(&kind, &field, &broker),
+                Some(kind) => {
+                    relayed.wake_all();
+                    link.on_control(&kind, &field, &broker)
+                }
             }
         }
+        relayed.wake_all();
         // After the journal writes of what was delivered (the writer keeps order), so a copy is
         // always in the inbox, the journal or the session's stored queue.
         link.inbox_handled(&key, handled);

@@ -3,12 +3,14 @@
 //! looks up each topic's plain subscriptions once, instead of once per message. A message that
 //! serves share groups is matched on its own (the member chosen rotates).
 //!
+//! Connections are woken once per run of deliveries, not once per message (see [`Wakes`]).
+//!
 //! What a read keeps is current: it is looked up after the read's reply arrived, so every
 //! subscription made or removed before any message of the reply was published is seen.
 
 use super::packed::Record;
 use super::relay::decode_groups;
-use crate::broker::{Broker, GroupScope};
+use crate::broker::{Broker, GroupScope, Wakes};
 use crate::message::ClientId;
 use crate::router::SubscriptionOptions;
 use crate::store::redis::codec;
@@ -18,6 +20,10 @@ use std::sync::Arc;
 /// Distinct topics (and, apart, publisher ids) a read keeps at most; beyond that it still
 /// delivers, without keeping more.
 const MAX_KEPT: usize = 1024;
+
+/// Messages delivered at most before the connections that got them are woken: the connections
+/// write while the rest of the read is delivered.
+const WAKE_EVERY: usize = 256;
 
 type Fast = foldhash::fast::RandomState;
 
@@ -38,6 +44,10 @@ pub(super) struct ReadBatch<'b> {
     /// The publisher of the message before: a publisher's messages mostly come in runs (a
     /// node relays each connection's burst together), so this usually answers without hashing.
     last_publisher: Option<Arc<str>>,
+    /// Connections to wake for what was delivered since the last wake-up (see [`Wakes`]).
+    wakes: Wakes,
+    /// Messages delivered since the last wake-up.
+    unwoken: usize,
 }
 
 impl<'b> ReadBatch<'b> {
@@ -50,6 +60,8 @@ impl<'b> ReadBatch<'b> {
             last_topic: None,
             publishers: HashSet::default(),
             last_publisher: None,
+            wakes: Wakes::default(),
+            unwoken: 0,
         }
     }
 
@@ -88,6 +100,8 @@ impl<'b> ReadBatch<'b> {
         };
         if !record.groups.is_empty() {
             let groups = decode_groups(&String::from_utf8_lossy(record.groups));
+            // It may wait for a connection that got messages of this batch: woken first.
+            self.wake_all();
             self.broker
                 .route_scoped(&message, GroupScope::Only(&groups))
                 .await;
@@ -109,8 +123,19 @@ impl<'b> ReadBatch<'b> {
         };
         self.last_topic = Some(index);
         self.broker
-            .route_matched(&message, &self.topics[index].1)
+            .route_matched_waking_later(&message, &self.topics[index].1, &mut self.wakes)
             .await;
+        self.unwoken += 1;
+        if self.unwoken >= WAKE_EVERY {
+            self.wake_all();
+        }
+    }
+
+    /// Wakes the connections that got messages since the last wake-up (done at the latest when
+    /// the batch is dropped).
+    pub(super) fn wake_all(&mut self) {
+        self.wakes.wake_all();
+        self.unwoken = 0;
     }
 }
 
