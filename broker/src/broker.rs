@@ -507,15 +507,12 @@ impl Broker {
                     if handle.persistent {
                         self.journal_copy(client_id, &mut queued);
                     }
-                    let pushed = match wakes {
-                        None => handle.mailbox.push(queued).map(|()| false),
-                        Some(_) => handle.mailbox.push_unwoken(queued),
-                    };
-                    match pushed {
+                    match handle.mailbox.push_unwoken(queued) {
                         Ok(false) => return None,
                         Ok(true) => {
-                            if let Some(wakes) = wakes {
-                                wakes.add(&handle.mailbox);
+                            match wakes {
+                                Some(wakes) => wakes.add(&handle.mailbox),
+                                None => handle.mailbox.wake(),
                             }
                             return None;
                         }

@@ -147,7 +147,7 @@ async fn deliver(
         relayed.wake_all();
         // After the journal writes of what was delivered (the writer keeps order), so a copy is
         // always in the inbox, the journal or the session's stored queue.
-        link.inbox_handled(&key, handled);
+        link.inbox_handled(handled);
     }
 }
 

@@ -63,7 +63,7 @@ const WINDOW_WAIT: Duration = Duration::from_secs(1);
 /// How often the writer asks for the progress of a reader it waits for.
 const WINDOW_POLL: Duration = Duration::from_millis(2);
 /// Relayed messages waiting for the writer before publishers wait for room (see
-/// [`ClusterLink::send_overflow`]). Other writer work (entries, control entries, journal writes)
+/// [`ClusterLink::send_pending`]). Other writer work (entries, control entries, journal writes)
 /// is not bounded here: what produces it is bounded elsewhere.
 const WRITE_QUEUE: usize = 65_536;
 /// How long the writer waits for Redis to answer a batch before it writes the batch again. A
@@ -112,10 +112,7 @@ enum Outbound {
         ids: Vec<String>,
     },
     /// Entries of this node's inbox it handled: deleted, and the last reported read.
-    InboxHandled {
-        key: String,
-        ids: Vec<String>,
-    },
+    InboxHandled(Vec<String>),
     /// Answered once everything queued before it is in Redis.
     Barrier(oneshot::Sender<()>),
     Control {
@@ -337,15 +334,12 @@ impl ClusterLink {
         });
     }
 
-    /// This node handled entries `ids` (in order) of its inbox `key`: once everything queued
-    /// before is written (the journal writes of their deliveries), they are deleted and the last
-    /// is reported read, for the other nodes' writers (see [`super::window`]).
-    pub(super) fn inbox_handled(&self, key: &str, ids: Vec<String>) {
+    /// This node handled entries `ids` (in order) of its inbox: once everything queued before
+    /// is written (the journal writes of their deliveries), they are deleted and the last is
+    /// reported read, for the other nodes' writers (see [`super::window`]).
+    pub(super) fn inbox_handled(&self, ids: Vec<String>) {
         if !ids.is_empty() {
-            self.queue(Outbound::InboxHandled {
-                key: key.to_string(),
-                ids,
-            });
+            self.queue(Outbound::InboxHandled(ids));
         }
     }
 
@@ -1005,14 +999,17 @@ async fn write_loop(
                 Outbound::Delete { command, key, ids } => {
                     pipe.cmd(command).arg(key.as_str()).arg(ids).ignore();
                 }
-                Outbound::InboxHandled { key, ids } => {
+                Outbound::InboxHandled(ids) => {
                     if let Some(last) = ids.last() {
                         pipe.cmd("SET")
                             .arg(link.keys.inbox_read(&link.node_id))
                             .arg(last.as_str())
                             .ignore();
                     }
-                    pipe.cmd("XDEL").arg(key.as_str()).arg(ids).ignore();
+                    pipe.cmd("XDEL")
+                        .arg(link.keys.inbox(&link.node_id))
+                        .arg(ids)
+                        .ignore();
                 }
                 Outbound::Barrier(_) => {}
             }
