@@ -40,12 +40,43 @@ pub enum DecodeError {
     },
 }
 
+/// A byte string on the wire, borrowed both ways: encoding does not touch the reference count of
+/// the buffer a payload shares, decoding copies once, into the message's own `Bytes`.
+#[derive(Clone, Copy)]
+struct WireBytes<'a>(&'a [u8]);
+
+impl Serialize for WireBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireBytes<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Borrowed;
+        impl<'de> serde::de::Visitor<'de> for Borrowed {
+            type Value = &'de [u8];
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Self::Value, E> {
+                Ok(v)
+            }
+        }
+        deserializer.deserialize_bytes(Borrowed).map(WireBytes)
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct WireProperties<'a> {
     payload_format_indicator: Option<u8>,
     content_type: Option<&'a str>,
     response_topic: Option<&'a str>,
-    correlation_data: Option<Bytes>,
+    #[serde(borrow)]
+    correlation_data: Option<WireBytes<'a>>,
     user_properties: Vec<(&'a str, &'a str)>,
 }
 
@@ -59,7 +90,8 @@ struct WireWill<'a> {
 #[derive(Serialize, Deserialize)]
 struct WireMessage<'a> {
     topic: &'a str,
-    payload: Bytes,
+    #[serde(borrow)]
+    payload: WireBytes<'a>,
     qos: u8,
     retain: bool,
     #[serde(borrow)]
@@ -114,14 +146,14 @@ fn message_to_wire(m: &Message) -> WireMessage<'_> {
     let p = &m.properties;
     WireMessage {
         topic: &m.topic,
-        payload: m.payload.clone(),
+        payload: WireBytes(&m.payload),
         qos: m.qos as u8,
         retain: m.retain,
         properties: WireProperties {
             payload_format_indicator: p.payload_format_indicator,
             content_type: p.content_type.as_deref(),
             response_topic: p.response_topic.as_deref(),
-            correlation_data: p.correlation_data.clone(),
+            correlation_data: p.correlation_data.as_deref().map(WireBytes),
             user_properties: p
                 .user_properties
                 .iter()
@@ -148,14 +180,14 @@ fn message_from_wire_named(
     let p = w.properties;
     Ok(Message {
         topic,
-        payload: w.payload,
+        payload: Bytes::copy_from_slice(w.payload.0),
         qos: qos(w.qos)?,
         retain: w.retain,
         properties: MessageProperties {
             payload_format_indicator: p.payload_format_indicator,
             content_type: p.content_type.map(str::to_owned),
             response_topic: p.response_topic.map(str::to_owned),
-            correlation_data: p.correlation_data,
+            correlation_data: p.correlation_data.map(|d| Bytes::copy_from_slice(d.0)),
             user_properties: p
                 .user_properties
                 .into_iter()
@@ -199,7 +231,9 @@ fn queued_from_wire(w: WireQueued<'_>) -> Result<QueuedMessage, DecodeError> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(value, vec![ENCODING_VERSION])
+    let mut out = vec![ENCODING_VERSION];
+    postcard::serialize_with_flavor(value, Appending(&mut out))?;
+    Ok(out)
 }
 
 fn body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
@@ -231,16 +265,28 @@ pub fn encode_message_into(message: &Message, out: &mut Vec<u8>) -> Result<(), p
             + message.publisher.as_deref().map_or(0, str::len),
     );
     out.push(ENCODING_VERSION);
-    postcard::to_extend(&message_to_wire(message), Appending(out))?;
-    Ok(())
+    postcard::serialize_with_flavor(&message_to_wire(message), Appending(out))
 }
 
-/// Lets postcard append to a buffer it does not own.
+/// Lets postcard append to a buffer it does not own, copying byte strings whole (postcard's
+/// `to_extend` pushes them byte by byte).
 struct Appending<'a>(&'a mut Vec<u8>);
 
-impl Extend<u8> for Appending<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
+impl postcard::ser_flavors::Flavor for Appending<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -448,6 +494,56 @@ mod tests {
             decode_options(&encode_options(&o).expect("encode")).ok(),
             Some(o)
         );
+    }
+
+    #[test]
+    fn a_message_encodes_to_the_documented_bytes() {
+        // Nodes of one cluster read each other's values: the layout must not drift.
+        let m = Message {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(&[1, 2, 3]),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: MessageProperties {
+                payload_format_indicator: Some(1),
+                correlation_data: Some(Bytes::from_static(&[9])),
+                user_properties: vec![("k".into(), "v".into())],
+                ..MessageProperties::default()
+            },
+            expires_at: None,
+            publisher: Some("c".into()),
+        };
+        let expected = [
+            ENCODING_VERSION,
+            3,
+            b'a',
+            b'/',
+            b'b', // topic
+            3,
+            1,
+            2,
+            3, // payload
+            1,
+            1, // qos, retain
+            1,
+            1,
+            0,
+            0, // payload format Some(1), no content type, no response topic
+            1,
+            1,
+            9, // correlation data
+            1,
+            1,
+            b'k',
+            1,
+            b'v', // user properties
+            0,    // no expiry
+            1,
+            1,
+            b'c', // publisher
+        ];
+        assert_eq!(encode_message(&m).expect("encode"), expected);
+        assert_eq!(decode_message(&expected).expect("decode"), m);
     }
 
     #[test]
