@@ -12,6 +12,8 @@
 //! | 4 | length of the share groups, unsigned big-endian |
 //! | n | the share groups the receiving node serves (`group NUL filter` pairs joined by NUL; empty for none) |
 
+use std::ops::Range;
+
 /// Name of the inbox entry field that holds packed messages.
 pub const FIELD: &str = "b";
 /// The format byte a packed value starts with; a new layout gets a new one.
@@ -68,15 +70,17 @@ impl Packer {
             },
             groups,
         )
+        .map(|_| ())
     }
 
     /// Appends a message that `encode` writes straight into the packed value (no copy of it in
-    /// between), and the encoded share groups. On an error the value is left as it was.
+    /// between), and the encoded share groups; returns where the message is in
+    /// [`Self::as_bytes`]. On an error the value is left as it was.
     pub fn push_with(
         &mut self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>,
         groups: &[u8],
-    ) -> Result<(), PackedError> {
+    ) -> Result<Range<usize>, PackedError> {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(&[0; 4]);
         let written = encode(&mut self.bytes)
@@ -91,10 +95,17 @@ impl Packer {
             }
         };
         self.bytes[start..start + 4].copy_from_slice(&message_len);
+        let message = start + 4..self.bytes.len();
         self.bytes.extend_from_slice(&groups_len);
         self.bytes.extend_from_slice(groups);
         self.count += 1;
-        Ok(())
+        Ok(message)
+    }
+
+    /// Appends every message of `other`, after the ones this holds.
+    pub fn append(&mut self, other: &Packer) {
+        self.bytes.extend_from_slice(&other.bytes[1..]);
+        self.count += other.count;
     }
 
     /// How many messages it holds.

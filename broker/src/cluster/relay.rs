@@ -551,9 +551,7 @@ impl ClusterLink {
             let remote = self.remote.read();
             let generation = remote.generation();
             if let Some(nodes) = memo.remote(generation) {
-                for node in nodes {
-                    pending.push(node, message, &[]);
-                }
+                pending.push(message, nodes.iter().map(|node| (node, &[][..])));
                 return Vec::new();
             }
             let route = remote.route(&message.topic);
@@ -582,9 +580,12 @@ impl ClusterLink {
                 served_elsewhere.push(key);
             }
         }
-        for (node, groups) in targets {
-            pending.push(&node, message, &groups);
-        }
+        pending.push(
+            message,
+            targets
+                .iter()
+                .map(|(node, groups)| (node, groups.as_slice())),
+        );
         served_elsewhere
     }
 
@@ -758,22 +759,18 @@ impl Packs {
         }
     }
 
-    /// Adds a message for the node of packer `index`; a packed entry that reaches
+    /// Adds the packed messages of a burst for `node`; a packed entry that reaches
     /// [`PACK_BYTES`] is appended at once.
     fn push(
         &mut self,
         pipe: &mut redis::Pipeline,
         link: &ClusterLink,
-        index: usize,
-        message: &Message,
-        groups: &str,
+        node: &NodeId,
+        burst: &Packer,
     ) {
+        let index = self.packer_for(node);
         let (node, packer) = &mut self.packers[index];
-        let encode = |out: &mut Vec<u8>| codec::encode_message_into(message, out);
-        if let Err(e) = packer.push_with(encode, groups.as_bytes()) {
-            tracing::warn!(error = %e, "message not relayed: packing failed");
-            return;
-        }
+        packer.append(burst);
         if packer.byte_len() >= PACK_BYTES {
             append_packed(pipe, link, node, packer);
             self.appended.push((node.clone(), packer.count()));
@@ -923,7 +920,6 @@ async fn write_loop(
     let mut packs = Packs::default();
     let mut flow = Flow::default();
     let mut targets: Vec<NodeId> = Vec::new();
-    let mut slots: Vec<usize> = Vec::new();
     while queue.take(&mut batch, WRITE_BATCH, weight).await > 0 {
         let Some(link) = weak_link.upgrade() else {
             return;
@@ -931,9 +927,9 @@ async fn write_loop(
         targets.clear();
         for item in &batch {
             if let Outbound::Relays(relays) = item {
-                for node in &relays.nodes {
-                    if !targets.contains(node) {
-                        targets.push(node.clone());
+                for target in &relays.targets {
+                    if !targets.contains(&target.node) {
+                        targets.push(target.node.clone());
                     }
                 }
             }
@@ -942,11 +938,8 @@ async fn write_loop(
         let mut pipe = redis::pipe();
         for item in &batch {
             if let Outbound::Relays(relays) = item {
-                slots.clear();
-                slots.extend(relays.nodes.iter().map(|node| packs.packer_for(node)));
-                for relay in &relays.items {
-                    let slot = slots[relay.node];
-                    packs.push(&mut pipe, &link, slot, &relay.message, &relay.groups);
+                for target in &relays.targets {
+                    packs.push(&mut pipe, &link, &target.node, &target.records);
                 }
                 continue;
             }
