@@ -35,7 +35,8 @@ impl MessageProperties {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether there is no property at all.
+    pub fn is_empty(&self) -> bool {
         *self == MessageProperties::default()
     }
 }

@@ -25,6 +25,7 @@
 //! when no node is alive to sweep them; retained messages with an expiry carry theirs too.
 
 pub(crate) mod codec;
+mod plain;
 
 pub use codec::{DecodeError, ENCODING_VERSION};
 

@@ -6,6 +6,7 @@
 //! changes when this file does. Any change that an older node cannot read must bump
 //! [`ENCODING_VERSION`] (and the key schema version in the key names, see `docs/redis-schema.md`).
 
+use super::plain;
 use crate::message::{Message, MessageProperties};
 use crate::protocol::{self, QoS, RetainForwardRule};
 use crate::router::SubscriptionOptions;
@@ -188,11 +189,14 @@ fn message_from_wire_named(
             content_type: p.content_type.map(str::to_owned),
             response_topic: p.response_topic.map(str::to_owned),
             correlation_data: p.correlation_data.map(|d| Bytes::copy_from_slice(d.0)),
-            user_properties: p
-                .user_properties
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+            user_properties: if p.user_properties.is_empty() {
+                Vec::new()
+            } else {
+                p.user_properties
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            },
         },
         expires_at: w.expires_at.and_then(|d| UNIX_EPOCH.checked_add(d)),
         publisher,
@@ -265,6 +269,19 @@ pub fn encode_message_into(message: &Message, out: &mut Vec<u8>) -> Result<(), p
             + message.publisher.as_deref().map_or(0, str::len),
     );
     out.push(ENCODING_VERSION);
+    if message.expires_at.is_none() && message.properties.is_empty() {
+        plain::encode(
+            &plain::PlainMessage {
+                topic: &message.topic,
+                payload: &message.payload,
+                qos: message.qos as u8,
+                retain: message.retain,
+                publisher: message.publisher.as_deref(),
+            },
+            out,
+        );
+        return Ok(());
+    }
     postcard::serialize_with_flavor(&message_to_wire(message), Appending(out))
 }
 
@@ -292,7 +309,29 @@ impl postcard::ser_flavors::Flavor for Appending<'_> {
 
 /// Decodes a message written by [`encode_message`].
 pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
-    message_from_wire(postcard::from_bytes(body(bytes)?)?)
+    message_from_wire(wire_message(body(bytes)?)?)
+}
+
+/// Reads an encoded message's body: a plain one (see [`plain`]) directly, any other with serde.
+fn wire_message(body: &[u8]) -> Result<WireMessage<'_>, DecodeError> {
+    if let Some(m) = plain::decode(body) {
+        return Ok(WireMessage {
+            topic: m.topic,
+            payload: WireBytes(m.payload),
+            qos: m.qos,
+            retain: m.retain,
+            properties: WireProperties {
+                payload_format_indicator: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: Vec::new(),
+            },
+            expires_at: None,
+            publisher: m.publisher,
+        });
+    }
+    Ok(postcard::from_bytes(body)?)
 }
 
 /// A message read from [`encode_message`]'s bytes that still borrows its topic and publisher id
@@ -303,7 +342,7 @@ pub struct MessageView<'a>(WireMessage<'a>);
 impl<'a> MessageView<'a> {
     /// Reads a message written by [`encode_message`].
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
-        Ok(Self(postcard::from_bytes(body(bytes)?)?))
+        Ok(Self(wire_message(body(bytes)?)?))
     }
 
     /// The topic.
@@ -544,6 +583,94 @@ mod tests {
         ];
         assert_eq!(encode_message(&m).expect("encode"), expected);
         assert_eq!(decode_message(&expected).expect("decode"), m);
+    }
+
+    /// The encoding serde and postcard write for `m`, whatever the message.
+    fn general_encoding(m: &Message) -> Vec<u8> {
+        let mut out = vec![ENCODING_VERSION];
+        postcard::serialize_with_flavor(&message_to_wire(m), Appending(&mut out)).unwrap();
+        out
+    }
+
+    /// Plain messages of many shapes: topic, payload and publisher lengths on both sides of
+    /// each varint length step, every QoS, both retain flags.
+    fn plain_messages() -> Vec<Message> {
+        let mut out = Vec::new();
+        for (i, len) in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000]
+            .into_iter()
+            .enumerate()
+        {
+            out.push(Message {
+                topic: "t/".repeat(len.min(20_000) / 2 + 1).into(),
+                payload: Bytes::from(vec![i as u8; len]),
+                qos: protocol::qos_from_u8((i % 3) as u8).unwrap(),
+                retain: i % 2 == 1,
+                properties: MessageProperties::default(),
+                expires_at: None,
+                publisher: (i % 4 != 0).then(|| "p".repeat(len.min(300)).into()),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_plain_message_takes_the_short_way_to_the_same_bytes_and_back() {
+        for m in plain_messages() {
+            let encoded = encode_message(&m).unwrap();
+            assert_eq!(
+                encoded,
+                general_encoding(&m),
+                "topic {} bytes",
+                m.topic.len()
+            );
+            assert!(plain::decode(&encoded[1..]).is_some());
+            assert_eq!(decode_message(&encoded).unwrap(), m);
+            let general: WireMessage<'_> = postcard::from_bytes(&encoded[1..]).unwrap();
+            assert_eq!(message_from_wire(general).unwrap(), m);
+        }
+        // Anything with properties or an expiry goes the general way, and comes back whole.
+        let encoded = encode_message(&message()).unwrap();
+        assert!(plain::decode(&encoded[1..]).is_none());
+        assert_eq!(decode_message(&encoded).unwrap(), message());
+    }
+
+    #[test]
+    fn a_damaged_plain_message_is_an_error_never_a_panic() {
+        let m = &plain_messages()[1];
+        let encoded = encode_message(m).unwrap();
+        // version, topic "t/", payload [1], QoS 1, retain, no extras, publisher "p"
+        assert_eq!(
+            encoded,
+            [
+                ENCODING_VERSION,
+                2,
+                b't',
+                b'/',
+                1,
+                1,
+                1,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+                1,
+                b'p'
+            ]
+        );
+        for cut in 0..encoded.len() {
+            assert!(decode_message(&encoded[..cut]).is_err(), "cut at {cut}");
+        }
+        // retain, an extra, the publisher flag; a length past the end; a QoS out of range;
+        // a topic that is not UTF-8
+        for (at, byte) in [(7, 2), (10, 2), (14, 2), (15, 9), (6, 3), (2, 0xff)] {
+            let mut damaged = encoded.clone();
+            damaged[at] = byte;
+            assert!(decode_message(&damaged).is_err(), "byte {at} set to {byte}");
+        }
     }
 
     #[test]
