@@ -94,8 +94,8 @@ enum Outbound {
         raw: String,
         added: bool,
     },
-    /// The relayed messages of a publishing connection's burst, encoded by the writer straight
-    /// into each node's packed entry. Each holds a place in the bounded part of the queue (a
+    /// The relayed messages of a publishing connection's burst, already packed per node by the
+    /// connection; the writer appends them to each node's packed entry. Each holds a place in the bounded part of the queue (a
     /// permit of `forward_room`), given back once written.
     Relays(PendingRelays),
     /// A copy recorded in this node's delivery journal.
