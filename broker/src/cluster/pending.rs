@@ -40,26 +40,23 @@ pub(super) struct Target {
 pub struct PendingRelays {
     /// The nodes this burst relays to, each listed once.
     pub(super) targets: Vec<Target>,
-    /// Messages over all targets (a message relayed to two nodes counts twice).
-    count: usize,
-    /// Packed bytes over all targets.
-    bytes: usize,
 }
 
 impl PendingRelays {
     /// Whether nothing is waiting to be handed over.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.len() == 0
     }
 
-    /// How many messages are waiting.
+    /// How many messages are waiting (a message relayed to two nodes counts twice).
     pub fn len(&self) -> usize {
-        self.count
+        self.targets.iter().map(|t| t.qos.len()).sum()
     }
 
     /// Whether the burst is large enough to be handed over now.
     pub fn is_full(&self) -> bool {
-        self.count >= MAX_PENDING || self.bytes >= MAX_PENDING_BYTES
+        let bytes: usize = self.targets.iter().map(|t| t.records.byte_len()).sum();
+        self.len() >= MAX_PENDING || bytes >= MAX_PENDING_BYTES
     }
 
     /// Adds `message` for each of `targets`, serving the given share groups there. The message
@@ -84,18 +81,13 @@ impl PendingRelays {
                 }
                 Some((from, range)) => self.copy_record(from, range, index, &groups),
             };
-            let target = &mut self.targets[index];
             match pushed {
-                Ok(()) => {
-                    target.qos.push(message.qos);
-                    self.count += 1;
-                }
+                Ok(()) => self.targets[index].qos.push(message.qos),
                 Err(e) => {
                     tracing::warn!(error = %e, node = %node, "message not relayed: packing failed");
                 }
             }
         }
-        self.bytes = self.targets.iter().map(|t| t.records.byte_len()).sum();
     }
 
     /// Appends to target `to` the message bytes at `range` of target `from`'s records.
@@ -125,7 +117,7 @@ impl PendingRelays {
     /// Keeps only the messages of QoS 1 and 2 (what may be dropped under pressure is QoS 0);
     /// returns how many were dropped.
     pub(super) fn drop_at_most_once(&mut self) -> usize {
-        let before = self.count;
+        let before = self.len();
         for target in &mut self.targets {
             if !target.qos.contains(&QoS::AtMostOnce) {
                 continue;
@@ -149,9 +141,7 @@ impl PendingRelays {
             target.qos = kept_qos;
         }
         self.targets.retain(|t| !t.records.is_empty());
-        self.count = self.targets.iter().map(|t| t.qos.len()).sum();
-        self.bytes = self.targets.iter().map(|t| t.records.byte_len()).sum();
-        before - self.count
+        before - self.len()
     }
 
     /// Takes everything gathered, leaving this empty (and holding no memory).
