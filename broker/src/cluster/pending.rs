@@ -98,20 +98,18 @@ impl PendingRelays {
         to: usize,
         groups: &str,
     ) -> Result<(), packed::PackedError> {
-        if from == to {
-            // Listed twice (it cannot be: targets are distinct nodes); copied through a buffer.
-            let message = self.targets[from].records.as_bytes()[range].to_vec();
-            return self.targets[to].records.push(&message, groups.as_bytes());
+        match self.targets.get_disjoint_mut([from, to]) {
+            Ok([source, target]) => {
+                let message = &source.records.as_bytes()[range];
+                target.records.push(message, groups.as_bytes())
+            }
+            // The same node listed twice (targets are distinct nodes, so it does not happen):
+            // copied through a buffer.
+            Err(_) => {
+                let message = self.targets[from].records.as_bytes()[range].to_vec();
+                self.targets[to].records.push(&message, groups.as_bytes())
+            }
         }
-        let (source, target) = if from < to {
-            let (left, right) = self.targets.split_at_mut(to);
-            (&left[from], &mut right[0])
-        } else {
-            let (left, right) = self.targets.split_at_mut(from);
-            (&right[0], &mut left[to])
-        };
-        let message = &source.records.as_bytes()[range];
-        target.records.push(message, groups.as_bytes())
     }
 
     /// Keeps only the messages of QoS 1 and 2 (what may be dropped under pressure is QoS 0);
@@ -124,17 +122,14 @@ impl PendingRelays {
             }
             let mut kept = Packer::new();
             let mut kept_qos = Vec::new();
-            if let Ok(records) = packed::records(target.records.as_bytes()) {
-                for (record, &qos) in records.zip(&target.qos) {
-                    if qos == QoS::AtMostOnce {
-                        continue;
-                    }
-                    // Written by this node a moment ago: every record reads back.
-                    if let Ok(record) = record {
-                        if kept.push(record.message, record.groups).is_ok() {
-                            kept_qos.push(qos);
-                        }
-                    }
+            // Written by this node a moment ago: every record reads back.
+            let records = packed::records(target.records.as_bytes())
+                .into_iter()
+                .flatten();
+            for (record, &qos) in records.zip(&target.qos) {
+                let Ok(record) = record else { continue };
+                if qos != QoS::AtMostOnce && kept.push(record.message, record.groups).is_ok() {
+                    kept_qos.push(qos);
                 }
             }
             target.records = kept;
