@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
+use crate::cluster::journal::JournalReservation;
 use crate::cluster::pending::PendingRelays;
 use crate::cluster::recovery::{self, AdoptedRoutes, Leftovers};
 use crate::cluster::relay::ClusterLink;
@@ -540,6 +541,14 @@ impl Broker {
         if let Some(link) = self.cluster.get() {
             queued.journal = link.journal(client_id, queued);
         }
+    }
+
+    /// In a cluster, journal fields for the copies a claim of `client_id`'s persistent session
+    /// moves from the store into this node (see [`crate::cluster::journal`]).
+    pub fn journal_reservation(&self, client_id: &str) -> Option<JournalReservation> {
+        self.cluster
+            .get()
+            .map(|link| link.reserve_journal(client_id))
     }
 
     /// Delivers a copy recovered from a node that stopped while holding it (see

@@ -928,6 +928,7 @@ fn persistent_claim(expiry_secs: u32, will: Option<&str>) -> SessionClaim {
             message: Arc::new(message("wills", payload.as_bytes())),
             delay_secs: 0,
         }),
+        journal: None,
     }
 }
 
@@ -967,7 +968,7 @@ async fn a_claim_of_a_session_held_elsewhere_completes_with_what_the_holder_hand
         Some(Detached::HandedOver)
     );
     let Completed::Taken(Some(session)) = b
-        .complete_attach(&id, claim.generation)
+        .complete_attach(&id, claim.generation, None)
         .await
         .expect("complete")
     else {
@@ -1030,11 +1031,11 @@ async fn a_newer_claim_supersedes_one_still_waiting_and_a_session_that_ended_is_
         Some(Detached::HandedOver)
     );
     assert_eq!(
-        b.complete_attach(&id, from_b.generation).await.ok(),
+        b.complete_attach(&id, from_b.generation, None).await.ok(),
         Some(Completed::Superseded)
     );
     assert_eq!(
-        c.complete_attach(&id, from_c.generation).await.ok(),
+        c.complete_attach(&id, from_c.generation, None).await.ok(),
         Some(Completed::Taken(None))
     );
 }

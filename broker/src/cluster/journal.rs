@@ -13,9 +13,15 @@
 //!
 //! A [`JournalHold`] travels with the copy ([`crate::store::QueuedMessage::journal`]): clones
 //! share it, and the field is deleted when the last of them is dropped.
+//!
+//! The copies a session's claim moves out of the store into the connection (its in-flight and
+//! queued messages) are journalled by the claim's own script, in the same atomic step: the
+//! connection gets a [`JournalReservation`] (fields `<run>.<seq>.<index>`, one `seq` per claim)
+//! and only attaches the holds. A node killed right after a claim so loses none of them.
 
 use super::relay::ClusterLink;
 use crate::message::ClientId;
+use crate::protocol::QoS;
 use crate::store::redis::codec::{self, DecodeError};
 use crate::store::QueuedMessage;
 use std::fmt;
@@ -59,15 +65,86 @@ impl PartialEq for JournalHold {
 
 impl Eq for JournalHold {}
 
+/// The fields reserved for the copies one claim moves out of the store, which the claim's script
+/// journals (see the module docs): copy `index` of the claim (its in-flight messages first, then
+/// its queue) is field `<run>.<seq>.<index>`.
+#[derive(Debug, Clone)]
+pub struct JournalReservation {
+    key: String,
+    field_prefix: String,
+    value_prefix: Vec<u8>,
+    link: Weak<ClusterLink>,
+}
+
+impl JournalReservation {
+    pub(super) fn new(
+        key: String,
+        run: u64,
+        seq: u64,
+        client_id: &str,
+        link: Weak<ClusterLink>,
+    ) -> Self {
+        JournalReservation {
+            key,
+            field_prefix: format!("{run}.{seq}."),
+            value_prefix: value_prefix(client_id),
+            link,
+        }
+    }
+
+    /// The journal hash the script writes to.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What each field starts with; the copy's index follows.
+    pub fn field_prefix(&self) -> &str {
+        &self.field_prefix
+    }
+
+    /// What each value starts with; the copy in the queued encoding follows.
+    pub fn value_prefix(&self) -> &[u8] {
+        &self.value_prefix
+    }
+
+    /// Takes charge of copy `index`, which the script journalled: a QoS 1/2 copy keeps its field
+    /// while it lives; a QoS 0 copy has no business in the journal, so its field goes at once.
+    pub fn attach(&self, index: usize, queued: &mut QueuedMessage) {
+        let hold = JournalHold::new(self.field(index), self.link.clone());
+        if queued.qos != QoS::AtMostOnce {
+            queued.journal = Some(hold);
+        }
+    }
+
+    /// Deletes the field of copy `index` (it could not be read back, so it is dropped).
+    pub fn release(&self, index: usize) {
+        drop(JournalHold::new(self.field(index), self.link.clone()));
+    }
+
+    fn field(&self, index: usize) -> String {
+        format!("{}{index}", self.field_prefix)
+    }
+}
+
 /// The journal field of copy `seq` of run `run` of a node.
 pub fn field(run: u64, seq: u64) -> String {
     format!("{run}.{seq}")
 }
 
-/// The (run, seq) of a journal field, for putting recovered copies back in order.
-pub fn parse_field(field: &str) -> Option<(u64, u64)> {
-    let (run, seq) = field.split_once('.')?;
-    Some((run.parse().ok()?, seq.parse().ok()?))
+/// Where a journal field puts its copy among the others: run, sequence number, and the index
+/// within a claim's reservation (0 for a copy journalled alone).
+pub type FieldOrder = (u64, u64, u64);
+
+/// The [`FieldOrder`] of a journal field, for putting recovered copies back in order.
+pub fn parse_field(field: &str) -> Option<FieldOrder> {
+    let mut parts = field.split('.');
+    let run = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let index = match parts.next() {
+        Some(index) => index.parse().ok()?,
+        None => 0,
+    };
+    parts.next().is_none().then_some((run, seq, index))
 }
 
 /// Why a journal value could not be read.
@@ -87,15 +164,20 @@ pub enum JournalError {
 /// A journal value: the client id's length (2 bytes, big-endian), the client id, and the copy as
 /// the store encodes queued messages.
 pub fn encode_value(client_id: &str, queued: &QueuedMessage) -> Result<Vec<u8>, postcard::Error> {
-    let copy = codec::encode_queued(queued)?;
+    let mut value = value_prefix(client_id);
+    value.extend_from_slice(&codec::encode_queued(queued)?);
+    Ok(value)
+}
+
+/// The start of a journal value: the client id with its length.
+fn value_prefix(client_id: &str) -> Vec<u8> {
     let id = client_id.as_bytes();
     // MQTT client ids are at most 65,535 bytes (a UTF-8 string field).
     let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
-    let mut value = Vec::with_capacity(2 + id.len() + copy.len());
+    let mut value = Vec::with_capacity(2 + id.len() + 64);
     value.extend_from_slice(&len.to_be_bytes());
     value.extend_from_slice(&id[..usize::from(len)]);
-    value.extend_from_slice(&copy);
-    Ok(value)
+    value
 }
 
 /// Reads a value written by [`encode_value`].
@@ -110,7 +192,6 @@ pub fn decode_value(value: &[u8]) -> Result<(ClientId, QueuedMessage), JournalEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::QoS;
 
     #[test]
     fn a_value_round_trips_with_its_client_and_dup_mark() {
@@ -142,10 +223,48 @@ mod tests {
 
     #[test]
     fn fields_sort_by_run_then_sequence() {
-        let mut fields = [field(2, 1), field(1, 10), field(1, 9)];
+        let claimed = |seq, index| format!("{}{index}", reservation(1, seq).field_prefix());
+        let mut fields = [
+            field(2, 1),
+            claimed(9, 10),
+            field(1, 10),
+            claimed(9, 2),
+            field(1, 8),
+        ];
         fields.sort_by_key(|f| parse_field(f));
-        assert_eq!(fields, [field(1, 9), field(1, 10), field(2, 1)]);
-        assert_eq!(parse_field("x.1"), None);
-        assert_eq!(parse_field("12"), None);
+        assert_eq!(
+            fields,
+            [
+                field(1, 8),
+                claimed(9, 2),
+                claimed(9, 10),
+                field(1, 10),
+                field(2, 1)
+            ]
+        );
+        assert_eq!(parse_field("1.9.2"), Some((1, 9, 2)));
+        for bad in ["x.1", "12", "1.2.x", "1.2.3.4", "1..2"] {
+            assert_eq!(parse_field(bad), None, "{bad}");
+        }
+    }
+
+    fn reservation(run: u64, seq: u64) -> JournalReservation {
+        JournalReservation::new("journal".into(), run, seq, "sensor-7", Weak::new())
+    }
+
+    #[test]
+    fn a_reservation_holds_only_qos_1_and_2_copies() {
+        let reservation = reservation(5, 3);
+        assert_eq!(reservation.field_prefix(), "5.3.");
+        assert_eq!(reservation.value_prefix(), b"\x00\x08sensor-7");
+        let mut at_least_once = crate::store::test_queued("a", QoS::AtLeastOnce);
+        reservation.attach(0, &mut at_least_once);
+        assert_eq!(
+            format!("{:?}", at_least_once.journal),
+            "Some(JournalHold(5.3.0))"
+        );
+        let mut at_most_once = crate::store::test_queued("b", QoS::AtMostOnce);
+        reservation.attach(1, &mut at_most_once);
+        assert!(at_most_once.journal.is_none());
     }
 }

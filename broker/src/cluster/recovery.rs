@@ -13,7 +13,7 @@ use super::journal;
 use super::relay::{decode_groups, ClusterLink, KIND_DIRECT};
 use crate::broker::Broker;
 use crate::message::ClientId;
-use crate::protocol::topic;
+use crate::protocol::{topic, QoS};
 use crate::router::{self, Match, SubscriptionTree};
 use crate::store::redis::codec;
 use crate::store::{QueuedMessage, StoredSubscription};
@@ -147,7 +147,7 @@ async fn recover_journal(
     leftovers: Leftovers,
 ) -> redis::RedisResult<usize> {
     let key = link.journal_key(node);
-    let mut entries: Vec<((u64, u64), String, Vec<u8>)> = redis::cmd("HGETALL")
+    let mut entries: Vec<(journal::FieldOrder, String, Vec<u8>)> = redis::cmd("HGETALL")
         .arg(&key)
         .query_async::<Vec<(String, Vec<u8>)>>(con)
         .await?
@@ -163,6 +163,10 @@ async fn recover_journal(
     let mut count = 0;
     for (_, field, value) in entries {
         match journal::decode_value(&value) {
+            // A claim journals the QoS 0 copies it takes with the rest (it cannot tell them
+            // apart), and the node deletes them at once: one still here may have been sent, and
+            // at most once must not become twice.
+            Ok((_, copy)) if copy.qos == QoS::AtMostOnce => {}
             Ok((client, mut copy)) => {
                 copy.maybe_sent = true;
                 broker.deliver_recovered(client, copy).await;

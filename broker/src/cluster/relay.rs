@@ -24,7 +24,7 @@
 //!   inbox entry; a receiving node serves only the groups it was given.
 
 use super::inbox;
-use super::journal::{self, JournalHold};
+use super::journal::{self, JournalHold, JournalReservation};
 use super::packed::{self, Packer};
 use super::pending::PendingRelays;
 use super::window::{parse_stream_id, Unread};
@@ -322,6 +322,18 @@ impl ClusterLink {
             value,
         });
         Some(JournalHold::new(field, Arc::downgrade(self)))
+    }
+
+    /// Reserves journal fields for the copies a claim of `client_id`'s session moves out of the
+    /// store; the claim's script journals them (see [`super::journal`]).
+    pub fn reserve_journal(self: &Arc<Self>, client_id: &str) -> JournalReservation {
+        JournalReservation::new(
+            self.keys.journal(&self.node_id),
+            self.run,
+            self.journal_seq.fetch_add(1, Ordering::Relaxed),
+            client_id,
+            Arc::downgrade(self),
+        )
     }
 
     /// Deletes `ids` of `key` (`XDEL` or `HDEL`) once the writer has written everything queued

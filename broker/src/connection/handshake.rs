@@ -187,6 +187,11 @@ where
                 .unwrap_or(u32::MAX)
                 .min(expiry_secs),
         }),
+        // A session resumed for longer than this connection: what the claim takes from the
+        // store is journalled in the same step (in a cluster).
+        journal: (expiry_secs > 0 && !connect.clean_start)
+            .then(|| broker.journal_reservation(&client_id))
+            .flatten(),
     };
     let Some((generation, stored)) = claim_session(broker, &client_id, &claim).await else {
         broker.deregister(&client_id, connection_id);
@@ -213,7 +218,8 @@ where
     let mut incoming_qos2 = BTreeSet::new();
     if let Some(mut stored) = stored {
         // The store gave these up when the session was claimed: from now on they live in this
-        // node's memory, so in a cluster they are journalled until done with.
+        // node's memory, so in a cluster they are journalled until done with. The claim did
+        // that already (`SessionClaim::journal`); this catches any it could not.
         if expiry_secs > 0 {
             for inflight in &mut stored.inflight {
                 broker.journal_copy(&client_id, &mut inflight.queued);
@@ -327,7 +333,7 @@ async fn claim_session(
             }
             match broker
                 .store
-                .complete_attach(client_id, attached.generation)
+                .complete_attach(client_id, attached.generation, claim.journal.as_ref())
                 .await
             {
                 Ok(Completed::Taken(session)) => Some((attached.generation, session)),

@@ -4,6 +4,7 @@ use super::{
     Attached, Completed, Detached, Enqueued, ExpiredSession, Holder, QueuedMessage, SessionClaim,
     Store, StoreError, StoredSession,
 };
+use crate::cluster::journal::JournalReservation;
 use crate::message::{ClientId, Message};
 use crate::protocol::topic;
 use async_trait::async_trait;
@@ -105,6 +106,7 @@ impl Store for MemoryStore {
         &self,
         _client_id: &ClientId,
         _generation: u64,
+        _journal: Option<&JournalReservation>,
     ) -> Result<Completed, StoreError> {
         // Only one node uses this store: no claim ever waits for another node.
         Ok(Completed::Superseded)

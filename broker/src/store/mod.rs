@@ -11,7 +11,7 @@ pub mod redis;
 pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisStoreConfig};
 
-use crate::cluster::journal::JournalHold;
+use crate::cluster::journal::{JournalHold, JournalReservation};
 use crate::message::{ClientId, Message};
 use crate::protocol::QoS;
 use crate::router::SubscriptionOptions;
@@ -158,6 +158,10 @@ pub struct SessionClaim {
     pub clean_start: bool,
     /// The connection's will.
     pub will: Option<StoredWill>,
+    /// In a cluster, where the claim journals the in-flight and queued messages it takes from
+    /// the store, in the same atomic step (see [`crate::cluster::journal`]); none when the
+    /// session is not resumed or ends with its connection.
+    pub journal: Option<JournalReservation>,
 }
 
 /// Where a claimed session was before.
@@ -256,11 +260,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Attached, StoreError>;
 
     /// Finishes a claim that found the session held by another node, once that node handed it
-    /// over (or did not answer in time).
+    /// over (or did not answer in time); `journal` as [`SessionClaim::journal`].
     async fn complete_attach(
         &self,
         client_id: &ClientId,
         generation: u64,
+        journal: Option<&JournalReservation>,
     ) -> Result<Completed, StoreError>;
 
     /// Puts a session back when its connection ends and marks it offline. Messages queued while

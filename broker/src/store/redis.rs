@@ -34,6 +34,7 @@ use super::{
     InflightMessage, QueuedMessage, SessionClaim, Store, StoreError, StoredSession,
     StoredSubscription,
 };
+use crate::cluster::journal::JournalReservation;
 use crate::message::{ClientId, Message};
 use crate::protocol::topic;
 use async_trait::async_trait;
@@ -169,8 +170,14 @@ impl RedisStore {
         Ok(RedisStore {
             manager,
             scripts: Scripts {
-                attach: Script::new(include_str!("redis/attach.lua")),
-                complete: Script::new(include_str!("redis/complete.lua")),
+                attach: Script::new(concat!(
+                    include_str!("redis/journal.lua"),
+                    include_str!("redis/attach.lua")
+                )),
+                complete: Script::new(concat!(
+                    include_str!("redis/journal.lua"),
+                    include_str!("redis/complete.lua")
+                )),
                 detach: Script::new(include_str!("redis/detach.lua")),
                 remove: Script::new(include_str!("redis/remove.lua")),
                 enqueue: Script::new(include_str!("redis/enqueue.lua")),
@@ -403,47 +410,96 @@ fn pairs(flat: Vec<Value>) -> Result<Vec<Field>, StoreError> {
 }
 
 /// Decodes every element of a list reply, leaving out (and logging) those that do not decode.
+/// `each` is told every element's position, with the decoded value or `None` if it was left out.
 fn decode_list<T>(
     client_id: &str,
     what: &'static str,
-    list: Value,
+    list: Vec<Value>,
     decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
+    mut each: impl FnMut(usize, Option<&mut T>),
 ) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
-    for item in array(list)? {
+    let mut out = Vec::with_capacity(list.len());
+    for (index, item) in list.into_iter().enumerate() {
         match decode(&bytes(item)?) {
-            Ok(value) => out.push(value),
-            Err(e) => tracing::warn!(client_id, what, error = %e, "stored value dropped"),
+            Ok(mut value) => {
+                each(index, Some(&mut value));
+                out.push(value);
+            }
+            Err(e) => {
+                tracing::warn!(client_id, what, error = %e, "stored value dropped");
+                each(index, None);
+            }
         }
     }
     Ok(out)
 }
 
+/// Adds the optional journal key and arguments of `attach.lua` and `complete.lua`.
+fn journal_arguments(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    journal: Option<&JournalReservation>,
+) {
+    if let Some(journal) = journal {
+        invocation
+            .key(journal.key())
+            .arg(journal.field_prefix())
+            .arg(journal.value_prefix());
+    }
+}
+
 /// Builds a session from the parts the scripts return: the session hash, the subscriptions hash,
-/// the in-flight, queue and incoming QoS 2 lists.
-fn decode_session(client_id: &str, parts: Vec<Value>) -> Result<StoredSession, StoreError> {
+/// the in-flight, queue and incoming QoS 2 lists. With the claim's journal reservation, each
+/// in-flight and queued copy takes charge of the field the script journalled it in.
+fn decode_session(
+    client_id: &str,
+    parts: Vec<Value>,
+    journal: Option<&JournalReservation>,
+) -> Result<StoredSession, StoreError> {
     let [hash, subs, inflight, queue, qos2]: [Value; 5] = parts
         .try_into()
         .map_err(|_| malformed("a session has five parts"))?;
     let hash = SessionHash::parse(client_id, array(hash)?)?;
-    let queue: VecDeque<QueuedMessage> =
-        decode_list(client_id, "queued message", queue, codec::decode_queued)?.into();
     let subscriptions = decode_subscriptions(client_id, subs)?;
+    let inflight = array(inflight)?;
+    let queue_start = inflight.len();
+    let journalled = |index: usize, copy: Option<&mut QueuedMessage>| {
+        if let Some(journal) = journal {
+            match copy {
+                Some(copy) => journal.attach(index, copy),
+                None => journal.release(index),
+            }
+        }
+    };
     let inflight: Vec<InflightMessage> = decode_list(
         client_id,
         "in-flight message",
         inflight,
         codec::decode_inflight,
+        |index, inflight| journalled(index, inflight.map(|m| &mut m.queued)),
     )?;
-    let incoming_qos2 = decode_list(client_id, "QoS 2 packet id", qos2, |b| {
-        std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or(DecodeError::Field {
-                field: "packet id",
-                value: 0,
-            })
-    })?;
+    let queue: VecDeque<QueuedMessage> = decode_list(
+        client_id,
+        "queued message",
+        array(queue)?,
+        codec::decode_queued,
+        |index, queued| journalled(queue_start + index, queued),
+    )?
+    .into();
+    let incoming_qos2 = decode_list(
+        client_id,
+        "QoS 2 packet id",
+        array(qos2)?,
+        |b| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                .ok_or(DecodeError::Field {
+                    field: "packet id",
+                    value: 0,
+                })
+        },
+        |_, _| {},
+    )?;
     Ok(StoredSession {
         expiry_secs: hash.expiry_secs.unwrap_or(0),
         subscriptions,
@@ -608,6 +664,7 @@ impl Store for RedisStore {
             .arg(will)
             .arg(if claim.clean_start { "1" } else { "0" })
             .arg(self.node_prefix());
+        journal_arguments(&mut invocation, claim.journal.as_ref());
         let mut reply = array(self.run_script(invocation).await?)?.into_iter();
         let code = reply.next().map(int).transpose()?;
         let generation = |value: Option<Value>| -> Result<u64, StoreError> {
@@ -634,7 +691,11 @@ impl Store for RedisStore {
                 let generation = generation(reply.next())?;
                 let previous_node = reply.next().map(text).transpose()?.unwrap_or_default();
                 let previous = if code == 1 {
-                    Some(decode_session(client_id, reply.collect())?)
+                    Some(decode_session(
+                        client_id,
+                        reply.collect(),
+                        claim.journal.as_ref(),
+                    )?)
                 } else {
                     None
                 };
@@ -654,6 +715,7 @@ impl Store for RedisStore {
         &self,
         client_id: &ClientId,
         generation: u64,
+        journal: Option<&JournalReservation>,
     ) -> Result<Completed, StoreError> {
         let keys = self.session_keys(client_id);
         let mut invocation = self.scripts.complete.prepare_invoke();
@@ -661,6 +723,7 @@ impl Store for RedisStore {
             .key(&keys.0[..])
             .arg(&self.node_id)
             .arg(generation);
+        journal_arguments(&mut invocation, journal);
         let mut reply = array(self.run_script(invocation).await?)?.into_iter();
         match reply.next().map(int).transpose()? {
             Some(0) => Ok(Completed::Superseded),
@@ -668,6 +731,7 @@ impl Store for RedisStore {
             Some(2) => Ok(Completed::Taken(Some(decode_session(
                 client_id,
                 reply.collect(),
+                journal,
             )?))),
             _ => Err(malformed("complete answered an unknown code")),
         }
@@ -850,7 +914,7 @@ impl Store for RedisStore {
                     .ok_or_else(|| malformed("a swept session without a client id"))?;
                 let id: ClientId = String::from_utf8_lossy(&id).into();
                 let node = parts.next().map(text).transpose()?.unwrap_or_default();
-                let session = decode_session(&id, parts.collect())?;
+                let session = decode_session(&id, parts.collect(), None)?;
                 expired.push(ExpiredSession {
                     client_id: id,
                     parked_on: (!node.is_empty()).then_some(node),

@@ -8,6 +8,9 @@
 -- ARGV[4] the connection's encoded will, '' for none
 -- ARGV[5] '1' for a clean start (the stored session is discarded)
 -- ARGV[6] prefix of the per-node session sets (the node id and ':sessions' follow)
+-- KEYS[9], ARGV[7], ARGV[8] (optional) this node's delivery journal, the claim's field and
+-- value prefixes: the in-flight and queued messages the claim takes are journalled there
+-- (journal.lua, which precedes this script)
 --
 -- Every claim increments the session's generation (`gen`), the fencing token of the holder.
 -- Returns {2, holder, gen} when another node holds the session on a live connection: the
@@ -47,6 +50,9 @@ if state then
   }
 else
   reply = {0, gen, owner or ''}
+end
+if state and KEYS[9] then
+  journal_moved(KEYS[9], ARGV[7], ARGV[8], reply[6], reply[7])
 end
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 if ARGV[5] == '1' then

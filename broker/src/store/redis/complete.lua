@@ -2,6 +2,7 @@
 --
 -- KEYS[1..5] as for attach.lua.
 -- ARGV[1] id of the claiming node   ARGV[2] the generation its claim got
+-- KEYS[6], ARGV[3], ARGV[4] (optional) as KEYS[9], ARGV[7], ARGV[8] of attach.lua
 --
 -- Returns {0} when a newer claim superseded this one (the claimer must give up), {1} when the
 -- session ended with its old connection (nothing to resume), else {2, HGETALL session,
@@ -24,6 +25,9 @@ if not clean and not fresh then
     redis.call('LRANGE', KEYS[4], 0, -1),
     redis.call('LRANGE', KEYS[5], 0, -1),
   }
+  if KEYS[6] then
+    journal_moved(KEYS[6], ARGV[3], ARGV[4], reply[4], reply[5])
+  end
 end
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 if clean or fresh then
