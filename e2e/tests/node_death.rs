@@ -280,3 +280,90 @@ async fn a_node_killed_under_qos1_load_loses_nothing_for_persistent_subscribers(
         }
     }
 }
+
+/// Messages queued for the session that moves in the test below.
+const QUEUED: usize = 300;
+
+#[tokio::test]
+async fn a_node_killed_right_after_resuming_a_session_loses_none_of_its_queue() {
+    let redis = RedisServer::start().await.expect("redis");
+    let a_settings = settings(&redis, &[]);
+    let a = BrokerNode::start_clustered("node-a", &a_settings)
+        .await
+        .expect("node a");
+    let b_settings = settings(&redis, &[a_settings.gossip]);
+    let mut victim = BrokerNode::start_clustered("node-b", &b_settings)
+        .await
+        .expect("node b");
+    for node in [&a, &victim] {
+        node.wait_for_members(2, Duration::from_secs(30))
+            .await
+            .expect("two members");
+    }
+
+    // A persistent session subscribes on node A and leaves; a queue builds up for it in Redis.
+    let (sub, mut sub_loop, _) = connect(persistent(a.mqtt, "mover")).await;
+    sub.subscribe("moved/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        match sub_loop.poll().await.expect("subscriber on node a") {
+            Event::Incoming(Packet::SubAck(_)) => break,
+            _ => continue,
+        }
+    }
+    sub.disconnect().await.expect("disconnect");
+    while sub_loop.poll().await.is_ok() {}
+    let (publisher, mut pub_loop, _) = connect({
+        let mut options = MqttOptions::new("queue-filler", a.mqtt.ip().to_string(), a.mqtt.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        options
+    })
+    .await;
+    // Published from a task of its own: the client's request channel is smaller than the queue.
+    let publishing = tokio::spawn(async move {
+        for i in 0..QUEUED {
+            publisher
+                .publish("moved/x", QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .expect("publish");
+        }
+        publisher
+    });
+    let mut acks = 0;
+    while acks < QUEUED {
+        if let Event::Incoming(Packet::PubAck(_)) = pub_loop.poll().await.expect("publisher") {
+            acks += 1;
+        }
+    }
+    let _publisher = publishing.await.expect("publisher");
+
+    // The session resumes on node B, which is killed as soon as it has answered the claim,
+    // before the client acknowledged (or even read) anything.
+    let (_resumed, _resumed_loop, present) = connect(persistent(victim.mqtt, "mover")).await;
+    assert!(present, "node b resumed the session");
+    victim.kill();
+
+    // Back on node A: every queued message arrives.
+    let (_back, mut back_loop, _) = connect(persistent(a.mqtt, "mover")).await;
+    let mut numbers = std::collections::BTreeSet::new();
+    let collected = tokio::time::timeout(DEADLINE, async {
+        while numbers.len() < QUEUED {
+            match back_loop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let n: usize = String::from_utf8_lossy(&p.payload).parse().expect("number");
+                    numbers.insert(n);
+                }
+                Ok(_) => {}
+                Err(e) => panic!("the subscriber's connection to node a broke: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        collected.is_ok(),
+        "{} of {QUEUED} queued messages arrived after node b died",
+        numbers.len()
+    );
+    assert_eq!(numbers, (0..QUEUED).collect());
+}
