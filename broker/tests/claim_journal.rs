@@ -376,3 +376,91 @@ async fn a_claim_that_waits_for_a_hand_over_journals_what_it_is_handed() {
     drop(taken);
     remaining(0).await;
 }
+
+#[tokio::test]
+async fn recovery_delivers_a_dead_nodes_claimed_copies_again_in_order_but_never_a_qos0_one() {
+    let server = RedisServer::start().await;
+    let (_addr, broker, _link) = cluster_node(&server, "node-c").await;
+    let mut con = server.client().await;
+
+    // An offline session parked on node C.
+    let store = RedisStore::connect(RedisStoreConfig::new(server.url(), "node-c", 100))
+        .await
+        .expect("connect");
+    let id = ClientId::from("orphan");
+    let claim = SessionClaim {
+        expiry_secs: 300,
+        clean_start: false,
+        will: None,
+        journal: None,
+    };
+    let attached = store.attach_session(&id, &claim).await.expect("attach");
+    let session = StoredSession {
+        expiry_secs: 300,
+        ..StoredSession::default()
+    };
+    assert_eq!(
+        store
+            .detach_session(&id, attached.generation, session)
+            .await
+            .expect("detach"),
+        Detached::Stored
+    );
+
+    // Node X died holding copies for it: two a claim took (one of them QoS 0), then one more.
+    let value = |payload: &str, qos| {
+        journal::encode_value("orphan", &queued(payload, qos)).expect("encode journal value")
+    };
+    let _: () = redis::cmd("HSET")
+        .arg("starling:v1:journal:node-x")
+        .arg("7.1")
+        .arg(value("later", QoS::AtLeastOnce))
+        .arg("7.0.1")
+        .arg(value("at-most-once", QoS::AtMostOnce))
+        .arg("7.0.0")
+        .arg(value("claimed", QoS::ExactlyOnce))
+        .query_async(&mut con)
+        .await
+        .expect("HSET");
+
+    broker
+        .adopt_sessions_of(
+            "node-x",
+            starling_broker::cluster::recovery::Leftovers::Departed,
+        )
+        .await;
+    eventually("node x's journal recovered and deleted", || {
+        let mut con = con.clone();
+        async move {
+            journal_of(&mut con, "node-x")
+                .await
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    let resumed = store
+        .attach_session(&id, &claim)
+        .await
+        .expect("attach again")
+        .previous
+        .expect("the session");
+    let queued: Vec<(String, QoS, bool)> = resumed
+        .queue
+        .iter()
+        .map(|copy| {
+            (
+                String::from_utf8_lossy(&copy.message.payload).into_owned(),
+                copy.qos,
+                copy.maybe_sent,
+            )
+        })
+        .collect();
+    assert_eq!(
+        queued,
+        [
+            ("claimed".to_string(), QoS::ExactlyOnce, true),
+            ("later".to_string(), QoS::AtLeastOnce, true),
+        ]
+    );
+}

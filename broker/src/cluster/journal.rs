@@ -164,20 +164,26 @@ pub enum JournalError {
 /// A journal value: the client id's length (2 bytes, big-endian), the client id, and the copy as
 /// the store encodes queued messages.
 pub fn encode_value(client_id: &str, queued: &QueuedMessage) -> Result<Vec<u8>, postcard::Error> {
-    let mut value = value_prefix(client_id);
-    value.extend_from_slice(&codec::encode_queued(queued)?);
+    let copy = codec::encode_queued(queued)?;
+    let mut value = Vec::with_capacity(2 + client_id.len() + copy.len());
+    push_value_prefix(&mut value, client_id);
+    value.extend_from_slice(&copy);
     Ok(value)
 }
 
 /// The start of a journal value: the client id with its length.
 fn value_prefix(client_id: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(2 + client_id.len());
+    push_value_prefix(&mut prefix, client_id);
+    prefix
+}
+
+fn push_value_prefix(out: &mut Vec<u8>, client_id: &str) {
     let id = client_id.as_bytes();
     // MQTT client ids are at most 65,535 bytes (a UTF-8 string field).
     let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
-    let mut value = Vec::with_capacity(2 + id.len() + 64);
-    value.extend_from_slice(&len.to_be_bytes());
-    value.extend_from_slice(&id[..usize::from(len)]);
-    value
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&id[..usize::from(len)]);
 }
 
 /// Reads a value written by [`encode_value`].
