@@ -8,7 +8,7 @@ mod common;
 mod common_redis;
 mod mqtt5_support;
 
-use common_redis::RedisServer;
+use common_redis::{eventually, RedisServer};
 use mqtt5_support::{
     connect_packet, expiry_props, filter, raw_connect, raw_publish, raw_subscribe, v5_client,
 };
@@ -24,13 +24,15 @@ use starling_broker::store::{
     Completed, Detached, Holder, InflightMessage, InflightState, QueuedMessage, RedisStore,
     RedisStoreConfig, SessionClaim, Store, StoredSession,
 };
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-/// How long a test polls for something that should happen.
-const WAIT: Duration = Duration::from_secs(15);
+/// The Redis store of node `node`.
+async fn node_store(server: &RedisServer, node: &str) -> RedisStore {
+    RedisStore::connect(RedisStoreConfig::new(server.url(), node, 100))
+        .await
+        .expect("connect the store")
+}
 
 /// A broker node `node` in cluster mode on `server` (no gossip: a cluster of one), serving plain
 /// TCP on a free loopback port, with QoS 0 messages queued for offline sessions too.
@@ -42,45 +44,13 @@ async fn cluster_node(
     config.node_id = node.to_string();
     config.session.queue_qos0 = true;
     let auth = Auth::load(&config.auth).expect("auth");
-    let store = RedisStore::connect(RedisStoreConfig::new(server.url(), node, 100))
-        .await
-        .expect("connect the store");
-    let broker = Broker::new(config, auth, Arc::new(store));
+    let broker = Broker::new(config, auth, Arc::new(node_store(server, node).await));
     let link = ClusterLink::start(&server.url(), node, "starling:", &broker)
         .await
         .expect("start the relay link");
     broker.attach_cluster(link.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let serving = broker.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            tokio::spawn(starling_broker::connection::serve(
-                serving.clone(),
-                stream,
-                peer,
-            ));
-        }
-    });
+    let addr = common::serve_tcp(broker.clone()).await;
     (addr, broker, link)
-}
-
-/// Polls `check` until it returns `Some`, for at most [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One journal entry as a test reads it.
@@ -277,12 +247,8 @@ async fn a_claim_that_waits_for_a_hand_over_journals_what_it_is_handed() {
     let server = RedisServer::start().await;
     let (_addr, _broker, link) = cluster_node(&server, "node-b").await;
     let mut con = server.client().await;
-    let holder = RedisStore::connect(RedisStoreConfig::new(server.url(), "node-a", 100))
-        .await
-        .expect("connect");
-    let claimer = RedisStore::connect(RedisStoreConfig::new(server.url(), "node-b", 100))
-        .await
-        .expect("connect");
+    let holder = node_store(&server, "node-a").await;
+    let claimer = node_store(&server, "node-b").await;
     let id = ClientId::from("moving");
     let claim = |journal| SessionClaim {
         expiry_secs: 300,
@@ -384,9 +350,7 @@ async fn recovery_delivers_a_dead_nodes_claimed_copies_again_in_order_but_never_
     let mut con = server.client().await;
 
     // An offline session parked on node C.
-    let store = RedisStore::connect(RedisStoreConfig::new(server.url(), "node-c", 100))
-        .await
-        .expect("connect");
+    let store = node_store(&server, "node-c").await;
     let id = ClientId::from("orphan");
     let claim = SessionClaim {
         expiry_secs: 300,

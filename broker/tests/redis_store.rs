@@ -7,7 +7,7 @@ mod common_redis;
 mod mqtt5_support;
 
 use bytes::Bytes;
-use common_redis::RedisServer;
+use common_redis::{eventually, RedisServer};
 use mqtt5_support::{end_connection, publish_qos1, subscribe, v5_client};
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use starling_broker::auth::Auth;
@@ -20,12 +20,8 @@ use starling_broker::store::{
     QueuedMessage, RedisStore, RedisStoreConfig, SessionClaim, Store, StoreError, StoredSession,
     StoredSubscription, StoredWill,
 };
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-/// How long a test polls for something that should happen.
-const WAIT: Duration = Duration::from_secs(15);
 
 fn config(server: &RedisServer, node: &str, max_queued: usize) -> RedisStoreConfig {
     let mut config = RedisStoreConfig::new(server.url(), node, max_queued);
@@ -54,21 +50,6 @@ async fn attach(store: &dyn Store, id: &ClientId) -> Attached {
         .attach_session(id, &SessionClaim::default())
         .await
         .expect("attach")
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(t) = check().await {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn message(topic: &str, payload: &[u8]) -> Message {
@@ -1353,20 +1334,7 @@ async fn serve_broker(store: Arc<RedisStore>) -> (std::net::SocketAddr, Arc<Brok
     let config = common::test_config();
     let auth = Auth::load(&config.auth).expect("auth");
     let broker = Broker::new(config, auth, store);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let serving = broker.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            tokio::spawn(starling_broker::connection::serve(
-                serving.clone(),
-                stream,
-                peer,
-            ));
-        }
-    });
+    let addr = common::serve_tcp(broker.clone()).await;
     (addr, broker)
 }
 

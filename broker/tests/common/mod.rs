@@ -29,6 +29,25 @@ pub struct TestBroker {
     task: Option<JoinHandle<()>>,
 }
 
+/// Serves `broker`'s MQTT over plain TCP on a free loopback port (a broker core built by the
+/// test itself, e.g. on a store of its choosing); returns the address.
+pub async fn serve_tcp(broker: Arc<Broker>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(starling_broker::connection::serve(
+                broker.clone(),
+                stream,
+                peer,
+            ));
+        }
+    });
+    addr
+}
+
 /// The test configuration: every listener on 127.0.0.1 port 0, `$SYS` off.
 pub fn test_config() -> BrokerConfig {
     let mut config = BrokerConfig::default();

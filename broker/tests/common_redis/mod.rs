@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +15,28 @@ use tokio::net::TcpStream;
 
 /// How long a server may take to answer PING after it was started.
 const READY_WITHIN: Duration = Duration::from_secs(10);
+/// How long [`eventually`] polls for something that should happen.
+pub const POLL_WITHIN: Duration = Duration::from_secs(15);
+
+/// Polls `check` (a look at Redis, typically) until it returns `Some`, for at most
+/// [`POLL_WITHIN`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + POLL_WITHIN;
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {POLL_WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A `redis-server` process owned by a test.
 pub struct RedisServer {
