@@ -534,7 +534,7 @@ impl Broker {
 
     /// In a cluster, records a QoS 1/2 copy for a persistent session connected here in the
     /// delivery journal, so it survives this node's death (see [`crate::cluster::journal`]).
-    pub fn journal_copy(&self, client_id: &str, queued: &mut QueuedMessage) {
+    fn journal_copy(&self, client_id: &str, queued: &mut QueuedMessage) {
         if queued.qos == QoS::AtMostOnce || queued.journal.is_some() {
             return;
         }

@@ -216,18 +216,9 @@ where
     let mut outgoing = Outgoing::new(window, limits.max_queued_messages);
     let mut subscriptions = BTreeMap::new();
     let mut incoming_qos2 = BTreeSet::new();
-    if let Some(mut stored) = stored {
-        // The store gave these up when the session was claimed: from now on they live in this
-        // node's memory, so in a cluster they are journalled until done with. The claim did
-        // that already (`SessionClaim::journal`); this catches any it could not.
-        if expiry_secs > 0 {
-            for inflight in &mut stored.inflight {
-                broker.journal_copy(&client_id, &mut inflight.queued);
-            }
-            for queued in &mut stored.queue {
-                broker.journal_copy(&client_id, queued);
-            }
-        }
+    if let Some(stored) = stored {
+        // In a cluster the claim journalled these copies and they hold their journal fields
+        // (`SessionClaim::journal`): they live in this node's memory from now on.
         outgoing.restore(stored.inflight, stored.queue);
         incoming_qos2.extend(stored.incoming_qos2);
         for s in stored.subscriptions {

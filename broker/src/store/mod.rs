@@ -159,8 +159,9 @@ pub struct SessionClaim {
     /// The connection's will.
     pub will: Option<StoredWill>,
     /// In a cluster, where the claim journals the in-flight and queued messages it takes from
-    /// the store, in the same atomic step (see [`crate::cluster::journal`]); none when the
-    /// session is not resumed or ends with its connection.
+    /// the store, in the same atomic step (see [`crate::cluster::journal`]); the store hands each
+    /// copy it returns its hold ([`JournalReservation::attach`]). None when the session is not
+    /// resumed or ends with its connection.
     pub journal: Option<JournalReservation>,
 }
 
