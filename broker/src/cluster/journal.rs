@@ -110,15 +110,18 @@ impl JournalReservation {
     /// Takes charge of copy `index`, which the script journalled: a QoS 1/2 copy keeps its field
     /// while it lives; a QoS 0 copy has no business in the journal, so its field goes at once.
     pub fn attach(&self, index: usize, queued: &mut QueuedMessage) {
-        let hold = JournalHold::new(self.field(index), self.link.clone());
-        if queued.qos != QoS::AtMostOnce {
-            queued.journal = Some(hold);
+        if queued.qos == QoS::AtMostOnce {
+            self.release(index);
+        } else {
+            queued.journal = Some(JournalHold::new(self.field(index), self.link.clone()));
         }
     }
 
     /// Deletes the field of copy `index` (it could not be read back, so it is dropped).
     pub fn release(&self, index: usize) {
-        drop(JournalHold::new(self.field(index), self.link.clone()));
+        if let Some(link) = self.link.upgrade() {
+            link.release_journal(self.field(index));
+        }
     }
 
     fn field(&self, index: usize) -> String {
