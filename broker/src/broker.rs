@@ -154,6 +154,23 @@ pub struct Publishing {
     relays: PendingRelays,
 }
 
+/// Where a publish went: to how many sessions on this node, and to how many other nodes (whose
+/// own subscribers, unknown here, get it there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Sessions on this node it was delivered or queued to.
+    pub sessions: usize,
+    /// Other nodes it was relayed to (a node counts once, however many of its sessions match).
+    pub nodes: usize,
+}
+
+impl Routed {
+    /// Whether no subscriber anywhere matched (MQTT 5: reason 0x10 "No matching subscribers").
+    pub fn reached_nobody(&self) -> bool {
+        self.sessions == 0 && self.nodes == 0
+    }
+}
+
 /// State and behaviour shared by all connections of one node.
 pub struct Broker {
     /// The validated configuration.
@@ -282,8 +299,8 @@ impl Broker {
     }
 
     /// Publishes a message from a client, a will or the broker itself: stores it if retained, then
-    /// routes it. Returns the number of sessions it was routed to.
-    pub async fn publish(&self, message: Arc<Message>) -> usize {
+    /// routes it. Returns where it went.
+    pub async fn publish(&self, message: Arc<Message>) -> Routed {
         let mut publishing = Publishing::default();
         let count = self.publish_with(message, &mut publishing).await;
         self.send_relays(&mut publishing).await;
@@ -293,7 +310,7 @@ impl Broker {
     /// [`Self::publish`] for a connection that publishes again and again: `publishing` keeps
     /// where its last topic was routed for the next message, and gathers what goes to other
     /// nodes until [`Self::send_relays`].
-    pub async fn publish_with(&self, message: Arc<Message>, publishing: &mut Publishing) -> usize {
+    pub async fn publish_with(&self, message: Arc<Message>, publishing: &mut Publishing) -> Routed {
         if message.retain {
             if let Err(e) = self.store.set_retained(message.clone()).await {
                 tracing::warn!(error = %e, topic = %message.topic, "retained message not stored");
@@ -303,23 +320,27 @@ impl Broker {
     }
 
     /// Delivers a message to every matching session here and hands it to the cluster relay for
-    /// the other nodes; returns how many local sessions it reached.
-    pub async fn route(&self, message: &Arc<Message>) -> usize {
+    /// the other nodes; returns where it went.
+    pub async fn route(&self, message: &Arc<Message>) -> Routed {
         let mut publishing = Publishing::default();
         let count = self.route_with(message, &mut publishing).await;
         self.send_relays(&mut publishing).await;
         count
     }
 
-    async fn route_with(&self, message: &Arc<Message>, publishing: &mut Publishing) -> usize {
+    async fn route_with(&self, message: &Arc<Message>, publishing: &mut Publishing) -> Routed {
         let Publishing { memo, relays } = publishing;
         memo.start(&message.topic);
         let Some(link) = self.cluster.get() else {
             let matches = self.local_matches(&message.topic, GroupScope::All, memo);
-            return self.route_matched(message, &matches).await;
+            let sessions = self.route_matched(message, &matches).await;
+            return Routed { sessions, nodes: 0 };
         };
+        // A message relayed to two nodes is pending twice: what `forward` adds is its node count.
+        let pending_before = relays.len();
         let served_elsewhere = link.forward(self, message, memo, relays);
-        let count = {
+        let nodes = relays.len() - pending_before;
+        let sessions = {
             let matches =
                 self.local_matches(&message.topic, GroupScope::Except(&served_elsewhere), memo);
             self.route_matched(message, &matches).await
@@ -327,7 +348,7 @@ impl Broker {
         if relays.is_full() {
             self.send_relays(publishing).await;
         }
-        count
+        Routed { sessions, nodes }
     }
 
     /// Hands what `publishing` gathered for other nodes to the cluster relay. A connection calls

@@ -1,6 +1,7 @@
 //! Handling of each packet a connected client sends.
 
 use super::{Connection, Exit};
+use crate::broker::Routed;
 use crate::message::{Message, MessageProperties};
 use crate::protocol::{
     topic, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp, PubRec,
@@ -214,9 +215,10 @@ where
         Ok(Some(message))
     }
 
-    /// Acknowledges a routed PUBLISH (v5: 0x10 when nobody subscribes).
-    pub(super) fn acknowledge_publish(&mut self, qos: QoS, packet_id: u16, routed: usize) {
-        let nobody = routed == 0 && self.version.is_v5();
+    /// Acknowledges a routed PUBLISH (v5: 0x10 when nobody subscribes, here or on any node it
+    /// was relayed to).
+    pub(super) fn acknowledge_publish(&mut self, qos: QoS, packet_id: u16, routed: Routed) {
+        let nobody = routed.reached_nobody() && self.version.is_v5();
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
