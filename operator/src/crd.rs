@@ -437,7 +437,9 @@ pub struct ManagedRedis {
     #[serde(default = "default_redis_image")]
     #[schemars(length(min = 1))]
     pub image: String,
-    /// CPU and memory of the Redis container.
+    /// CPU and memory of the Redis container. A memory limit also sets Redis' `maxmemory` to
+    /// 80% of it. Redis never evicts keys (`maxmemory-policy noeviction`): when full it refuses
+    /// writes rather than drop the keys that say which node owns a session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Keep Redis data on a PersistentVolumeClaim (append-only file). Unset: data lives in the

@@ -26,6 +26,10 @@ pub const PASSWORD_KEY: &str = "password";
 pub const PASSWORD_ENV: &str = "REDIS_PASSWORD";
 /// User id of the Redis process in the official image.
 const REDIS_UID: i64 = 999;
+/// Share of the Redis container's memory limit given to Redis as `maxmemory`, in percent. The
+/// rest is for what `maxmemory` does not count: allocator fragmentation, client buffers and the
+/// copy-on-write pages of a background save or append-only file rewrite.
+pub const MAXMEMORY_PERCENT: u64 = 80;
 
 /// How broker pods reach Redis: the URL (possibly referring to `$(REDIS_PASSWORD)`) and where
 /// the password comes from.
@@ -154,6 +158,12 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
         "--dir".to_string(),
         "/data".to_string(),
     ];
+    // Never evict: an evicted session ownership key would silently hand a session to nobody.
+    // A full Redis refuses writes instead, and the brokers report that.
+    if let Some(bytes) = redis_memory_limit(redis).map(maxmemory_for_limit) {
+        args.extend(["--maxmemory".to_string(), bytes.to_string()]);
+    }
+    args.extend(["--maxmemory-policy".to_string(), "noeviction".to_string()]);
     if redis.persistence.is_some() {
         args.extend(["--appendonly".to_string(), "yes".to_string()]);
     } else {
@@ -249,6 +259,72 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
         },
         ..Deployment::default()
     })
+}
+
+/// The memory limit of the managed Redis' container in bytes, if it has one that reads as a
+/// quantity.
+fn redis_memory_limit(redis: &ManagedRedis) -> Option<u64> {
+    let limits = redis.resources.as_ref()?.limits.as_ref()?;
+    quantity_bytes(&limits.get("memory")?.0).filter(|&bytes| bytes > 0)
+}
+
+/// Redis' `maxmemory` for a container memory limit of `limit` bytes: [`MAXMEMORY_PERCENT`] of
+/// it, at least 1 (0 would mean no limit to Redis).
+pub fn maxmemory_for_limit(limit: u64) -> u64 {
+    (u128::from(limit) * u128::from(MAXMEMORY_PERCENT) / 100)
+        .try_into()
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A Kubernetes quantity (`512Mi`, `1G`, `1.5Gi`, `128974848`, `129e6`, `123456789000m`) in
+/// whole bytes, rounded down; `None` when it is not a non-negative quantity.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let quantity = quantity.trim();
+    let number_end = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(number_end);
+    let number = number.strip_prefix('+').unwrap_or(number);
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    // Multiplied by a whole power, or divided by one for the fractional scales (1e-3 is not
+    // exact in binary, 1e3 is).
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => return whole_bytes(value / 1e3),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exponent => {
+            let digits = exponent
+                .strip_prefix('e')
+                .or_else(|| exponent.strip_prefix('E'))?;
+            let power = 10f64.powi(digits.parse::<i32>().ok()?.abs());
+            if digits.starts_with('-') {
+                return whole_bytes(value / power);
+            }
+            power
+        }
+    };
+    whole_bytes(value * scale)
+}
+
+/// `bytes` rounded down, if it is in range (a float cast would saturate silently).
+fn whole_bytes(bytes: f64) -> Option<u64> {
+    let bytes = bytes.floor();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// The managed Redis' Service, or `None` for an external Redis.
@@ -431,6 +507,88 @@ mod tests {
         let svc_spec = svc.spec.expect("spec");
         assert_eq!(svc_spec.selector, Some(c.selector_labels(COMPONENT_REDIS)));
         assert_eq!(svc_spec.ports.expect("ports")[0].port, 6379);
+    }
+
+    #[test]
+    fn managed_redis_never_evicts_and_keeps_below_its_memory_limit() {
+        let args_of = |yaml: &str| {
+            let object = cluster_from_yaml(yaml);
+            let c = Cluster::new(&object).expect("cluster");
+            let d = deployment(&c).expect("deployment");
+            let pod = d.spec.template.spec.expect("pod");
+            pod.containers[0].args.clone().expect("args")
+        };
+        let value_of = |args: &[String], flag: &str| {
+            args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone())
+        };
+
+        // No memory limit: no maxmemory, but never evicting all the same.
+        let args = args_of("{}");
+        assert_eq!(
+            value_of(&args, "--maxmemory-policy").as_deref(),
+            Some("noeviction")
+        );
+        assert_eq!(value_of(&args, "--maxmemory"), None);
+
+        // 512Mi limit: 80% of it.
+        let args = args_of(
+            "redis: {managed: {resources: {requests: {memory: 256Mi}, limits: {memory: 512Mi, cpu: '1'}}}}",
+        );
+        assert_eq!(
+            value_of(&args, "--maxmemory-policy").as_deref(),
+            Some("noeviction")
+        );
+        assert_eq!(
+            value_of(&args, "--maxmemory").as_deref(),
+            Some(((512u64 << 20) * 8 / 10).to_string().as_str())
+        );
+
+        // A zero limit is no limit to size from.
+        let args = args_of("redis: {managed: {resources: {limits: {memory: '0'}}}}");
+        assert_eq!(value_of(&args, "--maxmemory"), None);
+
+        // Only a request: no maxmemory.
+        let args = args_of("redis: {managed: {resources: {requests: {memory: 256Mi}}}}");
+        assert_eq!(value_of(&args, "--maxmemory"), None);
+        assert_eq!(
+            value_of(&args, "--maxmemory-policy").as_deref(),
+            Some("noeviction")
+        );
+    }
+
+    #[test]
+    fn quantities_read_as_bytes() {
+        for (quantity, bytes) in [
+            ("128974848", Some(128_974_848)),
+            ("129e6", Some(129_000_000)),
+            ("129E6", Some(129_000_000)),
+            ("129M", Some(129_000_000)),
+            ("123Mi", Some(123 * 1024 * 1024)),
+            ("1.5Gi", Some(1536 * 1024 * 1024)),
+            ("1Gi", Some(1 << 30)),
+            ("2k", Some(2000)),
+            ("1Ki", Some(1024)),
+            ("128974848000m", Some(128_974_848)),
+            ("1289748480e-1", Some(128_974_848)),
+            ("+1Ki", Some(1024)),
+            ("0", Some(0)),
+            ("", None),
+            ("Mi", None),
+            ("-1Gi", None),
+            ("1.2.3", None),
+            ("12Qi", None),
+            ("1e", None),
+            ("1e999", None),
+        ] {
+            assert_eq!(quantity_bytes(quantity), bytes, "{quantity:?}");
+        }
+        assert_eq!(maxmemory_for_limit(1000), 800);
+        assert_eq!(
+            maxmemory_for_limit(1),
+            1,
+            "never 0, which means no limit to Redis"
+        );
+        assert_eq!(maxmemory_for_limit(u64::MAX), 14_757_395_258_967_641_292);
     }
 
     #[test]
