@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
+use crate::cluster::handoff::{self, HandOffs};
 use crate::cluster::journal::JournalReservation;
 use crate::cluster::pending::PendingRelays;
 use crate::cluster::recovery::{self, AdoptedRoutes, Leftovers};
@@ -12,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{topic, QoS};
 use crate::read_mostly::ReadMostly;
 use crate::router::memo::RouteMemo;
+use crate::router::remote::NodeId;
 use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
 use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription, StoredWill};
 use parking_lot::Mutex;
@@ -193,6 +195,7 @@ pub struct Broker {
     run_state: watch::Sender<RunState>,
     delivery_patience: Duration,
     cluster: OnceLock<Arc<ClusterLink>>,
+    hand_offs: HandOffs,
 }
 
 impl Broker {
@@ -203,6 +206,7 @@ impl Broker {
         Arc::new(Broker {
             delivery_patience,
             cluster: OnceLock::new(),
+            hand_offs: HandOffs::default(),
             config,
             auth,
             store,
@@ -341,8 +345,14 @@ impl Broker {
         let served_elsewhere = link.forward(self, message, memo, relays);
         let nodes = relays.len() - pending_before;
         let sessions = {
-            let matches =
+            let mut matches =
                 self.local_matches(&message.topic, GroupScope::Except(&served_elsewhere), memo);
+            if self.hand_offs.any() {
+                // A session that left reaches its new node through the relay above.
+                matches
+                    .to_mut()
+                    .retain(|(client, _)| !self.hand_offs.skips_local_publish(client));
+            }
             self.route_matched(message, &matches).await
         };
         if relays.is_full() {
@@ -646,7 +656,10 @@ impl Broker {
                     // The session moved to another node while this one still routed for it.
                     match (self.cluster.get(), onward) {
                         (Some(link), Onward::Allowed) => {
-                            link.send_direct(&node, client_id, &queued)
+                            // The new node's own routes may have delivered it as well.
+                            let mut copy = queued;
+                            copy.maybe_sent = true;
+                            link.send_direct(&node, client_id, &copy)
                         }
                         _ => {
                             self.metrics.relay_dropped.inc();
@@ -687,6 +700,12 @@ impl Broker {
 
     /// Records a session as online.
     pub fn register(&self, client_id: ClientId, handle: SessionHandle) {
+        if self.hand_offs.any() {
+            self.hand_offs.cancel(&client_id);
+            self.metrics
+                .cluster_handoffs
+                .set(self.hand_offs.pending() as i64);
+        }
         self.online.write().insert(client_id, handle);
         self.metrics
             .connections
@@ -823,7 +842,7 @@ impl Broker {
                                 .into_iter()
                                 .map(|s| s.filter)
                                 .collect();
-                            link.forget_parked(&node, &gone.client_id, filters);
+                            link.forget_parked(&node, &gone.client_id, filters, false);
                         }
                         _ => {
                             self.remove_subscriptions(&gone.client_id, &gone.session.subscriptions)
@@ -841,19 +860,38 @@ impl Broker {
     /// Hands a session held by a connection here over to another node that claimed it: closes
     /// the connection (its state goes to the claimer as the connection ends), then tells the
     /// claimer. Waits for the connection to finish, so it runs in a task of its own.
-    pub async fn release_session(&self, client_id: &ClientId) {
+    pub async fn release_session(&self, client_id: &ClientId, claimer: &str) {
+        self.hand_offs.note_claimer(client_id, claimer);
         if let Some(handle) = self.online_handle(client_id) {
             handle.mailbox.signal(Signal::TakenOver);
         }
         // Held by the connection until it has stored (handed over) the session.
         let _session = self.lock_session(client_id).await;
         self.cancel_will(client_id);
+        // Its connection, if it had one, has taken the note; otherwise it is of no use.
+        self.hand_offs.take_claimer(client_id);
     }
 
-    /// Forgets a session parked here that another node took (or that expired elsewhere): its
-    /// subscriptions leave this node's routing tree, and a delayed will waiting for it is
-    /// cancelled. A session that is online here again is left alone.
-    pub fn forget_parked(&self, client_id: &str, filters: &[String]) {
+    /// Forgets a session parked here that `claimer` took: a delayed will waiting for it is
+    /// cancelled, and its subscriptions leave this node's routing tree once the claimer routes
+    /// for it ([`Self::hand_off_routes`]). A session that is online here again is left alone.
+    pub fn forget_parked(
+        self: &Arc<Self>,
+        client_id: &ClientId,
+        filters: Vec<String>,
+        claimer: NodeId,
+    ) {
+        if self.online.read().contains_key(client_id) {
+            return;
+        }
+        self.cancel_will(client_id);
+        self.hand_off_routes(client_id, filters, Some(claimer));
+    }
+
+    /// Forgets a session parked here that expired (swept by another node): its subscriptions
+    /// leave this node's routing tree and a delayed will waiting for it is cancelled. A session
+    /// that is online here again is left alone.
+    pub fn forget_expired(&self, client_id: &str, filters: &[String]) {
         if self.online.read().contains_key(client_id) {
             return;
         }
@@ -861,6 +899,74 @@ impl Broker {
             self.remove_subscription(client_id, filter);
         }
         self.cancel_will(client_id);
+    }
+
+    /// Takes the subscriptions of a session that left this node for another one (`new_node`,
+    /// when known) out of the routing tree: at once on a single node; in a cluster only once
+    /// the new node's routes have reached the cluster (see [`crate::cluster::handoff`]), what
+    /// they match meanwhile being sent on to the session's new node.
+    pub fn hand_off_routes(
+        self: &Arc<Self>,
+        client_id: &ClientId,
+        filters: Vec<String>,
+        new_node: Option<NodeId>,
+    ) {
+        let Some(link) = self.cluster.get() else {
+            for filter in &filters {
+                self.remove_subscription(client_id, filter);
+            }
+            return;
+        };
+        // Nothing to hand off when no route is left, or the session is connected here again.
+        if filters.is_empty() || self.online.read().contains_key(client_id) {
+            return;
+        }
+        let token = self.hand_offs.begin(client_id, filters.clone());
+        self.metrics
+            .cluster_handoffs
+            .set(self.hand_offs.pending() as i64);
+        self.metrics.cluster_handoffs_total.inc();
+        let (link, client_id, broker) = (link.clone(), client_id.clone(), self.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + handoff::WAIT_FOR_NEW_ROUTES;
+            loop {
+                if link.advertised_by(new_node.as_deref(), &filters) {
+                    if new_node.is_some() {
+                        broker.hand_offs.reached_by_relay(&client_id, token);
+                    }
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(handoff::POLL).await;
+            }
+            tokio::time::sleep(handoff::MARGIN).await;
+            link.send_unroute(&client_id, token);
+        });
+    }
+
+    /// The note [`Self::hand_off_routes`] sent itself came back through the inbox: the routes
+    /// of that departure go, unless the session came back or left again meanwhile.
+    pub fn unroute(&self, client_id: &str, token: u64) {
+        let finished = self.hand_offs.finish(client_id, token);
+        self.metrics
+            .cluster_handoffs
+            .set(self.hand_offs.pending() as i64);
+        let Some(filters) = finished else {
+            return;
+        };
+        if self.online.read().contains_key(client_id) {
+            return;
+        }
+        for filter in &filters {
+            self.remove_subscription(client_id, filter);
+        }
+    }
+
+    /// The node that asked for the release of a session held here, if one did.
+    pub fn claimer_of(&self, client_id: &str) -> Option<NodeId> {
+        self.hand_offs.take_claimer(client_id)
     }
 
     /// Takes over the sessions of a node that left the cluster: their subscriptions are routed

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub relay_waits: Counter,
     /// 1 while the cluster's Redis answers, 0 while it does not (always 1 standalone).
     pub redis_up: Gauge,
+    /// Sessions that moved to another node whose routes this node still keeps, sending what
+    /// they match on to the new node (see `cluster::handoff`).
+    pub cluster_handoffs: Gauge,
+    /// Hand-offs of a session's routes to another node begun since start.
+    pub cluster_handoffs_total: Counter,
     /// QoS 1/2 publishes acknowledged before Redis confirmed what they wrote (Redis unreachable
     /// or too slow): a node killed right after loses them.
     pub acks_unconfirmed: Counter,
@@ -177,6 +182,18 @@ impl Metrics {
             "QoS 1/2 publishes acknowledged before Redis confirmed what they wrote",
             acks_unconfirmed.clone(),
         );
+        let cluster_handoffs = Gauge::default();
+        registry.register(
+            "cluster_handoffs_pending",
+            "Sessions that moved to another node whose routes this node still keeps and forwards",
+            cluster_handoffs.clone(),
+        );
+        let cluster_handoffs_total = Counter::default();
+        registry.register(
+            "cluster_handoffs",
+            "Hand-offs of a session's routes to another node begun since start",
+            cluster_handoffs_total.clone(),
+        );
         let redis_up = Gauge::default();
         redis_up.set(1);
         registry.register(
@@ -185,6 +202,8 @@ impl Metrics {
             redis_up.clone(),
         );
         Metrics {
+            cluster_handoffs,
+            cluster_handoffs_total,
             redis_up,
             acks_unconfirmed,
             remote_entries,

@@ -197,6 +197,29 @@ async fn a_retained_message_published_on_one_node_is_served_by_another() {
 }
 
 /// Waits until `node` knows of at least `n` entries advertised by other nodes.
+/// Waits until `node` has handed off the routes of `n` sessions that moved to another node
+/// (it keeps them, and forwards what they match, until the new node's routes are known).
+async fn routes_handed_off(node: &BrokerNode, n: f64) {
+    node.wait_for_metric("starling_cluster_handoffs_total", n, WAIT)
+        .await
+        .expect("a hand-off began");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pending = node
+            .metric("starling_cluster_handoffs_pending")
+            .await
+            .expect("metrics");
+        if pending == 0.0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pending} hand-offs still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn remote_entries_at_least(node: &BrokerNode, n: f64) {
     node.wait_for_metric("starling_cluster_remote_entries", n, WAIT)
         .await
@@ -434,8 +457,9 @@ async fn a_connection_on_another_node_takes_the_session_over_with_its_unacknowle
         "an unacknowledged message is sent again with DUP"
     );
 
-    // From now on node B delivers, once: node A no longer routes for the session.
+    // Once node A has handed the session's routes off, node B delivers, once.
     remote_entries_at_least(&a, 1.0).await;
+    routes_handed_off(&a, 1.0).await;
     publisher
         .publish("twin/2", QoS::AtLeastOnce, false, "live")
         .await
@@ -680,6 +704,8 @@ async fn a_node_restarted_under_its_id_rejoins_and_relays_both_ways() {
     next_packet(&mut watch_loop, |p| matches!(p, Packet::SubAck(_))).await;
     remote_entries_at_least(&again, 1.0).await;
     remote_entries_at_least(&b, 1.0).await;
+    // Node B, where the session was parked, keeps routing it until node A's routes are known.
+    routes_handed_off(&b, 1.0).await;
     for (from, node) in [("b", &b), ("a", &again)] {
         let (publisher, mut pub_loop, _) = client(node.mqtt, &format!("pub-{from}"), true).await;
         publisher

@@ -1,5 +1,6 @@
 //! Running as one node of a cluster: membership by gossip (issue 4).
 
+pub mod handoff;
 mod inbox;
 pub mod journal;
 pub mod membership;

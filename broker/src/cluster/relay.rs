@@ -127,6 +127,8 @@ const KIND_RELEASE: &[u8] = b"release";
 const KIND_RELEASED: &[u8] = b"released";
 const KIND_FORGET: &[u8] = b"forget";
 pub(super) const KIND_DIRECT: &[u8] = b"direct";
+/// A node's note to itself that a departed session's routes may go (see [`super::handoff`]).
+const KIND_UNROUTE: &[u8] = b"unroute";
 
 /// A claim waiting for its holder's answer.
 type Waiters = HashMap<(ClientId, u64), (NodeId, oneshot::Sender<()>)>;
@@ -435,15 +437,35 @@ impl ClusterLink {
         answered
     }
 
-    /// Tells the node a session was parked on that it is gone from there (taken by another
+    /// Tells the node a session was parked on that it is gone from there (`claimed` by this
     /// node, or expired), with the subscriptions to drop.
-    pub fn forget_parked(&self, node: &str, client_id: &str, filters: Vec<String>) {
+    pub fn forget_parked(&self, node: &str, client_id: &str, filters: Vec<String>, claimed: bool) {
+        let mut fields = vec![("f", filters.join("\0").into_bytes())];
+        if claimed {
+            fields.push(("o", self.node_id.as_bytes().to_vec()));
+        }
+        self.send_control(node, KIND_FORGET, client_id, fields);
+    }
+
+    /// Appends to this node's own inbox the note that the routes a departed session left here
+    /// may go: entries relayed here before it are handled first (see [`super::handoff`]).
+    pub fn send_unroute(&self, client_id: &str, token: u64) {
         self.send_control(
-            node,
-            KIND_FORGET,
+            &self.node_id.clone(),
+            KIND_UNROUTE,
             client_id,
-            vec![("f", filters.join("\0").into_bytes())],
+            vec![("t", token.to_string().into_bytes())],
         );
+    }
+
+    /// Whether, in this node's replica, `node` (or any node, when not known) advertises every
+    /// one of `entries`.
+    pub fn advertised_by(&self, node: Option<&str>, entries: &[String]) -> bool {
+        let remote = self.remote.read();
+        entries.iter().all(|raw| match node {
+            Some(node) => remote.advertises(node, raw),
+            None => remote.anyone_advertises(raw),
+        })
     }
 
     /// Sends a message on to the node that holds its session now.
@@ -504,7 +526,7 @@ impl ClusterLink {
                 let link = self.clone();
                 let broker = broker.clone();
                 tokio::spawn(async move {
-                    broker.release_session(&client).await;
+                    broker.release_session(&client, &requester).await;
                     link.send_control(
                         &requester,
                         KIND_RELEASED,
@@ -529,8 +551,15 @@ impl ClusterLink {
                             .collect()
                     })
                     .unwrap_or_default();
-                broker.forget_parked(&client, &filters);
+                match text(b"o") {
+                    Some(claimer) => broker.forget_parked(&client, filters, claimer.into()),
+                    None => broker.forget_expired(&client, &filters),
+                }
             }
+            KIND_UNROUTE => match text(b"t").and_then(|t| t.parse::<u64>().ok()) {
+                Some(token) => broker.unroute(&client, token),
+                None => tracing::warn!("unreadable unroute note skipped"),
+            },
             other => {
                 tracing::warn!(kind = %String::from_utf8_lossy(other), "unknown control entry skipped")
             }

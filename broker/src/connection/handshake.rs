@@ -313,7 +313,7 @@ async fn claim_session(
                     .iter()
                     .flat_map(|s| s.subscriptions.iter().map(|s| s.filter.clone()))
                     .collect();
-                link.forget_parked(&node, client_id, filters);
+                link.forget_parked(&node, client_id, filters, true);
             }
             Some((attached.generation, attached.previous))
         }

@@ -518,9 +518,12 @@ where
             {
                 // Parked here: its subscriptions stay in this node's routing tree.
                 Ok(Detached::Stored) => {}
-                // The session lives on elsewhere now.
+                // The session lives on elsewhere now: its routes here go once the new node's
+                // have reached the cluster.
                 Ok(Detached::HandedOver | Detached::Fenced) => {
-                    broker.remove_subscriptions(&self.client_id, &subscriptions);
+                    let filters = subscriptions.iter().map(|s| s.filter.clone()).collect();
+                    let claimer = broker.claimer_of(&self.client_id);
+                    broker.hand_off_routes(&self.client_id, filters, claimer);
                 }
                 Err(e) => {
                     tracing::warn!(client_id = %self.client_id, error = %e, "session not stored");
