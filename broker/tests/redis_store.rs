@@ -1065,6 +1065,68 @@ async fn subscriptions_are_written_through_only_by_the_current_holder() {
 }
 
 #[tokio::test]
+async fn sessions_claimed_away_from_a_node_are_reported_when_it_departs() {
+    let server = RedisServer::start().await;
+    let (a, b, c) = (
+        node(&server, "node-a").await,
+        node(&server, "node-b").await,
+        node(&server, "node-c").await,
+    );
+    // Parked on node A (its client was drained there), then claimed by node C: it leaves A's
+    // session set, yet what was relayed to A for it just before must still be recoverable.
+    let roamer: ClientId = "roamer".into();
+    let p = a
+        .attach_session(&roamer, &persistent_claim(60, None))
+        .await
+        .expect("attach");
+    a.detach_session(
+        &roamer,
+        p.generation,
+        StoredSession {
+            expiry_secs: 60,
+            subscriptions: vec![StoredSubscription {
+                filter: "roam/#".into(),
+                options: options(QoS::AtLeastOnce),
+            }],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("detach");
+    c.attach_session(&roamer, &persistent_claim(60, None))
+        .await
+        .expect("claim");
+
+    let adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    let summary: Vec<_> = adopted
+        .iter()
+        .map(|s| {
+            (
+                s.client_id.to_string(),
+                s.moved,
+                s.subscriptions
+                    .iter()
+                    .map(|s| s.filter.clone())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("roamer".to_string(), true, vec!["roam/#".to_string()])],
+        "a session that just left the departed node is listed as moved, with its subscriptions"
+    );
+    let info = c
+        .session_info("roamer")
+        .await
+        .expect("info")
+        .expect("session");
+    assert_eq!(info.node.as_deref(), Some("node-c"), "left where it is");
+    // The record is read once.
+    assert!(b.adopt_sessions("node-a").await.expect("adopt").is_empty());
+}
+
+#[tokio::test]
 async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
     let server = RedisServer::start().await;
     let (a, b, c) = (

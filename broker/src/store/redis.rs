@@ -14,6 +14,7 @@
 //! | `v1:sessions`                     | set    | client ids of all sessions                    |
 //! | `v1:expiry`                       | zset   | offline client ids by expiry time (ms)        |
 //! | `v1:node:<node>:sessions`         | set    | sessions a node holds or has parked           |
+//! | `v1:node:<node>:moved`            | zset   | sessions claimed away from it (last minute)   |
 //! | `v1:retained:<topic>`             | string | encoded retained message                      |
 //! | `v1:retained-topics`              | set    | topics with a retained message                |
 //!
@@ -244,6 +245,11 @@ impl RedisStore {
     /// The set of sessions a node holds or has parked.
     fn node_sessions_key(&self, node: &str) -> String {
         format!("{}node:{node}:sessions", self.base)
+    }
+
+    /// The sessions claimed away from a node in the last minute (zset scored by time, ms).
+    fn node_moved_key(&self, node: &str) -> String {
+        format!("{}node:{node}:moved", self.base)
     }
 
     /// The invocation of a script whose keys are one session's plus the indexes.
@@ -836,6 +842,7 @@ impl Store for RedisStore {
             .key(self.node_sessions_key(&self.node_id))
             .key(self.sessions_key())
             .key(self.expiry_key())
+            .key(self.node_moved_key(departed))
             .arg(departed)
             .arg(&self.node_id)
             .arg(millis_since_epoch(SystemTime::now()))

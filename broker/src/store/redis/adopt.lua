@@ -2,6 +2,7 @@
 --
 -- KEYS[1] the departed node's session set   KEYS[2] the survivor's session set
 -- KEYS[3] session index set                 KEYS[4] expiry index zset
+-- KEYS[5] the departed node's `moved` zset (sessions claimed away from it, see attach.lua)
 -- ARGV[1] departed node id  ARGV[2] survivor node id   ARGV[3] now (ms since the Unix epoch)
 -- ARGV[4] grace added to an offline session's TTL (ms)
 -- ARGV[5..9] key name prefixes of the session hash, subscriptions, in-flight, queue and
@@ -11,13 +12,16 @@
 -- Sessions the departed node held online become offline (their expiry starts now) and those
 -- with expiry 0 end; sessions it had parked move to the survivor. Each will is removed as it
 -- is returned, so however many survivors run this, a will fires once.
--- Sessions in the departed node's set that another node has claimed meanwhile are not adopted
--- but reported too (with their subscriptions), so messages relayed to the departed node for them
--- can still be recovered (see the broker's cluster::recovery).
+-- Sessions in the departed node's set that another node has claimed meanwhile, and those that
+-- left it for another node in the last minute (its `moved` zset), are not adopted but reported
+-- too (with their subscriptions), so messages relayed to the departed node for them can still
+-- be recovered (see the broker's cluster::recovery).
 -- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended,
 -- 1 if it moved to another node}...
 local adopted = {}
+local seen = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  seen[id] = true
   local keys = {}
   for i = 1, 5 do
     keys[i] = ARGV[4 + i] .. id
@@ -54,6 +58,14 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     adopted[#adopted + 1] = {id, '', redis.call('HGETALL', keys[2]), 0, 0, 1}
   end
 end
+local recent = tonumber(ARGV[3]) - 60000
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], recent, '+inf')) do
+  local node = redis.call('HGET', ARGV[5] .. id, 'node')
+  if not seen[id] and node and node ~= ARGV[1] then
+    adopted[#adopted + 1] = {id, '', redis.call('HGETALL', ARGV[6] .. id), 0, 0, 1}
+  end
+end
+redis.call('DEL', KEYS[5])
 if KEYS[1] ~= KEYS[2] then
   redis.call('DEL', KEYS[1])
 end

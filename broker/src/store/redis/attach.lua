@@ -12,6 +12,10 @@
 -- value prefixes: the in-flight and queued messages the claim takes are journalled there
 -- (journal.lua, which precedes this script)
 --
+-- A session that leaves another node's set is recorded in that node's `moved` zset (scored by
+-- the time it left, entries older than a minute trimmed): should that node die, the adopter
+-- still delivers what was relayed to it for the session meanwhile (see adopt.lua).
+--
 -- Every claim increments the session's generation (`gen`), the fencing token of the holder.
 -- Returns {2, holder, gen} when another node holds the session on a live connection: the
 -- session is marked `pending` for this node, and the holder hands its state over when its
@@ -20,6 +24,15 @@
 -- was no session, else {1, gen, previous node or '', HGETALL session, HGETALL subscriptions,
 -- in-flight, queue, incoming QoS 2 ids}. The in-flight, queue and QoS 2 lists move into the
 -- connection; the subscriptions hash stays, kept current by subscribe.lua while online.
+local function moved_from(node)
+  local key = ARGV[6] .. node .. ':moved'
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('SREM', ARGV[6] .. node .. ':sessions', ARGV[1])
+  redis.call('ZADD', key, ms, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ms - 60000)
+end
+
 local state = redis.call('HGET', KEYS[1], 'state')
 local owner = redis.call('HGET', KEYS[1], 'node')
 local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
@@ -32,7 +45,7 @@ if (state == 'online' or state == 'pending') and holder and holder ~= ARGV[2] th
     'expiry', ARGV[3], 'clean', ARGV[5], 'will', ARGV[4])
   redis.call('HDEL', KEYS[1], 'handed', 'fresh')
   if owner ~= ARGV[2] and owner ~= holder then
-    redis.call('SREM', ARGV[6] .. owner .. ':sessions', ARGV[1])
+    moved_from(owner)
   end
   redis.call('SADD', KEYS[8], ARGV[1])
   return {2, holder, gen}
@@ -68,7 +81,7 @@ redis.call('PERSIST', KEYS[2])
 redis.call('SADD', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 if owner and owner ~= ARGV[2] then
-  redis.call('SREM', ARGV[6] .. owner .. ':sessions', ARGV[1])
+  moved_from(owner)
 end
 redis.call('SADD', KEYS[8], ARGV[1])
 return reply
