@@ -26,6 +26,7 @@
 //! when no node is alive to sweep them; retained messages with an expiry carry theirs too.
 
 pub(crate) mod codec;
+pub mod eviction;
 mod plain;
 
 pub use codec::{DecodeError, ENCODING_VERSION};
@@ -168,6 +169,7 @@ impl RedisStore {
             prefix = %config.key_prefix,
             "connected to the redis store"
         );
+        eviction::warn_if_evicting(&mut manager.clone()).await;
         Ok(RedisStore {
             manager,
             scripts: Scripts {

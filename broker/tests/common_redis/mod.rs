@@ -43,6 +43,8 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Further `redis-server` arguments, kept for restarts.
+    extra_args: Vec<String>,
 }
 
 /// A free loopback port: bind port 0, read what the OS chose, release it.
@@ -54,10 +56,16 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    /// [`Self::start`] with further `redis-server` arguments (`["--maxmemory", "10mb"]`).
+    pub async fn start_with_args(args: &[&str]) -> Self {
         let mut server = RedisServer {
             port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("temporary directory"),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.launch().await;
         server
@@ -85,6 +93,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
