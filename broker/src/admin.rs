@@ -19,16 +19,16 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-async fn readyz(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+async fn readyz(State(broker): State<Arc<Broker>>) -> (StatusCode, std::borrow::Cow<'static, str>) {
     if broker.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else if broker.cluster().is_some_and(|link| !link.redis_up()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+    } else if let Some(problem) = broker.cluster().and_then(|link| link.health().problem()) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "degraded: redis unreachable (local delivery continues; new sessions and the relay wait for it)\n",
+            format!("degraded: {problem}\n").into(),
         )
     } else {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".into())
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub cluster_handoffs: Gauge,
     /// Hand-offs of a session's routes to another node begun since start.
     pub cluster_handoffs_total: Counter,
+    /// Times this node found that Redis had lost its data (its epoch changed) and announced
+    /// its entries again.
+    pub redis_resets: Counter,
     /// QoS 1/2 publishes acknowledged before Redis confirmed what they wrote (Redis unreachable
     /// or too slow): a node killed right after loses them.
     pub acks_unconfirmed: Counter,
@@ -188,6 +191,12 @@ impl Metrics {
             "Sessions that moved to another node whose routes this node still keeps and forwards",
             cluster_handoffs.clone(),
         );
+        let redis_resets = Counter::default();
+        registry.register(
+            "cluster_redis_resets",
+            "Times Redis was found to have lost its data (its epoch changed); entries were announced again",
+            redis_resets.clone(),
+        );
         let cluster_handoffs_total = Counter::default();
         registry.register(
             "cluster_handoffs",
@@ -202,6 +211,7 @@ impl Metrics {
             redis_up.clone(),
         );
         Metrics {
+            redis_resets,
             cluster_handoffs,
             cluster_handoffs_total,
             redis_up,

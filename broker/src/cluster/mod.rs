@@ -1,6 +1,7 @@
 //! Running as one node of a cluster: membership by gossip (issue 4).
 
 pub mod handoff;
+pub mod health;
 mod inbox;
 pub mod journal;
 pub mod membership;

@@ -23,6 +23,7 @@
 //!   over the nodes with members, itself included when it has an online member) and says so in the
 //!   inbox entry; a receiving node serves only the groups it was given.
 
+use super::health::{self, EpochCheck, Health};
 use super::inbox;
 use super::journal::{self, JournalHold, JournalReservation};
 use super::packed::{self, Packer};
@@ -77,8 +78,6 @@ pub const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// How long a node claiming a session waits for the node holding it to hand it over, before it
 /// takes what the store has (the holder is presumed dead or cut off).
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(5);
-/// How often the link checks that Redis answers.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +157,9 @@ impl Keys {
     fn inbox_read(&self, node: &str) -> String {
         format!("{}v1:inbox:{node}:read", self.prefix)
     }
+    fn epoch(&self) -> String {
+        format!("{}v1:epoch", self.prefix)
+    }
 }
 
 /// This node's end of the relay: what the broker core calls.
@@ -178,7 +180,7 @@ pub struct ClusterLink {
     client: Client,
     waiting: Mutex<Waiters>,
     departed: RwLock<HashSet<NodeId>>,
-    redis_up: AtomicBool,
+    health: Health,
 }
 
 impl Drop for ClusterLink {
@@ -240,9 +242,13 @@ impl ClusterLink {
             client: client.clone(),
             waiting: Mutex::new(HashMap::new()),
             departed: RwLock::new(HashSet::new()),
-            redis_up: AtomicBool::new(true),
+            health: Health::default(),
         });
-        link.resync(&mut writer, broker)
+        let epoch = health::ensure_epoch(&mut writer, &link.keys.epoch())
+            .await
+            .map_err(relay_error)?;
+        link.health.check_epoch(&epoch);
+        link.resync(&mut writer, broker, Resync::Replace)
             .await
             .map_err(relay_error)?;
         spawn_writer(Arc::downgrade(&link), client.clone(), outbound)?;
@@ -276,7 +282,12 @@ impl ClusterLink {
     /// Whether Redis answered the last health check. While it does not, the node is degraded:
     /// local delivery goes on, but sessions cannot be claimed and nothing is relayed.
     pub fn redis_up(&self) -> bool {
-        self.redis_up.load(Ordering::Relaxed)
+        self.health.redis_up()
+    }
+
+    /// Redis as this node sees it (what `/readyz` reports).
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Appends a control entry of `kind` about `client_id` to `node`'s inbox, with more fields.
@@ -710,7 +721,12 @@ impl ClusterLink {
     }
 
     /// Rebuilds the replica of the other nodes' entries from Redis.
-    async fn resync(&self, con: &mut ConnectionManager, broker: &Broker) -> redis::RedisResult<()> {
+    async fn resync(
+        &self,
+        con: &mut ConnectionManager,
+        broker: &Broker,
+        how: Resync,
+    ) -> redis::RedisResult<()> {
         let nodes: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.nodes())
             .query_async(con)
@@ -725,7 +741,15 @@ impl ClusterLink {
         }
         let mut remote = self.remote.write();
         for (node, entries) in listings {
-            remote.replace_node(&NodeId::from(node.as_str()), entries);
+            let node = NodeId::from(node.as_str());
+            match how {
+                Resync::Replace => remote.replace_node(&node, entries),
+                Resync::Merge => {
+                    for raw in entries {
+                        remote.add(&node, &raw);
+                    }
+                }
+            }
         }
         broker.metrics.remote_entries.set(remote.len() as i64);
         Ok(())
@@ -735,7 +759,7 @@ impl ClusterLink {
         let Some((node, change)) = text.split_once('\n') else {
             return;
         };
-        if node == &*self.node_id {
+        if node == &*self.node_id || change == health::HEARTBEAT {
             return;
         }
         let node: NodeId = node.into();
@@ -1140,76 +1164,167 @@ fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
     }
 }
 
-/// Pings Redis every [`HEALTH_INTERVAL`] and keeps [`ClusterLink::redis_up`] and its gauge true.
-/// When Redis answers again after an outage, this node's entries are written and announced anew
-/// (a Redis that restarted without persistence lost them).
+/// How a resynchronisation of the replica treats what it already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resync {
+    /// Each node's listing replaces what the replica had of it.
+    Replace,
+    /// Listings only add: after a reconnection, Redis may have lost what the nodes wrote and not
+    /// have it again yet (each node announces anew within a second of noticing), and dropping
+    /// live routes would lose messages. A replacement follows [`health::RESYNC_SETTLE`] later.
+    Merge,
+}
+
+/// Checks Redis every [`health::INTERVAL`] (reading its epoch), keeps [`ClusterLink::health`]
+/// and its gauge true, and publishes this node's heartbeat on the announcement channel. When
+/// Redis answers again after an outage, or has lost its data, this node registers and announces
+/// its entries anew; after a loss of data the replica is rebuilt once every node has.
 async fn watch_health(link: Arc<ClusterLink>, mut con: ConnectionManager, broker: Weak<Broker>) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    let mut tick = tokio::time::interval(health::INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat = format!("{}\n{}", link.node_id, health::HEARTBEAT);
     loop {
         tick.tick().await;
-        let ping = tokio::time::timeout(
-            HEALTH_INTERVAL,
-            redis::cmd("PING").query_async::<String>(&mut con),
+        let epoch = tokio::time::timeout(
+            health::INTERVAL,
+            health::ensure_epoch(&mut con, &link.keys.epoch()),
         )
         .await;
-        let up = matches!(ping, Ok(Ok(_)));
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        let was_up = link.redis_up.swap(up, Ordering::Relaxed);
+        let check = match epoch {
+            Ok(Ok(epoch)) => Some(link.health.check_epoch(&epoch)),
+            _ => None,
+        };
+        let up = check.is_some();
+        let was_up = link.health.set_redis_up(up);
         broker.metrics.redis_up.set(i64::from(up));
-        match (was_up, up) {
-            (true, false) => {
-                tracing::warn!("redis unreachable: relay paused, new sessions refused")
+        if !up {
+            if was_up {
+                tracing::warn!("redis unreachable: relay paused, new sessions refused");
             }
-            (false, true) => {
-                tracing::info!("redis reachable again: announcing this node's entries");
-                let _ = redis::pipe()
-                    .cmd("SADD")
-                    .arg(link.keys.nodes())
-                    .arg(&*link.node_id)
-                    .ignore()
-                    .query_async::<()>(&mut con)
-                    .await;
-                broker.announce_entries();
-            }
-            _ => {}
+            continue;
         }
+        let lost = check == Some(EpochCheck::Lost);
+        if lost {
+            tracing::warn!("redis lost its data (its epoch changed): registering and announcing this node's entries again");
+            broker.metrics.redis_resets.inc();
+        } else if !was_up {
+            tracing::info!("redis reachable again: announcing this node's entries");
+        }
+        if lost || !was_up {
+            let _ = redis::pipe()
+                .cmd("SADD")
+                .arg(link.keys.nodes())
+                .arg(&*link.node_id)
+                .ignore()
+                .query_async::<()>(&mut con)
+                .await;
+            broker.announce_entries();
+            if lost {
+                let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(&broker));
+                tokio::spawn(async move {
+                    tokio::time::sleep(health::RESYNC_SETTLE).await;
+                    if let Some(broker) = broker.upgrade() {
+                        if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
+                            tracing::warn!(error = %e, "entry resynchronisation failed");
+                        }
+                    }
+                });
+            }
+        }
+        let _ = redis::cmd("PUBLISH")
+            .arg(link.keys.channel())
+            .arg(&heartbeat)
+            .query_async::<()>(&mut con)
+            .await;
     }
 }
 
-/// Follows entry announcements; on every (re)subscription the replica is rebuilt from Redis.
+/// Subscribes to entry announcements, within [`health::CONNECT_TIMEOUT`].
+async fn subscribe_announcements(
+    client: &Client,
+    channel: &str,
+) -> Result<redis::aio::PubSub, String> {
+    let subscribed = tokio::time::timeout(health::CONNECT_TIMEOUT, async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok::<_, redis::RedisError>(pubsub)
+    })
+    .await;
+    match subscribed {
+        Ok(Ok(pubsub)) => Ok(pubsub),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", health::CONNECT_TIMEOUT)),
+    }
+}
+
+/// Follows entry announcements; on every (re)subscription the replica is rebuilt from Redis
+/// (merged at once, replaced [`health::RESYNC_SETTLE`] later). A channel silent for
+/// [`health::SILENCE`] (every node, this one included, publishes a heartbeat every second) is
+/// reconnected.
 async fn watch_entries(
     link: Arc<ClusterLink>,
     client: Client,
     mut con: ConnectionManager,
     broker: Weak<Broker>,
 ) {
+    let mut first = true;
     loop {
-        let mut pubsub = match client.get_async_pubsub().await {
+        let mut pubsub = match subscribe_announcements(&client, &link.keys.channel()).await {
             Ok(pubsub) => pubsub,
             Err(e) => {
+                link.health.set_announcements_up(false);
                 tracing::warn!(error = %e, "entry announcements unavailable; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        if let Err(e) = pubsub.subscribe(link.keys.channel()).await {
-            tracing::warn!(error = %e, "subscribing to entry announcements failed; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
         {
             let Some(broker) = broker.upgrade() else {
                 return;
             };
-            if let Err(e) = link.resync(&mut con, &broker).await {
-                tracing::warn!(error = %e, "entry resynchronisation failed");
+            // At start, what was announced before this subscription is read from Redis; later,
+            // Redis may not have everything again yet.
+            if first {
+                if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
+                    tracing::warn!(error = %e, "entry resynchronisation failed");
+                }
+            } else {
+                if let Err(e) = link.resync(&mut con, &broker, Resync::Merge).await {
+                    tracing::warn!(error = %e, "entry resynchronisation failed");
+                }
+                let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(&broker));
+                tokio::spawn(async move {
+                    tokio::time::sleep(health::RESYNC_SETTLE).await;
+                    if let Some(broker) = broker.upgrade() {
+                        if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
+                            tracing::warn!(error = %e, "entry resynchronisation failed");
+                        }
+                    }
+                });
+                tracing::info!("entry announcements reconnected");
             }
+            first = false;
         }
+        link.health.set_announcements_up(true);
         let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
+        loop {
+            let message = match tokio::time::timeout(health::SILENCE, messages.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    tracing::warn!("entry announcements disconnected; reconnecting");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "entry announcements silent for {:?} (not even heartbeats); reconnecting",
+                        health::SILENCE
+                    );
+                    break;
+                }
+            };
             let Some(broker) = broker.upgrade() else {
                 return;
             };
@@ -1217,7 +1332,7 @@ async fn watch_entries(
                 link.apply_announcement(&text, &broker);
             }
         }
-        tracing::warn!("entry announcements disconnected; reconnecting");
+        link.health.set_announcements_up(false);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

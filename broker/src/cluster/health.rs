@@ -1,0 +1,149 @@
+//! What this node knows of its Redis: whether it answers, whether it lost its data since this
+//! node last looked (a restart without persistence, a failover to an empty replica), and
+//! whether the announcement channel that keeps the replica of other nodes' routes is alive.
+//!
+//! - **Epoch.** The first node to find no `<prefix>v1:epoch` key writes a random one (`SET NX`).
+//!   Every node reads it once a second (that read is also the liveness check). A missing or
+//!   different epoch means Redis lost what the nodes had written: each node then registers
+//!   again, announces all its entries again, and rebuilds its replica once the others have had
+//!   time to do the same ([`RESYNC_SETTLE`]).
+//! - **Heartbeat.** With each check a node publishes a heartbeat on the announcement channel. A
+//!   subscriber that hears nothing at all (not even its own heartbeat) for [`SILENCE`] reconnects
+//!   the channel: a subscription to a Redis that went away without closing the connection would
+//!   otherwise wait for TCP to notice, and miss every announcement meanwhile.
+//! - **Readiness.** `/readyz` reports the node degraded while Redis does not answer, and while
+//!   the announcement channel is down ([`Health::problem`]).
+
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often Redis is checked (and a heartbeat published).
+pub const INTERVAL: Duration = Duration::from_secs(1);
+/// How long a connection to Redis may take to open before it is tried again.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the announcement channel may stay silent (heartbeats come every [`INTERVAL`])
+/// before it is reconnected.
+pub const SILENCE: Duration = Duration::from_secs(4);
+/// How long after Redis lost its data a node rebuilds its replica from Redis: by then every
+/// node has noticed (within [`INTERVAL`]) and announced its entries again.
+pub const RESYNC_SETTLE: Duration = Duration::from_secs(3);
+/// What a heartbeat says after the node id on the announcement channel.
+pub const HEARTBEAT: &str = "~";
+
+/// Redis as this node sees it.
+pub struct Health {
+    redis_up: AtomicBool,
+    announcements_up: AtomicBool,
+    epoch: parking_lot::Mutex<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            redis_up: AtomicBool::new(true),
+            announcements_up: AtomicBool::new(true),
+            epoch: parking_lot::Mutex::new(None),
+        }
+    }
+}
+
+/// What a check of the epoch found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EpochCheck {
+    /// The epoch this node knows.
+    Same,
+    /// The first epoch this node has seen.
+    First,
+    /// Redis has another epoch, or none: it lost what the nodes wrote.
+    Lost,
+}
+
+impl Health {
+    /// Whether Redis answered the last check.
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// Records whether Redis answered; returns what it was before.
+    pub fn set_redis_up(&self, up: bool) -> bool {
+        self.redis_up.swap(up, Ordering::Relaxed)
+    }
+
+    /// Whether the announcement channel is subscribed.
+    pub fn announcements_up(&self) -> bool {
+        self.announcements_up.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the announcement channel is subscribed.
+    pub fn set_announcements_up(&self, up: bool) {
+        self.announcements_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Why the node should not take new clients, if it should not.
+    pub fn problem(&self) -> Option<&'static str> {
+        if !self.redis_up() {
+            Some("redis unreachable (local delivery continues; new sessions and the relay wait for it)")
+        } else if !self.announcements_up() {
+            Some("redis announcement channel disconnected (routes to other nodes may be stale; reconnecting)")
+        } else {
+            None
+        }
+    }
+
+    /// Compares the epoch Redis has (`found`, after [`ensure_epoch`]) with the one this node
+    /// knows, and remembers it.
+    pub fn check_epoch(&self, found: &str) -> EpochCheck {
+        let mut known = self.epoch.lock();
+        let check = match known.as_deref() {
+            None => EpochCheck::First,
+            Some(k) if k == found => EpochCheck::Same,
+            Some(_) => EpochCheck::Lost,
+        };
+        *known = Some(found.to_string());
+        check
+    }
+}
+
+/// Reads Redis's epoch, writing a new random one first if there is none.
+pub async fn ensure_epoch(con: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+    let fresh = format!("{:016x}", rand::thread_rng().gen::<u64>());
+    let (epoch,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg(key)
+        .arg(fresh)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(key)
+        .query_async(con)
+        .await?;
+    Ok(epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_that_changes_means_redis_lost_its_data() {
+        let health = Health::default();
+        assert_eq!(health.check_epoch("a"), EpochCheck::First);
+        assert_eq!(health.check_epoch("a"), EpochCheck::Same);
+        assert_eq!(health.check_epoch("b"), EpochCheck::Lost);
+        assert_eq!(health.check_epoch("b"), EpochCheck::Same);
+    }
+
+    #[test]
+    fn readiness_names_what_is_down() {
+        let health = Health::default();
+        assert_eq!(health.problem(), None);
+        health.set_announcements_up(false);
+        assert!(health
+            .problem()
+            .is_some_and(|p| p.contains("announcement channel")));
+        health.set_redis_up(false);
+        assert!(health.problem().is_some_and(|p| p.contains("unreachable")));
+    }
+}
