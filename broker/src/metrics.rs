@@ -58,6 +58,8 @@ pub struct Metrics {
     pub cluster_handoffs: Gauge,
     /// Hand-offs of a session's routes to another node begun since start.
     pub cluster_handoffs_total: Counter,
+    /// Relay writes Redis refused (OOM, READONLY, ...); the refused ones are sent again.
+    pub redis_write_refusals: Counter,
     /// Times this node found that Redis had lost its data (its epoch changed) and announced
     /// its entries again.
     pub redis_resets: Counter,
@@ -191,6 +193,12 @@ impl Metrics {
             "Sessions that moved to another node whose routes this node still keeps and forwards",
             cluster_handoffs.clone(),
         );
+        let redis_write_refusals = Counter::default();
+        registry.register(
+            "cluster_redis_write_refusals",
+            "Relay writes Redis refused (OOM, READONLY, ...); refused writes are sent again, alone",
+            redis_write_refusals.clone(),
+        );
         let redis_resets = Counter::default();
         registry.register(
             "cluster_redis_resets",
@@ -211,6 +219,7 @@ impl Metrics {
             redis_up.clone(),
         );
         Metrics {
+            redis_write_refusals,
             redis_resets,
             cluster_handoffs,
             cluster_handoffs_total,

@@ -664,6 +664,93 @@ async fn after_redis_restarts_empty_old_and_new_subscriptions_are_reached_from_e
     }
 }
 
+/// Runs `redis-cli` against `redis`; returns what it printed.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let port = redis.addr.port().to_string();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", port.as_str()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Redis reaches `maxmemory` in the middle of a relay batch: it takes some of the batch's writes
+/// and refuses the rest (OOM). The node says so on `/readyz`, sends only the refused writes again
+/// once Redis has room, and every message reaches the subscriber on the other node once.
+#[tokio::test]
+async fn a_redis_out_of_memory_degrades_the_node_and_each_message_is_relayed_once_after() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    let (sub, mut sub_loop, _) = client(b.mqtt, "oom-listener", true).await;
+    sub.subscribe("oom/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "oom-speaker", true).await;
+
+    // Room for a few of the burst's inbox entries (64 KiB each), not for all of them.
+    let info = redis_cli(&redis, &["INFO", "memory"]);
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO");
+    redis_cli(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis_cli(
+        &redis,
+        &["CONFIG", "SET", "maxmemory", &(used + 200_000).to_string()],
+    );
+    let n = 120;
+    // Under rumqttc's default incoming packet limit (10 KiB).
+    let padding = "x".repeat(8 * 1024);
+    let acknowledging = tokio::spawn(async move {
+        let mut acks = 0;
+        while acks < n {
+            if let Event::Incoming(Packet::PubAck(_)) = pub_loop.poll().await.expect("publisher") {
+                acks += 1;
+            }
+        }
+    });
+    for i in 0..n {
+        publisher
+            .publish(format!("oom/{i}"), QoS::AtLeastOnce, false, padding.clone())
+            .await
+            .expect("publish");
+    }
+    readyz_says(&a, "out of memory").await;
+    assert!(
+        a.metric("starling_cluster_redis_write_refusals_total")
+            .await
+            .expect("metric")
+            >= 1.0
+    );
+
+    redis_cli(&redis, &["CONFIG", "SET", "maxmemory", "0"]);
+    readyz_becomes(&a, 200).await;
+    tokio::time::timeout(WAIT, acknowledging)
+        .await
+        .expect("PUBACKs in time")
+        .expect("publisher");
+    let mut seen = vec![0usize; n];
+    for _ in 0..n {
+        let p = next_publish(&mut sub_loop).await;
+        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+        let i: usize = topic
+            .strip_prefix("oom/")
+            .and_then(|i| i.parse().ok())
+            .expect("numbered topic");
+        seen[i] += 1;
+    }
+    assert!(
+        seen.iter().all(|&count| count == 1),
+        "each message once: {seen:?}"
+    );
+    assert_quiet(&mut sub_loop, "after the burst").await;
+}
+
 /// A burst of QoS 0 publishes bound for another node while Redis stalls (SIGSTOP): the relay
 /// queue (65,536 messages) fills and then holds the publisher back instead of dropping its
 /// messages; once Redis answers, every message arrives once and in order (a batch Redis answered

@@ -11,9 +11,11 @@
 //!   subscriber that hears nothing at all (not even its own heartbeat) for [`SILENCE`] reconnects
 //!   the channel: a subscription to a Redis that went away without closing the connection would
 //!   otherwise wait for TCP to notice, and miss every announcement meanwhile.
-//! - **Readiness.** `/readyz` reports the node degraded while Redis does not answer, and while
-//!   the announcement channel is down ([`Health::problem`]).
+//! - **Readiness.** `/readyz` reports the node degraded while Redis does not answer, while it
+//!   refuses the relay's writes (see [`super::refusals`]), and while the announcement channel is
+//!   down ([`Health::problem`]).
 
+use super::refusals::Refusal;
 use rand::Rng;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,8 @@ pub struct Health {
     redis_up: AtomicBool,
     announcements_up: AtomicBool,
     epoch: parking_lot::Mutex<Option<String>>,
+    /// Why Redis refuses the relay's writes, while it does.
+    write_refusal: parking_lot::Mutex<Option<Refusal>>,
 }
 
 impl Default for Health {
@@ -45,6 +49,7 @@ impl Default for Health {
             redis_up: AtomicBool::new(true),
             announcements_up: AtomicBool::new(true),
             epoch: parking_lot::Mutex::new(None),
+            write_refusal: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -81,10 +86,17 @@ impl Health {
         self.announcements_up.store(up, Ordering::Relaxed);
     }
 
+    /// Records why Redis refuses the relay's writes (`None`: it takes them); returns what it was.
+    pub fn set_write_refusal(&self, refusal: Option<Refusal>) -> Option<Refusal> {
+        std::mem::replace(&mut *self.write_refusal.lock(), refusal)
+    }
+
     /// Why the node should not take new clients, if it should not.
     pub fn problem(&self) -> Option<&'static str> {
         if !self.redis_up() {
             Some("redis unreachable (local delivery continues; new sessions and the relay wait for it)")
+        } else if let Some(refusal) = *self.write_refusal.lock() {
+            Some(refusal.readiness())
         } else if !self.announcements_up() {
             Some("redis announcement channel disconnected (routes to other nodes may be stale; reconnecting)")
         } else {

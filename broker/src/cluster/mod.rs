@@ -8,6 +8,7 @@ pub mod membership;
 pub mod packed;
 pub mod pending;
 pub mod recovery;
+pub mod refusals;
 pub mod relay;
 mod relayed;
 pub mod window;

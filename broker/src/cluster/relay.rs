@@ -28,6 +28,7 @@ use super::inbox;
 use super::journal::{self, JournalHold, JournalReservation};
 use super::packed::{self, Packer};
 use super::pending::PendingRelays;
+use super::refusals;
 use super::window::{parse_stream_id, Unread};
 use super::work_queue::WorkQueue;
 use crate::broker::{Broker, GroupKey};
@@ -181,6 +182,8 @@ pub struct ClusterLink {
     waiting: Mutex<Waiters>,
     departed: RwLock<HashSet<NodeId>>,
     health: Health,
+    /// `starling_cluster_redis_write_refusals_total`.
+    write_refusals: prometheus_client::metrics::counter::Counter,
 }
 
 impl Drop for ClusterLink {
@@ -243,6 +246,7 @@ impl ClusterLink {
             waiting: Mutex::new(HashMap::new()),
             departed: RwLock::new(HashSet::new()),
             health: Health::default(),
+            write_refusals: broker.metrics.redis_write_refusals.clone(),
         });
         let epoch = health::ensure_epoch(&mut writer, &link.keys.epoch())
             .await
@@ -288,6 +292,11 @@ impl ClusterLink {
     /// Redis as this node sees it (what `/readyz` reports).
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// Counts relay writes Redis refused.
+    fn metrics_refused(&self, n: usize) {
+        self.write_refusals.inc_by(n as u64);
     }
 
     /// Appends a control entry of `kind` about `client_id` to `node`'s inbox, with more fields.
@@ -1094,14 +1103,58 @@ async fn write_loop(
             || batch
                 .iter()
                 .any(|item| !matches!(item, Outbound::Barrier(_)));
+        // After Redis refused some commands, only those are sent again (see `refusals`).
+        let mut refused_only: Option<redis::Pipeline> = None;
         let replies = loop {
             if !writes {
                 break Vec::new();
             }
-            match pipe.query_async::<Vec<Value>>(&mut con).await {
-                Ok(replies) => break replies,
+            let sending = refused_only.as_ref().unwrap_or(&pipe);
+            match sending.query_async::<Vec<Value>>(&mut con).await {
+                Ok(replies) => {
+                    if link.health.set_write_refusal(None).is_some() {
+                        tracing::info!("redis takes the relay's writes again");
+                    }
+                    // The replies of a batch sent again in part are not the batch's.
+                    break if refused_only.is_some() {
+                        Vec::new()
+                    } else {
+                        replies
+                    };
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay write failed; retrying");
+                    let text = e.to_string();
+                    match e.into_server_errors() {
+                        // Some commands were refused, the others applied.
+                        Some(errors) => {
+                            let refused = refusals::sort_out(sending, &errors);
+                            link.metrics_refused(errors.len());
+                            if link.health.set_write_refusal(Some(refused.worst)).is_none() {
+                                tracing::warn!(
+                                    refused = errors.len(),
+                                    dropped = refused.dropped,
+                                    example = %refused.example,
+                                    "redis refused relay writes; sending only those again"
+                                );
+                            }
+                            if refused.dropped > 0 {
+                                tracing::error!(
+                                    dropped = refused.dropped,
+                                    example = %refused.example,
+                                    "relay writes redis will never take were dropped"
+                                );
+                            }
+                            if refused.retry.is_empty() {
+                                link.health.set_write_refusal(None);
+                                break Vec::new();
+                            }
+                            refused_only = Some(refused.retry);
+                        }
+                        // The connection failed: what Redis applied is unknown, so the same
+                        // commands go again (after a reply wait long enough that a slow answer
+                        // is not taken for a lost one).
+                        None => tracing::warn!(error = %text, "relay write failed; retrying"),
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
