@@ -1065,6 +1065,56 @@ async fn subscriptions_are_written_through_only_by_the_current_holder() {
 }
 
 #[tokio::test]
+async fn a_session_parked_by_a_shutdown_keeps_its_will_for_the_adopter_once() {
+    let server = RedisServer::start().await;
+    let (a, b) = (node(&server, "node-a").await, node(&server, "node-b").await);
+    let mut claim = persistent_claim(60, Some("drained"));
+    if let Some(will) = claim.will.as_mut() {
+        will.delay_secs = 5;
+    }
+    let (kept, dropped): (ClientId, ClientId) = ("kept".into(), "dropped".into());
+    for id in [&kept, &dropped] {
+        let held = a.attach_session(id, &claim).await.expect("attach");
+        let parked = if id == &kept {
+            a.detach_session_keeping_will(id, held.generation, expiring(60))
+                .await
+        } else {
+            a.detach_session(id, held.generation, expiring(60)).await
+        };
+        assert_eq!(parked.expect("detach"), Detached::Stored);
+    }
+    let mut adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    adopted.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+    let wills: Vec<_> = adopted
+        .iter()
+        .map(|s| {
+            (
+                s.client_id.to_string(),
+                s.will
+                    .as_ref()
+                    .map(|w| (w.message.payload.clone(), w.delay_secs)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        wills,
+        [
+            ("dropped".to_string(), None),
+            (
+                "kept".to_string(),
+                Some((Bytes::from_static(b"drained"), 5))
+            ),
+        ],
+        "only the session parked by a shutdown hands its will to the adopter"
+    );
+    let again = a.adopt_sessions("node-b").await.expect("adopt");
+    assert!(
+        again.iter().all(|s| s.will.is_none()),
+        "a will is handed over once"
+    );
+}
+
+#[tokio::test]
 async fn sessions_claimed_away_from_a_node_are_reported_when_it_departs() {
     let server = RedisServer::start().await;
     let (a, b, c) = (

@@ -441,11 +441,24 @@ where
 
     /// Ends the connection: tells the client why, stores or drops the session, and handles the will.
     async fn finish(mut self, exit: Exit) {
+        // MQTT 5 §3.1.2.5 (and 3.1.1 §3.1.2.5): the will is published whenever the connection
+        // closes without a DISCONNECT that discards it, a close for shutdown included.
         let publish_will = match &exit {
             Exit::Disconnected { will } => *will,
-            Exit::Shutdown => false,
             _ => true,
         };
+        let will_delay = self.will.as_ref().map_or(Duration::ZERO, |w| {
+            w.delay.min(Duration::from_secs(u64::from(self.expiry_secs)))
+        });
+        // A node that shuts down cannot wait out a will's delay: the will stays stored with the
+        // session, and the node that adopts this node's sessions publishes it once the delay
+        // has passed, unless the client reconnected first (which discards it).
+        let will_left_to_adopter = matches!(exit, Exit::Shutdown)
+            && publish_will
+            && self.will.is_some()
+            && !will_delay.is_zero()
+            && self.expiry_secs > 0
+            && self.broker.cluster().is_some();
         match &exit {
             Exit::Violation(reason, why) => {
                 self.broker.metrics.protocol_errors.inc();
@@ -511,11 +524,23 @@ where
                     .collect(),
                 disconnected_at: None,
             };
-            match broker
-                .store
-                .detach_session(&self.client_id, self.generation, session)
-                .await
-            {
+            let detached = if will_left_to_adopter {
+                broker
+                    .store
+                    .detach_session_keeping_will(&self.client_id, self.generation, session)
+                    .await
+            } else {
+                broker
+                    .store
+                    .detach_session(&self.client_id, self.generation, session)
+                    .await
+            };
+            // Stored with the session for the adopter, or discarded by the new connection that
+            // took the session meanwhile; a store that failed leaves it to this node.
+            if will_left_to_adopter && detached.is_ok() {
+                self.will = None;
+            }
+            match detached {
                 // Parked here: its subscriptions stay in this node's routing tree.
                 Ok(Detached::Stored) => {}
                 // The session lives on elsewhere now: its routes here go once the new node's
@@ -532,9 +557,7 @@ where
         }
         if let Some(will) = self.will.take() {
             if publish_will {
-                let delay = will
-                    .delay
-                    .min(Duration::from_secs(u64::from(self.expiry_secs)));
+                let delay = will_delay;
                 if delay.is_zero() {
                     // Published before the session lock is released, so a connection taking the
                     // session over cannot cancel a will that is already due.

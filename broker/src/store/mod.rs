@@ -278,6 +278,19 @@ pub trait Store: Send + Sync + 'static {
         session: StoredSession,
     ) -> Result<Detached, StoreError>;
 
+    /// [`Self::detach_session`] for a connection closed because this node shuts down: the
+    /// session's will stays stored with it, for the node that adopts this node's sessions to
+    /// publish after the will's delay (unless the client reconnects first). A store without
+    /// other nodes has nobody to adopt its sessions: there it is [`Self::detach_session`].
+    async fn detach_session_keeping_will(
+        &self,
+        client_id: &ClientId,
+        generation: u64,
+        session: StoredSession,
+    ) -> Result<Detached, StoreError> {
+        self.detach_session(client_id, generation, session).await
+    }
+
     /// Ends a session (its connection closed with expiry 0).
     async fn remove_session(
         &self,

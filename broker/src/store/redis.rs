@@ -249,6 +249,61 @@ impl RedisStore {
         format!("{}node:{node}:sessions", self.base)
     }
 
+    /// Stores a session when its connection ends (`detach.lua`), leaving its will stored when
+    /// `keep_will` (see [`Store::detach_session_keeping_will`]).
+    async fn detach(
+        &self,
+        client_id: &ClientId,
+        generation: u64,
+        session: StoredSession,
+        keep_will: bool,
+    ) -> Result<Detached, StoreError> {
+        let now = SystemTime::now();
+        let now_ms = millis_since_epoch(now);
+        // MQTT 5: an expiry interval of 0xFFFFFFFF means the session never expires.
+        let (score, ttl) = if session.expiry_secs == u32::MAX {
+            (String::new(), String::new())
+        } else {
+            let expiry_ms = u64::from(session.expiry_secs) * 1000;
+            let grace_ms = u64::try_from(self.expiry_grace.as_millis()).unwrap_or(u64::MAX);
+            (
+                now_ms.saturating_add(expiry_ms).to_string(),
+                expiry_ms.saturating_add(grace_ms).to_string(),
+            )
+        };
+        let keys = self.session_keys(client_id);
+        let mut invocation = self.session_invocation(&self.scripts.detach, &keys);
+        invocation
+            .arg(&**client_id)
+            .arg(&self.node_id)
+            .arg(session.expiry_secs)
+            .arg(now_ms)
+            .arg(score)
+            .arg(ttl)
+            .arg(self.max_queued)
+            .arg(session.subscriptions.len())
+            .arg(session.inflight.len())
+            .arg(session.queue.len())
+            .arg(session.incoming_qos2.len())
+            .arg(generation)
+            .arg(if keep_will { "1" } else { "0" });
+        for s in &session.subscriptions {
+            invocation
+                .arg(&s.filter)
+                .arg(codec::encode_options(&s.options).map_err(encode_failed)?);
+        }
+        for m in &session.inflight {
+            invocation.arg(codec::encode_inflight(m).map_err(encode_failed)?);
+        }
+        for q in &session.queue {
+            invocation.arg(codec::encode_queued(q).map_err(encode_failed)?);
+        }
+        for id in &session.incoming_qos2 {
+            invocation.arg(*id);
+        }
+        detached(int(self.run_script(invocation).await?)?)
+    }
+
     /// The sessions claimed away from a node in the last minute (zset scored by time, ms).
     fn node_moved_key(&self, node: &str) -> String {
         format!("{}node:{node}:moved", self.base)
@@ -751,49 +806,16 @@ impl Store for RedisStore {
         generation: u64,
         session: StoredSession,
     ) -> Result<Detached, StoreError> {
-        let now = SystemTime::now();
-        let now_ms = millis_since_epoch(now);
-        // MQTT 5: an expiry interval of 0xFFFFFFFF means the session never expires.
-        let (score, ttl) = if session.expiry_secs == u32::MAX {
-            (String::new(), String::new())
-        } else {
-            let expiry_ms = u64::from(session.expiry_secs) * 1000;
-            let grace_ms = u64::try_from(self.expiry_grace.as_millis()).unwrap_or(u64::MAX);
-            (
-                now_ms.saturating_add(expiry_ms).to_string(),
-                expiry_ms.saturating_add(grace_ms).to_string(),
-            )
-        };
-        let keys = self.session_keys(client_id);
-        let mut invocation = self.session_invocation(&self.scripts.detach, &keys);
-        invocation
-            .arg(&**client_id)
-            .arg(&self.node_id)
-            .arg(session.expiry_secs)
-            .arg(now_ms)
-            .arg(score)
-            .arg(ttl)
-            .arg(self.max_queued)
-            .arg(session.subscriptions.len())
-            .arg(session.inflight.len())
-            .arg(session.queue.len())
-            .arg(session.incoming_qos2.len())
-            .arg(generation);
-        for s in &session.subscriptions {
-            invocation
-                .arg(&s.filter)
-                .arg(codec::encode_options(&s.options).map_err(encode_failed)?);
-        }
-        for m in &session.inflight {
-            invocation.arg(codec::encode_inflight(m).map_err(encode_failed)?);
-        }
-        for q in &session.queue {
-            invocation.arg(codec::encode_queued(q).map_err(encode_failed)?);
-        }
-        for id in &session.incoming_qos2 {
-            invocation.arg(*id);
-        }
-        detached(int(self.run_script(invocation).await?)?)
+        self.detach(client_id, generation, session, false).await
+    }
+
+    async fn detach_session_keeping_will(
+        &self,
+        client_id: &ClientId,
+        generation: u64,
+        session: StoredSession,
+    ) -> Result<Detached, StoreError> {
+        self.detach(client_id, generation, session, true).await
     }
 
     async fn remove_session(

@@ -8,7 +8,9 @@
 -- ARGV[7] maximum queue length
 -- ARGV[8] number of subscriptions S, ARGV[9] in-flight I, ARGV[10] queued Q, ARGV[11] QoS 2 ids N
 -- ARGV[12] the generation the connection's claim got
--- ARGV[13..] S (filter, options) pairs, then I in-flight, Q queued messages and N ids.
+-- ARGV[13] '1' to leave the session's will stored (the node is shutting down: whoever adopts its
+--          sessions publishes the will after its delay, unless the client reconnects first)
+-- ARGV[14..] S (filter, options) pairs, then I in-flight, Q queued messages and N ids.
 --
 -- Returns 1 when the session is stored offline (parked on this node), 2 when another node is
 -- claiming it from this one (the state is stored for that node, which completes its claim),
@@ -25,7 +27,7 @@ end
 local meanwhile = redis.call('LRANGE', KEYS[4], 0, -1)
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 
-local next_arg = 13
+local next_arg = 14
 -- Appends the next `count` arguments to `key` with `command`, in chunks (Lua's unpack is
 -- limited to a few thousand values).
 local function push(command, key, count)
@@ -56,7 +58,9 @@ if handover then
   redis.call('HSET', KEYS[1], 'handed', '1')
   return 2
 end
-redis.call('HDEL', KEYS[1], 'will')
+if ARGV[13] ~= '1' then
+  redis.call('HDEL', KEYS[1], 'will')
+end
 redis.call('HSET', KEYS[1], 'state', 'offline', 'node', ARGV[2], 'expiry', ARGV[3],
   'disconnected_at', ARGV[4])
 if ARGV[6] ~= '' then
