@@ -976,12 +976,15 @@ impl Broker {
     /// Then recovers the copies the node held only in memory (its journal and inbox, see
     /// [`crate::cluster::recovery`]) in a task of its own, as a departed node's inbox is followed
     /// for a while.
-    pub async fn adopt_sessions_of(self: &Arc<Self>, departed: &str, leftovers: Leftovers) {
+    ///
+    /// Returns whether the adoption worked (if not, the adoption sweep tries again later, see
+    /// [`crate::cluster::sweep`]).
+    pub async fn adopt_sessions_of(self: &Arc<Self>, departed: &str, leftovers: Leftovers) -> bool {
         let adopted = match self.store.adopt_sessions(departed).await {
             Ok(adopted) => adopted,
             Err(e) => {
-                tracing::warn!(node = departed, error = %e, "sessions of a departed node not adopted");
-                return;
+                tracing::warn!(node = departed, error = %e, "sessions of a departed node not adopted (the adoption sweep tries again)");
+                return false;
             }
         };
         let routes = AdoptedRoutes::new(
@@ -1025,6 +1028,7 @@ impl Broker {
             wills,
             "adopted the sessions of a departed node"
         );
+        true
     }
 
     /// Runs the periodic session-expiry sweep until shutdown.

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub cluster_handoffs: Gauge,
     /// Hand-offs of a session's routes to another node begun since start.
     pub cluster_handoffs_total: Counter,
+    /// Departed nodes adopted by the adoption sweep (their departure was missed or its
+    /// adoption failed).
+    pub adoption_sweeps: Counter,
     /// Relay writes Redis refused (OOM, READONLY, ...); the refused ones are sent again.
     pub redis_write_refusals: Counter,
     /// Times this node found that Redis had lost its data (its epoch changed) and announced
@@ -193,6 +196,12 @@ impl Metrics {
             "Sessions that moved to another node whose routes this node still keeps and forwards",
             cluster_handoffs.clone(),
         );
+        let adoption_sweeps = Counter::default();
+        registry.register(
+            "cluster_adoption_sweeps",
+            "Departed nodes adopted by the adoption sweep (departure missed, or its adoption failed)",
+            adoption_sweeps.clone(),
+        );
         let redis_write_refusals = Counter::default();
         registry.register(
             "cluster_redis_write_refusals",
@@ -219,6 +228,7 @@ impl Metrics {
             redis_up.clone(),
         );
         Metrics {
+            adoption_sweeps,
             redis_write_refusals,
             redis_resets,
             cluster_handoffs,

@@ -184,6 +184,13 @@ impl Server {
             })
         });
         tokio::spawn(watch_members(broker.clone(), self.membership.clone()));
+        // Without gossip a node cannot tell a departed node from a live one.
+        if broker.config.cluster.gossip_bind.is_some() {
+            tokio::spawn(crate::cluster::sweep::run(
+                broker.clone(),
+                self.membership.clone(),
+            ));
+        }
         tokio::spawn(broker.clone().run_expiry());
         tokio::spawn(broker.clone().run_keep_alive());
         if broker.config.sys.interval_secs > 0 {
@@ -308,9 +315,12 @@ async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
                                 later.forget_node(&departed, &broker_later).await;
                             }
                         });
-                        if is_adopter(&*membership, &node.id).await {
+                        // Its registration goes once the adoption worked; otherwise the
+                        // adoption sweep tries again.
+                        if is_adopter(&*membership, &node.id).await
+                            && broker.adopt_sessions_of(&node.id, Leftovers::Departed).await
+                        {
                             link.remove_node_entries(&node.id);
-                            broker.adopt_sessions_of(&node.id, Leftovers::Departed).await;
                         }
                     }
                 }

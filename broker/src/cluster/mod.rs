@@ -11,5 +11,6 @@ pub mod recovery;
 pub mod refusals;
 pub mod relay;
 mod relayed;
+pub mod sweep;
 pub mod window;
 mod work_queue;

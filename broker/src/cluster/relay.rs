@@ -517,6 +517,16 @@ impl ClusterLink {
         self.departed.write().remove(node);
     }
 
+    /// The nodes registered in Redis (each adds itself when it starts; a departed node's
+    /// registration goes with its adoption).
+    pub async fn registered_nodes(&self) -> redis::RedisResult<HashSet<String>> {
+        let mut con = self.recovery_connection().await?;
+        redis::cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(&mut con)
+            .await
+    }
+
     /// Deletes a departed node's entry set, so nobody rebuilds routes to it from Redis.
     pub fn remove_node_entries(&self, node: &str) {
         self.queue(Outbound::DropNode(node.into()));
