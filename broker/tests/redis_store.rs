@@ -1115,6 +1115,53 @@ async fn a_session_parked_by_a_shutdown_keeps_its_will_for_the_adopter_once() {
 }
 
 #[tokio::test]
+async fn an_adoption_whose_answer_was_lost_gives_the_same_sessions_and_wills_again() {
+    let server = RedisServer::start().await;
+    let a = node(&server, "node-a").await;
+    let mut hasty = config(&server, "node-b", 10);
+    hasty.operation_timeout = Duration::from_millis(300);
+    let hasty = RedisStore::connect(hasty).await.expect("connect");
+    let b = node(&server, "node-b").await;
+    let orphan: ClientId = "orphan".into();
+    a.attach_session(&orphan, &persistent_claim(60, Some("orphaned")))
+        .await
+        .expect("attach");
+
+    // The script is loaded (as after any earlier adoption): the stalled call sends EVALSHA.
+    assert!(b.adopt_sessions("node-z").await.expect("adopt").is_empty());
+    // Redis stalls: the adoption's call times out, and Redis runs the script afterwards.
+    server.pause();
+    let lost = hasty.adopt_sessions("node-a").await;
+    server.resume();
+    assert!(lost.is_err(), "the answer is lost");
+    eventually("the script ran after the stall", || async {
+        b.session_info("orphan")
+            .await
+            .ok()
+            .flatten()
+            .filter(|info| info.node.as_deref() == Some("node-b"))
+    })
+    .await;
+
+    // Tried again, the adoption answers what the lost answer held, once.
+    let adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    let wills: Vec<_> = adopted
+        .iter()
+        .map(|s| {
+            (
+                s.client_id.to_string(),
+                s.will.as_ref().map(|w| w.message.payload.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        wills,
+        [("orphan".to_string(), Some(Bytes::from_static(b"orphaned")))]
+    );
+    assert!(b.adopt_sessions("node-a").await.expect("adopt").is_empty());
+}
+
+#[tokio::test]
 async fn sessions_claimed_away_from_a_node_are_reported_when_it_departs() {
     let server = RedisServer::start().await;
     let (a, b, c) = (

@@ -448,7 +448,8 @@ where
             _ => true,
         };
         let will_delay = self.will.as_ref().map_or(Duration::ZERO, |w| {
-            w.delay.min(Duration::from_secs(u64::from(self.expiry_secs)))
+            w.delay
+                .min(Duration::from_secs(u64::from(self.expiry_secs)))
         });
         // A node that shuts down cannot wait out a will's delay: the will stays stored with the
         // session, and the node that adopts this node's sessions publishes it once the delay

@@ -304,6 +304,11 @@ impl RedisStore {
         detached(int(self.run_script(invocation).await?)?)
     }
 
+    /// This node's stash of its adoption of `departed` (adopt.lua), until it has the answer.
+    fn adoption_stash_key(&self, departed: &str) -> String {
+        format!("{}node:{}:adopting:{departed}", self.base, self.node_id)
+    }
+
     /// The sessions claimed away from a node in the last minute (zset scored by time, ms).
     fn node_moved_key(&self, node: &str) -> String {
         format!("{}node:{node}:moved", self.base)
@@ -867,6 +872,7 @@ impl Store for RedisStore {
             .key(self.sessions_key())
             .key(self.expiry_key())
             .key(self.node_moved_key(departed))
+            .key(self.adoption_stash_key(departed))
             .arg(departed)
             .arg(&self.node_id)
             .arg(millis_since_epoch(SystemTime::now()))
@@ -885,6 +891,20 @@ impl Store for RedisStore {
                 moved: int(moved)? == 1,
                 client_id,
             });
+        }
+        // The answer arrived: the stash is no longer needed (should this fail, it expires).
+        let mut con = self.manager.clone();
+        let stash = self.adoption_stash_key(departed);
+        if let Err(e) = self
+            .bounded(async move {
+                redis::cmd("DEL")
+                    .arg(stash)
+                    .query_async::<()>(&mut con)
+                    .await
+            })
+            .await
+        {
+            tracing::debug!(error = %e, "adoption stash not deleted");
         }
         Ok(adopted)
     }

@@ -146,6 +146,27 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server (SIGSTOP) without closing its connections: what clients send waits in
+    /// its sockets until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = std::process::Command::new("kill")
+            .arg(which)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {which} redis-server");
+    }
+
     /// Starts the server again on the same port.
     pub async fn restart(&mut self) {
         self.stop();

@@ -3,6 +3,7 @@
 -- KEYS[1] the departed node's session set   KEYS[2] the survivor's session set
 -- KEYS[3] session index set                 KEYS[4] expiry index zset
 -- KEYS[5] the departed node's `moved` zset (sessions claimed away from it, see attach.lua)
+-- KEYS[6] the survivor's stash of this adoption's answer (see below)
 -- ARGV[1] departed node id  ARGV[2] survivor node id   ARGV[3] now (ms since the Unix epoch)
 -- ARGV[4] grace added to an offline session's TTL (ms)
 -- ARGV[5..9] key name prefixes of the session hash, subscriptions, in-flight, queue and
@@ -18,6 +19,10 @@
 -- be recovered (see the broker's cluster::recovery).
 -- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended,
 -- 1 if it moved to another node}...
+-- The answer is also kept (MessagePack, an hour) in the survivor's stash, and every answer
+-- returns what the stash holds: a survivor whose call timed out after the script ran (Redis
+-- stalled) gets the same sessions and wills when it tries again, rather than nothing. The
+-- survivor deletes the stash once it has the answer.
 local adopted = {}
 local seen = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -69,4 +74,14 @@ redis.call('DEL', KEYS[5])
 if KEYS[1] ~= KEYS[2] then
   redis.call('DEL', KEYS[1])
 end
-return adopted
+if #adopted > 0 then
+  redis.call('RPUSH', KEYS[6], cmsgpack.pack(adopted))
+  redis.call('PEXPIRE', KEYS[6], 3600000)
+end
+local answer = {}
+for _, packed in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do
+  for _, entry in ipairs(cmsgpack.unpack(packed)) do
+    answer[#answer + 1] = entry
+  end
+end
+return answer
