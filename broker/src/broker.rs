@@ -297,6 +297,17 @@ impl Broker {
         }
     }
 
+    /// Ends every connection of this node without storing its session or publishing its will:
+    /// the cluster declared this node dead, and another node adopted its sessions (and fired
+    /// their wills). Clients reconnect and resume what the store has.
+    pub fn disconnect_adopted(&self) -> usize {
+        let online = self.online.read();
+        for handle in online.values() {
+            handle.mailbox.signal(Signal::Adopted);
+        }
+        online.len()
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         *self.run_state.borrow() == RunState::ShuttingDown

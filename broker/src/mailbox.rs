@@ -38,6 +38,9 @@ pub enum Signal {
     Shutdown,
     /// Nothing arrived from the client within 1.5 × keep-alive.
     KeepAliveTimeout,
+    /// The cluster declared this node dead and another node adopted the session (and
+    /// published its will): the connection ends without storing anything or a will.
+    Adopted,
 }
 
 #[derive(Default)]

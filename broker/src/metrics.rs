@@ -58,6 +58,9 @@ pub struct Metrics {
     pub cluster_handoffs: Gauge,
     /// Hand-offs of a session's routes to another node begun since start.
     pub cluster_handoffs_total: Counter,
+    /// Times this node found itself declared dead by the cluster (its sessions adopted
+    /// elsewhere) and closed its connections.
+    pub declared_dead: Counter,
     /// Departed nodes adopted by the adoption sweep (their departure was missed or its
     /// adoption failed).
     pub adoption_sweeps: Counter,
@@ -196,6 +199,12 @@ impl Metrics {
             "Sessions that moved to another node whose routes this node still keeps and forwards",
             cluster_handoffs.clone(),
         );
+        let declared_dead = Counter::default();
+        registry.register(
+            "cluster_declared_dead",
+            "Times this node found itself declared dead (its sessions adopted elsewhere) and closed its connections",
+            declared_dead.clone(),
+        );
         let adoption_sweeps = Counter::default();
         registry.register(
             "cluster_adoption_sweeps",
@@ -228,6 +237,7 @@ impl Metrics {
             redis_up.clone(),
         );
         Metrics {
+            declared_dead,
             adoption_sweeps,
             redis_write_refusals,
             redis_resets,

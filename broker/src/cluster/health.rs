@@ -7,6 +7,10 @@
 //!   different epoch means Redis lost what the nodes had written: each node then registers
 //!   again, announces all its entries again, and rebuilds its replica once the others have had
 //!   time to do the same ([`RESYNC_SETTLE`]).
+//! - **Declared dead.** A node whose registration is gone while the epoch is the same was
+//!   declared dead by gossip (it stalled past the failure timeout) and its sessions adopted
+//!   elsewhere: it ends all its connections (their clients resume what the store has) and
+//!   registers again.
 //! - **Heartbeat.** With each check a node publishes a heartbeat on the announcement channel. A
 //!   subscriber that hears nothing at all (not even its own heartbeat) for [`SILENCE`] reconnects
 //!   the channel: a subscription to a Redis that went away without closing the connection would
@@ -104,7 +108,7 @@ impl Health {
         }
     }
 
-    /// Compares the epoch Redis has (`found`, after [`ensure_epoch`]) with the one this node
+    /// Compares the epoch Redis has (`found`, after [`read`]) with the one this node
     /// knows, and remembers it.
     pub fn check_epoch(&self, found: &str) -> EpochCheck {
         let mut known = self.epoch.lock();
@@ -118,20 +122,38 @@ impl Health {
     }
 }
 
-/// Reads Redis's epoch, writing a new random one first if there is none.
-pub async fn ensure_epoch(con: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+/// What one check of Redis read.
+pub struct Reading {
+    /// Redis's epoch (written first if there was none).
+    pub epoch: String,
+    /// Whether this node is still registered in `v1:nodes`: a node that gossip declared dead
+    /// is removed from there once its sessions are adopted.
+    pub registered: bool,
+}
+
+/// Reads Redis's epoch, writing a new random one first if there is none, and whether `node`
+/// is registered in the `nodes` set.
+pub async fn read(
+    con: &mut ConnectionManager,
+    epoch_key: &str,
+    nodes_key: &str,
+    node: &str,
+) -> redis::RedisResult<Reading> {
     let fresh = format!("{:016x}", rand::thread_rng().gen::<u64>());
-    let (epoch,): (String,) = redis::pipe()
+    let (epoch, registered): (String, bool) = redis::pipe()
         .cmd("SET")
-        .arg(key)
+        .arg(epoch_key)
         .arg(fresh)
         .arg("NX")
         .ignore()
         .cmd("GET")
-        .arg(key)
+        .arg(epoch_key)
+        .cmd("SISMEMBER")
+        .arg(nodes_key)
+        .arg(node)
         .query_async(con)
         .await?;
-    Ok(epoch)
+    Ok(Reading { epoch, registered })
 }
 
 #[cfg(test)]

@@ -248,10 +248,10 @@ impl ClusterLink {
             health: Health::default(),
             write_refusals: broker.metrics.redis_write_refusals.clone(),
         });
-        let epoch = health::ensure_epoch(&mut writer, &link.keys.epoch())
+        let reading = health::read(&mut writer, &link.keys.epoch(), &link.keys.nodes(), node_id)
             .await
             .map_err(relay_error)?;
-        link.health.check_epoch(&epoch);
+        link.health.check_epoch(&reading.epoch);
         link.resync(&mut writer, broker, Resync::Replace)
             .await
             .map_err(relay_error)?;
@@ -1248,17 +1248,25 @@ async fn watch_health(link: Arc<ClusterLink>, mut con: ConnectionManager, broker
     let heartbeat = format!("{}\n{}", link.node_id, health::HEARTBEAT);
     loop {
         tick.tick().await;
-        let epoch = tokio::time::timeout(
+        let reading = tokio::time::timeout(
             health::INTERVAL,
-            health::ensure_epoch(&mut con, &link.keys.epoch()),
+            health::read(
+                &mut con,
+                &link.keys.epoch(),
+                &link.keys.nodes(),
+                &link.node_id,
+            ),
         )
         .await;
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        let check = match epoch {
-            Ok(Ok(epoch)) => Some(link.health.check_epoch(&epoch)),
-            _ => None,
+        let (check, registered) = match reading {
+            Ok(Ok(reading)) => (
+                Some(link.health.check_epoch(&reading.epoch)),
+                reading.registered,
+            ),
+            _ => (None, true),
         };
         let up = check.is_some();
         let was_up = link.health.set_redis_up(up);
@@ -1270,13 +1278,22 @@ async fn watch_health(link: Arc<ClusterLink>, mut con: ConnectionManager, broker
             continue;
         }
         let lost = check == Some(EpochCheck::Lost);
+        let declared_dead = check == Some(EpochCheck::Same) && !registered;
+        if declared_dead {
+            let closed = broker.disconnect_adopted();
+            broker.metrics.declared_dead.inc();
+            tracing::error!(
+                connections = closed,
+                "the cluster declared this node dead and adopted its sessions: closing its connections (clients resume elsewhere) and rejoining"
+            );
+        }
         if lost {
             tracing::warn!("redis lost its data (its epoch changed): registering and announcing this node's entries again");
             broker.metrics.redis_resets.inc();
         } else if !was_up {
             tracing::info!("redis reachable again: announcing this node's entries");
         }
-        if lost || !was_up {
+        if lost || !was_up || declared_dead {
             let _ = redis::pipe()
                 .cmd("SADD")
                 .arg(link.keys.nodes())

@@ -60,6 +60,8 @@ enum Exit {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// The cluster declared this node dead and adopted the session elsewhere.
+    Adopted,
 }
 
 /// What the packet loop has to wait for next.
@@ -445,6 +447,8 @@ where
         // closes without a DISCONNECT that discards it, a close for shutdown included.
         let publish_will = match &exit {
             Exit::Disconnected { will } => *will,
+            // The adopting node published it already.
+            Exit::Adopted => false,
             _ => true,
         };
         let will_delay = self.will.as_ref().map_or(Duration::ZERO, |w| {
@@ -473,6 +477,11 @@ where
             }
             Exit::TakenOver => {
                 tracing::debug!(client_id = %self.client_id, "session taken over");
+                self.send_disconnect(DisconnectReasonCode::SessionTakenOver, None)
+                    .await;
+            }
+            Exit::Adopted => {
+                tracing::debug!(client_id = %self.client_id, "session adopted by another node");
                 self.send_disconnect(DisconnectReasonCode::SessionTakenOver, None)
                     .await;
             }
@@ -588,6 +597,7 @@ fn signal_exit(signal: Signal) -> Exit {
         Signal::TakenOver => Exit::TakenOver,
         Signal::Shutdown => Exit::Shutdown,
         Signal::KeepAliveTimeout => Exit::KeepAliveTimeout,
+        Signal::Adopted => Exit::Adopted,
     }
 }
 
