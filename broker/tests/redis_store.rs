@@ -1162,6 +1162,57 @@ async fn an_adoption_whose_answer_was_lost_gives_the_same_sessions_and_wills_aga
 }
 
 #[tokio::test]
+async fn a_node_back_under_its_id_finds_the_sessions_a_survivor_adopted_from_it() {
+    let server = RedisServer::start().await;
+    let (a, b) = (node(&server, "node-a").await, node(&server, "node-b").await);
+    let id: ClientId = "left-behind".into();
+    let held = a
+        .attach_session(&id, &persistent_claim(60, None))
+        .await
+        .expect("attach");
+    a.save_subscriptions(
+        "left-behind",
+        held.generation,
+        &[StoredSubscription {
+            filter: "behind/#".into(),
+            options: options(QoS::AtLeastOnce),
+        }],
+        &[],
+    )
+    .await
+    .expect("save");
+    // Node A dies; node B adopts its session; node A comes back under its id and recovers
+    // what its earlier run left: the session is reported, as moved, with its subscriptions.
+    let adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    assert_eq!(adopted.len(), 1);
+    assert!(!adopted[0].moved);
+    let own = a.adopt_sessions("node-a").await.expect("adopt own earlier run");
+    let summary: Vec<_> = own
+        .iter()
+        .map(|s| {
+            (
+                s.client_id.to_string(),
+                s.moved,
+                s.will.is_none(),
+                s.subscriptions
+                    .iter()
+                    .map(|s| s.filter.clone())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [(
+            "left-behind".to_string(),
+            true,
+            true,
+            vec!["behind/#".to_string()]
+        )]
+    );
+}
+
+#[tokio::test]
 async fn sessions_claimed_away_from_a_node_are_reported_when_it_departs() {
     let server = RedisServer::start().await;
     let (a, b, c) = (
@@ -1351,8 +1402,13 @@ async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
         Some("node-c"),
         "a moved session is left as it is"
     );
-    // However many survivors try, each session (and its will) is adopted once.
-    assert!(c.adopt_sessions("node-a").await.expect("adopt").is_empty());
+    // However many survivors try, each session (and its will) is adopted once: later tries
+    // only hear of the sessions as moved (for recovering the departed node's inbox).
+    let again = c.adopt_sessions("node-a").await.expect("adopt");
+    assert!(
+        again.iter().all(|s| s.moved && s.will.is_none()),
+        "adopted once: {again:?}"
+    );
     assert!(b.session_info("ended").await.expect("info").is_none());
     let info = b
         .session_info("online")

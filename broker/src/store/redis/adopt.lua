@@ -16,15 +16,24 @@
 -- Sessions in the departed node's set that another node has claimed meanwhile, and those that
 -- left it for another node in the last minute (its `moved` zset), are not adopted but reported
 -- too (with their subscriptions), so messages relayed to the departed node for them can still
--- be recovered (see the broker's cluster::recovery).
+-- be recovered (see the broker's cluster::recovery). The sessions a survivor adopts are added
+-- to that zset: a node back under its old id recovers its earlier run's inbox for them too.
 -- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended,
 -- 1 if it moved to another node}...
 -- The answer is also kept (MessagePack, an hour) in the survivor's stash, and every answer
 -- returns what the stash holds: a survivor whose call timed out after the script ran (Redis
 -- stalled) gets the same sessions and wills when it tries again, rather than nothing. The
 -- survivor deletes the stash once it has the answer.
-local adopted = {}
+-- What an earlier call whose answer was lost adopted comes first, once.
+local stashed = {}
 local seen = {}
+for _, packed in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do
+  for _, entry in ipairs(cmsgpack.unpack(packed)) do
+    stashed[#stashed + 1] = entry
+    seen[entry[1]] = true
+  end
+end
+local adopted = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   seen[id] = true
   local keys = {}
@@ -73,15 +82,19 @@ end
 redis.call('DEL', KEYS[5])
 if KEYS[1] ~= KEYS[2] then
   redis.call('DEL', KEYS[1])
+  -- What was adopted has left the departed node: should it come back under its id and recover
+  -- its own earlier run's inbox, it must still find these sessions there.
+  for _, entry in ipairs(adopted) do
+    if entry[5] == 0 and entry[6] == 0 then
+      redis.call('ZADD', KEYS[5], ARGV[3], entry[1])
+    end
+  end
 end
 if #adopted > 0 then
   redis.call('RPUSH', KEYS[6], cmsgpack.pack(adopted))
   redis.call('PEXPIRE', KEYS[6], 3600000)
 end
-local answer = {}
-for _, packed in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do
-  for _, entry in ipairs(cmsgpack.unpack(packed)) do
-    answer[#answer + 1] = entry
-  end
+for _, entry in ipairs(adopted) do
+  stashed[#stashed + 1] = entry
 end
-return answer
+return stashed
