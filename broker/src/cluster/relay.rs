@@ -23,7 +23,10 @@
 //!   over the nodes with members, itself included when it has an online member) and says so in the
 //!   inbox entry; a receiving node serves only the groups it was given.
 
-use super::health::{self, EpochCheck, Health};
+use super::health::{self, Health};
+use watchers::{watch_entries, watch_health, Resync};
+mod watchers;
+
 use super::inbox;
 use super::journal::{self, JournalHold, JournalReservation};
 use super::packed::{self, Packer};
@@ -39,7 +42,6 @@ use crate::router::memo::RouteMemo;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::QueuedMessage;
-use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{Client, Value};
@@ -1224,196 +1226,6 @@ fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(text) => Some(text.into_bytes()),
         _ => None,
-    }
-}
-
-/// How a resynchronisation of the replica treats what it already has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resync {
-    /// Each node's listing replaces what the replica had of it.
-    Replace,
-    /// Listings only add: after a reconnection, Redis may have lost what the nodes wrote and not
-    /// have it again yet (each node announces anew within a second of noticing), and dropping
-    /// live routes would lose messages. A replacement follows [`health::RESYNC_SETTLE`] later.
-    Merge,
-}
-
-/// Checks Redis every [`health::INTERVAL`] (reading its epoch), keeps [`ClusterLink::health`]
-/// and its gauge true, and publishes this node's heartbeat on the announcement channel. When
-/// Redis answers again after an outage, or has lost its data, this node registers and announces
-/// its entries anew; after a loss of data the replica is rebuilt once every node has.
-async fn watch_health(link: Arc<ClusterLink>, mut con: ConnectionManager, broker: Weak<Broker>) {
-    let mut tick = tokio::time::interval(health::INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let heartbeat = format!("{}\n{}", link.node_id, health::HEARTBEAT);
-    loop {
-        tick.tick().await;
-        let reading = tokio::time::timeout(
-            health::INTERVAL,
-            health::read(
-                &mut con,
-                &link.keys.epoch(),
-                &link.keys.nodes(),
-                &link.node_id,
-            ),
-        )
-        .await;
-        let Some(broker) = broker.upgrade() else {
-            return;
-        };
-        let (check, registered) = match reading {
-            Ok(Ok(reading)) => (
-                Some(link.health.check_epoch(&reading.epoch)),
-                reading.registered,
-            ),
-            _ => (None, true),
-        };
-        let up = check.is_some();
-        let was_up = link.health.set_redis_up(up);
-        broker.metrics.redis_up.set(i64::from(up));
-        if !up {
-            if was_up {
-                tracing::warn!("redis unreachable: relay paused, new sessions refused");
-            }
-            continue;
-        }
-        let lost = check == Some(EpochCheck::Lost);
-        let declared_dead = check == Some(EpochCheck::Same) && !registered;
-        if declared_dead {
-            let closed = broker.disconnect_adopted();
-            broker.metrics.declared_dead.inc();
-            tracing::error!(
-                connections = closed,
-                "the cluster declared this node dead and adopted its sessions: closing its connections (clients resume elsewhere) and rejoining"
-            );
-        }
-        if lost {
-            tracing::warn!("redis lost its data (its epoch changed): registering and announcing this node's entries again");
-            broker.metrics.redis_resets.inc();
-        } else if !was_up {
-            tracing::info!("redis reachable again: announcing this node's entries");
-        }
-        if lost || !was_up || declared_dead {
-            let _ = redis::pipe()
-                .cmd("SADD")
-                .arg(link.keys.nodes())
-                .arg(&*link.node_id)
-                .ignore()
-                .query_async::<()>(&mut con)
-                .await;
-            broker.announce_entries();
-            if lost {
-                let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(&broker));
-                tokio::spawn(async move {
-                    tokio::time::sleep(health::RESYNC_SETTLE).await;
-                    if let Some(broker) = broker.upgrade() {
-                        if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
-                            tracing::warn!(error = %e, "entry resynchronisation failed");
-                        }
-                    }
-                });
-            }
-        }
-        let _ = redis::cmd("PUBLISH")
-            .arg(link.keys.channel())
-            .arg(&heartbeat)
-            .query_async::<()>(&mut con)
-            .await;
-    }
-}
-
-/// Subscribes to entry announcements, within [`health::CONNECT_TIMEOUT`].
-async fn subscribe_announcements(
-    client: &Client,
-    channel: &str,
-) -> Result<redis::aio::PubSub, String> {
-    let subscribed = tokio::time::timeout(health::CONNECT_TIMEOUT, async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        Ok::<_, redis::RedisError>(pubsub)
-    })
-    .await;
-    match subscribed {
-        Ok(Ok(pubsub)) => Ok(pubsub),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {:?}", health::CONNECT_TIMEOUT)),
-    }
-}
-
-/// Follows entry announcements; on every (re)subscription the replica is rebuilt from Redis
-/// (merged at once, replaced [`health::RESYNC_SETTLE`] later). A channel silent for
-/// [`health::SILENCE`] (every node, this one included, publishes a heartbeat every second) is
-/// reconnected.
-async fn watch_entries(
-    link: Arc<ClusterLink>,
-    client: Client,
-    mut con: ConnectionManager,
-    broker: Weak<Broker>,
-) {
-    let mut first = true;
-    loop {
-        let mut pubsub = match subscribe_announcements(&client, &link.keys.channel()).await {
-            Ok(pubsub) => pubsub,
-            Err(e) => {
-                link.health.set_announcements_up(false);
-                tracing::warn!(error = %e, "entry announcements unavailable; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        {
-            let Some(broker) = broker.upgrade() else {
-                return;
-            };
-            // At start, what was announced before this subscription is read from Redis; later,
-            // Redis may not have everything again yet.
-            if first {
-                if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
-                    tracing::warn!(error = %e, "entry resynchronisation failed");
-                }
-            } else {
-                if let Err(e) = link.resync(&mut con, &broker, Resync::Merge).await {
-                    tracing::warn!(error = %e, "entry resynchronisation failed");
-                }
-                let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(&broker));
-                tokio::spawn(async move {
-                    tokio::time::sleep(health::RESYNC_SETTLE).await;
-                    if let Some(broker) = broker.upgrade() {
-                        if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
-                            tracing::warn!(error = %e, "entry resynchronisation failed");
-                        }
-                    }
-                });
-                tracing::info!("entry announcements reconnected");
-            }
-            first = false;
-        }
-        link.health.set_announcements_up(true);
-        let mut messages = pubsub.on_message();
-        loop {
-            let message = match tokio::time::timeout(health::SILENCE, messages.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) => {
-                    tracing::warn!("entry announcements disconnected; reconnecting");
-                    break;
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        "entry announcements silent for {:?} (not even heartbeats); reconnecting",
-                        health::SILENCE
-                    );
-                    break;
-                }
-            };
-            let Some(broker) = broker.upgrade() else {
-                return;
-            };
-            if let Ok(text) = message.get_payload::<String>() {
-                link.apply_announcement(&text, &broker);
-            }
-        }
-        link.health.set_announcements_up(false);
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
