@@ -1,16 +1,19 @@
 //! End-to-end harness: real processes on loopback, each on a port the OS picked, all stopped when
 //! their handles drop.
 //!
-//! - [`RedisServer`]: a `redis-server` (Debian) without persistence.
-//! - [`BrokerNode`]: the `starling-broker` binary of this workspace.
+//! - [`RedisServer`]: a `redis-server` (Debian), without persistence or with an append-only file.
+//! - [`BrokerNode`]: the `starling-broker` binary of this workspace; it can be stopped (SIGTERM,
+//!   SIGKILL), paused (SIGSTOP) and started again under its id on the same ports.
 //! - [`Haproxy`]: HAProxy (Debian) in TCP mode, `balance roundrobin`, in front of the nodes.
+//! - [`fault`]: a TCP proxy a test can cut, and a whole cluster for fault tests.
 //!
 //! The broker binary is found through `STARLING_BROKER_BIN`, else next to this test's own
 //! executable (`target/<profile>/starling-broker`); `cargo test --workspace` builds it.
 
+pub mod fault;
 mod process;
 
-pub use process::{free_port, wait_for, Process};
+pub use process::{free_port, log_to, wait_for, Process};
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
@@ -27,17 +30,49 @@ pub struct RedisServer {
     /// Its address.
     pub addr: SocketAddr,
     process: Option<Process>,
+    /// Where a persistent server keeps its append-only file.
+    data: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
-    /// Starts `redis-server` on a free loopback port and waits until it answers PING.
+    /// Starts `redis-server` without persistence on a free loopback port and waits until it
+    /// answers PING.
     pub async fn start() -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let process = Self::spawn(addr).await?;
+        let process = Self::spawn(addr, None).await?;
         Ok(RedisServer {
             addr,
             process: Some(process),
+            data: None,
         })
+    }
+
+    /// Starts `redis-server` with persistence: an append-only file in a temporary directory,
+    /// synced on every write (`appendfsync always`), so a restart, even after SIGKILL, keeps
+    /// everything it acknowledged.
+    pub async fn start_persistent() -> Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let data = tempfile::tempdir()?;
+        let process = Self::spawn(addr, Some(data.path())).await?;
+        Ok(RedisServer {
+            addr,
+            process: Some(process),
+            data: Some(data),
+        })
+    }
+
+    /// Whether this server keeps its data over a restart.
+    pub fn is_persistent(&self) -> bool {
+        self.data.is_some()
+    }
+
+    /// Starts a server stopped by [`Self::stop`] again on the same port (with the data it
+    /// persisted, if it is persistent) and waits until it answers PING.
+    pub async fn start_again(&mut self) -> Result<()> {
+        anyhow::ensure!(self.process.is_none(), "redis-server is still running");
+        let dir = self.data.as_ref().map(|d| d.path().to_path_buf());
+        self.process = Some(Self::spawn(self.addr, dir.as_deref()).await?);
+        Ok(())
     }
 
     /// Kills the server (SIGKILL: an outage, not a shutdown) and waits until it is gone.
@@ -64,31 +99,33 @@ impl RedisServer {
             .resume()
     }
 
-    /// Starts the server again on the same port, empty (persistence is off), and waits until it
-    /// answers PING.
+    /// Kills the server and starts it again on the same port, empty unless it is persistent, and
+    /// waits until it answers PING.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await;
-        self.process = Some(Self::spawn(self.addr).await?);
-        Ok(())
+        self.start_again().await
     }
 
-    async fn spawn(addr: SocketAddr) -> Result<Process> {
-        let port = addr.port();
-        let process = Process::spawn(
-            "redis",
-            "redis-server",
-            &[
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        )
-        .context("redis-server is needed (Debian package redis-server)")?;
+    async fn spawn(addr: SocketAddr, data: Option<&std::path::Path>) -> Result<Process> {
+        let port = addr.port().to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let dir;
+        match data {
+            Some(path) => {
+                dir = path.to_string_lossy().to_string();
+                args.extend([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    &dir,
+                ]);
+            }
+            None => args.extend(["--appendonly", "no"]),
+        }
+        let process = Process::spawn("redis", "redis-server", &args)
+            .context("redis-server is needed (Debian package redis-server)")?;
         wait_for(STARTUP, || async move { redis_ping(addr).await }).await?;
         Ok(process)
     }
@@ -146,6 +183,8 @@ pub struct BrokerNode {
     /// Its gossip address (cluster nodes only).
     pub gossip: Option<SocketAddr>,
     process: Process,
+    /// Its command line, to start it again the same way.
+    args: Vec<String>,
     _config: Option<tempfile::NamedTempFile>,
 }
 
@@ -211,6 +250,19 @@ impl BrokerNode {
             std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "warn".to_string()),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
+        let process = Self::spawn(id, admin, &args).await?;
+        Ok(BrokerNode {
+            id: id.to_string(),
+            mqtt,
+            admin,
+            gossip: None,
+            process,
+            args,
+            _config: None,
+        })
+    }
+
+    async fn spawn(id: &str, admin: SocketAddr, args: &[String]) -> Result<Process> {
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let binary = broker_binary()?;
         let process = Process::spawn(id, &binary.to_string_lossy(), &arg_refs)?;
@@ -222,19 +274,63 @@ impl BrokerNode {
         })
         .await
         .with_context(|| format!("node {id} did not become ready"))?;
-        Ok(BrokerNode {
-            id: id.to_string(),
-            mqtt,
-            admin,
-            gossip: None,
-            process,
-            _config: None,
-        })
+        Ok(process)
     }
 
     /// Kills the node with SIGKILL (a crash, no drain).
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// Kills the node with SIGKILL and waits until it is gone (its ports are free again).
+    pub async fn kill_and_wait(&mut self) {
+        self.process.kill_and_wait().await;
+    }
+
+    /// Asks the node to shut down (SIGTERM: it drains its connections) and waits at most
+    /// `within` for it to exit.
+    pub async fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        self.process.terminate()?;
+        self.process.wait(within).await
+    }
+
+    /// Stops the node (SIGSTOP) until [`Self::resume`]: its sockets stay open, it answers
+    /// nothing, gossip included.
+    pub fn pause(&self) -> Result<()> {
+        self.process.pause()
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.process.resume()
+    }
+
+    /// Whether the node's process runs (it was not killed or stopped through this handle).
+    pub fn is_running(&self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Starts a node that was killed or terminated again: the same id, ports and configuration;
+    /// waits until `/readyz` answers 200.
+    pub async fn restart(&mut self) -> Result<()> {
+        anyhow::ensure!(!self.is_running(), "{} is still running", self.id);
+        self.process = Self::spawn(&self.id, self.admin, &self.args).await?;
+        Ok(())
+    }
+
+    /// The status `/readyz` answers now.
+    pub async fn readyz(&self) -> Result<u16> {
+        Ok(http_get(self.admin, "/readyz").await?.0)
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    pub async fn wait_for_readyz(&self, status: u16, within: Duration) -> Result<()> {
+        wait_for(within, || async move {
+            let got = self.readyz().await?;
+            anyhow::ensure!(got == status, "{} /readyz answered {got}", self.id);
+            Ok(())
+        })
+        .await
     }
 
     /// Waits until this node's gossip sees exactly `members` nodes (itself included).

@@ -6,8 +6,20 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
+/// Where processes started from now on write their output, instead of `E2E_LOG_DIR`.
+static LOG_DIR: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+/// Sends the output of processes started from now on to `<dir>/<name>.log` (`None`: back to
+/// `E2E_LOG_DIR`, or none), e.g. one directory per test run.
+pub fn log_to(dir: Option<std::path::PathBuf>) {
+    *LOG_DIR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = dir;
+}
+
 /// A child process killed (SIGKILL) when dropped; its output is discarded unless
-/// `E2E_SHOW_OUTPUT` is set.
+/// `E2E_SHOW_OUTPUT` is set (then it goes to the test's own output), or `E2E_LOG_DIR` (or
+/// [`log_to`]) names a directory (then it is appended to `<dir>/<name>.log`).
 pub struct Process {
     name: String,
     child: Option<Child>,
@@ -17,18 +29,40 @@ impl Process {
     /// Spawns `program` with `args`.
     pub fn spawn(name: &str, program: &str, args: &[&str]) -> Result<Self> {
         let show = std::env::var_os("E2E_SHOW_OUTPUT").is_some();
-        let output = || {
-            if show {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
+        let dir = LOG_DIR
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .or_else(|| std::env::var_os("E2E_LOG_DIR").map(std::path::PathBuf::from));
+        let log = match dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let path = std::path::Path::new(&dir).join(format!("{name}.log"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Some(file)
             }
+            None => None,
+        };
+        let output = || -> Result<Stdio> {
+            Ok(match &log {
+                Some(file) => Stdio::from(file.try_clone()?),
+                None if show => Stdio::inherit(),
+                None => Stdio::null(),
+            })
         };
         let child = Command::new(program)
             .args(args)
+            // The broker reads every STARLING_* variable as configuration, and refuses to start
+            // on one it does not know: this one is the harness's own (see `broker_binary`).
+            .env_remove("STARLING_BROKER_BIN")
             .stdin(Stdio::null())
-            .stdout(output())
-            .stderr(output())
+            .stdout(output()?)
+            .stderr(output()?)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {program}"))?;
@@ -58,6 +92,30 @@ impl Process {
     /// Lets a paused process run again (SIGCONT).
     pub fn resume(&self) -> Result<()> {
         self.signal(libc::SIGCONT)
+    }
+
+    /// Asks the process to shut down (SIGTERM); [`Self::wait`] waits until it has.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Whether the process was started and has not been waited for or killed by this handle.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Waits at most `within` for the process to exit and returns how it ended.
+    pub async fn wait(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let child = self
+            .child
+            .as_mut()
+            .with_context(|| format!("{} is not running", self.name))?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .with_context(|| format!("{} did not exit within {within:?}", self.name))?
+            .with_context(|| format!("waiting for {}", self.name))?;
+        self.child = None;
+        Ok(status)
     }
 
     fn signal(&self, signal: libc::c_int) -> Result<()> {
