@@ -26,7 +26,7 @@ use std::time::Duration;
 /// How long, after this node sees the new node's routes, the old ones stay: the other nodes
 /// see the same announcement within milliseconds, and relays they matched just before arrive
 /// soon after.
-pub const MARGIN: Duration = Duration::from_millis(1000);
+pub const MARGIN: Duration = Duration::from_millis(300);
 /// How long the old routes wait at most for the new node's to appear (it may have no
 /// subscription this node can recognise, or have gone).
 pub const WAIT_FOR_NEW_ROUTES: Duration = Duration::from_secs(10);
