@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::Auth;
+use crate::cluster::adopted::AdoptedParked;
 use crate::cluster::handoff::{self, HandOffs};
 use crate::cluster::journal::JournalReservation;
 use crate::cluster::pending::PendingRelays;
@@ -36,6 +37,10 @@ pub struct SessionHandle {
     /// Whether the session outlives the connection (expiry > 0): in a cluster, its QoS 1/2
     /// copies are journalled while they are in this node's memory.
     pub persistent: bool,
+    /// Until when (on [`Broker::clock_ms`]) copies for a session that just moved here from
+    /// another node are marked DUP: the old node may have delivered what was relayed here
+    /// before the session arrived (0: not moved in).
+    pub moved_in_until_ms: u64,
 }
 
 /// Why the broker is going away, broadcast to every connection.
@@ -196,6 +201,7 @@ pub struct Broker {
     delivery_patience: Duration,
     cluster: OnceLock<Arc<ClusterLink>>,
     hand_offs: HandOffs,
+    adopted: AdoptedParked,
 }
 
 impl Broker {
@@ -207,6 +213,7 @@ impl Broker {
             delivery_patience,
             cluster: OnceLock::new(),
             hand_offs: HandOffs::default(),
+            adopted: AdoptedParked::default(),
             config,
             auth,
             store,
@@ -550,6 +557,9 @@ impl Broker {
                     if handle.persistent {
                         self.journal_copy(client_id, &mut queued);
                     }
+                    if handle.moved_in_until_ms != 0 && self.clock_ms() < handle.moved_in_until_ms {
+                        queued.maybe_sent = true;
+                    }
                     match handle.mailbox.push_unwoken(queued) {
                         Ok(false) => return None,
                         Ok(true) => {
@@ -651,7 +661,11 @@ impl Broker {
 
     /// Queues a message for a session that has no connection here, re-checking whether it
     /// came online meanwhile.
-    async fn enqueue(&self, client_id: &ClientId, queued: QueuedMessage, onward: Onward) {
+    async fn enqueue(&self, client_id: &ClientId, mut queued: QueuedMessage, onward: Onward) {
+        if self.adopted.contains(client_id) {
+            // Its former node may be alive after all and have delivered it (see `adopted`).
+            queued.maybe_sent = true;
+        }
         for attempt in 0..2 {
             match self
                 .store
@@ -709,8 +723,19 @@ impl Broker {
         self.online.read().get(client_id).cloned()
     }
 
+    /// Marks a session that just moved here from another node (see
+    /// [`SessionHandle::moved_in_until_ms`]).
+    pub fn mark_moved_in(&self, client_id: &str, connection_id: u64) {
+        if let Some(handle) = self.online.write().get_mut(client_id) {
+            if handle.connection_id == connection_id {
+                handle.moved_in_until_ms = self.clock_ms() + handoff::MOVED_IN_DUP_MS;
+            }
+        }
+    }
+
     /// Records a session as online.
     pub fn register(&self, client_id: ClientId, handle: SessionHandle) {
+        self.adopted.remove(&client_id);
         if self.hand_offs.any() {
             self.hand_offs.cancel(&client_id);
             self.metrics
@@ -895,6 +920,7 @@ impl Broker {
         if self.online.read().contains_key(client_id) {
             return;
         }
+        self.adopted.remove(client_id);
         self.cancel_will(client_id);
         self.hand_off_routes(client_id, filters, Some(claimer));
     }
@@ -906,6 +932,7 @@ impl Broker {
         if self.online.read().contains_key(client_id) {
             return;
         }
+        self.adopted.remove(client_id);
         for filter in filters {
             self.remove_subscription(client_id, filter);
         }
@@ -1013,6 +1040,13 @@ impl Broker {
             ));
         }
         let (mut online, mut wills) = (0, 0);
+        if departed != self.config.node_id.as_str() {
+            let parked = adopted
+                .iter()
+                .filter(|s| !s.moved)
+                .map(|s| s.client_id.clone());
+            self.adopted.insert_all(parked.collect::<Vec<_>>());
+        }
         for session in adopted.into_iter().filter(|s| !s.moved) {
             online += usize::from(session.was_online);
             for s in &session.subscriptions {

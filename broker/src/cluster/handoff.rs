@@ -27,6 +27,10 @@ use std::time::Duration;
 /// see the same announcement within milliseconds, and relays they matched just before arrive
 /// soon after.
 pub const MARGIN: Duration = Duration::from_millis(300);
+/// How long copies delivered to a session that just moved here are marked DUP: what was
+/// relayed to this node before the session arrived may have reached it through the old node.
+/// Measured on the broker's coarse clock (it advances every 250 ms).
+pub const MOVED_IN_DUP_MS: u64 = 500;
 /// How long the old routes wait at most for the new node's to appear (it may have no
 /// subscription this node can recognise, or have gone).
 pub const WAIT_FOR_NEW_ROUTES: Duration = Duration::from_secs(10);

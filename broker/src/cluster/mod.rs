@@ -1,5 +1,6 @@
 //! Running as one node of a cluster: membership by gossip (issue 4).
 
+pub mod adopted;
 pub mod handoff;
 pub mod health;
 mod inbox;

@@ -172,6 +172,7 @@ where
             connection_id,
             mailbox: mailbox.clone(),
             persistent: expiry_secs > 0,
+            moved_in_until_ms: 0,
         },
     );
     // A shutdown that began after the check above did not see this session: tell it now.
@@ -193,11 +194,15 @@ where
             .then(|| broker.journal_reservation(&client_id))
             .flatten(),
     };
-    let Some((generation, stored)) = claim_session(broker, &client_id, &claim).await else {
+    let Some((generation, stored, moved_in)) = claim_session(broker, &client_id, &claim).await
+    else {
         broker.deregister(&client_id, connection_id);
         refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
         return None;
     };
+    if moved_in {
+        broker.mark_moved_in(&client_id, connection_id);
+    }
     let stored = match stored {
         Some(old) if connect.clean_start => {
             broker.remove_subscriptions(&client_id, &old.subscriptions);
@@ -291,13 +296,13 @@ where
 
 /// Claims the session in the store for this node: from a node that had it parked (told to
 /// forget it) or from a connection on another node (asked to hand it over, waited for). Returns
-/// the claim's generation and the stored session; `None` when the store failed or a newer claim
-/// won meanwhile (the connection is refused).
+/// the claim's generation, the stored session and whether it came from another node; `None`
+/// when the store failed or a newer claim won meanwhile (the connection is refused).
 async fn claim_session(
     broker: &Arc<Broker>,
     client_id: &ClientId,
     claim: &SessionClaim,
-) -> Option<(u64, Option<StoredSession>)> {
+) -> Option<(u64, Option<StoredSession>, bool)> {
     let attached = match broker.store.attach_session(client_id, claim).await {
         Ok(attached) => attached,
         Err(e) => {
@@ -307,6 +312,7 @@ async fn claim_session(
     };
     match attached.holder {
         Holder::Free { parked_on } => {
+            let moved_in = parked_on.is_some();
             if let (Some(node), Some(link)) = (parked_on, broker.cluster()) {
                 let filters = attached
                     .previous
@@ -315,7 +321,7 @@ async fn claim_session(
                     .collect();
                 link.forget_parked(&node, client_id, filters, true);
             }
-            Some((attached.generation, attached.previous))
+            Some((attached.generation, attached.previous, moved_in))
         }
         Holder::Elsewhere(node) => {
             if let Some(link) = broker.cluster() {
@@ -327,7 +333,7 @@ async fn claim_session(
                 .complete_attach(client_id, attached.generation, claim.journal.as_ref())
                 .await
             {
-                Ok(Completed::Taken(session)) => Some((attached.generation, session)),
+                Ok(Completed::Taken(session)) => Some((attached.generation, session, true)),
                 Ok(Completed::Superseded) => {
                     tracing::debug!(client_id = %client_id, "a newer connection claimed the session first");
                     None

@@ -16,8 +16,9 @@
 -- Sessions in the departed node's set that another node has claimed meanwhile, and those that
 -- left it for another node in the last minute (its `moved` zset), are not adopted but reported
 -- too (with their subscriptions), so messages relayed to the departed node for them can still
--- be recovered (see the broker's cluster::recovery). The sessions a survivor adopts are added
--- to that zset: a node back under its old id recovers its earlier run's inbox for them too.
+-- be recovered (see the broker's cluster::recovery). The sessions a survivor adopts or hears
+-- of as moved are added to that zset: a node back under its old id recovers its earlier run's
+-- inbox for them too.
 -- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended,
 -- 1 if it moved to another node}...
 -- The answer is also kept (MessagePack, an hour) in the survivor's stash, and every answer
@@ -82,10 +83,11 @@ end
 redis.call('DEL', KEYS[5])
 if KEYS[1] ~= KEYS[2] then
   redis.call('DEL', KEYS[1])
-  -- What was adopted has left the departed node: should it come back under its id and recover
-  -- its own earlier run's inbox, it must still find these sessions there.
+  -- What was adopted, or had moved on, has left the departed node: should it come back under
+  -- its id and recover its own earlier run's inbox (possibly while this survivor recovers the
+  -- same inbox), it must still find these sessions there.
   for _, entry in ipairs(adopted) do
-    if entry[5] == 0 and entry[6] == 0 then
+    if entry[5] == 0 then
       redis.call('ZADD', KEYS[5], ARGV[3], entry[1])
     end
   end
