@@ -959,7 +959,7 @@ impl Broker {
         if filters.is_empty() || self.online.read().contains_key(client_id) {
             return;
         }
-        let token = self.hand_offs.begin(client_id, filters.clone());
+        let token = self.hand_offs.begin(client_id, filters, new_node);
         self.metrics
             .cluster_handoffs
             .set(self.hand_offs.pending() as i64);
@@ -967,17 +967,18 @@ impl Broker {
         let (link, client_id, broker) = (link.clone(), client_id.clone(), self.clone());
         tokio::spawn(async move {
             let deadline = Instant::now() + handoff::WAIT_FOR_NEW_ROUTES;
-            loop {
-                if link.advertised_by(new_node.as_deref(), &filters) {
-                    if new_node.is_some() {
-                        broker.hand_offs.reached_by_relay(&client_id, token);
-                    }
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    break;
-                }
+            // First the new node's word that it routes the session, then its entries in this
+            // node's replica (the announcement and the note travel apart).
+            while !broker.hand_offs.routed_there(&client_id, token) && Instant::now() < deadline {
                 tokio::time::sleep(handoff::POLL).await;
+            }
+            if let Some((node, filters)) = broker.hand_offs.heard_from_new_node(&client_id, token) {
+                while !link.advertised_by(&node, &filters) && Instant::now() < deadline {
+                    tokio::time::sleep(handoff::POLL).await;
+                }
+                if link.advertised_by(&node, &filters) {
+                    broker.hand_offs.relayed_there(&client_id, token);
+                }
             }
             tokio::time::sleep(handoff::MARGIN).await;
             link.send_unroute(&client_id, token);
@@ -1000,6 +1001,12 @@ impl Broker {
         for filter in &filters {
             self.remove_subscription(client_id, filter);
         }
+    }
+
+    /// The node a session moved to says it routes the session now (see
+    /// [`crate::cluster::handoff`]).
+    pub fn routed_elsewhere(&self, client_id: &str, from: &str) {
+        self.hand_offs.routed_elsewhere(client_id, from);
     }
 
     /// The node that asked for the release of a session held here, if one did.

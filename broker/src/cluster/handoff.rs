@@ -10,9 +10,11 @@
 //! and the copy is sent on to that node marked DUP (its own routes may deliver it too, once the
 //! publisher knew them).
 //!
-//! The routes go when the new node advertises every filter of the session (as seen in this
-//! node's replica), plus [`MARGIN`] for the other nodes to see it as well and for the relays
-//! they matched before that to arrive, and at most [`WAIT_FOR_NEW_ROUTES`] later. The removal
+//! The routes go [`MARGIN`] after the new node says it routes the session (a note it appends to
+//! this node's inbox once the session's subscriptions are in its routing tree: every relay it
+//! reads from then on reaches the session), for relays other nodes matched just before to
+//! arrive; at most [`WAIT_FOR_NEW_ROUTES`] after the move when no note comes. From the note on,
+//! what this node publishes itself skips the session here: the relay delivers it there. The removal
 //! itself is a control entry this node appends to its own inbox, so every entry relayed to it
 //! before then is handled first (with the routes still in place).
 
@@ -41,9 +43,13 @@ pub const POLL: Duration = Duration::from_millis(20);
 struct Leaving {
     token: u64,
     filters: Vec<String>,
-    /// This node's replica shows the new node routing every filter of the session, none of
-    /// them shared: what this node publishes reaches the session through that node now.
-    reached_by_relay: bool,
+    /// The node it moved to, when known: only its note counts.
+    new_node: Option<NodeId>,
+    /// The new node said it routes the session (see [`HandOffs::routed_elsewhere`]).
+    routed_there: bool,
+    /// And this node's replica shows the new node's entries for all of its filters: what this
+    /// node publishes reaches the session through the relay.
+    relayed_there: bool,
 }
 
 /// Sessions leaving this node, with the routes they still have here.
@@ -60,7 +66,12 @@ pub struct HandOffs {
 impl HandOffs {
     /// Records that `client_id` is leaving with `filters` still routed here; returns the token
     /// that [`Self::finish`] must present.
-    pub fn begin(&self, client_id: &ClientId, filters: Vec<String>) -> u64 {
+    pub fn begin(
+        &self,
+        client_id: &ClientId,
+        filters: Vec<String>,
+        new_node: Option<NodeId>,
+    ) -> u64 {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed) + 1;
         let mut leaving = self.leaving.lock();
         // Routes of an earlier departure not yet removed stay routed with this one's.
@@ -77,32 +88,68 @@ impl HandOffs {
             Leaving {
                 token,
                 filters,
-                reached_by_relay: false,
+                new_node,
+                routed_there: false,
+                relayed_there: false,
             },
         );
         self.count.store(leaving.len(), Ordering::Relaxed);
         token
     }
 
-    /// Notes that the session's new node routes all of its filters (in this node's replica):
-    /// what this node publishes from now on goes there through the relay.
-    pub fn reached_by_relay(&self, client_id: &str, token: u64) {
+    /// The session's new node (`from`) says it routes the session: its subscriptions are in
+    /// that node's routing tree, and every relay that reaches that node from now on reaches
+    /// the session. A note from another node than the one the session went to is ignored.
+    pub fn routed_elsewhere(&self, client_id: &str, from: &str) {
         if let Some(l) = self.leaving.lock().get_mut(client_id) {
-            if l.token == token && !l.filters.iter().any(|f| f.starts_with("$share/")) {
-                l.reached_by_relay = true;
+            if l.new_node.as_deref().is_none_or(|n| n == from) {
+                l.new_node = Some(from.into());
+                l.routed_there = true;
             }
         }
     }
 
-    /// Whether a message published on this node must skip `client_id`: the session left, and
-    /// the relay to its new node delivers it there.
+    /// Whether the departure `token` of `client_id` has heard from the new node (or is over).
+    pub fn routed_there(&self, client_id: &str, token: u64) -> bool {
+        self.leaving
+            .lock()
+            .get(client_id)
+            .is_none_or(|l| l.token != token || l.routed_there)
+    }
+
+    /// Whether a message published on this node must skip `client_id`: the session left, its
+    /// new node routes it, and the relay there (which this node's publishes take once the
+    /// replica shows that node's entries) delivers it. Not for a session in a share group:
+    /// which member this node picks is not the new node's choice.
     pub fn skips_local_publish(&self, client_id: &str) -> bool {
         self.count.load(Ordering::Relaxed) > 0
-            && self
-                .leaving
-                .lock()
-                .get(client_id)
-                .is_some_and(|l| l.reached_by_relay)
+            && self.leaving.lock().get(client_id).is_some_and(|l| {
+                l.relayed_there && !l.filters.iter().any(|f| f.starts_with("$share/"))
+            })
+    }
+
+    /// The filters of departure `token` and the node it went to, once that node has said it
+    /// routes the session (`None` before, or when the departure is over).
+    pub fn heard_from_new_node(
+        &self,
+        client_id: &str,
+        token: u64,
+    ) -> Option<(NodeId, Vec<String>)> {
+        let leaving = self.leaving.lock();
+        let l = leaving.get(client_id)?;
+        if l.token != token || !l.routed_there {
+            return None;
+        }
+        Some((l.new_node.clone()?, l.filters.clone()))
+    }
+
+    /// Notes that this node's replica shows the new node's entries for the session.
+    pub fn relayed_there(&self, client_id: &str, token: u64) {
+        if let Some(l) = self.leaving.lock().get_mut(client_id) {
+            if l.token == token {
+                l.relayed_there = true;
+            }
+        }
     }
 
     /// Whether any session is leaving.
@@ -163,8 +210,8 @@ mod tests {
     fn a_departure_finishes_only_with_its_latest_token() {
         let hand_offs = HandOffs::default();
         let client: ClientId = "c".into();
-        let first = hand_offs.begin(&client, vec!["a/#".into()]);
-        let second = hand_offs.begin(&client, vec!["b".into()]);
+        let first = hand_offs.begin(&client, vec!["a/#".into()], None);
+        let second = hand_offs.begin(&client, vec!["b".into()], None);
         assert_ne!(first, second);
         assert_eq!(hand_offs.finish("c", first), None);
         let mut filters = hand_offs
@@ -179,25 +226,39 @@ mod tests {
     fn a_session_that_came_back_keeps_its_routes() {
         let hand_offs = HandOffs::default();
         let client: ClientId = "c".into();
-        let token = hand_offs.begin(&client, vec!["a".into()]);
+        let token = hand_offs.begin(&client, vec!["a".into()], None);
         hand_offs.cancel("c");
         assert_eq!(hand_offs.finish("c", token), None);
         assert_eq!(hand_offs.pending(), 0);
     }
 
     #[test]
-    fn local_publishes_skip_a_session_only_once_its_new_node_routes_it() {
+    fn local_publishes_skip_a_session_only_once_its_new_node_says_it_routes_it() {
         let hand_offs = HandOffs::default();
         let (plain, shared): (ClientId, ClientId) = ("plain".into(), "shared".into());
-        let token = hand_offs.begin(&plain, vec!["a/#".into()]);
+        let token = hand_offs.begin(&plain, vec!["a/#".into()], Some("node-b".into()));
         assert!(!hand_offs.skips_local_publish("plain"));
-        hand_offs.reached_by_relay("plain", token + 1);
-        assert!(!hand_offs.skips_local_publish("plain"), "a stale token");
-        hand_offs.reached_by_relay("plain", token);
+        assert!(!hand_offs.routed_there("plain", token));
+        hand_offs.routed_elsewhere("plain", "node-c");
+        assert!(
+            !hand_offs.skips_local_publish("plain"),
+            "not the node it went to"
+        );
+        hand_offs.routed_elsewhere("plain", "node-b");
+        assert!(hand_offs.routed_there("plain", token));
+        assert!(
+            !hand_offs.skips_local_publish("plain"),
+            "not before this node's replica shows the new node's entries"
+        );
+        assert_eq!(
+            hand_offs.heard_from_new_node("plain", token),
+            Some(("node-b".into(), vec!["a/#".to_string()]))
+        );
+        hand_offs.relayed_there("plain", token);
         assert!(hand_offs.skips_local_publish("plain"));
         // The share group's member this node picks is not known to be the new node's.
-        let token = hand_offs.begin(&shared, vec!["$share/g/a".into()]);
-        hand_offs.reached_by_relay("shared", token);
+        hand_offs.begin(&shared, vec!["$share/g/a".into()], None);
+        hand_offs.routed_elsewhere("shared", "node-b");
         assert!(!hand_offs.skips_local_publish("shared"));
         assert_eq!(hand_offs.pending(), 2);
     }

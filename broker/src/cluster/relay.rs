@@ -131,6 +131,8 @@ const KIND_FORGET: &[u8] = b"forget";
 pub(super) const KIND_DIRECT: &[u8] = b"direct";
 /// A node's note to itself that a departed session's routes may go (see [`super::handoff`]).
 const KIND_UNROUTE: &[u8] = b"unroute";
+/// A node's word to the node a session moved from that it routes the session now.
+const KIND_ROUTED: &[u8] = b"routed";
 
 /// A claim waiting for its holder's answer.
 type Waiters = HashMap<(ClientId, u64), (NodeId, oneshot::Sender<()>)>;
@@ -480,14 +482,21 @@ impl ClusterLink {
         );
     }
 
-    /// Whether, in this node's replica, `node` (or any node, when not known) advertises every
-    /// one of `entries`.
-    pub fn advertised_by(&self, node: Option<&str>, entries: &[String]) -> bool {
+    /// Whether, in this node's replica, `node` advertises every one of `entries`.
+    pub fn advertised_by(&self, node: &str, entries: &[String]) -> bool {
         let remote = self.remote.read();
-        entries.iter().all(|raw| match node {
-            Some(node) => remote.advertises(node, raw),
-            None => remote.anyone_advertises(raw),
-        })
+        entries.iter().all(|raw| remote.advertises(node, raw))
+    }
+
+    /// Tells the node a session moved from that this node routes it now: its subscriptions are
+    /// in this node's routing tree (see [`super::handoff`]).
+    pub fn routed_here(&self, old_node: &str, client_id: &str) {
+        self.send_control(
+            old_node,
+            KIND_ROUTED,
+            client_id,
+            vec![("o", self.node_id.as_bytes().to_vec())],
+        );
     }
 
     /// Sends a message on to the node that holds its session now.
@@ -588,6 +597,10 @@ impl ClusterLink {
                     None => broker.forget_expired(&client, &filters),
                 }
             }
+            KIND_ROUTED => match text(b"o") {
+                Some(from) => broker.routed_elsewhere(&client, &from),
+                None => tracing::warn!("unreadable routed note skipped"),
+            },
             KIND_UNROUTE => match text(b"t").and_then(|t| t.parse::<u64>().ok()) {
                 Some(token) => broker.unroute(&client, token),
                 None => tracing::warn!("unreadable unroute note skipped"),

@@ -200,7 +200,7 @@ where
         refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
         return None;
     };
-    if moved_in {
+    if moved_in.is_some() {
         broker.mark_moved_in(&client_id, connection_id);
     }
     let stored = match stored {
@@ -232,6 +232,11 @@ where
             broker.add_subscription(&client_id, &s.filter, s.options.clone());
             subscriptions.insert(s.filter, s.options);
         }
+    }
+    // The node the session came from keeps routing it until it hears that this node does
+    // (`cluster::handoff`): from here on, every relay this node reads reaches the session.
+    if let (Some(old_node), Some(link)) = (moved_in.as_deref(), broker.cluster()) {
+        link.routed_here(old_node, &client_id);
     }
 
     let connack = ConnAck {
@@ -296,13 +301,13 @@ where
 
 /// Claims the session in the store for this node: from a node that had it parked (told to
 /// forget it) or from a connection on another node (asked to hand it over, waited for). Returns
-/// the claim's generation, the stored session and whether it came from another node; `None`
+/// the claim's generation, the stored session and the node it came from, if another; `None`
 /// when the store failed or a newer claim won meanwhile (the connection is refused).
 async fn claim_session(
     broker: &Arc<Broker>,
     client_id: &ClientId,
     claim: &SessionClaim,
-) -> Option<(u64, Option<StoredSession>, bool)> {
+) -> Option<(u64, Option<StoredSession>, Option<String>)> {
     let attached = match broker.store.attach_session(client_id, claim).await {
         Ok(attached) => attached,
         Err(e) => {
@@ -312,7 +317,7 @@ async fn claim_session(
     };
     match attached.holder {
         Holder::Free { parked_on } => {
-            let moved_in = parked_on.is_some();
+            let moved_in = parked_on.clone();
             if let (Some(node), Some(link)) = (parked_on, broker.cluster()) {
                 let filters = attached
                     .previous
@@ -333,7 +338,7 @@ async fn claim_session(
                 .complete_attach(client_id, attached.generation, claim.journal.as_ref())
                 .await
             {
-                Ok(Completed::Taken(session)) => Some((attached.generation, session, true)),
+                Ok(Completed::Taken(session)) => Some((attached.generation, session, Some(node))),
                 Ok(Completed::Superseded) => {
                     tracing::debug!(client_id = %client_id, "a newer connection claimed the session first");
                     None

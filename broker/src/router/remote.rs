@@ -130,11 +130,6 @@ impl RemoteFilters {
             .is_some_and(|entries| entries.contains(raw))
     }
 
-    /// Whether some node advertises `raw`.
-    pub fn anyone_advertises(&self, raw: &str) -> bool {
-        self.by_node.values().any(|entries| entries.contains(raw))
-    }
-
     /// Nodes known to advertise anything.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
         self.by_node.keys()
