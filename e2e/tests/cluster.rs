@@ -3,7 +3,9 @@
 //! takeover across nodes, and a killed node's sessions and wills taken over by a survivor.
 
 use e2e::{wait_for, BrokerNode, ClusterSettings, RedisServer};
-use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, LastWill, LastWillProperties, Packet, Publish,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use std::net::SocketAddr;
@@ -525,6 +527,71 @@ async fn a_killed_nodes_wills_fire_once_and_its_sessions_resume_on_a_survivor() 
     assert_eq!(&queued.topic[..], b"orders/1");
     assert_eq!(&queued.payload[..], b"while away");
     assert_quiet(&mut watch_loop, "a second will").await;
+}
+
+/// A node that shuts down (SIGTERM: scale-down, rolling restart) publishes the wills of the
+/// connections it closes (MQTT §3.1.2.5): one without delay at once, one with a delay through
+/// the node that adopts its sessions, after the delay; each once.
+#[tokio::test]
+async fn a_node_shutting_down_publishes_its_clients_wills_once_delayed_ones_from_the_adopter() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (mut a, b) = two_nodes(&redis).await;
+    both_see_two_members(&a, &b).await;
+    let (watcher, mut watch_loop, _) = client(b.mqtt, "will-watcher", true).await;
+    watcher
+        .subscribe("wills/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut watch_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+
+    let mut loops = Vec::new();
+    for (id, delay) in [("at-once", None), ("after-delay", Some(2))] {
+        let mut options = options(a.mqtt, id, false);
+        options.set_last_will(LastWill::new(
+            format!("wills/{id}"),
+            id,
+            QoS::AtLeastOnce,
+            false,
+            Some(LastWillProperties {
+                delay_interval: delay,
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: Vec::new(),
+            }),
+        ));
+        let (victim, mut victim_loop) = AsyncClient::new(options, 10);
+        next_packet(&mut victim_loop, |p| matches!(p, Packet::ConnAck(_))).await;
+        loops.push((victim, victim_loop));
+    }
+
+    let stopped_at = tokio::time::Instant::now();
+    a.terminate(WAIT).await.expect("node a stops on SIGTERM");
+    drop(loops);
+    let first = next_publish(&mut watch_loop).await;
+    assert_eq!(
+        &first.payload[..],
+        b"at-once",
+        "the will without delay first"
+    );
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        next_packet(&mut watch_loop, |p| matches!(p, Packet::Publish(_))),
+    )
+    .await
+    .expect("the delayed will within 30 s");
+    let Packet::Publish(second) = second else {
+        unreachable!("picked a publish")
+    };
+    assert_eq!(&second.payload[..], b"after-delay");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_secs(2),
+        "not before its delay"
+    );
+    assert_quiet(&mut watch_loop, "a will published twice").await;
 }
 
 /// Waits until `/readyz` of `node` answers 503 with a body that contains `reason`.

@@ -91,15 +91,7 @@ pub(super) async fn watch_health(
                 .await;
             broker.announce_entries();
             if lost {
-                let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(&broker));
-                tokio::spawn(async move {
-                    tokio::time::sleep(health::RESYNC_SETTLE).await;
-                    if let Some(broker) = broker.upgrade() {
-                        if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
-                            tracing::warn!(error = %e, "entry resynchronisation failed");
-                        }
-                    }
-                });
+                replace_after_settling(&link, &con, &broker);
             }
         }
         let _ = redis::cmd("PUBLISH")
@@ -163,15 +155,7 @@ pub(super) async fn watch_entries(
                 if let Err(e) = link.resync(&mut con, &broker, Resync::Merge).await {
                     tracing::warn!(error = %e, "entry resynchronisation failed");
                 }
-                let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(&broker));
-                tokio::spawn(async move {
-                    tokio::time::sleep(health::RESYNC_SETTLE).await;
-                    if let Some(broker) = broker.upgrade() {
-                        if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
-                            tracing::warn!(error = %e, "entry resynchronisation failed");
-                        }
-                    }
-                });
+                replace_after_settling(&link, &con, &broker);
                 tracing::info!("entry announcements reconnected");
             }
             first = false;
@@ -203,4 +187,18 @@ pub(super) async fn watch_entries(
         link.health.set_announcements_up(false);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Rebuilds the replica from Redis [`health::RESYNC_SETTLE`] from now, once every node has had
+/// time to announce its entries again.
+fn replace_after_settling(link: &Arc<ClusterLink>, con: &ConnectionManager, broker: &Arc<Broker>) {
+    let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(broker));
+    tokio::spawn(async move {
+        tokio::time::sleep(health::RESYNC_SETTLE).await;
+        if let Some(broker) = broker.upgrade() {
+            if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
+                tracing::warn!(error = %e, "entry resynchronisation failed");
+            }
+        }
+    });
 }
