@@ -500,6 +500,29 @@ impl Broker {
         count
     }
 
+    /// Delivers a relayed message that this node read late, after the cluster had declared it
+    /// dead and another node recovered its inbox: every copy is marked DUP (the adopter may have
+    /// delivered it already). Share groups are served as `groups` says.
+    pub async fn route_suspect(&self, message: &Arc<Message>, groups: &[GroupKey]) {
+        let found = if groups.is_empty() {
+            self.matching(&message.topic, GroupScope::Only(&[]))
+        } else {
+            self.matching(&message.topic, GroupScope::Only(groups))
+        };
+        let mut deferred = Vec::new();
+        for target in router::targets(&found.matches, message.publisher.as_deref()) {
+            let client_id = target.client_id;
+            let mut queued = QueuedMessage::for_target(message, target);
+            queued.maybe_sent = true;
+            if let Some(later) = self.deliver_now(client_id, queued, None) {
+                deferred.push(later);
+            }
+        }
+        if !deferred.is_empty() {
+            Box::pin(self.deliver_deferred(deferred, Onward::Allowed)).await;
+        }
+    }
+
     /// Delivers a message another node sent on for one session of this node (the session moved
     /// here while the message was on its way).
     pub async fn deliver_direct(&self, client_id: ClientId, queued: QueuedMessage) {
@@ -662,8 +685,12 @@ impl Broker {
     /// Queues a message for a session that has no connection here, re-checking whether it
     /// came online meanwhile.
     async fn enqueue(&self, client_id: &ClientId, mut queued: QueuedMessage, onward: Onward) {
-        if self.adopted.contains(client_id) {
-            // Its former node may be alive after all and have delivered it (see `adopted`).
+        if self.adopted.contains(client_id)
+            || (self.hand_offs.any() && self.hand_offs.is_leaving(client_id))
+        {
+            // Its former node may be alive after all and have delivered it (see `adopted`), or
+            // the session left this node and its new node's routes may deliver it too (see
+            // `handoff`).
             queued.maybe_sent = true;
         }
         for attempt in 0..2 {

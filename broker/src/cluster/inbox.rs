@@ -117,9 +117,26 @@ async fn deliver(
         let mut handled = Vec::with_capacity(entries.len());
         let mut relayed = ReadBatch::new(&broker);
         for (id, fields) in entries {
+            let suspect = link.is_suspect(&id);
             handled.push(id);
             let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
             match field(b"k") {
+                None if suspect => {
+                    relayed.wake_all();
+                    for record in relayed_records(&key, &fields) {
+                        match codec::decode_message(record.message) {
+                            Ok(message) => {
+                                let groups = super::relay::decode_groups(&String::from_utf8_lossy(
+                                    record.groups,
+                                ));
+                                broker.route_suspect(&Arc::new(message), &groups).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(stream = %key, error = %e, "unreadable relayed message skipped")
+                            }
+                        }
+                    }
+                }
                 None => {
                     for record in relayed_records(&key, &fields) {
                         relayed.deliver(&key, record).await;

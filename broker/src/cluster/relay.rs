@@ -186,6 +186,9 @@ pub struct ClusterLink {
     waiting: Mutex<Waiters>,
     departed: RwLock<HashSet<NodeId>>,
     health: Health,
+    /// Inbox entries older than this (ms, Redis's clock, which stream ids follow) were relayed
+    /// while the cluster held this node dead; 0 when it never did (see [`Self::is_suspect`]).
+    suspect_before_ms: AtomicU64,
     /// `starling_cluster_redis_write_refusals_total`.
     write_refusals: prometheus_client::metrics::counter::Counter,
 }
@@ -250,6 +253,7 @@ impl ClusterLink {
             waiting: Mutex::new(HashMap::new()),
             departed: RwLock::new(HashSet::new()),
             health: Health::default(),
+            suspect_before_ms: AtomicU64::new(0),
             write_refusals: broker.metrics.redis_write_refusals.clone(),
         });
         let reading = health::read(&mut writer, &link.keys.epoch(), &link.keys.nodes(), node_id)
@@ -296,6 +300,20 @@ impl ClusterLink {
     /// Redis as this node sees it (what `/readyz` reports).
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// The cluster had declared this node dead until `redis_now_ms` (Redis's clock): inbox
+    /// entries relayed before then may have been delivered already by the adopter's recovery.
+    pub(super) fn declared_dead_until(&self, redis_now_ms: u64) {
+        self.suspect_before_ms
+            .fetch_max(redis_now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether an inbox entry (by its stream id) was relayed before this node noticed that the
+    /// cluster had declared it dead: its copies are delivered marked DUP.
+    pub(super) fn is_suspect(&self, id: &str) -> bool {
+        let before = self.suspect_before_ms.load(Ordering::Relaxed);
+        before != 0 && parse_stream_id(id.as_bytes()).is_some_and(|(ms, _)| ms < before)
     }
 
     /// Counts relay writes Redis refused.

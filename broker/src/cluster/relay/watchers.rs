@@ -68,6 +68,10 @@ pub(super) async fn watch_health(
         let lost = check == Some(EpochCheck::Lost);
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {
+            if let Ok((secs, micros)) = redis::cmd("TIME").query_async::<(u64, u64)>(&mut con).await
+            {
+                link.declared_dead_until(secs * 1000 + micros / 1000);
+            }
             let closed = broker.disconnect_adopted();
             broker.metrics.declared_dead.inc();
             tracing::error!(
