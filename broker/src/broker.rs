@@ -455,7 +455,8 @@ impl Broker {
         message: &Arc<Message>,
         matches: &[(ClientId, SubscriptionOptions)],
     ) -> usize {
-        self.route_matched_waking(message, matches, None).await
+        self.route_matched_waking(message, matches, None, false)
+            .await
     }
 
     /// [`Self::route_matched`] for a run of deliveries: connections that must be woken for the
@@ -466,7 +467,7 @@ impl Broker {
         matches: &[(ClientId, SubscriptionOptions)],
         wakes: &mut Wakes,
     ) -> usize {
-        self.route_matched_waking(message, matches, Some(wakes))
+        self.route_matched_waking(message, matches, Some(wakes), false)
             .await
     }
 
@@ -475,6 +476,7 @@ impl Broker {
         message: &Arc<Message>,
         matches: &[(ClientId, SubscriptionOptions)],
         mut wakes: Option<&mut Wakes>,
+        maybe_sent: bool,
     ) -> usize {
         if matches.is_empty() {
             return 0;
@@ -484,7 +486,8 @@ impl Broker {
         let mut deferred = Vec::new();
         for target in targets {
             let client_id = target.client_id;
-            let queued = QueuedMessage::for_target(message, target);
+            let mut queued = QueuedMessage::for_target(message, target);
+            queued.maybe_sent = maybe_sent;
             if let Some(later) = self.deliver_now(client_id, queued, wakes.as_deref_mut()) {
                 deferred.push(later);
             }
@@ -504,23 +507,9 @@ impl Broker {
     /// dead and another node recovered its inbox: every copy is marked DUP (the adopter may have
     /// delivered it already). Share groups are served as `groups` says.
     pub async fn route_suspect(&self, message: &Arc<Message>, groups: &[GroupKey]) {
-        let found = if groups.is_empty() {
-            self.matching(&message.topic, GroupScope::Only(&[]))
-        } else {
-            self.matching(&message.topic, GroupScope::Only(groups))
-        };
-        let mut deferred = Vec::new();
-        for target in router::targets(&found.matches, message.publisher.as_deref()) {
-            let client_id = target.client_id;
-            let mut queued = QueuedMessage::for_target(message, target);
-            queued.maybe_sent = true;
-            if let Some(later) = self.deliver_now(client_id, queued, None) {
-                deferred.push(later);
-            }
-        }
-        if !deferred.is_empty() {
-            Box::pin(self.deliver_deferred(deferred, Onward::Allowed)).await;
-        }
+        let found = self.matching(&message.topic, GroupScope::Only(groups));
+        self.route_matched_waking(message, &found.matches, None, true)
+            .await;
     }
 
     /// Delivers a message another node sent on for one session of this node (the session moved
@@ -765,9 +754,7 @@ impl Broker {
         self.adopted.remove(&client_id);
         if self.hand_offs.any() {
             self.hand_offs.cancel(&client_id);
-            self.metrics
-                .cluster_handoffs
-                .set(self.hand_offs.pending() as i64);
+            self.count_handoffs();
         }
         self.online.write().insert(client_id, handle);
         self.metrics
@@ -987,9 +974,7 @@ impl Broker {
             return;
         }
         let token = self.hand_offs.begin(client_id, filters, new_node);
-        self.metrics
-            .cluster_handoffs
-            .set(self.hand_offs.pending() as i64);
+        self.count_handoffs();
         self.metrics.cluster_handoffs_total.inc();
         let (link, client_id, broker) = (link.clone(), client_id.clone(), self.clone());
         tokio::spawn(async move {
@@ -1016,9 +1001,7 @@ impl Broker {
     /// of that departure go, unless the session came back or left again meanwhile.
     pub fn unroute(&self, client_id: &str, token: u64) {
         let finished = self.hand_offs.finish(client_id, token);
-        self.metrics
-            .cluster_handoffs
-            .set(self.hand_offs.pending() as i64);
+        self.count_handoffs();
         let Some(filters) = finished else {
             return;
         };
@@ -1028,6 +1011,13 @@ impl Broker {
         for filter in &filters {
             self.remove_subscription(client_id, filter);
         }
+    }
+
+    /// Keeps `starling_cluster_handoffs_pending` true.
+    fn count_handoffs(&self) {
+        self.metrics
+            .cluster_handoffs
+            .set(self.hand_offs.pending() as i64);
     }
 
     /// The node a session moved to says it routes the session now (see
