@@ -123,18 +123,8 @@ async fn deliver(
             match field(b"k") {
                 None if suspect => {
                     relayed.wake_all();
-                    for record in relayed_records(&key, &fields) {
-                        match codec::decode_message(record.message) {
-                            Ok(message) => {
-                                let groups = super::relay::decode_groups(&String::from_utf8_lossy(
-                                    record.groups,
-                                ));
-                                broker.route_suspect(&Arc::new(message), &groups).await;
-                            }
-                            Err(e) => {
-                                tracing::warn!(stream = %key, error = %e, "unreadable relayed message skipped")
-                            }
-                        }
+                    for (message, groups) in decoded_records(&key, &fields) {
+                        broker.route_suspect(&message, &groups).await;
                     }
                 }
                 None => {
@@ -166,6 +156,28 @@ async fn deliver(
         // always in the inbox, the journal or the session's stored queue.
         link.inbox_handled(handled);
     }
+}
+
+/// The relayed publishes of an inbox entry, decoded whole, each with the share groups it serves
+/// (for the paths that route them as a whole message rather than through a [`ReadBatch`]).
+/// What cannot be read is logged (with `stream`) and left out.
+pub(super) fn decoded_records(
+    stream: &str,
+    fields: &[EntryField],
+) -> Vec<(Arc<crate::message::Message>, Vec<crate::broker::GroupKey>)> {
+    relayed_records(stream, fields)
+        .into_iter()
+        .filter_map(|record| match codec::decode_message(record.message) {
+            Ok(message) => Some((
+                Arc::new(message),
+                super::relay::decode_groups(&String::from_utf8_lossy(record.groups)),
+            )),
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "unreadable relayed message skipped");
+                None
+            }
+        })
+        .collect()
 }
 
 /// A connection of its own for the inbox fetcher (XREAD BLOCK would hold up a shared one).

@@ -8,9 +8,9 @@
 //! holds it now. What was recovered is deleted through the relay's writer, after the journal
 //! writes and relays of its deliveries, so nothing is deleted before it is safe elsewhere.
 
-use super::inbox::{entry_field, relayed_records, stream_entries, EntryField};
+use super::inbox::{decoded_records, entry_field, stream_entries, EntryField};
 use super::journal;
-use super::relay::{decode_groups, ClusterLink, KIND_DIRECT};
+use super::relay::{ClusterLink, KIND_DIRECT};
 use crate::broker::Broker;
 use crate::message::ClientId;
 use crate::protocol::{topic, QoS};
@@ -252,16 +252,8 @@ async fn redeliver_entry(
                 return 0;
             }
             let mut n = 0;
-            for record in relayed_records(node, fields) {
-                let Ok(message) = codec::decode_message(record.message) else {
-                    tracing::warn!(
-                        node,
-                        "unreadable relayed message in a recovered inbox dropped"
-                    );
-                    continue;
-                };
-                let groups = decode_groups(&String::from_utf8_lossy(record.groups));
-                for (client, copy) in routes.copies(&Arc::new(message), &groups) {
+            for (message, groups) in decoded_records(node, fields) {
+                for (client, copy) in routes.copies(&message, &groups) {
                     broker.deliver_recovered(client, copy).await;
                     n += 1;
                 }
