@@ -981,8 +981,13 @@ impl Broker {
             let deadline = Instant::now() + handoff::WAIT_FOR_NEW_ROUTES;
             // First the new node's word that it routes the session, then its entries in this
             // node's replica (the announcement and the note travel apart).
-            while !broker.hand_offs.routed_there(&client_id, token) && Instant::now() < deadline {
-                tokio::time::sleep(handoff::POLL).await;
+            if let Some(heard) = broker.hand_offs.waiter(&client_id, token) {
+                while !broker.hand_offs.routed_there(&client_id, token) {
+                    let woken = tokio::time::timeout_at(deadline.into(), heard.notified()).await;
+                    if woken.is_err() {
+                        break;
+                    }
+                }
             }
             if let Some((node, filters)) = broker.hand_offs.heard_from_new_node(&client_id, token) {
                 while !link.advertised_by(&node, &filters) && Instant::now() < deadline {

@@ -23,7 +23,9 @@ use crate::router::remote::NodeId;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How long, after this node sees the new node's routes, the old ones stay: the other nodes
 /// see the same announcement within milliseconds, and relays they matched just before arrive
@@ -36,7 +38,8 @@ pub const MOVED_IN_DUP_MS: u64 = 500;
 /// How long the old routes wait at most for the new node's to appear (it may have no
 /// subscription this node can recognise, or have gone).
 pub const WAIT_FOR_NEW_ROUTES: Duration = Duration::from_secs(10);
-/// How often the replica is checked for the new node's routes.
+/// How often the replica is checked for the new node's entries once its note has come (the
+/// announcement usually arrived first: rarely more than one check).
 pub const POLL: Duration = Duration::from_millis(20);
 
 /// A session whose routes stay here while it moves to another node.
@@ -50,6 +53,8 @@ struct Leaving {
     /// And this node's replica shows the new node's entries for all of its filters: what this
     /// node publishes reaches the session through the relay.
     relayed_there: bool,
+    /// Wakes the task waiting for the new node's note (or for the departure to end otherwise).
+    heard: Arc<Notify>,
 }
 
 /// Sessions leaving this node, with the routes they still have here.
@@ -77,6 +82,7 @@ impl HandOffs {
         // Routes of an earlier departure not yet removed stay routed with this one's.
         let mut filters = filters;
         if let Some(earlier) = leaving.remove(client_id) {
+            earlier.heard.notify_one();
             for f in earlier.filters {
                 if !filters.contains(&f) {
                     filters.push(f);
@@ -91,6 +97,7 @@ impl HandOffs {
                 new_node,
                 routed_there: false,
                 relayed_there: false,
+                heard: Arc::new(Notify::new()),
             },
         );
         self.count.store(leaving.len(), Ordering::Relaxed);
@@ -105,8 +112,17 @@ impl HandOffs {
             if l.new_node.as_deref().is_none_or(|n| n == from) {
                 l.new_node = Some(from.into());
                 l.routed_there = true;
+                l.heard.notify_one();
             }
         }
+    }
+
+    /// What wakes the task waiting for departure `token` of `client_id` to hear from the new
+    /// node (`None`: the departure is over).
+    pub fn waiter(&self, client_id: &str, token: u64) -> Option<Arc<Notify>> {
+        let leaving = self.leaving.lock();
+        let l = leaving.get(client_id).filter(|l| l.token == token)?;
+        Some(l.heard.clone())
     }
 
     /// Whether the departure `token` of `client_id` has heard from the new node (or is over).
@@ -180,7 +196,9 @@ impl HandOffs {
             return;
         }
         let mut leaving = self.leaving.lock();
-        leaving.remove(client_id);
+        if let Some(gone) = leaving.remove(client_id) {
+            gone.heard.notify_one();
+        }
         self.count.store(leaving.len(), Ordering::Relaxed);
     }
 
