@@ -159,10 +159,11 @@ impl Outcome {
             }
             if sub.dupless > 0 {
                 failures.push(format!(
-                    "{}: {} DUP-LESS duplicates ({})",
+                    "{}: {} DUP-LESS duplicates ({}; first copies: {})",
                     sub.id,
                     sub.dupless,
-                    stream::ranges(&sub.dupless_numbers)
+                    stream::ranges(&sub.dupless_numbers),
+                    sub.dupless_provenance.join("; ")
                 ));
             }
             if sub.suback_failures > 0 || sub.garbage > 0 {
@@ -449,6 +450,10 @@ async fn stream_with_fault(
         .await
     {
         let t = Instant::now();
+        outcome.notes.push(format!(
+            "fault at +{} of the stream",
+            secs(t.saturating_duration_since(started))
+        ));
         match inject(scenario, &mut cluster, &mut stream, &mut hosts, publisher).await {
             Ok(notes) => outcome.notes.extend(notes),
             Err(e) => outcome.errors.push(format!("{e:#}")),

@@ -225,7 +225,7 @@ impl Conn {
 }
 
 /// The copies of one number a subscriber received.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Copies {
     /// Copies without DUP.
     pub plain: usize,
@@ -233,7 +233,15 @@ pub struct Copies {
     pub dup: usize,
     /// Copies after the first that came without DUP.
     pub dupless: usize,
+    /// Where the first few copies came from: the connection (counted from 1 per subscriber),
+    /// whether it carried DUP, and when it arrived.
+    pub seen: Vec<(u64, bool, Instant)>,
 }
+
+/// For how many numbers that came twice without DUP a tally shows where each copy came from.
+const PROVENANCE_SHOWN: usize = 6;
+/// How many copies of one number keep their provenance.
+const SEEN_KEPT: usize = 4;
 
 /// What one subscriber saw.
 #[derive(Debug)]
@@ -300,6 +308,9 @@ impl SubState {
                     copies.dup += 1;
                 } else {
                     copies.plain += 1;
+                }
+                if copies.seen.len() < SEEN_KEPT {
+                    copies.seen.push((conn, dup, now));
                 }
             }
             Wire::ConnAck { present } if conn == self.current => {
@@ -476,6 +487,9 @@ pub struct SubTally {
     pub dupless: usize,
     /// Numbers that came again without DUP.
     pub dupless_numbers: Vec<u64>,
+    /// For the first few of those: each copy's connection, DUP flag and arrival (seconds after
+    /// the publisher started), e.g. `812: c1 +4.210s, c2 DUP +9.880s`.
+    pub dupless_provenance: Vec<String>,
     pub longest_gap: Duration,
     pub longest_outage: Duration,
     pub connacks: usize,
@@ -722,8 +736,30 @@ impl Stream {
                     .filter(|(_, c)| c.dupless > 0)
                     .map(|(n, _)| *n)
                     .collect();
+                let start = self.started.unwrap_or_else(Instant::now);
+                let dupless_provenance = s
+                    .copies
+                    .iter()
+                    .filter(|(_, c)| c.dupless > 0)
+                    .take(PROVENANCE_SHOWN)
+                    .map(|(n, c)| {
+                        let copies: Vec<String> = c
+                            .seen
+                            .iter()
+                            .map(|(conn, dup, at)| {
+                                format!(
+                                    "c{conn}{} +{:.3}s",
+                                    if *dup { " DUP" } else { "" },
+                                    at.saturating_duration_since(start).as_secs_f64()
+                                )
+                            })
+                            .collect();
+                        format!("{n}: {}", copies.join(", "))
+                    })
+                    .collect();
                 SubTally {
                     id: s.id.clone(),
+                    dupless_provenance,
                     received: s.copies.len(),
                     lost_count: lost.len(),
                     lost,
