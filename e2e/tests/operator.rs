@@ -298,7 +298,7 @@ async fn mqttcluster_children_status_scale_config_change_and_deletion() {
     assert_owned_by(&config.metadata, &uid, "ConfigMap");
     let toml = &config.data.as_ref().expect("data")["starling.toml"];
     assert!(
-        toml.contains(&format!("e2e-0.e2e-headless.{}.svc", env.namespace)),
+        toml.contains(&format!("\"e2e-headless.{}.svc:", env.namespace)),
         "{toml}"
     );
     let services: Api<Service> = env.api();

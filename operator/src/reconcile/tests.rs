@@ -251,7 +251,7 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
             .await;
         let toml = config["data"]["starling.toml"].as_str().expect("config");
-        assert!(toml.contains("demo-0.demo-headless.iot.svc"), "{toml}");
+        assert!(toml.contains("\"demo-headless.iot.svc:7946\""), "{toml}");
         let headless = api
             .expect_apply(&format!("{NS_API}/services/demo-headless"))
             .await;

@@ -155,6 +155,12 @@ impl<'a> Cluster<'a> {
         format!("{}-redis-data", self.name)
     }
 
+    /// The headless Service's DNS name: it resolves to the address of every broker pod, ready or
+    /// not (`publishNotReadyAddresses`), whatever the number of replicas.
+    pub fn headless_dns_name(&self) -> String {
+        format!("{}.{}.svc", self.headless_service_name(), self.namespace)
+    }
+
     /// The DNS name of broker pod `ordinal` through the headless Service.
     pub fn pod_dns_name(&self, ordinal: i32) -> String {
         format!(
@@ -276,5 +282,6 @@ mod tests {
             "app.kubernetes.io/component=broker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=starling"
         );
         assert_eq!(c.pod_dns_name(2), "demo-2.demo-headless.iot.svc");
+        assert_eq!(c.headless_dns_name(), "demo-headless.iot.svc");
     }
 }
