@@ -110,6 +110,14 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// A label selector matching every pod of the cluster (brokers and managed Redis).
+    pub fn pods_selector(&self) -> String {
+        format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/name={APP_NAME}",
+            self.name
+        )
+    }
+
     /// The selector as the string `status.selector` holds for the scale subresource.
     pub fn selector_string(&self, component: &str) -> String {
         self.selector_labels(component)
