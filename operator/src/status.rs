@@ -221,6 +221,40 @@ pub fn endpoint(cluster: &Cluster<'_>, service: Option<&Service>) -> Option<Stri
     }
 }
 
+/// Where to connect while a `LoadBalancer` Service has no address: its node port on any node
+/// and its in-cluster name. `None` for other types and once the load balancer has an address.
+pub fn endpoint_hint(cluster: &Cluster<'_>, service: Option<&Service>) -> Option<String> {
+    let spec = cluster.spec();
+    if spec.service.type_ != ServiceType::LoadBalancer || endpoint(cluster, service).is_some() {
+        return None;
+    }
+    let name = cluster.broker_name();
+    let ns = cluster.namespace;
+    let mut hint = format!(
+        "the LoadBalancer Service {name} has no address yet (without a load balancer \
+         controller, e.g. on kind, k3d or bare metal, it never gets one; spec.service.type \
+         NodePort suits those clusters)"
+    );
+    let ports = service
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.ports.as_ref());
+    let Some(port) = ports.and_then(|p| p.first()) else {
+        return Some(hint);
+    };
+    hint.push_str(&format!(
+        "; meanwhile connect inside the cluster to {name}.{ns}.svc:{}",
+        port.port
+    ));
+    if let Some(node_port) = port.node_port {
+        hint.push_str(&format!(", from outside to port {node_port} of any node"));
+    }
+    hint.push_str(&format!(
+        ", or through `kubectl port-forward -n {ns} svc/{name} {}`",
+        port.port
+    ));
+    Some(hint)
+}
+
 fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.to_string(),
@@ -414,6 +448,7 @@ pub fn compute(
         ready_replicas: b.ready,
         selector: Some(cluster.selector_string(COMPONENT_BROKER)),
         endpoint: endpoint(cluster, observed.client_service),
+        endpoint_hint: endpoint_hint(cluster, observed.client_service),
         conditions,
     }
 }
@@ -854,6 +889,72 @@ mod tests {
         assert_eq!(get(&third, READY).status, "False");
         assert_eq!(get(&third, READY).last_transition_time, time(300));
         assert_eq!(get(&third, DEGRADED).last_transition_time, time(100));
+    }
+
+    /// With no load balancer controller the LoadBalancer Service never gets an address: the
+    /// status says so and where to connect meanwhile (it said nothing).
+    #[test]
+    fn a_load_balancer_without_an_address_gets_a_hint() {
+        use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+        let object = cluster_from_yaml("{}");
+        let c = Cluster::new(&object).expect("cluster");
+        let pending = Service {
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                ports: Some(vec![ServicePort {
+                    name: Some("mqtt".into()),
+                    port: 1883,
+                    node_port: Some(31883),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        let hint = endpoint_hint(&c, Some(&pending)).expect("a hint");
+        assert_eq!(
+            hint,
+            "the LoadBalancer Service demo has no address yet (without a load balancer \
+             controller, e.g. on kind, k3d or bare metal, it never gets one; spec.service.type \
+             NodePort suits those clusters); meanwhile connect inside the cluster to \
+             demo.iot.svc:1883, from outside to port 31883 of any node, or through \
+             `kubectl port-forward -n iot svc/demo 1883`"
+        );
+        // Through compute: no endpoint, the hint.
+        let outcome = ReconcileOutcome::Applied;
+        let mut o = observed(None, None, &outcome);
+        o.client_service = Some(&pending);
+        let status = run("{}", o);
+        assert_eq!(status.endpoint, None);
+        assert_eq!(status.endpoint_hint.as_deref(), Some(hint.as_str()));
+        // Not created yet: the hint without ports.
+        assert!(endpoint_hint(&c, None).is_some_and(|h| h.ends_with("suits those clusters)")));
+
+        // Once the load balancer has an address, no hint.
+        let mut assigned = pending.clone();
+        assigned.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("203.0.113.7".into()),
+                    ..LoadBalancerIngress::default()
+                }]),
+            }),
+            conditions: None,
+        });
+        assert_eq!(endpoint_hint(&c, Some(&assigned)), None);
+        // Other types have an endpoint at once.
+        let object = cluster_from_yaml("service: {type: NodePort}");
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(endpoint_hint(&c, Some(&pending)), None);
+    }
+
+    /// The status is written with a merge patch: an endpoint or hint that is no longer known
+    /// must be sent as `null`, or the old value would stay.
+    #[test]
+    fn unknown_endpoint_and_hint_are_sent_as_null() {
+        let value = serde_json::to_value(MqttClusterStatus::default()).expect("JSON");
+        assert_eq!(value.get("endpoint"), Some(&serde_json::Value::Null));
+        assert_eq!(value.get("endpointHint"), Some(&serde_json::Value::Null));
     }
 
     #[test]

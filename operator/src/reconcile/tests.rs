@@ -309,6 +309,14 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             status.selector.as_deref(),
             Some("app.kubernetes.io/component=broker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=starling")
         );
+        assert_eq!(status.endpoint, None);
+        assert!(
+            status
+                .endpoint_hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("the LoadBalancer Service demo has no address")),
+            "{status:?}"
+        );
         let ready = condition(&status, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
