@@ -261,7 +261,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(async {
-                let server = Server::bind(config).await?;
+                // Starting may wait long for Redis; a stop request meanwhile ends it cleanly.
+                let server = tokio::select! {
+                    server = Server::bind(config) => server?,
+                    _ = shutdown_signal() => {
+                        tracing::info!("stopped while starting");
+                        return anyhow::Ok(());
+                    }
+                };
                 let a = server.addresses().clone();
                 tracing::info!(tcp = ?a.tcp, tls = ?a.tls, ws = ?a.ws, admin = ?a.admin, "listening");
                 server.run(shutdown_signal()).await;

@@ -1,6 +1,7 @@
 //! A running node: binds the listeners and the admin endpoint, runs the background tasks, and
 //! drains connections on shutdown.
 
+use crate::admin::{AdminServer, AdminState};
 use crate::auth::{Auth, AuthError};
 use crate::broker::Broker;
 use crate::cluster::membership::MemberEvent;
@@ -9,7 +10,7 @@ use crate::cluster::recovery::Leftovers;
 use crate::cluster::relay::ClusterLink;
 use crate::connection;
 use crate::listener::{self, ListenerError};
-use crate::store::{MemoryStore, RedisStore, RedisStoreConfig, Store, StoreError};
+use crate::store::{self, MemoryStore, RedisStoreConfig, Store, StoreError};
 use starling_config::BrokerConfig;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,7 +75,7 @@ pub struct Server {
     broker: Arc<Broker>,
     membership: Arc<dyn Membership>,
     listeners: Vec<(TcpListener, Transport)>,
-    admin: Option<TcpListener>,
+    admin: Option<AdminServer>,
     addresses: BoundAddresses,
 }
 
@@ -89,13 +90,26 @@ async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, Serv
 }
 
 impl Server {
-    /// Loads auth and TLS material and binds every configured socket.
+    /// Loads auth and TLS material and binds every configured socket. The admin endpoint is
+    /// served at once (alive, not ready); a cluster node then waits for Redis as long as it
+    /// takes (see [`store::connect_when_up`]).
     pub async fn bind(config: BrokerConfig) -> Result<Server, ServerError> {
         let auth = Auth::load(&config.auth)?;
-        let store = open_store(&config).await?;
+        let mut addresses = BoundAddresses::default();
+        let admin = match config.admin.bind {
+            Some(addr) => {
+                let l = bind("admin.bind", addr).await?;
+                addresses.admin = l.local_addr().ok();
+                Some(AdminServer::start(
+                    l,
+                    AdminState::starting("connecting to the store"),
+                ))
+            }
+            None => None,
+        };
+        let store = open_store(&config, admin.as_ref().map(AdminServer::state)).await?;
         let membership = join_cluster(&config).await?;
         let mut listeners = Vec::new();
-        let mut addresses = BoundAddresses::default();
         if let Some(addr) = config.listeners.tcp {
             let l = bind("listeners.tcp", addr).await?;
             addresses.tcp = l.local_addr().ok();
@@ -112,14 +126,6 @@ impl Server {
             addresses.ws = l.local_addr().ok();
             listeners.push((l, Transport::WebSocket));
         }
-        let admin = match config.admin.bind {
-            Some(addr) => {
-                let l = bind("admin.bind", addr).await?;
-                addresses.admin = l.local_addr().ok();
-                Some(l)
-            }
-            None => None,
-        };
         let cluster_url = config.cluster.redis_url.clone();
         let broker = Broker::new(config, auth, store);
         if let Some(url) = cluster_url {
@@ -169,20 +175,11 @@ impl Server {
                 permits.clone(),
             )));
         }
-        // The admin endpoint outlives the drain, so /readyz can answer 503 while connections
-        // are told to go (and a load balancer stops sending new ones).
-        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = self.admin.map(|admin| {
-            let router = crate::admin::router(broker.clone());
-            tokio::spawn(async move {
-                let serve = axum::serve(admin, router).with_graceful_shutdown(async move {
-                    let _ = admin_stopped.await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::warn!(error = %e, "admin endpoint stopped");
-                }
-            })
-        });
+        // The admin endpoint (served since `bind`) outlives the drain, so /readyz can answer
+        // 503 while connections are told to go (and a load balancer stops sending new ones).
+        if let Some(admin) = &self.admin {
+            admin.state().serve(broker.clone());
+        }
         tokio::spawn(watch_members(broker.clone(), self.membership.clone()));
         // Without gossip a node cannot tell a departed node from a live one.
         if broker.config.cluster.gossip_bind.is_some() {
@@ -231,21 +228,36 @@ impl Server {
         if let Err(e) = self.membership.leave(Duration::from_secs(2)).await {
             tracing::warn!(error = %e, "leaving the cluster");
         }
-        let _ = admin_stop.send(());
-        if let Some(task) = admin_task {
-            let _ = task.await;
+        if let Some(admin) = self.admin {
+            admin.stop().await;
         }
     }
 }
 
-/// The state store: Redis when `cluster.redis_url` is set, else in memory.
-async fn open_store(config: &BrokerConfig) -> Result<Arc<dyn Store>, ServerError> {
+/// The state store: Redis when `cluster.redis_url` is set (waited for until it answers, saying
+/// why on `admin`'s `/readyz` meanwhile), else in memory.
+async fn open_store(
+    config: &BrokerConfig,
+    admin: Option<&Arc<AdminState>>,
+) -> Result<Arc<dyn Store>, ServerError> {
     let max_queued = config.limits.max_queued_messages;
     Ok(match &config.cluster.redis_url {
         None => Arc::new(MemoryStore::new(max_queued)),
         Some(url) => {
             let store_config = RedisStoreConfig::new(url.as_str(), &config.node_id, max_queued);
-            Arc::new(RedisStore::connect(store_config).await?)
+            let store = store::connect_when_up(store_config, |waiting| {
+                if let Some(admin) = admin {
+                    admin.set_starting(format!(
+                        "waiting for redis (attempt {}): {}",
+                        waiting.attempts, waiting.reason
+                    ));
+                }
+            })
+            .await?;
+            if let Some(admin) = admin {
+                admin.set_starting("connected to redis; starting");
+            }
+            Arc::new(store)
         }
     })
 }

@@ -2,6 +2,7 @@
 //! and overrides of the real binary, signals and graceful shutdown, JSON logs.
 
 mod common;
+mod common_redis;
 
 use common::{v4, v5, RawClient, TestBroker, WAIT};
 use std::io::Write;
@@ -430,6 +431,13 @@ struct BrokerProcess {
 
 impl BrokerProcess {
     async fn start(config: &str, extra_args: &[&str]) -> BrokerProcess {
+        let mut process = Self::spawn(config, extra_args);
+        process.wait_ready().await;
+        process
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    fn spawn(config: &str, extra_args: &[&str]) -> BrokerProcess {
         let file = config_file(config);
         let (tcp, admin) = (free_addr(), free_addr());
         let mut cmd = broker_command(&file);
@@ -439,14 +447,19 @@ impl BrokerProcess {
             .arg(admin.to_string())
             .args(extra_args);
         let child = cmd.spawn().expect("spawn broker");
-        let mut process = BrokerProcess {
+        BrokerProcess {
             child,
             tcp,
             admin,
             _config: file,
-        };
-        process.wait_ready().await;
-        process
+        }
+    }
+
+    /// Fails the test if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("broker exited with {status}");
+        }
     }
 
     /// Polls `/readyz` until it answers 200 (bounded), failing early if the process exits.
@@ -643,4 +656,80 @@ async fn readyz_answers_503_while_connections_drain() {
     );
     drop(_lingering);
     stopping.await.expect("stop");
+}
+
+/// The attempt count in a `/readyz` body such as `starting: waiting for redis (attempt 3): ...`.
+fn redis_attempts(body: &str) -> Option<u64> {
+    let rest = body.split_once("waiting for redis (attempt ")?.1;
+    rest.split_once(')')?.0.parse().ok()
+}
+
+/// A cluster node started before its Redis (as on a fresh Kubernetes install) waits for it,
+/// alive and not ready and saying why, through several attempts, without a log line per
+/// attempt; it serves once Redis answers. It used to exit (`store unavailable: Connection
+/// refused`).
+#[tokio::test]
+async fn a_node_started_before_its_redis_waits_for_it_then_serves() {
+    let port = common_redis::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut process = BrokerProcess::spawn(&drain_config(""), &["--redis-url", &url]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let body = loop {
+        process.assert_running();
+        if let Ok((status, body)) = try_http_get(process.admin, "/readyz").await {
+            assert_eq!(status, 503, "ready without redis: {body}");
+            if redis_attempts(&body).is_some_and(|n| n >= 3) {
+                break body;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no third attempt at redis in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.contains("refused"), "{body}");
+    assert_eq!(http_get(process.admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(process.admin, "/metrics").await.0, 503);
+
+    let _redis = common_redis::RedisServer::start_on(port).await;
+    process.wait_ready().await;
+    let mut client = raw_v5_session(process.tcp, "after-redis").await;
+    process.sigterm();
+    server_disconnect(&mut client).await;
+    let (status, stdout, stderr) = process.exit(WAIT).await;
+    assert!(status.success(), "{status}\n{stderr}");
+    let logs = format!("{stdout}{stderr}");
+    let waits = logs
+        .lines()
+        .filter(|l| l.contains("redis not reachable"))
+        .count();
+    // One line for the reason (connection refused); the attempts after it are quiet.
+    assert_eq!(waits, 1, "{logs}");
+    assert!(logs.contains("redis answered"), "{logs}");
+}
+
+/// A stop request while the node waits for Redis ends it cleanly.
+#[tokio::test]
+async fn sigterm_while_waiting_for_redis_exits_0() {
+    let port = common_redis::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut process = BrokerProcess::spawn(&drain_config(""), &["--redis-url", &url]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        process.assert_running();
+        if let Ok((503, body)) = try_http_get(process.admin, "/readyz").await {
+            if redis_attempts(&body).is_some() {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt at redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process.sigterm();
+    let (status, _, stderr) = process.exit(WAIT).await;
+    assert!(status.success(), "{status}\n{stderr}");
 }

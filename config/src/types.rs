@@ -300,8 +300,9 @@ pub struct ClusterConfig {
     /// (e.g. the pod IP when binding `0.0.0.0`). Unset: the bind address, or, when that is
     /// unspecified, the first private address of the host.
     pub gossip_advertise: Option<SocketAddr>,
-    /// Gossip addresses of other nodes as `host:port` (DNS names such as a headless Service's
-    /// pod names, or IPs; IPv6 in brackets). Names are resolved by the system resolver.
+    /// Gossip addresses of other nodes as `host:port` (DNS names, or IPs; IPv6 in brackets).
+    /// Names are resolved by the system resolver and every address of a name is tried, so one
+    /// Kubernetes headless Service name (`NAME-headless.NS.svc:7946`) finds every pod.
     pub gossip_seeds: Vec<String>,
     /// File holding the gossip encryption key: base64 text (surrounding whitespace ignored)
     /// of 16, 24 or 32 bytes, for AES-128/192/256-GCM, e.g. from `openssl rand -base64 32`.

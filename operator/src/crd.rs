@@ -322,7 +322,9 @@ pub struct ServiceSpec {
 /// Kubernetes Service type.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum ServiceType {
-    /// An external load balancer (the cloud's, MetalLB, ...).
+    /// An external load balancer (the cloud's, MetalLB, ...). Clusters without a load balancer
+    /// controller never give it an address (`status.endpointHint` then says where to connect);
+    /// choose `NodePort` there.
     #[default]
     LoadBalancer,
     /// A port on every node.
@@ -845,8 +847,17 @@ pub struct MqttClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
     /// Where MQTT clients connect (`host:port`), once known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Always serialized, `null` when unknown: the status is written with a merge patch, where
+    // a missing field would keep a stale value.
+    #[serde(default)]
     pub endpoint: Option<String>,
+    /// Why `endpoint` is not known yet and where to connect meanwhile: a `LoadBalancer`
+    /// Service without an address (clusters without a load balancer controller, such as kind,
+    /// k3d, minikube without `minikube tunnel` or bare metal, never give one) is reachable on
+    /// its node port and, inside the cluster, by its DNS name.
+    // Always serialized (`null` once the address is known), as `endpoint`.
+    #[serde(default)]
+    pub endpoint_hint: Option<String>,
     /// `Ready`, `Progressing` and `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -19,6 +19,12 @@ pub const RECONCILE_FAILED: &str = "ReconcileFailed";
 /// Warning: the spec cannot be turned into objects.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
+/// The action of a `Reconciled` Event: `ApplyGeneration<n>`. Each generation gets its own
+/// Event (and note) instead of joining the series of the first one.
+pub fn apply_generation_action(generation: i64) -> String {
+    format!("ApplyGeneration{generation}")
+}
+
 /// A recorder reporting as `starling-operator`, from `instance` (the pod name) when known.
 pub fn recorder(client: Client, instance: Option<String>) -> Recorder {
     Recorder::new(

@@ -100,6 +100,57 @@ fn example_values_are_read_as_written() {
     assert_eq!(minimal.spec, Default::default());
 }
 
+/// The Secrets and ConfigMaps a document names: `secretName`s and the `name` of every
+/// `...SecretRef` and `...ConfigMapRef`.
+fn referenced_names(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let named = key.ends_with("SecretRef") || key.ends_with("ConfigMapRef");
+                match (key.as_str(), v) {
+                    ("secretName", Value::String(name)) => out.push(name.clone()),
+                    (_, Value::Object(r)) if named => {
+                        if let Some(Value::String(name)) = r.get("name") {
+                            out.push(name.clone());
+                        }
+                    }
+                    _ => referenced_names(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| referenced_names(v, out)),
+        _ => {}
+    }
+}
+
+/// A user who follows an example's header has every Secret and ConfigMap it needs: each one
+/// it names has a `kubectl ... create` line there (the full example's `redis-credentials` had
+/// none, and its pods sat in CreateContainerConfigError).
+#[test]
+fn example_headers_create_every_secret_and_config_map_they_name() {
+    for (file, text) in EXAMPLES {
+        let header: Vec<&str> = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter(|l| l.contains("kubectl") && l.contains(" create "))
+            .collect();
+        let mut names = Vec::new();
+        for (name, doc) in documents() {
+            if name.starts_with(&format!("{file}#")) {
+                referenced_names(&doc, &mut names);
+            }
+        }
+        for name in names {
+            assert!(
+                header
+                    .iter()
+                    .any(|l| l.split_whitespace().any(|word| word == name)),
+                "{file} names {name:?} but its header does not say how to create it"
+            );
+        }
+    }
+}
+
 #[test]
 fn autoscaler_example_targets_an_example_cluster_through_the_scale_subresource() {
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;

@@ -14,11 +14,11 @@ use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service,
+    ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -95,6 +95,8 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("", "persistentvolumeclaims", &["create", "patch"]),
     // The managed Redis' password: read, created once.
     ("", "secrets", &["get", "create"]),
+    // The cluster's pods, read for the status: why a pod cannot run.
+    ("", "pods", &["list"]),
     (
         "monitoring.coreos.com",
         "servicemonitors",
@@ -379,11 +381,16 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
     let client_service = Api::<Service>::namespaced(client.clone(), ns)
         .get_opt(&cluster.broker_name())
         .await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&cluster.pods_selector()))
+        .await?
+        .items;
     let observed = Observed {
         stateful_set: stateful_set.as_ref(),
         redis_deployment: redis_deployment.as_ref(),
         redis_managed,
         client_service: client_service.as_ref(),
+        pods: &pods,
         outcome: &outcome,
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -415,15 +422,19 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
             if object.status.as_ref().and_then(|s| s.observed_generation)
                 != object.metadata.generation =>
         {
+            let generation = object.metadata.generation.unwrap_or(0);
+            // The action names the generation: kube's Recorder folds Events with the same
+            // type, reason, action and objects into one series that keeps the first note, so
+            // with one action for all `kubectl describe` said "Reconciled (x4) ... applied
+            // generation 1" after generation 2. Repeats about one generation still fold.
             events::publish(
                 &ctx.recorder,
                 object,
                 EventType::Normal,
                 events::RECONCILED,
-                "Reconcile",
+                &events::apply_generation_action(generation),
                 format!(
-                    "applied generation {}: {} brokers",
-                    object.metadata.generation.unwrap_or(0),
+                    "applied generation {generation}: {} brokers",
                     cluster.spec().replicas
                 ),
                 None,

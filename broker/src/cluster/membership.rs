@@ -30,7 +30,9 @@
 //!   few gossip packets to dead addresses; their number is bounded by the node ids ever used
 //!   (StatefulSet ordinals), and a node coming back under its id reclaims its entry.
 //! - Seeds are retried in the background for as long as the node sees no other member, so a
-//!   node whose seeds are not up yet (or that lost everyone) joins when one answers.
+//!   node whose seeds are not up yet (or that lost everyone) joins when one answers; while it has
+//!   company, seed addresses that are not members are joined too, so that groups formed apart
+//!   (nodes started together, each seeing only some of the others in DNS) merge.
 
 use async_trait::async_trait;
 use memberlist::delegate::{CompositeDelegate, EventDelegate, VoidDelegate};
@@ -574,8 +576,34 @@ async fn resolve_seeds(seeds: &[String], own: &[SocketAddr]) -> (Vec<SocketAddr>
     (found, problems)
 }
 
+/// Joins the seed addresses that are not members this node sees, quietly (failures are logged at
+/// debug level: a pod that is starting or stopping is often among them).
+///
+/// A seed name that resolves to every node (a Kubernetes headless Service) can split a cluster
+/// that starts all at once: two nodes that each saw only the other in DNS form a pair, the next
+/// two another, and neither pair, having company, would ever look again. Checking the seeds
+/// while in company merges such groups.
+async fn join_unknown_seeds(gossip: &Gossip, seeds: &[String], own: &[SocketAddr]) {
+    let (addrs, _) = resolve_seeds(seeds, own).await;
+    if addrs.is_empty() {
+        return;
+    }
+    let known: Vec<SocketAddr> = gossip
+        .online_members()
+        .await
+        .iter()
+        .map(|n| *n.address())
+        .collect();
+    for addr in addrs.into_iter().filter(|a| !known.contains(a)) {
+        match gossip.join(MaybeResolvedAddress::Resolved(addr)).await {
+            Ok(_) => tracing::info!(%addr, "joined a seed address that was not a member"),
+            Err(e) => tracing::debug!(%addr, error = %e, "seed address not joined"),
+        }
+    }
+}
+
 /// Contacts the seeds whenever this node sees no other member, with a doubling pause between
-/// rounds; idles (checking at the longest pause) while it has company.
+/// rounds; while it has company, joins (at the longest pause) seed addresses that are not members.
 async fn seed_loop(
     gossip: Gossip,
     seeds: Vec<String>,
@@ -587,6 +615,7 @@ async fn seed_loop(
     loop {
         if gossip.num_online_members().await > 1 {
             pause = SEED_RETRY_MIN.min(retry_max);
+            join_unknown_seeds(&gossip, &seeds, &own).await;
             tokio::time::sleep(retry_max).await;
             continue;
         }

@@ -7,9 +7,11 @@
 
 mod memory;
 pub mod redis;
+mod wait;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisStoreConfig};
+pub use wait::connect_when_up;
 
 use crate::cluster::journal::{JournalHold, JournalReservation};
 use crate::message::{ClientId, Message};
@@ -26,6 +28,9 @@ pub enum StoreError {
     /// The backing service could not be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store's address cannot be used at all; retrying will not help.
+    #[error("not a usable store address: {0}")]
+    InvalidAddress(String),
 }
 
 /// A message waiting for (or in flight to) one session.

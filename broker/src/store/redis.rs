@@ -147,10 +147,13 @@ fn millis_since_epoch(at: SystemTime) -> u64 {
 }
 
 impl RedisStore {
-    /// Connects to Redis. Fails if Redis cannot be reached now; once connected, the connection is
-    /// re-established in the background whenever it breaks.
+    /// Connects to Redis. Fails if Redis cannot be reached now ([`StoreError::Unavailable`]; see
+    /// [`super::connect_when_up`] to wait for it) or the URL is unusable
+    /// ([`StoreError::InvalidAddress`]); once connected, the connection is re-established in the
+    /// background whenever it breaks.
     pub async fn connect(config: RedisStoreConfig) -> Result<Self, StoreError> {
-        let client = Client::open(config.url.as_str()).map_err(unavailable)?;
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| StoreError::InvalidAddress(format!("redis: {e}")))?;
         let timeout = config.operation_timeout;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.min(Duration::from_secs(2))))

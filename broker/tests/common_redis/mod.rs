@@ -48,7 +48,7 @@ pub struct RedisServer {
 }
 
 /// A free loopback port: bind port 0, read what the OS chose, release it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }
@@ -57,6 +57,19 @@ impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub async fn start() -> Self {
         Self::start_with_args(&[]).await
+    }
+
+    /// Starts a server on `port` (from [`free_port`], handed to a broker before the server
+    /// runs) and waits until it answers PING.
+    pub async fn start_on(port: u16) -> Self {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("temporary directory"),
+            extra_args: Vec::new(),
+        };
+        server.launch().await;
+        server
     }
 
     /// [`Self::start`] with further `redis-server` arguments (`["--maxmemory", "10mb"]`).

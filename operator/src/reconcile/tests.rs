@@ -188,6 +188,23 @@ async fn expect_ready_observations(api: &mut FakeApiServer, set: &Value) {
     api.expect(Method::GET, &format!("{NS_API}/services/demo"))
         .await
         .respond_with(load_balancer("203.0.113.7"));
+    expect_pods(api, vec![]).await;
+}
+
+/// Answers the list of the cluster's pods (brokers and Redis, by label) with `pods`.
+async fn expect_pods(api: &mut FakeApiServer, pods: Vec<Value>) {
+    let call = api.expect(Method::GET, &format!("{NS_API}/pods")).await;
+    assert_eq!(
+        call.query("labelSelector"),
+        // As sent: the comma percent-encoded.
+        Some("app.kubernetes.io/instance=demo%2Capp.kubernetes.io/name=starling")
+    );
+    call.respond_with(json!({
+        "apiVersion": "v1",
+        "kind": "PodList",
+        "metadata": {"resourceVersion": "9"},
+        "items": pods,
+    }));
 }
 
 async fn expect_event(api: &mut FakeApiServer, type_: &str, reason: &str) -> Value {
@@ -251,7 +268,7 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
             .await;
         let toml = config["data"]["starling.toml"].as_str().expect("config");
-        assert!(toml.contains("demo-0.demo-headless.iot.svc"), "{toml}");
+        assert!(toml.contains("\"demo-headless.iot.svc:7946\""), "{toml}");
         let headless = api
             .expect_apply(&format!("{NS_API}/services/demo-headless"))
             .await;
@@ -282,6 +299,7 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
         api.expect(Method::GET, &format!("{NS_API}/services/demo"))
             .await
             .respond_with(live(client_service));
+        expect_pods(&mut api, vec![]).await;
 
         let status = expect_status_patch(&mut api).await;
         assert_eq!(status.observed_generation, Some(4));
@@ -290,6 +308,14 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
         assert_eq!(
             status.selector.as_deref(),
             Some("app.kubernetes.io/component=broker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=starling")
+        );
+        assert_eq!(status.endpoint, None);
+        assert!(
+            status
+                .endpoint_hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("the LoadBalancer Service demo has no address")),
+            "{status:?}"
         );
         let ready = condition(&status, "Ready");
         assert_eq!(
@@ -300,7 +326,7 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
         let progressing = condition(&status, "Progressing");
         assert_eq!(
             (progressing.status.as_str(), progressing.reason.as_str()),
-            ("True", "Scaling")
+            ("True", "ScalingUp")
         );
         assert_eq!(progressing.message, "0 of 3 brokers exist");
         let degraded = condition(&status, "Degraded");
@@ -354,6 +380,116 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
     })
     .await;
     assert_eq!(second.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// Generation 4 then 5 through one operator (one Recorder): the second `Reconciled` Event is a
+/// new Event naming generation 5, not a repeat in the series of the first (whose note said
+/// "applied generation 4" however often it was repeated).
+#[tokio::test]
+async fn each_applied_generation_gets_its_own_event() {
+    let (client, api) = fake_api::client();
+    let ctx = context(client);
+    let first = cluster(Default::default());
+    let (result, (api, status)) = tokio::join!(
+        reconcile(Arc::new(first.clone()), ctx.clone()),
+        async move {
+            let mut api = api;
+            expect_existing_managed_redis(&mut api).await;
+            let set = expect_broker_children_applied(&mut api).await;
+            expect_service_monitor_discovery(&mut api, false).await;
+            expect_ready_observations(&mut api, &set).await;
+            let status = expect_status_patch(&mut api).await;
+            let event = expect_event(&mut api, "Normal", "Reconciled").await;
+            assert_eq!(event["note"], "applied generation 4: 3 brokers");
+            assert_eq!(event["action"], "ApplyGeneration4");
+            (api, status)
+        }
+    );
+    result.expect("first reconcile");
+
+    let mut second = first;
+    second.metadata.generation = Some(5);
+    second.status = Some(status);
+    let (result, api) = tokio::join!(reconcile(Arc::new(second), ctx.clone()), async move {
+        let mut api = api;
+        expect_existing_managed_redis(&mut api).await;
+        let set = expect_broker_children_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        expect_ready_observations(&mut api, &set).await;
+        let status = expect_status_patch(&mut api).await;
+        assert_eq!(status.observed_generation, Some(5));
+        let event = expect_event(&mut api, "Normal", "Reconciled").await;
+        assert_eq!(event["note"], "applied generation 5: 3 brokers");
+        assert_eq!(event["action"], "ApplyGeneration5");
+        api
+    });
+    result.expect("second reconcile");
+    drop(ctx);
+    api.expect_done().await;
+}
+
+/// Broker pods that cannot start because a Secret is missing: the reconciler reads the pods
+/// and the status names the cause (it said only `ReplicasNotReady`).
+#[tokio::test]
+async fn pods_missing_a_secret_are_named_in_the_status() {
+    let result = run(cluster(Default::default()), |mut api| async move {
+        expect_existing_managed_redis(&mut api).await;
+        let set = expect_broker_children_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 0));
+        api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+            .await
+            .respond_with(redis_available());
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(load_balancer("203.0.113.7"));
+        let stuck = |i: i32| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": format!("demo-{i}"), "namespace": "iot"},
+                "status": {
+                    "phase": "Pending",
+                    "conditions": [
+                        {"type": "PodScheduled", "status": "True"},
+                        {"type": "Ready", "status": "False"}
+                    ],
+                    "containerStatuses": [{
+                        "name": "broker", "image": "starling-broker", "imageID": "",
+                        "ready": false, "restartCount": 0,
+                        "state": {"waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": "secret \"redis-credentials\" not found"
+                        }}
+                    }]
+                }
+            })
+        };
+        expect_pods(&mut api, (0..3).map(stuck).collect()).await;
+        let status = expect_status_patch(&mut api).await;
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "CreateContainerConfigError")
+        );
+        assert_eq!(
+            ready.message,
+            "0 of 3 brokers ready; demo-0, demo-1, demo-2: CreateContainerConfigError: \
+             secret \"redis-credentials\" not found"
+        );
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("False", "CreateContainerConfigError"),
+            "a rollout stuck on pending pods is not complete"
+        );
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
 }
 
 #[tokio::test]
@@ -413,6 +549,7 @@ async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns
         api.expect(Method::GET, &format!("{NS_API}/services/demo"))
             .await
             .not_found();
+        expect_pods(&mut api, vec![]).await;
         let status = expect_status_patch(&mut api).await;
         let ready = condition(&status, "Ready");
         assert_eq!(
@@ -559,6 +696,7 @@ async fn api_error_records_reconcile_failed_and_requeues() {
             api.expect(Method::GET, &format!("{NS_API}/services/demo"))
                 .await
                 .not_found();
+            expect_pods(&mut api, vec![]).await;
             let status = expect_status_patch(&mut api).await;
             assert_eq!(status.observed_generation, Some(4));
             for type_ in ["Ready", "Progressing"] {
@@ -621,6 +759,7 @@ async fn invalid_spec_is_recorded_and_waits_for_a_change() {
         api.expect(Method::GET, &format!("{NS_API}/services/demo"))
             .await
             .not_found();
+        expect_pods(&mut api, vec![]).await;
         let status = expect_status_patch(&mut api).await;
         let degraded = condition(&status, "Degraded");
         assert_eq!(

@@ -26,9 +26,6 @@ pub const PASSWORD_FILE: &str = "/etc/starling/auth/passwd";
 pub const ACL_FILE: &str = "/etc/starling/acl/acl";
 /// Where the gossip key Secret is mounted.
 pub const GOSSIP_KEY_FILE: &str = "/etc/starling/gossip/key";
-/// Most gossip seeds listed. Seeds are the first pods only, so scaling beyond this many pods
-/// does not change the configuration (and does not restart every pod).
-pub const MAX_SEEDS: i32 = 3;
 
 /// The configuration file's path in broker pods.
 pub fn config_path() -> String {
@@ -41,13 +38,18 @@ fn any_addr(port: i32) -> Result<SocketAddr, Error> {
     Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
-/// The gossip seeds: headless DNS names of the first pods,
-/// `<name>-<i>.<name>-headless.<namespace>.svc:<port>`.
+/// The gossip seed: the headless Service's name, `<name>-headless.<namespace>.svc:<port>`.
+///
+/// The broker tries every address a seed resolves to, and the headless Service resolves to
+/// every broker pod, so one name finds them all. It does not depend on `replicas`: the
+/// configuration, its hash on the pod template and so the pods stay the same when the cluster
+/// is scaled (listing pods by name made scaling between 1 and 3 replicas restart every pod).
 pub fn gossip_seeds(cluster: &Cluster<'_>) -> Vec<String> {
-    let port = cluster.spec().gossip.port;
-    (0..cluster.spec().replicas.clamp(1, MAX_SEEDS))
-        .map(|i| format!("{}:{port}", cluster.pod_dns_name(i)))
-        .collect()
+    vec![format!(
+        "{}:{}",
+        cluster.headless_dns_name(),
+        cluster.spec().gossip.port
+    )]
 }
 
 /// The broker configuration for a cluster's pods, validated. Per-pod values (node id, gossip
@@ -176,11 +178,7 @@ mod tests {
         };
         expected.log.format = starling_config::LogFormat::Json;
         expected.cluster.gossip_bind = Some("0.0.0.0:7946".parse().unwrap());
-        expected.cluster.gossip_seeds = vec![
-            "demo-0.demo-headless.iot.svc:7946".to_string(),
-            "demo-1.demo-headless.iot.svc:7946".to_string(),
-            "demo-2.demo-headless.iot.svc:7946".to_string(),
-        ];
+        expected.cluster.gossip_seeds = vec!["demo-headless.iot.svc:7946".to_string()];
         assert_eq!(parsed, expected);
     }
 
@@ -274,16 +272,10 @@ broker:
     }
 
     #[test]
-    fn seeds_are_the_first_pods_headless_names() {
+    fn the_seed_is_the_headless_service_name() {
         let object = cluster_from_yaml("replicas: 2\ngossip: {port: 7000}");
         let c = Cluster::new(&object).expect("cluster");
-        assert_eq!(
-            gossip_seeds(&c),
-            vec![
-                "demo-0.demo-headless.iot.svc:7000",
-                "demo-1.demo-headless.iot.svc:7000"
-            ]
-        );
+        assert_eq!(gossip_seeds(&c), vec!["demo-headless.iot.svc:7000"]);
         let (_, parsed) = rendered("replicas: 2\ngossip: {port: 7000}");
         assert_eq!(parsed.cluster.gossip_seeds, gossip_seeds(&c));
         assert_eq!(
@@ -303,15 +295,17 @@ broker:
     }
 
     #[test]
-    fn scaling_past_the_seed_count_leaves_the_config_alone() {
-        let object = cluster_from_yaml("replicas: 9");
-        assert_eq!(
-            gossip_seeds(&Cluster::new(&object).expect("cluster")).len(),
-            3
-        );
-        let (three, _) = rendered("replicas: 3");
-        let (nine, _) = rendered("replicas: 9");
-        assert_eq!(config_hash(&three), config_hash(&nine));
+    fn scaling_never_changes_the_config() {
+        let (one, _) = rendered("replicas: 1");
+        for replicas in [2, 3, 5, 9] {
+            let (other, _) = rendered(&format!("replicas: {replicas}"));
+            assert_eq!(other.data, one.data, "replicas {replicas}");
+            assert_eq!(
+                config_hash(&other),
+                config_hash(&one),
+                "replicas {replicas}"
+            );
+        }
     }
 
     #[test]
@@ -326,8 +320,8 @@ broker:
         let c2 = Cluster::new(&changed).expect("cluster");
         assert_ne!(first, config_hash(&config_map(&c2).expect("cm")));
 
-        // Beyond the seed count, replicas do not reach the configuration file.
-        let scaled = cluster_from_yaml("replicas: 7");
+        // Replicas do not reach the configuration file.
+        let scaled = cluster_from_yaml("replicas: 1");
         let c3 = Cluster::new(&scaled).expect("cluster");
         assert_eq!(first, config_hash(&config_map(&c3).expect("cm")));
     }

@@ -110,6 +110,14 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// A label selector matching every pod of the cluster (brokers and managed Redis).
+    pub fn pods_selector(&self) -> String {
+        format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/name={APP_NAME}",
+            self.name
+        )
+    }
+
     /// The selector as the string `status.selector` holds for the scale subresource.
     pub fn selector_string(&self, component: &str) -> String {
         self.selector_labels(component)
@@ -153,6 +161,12 @@ impl<'a> Cluster<'a> {
     /// The managed Redis' PersistentVolumeClaim.
     pub fn redis_pvc_name(&self) -> String {
         format!("{}-redis-data", self.name)
+    }
+
+    /// The headless Service's DNS name: it resolves to the address of every broker pod, ready or
+    /// not (`publishNotReadyAddresses`), whatever the number of replicas.
+    pub fn headless_dns_name(&self) -> String {
+        format!("{}.{}.svc", self.headless_service_name(), self.namespace)
     }
 
     /// The DNS name of broker pod `ordinal` through the headless Service.
@@ -276,5 +290,6 @@ mod tests {
             "app.kubernetes.io/component=broker,app.kubernetes.io/instance=demo,app.kubernetes.io/name=starling"
         );
         assert_eq!(c.pod_dns_name(2), "demo-2.demo-headless.iot.svc");
+        assert_eq!(c.headless_dns_name(), "demo-headless.iot.svc");
     }
 }

@@ -264,6 +264,32 @@ async fn a_seed_that_is_not_up_yet_is_retried_until_it_answers() {
     wait_seed_status(&b, |s| s.contacted).await;
 }
 
+/// Nodes started together may form separate groups (each saw only some of the others behind the
+/// headless Service's name); a node with company still joins seed addresses it does not see as
+/// members, and the groups merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_formed_apart_merge_through_the_seeds() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    // a's seed is c's future address; b joins a first, so a has company before c exists.
+    let a = node("a", &[format!("127.0.0.1:{port}")]).await;
+    let b = node("b", &[seed_of(&a)]).await;
+    wait_members(a.as_ref(), &["a", "b"]).await;
+    wait_members(b.as_ref(), &["a", "b"]).await;
+
+    let mut cc = config("c", &[]);
+    cc.bind = SocketAddr::from(([127, 0, 0, 1], port));
+    let c = GossipMembership::start(cc)
+        .await
+        .expect("c on the reserved port");
+    let d = node("d", &[seed_of(&c)]).await;
+    for n in [&a, &b, &c, &d] {
+        wait_members(n.as_ref(), &["a", "b", "c", "d"]).await;
+    }
+}
+
 #[tokio::test]
 async fn single_node_is_alone_forever() {
     let single = SingleNode::new("solo");
