@@ -496,6 +496,14 @@ async fn every_pod_reaches_every_pod(kube: &Kube, record: &mut Record, label: &s
     Ok(())
 }
 
+/// Whether `kind/name` (as `kubectl get -o name` prints it) is one of the objects the cluster
+/// itself puts in every namespace: the default ServiceAccount and CA bundles (kube-root-ca.crt,
+/// and openshift-service-ca.crt from OpenShift's controller-manager).
+fn from_the_cluster(object: &str) -> bool {
+    object == "serviceaccount/default"
+        || (object.starts_with("configmap/") && object.ends_with(".crt"))
+}
+
 /// Removes what an earlier run left behind under this test's names.
 async fn remove_leftovers(kube: &Kube) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(kube.client.clone());
@@ -520,7 +528,15 @@ async fn remove_leftovers(kube: &Kube) -> Result<()> {
     ])
     .await;
     let _ = command("helm", &["uninstall", RELEASE, "-n", OPERATOR_NS, "--wait"]).await;
-    let _ = kubectl(&["delete", "namespace", NS, OPERATOR_NS, "--ignore-not-found"]).await;
+    let _ = kubectl(&[
+        "delete",
+        "namespace",
+        NS,
+        OPERATOR_NS,
+        "--ignore-not-found",
+        "--wait=false",
+    ])
+    .await;
     poll(READY_WITHIN, "the old namespaces gone", || async {
         for ns in [NS, OPERATOR_NS] {
             ensure!(namespaces.get_opt(ns).await?.is_none(), "{ns} still exists");
@@ -865,10 +881,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
                 "name",
             ])
             .await?;
-            let left: Vec<&str> = left
-                .lines()
-                .filter(|l| *l != "configmap/kube-root-ca.crt")
-                .collect();
+            let left: Vec<&str> = left.lines().filter(|l| !from_the_cluster(l)).collect();
             ensure!(left.is_empty(), "left in {NS}: {}", left.join(" "));
             Ok(())
         },
@@ -887,10 +900,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
             "name",
         ])
         .await?;
-        let left: Vec<&str> = left
-            .lines()
-            .filter(|l| !matches!(*l, "configmap/kube-root-ca.crt" | "serviceaccount/default"))
-            .collect();
+        let left: Vec<&str> = left.lines().filter(|l| !from_the_cluster(l)).collect();
         ensure!(left.is_empty(), "left in {OPERATOR_NS}: {}", left.join(" "));
         let cluster_wide =
             kubectl(&["get", "clusterrole,clusterrolebinding", "-o", "name"]).await?;
@@ -910,7 +920,15 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
         "helm uninstall: operator, RBAC gone (the CRD stays, as Helm never deletes CRDs)",
         secs(t.elapsed()),
     );
-    kubectl(&["delete", "namespace", NS, OPERATOR_NS, "--wait=true"]).await?;
+    kubectl(&[
+        "delete",
+        "namespace",
+        NS,
+        OPERATOR_NS,
+        "--wait=true",
+        "--timeout=180s",
+    ])
+    .await?;
     Ok(())
 }
 
