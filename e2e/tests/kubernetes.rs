@@ -45,7 +45,7 @@ use kube::api::{Api, ListParams};
 use kube::Client;
 use starling_operator::crd::MqttCluster;
 use starling_operator::resources::CONFIG_HASH_ANNOTATION;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -671,8 +671,17 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
         },
     );
     if !restarted.is_empty() {
+        // What the first container of a restarted pod said before it ended.
+        let mut said = String::new();
+        if let Some(pod) = pods.iter().find(|p| restarts(p) > 0) {
+            let name = pod_name(pod);
+            let logs = kubectl(&["logs", "-n", NS, &name, "--previous", "--tail=5"])
+                .await
+                .unwrap_or_else(|e| format!("{e:#}"));
+            said = format!("; {name}'s previous container ended with:\n{}", logs.trim());
+        }
         record.problem(format!(
-            "broker pods restarted on a fresh install: {}",
+            "broker pods restarted on a fresh install: {}{said}",
             restarted.join(", ")
         ));
     }
@@ -694,7 +703,16 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     check_tally(record, "MQTT through the NodePort", &tally);
 
     // Scale 3 → 5 → 3.
+    let sts_api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), NS);
     for (to, from) in [(5usize, 3usize), (3, 5)] {
+        // The pods that stay must not be restarted by a membership change.
+        let survivors: BTreeMap<String, Option<String>> = kube
+            .brokers()
+            .await?
+            .iter()
+            .take(from.min(to))
+            .map(|p| (pod_name(p), p.metadata.uid.clone()))
+            .collect();
         let t = Instant::now();
         kubectl(&[
             "scale",
@@ -709,6 +727,27 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
             &format!("scale {from}→{to}: pods Ready and starling_cluster_members {to} on each"),
             secs(t.elapsed()),
         );
+        let sts = sts_api.get(CLUSTER).await?;
+        let rolling = sts
+            .status
+            .as_ref()
+            .is_some_and(|s| s.current_revision != s.update_revision);
+        let replaced: Vec<String> = kube
+            .brokers()
+            .await?
+            .iter()
+            .filter(|p| {
+                survivors
+                    .get(&pod_name(p))
+                    .is_some_and(|uid| *uid != p.metadata.uid)
+            })
+            .map(pod_name)
+            .collect();
+        if rolling || !replaced.is_empty() {
+            record.problem(format!(
+                "scale {from}→{to} restarted pods that stay: replaced {replaced:?}, StatefulSet rolling {rolling}"
+            ));
+        }
         poll(READY_WITHIN, "MqttCluster Ready after scaling", || {
             kube.cluster_ready()
         })
@@ -797,7 +836,6 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     every_pod_reaches_every_pod(kube, record, "after-redis-pod-deleted").await?;
 
     // A spec change rolls the pods, one at a time, with the new configuration.
-    let sts_api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), NS);
     let hash = |sts: &StatefulSet| {
         sts.spec
             .template
