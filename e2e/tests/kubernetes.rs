@@ -40,8 +40,9 @@ mod stream;
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use starling_operator::crd::MqttCluster;
 use starling_operator::resources::CONFIG_HASH_ANNOTATION;
@@ -247,6 +248,30 @@ impl Kube {
         Ok(pods)
     }
 
+    /// Waits until the StatefulSet has `n` Ready pods, all of the current revision (no rollout
+    /// under way), then until the brokers count `n` members.
+    async fn wait_settled(&self, n: usize) -> Result<Vec<Pod>> {
+        let sts_api: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
+        poll(READY_WITHIN, "the StatefulSet settled", || async {
+            let sts = sts_api.get(CLUSTER).await?;
+            let status = sts.status.as_ref().context("no StatefulSet status")?;
+            ensure!(
+                status.observed_generation >= sts.metadata.generation
+                    && status.current_revision == status.update_revision
+                    && status.replicas == n as i32
+                    && status.ready_replicas == Some(n as i32),
+                "StatefulSet: {} replicas, {:?} ready, revision {:?} → {:?}",
+                status.replicas,
+                status.ready_replicas,
+                status.current_revision,
+                status.update_revision
+            );
+            Ok(())
+        })
+        .await?;
+        self.wait_brokers(n, READY_WITHIN).await
+    }
+
     async fn cluster_ready(&self) -> Result<MqttCluster> {
         let api: Api<MqttCluster> = Api::namespaced(self.client.clone(), NS);
         let mqc = api.get(CLUSTER).await.context("reading the MqttCluster")?;
@@ -365,7 +390,17 @@ fn check_tally(record: &mut Record, what: &str, t: &Tally) {
         ));
     }
     if t.dupless() > 0 {
-        record.problem(format!("{what}: {} duplicates without DUP", t.dupless()));
+        let which: Vec<String> = t
+            .subs
+            .iter()
+            .filter(|s| s.dupless > 0)
+            .map(|s| format!("{}: {}", s.id, stream::ranges(&s.dupless_numbers)))
+            .collect();
+        record.problem(format!(
+            "{what}: {} duplicates without DUP ({})",
+            t.dupless(),
+            which.join("; ")
+        ));
     }
 }
 
@@ -702,10 +737,24 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     let tally = stream.finish(ACKS_WITHIN, DELIVER_WITHIN, QUIET).await;
     check_tally(record, "MQTT through the NodePort", &tally);
 
-    // Scale 3 → 5 → 3.
-    let sts_api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), NS);
-    for (to, from) in [(5usize, 3usize), (3, 5)] {
-        // The pods that stay must not be restarted by a membership change.
+    // Scale 3 → 5 → 3 → 2, then the example HorizontalPodAutoscaler (aimed at this cluster)
+    // drives the scale subresource: its minReplicas (3) raises the cluster back to 3 (no metrics
+    // server is needed for that; the CPU target itself needs one). Pods that stay must not be
+    // restarted by the membership change.
+    let mut hpa: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(workspace().join("operator/examples/mqttcluster-hpa.yaml"))
+            .context("reading operator/examples/mqttcluster-hpa.yaml")?,
+    )
+    .context("parsing operator/examples/mqttcluster-hpa.yaml")?;
+    hpa["metadata"]["name"] = CLUSTER.into();
+    hpa["metadata"]["namespace"] = NS.into();
+    hpa["spec"]["scaleTargetRef"]["name"] = CLUSTER.into();
+    let min = hpa["spec"]["minReplicas"]
+        .as_u64()
+        .context("the example HPA has no minReplicas")? as usize;
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(hpa)?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(kube.client.clone(), NS);
+    for (from, to) in [(3usize, 5usize), (5, 3), (3, 2), (2, min)] {
         let survivors: BTreeMap<String, Option<String>> = kube
             .brokers()
             .await?
@@ -714,24 +763,30 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
             .map(|p| (pod_name(p), p.metadata.uid.clone()))
             .collect();
         let t = Instant::now();
-        kubectl(&[
-            "scale",
-            "-n",
-            NS,
-            &format!("mqc/{CLUSTER}"),
-            &format!("--replicas={to}"),
-        ])
-        .await?;
+        let how = if to == min && from == 2 {
+            hpas.create(&PostParams::default(), &hpa)
+                .await
+                .context("creating the HorizontalPodAutoscaler")?;
+            format!("the example HPA (minReplicas {min})")
+        } else {
+            kubectl(&[
+                "scale",
+                "-n",
+                NS,
+                &format!("mqc/{CLUSTER}"),
+                &format!("--replicas={to}"),
+            ])
+            .await?;
+            "kubectl scale".to_string()
+        };
         kube.wait_brokers(to, READY_WITHIN).await?;
         record.figure(
-            &format!("scale {from}→{to}: pods Ready and starling_cluster_members {to} on each"),
+            &format!(
+                "scale {from}→{to} by {how}: pods Ready, starling_cluster_members {to} on each"
+            ),
             secs(t.elapsed()),
         );
-        let sts = sts_api.get(CLUSTER).await?;
-        let rolling = sts
-            .status
-            .as_ref()
-            .is_some_and(|s| s.current_revision != s.update_revision);
+        let settled = kube.wait_settled(to).await;
         let replaced: Vec<String> = kube
             .brokers()
             .await?
@@ -743,16 +798,21 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
             })
             .map(pod_name)
             .collect();
-        if rolling || !replaced.is_empty() {
+        if !replaced.is_empty() {
             record.problem(format!(
-                "scale {from}→{to} restarted pods that stay: replaced {replaced:?}, StatefulSet rolling {rolling}"
+                "scale {from}→{to} restarted pods that stay: {}",
+                replaced.join(", ")
             ));
         }
+        settled?;
         poll(READY_WITHIN, "MqttCluster Ready after scaling", || {
             kube.cluster_ready()
         })
         .await?;
     }
+    hpas.delete(CLUSTER, &DeleteParams::default())
+        .await
+        .context("deleting the HorizontalPodAutoscaler")?;
 
     // A broker pod deleted under a stream.
     stream_through_fault(
@@ -836,6 +896,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     every_pod_reaches_every_pod(kube, record, "after-redis-pod-deleted").await?;
 
     // A spec change rolls the pods, one at a time, with the new configuration.
+    let sts_api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), NS);
     let hash = |sts: &StatefulSet| {
         sts.spec
             .template
