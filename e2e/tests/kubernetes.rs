@@ -1,10 +1,13 @@
 //! The user's story on a real Kubernetes cluster, with real pods: the project's images built and
 //! loaded, the Helm chart installed, the minimal MqttCluster Ready, MQTT through the Service from
-//! outside the pods, scaling 3→5→3 with membership following, a broker pod and then the Redis pod
-//! deleted under a QoS 1 stream to persistent subscribers (no acknowledged message may be lost,
-//! and afterwards new subscriptions on every pod must get what is published on every other pod),
-//! a spec change rolling the pods, and uninstalling leaving nothing behind. It prints the figures
-//! (time to Ready, time to roll, messages delivered and lost) at the end.
+//! outside the pods, scaling 3→5→3→2 with `kubectl scale` and back to 3 by the example
+//! HorizontalPodAutoscaler (membership following, pods that stay not restarted), a broker pod
+//! and then the Redis pod deleted under a QoS 1 stream to persistent subscribers (no
+//! acknowledged message may be lost, and afterwards new subscriptions on every pod must get what
+//! is published on every other pod), a spec change rolling the pods, the full example (TLS,
+//! password, ACL, WebSocket, encrypted gossip) adapted to one small node, and uninstalling
+//! leaving nothing behind. It prints the figures (time to Ready, time to roll, messages
+//! delivered and lost) at the end.
 //!
 //! Ignored by default. `scripts/kube-e2e.sh` runs it against `../shared/tools/kube-up` (a
 //! single-node cluster in a network namespace of its own). By hand:
@@ -29,9 +32,10 @@
 //! IP (NodePort) and the pods' IPs (each pod's MQTT and admin ports): with kube-up, run it
 //! inside the cluster's network namespace (`kube-up exec`, as the script does).
 //!
-//! It installs release `starling` into namespace `starling-e2e-system` and the MqttCluster
-//! `starling` into `starling-e2e`; leftovers of an earlier run under those names are removed
-//! first.
+//! It installs release `starling` into namespace `starling-e2e-system`, the MqttCluster
+//! `starling` into `starling-e2e` and the full example `production` into `starling-e2e-full`;
+//! leftovers of an earlier run under those names are removed first. It also needs `helm`,
+//! `kubectl`, `openssl` and the mosquitto clients on the PATH.
 
 // Shared with the fault matrix, which reads every field this test does not.
 #[path = "support/stream.rs"]
@@ -52,6 +56,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use stream::{Stream, Tally, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RELEASE: &str = "starling";
 const OPERATOR_NS: &str = "starling-e2e-system";
@@ -61,6 +66,11 @@ const CLUSTER: &str = "starling";
 const BROKERS: &str = "app.kubernetes.io/instance=starling,app.kubernetes.io/component=broker";
 const REDIS: &str = "app.kubernetes.io/instance=starling,app.kubernetes.io/component=redis";
 const MQTT_PORT: u16 = 1883;
+/// Namespace and name of the full example (operator/examples/mqttcluster.yaml).
+const FULL_NS: &str = "starling-e2e-full";
+const FULL: &str = "production";
+const TLS_PORT: u16 = 8883;
+const WS_PORT: u16 = 8083;
 const ADMIN_PORT: u16 = 9090;
 
 /// Time allowed for pods to become Ready, a rollout, a scale.
@@ -202,17 +212,37 @@ async fn metric(ip: IpAddr, name: &str) -> Result<f64> {
         .with_context(|| format!("{ip}: no metric {name}"))
 }
 
+/// One MqttCluster's view of the cluster: its namespace, its name, its pods.
 struct Kube {
     client: Client,
+    ns: &'static str,
+    name: &'static str,
     pods: Api<Pod>,
 }
 
 impl Kube {
+    fn new(client: Client, ns: &'static str, name: &'static str) -> Self {
+        Kube {
+            pods: Api::namespaced(client.clone(), ns),
+            client,
+            ns,
+            name,
+        }
+    }
+
+    /// The label selector of the cluster's pods of one component (broker, redis).
+    fn selector(&self, component: &str) -> String {
+        format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/component={component}",
+            self.name
+        )
+    }
+
     /// The broker pods, by name.
     async fn brokers(&self) -> Result<Vec<Pod>> {
         let mut pods = self
             .pods
-            .list(&ListParams::default().labels(BROKERS))
+            .list(&ListParams::default().labels(&self.selector("broker")))
             .await
             .context("listing broker pods")?
             .items;
@@ -251,9 +281,9 @@ impl Kube {
     /// Waits until the StatefulSet has `n` Ready pods, all of the current revision (no rollout
     /// under way), then until the brokers count `n` members.
     async fn wait_settled(&self, n: usize) -> Result<Vec<Pod>> {
-        let sts_api: Api<StatefulSet> = Api::namespaced(self.client.clone(), NS);
+        let sts_api: Api<StatefulSet> = Api::namespaced(self.client.clone(), self.ns);
         poll(READY_WITHIN, "the StatefulSet settled", || async {
-            let sts = sts_api.get(CLUSTER).await?;
+            let sts = sts_api.get(self.name).await?;
             let status = sts.status.as_ref().context("no StatefulSet status")?;
             ensure!(
                 status.observed_generation >= sts.metadata.generation
@@ -273,8 +303,11 @@ impl Kube {
     }
 
     async fn cluster_ready(&self) -> Result<MqttCluster> {
-        let api: Api<MqttCluster> = Api::namespaced(self.client.clone(), NS);
-        let mqc = api.get(CLUSTER).await.context("reading the MqttCluster")?;
+        let api: Api<MqttCluster> = Api::namespaced(self.client.clone(), self.ns);
+        let mqc = api
+            .get(self.name)
+            .await
+            .context("reading the MqttCluster")?;
         let status = mqc.status.as_ref().context("no status yet")?;
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         ensure!(
@@ -285,20 +318,20 @@ impl Kube {
         Ok(mqc)
     }
 
-    /// The address of the Service's MQTT port from outside the cluster: a node IP and the
+    /// The address of the Service's `port` from outside the cluster: a node IP and the
     /// NodePort (the Service is a LoadBalancer; its NodePort works without a load balancer).
-    async fn mqtt_from_outside(&self) -> Result<SocketAddr> {
-        let svc = Api::<Service>::namespaced(self.client.clone(), NS)
-            .get(CLUSTER)
+    async fn reached_from_outside(&self, port: u16) -> Result<SocketAddr> {
+        let svc = Api::<Service>::namespaced(self.client.clone(), self.ns)
+            .get(self.name)
             .await
-            .context("reading Service starling")?;
+            .with_context(|| format!("reading Service {}", self.name))?;
         let node_port = svc
             .spec
             .as_ref()
             .and_then(|s| s.ports.as_ref())
-            .and_then(|p| p.iter().find(|p| p.port == i32::from(MQTT_PORT)))
+            .and_then(|p| p.iter().find(|p| p.port == i32::from(port)))
             .and_then(|p| p.node_port)
-            .context("Service starling has no NodePort for 1883")?;
+            .with_context(|| format!("Service {} has no NodePort for {port}", self.name))?;
         let nodes = Api::<Node>::all(self.client.clone())
             .list(&ListParams::default())
             .await
@@ -542,38 +575,26 @@ fn from_the_cluster(object: &str) -> bool {
 /// Removes what an earlier run left behind under this test's names.
 async fn remove_leftovers(kube: &Kube) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(kube.client.clone());
-    let mut found = false;
-    for ns in [NS, OPERATOR_NS] {
+    let ours = [NS, FULL_NS, OPERATOR_NS];
+    let mut found = Vec::new();
+    for ns in ours {
         if namespaces.get_opt(ns).await?.is_some() {
-            found = true;
+            found.push(ns);
         }
     }
-    if !found {
+    if found.is_empty() {
         return Ok(());
     }
-    println!("removing what an earlier run left in {NS} and {OPERATOR_NS}");
-    let _ = kubectl(&[
-        "delete",
-        "mqc",
-        "--all",
-        "-n",
-        NS,
-        "--wait=true",
-        "--timeout=120s",
-    ])
-    .await;
+    println!("removing what an earlier run left in {}", found.join(", "));
+    for ns in [NS, FULL_NS] {
+        let _ = kubectl(&["delete", "mqc", "--all", "-n", ns, "--timeout=120s"]).await;
+    }
     let _ = command("helm", &["uninstall", RELEASE, "-n", OPERATOR_NS, "--wait"]).await;
-    let _ = kubectl(&[
-        "delete",
-        "namespace",
-        NS,
-        OPERATOR_NS,
-        "--ignore-not-found",
-        "--wait=false",
-    ])
-    .await;
+    let mut args = vec!["delete", "namespace", "--ignore-not-found", "--wait=false"];
+    args.extend(ours);
+    let _ = kubectl(&args).await;
     poll(READY_WITHIN, "the old namespaces gone", || async {
-        for ns in [NS, OPERATOR_NS] {
+        for ns in ours {
             ensure!(namespaces.get_opt(ns).await?.is_none(), "{ns} still exists");
         }
         Ok(())
@@ -582,15 +603,20 @@ async fn remove_leftovers(kube: &Kube) -> Result<()> {
 }
 
 /// Builds the images from this workspace's binaries and loads them with the configured command.
-async fn build_and_load(load: &str, record: &mut Record) -> Result<()> {
-    let bin_dir = match std::env::var_os("STARLING_E2E_BIN_DIR") {
+/// Where the broker and operator binaries are: `STARLING_E2E_BIN_DIR`, else this test's profile.
+fn bin_dir() -> Result<PathBuf> {
+    Ok(match std::env::var_os("STARLING_E2E_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => std::env::current_exe()?
             .parent()
             .and_then(Path::parent)
             .context("target/<profile>")?
             .to_path_buf(),
-    };
+    })
+}
+
+async fn build_and_load(load: &str, record: &mut Record) -> Result<()> {
+    let bin_dir = bin_dir()?;
     let out = tempfile::tempdir()?;
     let t = Instant::now();
     let printed = command(
@@ -646,6 +672,296 @@ async fn diagnose() {
             Err(e) => println!("$ kubectl {}\n{e:#}", args.join(" ")),
         }
     }
+}
+
+/// Waits until nothing but what the cluster itself provides is left in namespace `ns`.
+async fn wait_namespace_empty(ns: &str) -> Result<()> {
+    poll(
+        READY_WITHIN,
+        &format!("everything gone from {ns}"),
+        || async {
+            let left = kubectl(&[
+                "get",
+                "pods,svc,sts,deploy,rs,cm,secret,pvc,pdb",
+                "-n",
+                ns,
+                "-o",
+                "name",
+            ])
+            .await?;
+            let left: Vec<&str> = left.lines().filter(|l| !from_the_cluster(l)).collect();
+            ensure!(left.is_empty(), "left in {ns}: {}", left.join(" "));
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// A mosquitto client (`mosquitto_pub`, `mosquitto_sub`) over TLS to `addr`, trusting `ca`, as
+/// `user` (name, password) or anonymously, MQTT 5.
+async fn mosquitto(
+    program: &str,
+    addr: SocketAddr,
+    ca: &Path,
+    user: Option<(&str, &str)>,
+    args: &[&str],
+) -> Result<String> {
+    let (host, port) = (addr.ip().to_string(), addr.port().to_string());
+    let ca = ca.to_string_lossy();
+    let mut all = vec!["-h", &host, "-p", &port, "--cafile", &ca, "-V", "5"];
+    if let Some((name, password)) = user {
+        all.extend(["-u", name, "-P", password]);
+    }
+    all.extend(args);
+    command(program, &all).await
+}
+
+/// The node's InternalIP.
+async fn node_ip(client: &Client) -> Result<String> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing nodes")?;
+    Ok(nodes
+        .items
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.addresses.as_ref())
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")
+        .context("no node with an InternalIP")?
+        .address
+        .clone())
+}
+
+/// The full example (operator/examples/mqttcluster.yaml) with the Secrets and ConfigMap its
+/// header names, adapted to a small single-node cluster: 3 replicas instead of 5, no CPU and
+/// memory requests, no PersistentVolume for Redis (no provisioner), no ServiceMonitor (no
+/// Prometheus Operator). Checked: Ready with 3 members (gossip encrypted), MQTT over TLS through
+/// the NodePort with a password (the certificate verified), anonymous and wrong-password
+/// clients refused, the WebSocket listener upgrading with the `mqtt` subprotocol; then the
+/// cluster is deleted and nothing of it is left.
+async fn full_example(client: &Client, record: &mut Record) -> Result<()> {
+    let kube = Kube::new(client.clone(), FULL_NS, FULL);
+    kubectl(&["create", "namespace", FULL_NS]).await?;
+    let dir = tempfile::tempdir()?;
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+
+    // The node's address goes into the certificate, so that clients can verify it.
+    let node_ip = node_ip(client).await?;
+    command(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=starling-e2e",
+            "-addext",
+            &format!("subjectAltName=IP:{node_ip},DNS:{FULL}.{FULL_NS}.svc"),
+            "-keyout",
+            &path("tls.key"),
+            "-out",
+            &path("tls.crt"),
+        ],
+    )
+    .await?;
+    let password = "e2e-secret";
+    let broker = bin_dir()?.join("starling-broker");
+    let passwd = command(
+        "sh",
+        &[
+            "-c",
+            "printf %s \"$2\" | \"$1\" passwd alice",
+            "passwd",
+            &broker.to_string_lossy(),
+            password,
+        ],
+    )
+    .await?;
+    let gossip_key = command("openssl", &["rand", "-base64", "32"]).await?;
+    let (cert, key) = (path("tls.crt"), path("tls.key"));
+    let users = format!("--from-literal=passwd={}", passwd.trim());
+    let gossip = format!("--from-literal=key={}", gossip_key.trim());
+    for args in [
+        vec![
+            "create",
+            "secret",
+            "tls",
+            "mqtt-cert",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ],
+        vec!["create", "secret", "generic", "mqtt-users", &users],
+        vec![
+            "create",
+            "configmap",
+            "mqtt-acl",
+            "--from-literal=acl=user alice\ntopic readwrite demo/#\n",
+        ],
+        vec!["create", "secret", "generic", "mqtt-gossip", &gossip],
+    ] {
+        let mut args = args;
+        args.extend(["-n", FULL_NS]);
+        kubectl(&args).await?;
+    }
+
+    let text = std::fs::read_to_string(workspace().join("operator/examples/mqttcluster.yaml"))
+        .context("reading operator/examples/mqttcluster.yaml")?;
+    let first = text.split("\n---").next().unwrap_or_default();
+    let mut mqc: serde_json::Value =
+        serde_yaml_ng::from_str(first).context("parsing operator/examples/mqttcluster.yaml")?;
+    ensure!(
+        mqc["metadata"]["name"] == FULL,
+        "the full example is no longer `{FULL}`"
+    );
+    mqc["metadata"]["namespace"] = FULL_NS.into();
+    let spec = mqc["spec"]
+        .as_object_mut()
+        .context("the full example has no spec")?;
+    spec.insert("replicas".into(), 3.into());
+    spec.remove("resources");
+    if let Some(managed) = spec
+        .get_mut("redis")
+        .and_then(|r| r.get_mut("managed"))
+        .and_then(|m| m.as_object_mut())
+    {
+        managed.remove("persistence");
+        managed.remove("resources");
+    }
+    spec.insert(
+        "monitoring".into(),
+        serde_json::json!({"serviceMonitor": {"enabled": false}}),
+    );
+    std::fs::write(dir.path().join("mqc.json"), serde_json::to_vec(&mqc)?)?;
+    let t = Instant::now();
+    kubectl(&["apply", "-f", &path("mqc.json")]).await?;
+    poll(READY_WITHIN, "the full example Ready", || {
+        kube.cluster_ready()
+    })
+    .await?;
+    kube.wait_brokers(3, READY_WITHIN).await?;
+    record.figure(
+        "full example (3 replicas, no requests, PV or ServiceMonitor): apply to Ready, 3 members with encrypted gossip",
+        secs(t.elapsed()),
+    );
+
+    // TLS with a password, through the NodePort; a retained message, so that the subscriber
+    // needs no timing with the publisher.
+    let tls = kube.reached_from_outside(TLS_PORT).await?;
+    let ca = dir.path().join("tls.crt");
+    let alice = Some(("alice", password));
+    mosquitto(
+        "mosquitto_pub",
+        tls,
+        &ca,
+        alice,
+        &["-t", "demo/tls", "-m", "over-tls", "-q", "1", "-r"],
+    )
+    .await
+    .context("publishing over TLS as alice")?;
+    let got = mosquitto(
+        "mosquitto_sub",
+        tls,
+        &ca,
+        alice,
+        &["-t", "demo/tls", "-C", "1", "-W", "15"],
+    )
+    .await
+    .context("subscribing over TLS as alice")?;
+    ensure!(
+        got.trim() == "over-tls",
+        "the subscriber over TLS got {got:?}"
+    );
+    let anonymous = mosquitto(
+        "mosquitto_pub",
+        tls,
+        &ca,
+        None,
+        &["-t", "demo/x", "-m", "x"],
+    )
+    .await;
+    let wrong = mosquitto(
+        "mosquitto_pub",
+        tls,
+        &ca,
+        Some(("alice", "not-the-password")),
+        &["-t", "demo/x", "-m", "x"],
+    )
+    .await;
+    if anonymous.is_ok() || wrong.is_ok() {
+        record.problem(format!(
+            "full example: a client without the password was accepted (anonymous: {}, wrong password: {})",
+            anonymous.is_ok(),
+            wrong.is_ok()
+        ));
+    }
+    mosquitto(
+        "mosquitto_pub",
+        tls,
+        &ca,
+        alice,
+        &["-t", "demo/tls", "-n", "-q", "1", "-r"],
+    )
+    .await
+    .context("clearing the retained message")?;
+
+    // The WebSocket listener answers an upgrade with the `mqtt` subprotocol.
+    let ws = kube.reached_from_outside(WS_PORT).await?;
+    let mut stream = tokio::net::TcpStream::connect(ws).await?;
+    stream
+        .write_all(
+            format!(
+                "GET /mqtt HTTP/1.1\r\nHost: {ws}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: c3RhcmxpbmctZTJlLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut head = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head))
+        .await
+        .context("no answer to the WebSocket upgrade")??;
+    let head = String::from_utf8_lossy(&head[..n]);
+    ensure!(
+        head.starts_with("HTTP/1.1 101"),
+        "the WebSocket listener answered {head:?}"
+    );
+    record.figure(
+        "full example: MQTT over TLS with a password through the NodePort, anonymous and wrong password refused, WebSocket upgrade",
+        "ok",
+    );
+
+    let t = Instant::now();
+    kubectl(&[
+        "delete",
+        "-n",
+        FULL_NS,
+        &format!("mqc/{FULL}"),
+        "--wait=true",
+        "--timeout=180s",
+    ])
+    .await?;
+    kubectl(&[
+        "delete",
+        "-n",
+        FULL_NS,
+        "secret/mqtt-cert",
+        "secret/mqtt-users",
+        "secret/mqtt-gossip",
+        "configmap/mqtt-acl",
+    ])
+    .await?;
+    wait_namespace_empty(FULL_NS).await?;
+    record.figure("full example deleted, every child gone", secs(t.elapsed()));
+    kubectl(&["delete", "namespace", FULL_NS, "--wait=false"]).await?;
+    Ok(())
 }
 
 /// The story; figures and problems go to `record`, a broken step ends it with an error.
@@ -722,7 +1038,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     }
 
     // MQTT through the Service from outside the pods.
-    let outside = kube.mqtt_from_outside().await?;
+    let outside = kube.reached_from_outside(MQTT_PORT).await?;
     println!("MQTT from outside: {outside} (node IP and NodePort)");
     let mut stream = Stream::new(Version::V311, "k8s-svc", 1, RATE);
     stream
@@ -861,7 +1177,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
         |_, _| async move {
             let old: Vec<String> = kube
                 .pods
-                .list(&ListParams::default().labels(REDIS))
+                .list(&ListParams::default().labels(&kube.selector("redis")))
                 .await?
                 .items
                 .iter()
@@ -869,11 +1185,20 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
                 .collect();
             ensure!(old.len() == 1, "{} Redis pods", old.len());
             let t = Instant::now();
-            kubectl(&["delete", "pod", "-n", NS, "-l", REDIS, "--wait=false"]).await?;
+            kubectl(&[
+                "delete",
+                "pod",
+                "-n",
+                NS,
+                "-l",
+                &kube.selector("redis"),
+                "--wait=false",
+            ])
+            .await?;
             poll(READY_WITHIN, "a new Redis pod Ready", || async {
                 let pods = kube
                     .pods
-                    .list(&ListParams::default().labels(REDIS))
+                    .list(&ListParams::default().labels(&kube.selector("redis")))
                     .await?
                     .items;
                 ensure!(
@@ -956,6 +1281,8 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     })
     .await?;
 
+    full_example(&kube.client, record).await?;
+
     // Uninstall: the MqttCluster, then the chart; nothing may be left.
     let t = Instant::now();
     kubectl(&[
@@ -967,25 +1294,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
         "--timeout=180s",
     ])
     .await?;
-    poll(
-        READY_WITHIN,
-        "every child of the MqttCluster gone",
-        || async {
-            let left = kubectl(&[
-                "get",
-                "pods,svc,sts,deploy,rs,cm,secret,pvc,pdb",
-                "-n",
-                NS,
-                "-o",
-                "name",
-            ])
-            .await?;
-            let left: Vec<&str> = left.lines().filter(|l| !from_the_cluster(l)).collect();
-            ensure!(left.is_empty(), "left in {NS}: {}", left.join(" "));
-            Ok(())
-        },
-    )
-    .await?;
+    wait_namespace_empty(NS).await?;
     record.figure("MqttCluster deleted, every child gone", secs(t.elapsed()));
     let t = Instant::now();
     command("helm", &["uninstall", RELEASE, "-n", OPERATOR_NS, "--wait"]).await?;
@@ -1058,10 +1367,7 @@ async fn users_story_on_real_pods() {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))),
         "DID NOT RUN: the cluster has no Ready node"
     );
-    let kube = Kube {
-        pods: Api::namespaced(client.clone(), NS),
-        client,
-    };
+    let kube = Kube::new(client, NS, CLUSTER);
     let mut record = Record::default();
     let started = Instant::now();
     let result = story(&kube, &load, &mut record).await;
