@@ -16,7 +16,9 @@
 #      node's NodePorts and the pods' addresses. It builds Starling's images with
 #      scripts/build-images.sh and imports them into the node's containerd with `ctr`.
 #
-# The figures are appended to STARLING_E2E_REPORT (default target/kube-e2e-report.txt).
+# The figures are appended to STARLING_E2E_REPORT (default target/kube-e2e-report.txt); when a
+# stream loses messages, the pods' logs are kept under STARLING_E2E_LOG_DIR (default
+# target/kube-e2e-logs/<time>).
 # Env: KUBE_UP, KUBE_IMAGES (the tools' paths), KUBE_UP_DIR (/tmp/kube-up), MICROSHIFT_GIT
 # (kube-up's source of Kubernetes), CARGO_TARGET_DIR.
 set -euo pipefail
@@ -51,10 +53,12 @@ CTR_ADDRESS="$socket" "$kube_images" redis
 echo "== the suite"
 cargo test --locked -p e2e --test kubernetes --no-run
 report="${STARLING_E2E_REPORT:-$target_dir/kube-e2e-report.txt}"
+logs="${STARLING_E2E_LOG_DIR:-$target_dir/kube-e2e-logs/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$(dirname "$report")"
 "$kube_up" exec env \
   STARLING_E2E_IMAGE_LOAD="ctr --address $socket -n k8s.io images import" \
   STARLING_E2E_BIN_DIR="$target_dir/$profile" \
   STARLING_E2E_REPORT="$report" \
+  STARLING_E2E_LOG_DIR="$logs" \
   cargo test --locked --offline -p e2e --test kubernetes -- --ignored --nocapture "$@"
 echo "figures appended to $report"

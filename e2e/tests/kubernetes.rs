@@ -25,7 +25,9 @@
 //!   `STARLING_E2E_BIN_DIR` (default: this test's own `target/<profile>`). The managed Redis'
 //!   image (`redis:7.4-alpine`) must be pullable or already on the node.
 //! - `STARLING_E2E_REPORT`: a file the figures are appended to.
-//! - `STARLING_E2E_KEEP`: leave everything installed at the end (to look at it).
+//! - `STARLING_E2E_KEEP`: when the story breaks, leave what it installed (to look at it).
+//! - `STARLING_E2E_LOG_DIR`: where the pods' logs are kept when a stream loses messages or gets
+//!   duplicates without DUP (without it, their warnings are printed).
 //!
 //! Without `KUBECONFIG` or `STARLING_E2E_IMAGE_LOAD` the test fails saying it did not run: it is
 //! only run on purpose, and not running is not passing. The test process must reach the node's
@@ -498,8 +500,56 @@ where
     // The stream's length after the fault: the workload, not a wait for an event.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let tally = stream.finish(ACKS_WITHIN, DELIVER_WITHIN, QUIET).await;
+    let problems = record.problems.len();
     check_tally(record, &format!("{prefix}: QoS 1 stream"), &tally);
+    if record.problems.len() > problems {
+        keep_logs(kube, prefix).await;
+    }
     Ok(())
+}
+
+/// Saves every pod's log of the cluster (brokers, Redis) to `STARLING_E2E_LOG_DIR/<label>/`, at
+/// once, before later steps replace the pods; without the variable, prints each broker's
+/// warnings.
+async fn keep_logs(kube: &Kube, label: &str) {
+    let pods = match kube
+        .pods
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={}", kube.name)))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => {
+            println!("listing pods for their logs: {e}");
+            return;
+        }
+    };
+    let dir = std::env::var_os("STARLING_E2E_LOG_DIR").map(|d| PathBuf::from(d).join(label));
+    for pod in &pods {
+        let name = pod_name(pod);
+        let logs = match kubectl(&["logs", "-n", kube.ns, &name]).await {
+            Ok(logs) => logs,
+            Err(e) => format!("{e:#}"),
+        };
+        match &dir {
+            Some(dir) => {
+                let written = std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(dir.join(format!("{name}.log")), &logs));
+                match written {
+                    Ok(()) => println!("kept {}", dir.join(format!("{name}.log")).display()),
+                    Err(e) => println!("keeping the log of {name}: {e}"),
+                }
+            }
+            None => {
+                println!("--- {name}: warnings (STARLING_E2E_LOG_DIR keeps whole logs)");
+                for line in logs
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                {
+                    println!("{line}");
+                }
+            }
+        }
+    }
 }
 
 /// For every pod: new persistent subscribers on it, a publisher on the next pod; everything
@@ -548,6 +598,7 @@ async fn every_pod_reaches_every_pod(kube: &Kube, record: &mut Record, label: &s
                 tally.lost() / SUBSCRIBERS,
                 tally.acked
             ));
+            keep_logs(kube, &format!("{label}-p{i}")).await;
         }
         delivered.push(format!(
             "{}→{}: {}/{}",
