@@ -18,8 +18,9 @@ There is no shell and no package manager. Libraries outside the distroless `cc` 
 reported, since the real base would lack them.
 
 The archive is an OCI image layout (oci-layout, index.json, blobs/sha256/...) that also carries
-a Docker `manifest.json`, so that `ctr images import`, `kind load image-archive`, `podman load`
-and `docker load` all take it. The layer is an uncompressed tar.
+a Docker `manifest.json`: `ctr images import` reads the former (tested with containerd 1.6, which
+is also what `kind load image-archive` and `k3d image import` run), `docker load` the latter
+(not tested here: no Docker daemon). The layer is an uncompressed tar.
 
 Reproducible: every timestamp is SOURCE_DATE_EPOCH, entries are sorted, owners are numeric
 (0, except /home/nonroot), JSON is written with sorted keys; the same inputs give the same bytes,
