@@ -1091,15 +1091,19 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     // MQTT through the Service from outside the pods.
     let outside = kube.reached_from_outside(MQTT_PORT).await?;
     println!("MQTT from outside: {outside} (node IP and NodePort)");
+    let subs_before = snapshot(&pods, "starling_subscriptions").await?;
+    let remote_before = snapshot(&pods, "starling_cluster_remote_entries").await?;
     let mut stream = Stream::new(Version::V311, "k8s-svc", 1, RATE);
     stream
         .connect_subscriber(0, outside)
         .await
         .map_err(anyhow::Error::msg)?;
+    wait_routes(&pods, &subs_before, &remote_before).await?;
     stream
         .start_publisher(outside)
         .await
         .map_err(anyhow::Error::msg)?;
+    // The stream's planned length: the workload, not a wait for an event.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tally = stream.finish(ACKS_WITHIN, DELIVER_WITHIN, QUIET).await;
     check_tally(record, "MQTT through the NodePort", &tally);
