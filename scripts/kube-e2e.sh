@@ -38,7 +38,12 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 socket="${KUBE_UP_DIR:-/tmp/kube-up}/run/containerd.sock"
 
 echo "== kube-up"
-"$kube_up" up
+# A cluster that is up and Ready is used as it is (`kube-up up` again re-checks every piece).
+if "$kube_up" exec kubectl wait --for=condition=Ready node --all --timeout=5s >/dev/null 2>&1; then
+  echo "the cluster is up, its node Ready"
+else
+  "$kube_up" up
+fi
 
 echo "== binaries ($profile)"
 if [ "$profile" = release ]; then
