@@ -3,8 +3,11 @@
 #   docker build --target broker   -t ghcr.io/starling-mqtt/starling-broker:0.1.0 .
 #   docker build --target operator -t ghcr.io/starling-mqtt/starling-operator:0.1.0 .
 # (or `buildah build --target ...`). Both run as the distroless `nonroot` user, UID/GID 65532,
-# the UID the chart and the operator's broker pods set. A test (operator/tests/images.rs) keeps
+# the UID the chart and the operator's broker pods set. A test (operator/tests/install.rs) keeps
 # names, ports, user and version in line with the chart and the CRD defaults.
+# Without Docker, scripts/build-images.sh builds the same two images from this file's broker and
+# operator stages (labels, user, ports, entrypoint, stop signal) as OCI archives; keep those
+# stages to the instructions it understands (e2e/tests/images.rs checks the result).
 
 ARG RUST_VERSION=1.95
 ARG VERSION=0.1.0
