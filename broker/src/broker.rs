@@ -43,6 +43,18 @@ pub struct SessionHandle {
     pub moved_in_until_ms: u64,
 }
 
+/// How an adoption of a departed node's sessions went ([`Broker::adopt_sessions_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptionOutcome {
+    /// Its sessions are this node's now: its registration may go.
+    Adopted,
+    /// The node came back under a newer run first: nothing of the new run was touched, and the
+    /// registration is the new run's.
+    NodeReturned,
+    /// The store failed; the adoption sweep tries again.
+    Failed,
+}
+
 /// Why the broker is going away, broadcast to every connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunState {
@@ -1044,16 +1056,34 @@ impl Broker {
     /// [`crate::cluster::recovery`]) in a task of its own, as a departed node's inbox is followed
     /// for a while.
     ///
-    /// Returns whether the adoption worked (if not, the adoption sweep tries again later, see
+    /// `run` is the departed run (as gossip or the registry told it): a node back under the
+    /// same id with a newer run keeps its sessions, and what its earlier run left is its own to
+    /// recover (it does so as it starts).
+    ///
+    /// A failed adoption is tried again later by the adoption sweep (see
     /// [`crate::cluster::sweep`]).
-    pub async fn adopt_sessions_of(self: &Arc<Self>, departed: &str, leftovers: Leftovers) -> bool {
-        let adopted = match self.store.adopt_sessions(departed).await {
-            Ok(adopted) => adopted,
+    pub async fn adopt_sessions_of(
+        self: &Arc<Self>,
+        departed: &str,
+        run: Option<u64>,
+        leftovers: Leftovers,
+    ) -> AdoptionOutcome {
+        let adoption = match self.store.adopt_sessions(departed, run).await {
+            Ok(adoption) => adoption,
             Err(e) => {
                 tracing::warn!(node = departed, error = %e, "sessions of a departed node not adopted (the adoption sweep tries again)");
-                return false;
+                return AdoptionOutcome::Failed;
             }
         };
+        let adopted = adoption.sessions;
+        if adoption.node_returned && adopted.is_empty() {
+            tracing::info!(
+                node = departed,
+                ?run,
+                "a departed node is back under a newer run: its sessions stay its own"
+            );
+            return AdoptionOutcome::NodeReturned;
+        }
         let routes = AdoptedRoutes::new(
             adopted
                 .iter()
@@ -1064,6 +1094,7 @@ impl Broker {
                 link.clone(),
                 self.clone(),
                 departed.to_string(),
+                run,
                 leftovers,
                 routes,
             ));
@@ -1102,7 +1133,11 @@ impl Broker {
             wills,
             "adopted the sessions of a departed node"
         );
-        true
+        if adoption.node_returned {
+            AdoptionOutcome::NodeReturned
+        } else {
+            AdoptionOutcome::Adopted
+        }
     }
 
     /// Runs the periodic session-expiry sweep until shutdown.

@@ -3,7 +3,7 @@
 
 use crate::admin::{AdminServer, AdminState};
 use crate::auth::{Auth, AuthError};
-use crate::broker::Broker;
+use crate::broker::{AdoptionOutcome, Broker};
 use crate::cluster::membership::MemberEvent;
 use crate::cluster::membership::{self, GossipConfig, Membership, MembershipError, SingleNode};
 use crate::cluster::recovery::Leftovers;
@@ -108,7 +108,6 @@ impl Server {
             None => None,
         };
         let store = open_store(&config, admin.as_ref().map(AdminServer::state)).await?;
-        let membership = join_cluster(&config).await?;
         let mut listeners = Vec::new();
         if let Some(addr) = config.listeners.tcp {
             let l = bind("listeners.tcp", addr).await?;
@@ -128,19 +127,23 @@ impl Server {
         }
         let cluster_url = config.cluster.redis_url.clone();
         let broker = Broker::new(config, auth, store);
+        let mut run = None;
         if let Some(url) = cluster_url {
             let link = ClusterLink::start(&url, &broker.config.node_id, "starling:", &broker)
                 .await
                 .map_err(|e| ServerError::Relay(e.to_string()))?;
+            run = Some(link.run());
             broker.attach_cluster(link);
             // Sessions an earlier run of this node held or parked (it may have crashed and come
             // back before gossip noticed): parked ones are routed here again, and the wills of
             // connections that died with it are published.
             let node_id = broker.config.node_id.clone();
             broker
-                .adopt_sessions_of(&node_id, Leftovers::EarlierRuns)
+                .adopt_sessions_of(&node_id, None, Leftovers::EarlierRuns)
                 .await;
         }
+        // Gossip starts once the run is known, so that it is published from the first message.
+        let membership = join_cluster(&broker.config, run).await?;
         Ok(Server {
             broker,
             membership,
@@ -263,13 +266,17 @@ async fn open_store(
 }
 
 /// Gossip membership when `cluster.gossip_bind` is set, else a cluster of one.
-async fn join_cluster(config: &BrokerConfig) -> Result<Arc<dyn Membership>, ServerError> {
+async fn join_cluster(
+    config: &BrokerConfig,
+    run: Option<u64>,
+) -> Result<Arc<dyn Membership>, ServerError> {
     let cluster = &config.cluster;
     let Some(bind) = cluster.gossip_bind else {
         return Ok(Arc::new(SingleNode::new(config.node_id.as_str())));
     };
     let mut gossip = GossipConfig::new(config.node_id.as_str(), bind);
     gossip.advertise = cluster.gossip_advertise;
+    gossip.run = run;
     gossip.seeds = cluster.gossip_seeds.clone();
     if let Some(path) = &cluster.gossip_key_file {
         gossip.secret_key = Some(membership::load_key_file(path)?);
@@ -328,11 +335,15 @@ async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
                             }
                         });
                         // Its registration goes once the adoption worked; otherwise the
-                        // adoption sweep tries again.
+                        // adoption sweep tries again. The run is the one that departed: a
+                        // node back under a newer run keeps its sessions and registration.
                         if is_adopter(&*membership, &node.id).await
-                            && broker.adopt_sessions_of(&node.id, Leftovers::Departed).await
+                            && broker
+                                .adopt_sessions_of(&node.id, node.run, Leftovers::Departed)
+                                .await
+                                == AdoptionOutcome::Adopted
                         {
-                            link.remove_node_entries(&node.id);
+                            link.remove_node_entries(&node.id, node.run);
                         }
                     }
                 }

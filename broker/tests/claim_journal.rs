@@ -390,6 +390,7 @@ async fn recovery_delivers_a_dead_nodes_claimed_copies_again_in_order_but_never_
     broker
         .adopt_sessions_of(
             "node-x",
+            None,
             starling_broker::cluster::recovery::Leftovers::Departed,
         )
         .await;

@@ -1083,7 +1083,11 @@ async fn a_session_parked_by_a_shutdown_keeps_its_will_for_the_adopter_once() {
         };
         assert_eq!(parked.expect("detach"), Detached::Stored);
     }
-    let mut adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    let mut adopted = b
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     adopted.sort_by(|x, y| x.client_id.cmp(&y.client_id));
     let wills: Vec<_> = adopted
         .iter()
@@ -1107,7 +1111,11 @@ async fn a_session_parked_by_a_shutdown_keeps_its_will_for_the_adopter_once() {
         ],
         "only the session parked by a shutdown hands its will to the adopter"
     );
-    let again = a.adopt_sessions("node-b").await.expect("adopt");
+    let again = a
+        .adopt_sessions("node-b", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     assert!(
         again.iter().all(|s| s.will.is_none()),
         "a will is handed over once"
@@ -1128,10 +1136,18 @@ async fn an_adoption_whose_answer_was_lost_gives_the_same_sessions_and_wills_aga
         .expect("attach");
 
     // The script is loaded (as after any earlier adoption): the stalled call sends EVALSHA.
-    assert!(b.adopt_sessions("node-z").await.expect("adopt").is_empty());
+    assert!(b
+        .adopt_sessions("node-z", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt")
+        .is_empty());
     // Redis stalls: the adoption's call times out, and Redis runs the script afterwards.
     server.pause();
-    let lost = hasty.adopt_sessions("node-a").await;
+    let lost = hasty
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions);
     server.resume();
     assert!(lost.is_err(), "the answer is lost");
     eventually("the script ran after the stall", || async {
@@ -1144,7 +1160,11 @@ async fn an_adoption_whose_answer_was_lost_gives_the_same_sessions_and_wills_aga
     .await;
 
     // Tried again, the adoption answers what the lost answer held, once.
-    let adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    let adopted = b
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     let wills: Vec<_> = adopted
         .iter()
         .map(|s| {
@@ -1158,7 +1178,12 @@ async fn an_adoption_whose_answer_was_lost_gives_the_same_sessions_and_wills_aga
         wills,
         [("orphan".to_string(), Some(Bytes::from_static(b"orphaned")))]
     );
-    assert!(b.adopt_sessions("node-a").await.expect("adopt").is_empty());
+    assert!(b
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt")
+        .is_empty());
 }
 
 #[tokio::test]
@@ -1183,12 +1208,17 @@ async fn a_node_back_under_its_id_finds_the_sessions_a_survivor_adopted_from_it(
     .expect("save");
     // Node A dies; node B adopts its session; node A comes back under its id and recovers
     // what its earlier run left: the session is reported, as moved, with its subscriptions.
-    let adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    let adopted = b
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     assert_eq!(adopted.len(), 1);
     assert!(!adopted[0].moved);
     let own = a
-        .adopt_sessions("node-a")
+        .adopt_sessions("node-a", None)
         .await
+        .map(|a| a.sessions)
         .expect("adopt own earlier run");
     let summary: Vec<_> = own
         .iter()
@@ -1248,7 +1278,11 @@ async fn sessions_claimed_away_from_a_node_are_reported_when_it_departs() {
         .await
         .expect("claim");
 
-    let adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    let adopted = b
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     let summary: Vec<_> = adopted
         .iter()
         .map(|s| {
@@ -1275,7 +1309,11 @@ async fn sessions_claimed_away_from_a_node_are_reported_when_it_departs() {
     assert_eq!(info.node.as_deref(), Some("node-c"), "left where it is");
     // Later adoptions of the same id (the node back under it, recovering its earlier run) hear
     // of it again, only as moved: nothing is adopted twice.
-    let again = b.adopt_sessions("node-a").await.expect("adopt");
+    let again = b
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     assert!(
         again.iter().all(|s| s.moved && s.will.is_none()),
         "{again:?}"
@@ -1349,7 +1387,11 @@ async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
         .await
         .expect("claim");
 
-    let mut adopted = b.adopt_sessions("node-a").await.expect("adopt");
+    let mut adopted = b
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     adopted.sort_by(|x, y| x.client_id.cmp(&y.client_id));
     let summary: Vec<_> = adopted
         .iter()
@@ -1412,7 +1454,11 @@ async fn a_departed_nodes_sessions_are_adopted_once_with_their_wills() {
     );
     // However many survivors try, each session (and its will) is adopted once: later tries
     // only hear of the sessions as moved (for recovering the departed node's inbox).
-    let again = c.adopt_sessions("node-a").await.expect("adopt");
+    let again = c
+        .adopt_sessions("node-a", None)
+        .await
+        .map(|a| a.sessions)
+        .expect("adopt");
     assert!(
         again.iter().all(|s| s.moved && s.will.is_none()),
         "adopted once: {again:?}"
@@ -1692,4 +1738,78 @@ async fn a_session_stored_by_one_node_resumes_on_another_with_its_subscriptions(
     let p = sub.publish().await;
     assert_eq!(&p.topic[..], b"moved/x");
     assert_eq!(&p.payload[..], b"found");
+}
+
+#[tokio::test]
+async fn a_node_back_under_a_newer_run_keeps_its_sessions_from_the_adopter_of_its_earlier_run() {
+    let server = RedisServer::start().await;
+    let (a, b) = (node(&server, "node-a").await, node(&server, "node-b").await);
+    let mut con = server.client().await;
+    let run_key = "starling:v1:node:node-a:run";
+    // Node A's first run (run 100) held a connection for "earlier" and died.
+    let _: () = redis::cmd("SET")
+        .arg(run_key)
+        .arg(100)
+        .query_async(&mut con)
+        .await
+        .expect("SET run");
+    let earlier: ClientId = "earlier".into();
+    a.attach_session(&earlier, &persistent_claim(60, Some("gone")))
+        .await
+        .expect("attach");
+    // Node A came back as run 200 before node B got to adopt run 100: it took its earlier
+    // run's sessions itself, and a client connected to it again.
+    let _: () = redis::cmd("SET")
+        .arg(run_key)
+        .arg(200)
+        .query_async(&mut con)
+        .await
+        .expect("SET run");
+    let own = a
+        .adopt_sessions("node-a", None)
+        .await
+        .expect("adopt own earlier run");
+    assert_eq!(own.sessions.len(), 1, "the new run adopts its earlier run");
+    assert!(!own.node_returned);
+    let returning: ClientId = "returning".into();
+    a.attach_session(&returning, &persistent_claim(60, None))
+        .await
+        .expect("attach");
+
+    // Node B adopts the run that departed: nothing of the new run's is touched.
+    let late = b
+        .adopt_sessions("node-a", Some(100))
+        .await
+        .expect("adopt departed run");
+    assert!(late.node_returned, "node B learns that node A is back");
+    assert!(late.sessions.is_empty(), "nothing adopted: {late:?}");
+    for id in ["earlier", "returning"] {
+        let info = a.session_info(id).await.expect("info").expect("session");
+        assert_eq!(info.node.as_deref(), Some("node-a"), "{id} stays on node A");
+    }
+    let state: Option<String> = redis::cmd("HGET")
+        .arg("starling:v1:session:returning")
+        .arg("state")
+        .query_async(&mut con)
+        .await
+        .expect("HGET");
+    assert_eq!(
+        state.as_deref(),
+        Some("online"),
+        "the live connection's session"
+    );
+
+    // Adopting the run that is registered (it departed too) takes the sessions.
+    let adopted = b
+        .adopt_sessions("node-a", Some(200))
+        .await
+        .expect("adopt registered run");
+    assert!(!adopted.node_returned);
+    let mut ids: Vec<_> = adopted
+        .sessions
+        .iter()
+        .map(|s| s.client_id.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["earlier", "returning"]);
 }

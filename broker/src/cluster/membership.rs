@@ -35,9 +35,9 @@
 //!   (nodes started together, each seeing only some of the others in DNS) merge.
 
 use async_trait::async_trait;
-use memberlist::delegate::{CompositeDelegate, EventDelegate, VoidDelegate};
+use memberlist::delegate::{CompositeDelegate, EventDelegate, NodeDelegate, VoidDelegate};
 use memberlist::net::{HostAddr, NetTransportOptions};
-use memberlist::proto::{EncryptionAlgorithm, MaybeResolvedAddress, NodeState, SecretKey};
+use memberlist::proto::{EncryptionAlgorithm, MaybeResolvedAddress, Meta, NodeState, SecretKey};
 use memberlist::tokio::{TokioHostAddrResolver, TokioNetTransport, TokioTcp};
 use memberlist::transport::NodeId;
 use memberlist::Options;
@@ -72,6 +72,9 @@ pub struct NodeInfo {
     pub id: String,
     /// The address the node's gossip is reached at (for [`SingleNode`], `0.0.0.0:0`).
     pub addr: SocketAddr,
+    /// The run of the node this is about (its process since it last started, see
+    /// [`GossipConfig::run`]); `None` when the node publishes none.
+    pub run: Option<u64>,
 }
 
 /// A change in the cluster's membership, as seen by this node. Never about the node itself.
@@ -163,6 +166,7 @@ impl SingleNode {
             me: NodeInfo {
                 id: node_id.into(),
                 addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                run: None,
             },
             events: broadcast::channel(1).0,
         }
@@ -244,6 +248,10 @@ pub struct GossipConfig {
     pub dead_node_reclaim: Duration,
     /// Protocol timings.
     pub tuning: GossipTuning,
+    /// This node's run, published with its gossip: a node restarting under the same id is
+    /// told apart from its earlier run by it, so that what is done about the earlier run's
+    /// departure (adopting its sessions) never touches the new one. `None` publishes nothing.
+    pub run: Option<u64>,
 }
 
 impl GossipConfig {
@@ -258,6 +266,7 @@ impl GossipConfig {
             secret_key: None,
             dead_node_reclaim: Duration::from_secs(3),
             tuning: GossipTuning::default(),
+            run: None,
         }
     }
 }
@@ -306,7 +315,23 @@ type Delegate = CompositeDelegate<
     VoidDelegate<NodeId, SocketAddr>,
     VoidDelegate<NodeId, SocketAddr>,
     EventForwarder,
+    VoidDelegate<NodeId, SocketAddr>,
+    RunMeta,
 >;
+
+/// Publishes this node's run as its gossip metadata (decimal; empty when it has none).
+struct RunMeta(Meta);
+
+impl NodeDelegate for RunMeta {
+    async fn node_meta(&self, _limit: usize) -> Meta {
+        self.0.clone()
+    }
+}
+
+/// The run a node publishes in its metadata, if it publishes one.
+fn published_run(meta: &[u8]) -> Option<u64> {
+    std::str::from_utf8(meta).ok()?.parse().ok()
+}
 type Gossip = memberlist::Memberlist<Transport, Delegate>;
 
 /// Passes memberlist's join and leave notifications on as [`MemberEvent`]s.
@@ -356,6 +381,7 @@ fn node_info(node: &NodeState<NodeId, SocketAddr>) -> NodeInfo {
     NodeInfo {
         id: node.id().as_str().to_string(),
         addr: *node.address(),
+        run: published_run(node.meta()),
     }
 }
 
@@ -418,10 +444,19 @@ impl GossipMembership {
         }
 
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let delegate = CompositeDelegate::new().with_event_delegate(EventForwarder {
-            local: id.clone(),
-            events: events.clone(),
-        });
+        let meta = match config.run {
+            Some(run) => Meta::try_from(run.to_string()).map_err(|e| MembershipError::Start {
+                bind: config.bind,
+                reason: e.to_string(),
+            })?,
+            None => Meta::empty(),
+        };
+        let delegate = CompositeDelegate::new()
+            .with_event_delegate(EventForwarder {
+                local: id.clone(),
+                events: events.clone(),
+            })
+            .with_node_delegate(RunMeta(meta));
         let gossip = Gossip::with_delegate(delegate, transport, options)
             .await
             .map_err(|e| MembershipError::Start {

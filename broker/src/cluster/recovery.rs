@@ -99,12 +99,14 @@ impl AdoptedRoutes {
 }
 
 /// Recovers `node`'s journal and inbox leftovers; `routes` are the subscriptions of the sessions
-/// adopted from it. Logs what it did; a failure leaves the rest in Redis for a later attempt
-/// (the next restart of that node id).
+/// adopted from it, `run` the departed run when known (what a newer run of the same node id
+/// journals or is sent is left to it). Logs what it did; a failure leaves the rest in Redis for
+/// a later attempt (the next restart of that node id).
 pub async fn recover(
     link: Arc<ClusterLink>,
     broker: Arc<Broker>,
     node: String,
+    run: Option<u64>,
     leftovers: Leftovers,
     routes: AdoptedRoutes,
 ) {
@@ -115,14 +117,16 @@ pub async fn recover(
             return;
         }
     };
-    let journalled = match recover_journal(&link, &broker, &mut con, &node, leftovers).await {
+    let journalled = match recover_journal(&link, &broker, &mut con, &node, run, leftovers).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(node, error = %e, "recovery of the delivery journal failed");
             0
         }
     };
-    let relayed = match recover_inbox(&link, &broker, &mut con, &node, leftovers, &routes).await {
+    let departure = Departure { node: &node, run };
+    let relayed = match recover_inbox(&link, &broker, &mut con, departure, leftovers, &routes).await
+    {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(node, error = %e, "recovery of the inbox failed");
@@ -138,12 +142,14 @@ pub async fn recover(
     );
 }
 
-/// Re-delivers the copies in `node`'s journal, oldest first; returns how many.
+/// Re-delivers the copies in `node`'s journal, oldest first (up to the departed `run`'s, when
+/// known); returns how many.
 async fn recover_journal(
     link: &ClusterLink,
     broker: &Broker,
     con: &mut MultiplexedConnection,
     node: &str,
+    run: Option<u64>,
     leftovers: Leftovers,
 ) -> redis::RedisResult<usize> {
     let key = link.journal_key(node);
@@ -155,7 +161,8 @@ async fn recover_journal(
         .filter_map(|(field, value)| {
             let order = journal::parse_field(&field)?;
             let ours = leftovers == Leftovers::EarlierRuns && order.0 == link.run();
-            (!ours).then_some((order, field, value))
+            let newer_run = run.is_some_and(|departed| order.0 > departed);
+            (!ours && !newer_run).then_some((order, field, value))
         })
         .collect();
     entries.sort_by_key(|(order, _, _)| *order);
@@ -182,16 +189,28 @@ async fn recover_journal(
     Ok(count)
 }
 
+/// A node whose leftovers are recovered, and its departed run when known.
+#[derive(Clone, Copy)]
+struct Departure<'a> {
+    node: &'a str,
+    run: Option<u64>,
+}
+
 /// Re-delivers what `node`'s inbox still holds; for a departed node, keeps reading for [`TAIL`]
-/// (unless the node comes back). Returns how many copies it delivered.
+/// (unless gossip says the node is back). Returns how many copies it delivered.
+///
+/// Once a newer run of the node has registered (it reads its inbox from its start on), the
+/// entries from that start on are delivered to the adopted sessions (other nodes may still be
+/// relaying to this inbox for them) but not deleted: the new run reads them too.
 async fn recover_inbox(
     link: &ClusterLink,
     broker: &Broker,
     con: &mut MultiplexedConnection,
-    node: &str,
+    departure: Departure<'_>,
     leftovers: Leftovers,
     routes: &AdoptedRoutes,
 ) -> redis::RedisResult<usize> {
+    let node = departure.node;
     let key = link.inbox_key(node);
     let end = match leftovers {
         Leftovers::Departed => "+".to_string(),
@@ -216,11 +235,20 @@ async fn recover_inbox(
         if let Some((last, _)) = entries.last() {
             next = format!("({last}");
         }
+        let newer_run = match (leftovers, departure.run) {
+            (Leftovers::Departed, Some(departed)) => link
+                .registered_run(con, node)
+                .await?
+                .filter(|&registered| registered != departed),
+            _ => None,
+        };
         let mut handled = Vec::with_capacity(entries.len());
         let full_page = entries.len() == PAGE;
         for (id, fields) in entries {
             count += redeliver_entry(broker, routes, node, &fields).await;
-            handled.push(id);
+            if newer_run.is_none_or(|start| before_run(&id, start)) {
+                handled.push(id);
+            }
         }
         if !handled.is_empty() {
             link.delete_after_writes("XDEL", &key, handled);
@@ -234,6 +262,18 @@ async fn recover_inbox(
             return Ok(count);
         }
         tokio::time::sleep(TAIL_POLL).await;
+    }
+}
+
+/// Whether stream entry `id` was added before a run that started at `start` (ms, Redis time)
+/// read its inbox: that run reads after `<start>-0`. An unreadable id counts as before.
+fn before_run(id: &str, start: u64) -> bool {
+    let mut parts = id.splitn(2, '-');
+    let ms = parts.next().and_then(|ms| ms.parse::<u64>().ok());
+    let seq = parts.next().and_then(|seq| seq.parse::<u64>().ok());
+    match (ms, seq) {
+        (Some(ms), Some(seq)) => (ms, seq) <= (start, 0),
+        _ => true,
     }
 }
 
@@ -280,5 +320,19 @@ async fn redeliver_entry(
         }
         // Hand-over requests and answers are for the node that is gone.
         Some(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::before_run;
+
+    #[test]
+    fn entries_up_to_a_runs_start_are_before_it() {
+        assert!(before_run("99-5", 100));
+        assert!(before_run("100-0", 100));
+        assert!(!before_run("100-1", 100));
+        assert!(!before_run("101-0", 100));
+        assert!(before_run("not-an-id", 100));
     }
 }

@@ -121,8 +121,15 @@ enum Outbound {
         node: NodeId,
         fields: Vec<(&'static str, Vec<u8>)>,
     },
-    DropNode(NodeId),
+    /// A departed node's registration, removed unless a newer run than this one holds it.
+    DropNode {
+        node: NodeId,
+        run: Option<u64>,
+    },
 }
+
+/// Removes a departed run's registration (see the script's header).
+const DROP_NODE: &str = include_str!("relay/drop_node.lua");
 
 /// Kinds of control entries (field `k`).
 const KIND_RELEASE: &[u8] = b"release";
@@ -161,6 +168,10 @@ impl Keys {
     }
     fn inbox_read(&self, node: &str) -> String {
         format!("{}v1:inbox:{node}:read", self.prefix)
+    }
+    /// The run a node registered as it last started (see [`ClusterLink::run`]).
+    fn run(&self, node: &str) -> String {
+        format!("{}v1:node:{node}:run", self.prefix)
     }
     fn epoch(&self) -> String {
         format!("{}v1:epoch", self.prefix)
@@ -217,17 +228,6 @@ impl ClusterLink {
         let keys = Keys {
             prefix: prefix.to_string(),
         };
-        redis::pipe()
-            .cmd("DEL")
-            .arg(keys.entries(node_id))
-            .ignore()
-            .cmd("SADD")
-            .arg(keys.nodes())
-            .arg(node_id)
-            .ignore()
-            .query_async::<()>(&mut writer)
-            .await
-            .map_err(relay_error)?;
         let mut inbox = inbox::inbox_connection(&client)
             .await
             .map_err(relay_error)?;
@@ -238,6 +238,24 @@ impl ClusterLink {
             .await
             .map_err(relay_error)?;
         let now_ms = seconds * 1000 + micros / 1000;
+        // One step, so that an adopter removing an earlier run's registration (drop_node.lua)
+        // finds either all of the old one or the new run.
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(keys.entries(node_id))
+            .ignore()
+            .cmd("SADD")
+            .arg(keys.nodes())
+            .arg(node_id)
+            .ignore()
+            .cmd("SET")
+            .arg(keys.run(node_id))
+            .arg(now_ms)
+            .ignore()
+            .query_async::<()>(&mut writer)
+            .await
+            .map_err(relay_error)?;
         let outbound = Arc::new(WorkQueue::default());
         let link = Arc::new(ClusterLink {
             node_id: node_id.into(),
@@ -414,9 +432,25 @@ impl ClusterLink {
         self.keys.inbox(node)
     }
 
-    /// This run of the node, as its journal fields name it.
-    pub(super) fn run(&self) -> u64 {
+    /// This run of the node: when it started, in ms of Redis's clock. Its journal fields name
+    /// it, it is registered in Redis and published with the node's gossip, so that what is done
+    /// about a departed run never touches a newer run of the same node id.
+    pub fn run(&self) -> u64 {
         self.run
+    }
+
+    /// The run `node` registered as it last started; `None` if none is registered (it was
+    /// removed with the node's adoption, or the node predates runs).
+    pub(super) async fn registered_run(
+        &self,
+        con: &mut MultiplexedConnection,
+        node: &str,
+    ) -> redis::RedisResult<Option<u64>> {
+        let run: Option<String> = redis::cmd("GET")
+            .arg(self.keys.run(node))
+            .query_async(con)
+            .await?;
+        Ok(run.and_then(|r| r.parse().ok()))
     }
 
     /// The first inbox entry id this run reads.
@@ -547,18 +581,28 @@ impl ClusterLink {
     }
 
     /// The nodes registered in Redis (each adds itself when it starts; a departed node's
-    /// registration goes with its adoption).
-    pub async fn registered_nodes(&self) -> redis::RedisResult<HashSet<String>> {
+    /// registration goes with its adoption), each with the run it registered, if any.
+    pub async fn registered_nodes(&self) -> redis::RedisResult<HashMap<String, Option<u64>>> {
         let mut con = self.recovery_connection().await?;
-        redis::cmd("SMEMBERS")
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.nodes())
             .query_async(&mut con)
-            .await
+            .await?;
+        let mut registered = HashMap::with_capacity(nodes.len());
+        for node in nodes {
+            let run = self.registered_run(&mut con, &node).await?;
+            registered.insert(node, run);
+        }
+        Ok(registered)
     }
 
-    /// Deletes a departed node's entry set, so nobody rebuilds routes to it from Redis.
-    pub fn remove_node_entries(&self, node: &str) {
-        self.queue(Outbound::DropNode(node.into()));
+    /// Removes a departed node's registration and entry set, so nobody rebuilds routes to it
+    /// from Redis; `run` is the departed run (a newer run's registration stays).
+    pub fn remove_node_entries(&self, node: &str, run: Option<u64>) {
+        self.queue(Outbound::DropNode {
+            node: node.into(),
+            run,
+        });
     }
 
     /// Handles a control entry read from this node's inbox.
@@ -1082,15 +1126,19 @@ async fn write_loop(
                     }
                     xadd.ignore();
                 }
-                Outbound::DropNode(node) => {
+                Outbound::DropNode { node, run } => {
                     packs.packers.retain(|(n, _)| n != node);
                     flow.unread.forget(node);
                     flow.stalled.remove(node);
-                    pipe.cmd("DEL").arg(link.keys.entries(node)).ignore();
-                    pipe.cmd("DEL").arg(link.keys.inbox_read(node)).ignore();
-                    pipe.cmd("SREM")
+                    pipe.cmd("EVAL")
+                        .arg(DROP_NODE)
+                        .arg(4)
                         .arg(link.keys.nodes())
+                        .arg(link.keys.entries(node))
+                        .arg(link.keys.inbox_read(node))
+                        .arg(link.keys.run(node))
                         .arg(&**node)
+                        .arg(run.map(|r| r.to_string()).unwrap_or_default())
                         .ignore();
                 }
                 Outbound::Journal { field, value } => {

@@ -10,7 +10,7 @@
 
 use super::membership::Membership;
 use super::recovery::Leftovers;
-use crate::broker::Broker;
+use crate::broker::{AdoptionOutcome, Broker};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,31 +22,43 @@ pub const ABSENT_SWEEPS: u32 = 3;
 
 /// Counts, sweep after sweep, how long registered nodes have been missing from gossip.
 #[derive(Default)]
-pub struct Absences(HashMap<String, u32>);
+pub struct Absences(HashMap<String, Absence>);
+
+/// How long one registered run of a node has been missing.
+struct Absence {
+    run: Option<u64>,
+    sweeps: u32,
+}
 
 impl Absences {
-    /// Records one sweep; returns the nodes missing for [`ABSENT_SWEEPS`] sweeps (and forgets
-    /// them: they are adopted now, and counted afresh should that fail).
+    /// Records one sweep of the `registered` nodes (each with its registered run); returns
+    /// the nodes whose run has been missing for [`ABSENT_SWEEPS`] sweeps (and forgets them:
+    /// they are adopted now, and counted afresh should that fail). A node registering a new
+    /// run (it restarted) is counted afresh.
     pub fn sweep(
         &mut self,
         me: &str,
-        registered: &HashSet<String>,
+        registered: &HashMap<String, Option<u64>>,
         members: &HashSet<String>,
-    ) -> Vec<String> {
-        self.0
-            .retain(|node, _| registered.contains(node) && !members.contains(node));
+    ) -> Vec<(String, Option<u64>)> {
+        self.0.retain(|node, absence| {
+            registered.get(node) == Some(&absence.run) && !members.contains(node)
+        });
         let mut due = Vec::new();
-        for node in registered {
+        for (node, run) in registered {
             if node == me || members.contains(node) {
                 continue;
             }
-            let count = self.0.entry(node.clone()).or_insert(0);
-            *count += 1;
-            if *count >= ABSENT_SWEEPS {
-                due.push(node.clone());
+            let absence = self.0.entry(node.clone()).or_insert(Absence {
+                run: *run,
+                sweeps: 0,
+            });
+            absence.sweeps += 1;
+            if absence.sweeps >= ABSENT_SWEEPS {
+                due.push((node.clone(), *run));
             }
         }
-        for node in &due {
+        for (node, _) in &due {
             self.0.remove(node);
         }
         due.sort();
@@ -95,15 +107,22 @@ pub async fn run(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
                 continue;
             }
         };
-        for node in absences.sweep(me, &registered, &members) {
+        for (node, run) in absences.sweep(me, &registered, &members) {
             tracing::warn!(
                 node = %node,
+                ?run,
                 "a node registered in redis has been out of the cluster for {:?}: adopting its sessions",
                 INTERVAL * ABSENT_SWEEPS
             );
-            if broker.adopt_sessions_of(&node, Leftovers::Departed).await {
-                link.remove_node_entries(&node);
-                broker.metrics.adoption_sweeps.inc();
+            match broker
+                .adopt_sessions_of(&node, run, Leftovers::Departed)
+                .await
+            {
+                AdoptionOutcome::Adopted => {
+                    link.remove_node_entries(&node, run);
+                    broker.metrics.adoption_sweeps.inc();
+                }
+                AdoptionOutcome::NodeReturned | AdoptionOutcome::Failed => {}
             }
         }
     }
@@ -117,14 +136,23 @@ mod tests {
         ids.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Registered nodes, each with run 1.
+    fn runs(ids: &[&str]) -> HashMap<String, Option<u64>> {
+        ids.iter().map(|s| (s.to_string(), Some(1))).collect()
+    }
+
+    fn due(nodes: &[&str]) -> Vec<(String, Option<u64>)> {
+        nodes.iter().map(|s| (s.to_string(), Some(1))).collect()
+    }
+
     #[test]
     fn a_node_missing_from_gossip_for_three_sweeps_is_due() {
         let mut absences = Absences::default();
-        let registered = set(&["a", "b", "c"]);
+        let registered = runs(&["a", "b", "c"]);
         let members = set(&["a", "b"]);
         assert!(absences.sweep("a", &registered, &members).is_empty());
         assert!(absences.sweep("a", &registered, &members).is_empty());
-        assert_eq!(absences.sweep("a", &registered, &members), vec!["c"]);
+        assert_eq!(absences.sweep("a", &registered, &members), due(&["c"]));
         // Counted afresh (its adoption may have failed).
         assert!(absences.sweep("a", &registered, &members).is_empty());
     }
@@ -132,7 +160,7 @@ mod tests {
     #[test]
     fn a_node_that_shows_up_in_gossip_starts_over() {
         let mut absences = Absences::default();
-        let registered = set(&["a", "c"]);
+        let registered = runs(&["a", "c"]);
         assert!(absences.sweep("a", &registered, &set(&["a"])).is_empty());
         assert!(absences.sweep("a", &registered, &set(&["a"])).is_empty());
         assert!(absences
@@ -140,14 +168,30 @@ mod tests {
             .is_empty());
         assert!(absences.sweep("a", &registered, &set(&["a"])).is_empty());
         assert!(absences.sweep("a", &registered, &set(&["a"])).is_empty());
-        assert_eq!(absences.sweep("a", &registered, &set(&["a"])), vec!["c"]);
+        assert_eq!(absences.sweep("a", &registered, &set(&["a"])), due(&["c"]));
+    }
+
+    #[test]
+    fn a_node_that_registers_a_new_run_starts_over_and_is_due_under_it() {
+        let mut absences = Absences::default();
+        let members = set(&["a"]);
+        let mut registered = runs(&["a", "c"]);
+        assert!(absences.sweep("a", &registered, &members).is_empty());
+        assert!(absences.sweep("a", &registered, &members).is_empty());
+        registered.insert("c".into(), Some(2));
+        assert!(absences.sweep("a", &registered, &members).is_empty());
+        assert!(absences.sweep("a", &registered, &members).is_empty());
+        assert_eq!(
+            absences.sweep("a", &registered, &members),
+            vec![("c".to_string(), Some(2))]
+        );
     }
 
     #[test]
     fn this_node_is_never_due() {
         let mut absences = Absences::default();
         for _ in 0..5 {
-            assert!(absences.sweep("a", &set(&["a"]), &set(&[])).is_empty());
+            assert!(absences.sweep("a", &runs(&["a"]), &set(&[])).is_empty());
         }
     }
 }

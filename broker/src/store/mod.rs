@@ -235,6 +235,18 @@ pub struct AdoptedSession {
     pub moved: bool,
 }
 
+/// What an adoption of a departed node's sessions found.
+#[derive(Debug, Clone, Default)]
+pub struct Adoption {
+    /// The sessions taken over (and those listed only because they moved, see
+    /// [`AdoptedSession::moved`]).
+    pub sessions: Vec<AdoptedSession>,
+    /// The node is back under a newer run than the one that departed: nothing of it was
+    /// adopted (`sessions` holds only what an earlier, interrupted call of this adopter took),
+    /// and what it left is the new run's to recover.
+    pub node_returned: bool,
+}
+
 /// A session removed by the expiry sweep.
 #[derive(Debug, Clone)]
 pub struct ExpiredSession {
@@ -315,10 +327,16 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Takes over the sessions of a node that left the cluster. A store only this node uses
-    /// has none.
-    async fn adopt_sessions(&self, _departed: &str) -> Result<Vec<AdoptedSession>, StoreError> {
-        Ok(Vec::new())
+    /// Takes over the sessions of a node that left the cluster. With `run`, only if that run of
+    /// the node is the one registered (or none is): a node that came back under the same id
+    /// registered a newer run, and its sessions are its own again (nothing is adopted). A store
+    /// only this node uses has none.
+    async fn adopt_sessions(
+        &self,
+        _departed: &str,
+        _run: Option<u64>,
+    ) -> Result<Adoption, StoreError> {
+        Ok(Adoption::default())
     }
 
     /// Offers a message to a session's queue. Unless `force` is set, a session that is attached

@@ -32,7 +32,7 @@ mod plain;
 pub use codec::{DecodeError, ENCODING_VERSION};
 
 use super::{
-    AdoptedSession, Attached, Completed, Detached, Enqueued, ExpiredSession, Holder,
+    AdoptedSession, Adoption, Attached, Completed, Detached, Enqueued, ExpiredSession, Holder,
     InflightMessage, QueuedMessage, SessionClaim, Store, StoreError, StoredSession,
     StoredSubscription,
 };
@@ -310,6 +310,12 @@ impl RedisStore {
     /// This node's stash of its adoption of `departed` (adopt.lua), until it has the answer.
     fn adoption_stash_key(&self, departed: &str) -> String {
         format!("{}node:{}:adopting:{departed}", self.base, self.node_id)
+    }
+
+    /// The run a node registered when it last started (written by the cluster link, see
+    /// `cluster::relay`): adoption of an earlier run stops at it.
+    fn node_run_key(&self, node: &str) -> String {
+        format!("{}node:{node}:run", self.base)
     }
 
     /// The sessions claimed away from a node in the last minute (zset scored by time, ms).
@@ -866,7 +872,11 @@ impl Store for RedisStore {
         self.run_script(invocation).await.map(|_| ())
     }
 
-    async fn adopt_sessions(&self, departed: &str) -> Result<Vec<AdoptedSession>, StoreError> {
+    async fn adopt_sessions(
+        &self,
+        departed: &str,
+        run: Option<u64>,
+    ) -> Result<Adoption, StoreError> {
         let grace_ms = u64::try_from(self.expiry_grace.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.scripts.adopt.prepare_invoke();
         invocation
@@ -876,13 +886,18 @@ impl Store for RedisStore {
             .key(self.expiry_key())
             .key(self.node_moved_key(departed))
             .key(self.adoption_stash_key(departed))
+            .key(self.node_run_key(departed))
             .arg(departed)
             .arg(&self.node_id)
             .arg(millis_since_epoch(SystemTime::now()))
             .arg(grace_ms)
-            .arg(&self.key_prefixes()[..]);
+            .arg(&self.key_prefixes()[..])
+            .arg(run.map(|r| r.to_string()).unwrap_or_default());
+        let [returned, entries]: [Value; 2] = array(self.run_script(invocation).await?)?
+            .try_into()
+            .map_err(|_| malformed("an adoption answers a flag and a list"))?;
         let mut adopted = Vec::new();
-        for entry in array(self.run_script(invocation).await?)? {
+        for entry in array(entries)? {
             let [id, will, subs, was_online, _ended, moved]: [Value; 6] = array(entry)?
                 .try_into()
                 .map_err(|_| malformed("an adopted session has six parts"))?;
@@ -909,7 +924,10 @@ impl Store for RedisStore {
         {
             tracing::debug!(error = %e, "adoption stash not deleted");
         }
-        Ok(adopted)
+        Ok(Adoption {
+            sessions: adopted,
+            node_returned: int(returned)? == 1,
+        })
     }
 
     async fn enqueue(

@@ -164,6 +164,12 @@ async fn graceful_leave_is_seen_as_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_node_is_seen_as_left_and_is_taken_back_when_it_restarts_elsewhere() {
+    // Each run of c publishes its run: the others tell the departed run from the new one.
+    let run_of_c = |run| {
+        let mut config = config("c", &[]);
+        config.run = Some(run);
+        config
+    };
     let a = node("a", &[]).await;
     let b = node("b", &[seed_of(&a)]).await;
 
@@ -175,7 +181,10 @@ async fn failed_node_is_seen_as_left_and_is_taken_back_when_it_restarts_elsewher
         .build()
         .expect("runtime");
     let c = c_runtime
-        .spawn(GossipMembership::start(config("c", &[seed_of(&a)])))
+        .spawn(GossipMembership::start(GossipConfig {
+            seeds: vec![seed_of(&a)],
+            ..run_of_c(1)
+        }))
         .await
         .expect("start task")
         .expect("gossip starts");
@@ -193,18 +202,25 @@ async fn failed_node_is_seen_as_left_and_is_taken_back_when_it_restarts_elsewher
             unreachable!()
         };
         assert_eq!(n.addr, old_addr);
+        assert_eq!(n.run, Some(1), "the departed run");
     }
     tracing::info!(elapsed = ?died.elapsed(), "failure detected");
     wait_members(a.as_ref(), &["a", "b"]).await;
 
     // The same id at a new port: memberlist refuses that unless dead_node_reclaim_time is set.
-    let c2 = node("c", &[seed_of(&b)]).await;
+    let c2 = GossipMembership::start(GossipConfig {
+        seeds: vec![seed_of(&b)],
+        ..run_of_c(2)
+    })
+    .await
+    .expect("gossip starts");
     assert_ne!(c2.advertise_addr(), old_addr);
     for rx in [&mut a_events, &mut b_events] {
         let MemberEvent::Joined(n) = wait_event(rx, "Joined(c) again", joined("c")).await else {
             unreachable!()
         };
         assert_eq!(n.addr, c2.advertise_addr());
+        assert_eq!(n.run, Some(2), "the new run");
     }
     for n in [&a, &b, &c2] {
         wait_members(n.as_ref(), &["a", "b", "c"]).await;

@@ -87,9 +87,14 @@ pub(super) async fn watch_health(
         }
         if lost || !was_up || declared_dead {
             let _ = redis::pipe()
+                .atomic()
                 .cmd("SADD")
                 .arg(link.keys.nodes())
                 .arg(&*link.node_id)
+                .ignore()
+                .cmd("SET")
+                .arg(link.keys.run(&link.node_id))
+                .arg(link.run)
                 .ignore()
                 .query_async::<()>(&mut con)
                 .await;

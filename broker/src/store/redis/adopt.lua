@@ -4,10 +4,16 @@
 -- KEYS[3] session index set                 KEYS[4] expiry index zset
 -- KEYS[5] the departed node's `moved` zset (sessions claimed away from it, see attach.lua)
 -- KEYS[6] the survivor's stash of this adoption's answer (see below)
+-- KEYS[7] the departed node's registered run
 -- ARGV[1] departed node id  ARGV[2] survivor node id   ARGV[3] now (ms since the Unix epoch)
 -- ARGV[4] grace added to an offline session's TTL (ms)
 -- ARGV[5..9] key name prefixes of the session hash, subscriptions, in-flight, queue and
 --            incoming QoS 2 keys (the client id follows each prefix)
+-- ARGV[10] the run of the departed node being adopted, '' when not known
+--
+-- A departed node that is back under the same id, with another run registered than the one
+-- that departed, is not adopted from: its sessions (claimed again by the new run, or its
+-- earlier run's, which the new run adopts itself when it starts) stay where they are.
 --
 -- A node restarting under its old id adopts its own earlier run's sessions the same way.
 -- Sessions the departed node held online become offline (their expiry starts now) and those
@@ -19,8 +25,9 @@
 -- be recovered (see the broker's cluster::recovery). The sessions a survivor adopts or hears
 -- of as moved are added to that zset: a node back under its old id recovers its earlier run's
 -- inbox for them too.
--- Returns {client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended,
--- 1 if it moved to another node}...
+-- Returns {1 if the departed node is back under a newer run (nothing adopted) else 0,
+-- {{client id, will or '', HGETALL subscriptions, 1 if it was online, 1 if it ended,
+-- 1 if it moved to another node}...}}.
 -- The answer is also kept (MessagePack, an hour) in the survivor's stash, and every answer
 -- returns what the stash holds: a survivor whose call timed out after the script ran (Redis
 -- stalled) gets the same sessions and wills when it tries again, rather than nothing. The
@@ -33,6 +40,10 @@ for _, packed in ipairs(redis.call('LRANGE', KEYS[6], 0, -1)) do
     stashed[#stashed + 1] = entry
     seen[entry[1]] = true
   end
+end
+local registered = redis.call('GET', KEYS[7])
+if ARGV[10] ~= '' and registered and registered ~= ARGV[10] then
+  return {1, stashed}
 end
 local adopted = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -99,4 +110,4 @@ end
 for _, entry in ipairs(adopted) do
   stashed[#stashed + 1] = entry
 end
-return stashed
+return {0, stashed}
