@@ -41,6 +41,34 @@ pub struct SessionHandle {
     /// another node are marked DUP: the old node may have delivered what was relayed here
     /// before the session arrived (0: not moved in).
     pub moved_in_until_ms: u64,
+    /// For a session that moved here: relays appended to this node's inbox up to this time (ms,
+    /// Redis's clock, as entry ids carry it) are marked DUP, however late this node reads them
+    /// (0: not moved in). They were matched before the session arrived, and the old node may
+    /// have delivered them too.
+    pub moved_in_relays_until_ms: u64,
+}
+
+/// Whether a copy for `handle`'s session that arrived as `arrival` at `clock_ms` (see
+/// [`Broker::clock_ms`]) may have reached it through the node it moved here from as well:
+/// anything shortly after the move, and relays appended to this node's inbox before it, read
+/// however late.
+fn moved_in_copy(handle: &SessionHandle, clock_ms: u64, arrival: Arrival) -> bool {
+    handle.moved_in_until_ms != 0
+        && (clock_ms < handle.moved_in_until_ms
+            || matches!(arrival, Arrival::Relayed { appended_ms }
+                if appended_ms <= handle.moved_in_relays_until_ms))
+}
+
+/// How a copy reached this node, which decides whether it is marked DUP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Published here, or sent on here for one session.
+    Here,
+    /// Read from this node's inbox, where it was appended at `appended_ms` (Redis's clock).
+    Relayed { appended_ms: u64 },
+    /// Read from this node's inbox after the cluster had declared this node dead (another node
+    /// may have delivered it already): always marked DUP.
+    Suspect,
 }
 
 /// How an adoption of a departed node's sessions went ([`Broker::adopt_sessions_of`]).
@@ -452,6 +480,24 @@ impl Broker {
         self.route_matched(message, &found.matches).await
     }
 
+    /// [`Self::route_scoped`] for a message read from this node's inbox, appended there at
+    /// `appended_ms` (Redis's clock).
+    pub async fn route_relayed_scoped(
+        &self,
+        message: &Arc<Message>,
+        scope: GroupScope<'_>,
+        appended_ms: u64,
+    ) -> usize {
+        let found = self.matching(&message.topic, scope);
+        self.route_matched_waking(
+            message,
+            &found.matches,
+            None,
+            Arrival::Relayed { appended_ms },
+        )
+        .await
+    }
+
     /// The plain (not shared) subscriptions of this node that match `topic`: what
     /// [`Self::route_scoped`] finds for a relayed message that serves no share group. A caller
     /// routing many messages of one topic may keep it for [`Self::route_matched`] (it holds no
@@ -467,28 +513,32 @@ impl Broker {
         message: &Arc<Message>,
         matches: &[(ClientId, SubscriptionOptions)],
     ) -> usize {
-        self.route_matched_waking(message, matches, None, false)
+        self.route_matched_waking(message, matches, None, Arrival::Here)
             .await
     }
 
-    /// [`Self::route_matched`] for a run of deliveries: connections that must be woken for the
-    /// message are added to `wakes` instead of being woken one message at a time.
+    /// [`Self::route_matched`] for a run of deliveries of what arrived as `arrival` says:
+    /// connections that must be woken for the message are added to `wakes` instead of being
+    /// woken one message at a time.
     pub async fn route_matched_waking_later(
         &self,
         message: &Arc<Message>,
         matches: &[(ClientId, SubscriptionOptions)],
         wakes: &mut Wakes,
+        arrival: Arrival,
     ) -> usize {
-        self.route_matched_waking(message, matches, Some(wakes), false)
+        self.route_matched_waking(message, matches, Some(wakes), arrival)
             .await
     }
 
-    async fn route_matched_waking(
+    /// [`Self::route_matched`] for what arrived as `arrival` says; connections that must be
+    /// woken are added to `wakes` when given, or woken at once.
+    pub async fn route_matched_waking(
         &self,
         message: &Arc<Message>,
         matches: &[(ClientId, SubscriptionOptions)],
         mut wakes: Option<&mut Wakes>,
-        maybe_sent: bool,
+        arrival: Arrival,
     ) -> usize {
         if matches.is_empty() {
             return 0;
@@ -499,8 +549,9 @@ impl Broker {
         for target in targets {
             let client_id = target.client_id;
             let mut queued = QueuedMessage::for_target(message, target);
-            queued.maybe_sent = maybe_sent;
-            if let Some(later) = self.deliver_now(client_id, queued, wakes.as_deref_mut()) {
+            queued.maybe_sent = arrival == Arrival::Suspect;
+            if let Some(later) = self.deliver_now(client_id, queued, wakes.as_deref_mut(), arrival)
+            {
                 deferred.push(later);
             }
         }
@@ -520,14 +571,14 @@ impl Broker {
     /// delivered it already). Share groups are served as `groups` says.
     pub async fn route_suspect(&self, message: &Arc<Message>, groups: &[GroupKey]) {
         let found = self.matching(&message.topic, GroupScope::Only(groups));
-        self.route_matched_waking(message, &found.matches, None, true)
+        self.route_matched_waking(message, &found.matches, None, Arrival::Suspect)
             .await;
     }
 
     /// Delivers a message another node sent on for one session of this node (the session moved
     /// here while the message was on its way).
     pub async fn deliver_direct(&self, client_id: ClientId, queued: QueuedMessage) {
-        if let Some(later) = self.deliver_now(&client_id, queued, None) {
+        if let Some(later) = self.deliver_now(&client_id, queued, None, Arrival::Here) {
             Box::pin(self.deliver_deferred(vec![later], Onward::Forbidden)).await;
         }
     }
@@ -566,12 +617,14 @@ impl Broker {
 
     /// Puts a message in an online session's mailbox if there is room, waking its connection
     /// now or, given `wakes`, adding it there; otherwise says what is left to do (wait for room,
-    /// or queue it in the store).
+    /// or queue it in the store). A copy for a session that just moved here is marked DUP (see
+    /// [`SessionHandle::moved_in_until_ms`]) by what `arrival` says.
     fn deliver_now(
         &self,
         client_id: &ClientId,
         mut queued: QueuedMessage,
         wakes: Option<&mut Wakes>,
+        arrival: Arrival,
     ) -> Option<Deferred> {
         let queued = {
             let online = self.online.read();
@@ -581,7 +634,7 @@ impl Broker {
                     if handle.persistent {
                         self.journal_copy(client_id, &mut queued);
                     }
-                    if handle.moved_in_until_ms != 0 && self.clock_ms() < handle.moved_in_until_ms {
+                    if moved_in_copy(handle, self.clock_ms(), arrival) {
                         queued.maybe_sent = true;
                     }
                     match handle.mailbox.push_unwoken(queued) {
@@ -631,7 +684,7 @@ impl Broker {
     /// [`crate::cluster::recovery`]): to the session's connection here, its stored queue, or the
     /// node that holds it now.
     pub async fn deliver_recovered(&self, client_id: ClientId, queued: QueuedMessage) {
-        if let Some(later) = self.deliver_now(&client_id, queued, None) {
+        if let Some(later) = self.deliver_now(&client_id, queued, None, Arrival::Here) {
             Box::pin(self.deliver_deferred(vec![later], Onward::Allowed)).await;
         }
     }
@@ -757,6 +810,10 @@ impl Broker {
         if let Some(handle) = self.online.write().get_mut(client_id) {
             if handle.connection_id == connection_id {
                 handle.moved_in_until_ms = self.clock_ms() + handoff::MOVED_IN_DUP_MS;
+                handle.moved_in_relays_until_ms = self
+                    .cluster
+                    .get()
+                    .map_or(0, |link| link.redis_now_ms() + handoff::MOVED_IN_DUP_MS);
             }
         }
     }
@@ -1150,5 +1207,50 @@ impl Broker {
                 _ = state.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn moved_in(until_ms: u64, relays_until_ms: u64) -> SessionHandle {
+        SessionHandle {
+            connection_id: 1,
+            mailbox: Arc::new(Mailbox::new(8, None, 0)),
+            persistent: true,
+            moved_in_until_ms: until_ms,
+            moved_in_relays_until_ms: relays_until_ms,
+        }
+    }
+
+    #[test]
+    fn relays_appended_before_a_session_moved_in_are_dup_however_late_they_are_read() {
+        // Moved in at clock 1_000 (window until 1_500), relays appended up to Redis's 50_500.
+        let handle = moved_in(1_500, 50_500);
+        let late = 60_000;
+        let before_move = Arrival::Relayed {
+            appended_ms: 50_000,
+        };
+        let after_move = Arrival::Relayed {
+            appended_ms: 50_501,
+        };
+        assert!(moved_in_copy(&handle, late, before_move));
+        assert!(!moved_in_copy(&handle, late, after_move));
+        assert!(!moved_in_copy(&handle, late, Arrival::Here));
+        // Within the window right after the move, every copy is.
+        assert!(moved_in_copy(&handle, 1_200, after_move));
+        assert!(moved_in_copy(&handle, 1_200, Arrival::Here));
+    }
+
+    #[test]
+    fn a_session_that_did_not_move_in_gets_plain_copies() {
+        let handle = moved_in(0, 0);
+        assert!(!moved_in_copy(
+            &handle,
+            0,
+            Arrival::Relayed { appended_ms: 0 }
+        ));
+        assert!(!moved_in_copy(&handle, 0, Arrival::Here));
     }
 }

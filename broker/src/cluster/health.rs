@@ -129,6 +129,8 @@ pub struct Reading {
     /// Whether this node is still registered in `v1:nodes`: a node that gossip declared dead
     /// is removed from there once its sessions are adopted.
     pub registered: bool,
+    /// Redis's clock (ms since the Unix epoch) when it answered.
+    pub redis_ms: u64,
 }
 
 /// Reads Redis's epoch, writing a new random one first if there is none, and whether `node`
@@ -140,7 +142,7 @@ pub async fn read(
     node: &str,
 ) -> redis::RedisResult<Reading> {
     let fresh = format!("{:016x}", rand::thread_rng().gen::<u64>());
-    let (epoch, registered): (String, bool) = redis::pipe()
+    let (epoch, registered, (seconds, micros)): (String, bool, (u64, u64)) = redis::pipe()
         .cmd("SET")
         .arg(epoch_key)
         .arg(fresh)
@@ -151,9 +153,14 @@ pub async fn read(
         .cmd("SISMEMBER")
         .arg(nodes_key)
         .arg(node)
+        .cmd("TIME")
         .query_async(con)
         .await?;
-    Ok(Reading { epoch, registered })
+    Ok(Reading {
+        epoch,
+        registered,
+        redis_ms: seconds * 1000 + micros / 1000,
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 use super::packed;
 use super::relay::{ClusterLink, KIND_DIRECT};
 use super::relayed::ReadBatch;
+use super::window::parse_stream_id;
 use crate::broker::Broker;
 use crate::store::redis::codec;
 use redis::aio::MultiplexedConnection;
@@ -118,6 +119,8 @@ async fn deliver(
         let mut relayed = ReadBatch::new(&broker);
         for (id, fields) in entries {
             let suspect = link.is_suspect(&id);
+            // An unreadable id (never from Redis) counts as appended long ago.
+            let appended_ms = parse_stream_id(id.as_bytes()).map_or(0, |(ms, _)| ms);
             handled.push(id);
             let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
             match field(b"k") {
@@ -129,7 +132,7 @@ async fn deliver(
                 }
                 None => {
                     for record in relayed_records(&key, &fields) {
-                        relayed.deliver(&key, record).await;
+                        relayed.deliver(&key, record, appended_ms).await;
                     }
                 }
                 Some(kind) if kind == KIND_DIRECT => {

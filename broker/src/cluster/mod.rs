@@ -9,6 +9,7 @@ pub mod membership;
 pub mod packed;
 pub mod pending;
 pub mod recovery;
+pub mod redis_clock;
 pub mod refusals;
 pub mod relay;
 mod relayed;

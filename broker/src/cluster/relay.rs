@@ -31,6 +31,7 @@ use super::inbox;
 use super::journal::{self, JournalHold, JournalReservation};
 use super::packed::{self, Packer};
 use super::pending::PendingRelays;
+use super::redis_clock::RedisClock;
 use super::refusals;
 use super::window::{parse_stream_id, Unread};
 use super::work_queue::WorkQueue;
@@ -200,6 +201,8 @@ pub struct ClusterLink {
     /// Inbox entries older than this (ms, Redis's clock, which stream ids follow) were relayed
     /// while the cluster held this node dead; 0 when it never did (see [`Self::is_suspect`]).
     suspect_before_ms: AtomicU64,
+    /// Redis's clock, as this node estimates it.
+    redis_clock: RedisClock,
     /// `starling_cluster_redis_write_refusals_total`.
     write_refusals: prometheus_client::metrics::counter::Counter,
 }
@@ -272,12 +275,14 @@ impl ClusterLink {
             departed: RwLock::new(HashSet::new()),
             health: Health::default(),
             suspect_before_ms: AtomicU64::new(0),
+            redis_clock: RedisClock::default(),
             write_refusals: broker.metrics.redis_write_refusals.clone(),
         });
         let reading = health::read(&mut writer, &link.keys.epoch(), &link.keys.nodes(), node_id)
             .await
             .map_err(relay_error)?;
         link.health.check_epoch(&reading.epoch);
+        link.redis_clock.observe(reading.redis_ms);
         link.resync(&mut writer, broker, Resync::Replace)
             .await
             .map_err(relay_error)?;
@@ -325,6 +330,12 @@ impl ClusterLink {
     pub(super) fn declared_dead_until(&self, redis_now_ms: u64) {
         self.suspect_before_ms
             .fetch_max(redis_now_ms, Ordering::Relaxed);
+    }
+
+    /// Now on Redis's clock (ms), as this node estimates it: what inbox entry ids are compared
+    /// with.
+    pub fn redis_now_ms(&self) -> u64 {
+        self.redis_clock.now_ms()
     }
 
     /// Whether an inbox entry (by its stream id) was relayed before this node noticed that the

@@ -10,7 +10,7 @@
 
 use super::packed::Record;
 use super::relay::decode_groups;
-use crate::broker::{Broker, GroupScope, Wakes};
+use crate::broker::{Arrival, Broker, GroupScope, Wakes};
 use crate::message::ClientId;
 use crate::router::SubscriptionOptions;
 use crate::store::redis::codec;
@@ -65,9 +65,11 @@ impl<'b> ReadBatch<'b> {
         }
     }
 
-    /// Delivers one relayed publish to this node's subscribers only, serving just the share
-    /// groups the record names. An unreadable record is logged (with `stream`) and skipped.
-    pub(super) async fn deliver(&mut self, stream: &str, record: Record<'_>) {
+    /// Delivers one relayed publish, appended to the inbox at `appended_ms` (Redis's clock), to
+    /// this node's subscribers only, serving just the share groups the record names. An
+    /// unreadable record is logged (with `stream`) and skipped.
+    pub(super) async fn deliver(&mut self, stream: &str, record: Record<'_>, appended_ms: u64) {
+        let arrival = Arrival::Relayed { appended_ms };
         let view = match codec::MessageView::decode(record.message) {
             Ok(view) => view,
             Err(e) => {
@@ -103,7 +105,7 @@ impl<'b> ReadBatch<'b> {
             // It may wait for a connection that got messages of this batch: woken first.
             self.wake_all();
             self.broker
-                .route_scoped(&message, GroupScope::Only(&groups))
+                .route_relayed_scoped(&message, GroupScope::Only(&groups), appended_ms)
                 .await;
             return;
         }
@@ -112,7 +114,11 @@ impl<'b> ReadBatch<'b> {
             None => {
                 let matches = self.broker.direct_matches(&message.topic);
                 if self.topics.len() >= MAX_KEPT {
-                    self.broker.route_matched(&message, &matches).await;
+                    // Not kept: woken at once, as it is not counted for the next wake-up.
+                    self.wake_all();
+                    self.broker
+                        .route_matched_waking(&message, &matches, None, arrival)
+                        .await;
                     return;
                 }
                 self.topics.push((message.topic.clone(), matches));
@@ -123,7 +129,7 @@ impl<'b> ReadBatch<'b> {
         };
         self.last_topic = Some(index);
         self.broker
-            .route_matched_waking_later(&message, &self.topics[index].1, &mut self.wakes)
+            .route_matched_waking_later(&message, &self.topics[index].1, &mut self.wakes, arrival)
             .await;
         self.unwoken += 1;
         if self.unwoken >= WAKE_EVERY {

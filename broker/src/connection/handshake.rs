@@ -173,6 +173,7 @@ where
             mailbox: mailbox.clone(),
             persistent: expiry_secs > 0,
             moved_in_until_ms: 0,
+            moved_in_relays_until_ms: 0,
         },
     );
     // A shutdown that began after the check above did not see this session: tell it now.

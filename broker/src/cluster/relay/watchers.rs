@@ -50,10 +50,13 @@ pub(super) async fn watch_health(
             return;
         };
         let (check, registered) = match reading {
-            Ok(Ok(reading)) => (
-                Some(link.health.check_epoch(&reading.epoch)),
-                reading.registered,
-            ),
+            Ok(Ok(reading)) => {
+                link.redis_clock.observe(reading.redis_ms);
+                (
+                    Some(link.health.check_epoch(&reading.epoch)),
+                    reading.registered,
+                )
+            }
             _ => (None, true),
         };
         let up = check.is_some();
