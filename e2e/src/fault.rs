@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 enum Link {
     Open,
     Cut,
+    /// The connections of before go silent for good; new ones are forwarded.
+    Stranded(u64),
 }
 
 /// A TCP proxy on a free loopback port in front of one upstream address.
@@ -23,6 +25,10 @@ enum Link {
 /// go nowhere, established connections hang without being closed, and new connections are
 /// accepted but never reach the upstream. [`Self::restore`] closes everything that was held (as
 /// a healed partition resets connections whose peers timed out) and forwards again.
+///
+/// [`Self::strand`] is what a server replaced at a new address looks like from behind a stable
+/// virtual address (a Kubernetes Service whose pod was replaced): the established connections
+/// hang for good, never closed, while new ones reach the upstream again.
 pub struct TcpProxy {
     /// The address to connect to instead of the upstream.
     pub addr: SocketAddr,
@@ -63,6 +69,17 @@ impl TcpProxy {
         self.link.send_replace(Link::Open);
     }
 
+    /// Leaves every connection established so far hanging, silent and open, for as long as the
+    /// proxy lives; connections made from now on are forwarded.
+    pub fn strand(&self) {
+        self.link.send_modify(|link| {
+            *link = match *link {
+                Link::Stranded(n) => Link::Stranded(n + 1),
+                _ => Link::Stranded(1),
+            }
+        });
+    }
+
     /// Whether the proxy is cut now.
     pub fn is_cut(&self) -> bool {
         *self.link.borrow() == Link::Cut
@@ -84,22 +101,29 @@ impl Drop for TcpProxy {
 /// Forwards one connection until either side closes it, or holds it while the link is cut and
 /// closes it when the link is restored.
 async fn serve(mut inbound: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<Link>) {
-    if *state.borrow_and_update() == Link::Open {
-        let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-            return;
-        };
-        let _ = inbound.set_nodelay(true);
-        let _ = outbound.set_nodelay(true);
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
-            cut = state.wait_for(|link| *link == Link::Cut) => if cut.is_err() { return },
-        }
-        // Cut: both ends stay open and silent until the link is restored.
+    let at_start = *state.borrow_and_update();
+    if at_start == Link::Cut {
         let _ = state.wait_for(|link| *link == Link::Open).await;
-        drop(outbound);
-    } else {
-        let _ = state.wait_for(|link| *link == Link::Open).await;
+        return;
     }
+    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let silenced = |link: &Link| *link == Link::Cut || (*link != at_start && *link != Link::Open);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+        silent = state.wait_for(silenced) => if silent.is_err() { return },
+    }
+    // Cut: both ends stay open and silent until the link is restored. Stranded: until the
+    // proxy goes (the sender is dropped and `wait_for` fails).
+    if *state.borrow() == Link::Cut {
+        let _ = state.wait_for(|link| *link == Link::Open).await;
+    } else {
+        let _ = state.wait_for(|_| false).await;
+    }
+    drop(outbound);
     drop(inbound);
 }
 

@@ -1,8 +1,8 @@
 //! The fault matrix: a numbered QoS 1 stream through HAProxy to persistent subscribers on a real
 //! cluster (redis-server, 2 or 3 broker nodes, HAProxy), MQTT 3.1.1 and 5, while one fault
 //! happens: a takeover, a rolling restart, a SIGKILL, a Redis restart (without and with
-//! persistence), a Redis stall, one node cut off from Redis, a gossip false positive, a
-//! scale-down; and new subscriptions after a Redis restart. Every run asserts that no number the
+//! persistence), a Redis replaced as a Kubernetes pod is, a Redis stall, one node cut off from
+//! Redis, a gossip false positive, a scale-down; and new subscriptions after a Redis restart. Every run asserts that no number the
 //! publisher had acknowledged is missing at any subscriber (lost) and that no number came twice
 //! with the later copy lacking DUP (dupless), and prints one line with what it saw.
 //!
@@ -62,6 +62,10 @@ enum Scenario {
     RedisRestart,
     /// redis-server (append-only file, fsync always) killed and started again with its data.
     RedisRestartPersistent,
+    /// redis-server replaced as a Kubernetes pod is: killed and started again empty, while the
+    /// nodes' connections to it hang for good (never closed, as to a pod IP that is gone) and
+    /// new connections reach the new one (through the Service's address).
+    RedisReplaced,
     /// redis-server stopped (SIGSTOP) for [`OUTAGE`], then continued.
     RedisStall,
     /// The victim cut off from Redis for [`OUTAGE`] while the others are not.
@@ -83,6 +87,7 @@ impl Scenario {
             Scenario::Sigkill => "sigkill",
             Scenario::RedisRestart => "redis-restart",
             Scenario::RedisRestartPersistent => "redis-restart-aof",
+            Scenario::RedisReplaced => "redis-replaced",
             Scenario::RedisStall => "redis-stall",
             Scenario::RedisCut => "redis-cut-one-node",
             Scenario::GossipFalsePositive => "gossip-false-positive",
@@ -316,7 +321,7 @@ async fn run_once(
     let options = ClusterOptions {
         nodes,
         persistent_redis: scenario == Scenario::RedisRestartPersistent,
-        proxied_redis: scenario == Scenario::RedisCut,
+        proxied_redis: matches!(scenario, Scenario::RedisCut | Scenario::RedisReplaced),
         // Sessions may queue the whole stream: the default of 1,000 per session would drop (and
         // count) what a subscriber misses while it is away.
         extra_config: "[limits]\nmax_queued_messages = 100000\n".into(),
@@ -584,6 +589,24 @@ async fn inject(
             ));
             resumed(stream, "the Redis restart").await?;
         }
+        Scenario::RedisReplaced => {
+            let t = Instant::now();
+            for proxy in &cluster.proxies {
+                proxy.strand();
+            }
+            cluster.redis.stop().await;
+            cluster.redis.start_again().await?;
+            let restarted = t.elapsed();
+            cluster
+                .wait_for_readyz(&cluster.all(), 200, Duration::from_secs(30))
+                .await?;
+            notes.push(format!(
+                "redis replaced (old connections hang) in {}, nodes ready after {}",
+                secs(restarted),
+                secs(t.elapsed())
+            ));
+            resumed(stream, "the Redis replacement").await?;
+        }
         Scenario::RedisStall => {
             cluster.redis.pause()?;
             // The stall's length is the fault itself.
@@ -786,6 +809,10 @@ matrix! {
         redis_restart_persistent_2_nodes_v311: RedisRestartPersistent, 2, V311;
         redis_restart_persistent_3_nodes_v311: RedisRestartPersistent, 3, V311;
         redis_restart_persistent_3_nodes_v5: RedisRestartPersistent, 3, V5;
+        redis_replaced_2_nodes_v311: RedisReplaced, 2, V311;
+        redis_replaced_2_nodes_v5: RedisReplaced, 2, V5;
+        redis_replaced_3_nodes_v311: RedisReplaced, 3, V311;
+        redis_replaced_3_nodes_v5: RedisReplaced, 3, V5;
         redis_stall_2_nodes_v311: RedisStall, 2, V311;
         redis_stall_2_nodes_v5: RedisStall, 2, V5;
         redis_stall_3_nodes_v311: RedisStall, 3, V311;

@@ -20,8 +20,8 @@
 //!   down ([`Health::problem`]).
 
 use super::refusals::Refusal;
+use crate::store::redis::renewing::RenewingConnection;
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ use std::time::Duration;
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// How long a connection to Redis may take to open before it is tried again.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a recovery read (a departed node's journal, a page of its inbox) may wait for
+/// Redis's answer before the recovery gives up (what is left stays in Redis for the next run
+/// of that node id).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the announcement channel may stay silent (heartbeats come every [`INTERVAL`])
 /// before it is reconnected.
 pub const SILENCE: Duration = Duration::from_secs(4);
@@ -136,7 +140,7 @@ pub struct Reading {
 /// Reads Redis's epoch, writing a new random one first if there is none, and whether `node`
 /// is registered in the `nodes` set.
 pub async fn read(
-    con: &mut ConnectionManager,
+    con: &mut RenewingConnection,
     epoch_key: &str,
     nodes_key: &str,
     node: &str,

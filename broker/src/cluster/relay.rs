@@ -42,15 +42,16 @@ use crate::read_mostly::ReadMostly;
 use crate::router::memo::RouteMemo;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
+use crate::store::redis::renewing::RenewingConnection;
 use crate::store::QueuedMessage;
 use parking_lot::{Mutex, RwLock};
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::{Client, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
 /// the oldest. A packed entry counts for the messages it holds (see [`append_packed`]).
@@ -76,6 +77,11 @@ const WRITE_QUEUE: usize = 65_536;
 /// above any stall of a healthy Redis (the client's default is 500 ms); a Redis that went away
 /// closes the connection and is noticed at once.
 const WRITE_RESPONSE_WAIT: Duration = Duration::from_secs(30);
+/// How long the writer still waits for its batch's answer once Redis answered the health check
+/// on a new connection: an answer that does not come by then never will (the connection leads
+/// to a Redis that is gone), and the batch is written again on a new connection. A Redis that
+/// was only stalled answers the old connection's batch as soon as it runs again.
+const STRANDED_GRACE: Duration = Duration::from_secs(2);
 /// How long a publisher's acknowledgement waits for the writer to confirm that Redis has what
 /// the publish wrote (see [`ClusterLink::barrier`]).
 pub const CONFIRM_WAIT: Duration = Duration::from_secs(5);
@@ -203,6 +209,11 @@ pub struct ClusterLink {
     suspect_before_ms: AtomicU64,
     /// Redis's clock, as this node estimates it.
     redis_clock: RedisClock,
+    /// Counts the health checks that Redis answered on a new connection after the old one had
+    /// timed out: connections opened before may hang for good (a Redis replaced at a new
+    /// address behind the same one), and the writer stops waiting on its own (see
+    /// [`STRANDED_GRACE`]).
+    reconnected: watch::Sender<u64>,
     /// `starling_cluster_redis_write_refusals_total`.
     write_refusals: prometheus_client::metrics::counter::Counter,
 }
@@ -225,9 +236,13 @@ impl ClusterLink {
         broker: &Arc<Broker>,
     ) -> Result<Arc<Self>, RelayError> {
         let client = Client::open(url).map_err(relay_error)?;
-        let mut writer = ConnectionManager::new(client.clone())
-            .await
-            .map_err(relay_error)?;
+        let mut writer = RenewingConnection::connect(
+            client.clone(),
+            ConnectionManagerConfig::new(),
+            "cluster health and entries",
+        )
+        .await
+        .map_err(relay_error)?;
         let keys = Keys {
             prefix: prefix.to_string(),
         };
@@ -276,6 +291,7 @@ impl ClusterLink {
             health: Health::default(),
             suspect_before_ms: AtomicU64::new(0),
             redis_clock: RedisClock::default(),
+            reconnected: watch::Sender::new(0),
             write_refusals: broker.metrics.redis_write_refusals.clone(),
         });
         let reading = health::read(&mut writer, &link.keys.epoch(), &link.keys.nodes(), node_id)
@@ -428,9 +444,15 @@ impl ClusterLink {
         }
     }
 
-    /// A connection for recovering a node's leftovers.
+    /// A connection for recovering a node's leftovers. Its pages (whole journals, hundreds of
+    /// packed inbox entries) may take Redis longer than the client's default of 500 ms to send.
     pub(super) async fn recovery_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        self.client.get_multiplexed_async_connection().await
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(health::CONNECT_TIMEOUT))
+            .set_response_timeout(Some(health::RESPONSE_TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
     /// The journal hash of `node`.
@@ -830,7 +852,7 @@ impl ClusterLink {
     /// Rebuilds the replica of the other nodes' entries from Redis.
     async fn resync(
         &self,
-        con: &mut ConnectionManager,
+        con: &mut RenewingConnection,
         broker: &Broker,
         how: Resync,
     ) -> redis::RedisResult<()> {
@@ -1017,7 +1039,7 @@ impl Flow {
     async fn wait_for_readers(
         &mut self,
         link: &ClusterLink,
-        con: &mut ConnectionManager,
+        con: &mut RenewingConnection,
         targets: &[NodeId],
     ) {
         for node in targets {
@@ -1059,9 +1081,10 @@ fn spawn_writer(
         .spawn(move || {
             runtime.block_on(async move {
                 let con = loop {
-                    let config = redis::aio::ConnectionManagerConfig::new()
+                    let config = ConnectionManagerConfig::new()
                         .set_response_timeout(Some(WRITE_RESPONSE_WAIT));
-                    match ConnectionManager::new_with_config(client.clone(), config).await {
+                    match RenewingConnection::connect(client.clone(), config, "relay writer").await
+                    {
                         Ok(con) => break con,
                         Err(e) => {
                             if link.strong_count() == 0 {
@@ -1085,12 +1108,15 @@ fn spawn_writer(
 /// is gone (its queue closes).
 async fn write_loop(
     weak_link: Weak<ClusterLink>,
-    mut con: ConnectionManager,
+    mut con: RenewingConnection,
     queue: Arc<WorkQueue<Outbound>>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut packs = Packs::default();
     let mut flow = Flow::default();
+    let Some(mut reconnected) = weak_link.upgrade().map(|link| link.reconnected.subscribe()) else {
+        return;
+    };
     let mut targets: Vec<NodeId> = Vec::new();
     while queue.take(&mut batch, WRITE_BATCH, weight).await > 0 {
         let Some(link) = weak_link.upgrade() else {
@@ -1212,7 +1238,22 @@ async fn write_loop(
                 break Vec::new();
             }
             let sending = refused_only.as_ref().unwrap_or(&pipe);
-            match sending.query_async::<Vec<Value>>(&mut con).await {
+            if reconnected.has_changed().unwrap_or(false) {
+                // Redis answered elsewhere on a new connection while this one was idle: it may
+                // hang as the health check's did, and nothing waits on it now.
+                reconnected.borrow_and_update();
+                con.renew();
+            }
+            let answer = tokio::select! {
+                answer = sending.query_async::<Vec<Value>>(&mut con) => answer,
+                () = stranded(&mut reconnected) => {
+                    con.renew();
+                    tracing::warn!("relay writer: redis answers on a new connection but not on this one; writing the batch again on a new connection");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            match answer {
                 Ok(replies) => {
                     if link.health.set_write_refusal(None).is_some() {
                         tracing::info!("redis takes the relay's writes again");
@@ -1285,6 +1326,15 @@ async fn write_loop(
             flow.progress(node, bulk_bytes(reply));
         }
     }
+}
+
+/// Resolves [`STRANDED_GRACE`] after the health check next answered on a new connection (never,
+/// once the link is gone).
+async fn stranded(reconnected: &mut watch::Receiver<u64>) {
+    if reconnected.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(STRANDED_GRACE).await;
 }
 
 /// Share groups as sent in an inbox entry: `group NUL filter` pairs joined by NUL (neither may

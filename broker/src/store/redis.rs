@@ -28,6 +28,7 @@
 pub(crate) mod codec;
 pub mod eviction;
 mod plain;
+pub mod renewing;
 
 pub use codec::{DecodeError, ENCODING_VERSION};
 
@@ -40,8 +41,9 @@ use crate::cluster::journal::JournalReservation;
 use crate::message::{ClientId, Message};
 use crate::protocol::topic;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Client, Cmd, RedisError, Script, Value};
+use renewing::RenewingConnection;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
@@ -115,7 +117,7 @@ struct Scripts {
 
 /// Sessions and retained messages kept in Redis, shared by the nodes of a cluster.
 pub struct RedisStore {
-    manager: ConnectionManager,
+    manager: RenewingConnection,
     scripts: Scripts,
     /// `<prefix>v1:`.
     base: String,
@@ -162,7 +164,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let manager = tokio::time::timeout(
             timeout,
-            ConnectionManager::new_with_config(client, manager_config),
+            RenewingConnection::connect(client, manager_config, "store"),
         )
         .await
         .map_err(|_| StoreError::Unavailable("redis: connect timed out".to_string()))?

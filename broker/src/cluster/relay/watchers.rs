@@ -5,8 +5,8 @@
 use super::ClusterLink;
 use crate::broker::Broker;
 use crate::cluster::health::{self, EpochCheck};
+use crate::store::redis::renewing::RenewingConnection;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use redis::Client;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -28,12 +28,13 @@ pub(super) enum Resync {
 /// its entries anew; after a loss of data the replica is rebuilt once every node has.
 pub(super) async fn watch_health(
     link: Arc<ClusterLink>,
-    mut con: ConnectionManager,
+    mut con: RenewingConnection,
     broker: Weak<Broker>,
 ) {
     let mut tick = tokio::time::interval(health::INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let heartbeat = format!("{}\n{}", link.node_id, health::HEARTBEAT);
+    let mut renewals_seen = con.renewals();
     loop {
         tick.tick().await;
         let reading = tokio::time::timeout(
@@ -52,6 +53,11 @@ pub(super) async fn watch_health(
         let (check, registered) = match reading {
             Ok(Ok(reading)) => {
                 link.redis_clock.observe(reading.redis_ms);
+                if con.renewals() != renewals_seen {
+                    // Answered on a new connection after the old one timed out.
+                    renewals_seen = con.renewals();
+                    link.reconnected.send_modify(|n| *n += 1);
+                }
                 (
                     Some(link.health.check_epoch(&reading.epoch)),
                     reading.registered,
@@ -139,7 +145,7 @@ async fn subscribe_announcements(
 pub(super) async fn watch_entries(
     link: Arc<ClusterLink>,
     client: Client,
-    mut con: ConnectionManager,
+    mut con: RenewingConnection,
     broker: Weak<Broker>,
 ) {
     let mut first = true;
@@ -203,7 +209,7 @@ pub(super) async fn watch_entries(
 
 /// Rebuilds the replica from Redis [`health::RESYNC_SETTLE`] from now, once every node has had
 /// time to announce its entries again.
-fn replace_after_settling(link: &Arc<ClusterLink>, con: &ConnectionManager, broker: &Arc<Broker>) {
+fn replace_after_settling(link: &Arc<ClusterLink>, con: &RenewingConnection, broker: &Arc<Broker>) {
     let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(broker));
     tokio::spawn(async move {
         tokio::time::sleep(health::RESYNC_SETTLE).await;
