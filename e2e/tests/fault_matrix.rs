@@ -791,6 +791,8 @@ matrix! {
         redis_restart_persistent_2_nodes_v5: RedisRestartPersistent, 2, V5;
         redis_cut_one_node_2_nodes_v311: RedisCut, 2, V311;
         scale_down_3_nodes_v5: ScaleDown, 3, V5;
+        gossip_false_positive_3_nodes_v5: GossipFalsePositive, 3, V5;
+        redis_replaced_2_nodes_v5: RedisReplaced, 2, V5;
     ]
     full: [
         takeover_2_nodes_v311: Takeover, 2, V311;
@@ -810,7 +812,6 @@ matrix! {
         redis_restart_persistent_3_nodes_v311: RedisRestartPersistent, 3, V311;
         redis_restart_persistent_3_nodes_v5: RedisRestartPersistent, 3, V5;
         redis_replaced_2_nodes_v311: RedisReplaced, 2, V311;
-        redis_replaced_2_nodes_v5: RedisReplaced, 2, V5;
         redis_replaced_3_nodes_v311: RedisReplaced, 3, V311;
         redis_replaced_3_nodes_v5: RedisReplaced, 3, V5;
         redis_stall_2_nodes_v311: RedisStall, 2, V311;
@@ -820,11 +821,9 @@ matrix! {
         redis_cut_one_node_2_nodes_v5: RedisCut, 2, V5;
         redis_cut_one_node_3_nodes_v311: RedisCut, 3, V311;
         redis_cut_one_node_3_nodes_v5: RedisCut, 3, V5;
-        // Still fails (DUP-less duplicates right after the node runs again; docs/cluster.md).
         gossip_false_positive_2_nodes_v311: GossipFalsePositive, 2, V311;
         gossip_false_positive_2_nodes_v5: GossipFalsePositive, 2, V5;
         gossip_false_positive_3_nodes_v311: GossipFalsePositive, 3, V311;
-        gossip_false_positive_3_nodes_v5: GossipFalsePositive, 3, V5;
         scale_down_2_nodes_v311: ScaleDown, 2, V311;
         scale_down_2_nodes_v5: ScaleDown, 2, V5;
         scale_down_3_nodes_v311: ScaleDown, 3, V311;
