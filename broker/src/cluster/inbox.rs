@@ -118,9 +118,9 @@ async fn deliver(
         let mut handled = Vec::with_capacity(entries.len());
         let mut relayed = ReadBatch::new(&broker);
         for (id, fields) in entries {
-            let suspect = link.is_suspect(&id);
             // An unreadable id (never from Redis) counts as appended long ago.
             let appended_ms = parse_stream_id(id.as_bytes()).map_or(0, |(ms, _)| ms);
+            let suspect = link.is_suspect(appended_ms);
             handled.push(id);
             let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
             match field(b"k") {

@@ -75,7 +75,8 @@ const WRITE_QUEUE: usize = 65_536;
 /// How long the writer waits for Redis to answer a batch before it writes the batch again. A
 /// batch Redis applied but answered late would be written twice (relayed twice), so this is far
 /// above any stall of a healthy Redis (the client's default is 500 ms); a Redis that went away
-/// closes the connection and is noticed at once.
+/// closes the connection and is noticed at once, and one that went silent for good is given up
+/// [`STRANDED_GRACE`] after the health check reached Redis on a new connection.
 const WRITE_RESPONSE_WAIT: Duration = Duration::from_secs(30);
 /// How long the writer still waits for its batch's answer once Redis answered the health check
 /// on a new connection: an answer that does not come by then never will (the connection leads
@@ -354,11 +355,12 @@ impl ClusterLink {
         self.redis_clock.now_ms()
     }
 
-    /// Whether an inbox entry (by its stream id) was relayed before this node noticed that the
-    /// cluster had declared it dead: its copies are delivered marked DUP.
-    pub(super) fn is_suspect(&self, id: &str) -> bool {
+    /// Whether an inbox entry appended at `appended_ms` (Redis's clock, the ms of its stream id)
+    /// was relayed before this node noticed that the cluster had declared it dead: its copies
+    /// are delivered marked DUP.
+    pub(super) fn is_suspect(&self, appended_ms: u64) -> bool {
         let before = self.suspect_before_ms.load(Ordering::Relaxed);
-        before != 0 && parse_stream_id(id.as_bytes()).is_some_and(|(ms, _)| ms < before)
+        before != 0 && appended_ms < before
     }
 
     /// Counts relay writes Redis refused.

@@ -50,7 +50,7 @@ pub(super) async fn watch_health(
         let Some(broker) = broker.upgrade() else {
             return;
         };
-        let (check, registered) = match reading {
+        let (check, registered, redis_ms) = match reading {
             Ok(Ok(reading)) => {
                 link.redis_clock.observe(reading.redis_ms);
                 if con.renewals() != renewals_seen {
@@ -61,9 +61,10 @@ pub(super) async fn watch_health(
                 (
                     Some(link.health.check_epoch(&reading.epoch)),
                     reading.registered,
+                    reading.redis_ms,
                 )
             }
-            _ => (None, true),
+            _ => (None, true, 0),
         };
         let up = check.is_some();
         let was_up = link.health.set_redis_up(up);
@@ -77,10 +78,7 @@ pub(super) async fn watch_health(
         let lost = check == Some(EpochCheck::Lost);
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {
-            if let Ok((secs, micros)) = redis::cmd("TIME").query_async::<(u64, u64)>(&mut con).await
-            {
-                link.declared_dead_until(secs * 1000 + micros / 1000);
-            }
+            link.declared_dead_until(redis_ms);
             let closed = broker.disconnect_adopted();
             broker.metrics.declared_dead.inc();
             tracing::error!(

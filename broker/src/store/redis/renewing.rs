@@ -11,7 +11,6 @@
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A shareable Redis connection (clones use the same one) that is replaced after a timeout.
@@ -25,8 +24,6 @@ struct Shared {
     config: ConnectionManagerConfig,
     /// The connection in use, and how many were replaced before it.
     current: Mutex<(u64, ConnectionManager)>,
-    /// Replacements so far (for the log and tests).
-    renewals: AtomicU64,
     /// Named in the log line of a replacement.
     purpose: &'static str,
 }
@@ -45,7 +42,6 @@ impl RenewingConnection {
                 client,
                 config,
                 current: Mutex::new((0, manager)),
-                renewals: AtomicU64::new(0),
                 purpose,
             }),
         })
@@ -53,7 +49,7 @@ impl RenewingConnection {
 
     /// How many times the connection was replaced.
     pub fn renewals(&self) -> u64 {
-        self.shared.renewals.load(Ordering::Relaxed)
+        self.shared.current.lock().0
     }
 
     /// Replaces the connection now: the next command opens a new one (a command waiting on the
@@ -71,8 +67,7 @@ impl RenewingConnection {
     /// After `error` on the connection of generation `used`: a timeout replaces it (unless a
     /// concurrent command replaced it already).
     fn after_error(&self, used: u64, error: &RedisError) {
-        if error.is_timeout() {
-            self.replace(used);
+        if error.is_timeout() && self.replace(used) {
             tracing::warn!(
                 connection = self.shared.purpose,
                 "redis did not answer in time: the next command opens a new connection"
@@ -80,25 +75,26 @@ impl RenewingConnection {
         }
     }
 
-    /// Replaces the connection of generation `used` (unless it was replaced already).
-    fn replace(&self, used: u64) {
-        let fresh = match ConnectionManager::new_lazy_with_config(
+    /// Replaces the connection of generation `used` with one that connects on its first
+    /// command; false when it was replaced already (or cannot be).
+    fn replace(&self, used: u64) -> bool {
+        let mut current = self.shared.current.lock();
+        if current.0 != used {
+            return false;
+        }
+        match ConnectionManager::new_lazy_with_config(
             self.shared.client.clone(),
             self.shared.config.clone(),
         ) {
-            Ok(fresh) => fresh,
+            Ok(fresh) => {
+                *current = (used + 1, fresh);
+                true
+            }
             Err(e) => {
                 tracing::warn!(connection = self.shared.purpose, error = %e, "redis connection not replaced");
-                return;
+                false
             }
-        };
-        let mut current = self.shared.current.lock();
-        if current.0 != used {
-            return;
         }
-        *current = (used + 1, fresh);
-        drop(current);
-        self.shared.renewals.fetch_add(1, Ordering::Relaxed);
     }
 }
 
