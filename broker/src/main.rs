@@ -63,7 +63,8 @@ struct RunArgs {
     /// (cluster.redis_url). Prefer STARLING_CLUSTER__REDIS_URL or a config file for a password.
     #[arg(long, global = true)]
     redis_url: Option<String>,
-    /// File holding the Redis password, inserted into the Redis URL (keeps it out of `ps`).
+    /// File holding the Redis password: inserted into the Redis URL, or with Sentinel the data
+    /// nodes' password (cluster.redis_sentinel.password_file); keeps it out of `ps`.
     #[arg(long, global = true)]
     redis_password_file: Option<PathBuf>,
     /// Gossip bind address, e.g. 0.0.0.0:7946 (cluster.gossip_bind).
@@ -135,12 +136,17 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(path) = &args.redis_password_file {
         let password = std::fs::read_to_string(path)
             .with_context(|| format!("--redis-password-file {}", path.display()))?;
-        let Some(url) = &cluster.redis_url else {
-            anyhow::bail!(
-                "--redis-password-file needs a Redis URL (--redis-url or cluster.redis_url)"
-            );
-        };
-        cluster.redis_url = Some(with_password(url, password.trim())?);
+        if let Some(sentinel) = &mut cluster.redis_sentinel {
+            // Read where the broker starts, like the file's other passwords.
+            sentinel.password_file = Some(path.clone());
+        } else {
+            let Some(url) = &cluster.redis_url else {
+                anyhow::bail!(
+                    "--redis-password-file needs a Redis (--redis-url, cluster.redis_url or cluster.redis_sentinel)"
+                );
+            };
+            cluster.redis_url = Some(with_password(url, password.trim())?);
+        }
     }
     if let Some(addr) = args.gossip_bind {
         cluster.gossip_bind = Some(addr);

@@ -72,6 +72,10 @@ pub struct Metrics {
     /// QoS 1/2 publishes acknowledged before Redis confirmed what they wrote (Redis unreachable
     /// or too slow): a node killed right after loses them.
     pub acks_unconfirmed: Counter,
+    /// Waits for Redis replicas before acknowledgements (`WAIT`), and those that ended with
+    /// fewer replicas confirming than asked for.
+    pub replication_waits: Counter,
+    pub replication_waits_short: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -193,6 +197,18 @@ impl Metrics {
             "QoS 1/2 publishes acknowledged before Redis confirmed what they wrote",
             acks_unconfirmed.clone(),
         );
+        let replication_waits = Counter::default();
+        registry.register(
+            "cluster_replication_waits",
+            "Waits for Redis replicas to hold what acknowledgements depend on (cluster.redis_replication)",
+            replication_waits.clone(),
+        );
+        let replication_waits_short = Counter::default();
+        registry.register(
+            "cluster_replication_waits_short",
+            "Waits for Redis replicas that timed out with fewer replicas confirming than asked for (the acknowledgements went out anyway)",
+            replication_waits_short.clone(),
+        );
         let cluster_handoffs = Gauge::default();
         registry.register(
             "cluster_handoffs_pending",
@@ -245,6 +261,8 @@ impl Metrics {
             cluster_handoffs_total,
             redis_up,
             acks_unconfirmed,
+            replication_waits,
+            replication_waits_short,
             remote_entries,
             relay_dropped,
             relay_waits,

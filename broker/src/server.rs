@@ -10,10 +10,12 @@ use crate::cluster::recovery::Leftovers;
 use crate::cluster::relay::ClusterLink;
 use crate::connection;
 use crate::listener::{self, ListenerError};
+use crate::store::redis::target::{RedisTarget, SentinelSettings};
 use crate::store::{self, MemoryStore, RedisStoreConfig, Store, StoreError};
-use starling_config::BrokerConfig;
+use starling_config::{BrokerConfig, ClusterConfig};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,13 +42,21 @@ pub enum ServerError {
     #[error("`auth`: {0}")]
     Auth(#[from] AuthError),
     /// The cluster store could not be reached.
-    #[error("`cluster.redis_url`: {0}")]
+    #[error("the cluster's redis: {0}")]
     Store(#[from] StoreError),
+    /// The cluster's Redis is not usable as configured.
+    #[error("`{field}`: {reason}")]
+    RedisConfig {
+        /// The configuration field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Gossip could not start.
     #[error("`cluster`: {0}")]
     Membership(#[from] MembershipError),
     /// The relay between nodes could not start.
-    #[error("`cluster.redis_url`: {0}")]
+    #[error("the cluster relay: {0}")]
     Relay(String),
 }
 
@@ -107,7 +117,13 @@ impl Server {
             }
             None => None,
         };
-        let store = open_store(&config, admin.as_ref().map(AdminServer::state)).await?;
+        let redis = redis_target(&config.cluster)?;
+        let store = open_store(
+            &config,
+            redis.clone(),
+            admin.as_ref().map(AdminServer::state),
+        )
+        .await?;
         let mut listeners = Vec::new();
         if let Some(addr) = config.listeners.tcp {
             let l = bind("listeners.tcp", addr).await?;
@@ -125,11 +141,10 @@ impl Server {
             addresses.ws = l.local_addr().ok();
             listeners.push((l, Transport::WebSocket));
         }
-        let cluster_url = config.cluster.redis_url.clone();
         let broker = Broker::new(config, auth, store);
         let mut run = None;
-        if let Some(url) = cluster_url {
-            let link = ClusterLink::start(&url, &broker.config.node_id, "starling:", &broker)
+        if let Some(redis) = redis {
+            let link = ClusterLink::start(&redis, &broker.config.node_id, "starling:", &broker)
                 .await
                 .map_err(|e| ServerError::Relay(e.to_string()))?;
             run = Some(link.run());
@@ -237,17 +252,65 @@ impl Server {
     }
 }
 
-/// The state store: Redis when `cluster.redis_url` is set (waited for until it answers, saying
-/// why on `admin`'s `/readyz` meanwhile), else in memory.
+/// Where the cluster's Redis is: `cluster.redis_url`, or the primary `cluster.redis_sentinel`'s
+/// sentinels name (with the passwords of its files); `None` when neither is set.
+fn redis_target(cluster: &ClusterConfig) -> Result<Option<RedisTarget>, ServerError> {
+    if let Some(url) = &cluster.redis_url {
+        return RedisTarget::address(url)
+            .map(Some)
+            .map_err(|e| ServerError::RedisConfig {
+                field: "cluster.redis_url",
+                reason: e.to_string(),
+            });
+    }
+    let Some(sentinel) = &cluster.redis_sentinel else {
+        return Ok(None);
+    };
+    let read = |field: &'static str, path: &Option<PathBuf>| match path {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim().to_string()))
+            .map_err(|e| ServerError::RedisConfig {
+                field,
+                reason: format!("cannot read {}: {e}", path.display()),
+            }),
+    };
+    let settings = SentinelSettings {
+        master_name: sentinel.master_name.clone(),
+        sentinels: sentinel.sentinels.clone(),
+        tls: sentinel.tls,
+        db: sentinel.db,
+        username: sentinel.username.clone(),
+        password: read(
+            "cluster.redis_sentinel.password_file",
+            &sentinel.password_file,
+        )?,
+        sentinel_username: sentinel.sentinel_username.clone(),
+        sentinel_password: read(
+            "cluster.redis_sentinel.sentinel_password_file",
+            &sentinel.sentinel_password_file,
+        )?,
+    };
+    RedisTarget::sentinel(&settings)
+        .map(Some)
+        .map_err(|e| ServerError::RedisConfig {
+            field: "cluster.redis_sentinel.sentinels",
+            reason: e.to_string(),
+        })
+}
+
+/// The state store: Redis when `redis` is set (waited for until it answers, saying why on
+/// `admin`'s `/readyz` meanwhile), else in memory.
 async fn open_store(
     config: &BrokerConfig,
+    redis: Option<RedisTarget>,
     admin: Option<&Arc<AdminState>>,
 ) -> Result<Arc<dyn Store>, ServerError> {
     let max_queued = config.limits.max_queued_messages;
-    Ok(match &config.cluster.redis_url {
+    Ok(match redis {
         None => Arc::new(MemoryStore::new(max_queued)),
-        Some(url) => {
-            let store_config = RedisStoreConfig::new(url.as_str(), &config.node_id, max_queued);
+        Some(target) => {
+            let store_config = RedisStoreConfig::new(target, &config.node_id, max_queued);
             let store = store::connect_when_up(store_config, |waiting| {
                 if let Some(admin) = admin {
                     admin.set_starting(format!(

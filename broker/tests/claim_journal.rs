@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 /// The Redis store of node `node`.
 async fn node_store(server: &RedisServer, node: &str) -> RedisStore {
-    RedisStore::connect(RedisStoreConfig::new(server.url(), node, 100))
+    RedisStore::connect(RedisStoreConfig::new(server.target(), node, 100))
         .await
         .expect("connect the store")
 }
@@ -45,7 +45,7 @@ async fn cluster_node(
     config.session.queue_qos0 = true;
     let auth = Auth::load(&config.auth).expect("auth");
     let broker = Broker::new(config, auth, Arc::new(node_store(server, node).await));
-    let link = ClusterLink::start(&server.url(), node, "starling:", &broker)
+    let link = ClusterLink::start(&server.target(), node, "starling:", &broker)
         .await
         .expect("start the relay link");
     broker.attach_cluster(link.clone());

@@ -25,11 +25,11 @@ async fn cluster_node(server: &RedisServer, node: &str) -> (SocketAddr, Arc<Clus
     let mut config = common::test_config();
     config.node_id = node.to_string();
     let auth = Auth::load(&config.auth).expect("auth");
-    let store = RedisStore::connect(RedisStoreConfig::new(server.url(), node, 100))
+    let store = RedisStore::connect(RedisStoreConfig::new(server.target(), node, 100))
         .await
         .expect("connect the store");
     let broker = Broker::new(config, auth, Arc::new(store));
-    let link = ClusterLink::start(&server.url(), node, "starling:", &broker)
+    let link = ClusterLink::start(&server.target(), node, "starling:", &broker)
         .await
         .expect("start the relay link");
     broker.attach_cluster(link.clone());

@@ -25,7 +25,7 @@ async fn logs_of_connect(server: &RedisServer) -> String {
     {
         // The test runtime runs on this thread only: the default subscriber sees everything.
         let _guard = tracing::subscriber::set_default(subscriber);
-        RedisStore::connect(RedisStoreConfig::new(server.url(), "node-a", 100))
+        RedisStore::connect(RedisStoreConfig::new(server.target(), "node-a", 100))
             .await
             .expect("the store connects whatever the eviction settings");
     }

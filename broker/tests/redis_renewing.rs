@@ -7,6 +7,7 @@ mod common_redis;
 use common_redis::RedisServer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use starling_broker::store::redis::renewing::RenewingConnection;
+use starling_broker::store::redis::target::RedisTarget;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -52,8 +53,8 @@ fn config() -> ConnectionManagerConfig {
 async fn a_connection_left_hanging_is_replaced_after_a_timeout() {
     let server = RedisServer::start().await;
     let (proxy, strand) = stranding_proxy(server.addr()).await;
-    let client = redis::Client::open(format!("redis://{proxy}/")).expect("url");
-    let mut con = RenewingConnection::connect(client, config(), "test")
+    let target = RedisTarget::address(&format!("redis://{proxy}/")).expect("url");
+    let mut con = RenewingConnection::connect(target, config(), "test")
         .await
         .expect("connects");
     let _: () = redis::cmd("SET")

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 fn config(server: &RedisServer, node: &str, max_queued: usize) -> RedisStoreConfig {
-    let mut config = RedisStoreConfig::new(server.url(), node, max_queued);
+    let mut config = RedisStoreConfig::new(server.target(), node, max_queued);
     config.operation_timeout = Duration::from_secs(2);
     config
 }

@@ -291,8 +291,13 @@ impl Default for SysConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Redis URL of the shared cluster store (`redis://`, `rediss://`, `redis+unix://` or
-    /// `unix://`).
+    /// `unix://`). Set this or `redis_sentinel`, not both.
     pub redis_url: Option<String>,
+    /// A Redis run by Sentinel: the store is whichever server the sentinels name the primary,
+    /// and a failover is followed without a restart. Set this or `redis_url`, not both.
+    pub redis_sentinel: Option<RedisSentinelConfig>,
+    /// How acknowledgements wait for Redis replication (off unless set).
+    pub redis_replication: RedisReplicationConfig,
     /// Address the gossip protocol binds, TCP and UDP on the same port (7946 by convention).
     /// Required for clustering.
     pub gossip_bind: Option<SocketAddr>,
@@ -308,6 +313,58 @@ pub struct ClusterConfig {
     /// of 16, 24 or 32 bytes, for AES-128/192/256-GCM, e.g. from `openssl rand -base64 32`.
     /// Every node needs the same key; unset means gossip is not encrypted.
     pub gossip_key_file: Option<PathBuf>,
+}
+
+/// Where the sentinels of a Sentinel-run Redis are, and how to log in to them and to the data
+/// nodes (the primary and its replicas).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSentinelConfig {
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> …`).
+    pub master_name: String,
+    /// The sentinels as `host:port` (26379 by convention); asked in order until one answers.
+    pub sentinels: Vec<String>,
+    /// TLS (verified against the system's roots) to the sentinels and the data nodes.
+    pub tls: bool,
+    /// The data nodes' database number.
+    pub db: i64,
+    /// ACL user on the data nodes (unset: `default`).
+    pub username: Option<String>,
+    /// File holding the data nodes' password (surrounding whitespace ignored).
+    pub password_file: Option<PathBuf>,
+    /// ACL user on the sentinels (unset: `default`).
+    pub sentinel_username: Option<String>,
+    /// File holding the sentinels' password (surrounding whitespace ignored).
+    pub sentinel_password_file: Option<PathBuf>,
+}
+
+/// Whether a QoS 1/2 acknowledgement waits until Redis replicas hold what it depends on (Redis'
+/// `WAIT`), so that a failover right after it cannot lose the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisReplicationConfig {
+    /// How many replicas must confirm before an acknowledgement goes out; 0 (the default) does
+    /// not wait.
+    pub wait_replicas: u32,
+    /// How long to wait for them; when fewer confirm in time the acknowledgement goes out anyway
+    /// and `starling_cluster_replication_waits_short_total` counts it.
+    pub wait_timeout_ms: u64,
+}
+
+impl Default for RedisReplicationConfig {
+    fn default() -> Self {
+        RedisReplicationConfig {
+            wait_replicas: 0,
+            wait_timeout_ms: 1000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether a Redis is configured (by URL or by Sentinel): the node then shares its state.
+    pub fn has_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_sentinel.is_some()
+    }
 }
 
 impl BrokerConfig {
@@ -425,6 +482,26 @@ impl BrokerConfig {
                 ));
             }
         }
+        if let Some(sentinel) = &cluster.redis_sentinel {
+            check_sentinel(sentinel, cluster.redis_url.is_some())?;
+        }
+        let replication = &cluster.redis_replication;
+        if replication.wait_replicas > 0 {
+            if !cluster.has_redis() {
+                return Err(ConfigError::invalid(
+                    "cluster.redis_replication.wait_replicas",
+                    "there is no Redis to wait for",
+                    "set `cluster.redis_url` or `cluster.redis_sentinel`, or remove the setting",
+                ));
+            }
+            if !(1..=60_000).contains(&replication.wait_timeout_ms) {
+                return Err(ConfigError::invalid(
+                    "cluster.redis_replication.wait_timeout_ms",
+                    format!("{} is outside 1..=60000", replication.wait_timeout_ms),
+                    "choose a few hundred milliseconds to a few seconds (1000 is the default)",
+                ));
+            }
+        }
         for seed in &cluster.gossip_seeds {
             if let Err(problem) = check_host_port(seed) {
                 return Err(ConfigError::invalid(
@@ -483,6 +560,49 @@ impl BrokerConfig {
 }
 
 /// Checks that `text` is `host:port`: a DNS name or IP (IPv6 in brackets) and a port 1..=65535.
+/// Checks `cluster.redis_sentinel` (`with_url`: `cluster.redis_url` is set too).
+fn check_sentinel(sentinel: &RedisSentinelConfig, with_url: bool) -> Result<(), ConfigError> {
+    if with_url {
+        return Err(ConfigError::invalid(
+            "cluster.redis_sentinel",
+            "`cluster.redis_url` is set too, so the store would be ambiguous",
+            "remove `cluster.redis_url` (the sentinels name the primary) or `cluster.redis_sentinel`",
+        ));
+    }
+    let name = &sentinel.master_name;
+    if name.trim().is_empty() || name.contains(char::is_whitespace) {
+        return Err(ConfigError::invalid(
+            "cluster.redis_sentinel.master_name",
+            format!("{name:?} is empty or contains whitespace"),
+            "write the name the sentinels monitor, e.g. `mymaster` (`sentinel monitor mymaster …`)",
+        ));
+    }
+    if sentinel.sentinels.is_empty() {
+        return Err(ConfigError::invalid(
+            "cluster.redis_sentinel.sentinels",
+            "no sentinel is listed",
+            "list the sentinels as `host:port`, e.g. [\"sentinel-0:26379\", \"sentinel-1:26379\", \"sentinel-2:26379\"]",
+        ));
+    }
+    for address in &sentinel.sentinels {
+        if let Err(problem) = check_host_port(address) {
+            return Err(ConfigError::invalid(
+                "cluster.redis_sentinel.sentinels",
+                format!("{address:?}: {problem}"),
+                "write each sentinel as `host:port`, e.g. `sentinel-0:26379` or `10.0.0.7:26379`",
+            ));
+        }
+    }
+    if sentinel.db < 0 {
+        return Err(ConfigError::invalid(
+            "cluster.redis_sentinel.db",
+            format!("{} is negative", sentinel.db),
+            "use a database number such as 0",
+        ));
+    }
+    Ok(())
+}
+
 fn check_host_port(text: &str) -> Result<(), String> {
     let (host, port) = text
         .rsplit_once(':')
@@ -674,6 +794,60 @@ mod tests {
         ];
         for (body, field) in cases {
             let err = BrokerConfig::from_toml_str(&format!("[cluster]\n{body}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_sentinel_run_redis_is_accepted_with_a_replication_wait() {
+        let config = BrokerConfig::from_toml_str(
+            "[cluster]\n[cluster.redis_sentinel]\nmaster_name = \"mymaster\"\n\
+             sentinels = [\"sentinel-0:26379\", \"10.0.0.7:26379\"]\n\
+             password_file = \"/run/secrets/redis-password\"\n\
+             [cluster.redis_replication]\nwait_replicas = 1\n",
+        )
+        .expect("valid sentinel section");
+        assert!(config.cluster.has_redis());
+        let sentinel = config.cluster.redis_sentinel.expect("sentinel");
+        assert_eq!(sentinel.master_name, "mymaster");
+        assert_eq!(sentinel.sentinels.len(), 2);
+        assert_eq!(config.cluster.redis_replication.wait_replicas, 1);
+        assert_eq!(config.cluster.redis_replication.wait_timeout_ms, 1000);
+    }
+
+    #[test]
+    fn sentinel_and_replication_values_that_cannot_work_are_named() {
+        let sentinel = "[cluster.redis_sentinel]\nmaster_name = \"m\"\nsentinels = [\"s:26379\"]\n";
+        let cases = [
+            (
+                format!("redis_url = \"redis://r:6379\"\n{sentinel}"),
+                "cluster.redis_sentinel",
+            ),
+            (
+                "[cluster.redis_sentinel]\nsentinels = [\"s:26379\"]\n".to_string(),
+                "cluster.redis_sentinel.master_name",
+            ),
+            (
+                "[cluster.redis_sentinel]\nmaster_name = \"m\"\n".to_string(),
+                "cluster.redis_sentinel.sentinels",
+            ),
+            (
+                "[cluster.redis_sentinel]\nmaster_name = \"m\"\nsentinels = [\"s\"]\n".to_string(),
+                "cluster.redis_sentinel.sentinels",
+            ),
+            (
+                "[cluster.redis_replication]\nwait_replicas = 1\n".to_string(),
+                "cluster.redis_replication.wait_replicas",
+            ),
+            (
+                format!("{sentinel}[cluster.redis_replication]\nwait_replicas = 1\nwait_timeout_ms = 0\n"),
+                "cluster.redis_replication.wait_timeout_ms",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = BrokerConfig::from_toml_str(&format!("[cluster]\n{body}"))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(field), "{body}: {err}");

@@ -2,6 +2,7 @@
 //! and a whole cluster (redis-server, N broker nodes gossiping, HAProxy in front) whose parts a
 //! test can stop, pause, cut and start again.
 
+use crate::sentinel::SentinelRedis;
 use crate::{BrokerNode, ClusterSettings, Haproxy, RedisServer};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -136,6 +137,9 @@ pub struct ClusterOptions {
     pub persistent_redis: bool,
     /// Each node reaches Redis through a [`TcpProxy`] of its own.
     pub proxied_redis: bool,
+    /// Redis run by Sentinel (a primary, two replicas, three sentinels), which the nodes find
+    /// through the sentinels.
+    pub sentinel: bool,
     /// TOML appended to every node's configuration.
     pub extra_config: String,
 }
@@ -150,7 +154,9 @@ pub struct Cluster {
     pub nodes: Vec<BrokerNode>,
     /// Each node's proxy to Redis (with [`ClusterOptions::proxied_redis`]).
     pub proxies: Vec<TcpProxy>,
-    /// The shared Redis.
+    /// The replicas and sentinels (with [`ClusterOptions::sentinel`]).
+    pub sentinel: Option<SentinelRedis>,
+    /// The shared Redis (with Sentinel, the primary it started with).
     pub redis: RedisServer,
 }
 
@@ -160,10 +166,13 @@ pub const MEMBERSHIP: Duration = Duration::from_secs(60);
 impl Cluster {
     /// Starts the cluster and waits until every node sees all the others.
     pub async fn start(options: &ClusterOptions) -> Result<Self> {
-        let redis = if options.persistent_redis {
-            RedisServer::start_persistent().await?
+        let (redis, sentinel) = if options.sentinel {
+            let (primary, group) = SentinelRedis::start().await?;
+            (primary, Some(group))
+        } else if options.persistent_redis {
+            (RedisServer::start_persistent().await?, None)
         } else {
-            RedisServer::start().await?
+            (RedisServer::start().await?, None)
         };
         let mut proxies = Vec::new();
         let mut settings = Vec::new();
@@ -177,6 +186,7 @@ impl Cluster {
                 redis.url()
             };
             let mut node = ClusterSettings::new(&url, &[])?;
+            node.redis_sentinel = sentinel.as_ref().map(SentinelRedis::broker_config);
             node.extra_config = options.extra_config.clone();
             settings.push(node);
         }
@@ -200,6 +210,7 @@ impl Cluster {
         let lb = Haproxy::start(&backends).await?;
         let cluster = Cluster {
             redis,
+            sentinel,
             nodes,
             proxies,
             lb,

@@ -12,6 +12,7 @@
 
 pub mod fault;
 mod process;
+pub mod sentinel;
 
 pub use process::{free_port, log_to, wait_for, Process};
 
@@ -32,6 +33,8 @@ pub struct RedisServer {
     process: Option<Process>,
     /// Where a persistent server keeps its append-only file.
     data: Option<tempfile::TempDir>,
+    /// The primary it replicates, for a replica.
+    replica_of: Option<SocketAddr>,
 }
 
 impl RedisServer {
@@ -39,11 +42,25 @@ impl RedisServer {
     /// answers PING.
     pub async fn start() -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let process = Self::spawn(addr, None).await?;
+        let process = Self::spawn(addr, None, None).await?;
         Ok(RedisServer {
             addr,
             process: Some(process),
             data: None,
+            replica_of: None,
+        })
+    }
+
+    /// Starts `redis-server` without persistence as a replica of `primary` and waits until it
+    /// answers PING (not until it is in sync).
+    pub async fn start_replica_of(primary: SocketAddr) -> Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let process = Self::spawn(addr, None, Some(primary)).await?;
+        Ok(RedisServer {
+            addr,
+            process: Some(process),
+            data: None,
+            replica_of: Some(primary),
         })
     }
 
@@ -53,11 +70,12 @@ impl RedisServer {
     pub async fn start_persistent() -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let data = tempfile::tempdir()?;
-        let process = Self::spawn(addr, Some(data.path())).await?;
+        let process = Self::spawn(addr, Some(data.path()), None).await?;
         Ok(RedisServer {
             addr,
             process: Some(process),
             data: Some(data),
+            replica_of: None,
         })
     }
 
@@ -71,7 +89,7 @@ impl RedisServer {
     pub async fn start_again(&mut self) -> Result<()> {
         anyhow::ensure!(self.process.is_none(), "redis-server is still running");
         let dir = self.data.as_ref().map(|d| d.path().to_path_buf());
-        self.process = Some(Self::spawn(self.addr, dir.as_deref()).await?);
+        self.process = Some(Self::spawn(self.addr, dir.as_deref(), self.replica_of).await?);
         Ok(())
     }
 
@@ -106,9 +124,17 @@ impl RedisServer {
         self.start_again().await
     }
 
-    async fn spawn(addr: SocketAddr, data: Option<&std::path::Path>) -> Result<Process> {
+    async fn spawn(
+        addr: SocketAddr,
+        data: Option<&std::path::Path>,
+        replica_of: Option<SocketAddr>,
+    ) -> Result<Process> {
         let port = addr.port().to_string();
         let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let primary_port = replica_of.map(|p| p.port().to_string());
+        if let Some(primary_port) = &primary_port {
+            args.extend(["--replicaof", "127.0.0.1", primary_port]);
+        }
         let dir;
         match data {
             Some(path) => {
@@ -191,8 +217,11 @@ pub struct BrokerNode {
 /// Cluster settings of a node started by [`BrokerNode::start_clustered`].
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    /// The shared Redis.
+    /// The shared Redis's URL.
     pub redis_url: String,
+    /// Instead of the URL, this `[cluster.redis_sentinel]` table (see
+    /// [`sentinel::SentinelRedis::broker_config`]).
+    pub redis_sentinel: Option<String>,
     /// This node's gossip address.
     pub gossip: SocketAddr,
     /// Gossip addresses of other nodes.
@@ -206,6 +235,7 @@ impl ClusterSettings {
     pub fn new(redis_url: &str, seeds: &[SocketAddr]) -> Result<Self> {
         Ok(ClusterSettings {
             redis_url: redis_url.to_string(),
+            redis_sentinel: None,
             gossip: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             seeds: seeds.to_vec(),
             extra_config: String::new(),
@@ -218,13 +248,18 @@ impl BrokerNode {
     pub async fn start_clustered(id: &str, cluster: &ClusterSettings) -> Result<Self> {
         use std::io::Write;
         let seeds: Vec<String> = cluster.seeds.iter().map(|s| format!("\"{s}\"")).collect();
-        let text = format!(
-            "[cluster]\nredis_url = \"{}\"\ngossip_bind = \"{}\"\ngossip_seeds = [{}]\n{}",
-            cluster.redis_url,
+        let gossip = format!(
+            "gossip_bind = \"{}\"\ngossip_seeds = [{}]\n",
             cluster.gossip,
-            seeds.join(", "),
-            cluster.extra_config,
+            seeds.join(", ")
         );
+        let text = match &cluster.redis_sentinel {
+            None => format!(
+                "[cluster]\nredis_url = \"{}\"\n{gossip}{}",
+                cluster.redis_url, cluster.extra_config
+            ),
+            Some(sentinel) => format!("[cluster]\n{gossip}{sentinel}{}", cluster.extra_config),
+        };
         let mut file = tempfile::NamedTempFile::new()?;
         file.write_all(text.as_bytes())?;
         file.flush()?;

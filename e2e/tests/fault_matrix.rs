@@ -1,8 +1,9 @@
 //! The fault matrix: a numbered QoS 1 stream through HAProxy to persistent subscribers on a real
 //! cluster (redis-server, 2 or 3 broker nodes, HAProxy), MQTT 3.1.1 and 5, while one fault
 //! happens: a takeover, a rolling restart, a SIGKILL, a Redis restart (without and with
-//! persistence), a Redis replaced as a Kubernetes pod is, a Redis stall, one node cut off from
-//! Redis, a gossip false positive, a scale-down; and new subscriptions after a Redis restart. Every run asserts that no number the
+//! persistence), a Redis replaced as a Kubernetes pod is, a Sentinel failover after the primary
+//! is killed, a Redis stall, one node cut off from Redis, a gossip false positive, a scale-down;
+//! and new subscriptions after a Redis restart. Every run asserts that no number the
 //! publisher had acknowledged is missing at any subscriber (lost) and that no number came twice
 //! with the later copy lacking DUP (dupless), and prints one line with what it saw.
 //!
@@ -74,6 +75,9 @@ enum Scenario {
     GossipFalsePositive,
     /// The victim gets SIGTERM and never comes back.
     ScaleDown,
+    /// Redis run by Sentinel: the primary killed (SIGKILL), a replica promoted; acknowledgements
+    /// wait for one replica (`cluster.redis_replication`).
+    SentinelFailover,
     /// Redis restarted (empty); then, for each node, subscribers made on it receive from a
     /// publisher on the next node.
     NewSubscriptionsAfterRedisRestart,
@@ -92,6 +96,7 @@ impl Scenario {
             Scenario::RedisCut => "redis-cut-one-node",
             Scenario::GossipFalsePositive => "gossip-false-positive",
             Scenario::ScaleDown => "scale-down",
+            Scenario::SentinelFailover => "sentinel-failover",
             Scenario::NewSubscriptionsAfterRedisRestart => "new-subs-after-redis-restart",
         }
     }
@@ -322,9 +327,14 @@ async fn run_once(
         nodes,
         persistent_redis: scenario == Scenario::RedisRestartPersistent,
         proxied_redis: matches!(scenario, Scenario::RedisCut | Scenario::RedisReplaced),
+        sentinel: scenario == Scenario::SentinelFailover,
         // Sessions may queue the whole stream: the default of 1,000 per session would drop (and
         // count) what a subscriber misses while it is away.
-        extra_config: "[limits]\nmax_queued_messages = 100000\n".into(),
+        extra_config: if scenario == Scenario::SentinelFailover {
+            "[cluster.redis_replication]\nwait_replicas = 1\nwait_timeout_ms = 1000\n[limits]\nmax_queued_messages = 100000\n".into()
+        } else {
+            "[limits]\nmax_queued_messages = 100000\n".into()
+        },
     };
     let run_label = format!("{run}/{}", settings.repeat);
     let cluster = match Cluster::start(&options).await {
@@ -680,6 +690,36 @@ async fn inject(
             ));
             resumed(stream, &format!("node-{victim} left")).await?;
         }
+        Scenario::SentinelFailover => {
+            let group = cluster
+                .sentinel
+                .as_ref()
+                .context("the cluster has no sentinels")?;
+            let old = group.primary().await?;
+            let t = Instant::now();
+            cluster.redis.stop().await;
+            let promoted = group
+                .wait_for_failover(old, Duration::from_secs(60))
+                .await?;
+            let failed_over = t.elapsed();
+            resumed(stream, "the failover").await?;
+            let flowing = t.elapsed();
+            cluster
+                .wait_for_readyz(&cluster.all(), 200, Duration::from_secs(30))
+                .await?;
+            let waits = cluster
+                .metric("starling_cluster_replication_waits_total")
+                .await;
+            let short = cluster
+                .metric("starling_cluster_replication_waits_short_total")
+                .await;
+            notes.push(format!(
+                "primary {old} killed: sentinels named {promoted} after {}, stream flowing again after {}, nodes ready after {}; replication waits {waits:?}, short {short:?}",
+                secs(failed_over),
+                secs(flowing),
+                secs(t.elapsed())
+            ));
+        }
         Scenario::NewSubscriptionsAfterRedisRestart => {
             unreachable!("not a fault in the middle of a stream")
         }
@@ -795,6 +835,7 @@ matrix! {
         scale_down_3_nodes_v5: ScaleDown, 3, V5;
         gossip_false_positive_3_nodes_v5: GossipFalsePositive, 3, V5;
         redis_replaced_2_nodes_v5: RedisReplaced, 2, V5;
+        sentinel_failover_2_nodes_v5: SentinelFailover, 2, V5;
     ]
     full: [
         takeover_2_nodes_v311: Takeover, 2, V311;
@@ -829,6 +870,9 @@ matrix! {
         scale_down_2_nodes_v311: ScaleDown, 2, V311;
         scale_down_2_nodes_v5: ScaleDown, 2, V5;
         scale_down_3_nodes_v311: ScaleDown, 3, V311;
+        sentinel_failover_2_nodes_v311: SentinelFailover, 2, V311;
+        sentinel_failover_3_nodes_v311: SentinelFailover, 3, V311;
+        sentinel_failover_3_nodes_v5: SentinelFailover, 3, V5;
         new_subs_after_redis_restart_2_nodes_v311: NewSubscriptionsAfterRedisRestart, 2, V311;
         new_subs_after_redis_restart_2_nodes_v5: NewSubscriptionsAfterRedisRestart, 2, V5;
         new_subs_after_redis_restart_3_nodes_v311: NewSubscriptionsAfterRedisRestart, 3, V311;

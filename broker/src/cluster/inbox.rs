@@ -13,8 +13,9 @@ use super::relayed::ReadBatch;
 use super::window::parse_stream_id;
 use crate::broker::Broker;
 use crate::store::redis::codec;
+use crate::store::redis::target::RedisTarget;
 use redis::aio::MultiplexedConnection;
-use redis::{Client, Value};
+use redis::Value;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,7 +36,7 @@ pub(super) type Entry = (String, Vec<EntryField>);
 /// Starts reading `key`, this node's inbox, from `start_id` (exclusive) on `con`.
 pub(super) fn start_reading(
     link: Arc<ClusterLink>,
-    client: Client,
+    target: RedisTarget,
     key: String,
     start_id: String,
     con: MultiplexedConnection,
@@ -43,7 +44,7 @@ pub(super) fn start_reading(
 ) {
     let (replies, fetched) = mpsc::channel(READS_AHEAD);
     tokio::spawn(fetch(
-        client,
+        target,
         key.clone(),
         start_id,
         con,
@@ -56,7 +57,7 @@ pub(super) fn start_reading(
 /// Reads the inbox one XREAD after another, handing every non-empty reply to the deliverer.
 /// Ends with the broker, or once the deliverer is gone.
 async fn fetch(
-    client: Client,
+    target: RedisTarget,
     key: String,
     mut last_id: String,
     mut con: MultiplexedConnection,
@@ -92,7 +93,7 @@ async fn fetch(
             Err(e) => {
                 tracing::warn!(error = %e, "reading the relay inbox failed; reconnecting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Ok(fresh) = inbox_connection(&client).await {
+                if let Ok(fresh) = inbox_connection(&target).await {
                     con = fresh;
                 }
             }
@@ -184,12 +185,16 @@ pub(super) fn decoded_records(
 }
 
 /// A connection of its own for the inbox fetcher (XREAD BLOCK would hold up a shared one).
-pub(super) async fn inbox_connection(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
+pub(super) async fn inbox_connection(
+    target: &RedisTarget,
+) -> redis::RedisResult<MultiplexedConnection> {
     // XREAD BLOCK answers after up to INBOX_BLOCK: the connection must wait longer than that.
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(INBOX_BLOCK + Duration::from_secs(5)));
-    client
+    target
+        .client()
+        .await?
         .get_multiplexed_async_connection_with_config(&config)
         .await
 }

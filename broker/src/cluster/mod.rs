@@ -13,6 +13,7 @@ pub mod redis_clock;
 pub mod refusals;
 pub mod relay;
 mod relayed;
+pub mod replication;
 pub mod sweep;
 pub mod window;
 mod work_queue;

@@ -46,7 +46,7 @@ impl Refusal {
                 "redis refuses writes: out of memory (OOM; raise its maxmemory, or free memory)"
             }
             Refusal::ReadOnly => {
-                "redis refuses writes: read-only replica (READONLY; point cluster.redis_url at the primary)"
+                "redis refuses writes: read-only replica (READONLY; point cluster.redis_url at the primary, or use cluster.redis_sentinel)"
             }
             Refusal::Busy => "redis refuses writes for now (loading, busy or failing over)",
             Refusal::Permanent => "redis refuses some writes (see the log)",

@@ -33,6 +33,7 @@ use super::packed::{self, Packer};
 use super::pending::PendingRelays;
 use super::redis_clock::RedisClock;
 use super::refusals;
+use super::replication::{ReplicationWait, Waited};
 use super::window::{parse_stream_id, Unread};
 use super::work_queue::WorkQueue;
 use crate::broker::{Broker, GroupKey};
@@ -43,10 +44,11 @@ use crate::router::memo::RouteMemo;
 use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::redis::renewing::RenewingConnection;
+use crate::store::redis::target::RedisTarget;
 use crate::store::QueuedMessage;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
-use redis::{Client, Value};
+use redis::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -174,6 +176,11 @@ impl Keys {
     fn journal(&self, node: &str) -> String {
         format!("{}v1:journal:{node}", self.prefix)
     }
+    /// The counter a node's writer increments before each replication wait (see
+    /// [`super::replication`]).
+    fn replicated(&self, node: &str) -> String {
+        format!("{}v1:node:{node}:replicated", self.prefix)
+    }
     fn inbox_read(&self, node: &str) -> String {
         format!("{}v1:inbox:{node}:read", self.prefix)
     }
@@ -201,7 +208,8 @@ pub struct ClusterLink {
     journal_seq: AtomicU64,
     /// The first inbox entry id this run reads; older ones are an earlier run's leftovers.
     inbox_start: String,
-    client: Client,
+    /// Where Redis is (asked again at every reconnection: with Sentinel, it moves).
+    target: RedisTarget,
     waiting: Mutex<Waiters>,
     departed: RwLock<HashSet<NodeId>>,
     health: Health,
@@ -217,6 +225,11 @@ pub struct ClusterLink {
     reconnected: watch::Sender<u64>,
     /// `starling_cluster_redis_write_refusals_total`.
     write_refusals: prometheus_client::metrics::counter::Counter,
+    /// How acknowledgements wait for Redis replicas (`None`: they do not).
+    replication: Option<ReplicationWait>,
+    /// `starling_cluster_replication_waits_total` and `…_short_total`.
+    replication_waits: prometheus_client::metrics::counter::Counter,
+    replication_waits_short: prometheus_client::metrics::counter::Counter,
 }
 
 impl Drop for ClusterLink {
@@ -231,14 +244,13 @@ impl ClusterLink {
     /// starts the writer, the inbox reader and the entries watcher. Received messages are
     /// delivered through `broker`.
     pub async fn start(
-        url: &str,
+        target: &RedisTarget,
         node_id: &str,
         prefix: &str,
         broker: &Arc<Broker>,
     ) -> Result<Arc<Self>, RelayError> {
-        let client = Client::open(url).map_err(relay_error)?;
         let mut writer = RenewingConnection::connect(
-            client.clone(),
+            target.clone(),
             ConnectionManagerConfig::new(),
             "cluster health and entries",
         )
@@ -247,9 +259,7 @@ impl ClusterLink {
         let keys = Keys {
             prefix: prefix.to_string(),
         };
-        let mut inbox = inbox::inbox_connection(&client)
-            .await
-            .map_err(relay_error)?;
+        let mut inbox = inbox::inbox_connection(target).await.map_err(relay_error)?;
         // Read what arrives from now on (by Redis's clock, which stream ids follow); what an
         // earlier run of this node left is recovered separately (see `recovery`).
         let (seconds, micros): (u64, u64) = redis::cmd("TIME")
@@ -286,7 +296,7 @@ impl ClusterLink {
             run: now_ms,
             journal_seq: AtomicU64::new(0),
             inbox_start: format!("{now_ms}-0"),
-            client: client.clone(),
+            target: target.clone(),
             waiting: Mutex::new(HashMap::new()),
             departed: RwLock::new(HashSet::new()),
             health: Health::default(),
@@ -294,6 +304,9 @@ impl ClusterLink {
             redis_clock: RedisClock::default(),
             reconnected: watch::Sender::new(0),
             write_refusals: broker.metrics.redis_write_refusals.clone(),
+            replication: ReplicationWait::from_config(&broker.config.cluster.redis_replication),
+            replication_waits: broker.metrics.replication_waits.clone(),
+            replication_waits_short: broker.metrics.replication_waits_short.clone(),
         });
         let reading = health::read(&mut writer, &link.keys.epoch(), &link.keys.nodes(), node_id)
             .await
@@ -303,7 +316,13 @@ impl ClusterLink {
         link.resync(&mut writer, broker, Resync::Replace)
             .await
             .map_err(relay_error)?;
-        spawn_writer(Arc::downgrade(&link), client.clone(), outbound)?;
+        let response_wait = WRITE_RESPONSE_WAIT.max(link.confirm_wait() + Duration::from_secs(5));
+        spawn_writer(
+            Arc::downgrade(&link),
+            target.clone(),
+            outbound,
+            response_wait,
+        )?;
         tokio::spawn(watch_health(
             link.clone(),
             writer.clone(),
@@ -311,7 +330,7 @@ impl ClusterLink {
         ));
         inbox::start_reading(
             link.clone(),
-            client.clone(),
+            target.clone(),
             link.keys.inbox(node_id),
             link.inbox_start.clone(),
             inbox,
@@ -319,7 +338,7 @@ impl ClusterLink {
         );
         tokio::spawn(watch_entries(
             link.clone(),
-            client,
+            target.clone(),
             writer,
             Arc::downgrade(broker),
         ));
@@ -329,6 +348,15 @@ impl ClusterLink {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// How long an acknowledgement may wait for the barrier behind its writes ([`CONFIRM_WAIT`],
+    /// plus the replication wait when one is configured).
+    pub fn confirm_wait(&self) -> Duration {
+        CONFIRM_WAIT
+            + self
+                .replication
+                .map_or(Duration::ZERO, |wait| wait.timeout())
     }
 
     /// Whether Redis answered the last health check. While it does not, the node is degraded:
@@ -452,7 +480,9 @@ impl ClusterLink {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(health::CONNECT_TIMEOUT))
             .set_response_timeout(Some(health::RESPONSE_TIMEOUT));
-        self.client
+        self.target
+            .client()
+            .await?
             .get_multiplexed_async_connection_with_config(&config)
             .await
     }
@@ -1071,8 +1101,9 @@ impl Flow {
 /// ends once the link is gone.
 fn spawn_writer(
     link: Weak<ClusterLink>,
-    client: Client,
+    target: RedisTarget,
     queue: Arc<WorkQueue<Outbound>>,
+    response_wait: Duration,
 ) -> Result<(), RelayError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1083,9 +1114,9 @@ fn spawn_writer(
         .spawn(move || {
             runtime.block_on(async move {
                 let con = loop {
-                    let config = ConnectionManagerConfig::new()
-                        .set_response_timeout(Some(WRITE_RESPONSE_WAIT));
-                    match RenewingConnection::connect(client.clone(), config, "relay writer").await
+                    let config =
+                        ConnectionManagerConfig::new().set_response_timeout(Some(response_wait));
+                    match RenewingConnection::connect(target.clone(), config, "relay writer").await
                     {
                         Ok(con) => break con,
                         Err(e) => {
@@ -1226,10 +1257,21 @@ async fn write_loop(
         for node in &behind {
             pipe.cmd("GET").arg(link.keys.inbox_read(node));
         }
+        // Acknowledgements wait for this batch's barriers: with a replication wait, until the
+        // replicas hold what they depend on (its reply comes last).
+        let replication = link.replication.filter(|_| {
+            batch
+                .iter()
+                .any(|item| matches!(item, Outbound::Barrier(_)))
+        });
+        if let Some(wait) = &replication {
+            wait.append(&mut pipe, &link.keys.replicated(&link.node_id));
+        }
         let mut delay = Duration::from_millis(50);
         // A batch of nothing but barriers has nothing to write (an empty pipeline would wait for
         // replies that never come).
         let writes = !behind.is_empty()
+            || replication.is_some()
             || batch
                 .iter()
                 .any(|item| !matches!(item, Outbound::Barrier(_)));
@@ -1318,6 +1360,27 @@ async fn write_loop(
             }
         }
         link.forward_room.add_permits(written);
+        let mut replies = replies;
+        if let Some(wait) = &replication {
+            // Empty when only refused commands were sent again: then nothing is known of it.
+            if let Some(reply) = replies.pop() {
+                link.replication_waits.inc();
+                match wait.read(&reply) {
+                    Waited::Enough => {}
+                    Waited::Short(confirmed) => {
+                        link.replication_waits_short.inc();
+                        tracing::debug!(
+                            confirmed,
+                            "fewer redis replicas than asked for confirmed in time"
+                        );
+                    }
+                    Waited::Unreadable => {
+                        link.replication_waits_short.inc();
+                        tracing::warn!(reply = ?reply, "redis answered WAIT with no count");
+                    }
+                }
+            }
+        }
         let mut replies = replies.into_iter();
         for ((node, messages), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
             if let Some(id) = bulk_bytes(reply).as_deref().and_then(parse_stream_id) {

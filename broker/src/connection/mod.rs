@@ -9,7 +9,6 @@ mod handshake;
 mod inbound;
 
 use crate::broker::Broker;
-use crate::cluster::relay::CONFIRM_WAIT;
 use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, DisconnectReasonCode, Packet};
@@ -325,7 +324,7 @@ where
         };
         let confirmed = link.redis_up()
             && matches!(
-                tokio::time::timeout(CONFIRM_WAIT, link.barrier()).await,
+                tokio::time::timeout(link.confirm_wait(), link.barrier()).await,
                 Ok(Ok(()))
             );
         if !confirmed {

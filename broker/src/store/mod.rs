@@ -28,9 +28,6 @@ pub enum StoreError {
     /// The backing service could not be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// The store's address cannot be used at all; retrying will not help.
-    #[error("not a usable store address: {0}")]
-    InvalidAddress(String),
 }
 
 /// A message waiting for (or in flight to) one session.

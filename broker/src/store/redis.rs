@@ -29,6 +29,7 @@ pub(crate) mod codec;
 pub mod eviction;
 mod plain;
 pub mod renewing;
+pub mod target;
 
 pub use codec::{DecodeError, ENCODING_VERSION};
 
@@ -42,12 +43,13 @@ use crate::message::{ClientId, Message};
 use crate::protocol::topic;
 use async_trait::async_trait;
 use redis::aio::ConnectionManagerConfig;
-use redis::{Client, Cmd, RedisError, Script, Value};
+use redis::{Cmd, RedisError, Script, Value};
 use renewing::RenewingConnection;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use target::RedisTarget;
 
 /// The version of the key schema, part of every key name.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -60,8 +62,8 @@ const MGET_BATCH: usize = 512;
 /// How a [`RedisStore`] reaches Redis and names its keys.
 #[derive(Debug, Clone)]
 pub struct RedisStoreConfig {
-    /// Connection URL: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
-    pub url: String,
+    /// Where Redis is: one address, or the primary Sentinel names.
+    pub target: RedisTarget,
     /// Prefix of every key (the schema version follows it).
     pub key_prefix: String,
     /// This node's identity, recorded in the sessions it holds.
@@ -79,9 +81,9 @@ pub struct RedisStoreConfig {
 impl RedisStoreConfig {
     /// A configuration with the default prefix (`starling:`), a 30 s expiry grace and a 5 s
     /// operation timeout.
-    pub fn new(url: impl Into<String>, node_id: impl Into<String>, max_queued: usize) -> Self {
+    pub fn new(target: RedisTarget, node_id: impl Into<String>, max_queued: usize) -> Self {
         RedisStoreConfig {
-            url: url.into(),
+            target,
             key_prefix: "starling:".to_string(),
             node_id: node_id.into(),
             max_queued,
@@ -150,12 +152,9 @@ fn millis_since_epoch(at: SystemTime) -> u64 {
 
 impl RedisStore {
     /// Connects to Redis. Fails if Redis cannot be reached now ([`StoreError::Unavailable`]; see
-    /// [`super::connect_when_up`] to wait for it) or the URL is unusable
-    /// ([`StoreError::InvalidAddress`]); once connected, the connection is re-established in the
+    /// [`super::connect_when_up`] to wait for it); once connected, the connection is re-established in the
     /// background whenever it breaks.
     pub async fn connect(config: RedisStoreConfig) -> Result<Self, StoreError> {
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| StoreError::InvalidAddress(format!("redis: {e}")))?;
         let timeout = config.operation_timeout;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.min(Duration::from_secs(2))))
@@ -164,7 +163,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let manager = tokio::time::timeout(
             timeout,
-            RenewingConnection::connect(client, manager_config, "store"),
+            RenewingConnection::connect(config.target.clone(), manager_config, "store"),
         )
         .await
         .map_err(|_| StoreError::Unavailable("redis: connect timed out".to_string()))?

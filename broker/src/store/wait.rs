@@ -45,7 +45,6 @@ pub async fn connect_when_up(
                 return Ok(store);
             }
             Err(StoreError::Unavailable(reason)) => reason,
-            Err(e @ StoreError::InvalidAddress(_)) => return Err(e),
         };
         attempts += 1;
         if last_reason.as_deref() != Some(reason.as_str()) {
@@ -66,22 +65,5 @@ pub async fn connect_when_up(
         last_reason = Some(reason);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_MAX);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_unusable_url_fails_at_once() {
-        let config = RedisStoreConfig::new("redis://[not-a-host/", "n", 10);
-        let mut reports = 0;
-        let err = connect_when_up(config, |_| reports += 1)
-            .await
-            .err()
-            .expect("an unusable URL is an error");
-        assert!(matches!(err, StoreError::InvalidAddress(_)), "{err}");
-        assert_eq!(reports, 0);
     }
 }

@@ -94,6 +94,12 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Its address, as the broker's store and relay take it.
+    pub fn target(&self) -> starling_broker::store::redis::target::RedisTarget {
+        starling_broker::store::redis::target::RedisTarget::address(&self.url())
+            .expect("a loopback URL")
+    }
+
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))

@@ -6,8 +6,8 @@ use super::ClusterLink;
 use crate::broker::Broker;
 use crate::cluster::health::{self, EpochCheck};
 use crate::store::redis::renewing::RenewingConnection;
+use crate::store::redis::target::RedisTarget;
 use futures_util::StreamExt;
-use redis::Client;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ pub(super) async fn watch_health(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let heartbeat = format!("{}\n{}", link.node_id, health::HEARTBEAT);
     let mut renewals_seen = con.renewals();
+    let mut primaries_seen = link.target.primary_changes();
     loop {
         tick.tick().await;
         let reading = tokio::time::timeout(
@@ -76,6 +77,9 @@ pub(super) async fn watch_health(
             continue;
         }
         let lost = check == Some(EpochCheck::Lost);
+        // A replica promoted by Sentinel may lack the last writes the old primary took.
+        let failed_over = link.target.primary_changes() != primaries_seen;
+        primaries_seen = link.target.primary_changes();
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {
             link.declared_dead_until(redis_ms);
@@ -91,8 +95,10 @@ pub(super) async fn watch_health(
             broker.metrics.redis_resets.inc();
         } else if !was_up {
             tracing::info!("redis reachable again: announcing this node's entries");
+        } else if failed_over {
+            tracing::info!("redis failed over to another primary: registering and announcing this node's entries again");
         }
-        if lost || !was_up || declared_dead {
+        if lost || !was_up || declared_dead || failed_over {
             let _ = redis::pipe()
                 .atomic()
                 .cmd("SADD")
@@ -120,11 +126,11 @@ pub(super) async fn watch_health(
 
 /// Subscribes to entry announcements, within [`health::CONNECT_TIMEOUT`].
 async fn subscribe_announcements(
-    client: &Client,
+    target: &RedisTarget,
     channel: &str,
 ) -> Result<redis::aio::PubSub, String> {
     let subscribed = tokio::time::timeout(health::CONNECT_TIMEOUT, async {
-        let mut pubsub = client.get_async_pubsub().await?;
+        let mut pubsub = target.client().await?.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok::<_, redis::RedisError>(pubsub)
     })
@@ -142,13 +148,13 @@ async fn subscribe_announcements(
 /// reconnected.
 pub(super) async fn watch_entries(
     link: Arc<ClusterLink>,
-    client: Client,
+    target: RedisTarget,
     mut con: RenewingConnection,
     broker: Weak<Broker>,
 ) {
     let mut first = true;
     loop {
-        let mut pubsub = match subscribe_announcements(&client, &link.keys.channel()).await {
+        let mut pubsub = match subscribe_announcements(&target, &link.keys.channel()).await {
             Ok(pubsub) => pubsub,
             Err(e) => {
                 link.health.set_announcements_up(false);

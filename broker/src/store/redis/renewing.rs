@@ -6,11 +6,14 @@
 //! pod was replaced) or cut off by the network never closes the old connections: every later
 //! command on them times out too, for as long as the node runs. [`RenewingConnection`] swaps in a
 //! fresh `ConnectionManager` after a timeout, so the next command opens a new connection, which
-//! reaches whatever Redis answers at the address now.
+//! reaches whatever Redis answers at the address now. With Sentinel ([`RedisTarget`]) it also
+//! does so when the server stops being the primary (gone, or answering as a replica), and the
+//! new connection goes to the primary the sentinels name then.
 
+use super::target::{self, RedisTarget};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use std::sync::Arc;
 
 /// A shareable Redis connection (clones use the same one) that is replaced after a timeout.
@@ -20,10 +23,11 @@ pub struct RenewingConnection {
 }
 
 struct Shared {
-    client: Client,
+    target: RedisTarget,
     config: ConnectionManagerConfig,
-    /// The connection in use, and how many were replaced before it.
-    current: Mutex<(u64, ConnectionManager)>,
+    /// How many connections were replaced, and the one in use (`None` once replaced: the next
+    /// command asks the target for a client and makes one).
+    current: Mutex<(u64, Option<ConnectionManager>)>,
     /// Named in the log line of a replacement.
     purpose: &'static str,
 }
@@ -32,16 +36,17 @@ impl RenewingConnection {
     /// Connects now (failing as the client's connection manager does) with `config`; `purpose`
     /// names the connection in the log.
     pub async fn connect(
-        client: Client,
+        target: RedisTarget,
         config: ConnectionManagerConfig,
         purpose: &'static str,
     ) -> RedisResult<Self> {
-        let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        let client = target.client().await?;
+        let manager = ConnectionManager::new_with_config(client, config.clone()).await?;
         Ok(Self {
             shared: Arc::new(Shared {
-                client,
+                target,
                 config,
-                current: Mutex::new((0, manager)),
+                current: Mutex::new((0, Some(manager))),
                 purpose,
             }),
         })
@@ -55,53 +60,66 @@ impl RenewingConnection {
     /// Replaces the connection now: the next command opens a new one (a command waiting on the
     /// old one still waits for its answer or its timeout).
     pub fn renew(&self) {
-        let used = self.current().0;
+        let used = self.shared.current.lock().0;
         self.replace(used);
     }
 
-    fn current(&self) -> (u64, ConnectionManager) {
-        let current = self.shared.current.lock();
-        (current.0, current.1.clone())
+    /// The connection to use and its generation; after a replacement, a new one to the server
+    /// the target names now (connecting on its first command).
+    async fn current(&self) -> RedisResult<(u64, ConnectionManager)> {
+        {
+            let current = self.shared.current.lock();
+            if let Some(manager) = &current.1 {
+                return Ok((current.0, manager.clone()));
+            }
+        }
+        let client = self.shared.target.client().await?;
+        let fresh = ConnectionManager::new_lazy_with_config(client, self.shared.config.clone())?;
+        let mut current = self.shared.current.lock();
+        // A concurrent command may have made one meanwhile: one connection is kept.
+        let manager = current.1.get_or_insert(fresh).clone();
+        Ok((current.0, manager))
     }
 
-    /// After `error` on the connection of generation `used`: a timeout replaces it (unless a
-    /// concurrent command replaced it already).
+    /// After `error` on the connection of generation `used`: a timeout replaces it, and so does,
+    /// with a target that follows failovers, a sign that the server is no longer the primary
+    /// (unless a concurrent command replaced it already).
     fn after_error(&self, used: u64, error: &RedisError) {
-        if error.is_timeout() && self.replace(used) {
+        if error.is_timeout() {
+            if self.replace(used) {
+                tracing::warn!(
+                    connection = self.shared.purpose,
+                    "redis did not answer in time: the next command opens a new connection"
+                );
+            }
+        } else if self.shared.target.follows_failover()
+            && target::lost_the_primary(error)
+            && self.replace(used)
+        {
             tracing::warn!(
                 connection = self.shared.purpose,
-                "redis did not answer in time: the next command opens a new connection"
+                error = %error,
+                "redis primary lost: the next command asks the sentinels and connects anew"
             );
         }
     }
 
-    /// Replaces the connection of generation `used` with one that connects on its first
-    /// command; false when it was replaced already (or cannot be).
+    /// Drops the connection of generation `used`, so the next command makes a new one; false
+    /// when it was replaced already.
     fn replace(&self, used: u64) -> bool {
         let mut current = self.shared.current.lock();
         if current.0 != used {
             return false;
         }
-        match ConnectionManager::new_lazy_with_config(
-            self.shared.client.clone(),
-            self.shared.config.clone(),
-        ) {
-            Ok(fresh) => {
-                *current = (used + 1, fresh);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(connection = self.shared.purpose, error = %e, "redis connection not replaced");
-                false
-            }
-        }
+        *current = (used + 1, None);
+        true
     }
 }
 
 impl ConnectionLike for RenewingConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let (generation, mut con) = self.current();
+            let (generation, mut con) = self.current().await?;
             let reply = con.req_packed_command(cmd).await;
             if let Err(e) = &reply {
                 self.after_error(generation, e);
@@ -117,7 +135,7 @@ impl ConnectionLike for RenewingConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let (generation, mut con) = self.current();
+            let (generation, mut con) = self.current().await?;
             let replies = con.req_packed_commands(pipeline, offset, count).await;
             if let Err(e) = &replies {
                 self.after_error(generation, e);
@@ -127,6 +145,7 @@ impl ConnectionLike for RenewingConnection {
     }
 
     fn get_db(&self) -> i64 {
-        self.current().1.get_db()
+        let current = self.shared.current.lock();
+        current.1.as_ref().map_or(0, ConnectionLike::get_db)
     }
 }
