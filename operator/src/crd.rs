@@ -390,7 +390,9 @@ impl SessionAffinity {
     validation = Rule::new("!(has(self.managed) && has(self.external))")
         .message("redis: set either managed or external, not both"),
     validation = Rule::new("has(self.managed) || has(self.external)")
-        .message("redis: set managed (the operator runs Redis) or external (url of your own Redis)")
+        .message("redis: set managed (the operator runs Redis) or external (url of your own Redis)"),
+    validation = Rule::new("!has(self.managed) || !has(self.replication) || self.replication.waitReplicas == 0")
+        .message("redis.replication: the managed Redis has no replicas to wait for; set waitReplicas to 0 or use an external Redis with replicas")
 )]
 pub struct RedisSpec {
     /// A single Redis pod run by the operator, with a generated password.
@@ -399,6 +401,10 @@ pub struct RedisSpec {
     /// A Redis you run yourself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalRedis>,
+    /// Whether QoS 1/2 acknowledgements wait until Redis replicas hold the message (Redis
+    /// `WAIT`), so that a failover right after an acknowledgement loses nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<RedisReplication>,
 }
 
 impl Default for RedisSpec {
@@ -406,8 +412,28 @@ impl Default for RedisSpec {
         RedisSpec {
             managed: Some(ManagedRedis::default()),
             external: None,
+            replication: None,
         }
     }
+}
+
+/// How acknowledgements wait for Redis replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = unsigned_as_kubernetes_integers)]
+pub struct RedisReplication {
+    /// Replicas that must hold a message before its acknowledgement goes out; 0 does not wait.
+    #[schemars(range(min = 0, max = 16))]
+    pub wait_replicas: u32,
+    /// How long to wait for them (ms); when fewer confirm in time the acknowledgement goes out
+    /// anyway and `starling_cluster_replication_waits_short_total` counts it.
+    #[serde(default = "default_wait_timeout_ms")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub wait_timeout_ms: u32,
+}
+
+fn default_wait_timeout_ms() -> u32 {
+    1000
 }
 
 /// Which Redis a valid spec uses.
@@ -491,18 +517,48 @@ fn default_redis_size() -> Option<Quantity> {
     Some(Quantity(DEFAULT_REDIS_SIZE.to_string()))
 }
 
-/// A Redis the user runs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// A Redis the user runs: one server at `url`, or one run by Sentinel (`sentinel`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.sentinel)")
+        .message("redis.external: set url (one Redis) or sentinel (a Redis run by Sentinel), not both"),
+    validation = Rule::new("has(self.sentinel) || !has(self.sentinelPasswordSecretRef)")
+        .message("redis.external.sentinelPasswordSecretRef needs redis.external.sentinel")
+)]
 pub struct ExternalRedis {
     /// URL such as `redis://redis.example:6379/0` or `rediss://...` for TLS. Put no password
     /// here: use `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1), regex(pattern = r"^(redis|rediss)://[^\s]+$"))]
-    pub url: String,
-    /// Secret key holding the Redis password. It is inserted into the URL, so it must not
-    /// contain characters that need escaping in a URL (`@`, `:`, `/`, `%`, ...).
+    pub url: Option<String>,
+    /// A Redis run by Sentinel: the brokers ask the sentinels for the primary and follow a
+    /// failover without restarting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<ExternalSentinel>,
+    /// Secret key holding the Redis password (of the data nodes, with Sentinel). With `url` it
+    /// is inserted into the URL, so it must not contain characters that need escaping in a URL
+    /// (`@`, `:`, `/`, `%`, ...); with `sentinel` it is read from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the sentinels' own password, if they ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The sentinels of a Redis run by Sentinel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSentinel {
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    #[schemars(length(min = 1), regex(pattern = r"^\S+$"))]
+    pub master_name: String,
+    /// The sentinels as `host:port`, e.g. `redis-sentinel-0.redis-sentinel:26379`.
+    #[schemars(length(min = 1))]
+    pub sentinels: Vec<String>,
+    /// TLS to the sentinels and the data nodes, verified against the system's roots.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// A key of a Secret in the cluster's namespace.
@@ -1030,6 +1086,34 @@ mod tests {
         assert_rejected(
             json!({"redis": {"external": {"url": "r:6379"}}}),
             "does not match",
+        );
+    }
+
+    #[test]
+    fn external_redis_is_one_url_or_one_sentinel_group() {
+        assert_rejected(
+            json!({"redis": {"external": {"url": "redis://r:6379", "sentinel": {"masterName": "m", "sentinels": ["s:26379"]}}}}),
+            "set url (one Redis) or sentinel",
+        );
+        assert_rejected(
+            json!({"redis": {"external": {}}}),
+            "set url (one Redis) or sentinel",
+        );
+        assert_rejected(
+            json!({"redis": {"external": {"url": "redis://r:6379", "sentinelPasswordSecretRef": {"name": "s", "key": "k"}}}}),
+            "sentinelPasswordSecretRef needs redis.external.sentinel",
+        );
+        assert_rejected(
+            json!({"redis": {"external": {"sentinel": {"masterName": "m", "sentinels": []}}}}),
+            "sentinels",
+        );
+        assert_rejected(
+            json!({"redis": {"managed": {}, "replication": {"waitReplicas": 1}}}),
+            "the managed Redis has no replicas to wait for",
+        );
+        assert_rejected(
+            json!({"redis": {"external": {"sentinel": {"masterName": "m", "sentinels": ["s:26379"]}}, "replication": {"waitReplicas": 1, "waitTimeoutMs": 0}}}),
+            "waitTimeoutMs",
         );
     }
 

@@ -2,7 +2,7 @@
 //! as far as tests need it.
 //!
 //! Covered: types (with `nullable`, `x-kubernetes-int-or-string`, date-time strings), `required`,
-//! `enum`, `minimum`/`maximum`, `minLength`, `pattern`, and unknown fields (which the API server
+//! `enum`, `minimum`/`maximum`, `minLength`, `minItems`, `pattern`, and unknown fields (which the API server
 //! would silently prune: in an example that is a typo). Schema defaults and CEL rules are applied
 //! and evaluated by `kube::core::cel` (see [`defaults`] and [`cel_errors`]).
 //! Not covered: `format` checks beyond the above, `maxItems`/`maxProperties`, `oneOf`/`anyOf`
@@ -115,6 +115,14 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
             if !re.is_match(s) {
                 errors.push(format!("{here}: {s:?} does not match {pattern}"));
             }
+        }
+    }
+    if let (Some(items), Some(min)) = (
+        value.as_array(),
+        schema.get("minItems").and_then(Value::as_u64),
+    ) {
+        if (items.len() as u64) < min {
+            errors.push(format!("{here}: should have at least {min} items"));
         }
     }
     match value {

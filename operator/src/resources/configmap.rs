@@ -10,7 +10,7 @@ use crate::crd::{LogFormat, MqttClusterSpec};
 use crate::Error;
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
-use starling_config::{BrokerConfig, TlsListenerConfig};
+use starling_config::{BrokerConfig, RedisReplicationConfig, TlsListenerConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -115,7 +115,20 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
         .encryption_key_secret_ref
         .as_ref()
         .map(|_| GOSSIP_KEY_FILE.into());
-    config.validate()?;
+    config.cluster.redis_sentinel = super::redis::sentinel(cluster);
+    if let Some(replication) = &spec.redis.replication {
+        config.cluster.redis_replication = RedisReplicationConfig {
+            wait_replicas: replication.wait_replicas,
+            wait_timeout_ms: u64::from(replication.wait_timeout_ms),
+        };
+    }
+    // A Redis at one URL is named by an environment variable (the URL carries the password):
+    // the file is checked as the broker will see it.
+    let mut as_run = config.clone();
+    if as_run.cluster.redis_sentinel.is_none() {
+        as_run.cluster.redis_url = Some("redis://redis.from.environment:6379/0".to_string());
+    }
+    as_run.validate()?;
     Ok(config)
 }
 
@@ -253,6 +266,7 @@ broker:
             "listeners: {websocket: {port: 9001}}\nbroker: {logFormat: text, drainTimeoutSecs: 0}",
             "auth: {allowAnonymous: false, usersSecretRef: {name: u, key: k}}",
             "gossip: {port: 7000, encryptionKeySecretRef: {name: g, key: k}}\nreplicas: 1",
+            "redis: {external: {sentinel: {masterName: m, sentinels: ['s-0:26379', 's-1:26379'], tls: true}, passwordSecretRef: {name: r, key: pw}}, replication: {waitReplicas: 1, waitTimeoutMs: 500}}",
         ] {
             let object = cluster_from_yaml(yaml);
             let config = broker_config(&Cluster::new(&object).expect("cluster")).expect("config");
@@ -260,6 +274,28 @@ broker:
             let parsed = BrokerConfig::from_toml_str(&text).expect("parse");
             assert_eq!(parsed, config, "{yaml}");
         }
+    }
+
+    #[test]
+    fn sentinel_and_replication_waits_are_in_the_file() {
+        let (_, parsed) = rendered(
+            "redis: {external: {sentinel: {masterName: m, sentinels: ['s-0:26379']}, passwordSecretRef: {name: r, key: pw}}, replication: {waitReplicas: 1}}",
+        );
+        let sentinel = parsed.cluster.redis_sentinel.expect("sentinel in the file");
+        assert_eq!(sentinel.master_name, "m");
+        assert_eq!(sentinel.sentinels, ["s-0:26379"]);
+        assert!(sentinel.password_file.is_some());
+        assert_eq!(parsed.cluster.redis_url, None);
+        assert_eq!(parsed.cluster.redis_replication.wait_replicas, 1);
+        assert_eq!(parsed.cluster.redis_replication.wait_timeout_ms, 1000);
+        // With a URL (an environment variable, as it carries the password) the wait is in the
+        // file too, and the file is checked as the broker will see it.
+        let object = cluster_from_yaml(
+            "redis: {external: {url: 'redis://cache:6379'}, replication: {waitReplicas: 2}}",
+        );
+        let config = broker_config(&Cluster::new(&object).expect("cluster")).expect("config");
+        assert_eq!(config.cluster.redis_replication.wait_replicas, 2);
+        assert_eq!(config.cluster.redis_url, None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and how broker pods reach whichever Redis the spec names.
 
 use super::{Cluster, COMPONENT_REDIS};
-use crate::crd::{ManagedRedis, RedisMode, DEFAULT_REDIS_SIZE};
+use crate::crd::{ManagedRedis, RedisMode, SecretKeyRef, DEFAULT_REDIS_SIZE};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use starling_config::RedisSentinelConfig;
 use std::collections::BTreeMap;
 
 /// Redis port of the managed Redis.
@@ -31,8 +32,14 @@ const REDIS_UID: i64 = 999;
 /// copy-on-write pages of a background save or append-only file rewrite.
 pub const MAXMEMORY_PERCENT: u64 = 80;
 
-/// How broker pods reach Redis: the URL (possibly referring to `$(REDIS_PASSWORD)`) and where
-/// the password comes from.
+/// Where broker pods read the password of a Redis run by Sentinel (its data nodes).
+pub const SENTINEL_DATA_PASSWORD_FILE: &str = "/etc/starling/redis/password";
+/// Where broker pods read the sentinels' own password.
+pub const SENTINEL_PASSWORD_FILE: &str = "/etc/starling/redis-sentinel/password";
+
+/// How broker pods reach a Redis at one URL: the URL (possibly referring to
+/// `$(REDIS_PASSWORD)`) and where the password comes from. A Redis run by Sentinel is named in
+/// the configuration file instead (see [`sentinel`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisConnection {
     /// Value of the broker's Redis URL setting.
@@ -49,32 +56,88 @@ fn secret_key(name: String, key: &str) -> SecretKeySelector {
     }
 }
 
-/// Where the broker pods find Redis.
-pub fn connection(cluster: &Cluster<'_>) -> Result<RedisConnection, Error> {
+/// Where the broker pods find a Redis at one URL; `None` for a Redis run by Sentinel.
+pub fn connection(cluster: &Cluster<'_>) -> Result<Option<RedisConnection>, Error> {
     let placeholder = format!("$({PASSWORD_ENV})");
+    let external_url = match cluster.spec().redis.mode() {
+        Some(RedisMode::External(external)) => match (&external.url, &external.sentinel) {
+            (Some(url), None) => Some(url),
+            (None, Some(_)) => return Ok(None),
+            _ => {
+                return Err(Error::InvalidSpec(
+                    "redis.external: set exactly one of url or sentinel".to_string(),
+                ))
+            }
+        },
+        _ => None,
+    };
     match cluster.spec().redis.mode() {
-        Some(RedisMode::Managed(_)) => Ok(RedisConnection {
+        Some(RedisMode::Managed(_)) => Ok(Some(RedisConnection {
             url: format!(
                 "redis://:{placeholder}@{}.{}.svc:{REDIS_PORT}/0",
                 cluster.redis_name(),
                 cluster.namespace
             ),
             password: Some(secret_key(cluster.redis_name(), PASSWORD_KEY)),
-        }),
-        Some(RedisMode::External(external)) => match &external.password_secret_ref {
-            Some(r) => Ok(RedisConnection {
-                url: url_with_password(&external.url, &placeholder)?,
-                password: Some(secret_key(r.name.clone(), &r.key)),
-            }),
-            None => Ok(RedisConnection {
-                url: external.url.clone(),
-                password: None,
-            }),
-        },
+        })),
+        Some(RedisMode::External(external)) => {
+            let url = external_url.map(String::as_str).unwrap_or_default();
+            Ok(Some(match &external.password_secret_ref {
+                Some(r) => RedisConnection {
+                    url: url_with_password(url, &placeholder)?,
+                    password: Some(secret_key(r.name.clone(), &r.key)),
+                },
+                None => RedisConnection {
+                    url: url.to_string(),
+                    password: None,
+                },
+            }))
+        }
         None => Err(Error::InvalidSpec(
             "redis: set exactly one of managed or external".to_string(),
         )),
     }
+}
+
+/// The broker's `cluster.redis_sentinel` for an external Redis run by Sentinel (its passwords
+/// as files that [`super::statefulset`] mounts from their Secrets); `None` otherwise.
+pub fn sentinel(cluster: &Cluster<'_>) -> Option<RedisSentinelConfig> {
+    let Some(RedisMode::External(external)) = cluster.spec().redis.mode() else {
+        return None;
+    };
+    let sentinel = external.sentinel.as_ref()?;
+    Some(RedisSentinelConfig {
+        master_name: sentinel.master_name.clone(),
+        sentinels: sentinel.sentinels.clone(),
+        tls: sentinel.tls,
+        password_file: external
+            .password_secret_ref
+            .as_ref()
+            .map(|_| SENTINEL_DATA_PASSWORD_FILE.into()),
+        sentinel_password_file: external
+            .sentinel_password_secret_ref
+            .as_ref()
+            .map(|_| SENTINEL_PASSWORD_FILE.into()),
+        ..RedisSentinelConfig::default()
+    })
+}
+
+/// The Secrets a Redis run by Sentinel needs mounted in broker pods, as (Secret key, file).
+pub fn sentinel_password_files<'a>(cluster: &Cluster<'a>) -> Vec<(&'a SecretKeyRef, &'static str)> {
+    let Some(RedisMode::External(external)) = cluster.spec().redis.mode() else {
+        return Vec::new();
+    };
+    if external.sentinel.is_none() {
+        return Vec::new();
+    }
+    let mut files = Vec::new();
+    if let Some(r) = &external.password_secret_ref {
+        files.push((r, SENTINEL_DATA_PASSWORD_FILE));
+    }
+    if let Some(r) = &external.sentinel_password_secret_ref {
+        files.push((r, SENTINEL_PASSWORD_FILE));
+    }
+    files
 }
 
 /// Inserts `password` into a Redis URL's user info: `redis://host` becomes
@@ -381,7 +444,9 @@ mod tests {
     fn managed_redis_is_reached_through_its_service_with_the_generated_password() {
         let object = cluster_from_yaml("{}");
         let c = Cluster::new(&object).expect("cluster");
-        let conn = connection(&c).expect("connection");
+        let conn = connection(&c)
+            .expect("connection")
+            .expect("a Redis at one URL");
         assert_eq!(
             conn.url,
             "redis://:$(REDIS_PASSWORD)@demo-redis.iot.svc:6379/0"
@@ -397,7 +462,9 @@ mod tests {
             "redis: {external: {url: 'rediss://cache.example:6380/2', passwordSecretRef: {name: r, key: pw}}}",
         );
         let c = Cluster::new(&object).expect("cluster");
-        let conn = connection(&c).expect("connection");
+        let conn = connection(&c)
+            .expect("connection")
+            .expect("a Redis at one URL");
         assert_eq!(conn.url, "rediss://:$(REDIS_PASSWORD)@cache.example:6380/2");
         let password = conn.password.expect("password");
         assert_eq!((password.name.as_str(), password.key.as_str()), ("r", "pw"));
@@ -411,9 +478,53 @@ mod tests {
     fn external_redis_without_password_keeps_its_url() {
         let object = cluster_from_yaml("redis: {external: {url: 'redis://cache:6379'}}");
         let c = Cluster::new(&object).expect("cluster");
-        let conn = connection(&c).expect("connection");
+        let conn = connection(&c)
+            .expect("connection")
+            .expect("a Redis at one URL");
         assert_eq!(conn.url, "redis://cache:6379");
         assert_eq!(conn.password, None);
+    }
+
+    #[test]
+    fn external_sentinel_is_named_in_the_config_with_its_passwords_as_mounted_files() {
+        let object = cluster_from_yaml(
+            "redis: {external: {sentinel: {masterName: mymaster, sentinels: ['s-0.s:26379', 's-1.s:26379']}, \
+             passwordSecretRef: {name: r, key: pw}, sentinelPasswordSecretRef: {name: s, key: spw}}}",
+        );
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(connection(&c).expect("valid"), None, "no URL with Sentinel");
+        let config = sentinel(&c).expect("a sentinel configuration");
+        assert_eq!(config.master_name, "mymaster");
+        assert_eq!(config.sentinels, ["s-0.s:26379", "s-1.s:26379"]);
+        assert_eq!(
+            config.password_file.as_deref(),
+            Some(std::path::Path::new(SENTINEL_DATA_PASSWORD_FILE))
+        );
+        assert_eq!(
+            config.sentinel_password_file.as_deref(),
+            Some(std::path::Path::new(SENTINEL_PASSWORD_FILE))
+        );
+        let files: Vec<(&str, &str, &str)> = sentinel_password_files(&c)
+            .into_iter()
+            .map(|(r, path)| (r.name.as_str(), r.key.as_str(), path))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("r", "pw", SENTINEL_DATA_PASSWORD_FILE),
+                ("s", "spw", SENTINEL_PASSWORD_FILE)
+            ]
+        );
+        assert!(deployment(&c).is_none());
+    }
+
+    #[test]
+    fn external_with_both_url_and_sentinel_is_an_error() {
+        let object = cluster_from_yaml(
+            "redis: {external: {url: 'redis://cache:6379', sentinel: {masterName: m, sentinels: ['s:26379']}}}",
+        );
+        let c = Cluster::new(&object).expect("cluster");
+        assert!(matches!(connection(&c), Err(Error::InvalidSpec(_))));
     }
 
     #[test]

@@ -63,12 +63,16 @@ fn env_from_field(name: &str, field_path: &str) -> EnvVar {
 pub fn broker_env(cluster: &Cluster<'_>) -> Result<Vec<EnvVar>, Error> {
     let gossip_port = cluster.spec().gossip.port;
     let redis = redis::connection(cluster)?;
+    let (url, password) = match redis {
+        Some(r) => (Some(r.url), r.password),
+        None => (None, None),
+    };
     let mut vars = vec![
         env_from_field("STARLING_NODE_ID", "metadata.name"),
         env_from_field("POD_IP", "status.podIP"),
     ];
     // Variables referred to as $(NAME) must come before the variables that use them.
-    if let Some(secret) = redis.password {
+    if let Some(secret) = password {
         vars.push(EnvVar {
             name: PASSWORD_ENV.to_string(),
             value: None,
@@ -78,7 +82,10 @@ pub fn broker_env(cluster: &Cluster<'_>) -> Result<Vec<EnvVar>, Error> {
             }),
         });
     }
-    vars.push(env("STARLING_CLUSTER__REDIS_URL", redis.url));
+    // A Redis run by Sentinel is in the configuration file, with its passwords as files.
+    if let Some(url) = url {
+        vars.push(env("STARLING_CLUSTER__REDIS_URL", url));
+    }
     vars.push(env(
         "STARLING_CLUSTER__GOSSIP_ADVERTISE",
         format!("$(POD_IP):{gossip_port}"),
@@ -194,6 +201,23 @@ fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) {
             ..Volume::default()
         });
         mount("gossip-key", parent(GOSSIP_KEY_FILE));
+    }
+    for (i, (secret, path)) in redis::sentinel_password_files(cluster)
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("redis-password-{i}");
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: one_key(&secret.key, path),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount(&name, parent(path));
     }
     // The root filesystem is read-only; give the process a scratch directory.
     volumes.push(Volume {
@@ -565,6 +589,41 @@ mod tests {
             "redis://cache:6379/1"
         );
         assert!(env_value(c, "REDIS_PASSWORD").is_none());
+    }
+
+    #[test]
+    fn external_sentinel_mounts_its_passwords_and_sets_no_url() {
+        let set = build(
+            "redis: {external: {sentinel: {masterName: m, sentinels: ['s:26379']}, passwordSecretRef: {name: r, key: pw}, sentinelPasswordSecretRef: {name: s, key: spw}}}",
+        );
+        let c = container(&set);
+        assert!(env_value(c, "STARLING_CLUSTER__REDIS_URL").is_none());
+        assert!(env_value(c, PASSWORD_ENV).is_none());
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        for file in [
+            redis::SENTINEL_DATA_PASSWORD_FILE,
+            redis::SENTINEL_PASSWORD_FILE,
+        ] {
+            assert!(
+                mounts.contains(&parent(file).as_str()),
+                "{file}: {mounts:?}"
+            );
+        }
+        let secrets: Vec<String> = pod(&set)
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert!(
+            secrets.contains(&"r".to_string()) && secrets.contains(&"s".to_string()),
+            "{secrets:?}"
+        );
     }
 
     #[test]
