@@ -8,7 +8,7 @@
 //! [`super::window`]) and deletes what it handled, both through this node's relay writer.
 
 use super::packed;
-use super::relay::{ClusterLink, KIND_DIRECT};
+use super::relay::{ClusterLink, FIELD_RESENT, KIND_DIRECT};
 use super::relayed::ReadBatch;
 use super::window::parse_stream_id;
 use crate::broker::Broker;
@@ -121,7 +121,9 @@ async fn deliver(
         for (id, fields) in entries {
             // An unreadable id (never from Redis) counts as appended long ago.
             let appended_ms = parse_stream_id(id.as_bytes()).map_or(0, |(ms, _)| ms);
-            let suspect = link.is_suspect(appended_ms);
+            // Written again after a write whose outcome was unknown: maybe delivered already.
+            let resent = entry_field(&fields, FIELD_RESENT.as_bytes()).is_some();
+            let suspect = resent || link.is_suspect(appended_ms);
             handled.push(id);
             let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
             match field(b"k") {
@@ -141,7 +143,8 @@ async fn deliver(
                     let client = field(b"c").and_then(|c| String::from_utf8(c).ok());
                     let queued = field(b"q").map(|q| codec::decode_queued(&q));
                     match (client, queued) {
-                        (Some(client), Some(Ok(queued))) => {
+                        (Some(client), Some(Ok(mut queued))) => {
+                            queued.maybe_sent |= resent;
                             broker.deliver_direct(client.into(), queued).await
                         }
                         _ => {

@@ -138,6 +138,29 @@ enum Outbound {
     },
 }
 
+/// Field of an inbox entry written again after a write whose outcome was unknown (the
+/// connection broke, or hung, before Redis answered): Redis may have applied the first write
+/// too, so what it relays may have been delivered already, and it is delivered with DUP.
+pub(super) const FIELD_RESENT: &str = "d";
+
+/// A copy of `sent` to send again after its outcome was unknown: every inbox append marked
+/// [`FIELD_RESENT`], every reply ignored (what the first attempt answered is not known either).
+fn marked_resent(sent: &redis::Pipeline, keys: &Keys) -> redis::Pipeline {
+    let inbox_prefix = keys.inbox("");
+    let mut again = redis::pipe();
+    for command in sent.cmd_iter() {
+        let mut args = command.args_iter();
+        let is_xadd = matches!(args.next(), Some(redis::Arg::Simple(name)) if name.eq_ignore_ascii_case(b"XADD"));
+        let to_inbox = matches!(args.next(), Some(redis::Arg::Simple(key)) if key.starts_with(inbox_prefix.as_bytes()));
+        let mut command = command.clone();
+        if is_xadd && to_inbox {
+            command.arg(FIELD_RESENT).arg("1");
+        }
+        again.add_command(command).ignore();
+    }
+    again
+}
+
 /// Removes a departed run's registration (see the script's header).
 const DROP_NODE: &str = include_str!("relay/drop_node.lua");
 
@@ -1293,6 +1316,7 @@ async fn write_loop(
                 () = stranded(&mut reconnected) => {
                     con.renew();
                     tracing::warn!("relay writer: redis answers on a new connection but not on this one; writing the batch again on a new connection");
+                    refused_only = Some(marked_resent(sending, &link.keys));
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -1339,8 +1363,11 @@ async fn write_loop(
                         }
                         // The connection failed: what Redis applied is unknown, so the same
                         // commands go again (after a reply wait long enough that a slow answer
-                        // is not taken for a lost one).
-                        None => tracing::warn!(error = %text, "relay write failed; retrying"),
+                        // is not taken for a lost one), marked as possibly applied twice.
+                        None => {
+                            tracing::warn!(error = %text, "relay write failed; retrying");
+                            refused_only = Some(marked_resent(sending, &link.keys));
+                        }
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -1446,5 +1473,46 @@ mod tests {
         ];
         assert_eq!(decode_groups(&encode_groups(&groups)), groups);
         assert!(decode_groups(&encode_groups(&[])).is_empty());
+    }
+
+    #[test]
+    fn a_batch_sent_again_marks_its_inbox_appends_and_nothing_else() {
+        let keys = Keys {
+            prefix: "starling:".to_string(),
+        };
+        let mut pipe = redis::pipe();
+        inbox_append(&mut pipe, &keys, "node-b")
+            .arg("b")
+            .arg("packed");
+        pipe.cmd("XADD")
+            .arg("other-stream")
+            .arg("*")
+            .arg("x")
+            .arg("1")
+            .ignore();
+        pipe.cmd("HSET")
+            .arg(keys.journal("node-a"))
+            .arg("f")
+            .arg("v")
+            .ignore();
+        pipe.cmd("GET").arg(keys.inbox_read("node-b"));
+        let again = marked_resent(&pipe, &keys);
+        let args: Vec<Vec<Vec<u8>>> = again
+            .cmd_iter()
+            .map(|c| {
+                c.args_iter()
+                    .filter_map(|a| match a {
+                        redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(args.len(), 4);
+        let tail = |i: usize| args[i][args[i].len() - 2..].to_vec();
+        assert_eq!(tail(0), [b"d".to_vec(), b"1".to_vec()], "the inbox append");
+        assert_eq!(tail(1), [b"x".to_vec(), b"1".to_vec()], "another stream");
+        assert_eq!(tail(2), [b"f".to_vec(), b"v".to_vec()], "not an append");
+        assert_eq!(args[3].len(), 2, "the GET is unchanged");
     }
 }
