@@ -35,6 +35,10 @@ pub struct RedisServer {
     data: Option<tempfile::TempDir>,
     /// The primary it replicates, for a replica.
     replica_of: Option<SocketAddr>,
+    /// The working directory of a server without persistence, new at every start: a primary
+    /// writes a snapshot there to sync its replicas, and a server loads any snapshot it finds
+    /// at start, so a shared one would carry data from one test to the next.
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
@@ -42,12 +46,13 @@ impl RedisServer {
     /// answers PING.
     pub async fn start() -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let process = Self::spawn(addr, None, None).await?;
+        let (process, scratch) = Self::spawn(addr, None, None).await?;
         Ok(RedisServer {
             addr,
             process: Some(process),
             data: None,
             replica_of: None,
+            scratch,
         })
     }
 
@@ -55,12 +60,13 @@ impl RedisServer {
     /// answers PING (not until it is in sync).
     pub async fn start_replica_of(primary: SocketAddr) -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let process = Self::spawn(addr, None, Some(primary)).await?;
+        let (process, scratch) = Self::spawn(addr, None, Some(primary)).await?;
         Ok(RedisServer {
             addr,
             process: Some(process),
             data: None,
             replica_of: Some(primary),
+            scratch,
         })
     }
 
@@ -70,12 +76,13 @@ impl RedisServer {
     pub async fn start_persistent() -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let data = tempfile::tempdir()?;
-        let process = Self::spawn(addr, Some(data.path()), None).await?;
+        let (process, scratch) = Self::spawn(addr, Some(data.path()), None).await?;
         Ok(RedisServer {
             addr,
             process: Some(process),
             data: Some(data),
             replica_of: None,
+            scratch,
         })
     }
 
@@ -89,7 +96,9 @@ impl RedisServer {
     pub async fn start_again(&mut self) -> Result<()> {
         anyhow::ensure!(self.process.is_none(), "redis-server is still running");
         let dir = self.data.as_ref().map(|d| d.path().to_path_buf());
-        self.process = Some(Self::spawn(self.addr, dir.as_deref(), self.replica_of).await?);
+        let (process, scratch) = Self::spawn(self.addr, dir.as_deref(), self.replica_of).await?;
+        self.process = Some(process);
+        self.scratch = scratch;
         Ok(())
     }
 
@@ -128,7 +137,7 @@ impl RedisServer {
         addr: SocketAddr,
         data: Option<&std::path::Path>,
         replica_of: Option<SocketAddr>,
-    ) -> Result<Process> {
+    ) -> Result<(Process, Option<tempfile::TempDir>)> {
         let port = addr.port().to_string();
         let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
         let primary_port = replica_of.map(|p| p.port().to_string());
@@ -150,10 +159,20 @@ impl RedisServer {
             }
             None => args.extend(["--appendonly", "no"]),
         }
+        let scratch = match data {
+            Some(_) => None,
+            None => Some(tempfile::tempdir()?),
+        };
+        let scratch_dir = scratch
+            .as_ref()
+            .map(|d| d.path().to_string_lossy().to_string());
+        if let Some(scratch_dir) = &scratch_dir {
+            args.extend(["--dir", scratch_dir]);
+        }
         let process = Process::spawn("redis", "redis-server", &args)
             .context("redis-server is needed (Debian package redis-server)")?;
         wait_for(STARTUP, || async move { redis_ping(addr).await }).await?;
-        Ok(process)
+        Ok((process, scratch))
     }
 
     /// The `redis://` URL of this server.
