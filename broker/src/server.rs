@@ -12,7 +12,8 @@ use crate::connection;
 use crate::listener::{self, ListenerError};
 use crate::store::redis::target::{RedisTarget, SentinelSettings};
 use crate::store::{self, MemoryStore, RedisStoreConfig, Store, StoreError};
-use starling_config::{BrokerConfig, ClusterConfig};
+use redis::{ClientTlsConfig, TlsCertificates};
+use starling_config::{BrokerConfig, ClusterConfig, RedisTlsConfig};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -255,8 +256,9 @@ impl Server {
 /// Where the cluster's Redis is: `cluster.redis_url`, or the primary `cluster.redis_sentinel`'s
 /// sentinels name (with the passwords of its files); `None` when neither is set.
 fn redis_target(cluster: &ClusterConfig) -> Result<Option<RedisTarget>, ServerError> {
+    let certificates = redis_certificates(&cluster.redis_tls)?;
     if let Some(url) = &cluster.redis_url {
-        return RedisTarget::address(url)
+        return RedisTarget::address_with_tls(url, certificates)
             .map(Some)
             .map_err(|e| ServerError::RedisConfig {
                 field: "cluster.redis_url",
@@ -290,6 +292,7 @@ fn redis_target(cluster: &ClusterConfig) -> Result<Option<RedisTarget>, ServerEr
             "cluster.redis_sentinel.sentinel_password_file",
             &sentinel.sentinel_password_file,
         )?,
+        certificates,
     };
     RedisTarget::sentinel(&settings)
         .map(Some)
@@ -297,6 +300,35 @@ fn redis_target(cluster: &ClusterConfig) -> Result<Option<RedisTarget>, ServerEr
             field: "cluster.redis_sentinel.sentinels",
             reason: e.to_string(),
         })
+}
+
+/// The CA bundle and client certificate of `cluster.redis_tls`, read now; `None` when it sets
+/// no file (the system's roots, no client certificate).
+fn redis_certificates(tls: &RedisTlsConfig) -> Result<Option<TlsCertificates>, ServerError> {
+    if !tls.is_set() {
+        return Ok(None);
+    }
+    let read = |field: &'static str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| ServerError::RedisConfig {
+            field,
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let root_cert = match &tls.ca_file {
+        Some(path) => Some(read("cluster.redis_tls.ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read("cluster.redis_tls.cert_file", cert)?,
+            client_key: read("cluster.redis_tls.key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 /// The state store: Redis when `redis` is set (waited for until it answers, saying why on

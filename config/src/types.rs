@@ -298,6 +298,9 @@ pub struct ClusterConfig {
     pub redis_sentinel: Option<RedisSentinelConfig>,
     /// How acknowledgements wait for Redis replication (off unless set).
     pub redis_replication: RedisReplicationConfig,
+    /// TLS material for Redis (`rediss://`, or Sentinel with `tls = true`) beyond the system's
+    /// roots: a CA bundle, and a client certificate for Redis' `tls-auth-clients`.
+    pub redis_tls: RedisTlsConfig,
     /// Address the gossip protocol binds, TCP and UDP on the same port (7946 by convention).
     /// Required for clustering.
     pub gossip_bind: Option<SocketAddr>,
@@ -336,6 +339,25 @@ pub struct RedisSentinelConfig {
     pub sentinel_username: Option<String>,
     /// File holding the sentinels' password (surrounding whitespace ignored).
     pub sentinel_password_file: Option<PathBuf>,
+}
+
+/// TLS files for the connections to Redis (PEM).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// CA certificates that Redis' certificate must chain to, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// This node's client certificate (with `key_file`), for a Redis that asks for one.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsConfig {
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
 }
 
 /// Whether a QoS 1/2 acknowledgement waits until Redis replicas hold what it depends on (Redis'
@@ -484,6 +506,30 @@ impl BrokerConfig {
         }
         if let Some(sentinel) = &cluster.redis_sentinel {
             check_sentinel(sentinel, cluster.redis_url.is_some())?;
+        }
+        let tls = &cluster.redis_tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(ConfigError::invalid(
+                if tls.cert_file.is_some() {
+                    "cluster.redis_tls.key_file"
+                } else {
+                    "cluster.redis_tls.cert_file"
+                },
+                "a client certificate needs both its certificate and its key",
+                "set both `cluster.redis_tls.cert_file` and `cluster.redis_tls.key_file`, or neither",
+            ));
+        }
+        let uses_tls = cluster
+            .redis_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("rediss://"))
+            || cluster.redis_sentinel.as_ref().is_some_and(|s| s.tls);
+        if tls.is_set() && !uses_tls {
+            return Err(ConfigError::invalid(
+                "cluster.redis_tls",
+                "TLS files are set but the connection to Redis does not use TLS",
+                "use a `rediss://` URL (or `tls = true` under `cluster.redis_sentinel`), or remove `cluster.redis_tls`",
+            ));
         }
         let replication = &cluster.redis_replication;
         if replication.wait_replicas > 0 {
@@ -815,6 +861,11 @@ mod tests {
         assert_eq!(sentinel.sentinels.len(), 2);
         assert_eq!(config.cluster.redis_replication.wait_replicas, 1);
         assert_eq!(config.cluster.redis_replication.wait_timeout_ms, 1000);
+        let tls = BrokerConfig::from_toml_str(
+            "[cluster]\nredis_url = \"rediss://r:6379\"\n[cluster.redis_tls]\nca_file = \"/ca.crt\"\ncert_file = \"/c.crt\"\nkey_file = \"/c.key\"\n",
+        )
+        .expect("TLS files with a rediss URL");
+        assert!(tls.cluster.redis_tls.is_set());
     }
 
     #[test]
@@ -836,6 +887,14 @@ mod tests {
             (
                 "[cluster.redis_sentinel]\nmaster_name = \"m\"\nsentinels = [\"s\"]\n".to_string(),
                 "cluster.redis_sentinel.sentinels",
+            ),
+            (
+                "redis_url = \"redis://r:6379\"\n[cluster.redis_tls]\nca_file = \"/ca.crt\"\n".to_string(),
+                "cluster.redis_tls",
+            ),
+            (
+                "redis_url = \"rediss://r:6379\"\n[cluster.redis_tls]\ncert_file = \"/c.crt\"\n".to_string(),
+                "cluster.redis_tls.key_file",
             ),
             (
                 "[cluster.redis_replication]\nwait_replicas = 1\n".to_string(),

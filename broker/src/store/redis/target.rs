@@ -6,10 +6,10 @@
 //! failover reaches the new primary without the node restarting.
 
 use parking_lot::Mutex;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    Client, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError,
-    RedisResult, ServerErrorKind, TlsMode,
+    Client, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, ServerErrorKind,
+    TlsCertificates, TlsMode,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +35,8 @@ pub struct SentinelSettings {
     /// The sentinels' ACL user and password.
     pub sentinel_username: Option<String>,
     pub sentinel_password: Option<String>,
+    /// A CA bundle and client certificate for TLS, to the sentinels and the data nodes alike.
+    pub certificates: Option<TlsCertificates>,
 }
 
 /// Where this node's Redis is; clones share the same target (and Sentinel's view of it).
@@ -76,48 +78,62 @@ impl std::fmt::Debug for RedisTarget {
 impl RedisTarget {
     /// A Redis at `url` (`redis://`, `rediss://`, `redis+unix://`, `unix://`).
     pub fn address(url: &str) -> RedisResult<Self> {
+        Self::address_with_tls(url, None)
+    }
+
+    /// A Redis at `url` with TLS `certificates` (a CA bundle, a client certificate) instead of
+    /// the system's roots alone; `None` is [`Self::address`].
+    pub fn address_with_tls(url: &str, certificates: Option<TlsCertificates>) -> RedisResult<Self> {
+        let client = match certificates {
+            Some(certificates) => Client::build_with_tls(url, certificates)?,
+            None => Client::open(url)?,
+        };
         Ok(Self {
-            inner: Arc::new(Target::Address(Client::open(url)?)),
+            inner: Arc::new(Target::Address(client)),
         })
     }
 
     /// The primary that the sentinels of `settings` name.
     pub fn sentinel(settings: &SentinelSettings) -> RedisResult<Self> {
         let scheme = if settings.tls { "rediss" } else { "redis" };
-        let mut login = RedisConnectionInfo::default();
-        if let Some(user) = &settings.sentinel_username {
-            login = login.set_username(user);
-        }
-        if let Some(password) = &settings.sentinel_password {
-            login = login.set_password(password);
-        }
         let sentinels = settings
             .sentinels
             .iter()
             .map(|address| {
                 format!("{scheme}://{address}")
                     .into_connection_info()
-                    .map(|info: ConnectionInfo| info.set_redis_settings(login.clone()))
+                    .map(|info| info.addr().clone())
             })
             .collect::<RedisResult<Vec<_>>>()?;
-        let mut data_login = RedisConnectionInfo::default().set_db(settings.db);
-        if let Some(user) = &settings.username {
-            data_login = data_login.set_username(user);
-        }
-        if let Some(password) = &settings.password {
-            data_login = data_login.set_password(password);
-        }
-        let mut data_nodes =
-            SentinelNodeConnectionInfo::default().set_redis_connection_info(data_login);
-        if settings.tls {
-            data_nodes = data_nodes.set_tls_mode(TlsMode::Secure);
-        }
-        let client = SentinelClient::build(
+        let mut builder = SentinelClientBuilder::new(
             sentinels,
             settings.master_name.clone(),
-            Some(data_nodes),
             SentinelServerType::Master,
-        )?;
+        )?
+        .set_client_to_redis_db(settings.db);
+        if let Some(user) = &settings.username {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &settings.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(user) = &settings.sentinel_username {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = &settings.sentinel_password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        if settings.tls {
+            builder = builder
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            if let Some(certificates) = &settings.certificates {
+                builder = builder
+                    .set_client_to_redis_certificates(certificates.clone())
+                    .set_client_to_sentinel_certificates(certificates.clone());
+            }
+        }
+        let client: SentinelClient = builder.build()?;
         Ok(Self {
             inner: Arc::new(Target::Sentinel(Sentinel {
                 master_name: settings.master_name.clone(),
