@@ -18,7 +18,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How long one XREAD waits for new entries before it is issued again.
 const INBOX_BLOCK: Duration = Duration::from_secs(1);
@@ -43,8 +43,10 @@ pub(super) fn start_reading(
     broker: Weak<Broker>,
 ) {
     let (replies, fetched) = mpsc::channel(READS_AHEAD);
+    let reconnections = link.reconnections();
     tokio::spawn(fetch(
         target,
+        reconnections,
         key.clone(),
         start_id,
         con,
@@ -58,6 +60,7 @@ pub(super) fn start_reading(
 /// Ends with the broker, or once the deliverer is gone.
 async fn fetch(
     target: RedisTarget,
+    mut reconnections: watch::Receiver<u64>,
     key: String,
     mut last_id: String,
     mut con: MultiplexedConnection,
@@ -65,16 +68,29 @@ async fn fetch(
     replies: mpsc::Sender<Vec<Entry>>,
 ) {
     loop {
-        let reply: redis::RedisResult<Value> = redis::cmd("XREAD")
+        let mut command = redis::cmd("XREAD");
+        command
             .arg("COUNT")
             .arg(READ_COUNT)
             .arg("BLOCK")
             .arg(INBOX_BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(&key)
-            .arg(&last_id)
-            .query_async(&mut con)
-            .await;
+            .arg(&last_id);
+        let read = command.query_async::<Value>(&mut con);
+        let reply = tokio::select! {
+            reply = read => reply,
+            // Redis answers elsewhere on a new connection: this one may hang for good (a Redis
+            // replaced behind the same address). A read is safe to give up: the next one asks
+            // from the same id, on a new connection.
+            Ok(()) = reconnections.changed() => {
+                tracing::info!("redis answers on a new connection: the inbox reader reconnects");
+                if let Ok(fresh) = inbox_connection(&target).await {
+                    con = fresh;
+                }
+                continue;
+            }
+        };
         match broker.upgrade() {
             Some(broker) if !broker.is_shutting_down() => {}
             _ => return,

@@ -373,6 +373,12 @@ impl ClusterLink {
         &self.node_id
     }
 
+    /// Changes whenever the health check answered on a new connection after the old one had
+    /// timed out: connections opened before may hang for good.
+    pub(super) fn reconnections(&self) -> watch::Receiver<u64> {
+        self.reconnected.subscribe()
+    }
+
     /// How long an acknowledgement may wait for the barrier behind its writes ([`CONFIRM_WAIT`],
     /// plus the replication wait when one is configured).
     pub fn confirm_wait(&self) -> Duration {
@@ -1106,12 +1112,23 @@ impl Flow {
                     break;
                 }
                 tokio::time::sleep(WINDOW_POLL).await;
-                let report: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GET")
-                    .arg(link.keys.inbox_read(node))
-                    .query_async(con)
-                    .await;
-                if let Ok(report) = report {
-                    self.progress(node, report);
+                // Bounded by what is left of the wait: on a connection left hanging (a Redis
+                // replaced behind the same address) the read would otherwise wait the writer's
+                // whole reply wait. A read is safe to give up, and the connection is replaced.
+                let left = WINDOW_WAIT
+                    .saturating_sub(started.elapsed())
+                    .max(WINDOW_POLL);
+                let report = tokio::time::timeout(
+                    left,
+                    redis::cmd("GET")
+                        .arg(link.keys.inbox_read(node))
+                        .query_async::<Option<Vec<u8>>>(&mut *con),
+                )
+                .await;
+                match report {
+                    Ok(Ok(report)) => self.progress(node, report),
+                    Ok(Err(_)) => {}
+                    Err(_) => con.renew(),
                 }
             }
         }
