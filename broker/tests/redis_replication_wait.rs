@@ -14,7 +14,11 @@ use starling_broker::store::{RedisStore, RedisStoreConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WAIT_TIMEOUT: Duration = Duration::from_millis(400);
+/// The wait's timeout when the replica is stopped (the barrier must take at least this long).
+const SHORT_TIMEOUT: Duration = Duration::from_millis(400);
+/// The wait's timeout when the replica runs: long enough that a loaded machine's replica
+/// confirms in time (the wait ends as soon as it does).
+const AMPLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A primary and one replica in sync with it.
 async fn primary_and_replica() -> (RedisServer, RedisServer) {
@@ -41,12 +45,12 @@ async fn primary_and_replica() -> (RedisServer, RedisServer) {
     (primary, replica)
 }
 
-/// A broker node whose acknowledgements wait for one replica.
-async fn node(primary: &RedisServer) -> (Arc<Broker>, Arc<ClusterLink>) {
+/// A broker node whose acknowledgements wait for one replica, at most `timeout`.
+async fn node(primary: &RedisServer, timeout: Duration) -> (Arc<Broker>, Arc<ClusterLink>) {
     let mut config = common::test_config();
     config.node_id = "node-a".to_string();
     config.cluster.redis_replication.wait_replicas = 1;
-    config.cluster.redis_replication.wait_timeout_ms = WAIT_TIMEOUT.as_millis() as u64;
+    config.cluster.redis_replication.wait_timeout_ms = timeout.as_millis() as u64;
     let auth = Auth::load(&config.auth).expect("auth");
     let store = RedisStore::connect(RedisStoreConfig::new(primary.target(), "node-a", 100))
         .await
@@ -62,7 +66,7 @@ async fn node(primary: &RedisServer) -> (Arc<Broker>, Arc<ClusterLink>) {
 #[tokio::test]
 async fn a_barrier_resolves_once_the_replica_holds_what_was_written_before_it() {
     let (primary, replica) = primary_and_replica().await;
-    let (broker, link) = node(&primary).await;
+    let (broker, link) = node(&primary, AMPLE_TIMEOUT).await;
     // Written on another connection before the barrier, as the store writes a copy queued for
     // an offline session while a publish is routed.
     let mut writer = primary.client().await;
@@ -72,10 +76,19 @@ async fn a_barrier_resolves_once_the_replica_holds_what_was_written_before_it() 
         .query_async(&mut writer)
         .await
         .expect("SET");
-    tokio::time::timeout(Duration::from_secs(5), link.barrier())
+    tokio::time::timeout(AMPLE_TIMEOUT + Duration::from_secs(5), link.barrier())
         .await
         .expect("the barrier resolves")
         .expect("the writer answers");
+    assert!(
+        broker.metrics.replication_waits.get() >= 1,
+        "no wait was made"
+    );
+    assert_eq!(
+        broker.metrics.replication_waits_short.get(),
+        0,
+        "the replica did not confirm within {AMPLE_TIMEOUT:?}"
+    );
     let mut on_replica = replica.client().await;
     let copied: Option<String> = redis::cmd("GET")
         .arg("written-before")
@@ -87,14 +100,12 @@ async fn a_barrier_resolves_once_the_replica_holds_what_was_written_before_it() 
         Some("1"),
         "the replica must hold it by then"
     );
-    assert!(broker.metrics.replication_waits.get() >= 1);
-    assert_eq!(broker.metrics.replication_waits_short.get(), 0);
 }
 
 #[tokio::test]
 async fn with_the_replica_stopped_a_barrier_waits_the_timeout_and_is_counted_short() {
     let (primary, replica) = primary_and_replica().await;
-    let (broker, link) = node(&primary).await;
+    let (broker, link) = node(&primary, SHORT_TIMEOUT).await;
     replica.pause();
     let started = Instant::now();
     let resolved = tokio::time::timeout(Duration::from_secs(5), link.barrier()).await;
@@ -104,7 +115,7 @@ async fn with_the_replica_stopped_a_barrier_waits_the_timeout_and_is_counted_sho
         .expect("the barrier resolves after the wait's timeout")
         .expect("the writer answers");
     assert!(
-        took >= WAIT_TIMEOUT,
+        took >= SHORT_TIMEOUT,
         "the barrier resolved after {took:?}, before the replica confirmed or the wait timed out"
     );
     assert!(broker.metrics.replication_waits_short.get() >= 1);

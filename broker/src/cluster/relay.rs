@@ -1391,19 +1391,6 @@ async fn write_loop(
                 }
             }
         };
-        // Everything queued before a barrier is in Redis now, and the relayed messages written
-        // give their places in the queue back.
-        let mut written = 0;
-        for item in batch.drain(..) {
-            match item {
-                Outbound::Barrier(done) => {
-                    let _ = done.send(());
-                }
-                Outbound::Relays(relays) => written += permit_count(relays.len()) as usize,
-                _ => {}
-            }
-        }
-        link.forward_room.add_permits(written);
         let mut replies = replies;
         if let Some(wait) = &replication {
             // Empty when only refused commands were sent again: then nothing is known of it.
@@ -1425,6 +1412,19 @@ async fn write_loop(
                 }
             }
         }
+        // Everything queued before a barrier is in Redis now, and the relayed messages written
+        // give their places in the queue back.
+        let mut written = 0;
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Outbound::Relays(relays) => written += permit_count(relays.len()) as usize,
+                _ => {}
+            }
+        }
+        link.forward_room.add_permits(written);
         let mut replies = replies.into_iter();
         for ((node, messages), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
             if let Some(id) = bulk_bytes(reply).as_deref().and_then(parse_stream_id) {
