@@ -327,7 +327,8 @@ pub struct RedisSentinelConfig {
     pub master_name: String,
     /// The sentinels as `host:port` (26379 by convention); asked in order until one answers.
     pub sentinels: Vec<String>,
-    /// TLS (verified against the system's roots) to the sentinels and the data nodes.
+    /// TLS to the sentinels and the data nodes, verified against the system's roots or
+    /// `cluster.redis_tls.ca_file`.
     pub tls: bool,
     /// The data nodes' database number.
     pub db: i64,

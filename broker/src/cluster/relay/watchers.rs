@@ -78,8 +78,9 @@ pub(super) async fn watch_health(
         }
         let lost = check == Some(EpochCheck::Lost);
         // A replica promoted by Sentinel may lack the last writes the old primary took.
-        let failed_over = link.target.primary_changes() != primaries_seen;
-        primaries_seen = link.target.primary_changes();
+        let primaries = link.target.primary_changes();
+        let failed_over = primaries != primaries_seen;
+        primaries_seen = primaries;
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {
             link.declared_dead_until(redis_ms);

@@ -167,15 +167,6 @@ impl RedisTarget {
             Target::Sentinel(sentinel) => sentinel.changes.load(Ordering::Relaxed),
         }
     }
-
-    /// The primary used now, as `host:port` (`None` before the first connection, or without
-    /// Sentinel).
-    pub fn primary(&self) -> Option<String> {
-        match &*self.inner {
-            Target::Address(_) => None,
-            Target::Sentinel(sentinel) => sentinel.primary.lock().clone(),
-        }
-    }
 }
 
 impl Sentinel {
