@@ -276,18 +276,19 @@ impl Broker {
     /// already exist are announced.
     pub fn attach_cluster(&self, link: Arc<ClusterLink>) {
         if self.cluster.set(link.clone()).is_ok() {
-            for raw in self.subscriptions.read().entries() {
-                link.entry_changed(&raw, true);
-            }
+            self.announce_entries();
         }
     }
 
-    /// Writes and announces every entry of this node's routing tree through the relay again.
+    /// Writes and announces every entry of this node's routing tree through the relay again,
+    /// then its listing marker (the set in Redis is complete once that is written).
     pub fn announce_entries(&self) {
         if let Some(link) = self.cluster.get() {
-            for raw in self.subscriptions.read().entries() {
+            let subscriptions = self.subscriptions.read();
+            for raw in subscriptions.entries() {
                 link.entry_changed(&raw, true);
             }
+            link.entries_listed();
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub cluster_members: Gauge,
     /// Entries (filters) other cluster nodes advertise, as this node's replica knows them.
     pub remote_entries: Gauge,
+    /// Other nodes' entry sets a rebuild of the replica only merged: the node had not written
+    /// all its entries again yet (see `cluster::listed`).
+    pub replica_unlisted: Counter,
     /// Messages not relayed to another node: the relay queue was full, or the session moved
     /// again while the message was on its way to it.
     pub relay_dropped: Counter,
@@ -233,6 +236,12 @@ impl Metrics {
             "Relay writes Redis refused (OOM, READONLY, ...); refused writes are sent again, alone",
             redis_write_refusals.clone(),
         );
+        let replica_unlisted = Counter::default();
+        registry.register(
+            "cluster_replica_unlisted",
+            "Other nodes' entry sets a rebuild of the replica only merged, not replaced: the node had not listed all its entries again yet (after Redis lost its data or the announcement channel came back)",
+            replica_unlisted.clone(),
+        );
         let redis_resets = Counter::default();
         registry.register(
             "cluster_redis_resets",
@@ -264,6 +273,7 @@ impl Metrics {
             replication_waits,
             replication_waits_short,
             remote_entries,
+            replica_unlisted,
             relay_dropped,
             relay_waits,
             cluster_members,

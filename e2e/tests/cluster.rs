@@ -2,6 +2,7 @@
 //! and retained messages shared through Redis, the live relay, shared groups across nodes,
 //! takeover across nodes, and a killed node's sessions and wills taken over by a survivor.
 
+use e2e::fault::TcpProxy;
 use e2e::{wait_for, BrokerNode, ClusterSettings, RedisServer};
 use rumqttc::v5::mqttbytes::v5::{
     DisconnectReasonCode, LastWill, LastWillProperties, Packet, Publish,
@@ -729,6 +730,120 @@ async fn after_redis_restarts_empty_old_and_new_subscriptions_are_reached_from_e
         let p = next_publish(eventloop).await;
         assert_eq!(&p.payload[..], b"from a", "the {name} subscriber");
     }
+}
+
+/// Redis is replaced (empty) while node B cannot reach it. Node A notices the loss and rebuilds
+/// its replica from what the nodes list in the new Redis, where B is registered but has listed
+/// nothing again: A must keep B's routes (merge) rather than replace them with B's empty set, so a
+/// message A acknowledges meanwhile reaches B's subscriber once B is back. (When the replica
+/// was replaced at a fixed 3 s after the loss, a node whose writes were late lost its routes at
+/// the other nodes, and what they acknowledged for it was never delivered.)
+#[tokio::test]
+async fn routes_of_a_node_that_has_not_listed_its_entries_again_survive_a_redis_that_lost_its_data()
+{
+    let mut redis = RedisServer::start().await.expect("redis");
+    let proxy_a = TcpProxy::start(redis.addr).await.expect("proxy a");
+    let proxy_b = TcpProxy::start(redis.addr).await.expect("proxy b");
+    let a_settings = ClusterSettings::new(&proxy_a.redis_url(), &[]).expect("ports");
+    let a = BrokerNode::start_clustered("node-a", &a_settings)
+        .await
+        .expect("node a");
+    let b_settings =
+        ClusterSettings::new(&proxy_b.redis_url(), &[a_settings.gossip]).expect("ports");
+    let b = BrokerNode::start_clustered("node-b", &b_settings)
+        .await
+        .expect("node b");
+    let (sub, mut sub_loop, _) = client(b.mqtt, "unlisted-listener", true).await;
+    sub.subscribe("unlisted/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+
+    // B is cut off; A's connections to the old Redis hang, as a replaced pod's do.
+    proxy_b.cut();
+    proxy_a.strand();
+    redis.stop().await;
+    redis.start_again().await.expect("redis replaced, empty");
+    // B registered again in the new Redis (its health check got through), but its entries are
+    // not written yet (its writer's connection still hangs, say).
+    redis_cli(&redis, &["SADD", "starling:v1:nodes", "node-b"]);
+    a.wait_for_metric("starling_cluster_redis_resets_total", 1.0, WAIT)
+        .await
+        .expect("node A noticed that redis lost its data");
+    // A's rebuild found B's set incomplete (B has not listed its entries again) and merged it.
+    a.wait_for_metric("starling_cluster_replica_unlisted_total", 1.0, WAIT)
+        .await
+        .expect("node A rebuilt its replica and kept B's entries");
+    assert!(
+        a.metric("starling_cluster_remote_entries")
+            .await
+            .expect("metric")
+            >= 1.0,
+        "node A still routes to node B"
+    );
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "unlisted-speaker", true).await;
+    publisher
+        .publish("unlisted/a", QoS::AtLeastOnce, false, "kept")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+
+    proxy_b.restore();
+    let p = next_publish(&mut sub_loop).await;
+    assert_eq!(&p.payload[..], b"kept");
+    b.wait_for_metric("starling_cluster_redis_resets_total", 1.0, WAIT)
+        .await
+        .expect("node B noticed that redis lost its data");
+}
+
+/// A Redis that lost its data has new inbox streams, whose entry ids follow the new server's
+/// clock. Here the old stream's last entry is an hour ahead (as a server with a fast clock would
+/// have written it), so node B's reader has read up to an id far above anything the new Redis
+/// gives: it must read the new stream from its start, not from its old position, or every
+/// message relayed to it after the loss is skipped.
+#[tokio::test]
+async fn after_redis_lost_its_data_the_inbox_is_read_from_the_start_of_the_new_stream() {
+    let mut redis = RedisServer::start().await.expect("redis");
+    let (a, b) = two_nodes(&redis).await;
+    let (sub, mut sub_loop, _) = client(b.mqtt, "clock-listener", true).await;
+    sub.subscribe("clock/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis();
+    let ahead = format!("{}-0", now_ms + 3_600_000);
+    let inbox = "starling:v1:inbox:node-b";
+    redis_cli(&redis, &["XADD", inbox, &ahead, "k", "clock-test"]);
+    // Node B handles the entry (an unknown control, skipped) and deletes it.
+    wait_for(WAIT, || async {
+        let left = redis_cli(&redis, &["XLEN", inbox]);
+        anyhow::ensure!(left.trim() == "0", "{left} entries left");
+        Ok(())
+    })
+    .await
+    .expect("node B read the entry from an hour ahead");
+
+    redis.restart().await.expect("redis back, empty");
+    for node in [&a, &b] {
+        node.wait_for_metric("starling_cluster_redis_resets_total", 1.0, WAIT)
+            .await
+            .expect("the node noticed that redis lost its data");
+        readyz_becomes(node, 200).await;
+    }
+    remote_entries_at_least(&a, 1.0).await;
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "clock-speaker", true).await;
+    publisher
+        .publish("clock/a", QoS::AtLeastOnce, false, "after the loss")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    let p = next_publish(&mut sub_loop).await;
+    assert_eq!(&p.payload[..], b"after the loss");
 }
 
 /// Runs `redis-cli` against `redis`; returns what it printed.

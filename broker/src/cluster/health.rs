@@ -5,8 +5,9 @@
 //! - **Epoch.** The first node to find no `<prefix>v1:epoch` key writes a random one (`SET NX`).
 //!   Every node reads it once a second (that read is also the liveness check). A missing or
 //!   different epoch means Redis lost what the nodes had written: each node then registers
-//!   again, announces all its entries again, and rebuilds its replica once the others have had
-//!   time to do the same ([`RESYNC_SETTLE`]).
+//!   again, announces all its entries again followed by its listing marker, and rebuilds its
+//!   replica from each other node's listing once that node's marker shows it is complete
+//!   (checked every [`RESYNC_SETTLE`]; see [`super::listed`]).
 //! - **Declared dead.** A node whose registration is gone while the epoch is the same was
 //!   declared dead by gossip (it stalled past the failure timeout) and its sessions adopted
 //!   elsewhere: it ends all its connections (their clients resume what the store has) and
@@ -36,8 +37,8 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the announcement channel may stay silent (heartbeats come every [`INTERVAL`])
 /// before it is reconnected.
 pub const SILENCE: Duration = Duration::from_secs(4);
-/// How long after Redis lost its data a node rebuilds its replica from Redis: by then every
-/// node has noticed (within [`INTERVAL`]) and announced its entries again.
+/// How often, after Redis lost its data or the announcement channel came back, a node tries to
+/// rebuild its replica from the listings the other nodes have completed again.
 pub const RESYNC_SETTLE: Duration = Duration::from_secs(3);
 /// What a heartbeat says after the node id on the announcement channel.
 pub const HEARTBEAT: &str = "~";
@@ -77,6 +78,11 @@ impl Health {
     /// Whether Redis answered the last check.
     pub fn redis_up(&self) -> bool {
         self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// The epoch this node last read, if any.
+    pub fn epoch(&self) -> Option<String> {
+        self.epoch.lock().clone()
     }
 
     /// Records whether Redis answered; returns what it was before.
@@ -137,6 +143,11 @@ pub struct Reading {
     pub redis_ms: u64,
 }
 
+/// A new random epoch, written if Redis has none (`SET NX`: the first writer wins).
+pub fn fresh_epoch() -> String {
+    format!("{:016x}", rand::thread_rng().gen::<u64>())
+}
+
 /// Reads Redis's epoch, writing a new random one first if there is none, and whether `node`
 /// is registered in the `nodes` set.
 pub async fn read(
@@ -145,7 +156,7 @@ pub async fn read(
     nodes_key: &str,
     node: &str,
 ) -> redis::RedisResult<Reading> {
-    let fresh = format!("{:016x}", rand::thread_rng().gen::<u64>());
+    let fresh = fresh_epoch();
     let (epoch, registered, (seconds, micros)): (String, bool, (u64, u64)) = redis::pipe()
         .cmd("SET")
         .arg(epoch_key)

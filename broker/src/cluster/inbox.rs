@@ -7,6 +7,7 @@
 //! wait between them. The deliverer reports its progress (for the other nodes' writers, see
 //! [`super::window`]) and deletes what it handled, both through this node's relay writer.
 
+use super::health;
 use super::packed;
 use super::relay::{ClusterLink, FIELD_RESENT, KIND_DIRECT};
 use super::relayed::ReadBatch;
@@ -33,22 +34,74 @@ pub(super) type EntryField = (Vec<u8>, Vec<u8>);
 /// An inbox entry: id and fields.
 pub(super) type Entry = (String, Vec<EntryField>);
 
-/// Starts reading `key`, this node's inbox, from `start_id` (exclusive) on `con`.
+/// Where the fetcher is: the last entry id read, in the stream of which Redis epoch (see
+/// [`super::health`]).
+///
+/// An entry id means something only in the stream it came from. A Redis that lost its data
+/// (a new epoch) has a new stream, whose ids follow that server's clock: one running behind
+/// the old server's would give the first new entries ids below the last one read, and an
+/// XREAD from that id would skip them for good. So on every new connection the fetcher reads
+/// the epoch, and reads a new epoch's stream from its start (all of it was written after the
+/// loss).
+struct Cursor {
+    epoch_key: String,
+    epoch: Option<String>,
+    last_id: String,
+}
+
+impl Cursor {
+    /// Checks, on a new connection, that the stream is the one `last_id` belongs to; if Redis
+    /// lost its data since, reads the new stream from its start. A failed check changes
+    /// nothing (the next read fails too, and connects again).
+    async fn check_stream(&mut self, con: &mut MultiplexedConnection) {
+        let epoch: redis::RedisResult<String> = redis::pipe()
+            .cmd("SET")
+            .arg(&self.epoch_key)
+            .arg(health::fresh_epoch())
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&self.epoch_key)
+            .query_async::<(String,)>(con)
+            .await
+            .map(|(epoch,)| epoch);
+        let Ok(epoch) = epoch else {
+            return;
+        };
+        if self.epoch.as_deref().is_some_and(|known| known != epoch) {
+            tracing::info!(
+                last_id = %self.last_id,
+                "redis lost its data: the inbox reader reads the new stream from its start"
+            );
+            self.last_id = "0-0".to_string();
+        }
+        self.epoch = Some(epoch);
+    }
+}
+
+/// Starts reading `key`, this node's inbox, from `start_id` (exclusive) on `con`; the stream is
+/// the one of Redis's epoch `epoch` (read at `epoch_key`).
 pub(super) fn start_reading(
     link: Arc<ClusterLink>,
     target: RedisTarget,
     key: String,
     start_id: String,
+    (epoch_key, epoch): (String, Option<String>),
     con: MultiplexedConnection,
     broker: Weak<Broker>,
 ) {
     let (replies, fetched) = mpsc::channel(READS_AHEAD);
     let reconnections = link.reconnections();
+    let cursor = Cursor {
+        epoch_key,
+        epoch,
+        last_id: start_id,
+    };
     tokio::spawn(fetch(
         target,
         reconnections,
         key.clone(),
-        start_id,
+        cursor,
         con,
         broker.clone(),
         replies,
@@ -62,7 +115,7 @@ async fn fetch(
     target: RedisTarget,
     mut reconnections: watch::Receiver<u64>,
     key: String,
-    mut last_id: String,
+    mut cursor: Cursor,
     mut con: MultiplexedConnection,
     broker: Weak<Broker>,
     replies: mpsc::Sender<Vec<Entry>>,
@@ -76,7 +129,7 @@ async fn fetch(
             .arg(INBOX_BLOCK.as_millis() as u64)
             .arg("STREAMS")
             .arg(&key)
-            .arg(&last_id);
+            .arg(&cursor.last_id);
         let read = command.query_async::<Value>(&mut con);
         let reply = tokio::select! {
             reply = read => reply,
@@ -87,6 +140,7 @@ async fn fetch(
                 tracing::info!("redis answers on a new connection: the inbox reader reconnects");
                 if let Ok(fresh) = inbox_connection(&target).await {
                     con = fresh;
+                    cursor.check_stream(&mut con).await;
                 }
                 continue;
             }
@@ -101,7 +155,7 @@ async fn fetch(
                 let Some((id, _)) = entries.last() else {
                     continue;
                 };
-                last_id = id.clone();
+                cursor.last_id = id.clone();
                 if replies.send(entries).await.is_err() {
                     return;
                 }
@@ -111,6 +165,7 @@ async fn fetch(
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if let Ok(fresh) = inbox_connection(&target).await {
                     con = fresh;
+                    cursor.check_stream(&mut con).await;
                 }
             }
         }

@@ -29,19 +29,20 @@ mod watchers;
 
 use super::inbox;
 use super::journal::{self, JournalHold, JournalReservation};
+use super::listed;
 use super::packed::{self, Packer};
 use super::pending::PendingRelays;
 use super::redis_clock::RedisClock;
 use super::refusals;
+use super::replica::{Listing, Replica};
 use super::replication::{ReplicationWait, Waited};
 use super::window::{parse_stream_id, Unread};
 use super::work_queue::WorkQueue;
 use crate::broker::{Broker, GroupKey};
 use crate::message::ClientId;
 use crate::message::Message;
-use crate::read_mostly::ReadMostly;
 use crate::router::memo::RouteMemo;
-use crate::router::remote::{choose_shared, NodeId, RemoteFilters, SharedChoice};
+use crate::router::remote::{choose_shared, NodeId, SharedChoice};
 use crate::store::redis::codec;
 use crate::store::redis::renewing::RenewingConnection;
 use crate::store::redis::target::RedisTarget;
@@ -106,6 +107,8 @@ enum Outbound {
         raw: String,
         added: bool,
     },
+    /// This node's listing marker: every entry queued before it is in Redis.
+    Listed(String),
     /// The relayed messages of a publishing connection's burst, already packed per node by the
     /// connection; the writer appends them to each node's packed entry. Each holds a place in the bounded part of the queue (a
     /// permit of `forward_room`), given back once written.
@@ -207,6 +210,10 @@ impl Keys {
     fn inbox_read(&self, node: &str) -> String {
         format!("{}v1:inbox:{node}:read", self.prefix)
     }
+    /// A node's listing marker (see [`super::listed`]).
+    fn listed(&self, node: &str) -> String {
+        format!("{}v1:node:{node}:listed", self.prefix)
+    }
     /// The run a node registered as it last started (see [`ClusterLink::run`]).
     fn run(&self, node: &str) -> String {
         format!("{}v1:node:{node}:run", self.prefix)
@@ -219,7 +226,9 @@ impl Keys {
 /// This node's end of the relay: what the broker core calls.
 pub struct ClusterLink {
     node_id: NodeId,
-    remote: ReadMostly<RemoteFilters>,
+    remote: Replica,
+    /// Numbers this run's listing markers.
+    listing_seq: AtomicU64,
     outbound: Arc<WorkQueue<Outbound>>,
     forward_room: Arc<Semaphore>,
     /// Set when a wait for room in the relay queue timed out (the writer does not move, e.g.
@@ -242,9 +251,9 @@ pub struct ClusterLink {
     /// Redis's clock, as this node estimates it.
     redis_clock: RedisClock,
     /// Counts the health checks that Redis answered on a new connection after the old one had
-    /// timed out: connections opened before may hang for good (a Redis replaced at a new
-    /// address behind the same one), and the writer stops waiting on its own (see
-    /// [`STRANDED_GRACE`]).
+    /// timed out, or as another server (it lost its data, or Sentinel named a new primary):
+    /// connections opened before may hang for good (a Redis replaced at a new address behind the
+    /// same one), and the writer stops waiting on its own (see [`STRANDED_GRACE`]).
     reconnected: watch::Sender<u64>,
     /// `starling_cluster_redis_write_refusals_total`.
     write_refusals: prometheus_client::metrics::counter::Counter,
@@ -296,6 +305,7 @@ impl ClusterLink {
             .atomic()
             .cmd("DEL")
             .arg(keys.entries(node_id))
+            .arg(keys.listed(node_id))
             .ignore()
             .cmd("SADD")
             .arg(keys.nodes())
@@ -311,7 +321,8 @@ impl ClusterLink {
         let outbound = Arc::new(WorkQueue::default());
         let link = Arc::new(ClusterLink {
             node_id: node_id.into(),
-            remote: ReadMostly::default(),
+            remote: Replica::default(),
+            listing_seq: AtomicU64::new(0),
             outbound: outbound.clone(),
             forward_room: Arc::new(Semaphore::new(WRITE_QUEUE)),
             forward_stalled: AtomicBool::new(false),
@@ -336,7 +347,7 @@ impl ClusterLink {
             .map_err(relay_error)?;
         link.health.check_epoch(&reading.epoch);
         link.redis_clock.observe(reading.redis_ms);
-        link.resync(&mut writer, broker, Resync::Replace)
+        link.resync(&mut writer, broker, Resync::Merge)
             .await
             .map_err(relay_error)?;
         let response_wait = WRITE_RESPONSE_WAIT.max(link.confirm_wait() + Duration::from_secs(5));
@@ -356,6 +367,7 @@ impl ClusterLink {
             target.clone(),
             link.keys.inbox(node_id),
             link.inbox_start.clone(),
+            (link.keys.epoch(), link.health.epoch()),
             inbox,
             Arc::downgrade(broker),
         );
@@ -767,6 +779,16 @@ impl ClusterLink {
         }
     }
 
+    /// Every entry of this node was queued again (after [`Self::entry_changed`] for each): once
+    /// they are in Redis, its marker tells the other nodes the set is complete (see
+    /// [`super::listed`]). Without a known epoch there is nothing to tie the marker to.
+    pub fn entries_listed(&self) {
+        if let Some(epoch) = self.health.epoch() {
+            let seq = self.listing_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            self.queue(Outbound::Listed(listed::marker(self.run, seq, &epoch)));
+        }
+    }
+
     /// A local entry got its first subscriber (`added`) or lost its last one.
     pub fn entry_changed(&self, raw: &str, added: bool) {
         self.queue(Outbound::Entry {
@@ -901,48 +923,60 @@ impl ClusterLink {
     /// Forgets a node that left the cluster from the replica (the node that adopts its sessions
     /// also deletes its entry set from Redis, see [`Self::remove_node_entries`]).
     pub async fn forget_node(&self, node: &str, broker: &Broker) {
-        let removed = {
-            let mut remote = self.remote.write();
-            let removed = remote.remove_node(node);
-            broker.metrics.remote_entries.set(remote.len() as i64);
-            removed
-        };
+        let (removed, size) = self.remote.forget(&NodeId::from(node));
+        broker.metrics.remote_entries.set(size as i64);
         tracing::debug!(node, removed, "forgot a departed node's entries");
     }
 
-    /// Rebuilds the replica of the other nodes' entries from Redis.
+    /// Rebuilds the replica of the other nodes' entries from what they keep in Redis (see
+    /// [`Resync`]); announcements that arrive meanwhile are not undone (see [`super::replica`]).
     async fn resync(
         &self,
         con: &mut RenewingConnection,
         broker: &Broker,
-        how: Resync,
-    ) -> redis::RedisResult<()> {
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+        how: Resync<'_>,
+    ) -> redis::RedisResult<Resynced> {
+        let read = self.remote.begin_listing_read();
+        let (epoch, nodes): (Option<String>, Vec<String>) = redis::pipe()
+            .cmd("GET")
+            .arg(self.keys.epoch())
+            .cmd("SMEMBERS")
             .arg(self.keys.nodes())
             .query_async(con)
             .await?;
+        let epoch = epoch.unwrap_or_default();
         let mut listings = Vec::new();
+        let mut resynced = Resynced::default();
         for node in nodes.into_iter().filter(|n| **n != *self.node_id) {
-            let entries: Vec<String> = redis::cmd("SMEMBERS")
+            let (entries, marker): (Vec<String>, Option<String>) = redis::pipe()
+                .cmd("SMEMBERS")
                 .arg(self.keys.entries(&node))
+                .cmd("GET")
+                .arg(self.keys.listed(&node))
                 .query_async(con)
                 .await?;
-            listings.push((node, entries));
-        }
-        let mut remote = self.remote.write();
-        for (node, entries) in listings {
             let node = NodeId::from(node.as_str());
-            match how {
-                Resync::Replace => remote.replace_node(&node, entries),
-                Resync::Merge => {
-                    for raw in entries {
-                        remote.add(&node, &raw);
-                    }
-                }
+            let replaces = match how {
+                Resync::Merge => false,
+                Resync::Replace(relisting) => relisting.complete(&node, marker.as_deref(), &epoch),
+            };
+            if !replaces && matches!(how, Resync::Replace(_)) {
+                resynced.incomplete.push(node.clone());
             }
+            resynced.markers.insert(node.clone(), marker);
+            listings.push(Listing {
+                node,
+                entries,
+                replaces,
+            });
         }
-        broker.metrics.remote_entries.set(remote.len() as i64);
-        Ok(())
+        let size = read.apply(listings);
+        broker.metrics.remote_entries.set(size as i64);
+        broker
+            .metrics
+            .replica_unlisted
+            .inc_by(resynced.incomplete.len() as u64);
+        Ok(resynced)
     }
 
     fn apply_announcement(&self, text: &str, broker: &Broker) {
@@ -953,18 +987,26 @@ impl ClusterLink {
             return;
         }
         let node: NodeId = node.into();
-        let mut remote = self.remote.write();
-        match change.split_at_checked(1) {
-            Some(("+", raw)) => {
-                remote.add(&node, raw);
+        let size = match change.split_at_checked(1) {
+            Some(("+", raw)) => self.remote.announced(&node, raw, true),
+            Some(("-", raw)) => self.remote.announced(&node, raw, false),
+            _ => {
+                tracing::debug!(announcement = text, "unreadable entry announcement");
+                return;
             }
-            Some(("-", raw)) => {
-                remote.remove(&node, raw);
-            }
-            _ => tracing::debug!(announcement = text, "unreadable entry announcement"),
-        }
-        broker.metrics.remote_entries.set(remote.len() as i64);
+        };
+        broker.metrics.remote_entries.set(size as i64);
     }
+}
+
+/// What a resynchronisation read.
+#[derive(Default)]
+struct Resynced {
+    /// Each other node's listing marker.
+    markers: listed::Markers,
+    /// Nodes whose sets were only merged by a replacing resynchronisation: they have not listed
+    /// everything again yet.
+    incomplete: Vec<NodeId>,
 }
 
 /// Starts an XADD to `node`'s inbox (trimmed to about [`INBOX_MAX_LEN`] entries); the caller adds
@@ -1227,6 +1269,12 @@ async fn write_loop(
                         .arg(format!("{}\n{sign}{raw}", link.node_id))
                         .ignore();
                 }
+                Outbound::Listed(marker) => {
+                    pipe.cmd("SET")
+                        .arg(link.keys.listed(&link.node_id))
+                        .arg(marker)
+                        .ignore();
+                }
                 // Packed above.
                 Outbound::Relays(_) => {}
                 Outbound::Control { node, fields } => {
@@ -1242,11 +1290,12 @@ async fn write_loop(
                     flow.stalled.remove(node);
                     pipe.cmd("EVAL")
                         .arg(DROP_NODE)
-                        .arg(4)
+                        .arg(5)
                         .arg(link.keys.nodes())
                         .arg(link.keys.entries(node))
                         .arg(link.keys.inbox_read(node))
                         .arg(link.keys.run(node))
+                        .arg(link.keys.listed(node))
                         .arg(&**node)
                         .arg(run.map(|r| r.to_string()).unwrap_or_default())
                         .ignore();

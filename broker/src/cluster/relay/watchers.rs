@@ -5,6 +5,7 @@
 use super::ClusterLink;
 use crate::broker::Broker;
 use crate::cluster::health::{self, EpochCheck};
+use crate::cluster::listed::Relisting;
 use crate::store::redis::renewing::RenewingConnection;
 use crate::store::redis::target::RedisTarget;
 use futures_util::StreamExt;
@@ -12,15 +13,21 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// How a resynchronisation of the replica treats what it already has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Resync {
-    /// Each node's listing replaces what the replica had of it.
-    Replace,
-    /// Listings only add: after a reconnection, Redis may have lost what the nodes wrote and not
-    /// have it again yet (each node announces anew within a second of noticing), and dropping
-    /// live routes would lose messages. A replacement follows [`health::RESYNC_SETTLE`] later.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Resync<'a> {
+    /// Listings only add: Redis may have lost what the nodes wrote and not have it again yet,
+    /// and dropping live routes would lose messages.
     Merge,
+    /// The listing of each node that has written everything again since the event (see
+    /// [`crate::cluster::listed`]) replaces what the replica had of it, dropping what the node
+    /// removed while this node could not hear it; the others are merged.
+    Replace(&'a Relisting),
 }
+
+/// How many times a replacement is tried, [`health::RESYNC_SETTLE`] apart, while some node has
+/// not listed everything again (it may be gone for good; its entries then stay merged until
+/// gossip removes it).
+const REPLACE_ATTEMPTS: u32 = 10;
 
 /// Checks Redis every [`health::INTERVAL`] (reading its epoch), keeps [`ClusterLink::health`]
 /// and its gauge true, and publishes this node's heartbeat on the announcement channel. When
@@ -81,6 +88,11 @@ pub(super) async fn watch_health(
         let primaries = link.target.primary_changes();
         let failed_over = primaries != primaries_seen;
         primaries_seen = primaries;
+        if lost || failed_over {
+            // Another server answers: connections opened to the one before may hang for good
+            // (it was replaced behind the same address), even if this one's failed at once.
+            link.reconnected.send_modify(|n| *n += 1);
+        }
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {
             link.declared_dead_until(redis_ms);
@@ -114,7 +126,7 @@ pub(super) async fn watch_health(
                 .await;
             broker.announce_entries();
             if lost {
-                replace_after_settling(&link, &con, &broker);
+                replace_when_relisted(&link, &con, &broker, Relisting::AfterLoss);
             }
         }
         let _ = redis::cmd("PUBLISH")
@@ -144,7 +156,8 @@ async fn subscribe_announcements(
 }
 
 /// Follows entry announcements; on every (re)subscription the replica is rebuilt from Redis
-/// (merged at once, replaced [`health::RESYNC_SETTLE`] later). A channel silent for
+/// (merged at once; after a reconnection, each node's listing replaces what the replica has of
+/// it once the node has listed everything again). A channel silent for
 /// [`health::SILENCE`] (every node, this one included, publishes a heartbeat every second) is
 /// reconnected.
 pub(super) async fn watch_entries(
@@ -168,17 +181,26 @@ pub(super) async fn watch_entries(
             let Some(broker) = broker.upgrade() else {
                 return;
             };
-            // At start, what was announced before this subscription is read from Redis; later,
-            // Redis may not have everything again yet.
-            if first {
-                if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
-                    tracing::warn!(error = %e, "entry resynchronisation failed");
+            // What was announced before this subscription is read from Redis; after a
+            // reconnection, Redis may not have everything again yet.
+            match link.resync(&mut con, &broker, Resync::Merge).await {
+                Ok(resynced) if !first => {
+                    let seen = resynced.markers;
+                    let relisting = Relisting::AfterReconnection { seen };
+                    replace_when_relisted(&link, &con, &broker, relisting);
                 }
-            } else {
-                if let Err(e) = link.resync(&mut con, &broker, Resync::Merge).await {
-                    tracing::warn!(error = %e, "entry resynchronisation failed");
+                Ok(_) => {}
+                Err(e) => {
+                    // What was announced while the channel was down would be missed: subscribe
+                    // and read again.
+                    tracing::warn!(error = %e, "entry resynchronisation failed; subscribing again");
+                    link.health.set_announcements_up(false);
+                    drop(pubsub);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
-                replace_after_settling(&link, &con, &broker);
+            }
+            if !first {
                 tracing::info!("entry announcements reconnected");
             }
             first = false;
@@ -212,16 +234,36 @@ pub(super) async fn watch_entries(
     }
 }
 
-/// Rebuilds the replica from Redis [`health::RESYNC_SETTLE`] from now, once every node has had
-/// time to announce its entries again.
-fn replace_after_settling(link: &Arc<ClusterLink>, con: &RenewingConnection, broker: &Arc<Broker>) {
+/// Replaces each node's part of the replica with its listing in Redis once the node has listed
+/// everything again since the event `relisting` names; tried every [`health::RESYNC_SETTLE`],
+/// at most [`REPLACE_ATTEMPTS`] times.
+fn replace_when_relisted(
+    link: &Arc<ClusterLink>,
+    con: &RenewingConnection,
+    broker: &Arc<Broker>,
+    relisting: Relisting,
+) {
     let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(broker));
     tokio::spawn(async move {
-        tokio::time::sleep(health::RESYNC_SETTLE).await;
-        if let Some(broker) = broker.upgrade() {
-            if let Err(e) = link.resync(&mut con, &broker, Resync::Replace).await {
-                tracing::warn!(error = %e, "entry resynchronisation failed");
+        for _ in 0..REPLACE_ATTEMPTS {
+            tokio::time::sleep(health::RESYNC_SETTLE).await;
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            match link
+                .resync(&mut con, &broker, Resync::Replace(&relisting))
+                .await
+            {
+                Ok(resynced) if resynced.incomplete.is_empty() => return,
+                Ok(resynced) => tracing::debug!(
+                    nodes = ?resynced.incomplete,
+                    "some nodes have not listed their entries again yet: merged, replaced later"
+                ),
+                Err(e) => tracing::warn!(error = %e, "entry resynchronisation failed"),
             }
         }
+        tracing::info!(
+            "some nodes never listed their entries again: what the replica has of them stays merged"
+        );
     });
 }
