@@ -248,7 +248,7 @@ pub(super) fn decoded_records(
         .filter_map(|record| match codec::decode_message(record.message) {
             Ok(message) => Some((
                 Arc::new(message),
-                super::relay::decode_groups(&String::from_utf8_lossy(record.groups)),
+                super::packed::decode_groups(&String::from_utf8_lossy(record.groups)),
             )),
             Err(e) => {
                 tracing::warn!(stream, error = %e, "unreadable relayed message skipped");

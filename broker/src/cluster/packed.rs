@@ -12,6 +12,7 @@
 //! | 4 | length of the share groups, unsigned big-endian |
 //! | n | the share groups the receiving node serves (`group NUL filter` pairs joined by NUL; empty for none) |
 
+use crate::broker::GroupKey;
 use std::ops::Range;
 
 /// Name of the inbox entry field that holds packed messages.
@@ -203,9 +204,42 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
+/// Share groups as sent in an inbox entry: `group NUL filter` pairs joined by NUL (neither may
+/// contain NUL).
+pub fn encode_groups(groups: &[GroupKey]) -> String {
+    let mut out = String::new();
+    for (group, filter) in groups {
+        if !out.is_empty() {
+            out.push('\0');
+        }
+        out.push_str(group);
+        out.push('\0');
+        out.push_str(filter);
+    }
+    out
+}
+
+pub fn decode_groups(text: &str) -> Vec<GroupKey> {
+    let parts: Vec<&str> = text.split('\0').collect();
+    parts
+        .chunks_exact(2)
+        .map(|pair| (pair[0].to_string(), pair[1].to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_round_trip_through_an_inbox_field() {
+        let groups = vec![
+            ("g".to_string(), "a/+".to_string()),
+            ("other".to_string(), "#".to_string()),
+        ];
+        assert_eq!(decode_groups(&encode_groups(&groups)), groups);
+        assert!(decode_groups(&encode_groups(&[])).is_empty());
+    }
 
     fn packed(records: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut packer = Packer::new();

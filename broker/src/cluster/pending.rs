@@ -6,8 +6,8 @@
 //! A burst is handed over at once: one permit request and one queue push for the whole burst,
 //! and each target node's id cloned once.
 
+use super::packed::encode_groups;
 use super::packed::{self, Packer};
-use super::relay::encode_groups;
 use crate::broker::GroupKey;
 use crate::message::Message;
 use crate::protocol::QoS;

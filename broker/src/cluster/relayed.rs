@@ -8,8 +8,8 @@
 //! What a read keeps is current: it is looked up after the read's reply arrived, so every
 //! subscription made or removed before any message of the reply was published is seen.
 
+use super::packed::decode_groups;
 use super::packed::Record;
-use super::relay::decode_groups;
 use crate::broker::{Arrival, Broker, GroupScope, Wakes};
 use crate::message::ClientId;
 use crate::router::SubscriptionOptions;

@@ -24,7 +24,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     /// Handles one packet from the client other than PUBLISH and SUBSCRIBE (which the caller
-    /// dispatches to [`Self::on_publish`] and [`Self::on_subscribe`]).
+    /// dispatches to [`Self::accept_publish`] and [`Self::on_subscribe`]).
     pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
             Packet::PubAck(ack) => {

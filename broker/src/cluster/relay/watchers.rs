@@ -1,11 +1,13 @@
 //! The link's watchers of Redis: its health (epoch, registration, heartbeat; see
 //! [`crate::cluster::health`]) and the announcement channel that keeps the replica of the other
-//! nodes' entries.
+//! nodes' entries, with the rebuilds of that replica from the nodes' listings in Redis.
 
 use super::ClusterLink;
 use crate::broker::Broker;
 use crate::cluster::health::{self, EpochCheck};
-use crate::cluster::listed::Relisting;
+use crate::cluster::listed::{self, Relisting};
+use crate::cluster::replica::Listing;
+use crate::router::remote::NodeId;
 use crate::store::redis::renewing::RenewingConnection;
 use crate::store::redis::target::RedisTarget;
 use futures_util::StreamExt;
@@ -266,4 +268,86 @@ fn replace_when_relisted(
             "some nodes never listed their entries again: what the replica has of them stays merged"
         );
     });
+}
+
+impl ClusterLink {
+    /// Rebuilds the replica of the other nodes' entries from what they keep in Redis (see
+    /// [`Resync`]); announcements that arrive meanwhile are not undone (see [`crate::cluster::replica`]).
+    pub(super) async fn resync(
+        &self,
+        con: &mut RenewingConnection,
+        broker: &Broker,
+        how: Resync<'_>,
+    ) -> redis::RedisResult<Resynced> {
+        let read = self.remote.begin_listing_read();
+        let (epoch, nodes): (Option<String>, Vec<String>) = redis::pipe()
+            .cmd("GET")
+            .arg(self.keys.epoch())
+            .cmd("SMEMBERS")
+            .arg(self.keys.nodes())
+            .query_async(con)
+            .await?;
+        let epoch = epoch.unwrap_or_default();
+        let mut listings = Vec::new();
+        let mut resynced = Resynced::default();
+        for node in nodes.into_iter().filter(|n| **n != *self.node_id) {
+            let (entries, marker): (Vec<String>, Option<String>) = redis::pipe()
+                .cmd("SMEMBERS")
+                .arg(self.keys.entries(&node))
+                .cmd("GET")
+                .arg(self.keys.listed(&node))
+                .query_async(con)
+                .await?;
+            let node = NodeId::from(node.as_str());
+            let replaces = match how {
+                Resync::Merge => false,
+                Resync::Replace(relisting) => relisting.complete(&node, marker.as_deref(), &epoch),
+            };
+            if !replaces && matches!(how, Resync::Replace(_)) {
+                resynced.incomplete.push(node.clone());
+            }
+            resynced.markers.insert(node.clone(), marker);
+            listings.push(Listing {
+                node,
+                entries,
+                replaces,
+            });
+        }
+        let size = read.apply(listings);
+        broker.metrics.remote_entries.set(size as i64);
+        broker
+            .metrics
+            .replica_unlisted
+            .inc_by(resynced.incomplete.len() as u64);
+        Ok(resynced)
+    }
+
+    fn apply_announcement(&self, text: &str, broker: &Broker) {
+        let Some((node, change)) = text.split_once('\n') else {
+            return;
+        };
+        if node == &*self.node_id || change == health::HEARTBEAT {
+            return;
+        }
+        let node: NodeId = node.into();
+        let size = match change.split_at_checked(1) {
+            Some(("+", raw)) => self.remote.announced(&node, raw, true),
+            Some(("-", raw)) => self.remote.announced(&node, raw, false),
+            _ => {
+                tracing::debug!(announcement = text, "unreadable entry announcement");
+                return;
+            }
+        };
+        broker.metrics.remote_entries.set(size as i64);
+    }
+}
+
+/// What a resynchronisation read.
+#[derive(Default)]
+pub(super) struct Resynced {
+    /// Each other node's listing marker.
+    pub(super) markers: listed::Markers,
+    /// Nodes whose sets were only merged by a replacing resynchronisation: they have not listed
+    /// everything again yet.
+    pub(super) incomplete: Vec<NodeId>,
 }

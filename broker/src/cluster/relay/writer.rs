@@ -1,0 +1,662 @@
+//! The relay writer: the one task that writes this node's relay work to Redis, in order, in
+//! pipelined batches: relayed messages packed per target node into their inboxes, entry
+//! changes and their announcements, control entries, journal writes and deletions, and the
+//! barriers acknowledgements wait on. It holds back while a target's reader lags (flow
+//! control), writes a batch again on a new connection when its answer cannot come, and sends
+//! only the refused commands again when Redis refuses some.
+
+use super::keys::Keys;
+use super::{relay_error, ClusterLink, RelayError};
+use crate::cluster::packed::{self, Packer};
+use crate::cluster::pending::PendingRelays;
+use crate::cluster::refusals;
+use crate::cluster::replication::Waited;
+use crate::cluster::window::{parse_stream_id, Unread};
+use crate::cluster::work_queue::WorkQueue;
+use crate::router::remote::NodeId;
+use crate::store::redis::renewing::RenewingConnection;
+use crate::store::redis::target::RedisTarget;
+use redis::aio::ConnectionManagerConfig;
+use redis::Value;
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
+/// the oldest. A packed entry counts for the messages it holds (see [`append_packed`]).
+const INBOX_MAX_LEN: usize = 100_000;
+/// Work the writer gathers into one pipeline: relayed messages, and other items (see [`weight`]).
+const WRITE_BATCH: usize = 4096;
+/// Size at which a packed inbox entry (messages for one node) is written out and another begun.
+const PACK_BYTES: usize = 64 * 1024;
+/// Messages this node may have in a node's inbox that its reader has not reported read before
+/// the writer waits (and the relay queue pushes back on publishers). Well below
+/// [`INBOX_MAX_LEN`], so trimming does not drop unread messages of a few busy origins.
+const RELAY_WINDOW: usize = INBOX_MAX_LEN / 4;
+/// How long the writer waits for a reader that does not move before it stops waiting for it.
+const WINDOW_WAIT: Duration = Duration::from_secs(1);
+/// How often the writer asks for the progress of a reader it waits for.
+const WINDOW_POLL: Duration = Duration::from_millis(2);
+/// Relayed messages waiting for the writer before publishers wait for room (see
+/// [`ClusterLink::send_pending`]). Other writer work (entries, control entries, journal writes)
+/// is not bounded here: what produces it is bounded elsewhere.
+pub(super) const WRITE_QUEUE: usize = 65_536;
+/// How long the writer waits for Redis to answer a batch before it writes the batch again. A
+/// batch Redis applied but answered late would be written twice (relayed twice), so this is far
+/// above any stall of a healthy Redis (the client's default is 500 ms); a Redis that went away
+/// closes the connection and is noticed at once, and one that went silent for good is given up
+/// [`STRANDED_GRACE`] after the health check reached Redis on a new connection.
+pub(super) const WRITE_RESPONSE_WAIT: Duration = Duration::from_secs(30);
+/// How long the writer still waits for its batch's answer once Redis answered the health check
+/// on a new connection: an answer that does not come by then never will (the connection leads
+/// to a Redis that is gone), and the batch is written again on a new connection. A Redis that
+/// was only stalled answers the old connection's batch as soon as it runs again.
+const STRANDED_GRACE: Duration = Duration::from_secs(2);
+
+pub(super) enum Outbound {
+    Entry {
+        raw: String,
+        added: bool,
+    },
+    /// This node's listing marker: every entry queued before it is in Redis.
+    Listed(String),
+    /// The relayed messages of a publishing connection's burst, already packed per node by the
+    /// connection; the writer appends them to each node's packed entry. Each holds a place in the bounded part of the queue (a
+    /// permit of `forward_room`), given back once written.
+    Relays(PendingRelays),
+    /// A copy recorded in this node's delivery journal.
+    Journal {
+        field: String,
+        value: Vec<u8>,
+    },
+    /// A journal field whose copy is done with.
+    Unjournal(String),
+    /// Deletes handled inbox entries (XDEL) or recovered journal fields (HDEL).
+    Delete {
+        command: &'static str,
+        key: String,
+        ids: Vec<String>,
+    },
+    /// Entries of this node's inbox it handled: deleted, and the last reported read.
+    InboxHandled(Vec<String>),
+    /// Answered once everything queued before it is in Redis.
+    Barrier(oneshot::Sender<()>),
+    Control {
+        node: NodeId,
+        fields: Vec<(&'static str, Vec<u8>)>,
+    },
+    /// A departed node's registration, removed unless a newer run than this one holds it.
+    DropNode {
+        node: NodeId,
+        run: Option<u64>,
+    },
+}
+
+/// Field of an inbox entry written again after a write whose outcome was unknown (the
+/// connection broke, or hung, before Redis answered): Redis may have applied the first write
+/// too, so what it relays may have been delivered already, and it is delivered with DUP.
+pub(in crate::cluster) const FIELD_RESENT: &str = "d";
+
+/// A copy of `sent` to send again after its outcome was unknown: every inbox append marked
+/// [`FIELD_RESENT`], every reply ignored (what the first attempt answered is not known either).
+fn marked_resent(sent: &redis::Pipeline, keys: &Keys) -> redis::Pipeline {
+    let inbox_prefix = keys.inbox("");
+    let mut again = redis::pipe();
+    for command in sent.cmd_iter() {
+        let mut args = command.args_iter();
+        let is_xadd = matches!(args.next(), Some(redis::Arg::Simple(name)) if name.eq_ignore_ascii_case(b"XADD"));
+        let to_inbox = matches!(args.next(), Some(redis::Arg::Simple(key)) if key.starts_with(inbox_prefix.as_bytes()));
+        let mut command = command.clone();
+        if is_xadd && to_inbox {
+            command.arg(FIELD_RESENT).arg("1");
+        }
+        again.add_command(command).ignore();
+    }
+    again
+}
+
+/// Removes a departed run's registration (see the script's header).
+const DROP_NODE: &str = include_str!("drop_node.lua");
+
+/// Starts an XADD to `node`'s inbox (trimmed to about [`INBOX_MAX_LEN`] entries); the caller adds
+/// the fields.
+fn inbox_append<'p>(
+    pipe: &'p mut redis::Pipeline,
+    keys: &Keys,
+    node: &str,
+) -> &'p mut redis::Pipeline {
+    inbox_append_trimmed(pipe, keys, node, INBOX_MAX_LEN)
+}
+
+/// Starts an XADD to `node`'s inbox, trimmed to about `max_len` entries.
+fn inbox_append_trimmed<'p>(
+    pipe: &'p mut redis::Pipeline,
+    keys: &Keys,
+    node: &str,
+    max_len: usize,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("XADD")
+        .arg(keys.inbox(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_len)
+        .arg("*")
+}
+
+/// Relayed messages of one write batch, packed per target node (see [`packed`]) until they are
+/// appended to the pipeline.
+#[derive(Default)]
+struct Packs {
+    packers: Vec<(NodeId, Packer)>,
+    /// The packed entries appended to the pipeline, in order: node and message count. Their
+    /// XADD replies (entry ids) are the pipeline's first replies.
+    appended: Vec<(NodeId, usize)>,
+}
+
+impl Packs {
+    /// The index of `node`'s packer, made if it has none yet.
+    fn packer_for(&mut self, node: &NodeId) -> usize {
+        match self.packers.iter().position(|(n, _)| n == node) {
+            Some(index) => index,
+            None => {
+                self.packers.push((node.clone(), Packer::new()));
+                self.packers.len() - 1
+            }
+        }
+    }
+
+    /// Adds the packed messages of a burst for `node`; a packed entry that reaches
+    /// [`PACK_BYTES`] is appended at once.
+    fn push(
+        &mut self,
+        pipe: &mut redis::Pipeline,
+        link: &ClusterLink,
+        node: &NodeId,
+        burst: &Packer,
+    ) {
+        let index = self.packer_for(node);
+        let (node, packer) = &mut self.packers[index];
+        packer.append(burst);
+        if packer.byte_len() >= PACK_BYTES {
+            append_packed(pipe, link, node, packer);
+            self.appended.push((node.clone(), packer.count()));
+            packer.clear();
+        }
+    }
+
+    /// Appends every packed entry that holds messages to the pipeline. Called before any other
+    /// item is appended, so that the entries of each inbox keep the order of the queue.
+    fn flush(&mut self, pipe: &mut redis::Pipeline, link: &ClusterLink) {
+        for (node, packer) in &mut self.packers {
+            if !packer.is_empty() {
+                append_packed(pipe, link, node, packer);
+                self.appended.push((node.clone(), packer.count()));
+                packer.clear();
+            }
+        }
+    }
+}
+
+/// The weight of a writer work item, for [`WRITE_BATCH`]: the messages it relays, at least 1.
+fn weight(item: &Outbound) -> usize {
+    match item {
+        Outbound::Relays(relays) => relays.len().max(1),
+        _ => 1,
+    }
+}
+
+/// The places in the relay queue (permits of `forward_room`) that `messages` relayed messages
+/// hold.
+pub(super) fn permit_count(messages: usize) -> u32 {
+    messages.min(WRITE_QUEUE) as u32
+}
+
+/// Appends one packed entry for `node` (its reply is the entry id). The inbox is trimmed to
+/// about [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this one: the
+/// bound on what a node that falls behind keeps stays in messages, not in (much larger) packed
+/// entries.
+fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, packer: &Packer) {
+    let max_len = INBOX_MAX_LEN.div_ceil(packer.count().max(1));
+    inbox_append_trimmed(pipe, &link.keys, node, max_len)
+        .arg("o")
+        .arg(&*link.node_id)
+        .arg(packed::FIELD)
+        .arg(packer.as_bytes());
+}
+
+/// Flow control of the writer: how far behind each node's reader is (see [`crate::cluster::window`]).
+#[derive(Default)]
+struct Flow {
+    unread: Unread,
+    /// Nodes whose reader did not move within [`WINDOW_WAIT`]: not waited for again until it does.
+    stalled: HashSet<NodeId>,
+}
+
+impl Flow {
+    /// Applies a reader's progress report (the value of its `:read` key).
+    fn progress(&mut self, node: &NodeId, report: Option<Vec<u8>>) {
+        let Some(read) = report.as_deref().and_then(parse_stream_id) else {
+            return;
+        };
+        let before = self.unread.messages(node);
+        self.unread.read_up_to(node, read);
+        if self.unread.messages(node) < before {
+            self.stalled.remove(node);
+        }
+    }
+
+    /// Waits until the readers of the nodes in `targets` are less than [`RELAY_WINDOW`] messages
+    /// behind, polling their progress; a reader that does not move within [`WINDOW_WAIT`] (its
+    /// node is likely gone) is not waited for until it moves again.
+    async fn wait_for_readers(
+        &mut self,
+        link: &ClusterLink,
+        con: &mut RenewingConnection,
+        targets: &[NodeId],
+    ) {
+        for node in targets {
+            let started = tokio::time::Instant::now();
+            while self.unread.messages(node) >= RELAY_WINDOW && !self.stalled.contains(node) {
+                if started.elapsed() >= WINDOW_WAIT {
+                    tracing::warn!(node = %node, "relay: the node's inbox reader does not move; not waiting for it");
+                    self.stalled.insert(node.clone());
+                    break;
+                }
+                tokio::time::sleep(WINDOW_POLL).await;
+                // Bounded by what is left of the wait: on a connection left hanging (a Redis
+                // replaced behind the same address) the read would otherwise wait the writer's
+                // whole reply wait. A read is safe to give up, and the connection is replaced.
+                let left = WINDOW_WAIT
+                    .saturating_sub(started.elapsed())
+                    .max(WINDOW_POLL);
+                let report = tokio::time::timeout(
+                    left,
+                    redis::cmd("GET")
+                        .arg(link.keys.inbox_read(node))
+                        .query_async::<Option<Vec<u8>>>(&mut *con),
+                )
+                .await;
+                match report {
+                    Ok(Ok(report)) => self.progress(node, report),
+                    Ok(Err(_)) => {}
+                    Err(_) => con.renew(),
+                }
+            }
+        }
+    }
+}
+
+/// Runs [`write_loop`] on a thread of its own, with a runtime and a Redis connection of its own:
+/// busy connection tasks on the broker's runtime would otherwise leave it waiting for a turn at
+/// every step of every batch, and the relay queue would overflow while Redis idles. The thread
+/// ends once the link is gone.
+pub(super) fn spawn_writer(
+    link: Weak<ClusterLink>,
+    target: RedisTarget,
+    queue: Arc<WorkQueue<Outbound>>,
+    response_wait: Duration,
+) -> Result<(), RelayError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(relay_error)?;
+    std::thread::Builder::new()
+        .name("relay-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let con = loop {
+                    let config =
+                        ConnectionManagerConfig::new().set_response_timeout(Some(response_wait));
+                    match RenewingConnection::connect(target.clone(), config, "relay writer").await
+                    {
+                        Ok(con) => break con,
+                        Err(e) => {
+                            if link.strong_count() == 0 {
+                                return;
+                            }
+                            tracing::warn!(error = %e, "relay writer cannot reach redis; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                write_loop(link, con, queue).await
+            })
+        })
+        .map_err(relay_error)?;
+    Ok(())
+}
+
+/// Writes entry changes and relayed messages in pipelined batches, retrying a failed batch
+/// until Redis takes it (the connection manager reconnects meanwhile). The messages of a batch
+/// bound for one node go in as few inbox entries as [`PACK_BYTES`] allows. Ends when the link
+/// is gone (its queue closes).
+async fn write_loop(
+    weak_link: Weak<ClusterLink>,
+    mut con: RenewingConnection,
+    queue: Arc<WorkQueue<Outbound>>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut packs = Packs::default();
+    let mut flow = Flow::default();
+    let Some(mut reconnected) = weak_link.upgrade().map(|link| link.reconnected.subscribe()) else {
+        return;
+    };
+    let mut targets: Vec<NodeId> = Vec::new();
+    while queue.take(&mut batch, WRITE_BATCH, weight).await > 0 {
+        let Some(link) = weak_link.upgrade() else {
+            return;
+        };
+        targets.clear();
+        for item in &batch {
+            if let Outbound::Relays(relays) = item {
+                for target in &relays.targets {
+                    if !targets.contains(&target.node) {
+                        targets.push(target.node.clone());
+                    }
+                }
+            }
+        }
+        flow.wait_for_readers(&link, &mut con, &targets).await;
+        let mut pipe = redis::pipe();
+        for item in &batch {
+            if let Outbound::Relays(relays) = item {
+                for target in &relays.targets {
+                    packs.push(&mut pipe, &link, &target.node, &target.records);
+                }
+                continue;
+            }
+            packs.flush(&mut pipe, &link);
+            match item {
+                Outbound::Entry { raw, added } => {
+                    let (command, sign) = if *added { ("SADD", '+') } else { ("SREM", '-') };
+                    pipe.cmd(command)
+                        .arg(link.keys.entries(&link.node_id))
+                        .arg(raw)
+                        .ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg(link.keys.channel())
+                        .arg(format!("{}\n{sign}{raw}", link.node_id))
+                        .ignore();
+                }
+                Outbound::Listed(marker) => {
+                    pipe.cmd("SET")
+                        .arg(link.keys.listed(&link.node_id))
+                        .arg(marker)
+                        .ignore();
+                }
+                // Packed above.
+                Outbound::Relays(_) => {}
+                Outbound::Control { node, fields } => {
+                    let xadd = inbox_append(&mut pipe, &link.keys, node);
+                    for (name, value) in fields {
+                        xadd.arg(*name).arg(value.as_slice());
+                    }
+                    xadd.ignore();
+                }
+                Outbound::DropNode { node, run } => {
+                    packs.packers.retain(|(n, _)| n != node);
+                    flow.unread.forget(node);
+                    flow.stalled.remove(node);
+                    pipe.cmd("EVAL")
+                        .arg(DROP_NODE)
+                        .arg(5)
+                        .arg(link.keys.nodes())
+                        .arg(link.keys.entries(node))
+                        .arg(link.keys.inbox_read(node))
+                        .arg(link.keys.run(node))
+                        .arg(link.keys.listed(node))
+                        .arg(&**node)
+                        .arg(run.map(|r| r.to_string()).unwrap_or_default())
+                        .ignore();
+                }
+                Outbound::Journal { field, value } => {
+                    pipe.cmd("HSET")
+                        .arg(link.keys.journal(&link.node_id))
+                        .arg(field.as_str())
+                        .arg(value.as_slice())
+                        .ignore();
+                }
+                Outbound::Unjournal(field) => {
+                    pipe.cmd("HDEL")
+                        .arg(link.keys.journal(&link.node_id))
+                        .arg(field.as_str())
+                        .ignore();
+                }
+                Outbound::Delete { command, key, ids } => {
+                    pipe.cmd(command).arg(key.as_str()).arg(ids).ignore();
+                }
+                Outbound::InboxHandled(ids) => {
+                    if let Some(last) = ids.last() {
+                        pipe.cmd("SET")
+                            .arg(link.keys.inbox_read(&link.node_id))
+                            .arg(last.as_str())
+                            .ignore();
+                    }
+                    pipe.cmd("XDEL")
+                        .arg(link.keys.inbox(&link.node_id))
+                        .arg(ids)
+                        .ignore();
+                }
+                Outbound::Barrier(_) => {}
+            }
+        }
+        packs.flush(&mut pipe, &link);
+        // The readers' progress, read back with the batch.
+        let behind: Vec<NodeId> = flow
+            .unread
+            .behind()
+            .chain(packs.appended.iter().map(|(node, _)| node))
+            .fold(Vec::new(), |mut nodes, node| {
+                if !nodes.contains(node) {
+                    nodes.push(node.clone());
+                }
+                nodes
+            });
+        for node in &behind {
+            pipe.cmd("GET").arg(link.keys.inbox_read(node));
+        }
+        // Acknowledgements wait for this batch's barriers: with a replication wait, until the
+        // replicas hold what they depend on (its reply comes last).
+        let replication = link.replication.filter(|_| {
+            batch
+                .iter()
+                .any(|item| matches!(item, Outbound::Barrier(_)))
+        });
+        if let Some(wait) = &replication {
+            wait.append(&mut pipe, &link.keys.replicated(&link.node_id));
+        }
+        let mut delay = Duration::from_millis(50);
+        // A batch of nothing but barriers has nothing to write (an empty pipeline would wait for
+        // replies that never come).
+        let writes = !behind.is_empty()
+            || replication.is_some()
+            || batch
+                .iter()
+                .any(|item| !matches!(item, Outbound::Barrier(_)));
+        // After Redis refused some commands, only those are sent again (see `refusals`).
+        let mut refused_only: Option<redis::Pipeline> = None;
+        let replies = loop {
+            if !writes {
+                break Vec::new();
+            }
+            let sending = refused_only.as_ref().unwrap_or(&pipe);
+            if reconnected.has_changed().unwrap_or(false) {
+                // Redis answered elsewhere on a new connection while this one was idle: it may
+                // hang as the health check's did, and nothing waits on it now.
+                reconnected.borrow_and_update();
+                con.renew();
+            }
+            let answer = tokio::select! {
+                answer = sending.query_async::<Vec<Value>>(&mut con) => answer,
+                () = stranded(&mut reconnected) => {
+                    con.renew();
+                    tracing::warn!("relay writer: redis answers on a new connection but not on this one; writing the batch again on a new connection");
+                    refused_only = Some(marked_resent(sending, &link.keys));
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            match answer {
+                Ok(replies) => {
+                    if link.health.set_write_refusal(None).is_some() {
+                        tracing::info!("redis takes the relay's writes again");
+                    }
+                    // The replies of a batch sent again in part are not the batch's.
+                    break if refused_only.is_some() {
+                        Vec::new()
+                    } else {
+                        replies
+                    };
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    match e.into_server_errors() {
+                        // Some commands were refused, the others applied.
+                        Some(errors) => {
+                            let refused = refusals::sort_out(sending, &errors);
+                            link.metrics_refused(errors.len());
+                            if link.health.set_write_refusal(Some(refused.worst)).is_none() {
+                                tracing::warn!(
+                                    refused = errors.len(),
+                                    dropped = refused.dropped,
+                                    example = %refused.example,
+                                    "redis refused relay writes; sending only those again"
+                                );
+                            }
+                            if refused.dropped > 0 {
+                                tracing::error!(
+                                    dropped = refused.dropped,
+                                    example = %refused.example,
+                                    "relay writes redis will never take were dropped"
+                                );
+                            }
+                            if refused.retry.is_empty() {
+                                link.health.set_write_refusal(None);
+                                break Vec::new();
+                            }
+                            refused_only = Some(refused.retry);
+                        }
+                        // The connection failed: what Redis applied is unknown, so the same
+                        // commands go again (after a reply wait long enough that a slow answer
+                        // is not taken for a lost one), marked as possibly applied twice.
+                        None => {
+                            tracing::warn!(error = %text, "relay write failed; retrying");
+                            refused_only = Some(marked_resent(sending, &link.keys));
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let mut replies = replies;
+        if let Some(wait) = &replication {
+            // Empty when only refused commands were sent again: then nothing is known of it.
+            if let Some(reply) = replies.pop() {
+                link.replication_waits.inc();
+                match wait.read(&reply) {
+                    Waited::Enough => {}
+                    Waited::Short(confirmed) => {
+                        link.replication_waits_short.inc();
+                        tracing::debug!(
+                            confirmed,
+                            "fewer redis replicas than asked for confirmed in time"
+                        );
+                    }
+                    Waited::Unreadable => {
+                        link.replication_waits_short.inc();
+                        tracing::warn!(reply = ?reply, "redis answered WAIT with no count");
+                    }
+                }
+            }
+        }
+        // Everything queued before a barrier is in Redis now, and the relayed messages written
+        // give their places in the queue back.
+        let mut written = 0;
+        for item in batch.drain(..) {
+            match item {
+                Outbound::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Outbound::Relays(relays) => written += permit_count(relays.len()) as usize,
+                _ => {}
+            }
+        }
+        link.forward_room.add_permits(written);
+        let mut replies = replies.into_iter();
+        for ((node, messages), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
+            if let Some(id) = bulk_bytes(reply).as_deref().and_then(parse_stream_id) {
+                flow.unread.appended(&node, id, messages);
+            }
+        }
+        for (node, reply) in behind.iter().zip(replies) {
+            flow.progress(node, bulk_bytes(reply));
+        }
+    }
+}
+
+/// Resolves [`STRANDED_GRACE`] after the health check next answered on a new connection (never,
+/// once the link is gone).
+async fn stranded(reconnected: &mut watch::Receiver<u64>) {
+    if reconnected.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(STRANDED_GRACE).await;
+}
+
+/// The bytes of a bulk or simple string reply.
+fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::relay::keys::Keys;
+
+    #[test]
+    fn a_batch_sent_again_marks_its_inbox_appends_and_nothing_else() {
+        let keys = Keys {
+            prefix: "starling:".to_string(),
+        };
+        let mut pipe = redis::pipe();
+        inbox_append(&mut pipe, &keys, "node-b")
+            .arg("b")
+            .arg("packed");
+        pipe.cmd("XADD")
+            .arg("other-stream")
+            .arg("*")
+            .arg("x")
+            .arg("1")
+            .ignore();
+        pipe.cmd("HSET")
+            .arg(keys.journal("node-a"))
+            .arg("f")
+            .arg("v")
+            .ignore();
+        pipe.cmd("GET").arg(keys.inbox_read("node-b"));
+        let again = marked_resent(&pipe, &keys);
+        let args: Vec<Vec<Vec<u8>>> = again
+            .cmd_iter()
+            .map(|c| {
+                c.args_iter()
+                    .filter_map(|a| match a {
+                        redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(args.len(), 4);
+        let tail = |i: usize| args[i][args[i].len() - 2..].to_vec();
+        assert_eq!(tail(0), [b"d".to_vec(), b"1".to_vec()], "the inbox append");
+        assert_eq!(tail(1), [b"x".to_vec(), b"1".to_vec()], "another stream");
+        assert_eq!(tail(2), [b"f".to_vec(), b"v".to_vec()], "not an append");
+        assert_eq!(args[3].len(), 2, "the GET is unchanged");
+    }
+}
