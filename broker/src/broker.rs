@@ -4,7 +4,6 @@
 use crate::auth::Auth;
 use crate::cluster::adopted::AdoptedParked;
 use crate::cluster::handoff::{self, HandOffs};
-use crate::cluster::journal::JournalReservation;
 use crate::cluster::pending::PendingRelays;
 use crate::cluster::recovery::{self, AdoptedRoutes, Leftovers};
 use crate::cluster::relay::ClusterLink;
@@ -15,7 +14,9 @@ use crate::protocol::{topic, QoS};
 use crate::read_mostly::ReadMostly;
 use crate::router::memo::RouteMemo;
 use crate::router::remote::NodeId;
+use crate::router::GroupKey;
 use crate::router::{self, Match, SubscriptionOptions, SubscriptionTree};
+use crate::store::journal_hold::JournalReservation;
 use crate::store::{Enqueued, QueuedMessage, Store, StoredSubscription, StoredWill};
 use parking_lot::Mutex;
 use starling_config::BrokerConfig;
@@ -99,9 +100,6 @@ const RECOVERED_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How often the keep-alive sweep runs (and the coarse clock advances).
 pub const KEEP_ALIVE_TICK: Duration = Duration::from_millis(250);
-
-/// A share group, identified by its name and filter.
-pub type GroupKey = (String, String);
 
 /// Which share groups a node's local routing serves for one message.
 #[derive(Debug, Clone, Copy)]

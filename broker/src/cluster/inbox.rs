@@ -242,7 +242,7 @@ async fn deliver(
 pub(super) fn decoded_records(
     stream: &str,
     fields: &[EntryField],
-) -> Vec<(Arc<crate::message::Message>, Vec<crate::broker::GroupKey>)> {
+) -> Vec<(Arc<crate::message::Message>, Vec<crate::router::GroupKey>)> {
     relayed_records(stream, fields)
         .into_iter()
         .filter_map(|record| match codec::decode_message(record.message) {

@@ -11,122 +11,31 @@
 //! queues every copy still in its journal again, marked as possibly sent (DUP); a node restarting
 //! under the same id does the same for its earlier runs ([`super::recovery`]).
 //!
-//! A [`JournalHold`] travels with the copy ([`crate::store::QueuedMessage::journal`]): clones
-//! share it, and the field is deleted when the last of them is dropped.
+//! A [`JournalHold`](crate::store::journal_hold::JournalHold) travels with the copy ([`crate::store::QueuedMessage::journal`]): clones
+//! share it, and the field is deleted when the last of them is dropped (through
+//! [`JournalRelease`], which the link implements; the store knows nothing of the cluster).
 //!
 //! The copies a session's claim moves out of the store into the connection (its in-flight and
 //! queued messages) are journalled by the claim's own script, in the same atomic step: the
-//! connection gets a [`JournalReservation`] (fields `<run>.<seq>.<index>`, one `seq` per claim)
+//! connection gets a [`JournalReservation`] ([`reservation`]; fields `<run>.<seq>.<index>`, one `seq` per claim)
 //! and only attaches the holds. A node killed right after a claim so loses none of them.
 
-use super::relay::ClusterLink;
 use crate::message::ClientId;
-use crate::protocol::QoS;
+use crate::store::journal_hold::{JournalRelease, JournalReservation};
 use crate::store::redis::codec::{self, DecodeError};
 use crate::store::QueuedMessage;
-use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
-/// Keeps a copy's journal field in Redis while the copy lives in this node's memory.
-#[derive(Clone)]
-pub struct JournalHold(Arc<Held>);
-
-struct Held {
-    field: String,
-    link: Weak<ClusterLink>,
-}
-
-impl JournalHold {
-    pub(super) fn new(field: String, link: Weak<ClusterLink>) -> Self {
-        JournalHold(Arc::new(Held { field, link }))
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(link) = self.link.upgrade() {
-            link.release_journal(std::mem::take(&mut self.field));
-        }
-    }
-}
-
-impl fmt::Debug for JournalHold {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JournalHold({})", self.0.field)
-    }
-}
-
-/// Holds do not distinguish copies: two copies of the same message are equal whichever holds.
-impl PartialEq for JournalHold {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for JournalHold {}
-
-/// The fields reserved for the copies one claim moves out of the store, which the claim's script
-/// journals (see the module docs): copy `index` of the claim (its in-flight messages first, then
-/// its queue) is field `<run>.<seq>.<index>`.
-#[derive(Debug, Clone)]
-pub struct JournalReservation {
+/// The fields of journal hash `key` reserved for the copies claim `seq` of run `run` moves out of
+/// the store for `client_id`: `<run>.<seq>.<index>`, deleted through `owner`.
+pub fn reservation(
     key: String,
-    field_prefix: String,
-    value_prefix: Vec<u8>,
-    link: Weak<ClusterLink>,
-}
-
-impl JournalReservation {
-    pub(super) fn new(
-        key: String,
-        run: u64,
-        seq: u64,
-        client_id: &str,
-        link: Weak<ClusterLink>,
-    ) -> Self {
-        JournalReservation {
-            key,
-            field_prefix: format!("{run}.{seq}."),
-            value_prefix: value_prefix(client_id),
-            link,
-        }
-    }
-
-    /// The journal hash the script writes to.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// What each field starts with; the copy's index follows.
-    pub fn field_prefix(&self) -> &str {
-        &self.field_prefix
-    }
-
-    /// What each value starts with; the copy in the queued encoding follows.
-    pub fn value_prefix(&self) -> &[u8] {
-        &self.value_prefix
-    }
-
-    /// Takes charge of copy `index`, which the script journalled: a QoS 1/2 copy keeps its field
-    /// while it lives; a QoS 0 copy has no business in the journal, so its field goes at once.
-    pub fn attach(&self, index: usize, queued: &mut QueuedMessage) {
-        if queued.qos == QoS::AtMostOnce {
-            self.release(index);
-        } else {
-            queued.journal = Some(JournalHold::new(self.field(index), self.link.clone()));
-        }
-    }
-
-    /// Deletes the field of copy `index` (it could not be read back, so it is dropped).
-    pub fn release(&self, index: usize) {
-        if let Some(link) = self.link.upgrade() {
-            link.release_journal(self.field(index));
-        }
-    }
-
-    fn field(&self, index: usize) -> String {
-        format!("{}{index}", self.field_prefix)
-    }
+    run: u64,
+    seq: u64,
+    client_id: &str,
+    owner: Weak<dyn JournalRelease>,
+) -> JournalReservation {
+    JournalReservation::new(key, format!("{run}.{seq}."), value_prefix(client_id), owner)
 }
 
 /// The journal field of copy `seq` of run `run` of a node.
@@ -201,6 +110,7 @@ pub fn decode_value(value: &[u8]) -> Result<(ClientId, QueuedMessage), JournalEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::QoS;
 
     #[test]
     fn a_value_round_trips_with_its_client_and_dup_mark() {
@@ -232,7 +142,7 @@ mod tests {
 
     #[test]
     fn fields_sort_by_run_then_sequence() {
-        let claimed = |seq, index| format!("{}{index}", reservation(1, seq).field_prefix());
+        let claimed = |seq, index| format!("{}{index}", reservation_of(1, seq).field_prefix());
         let mut fields = [
             field(2, 1),
             claimed(9, 10),
@@ -257,13 +167,21 @@ mod tests {
         }
     }
 
-    fn reservation(run: u64, seq: u64) -> JournalReservation {
-        JournalReservation::new("journal".into(), run, seq, "sensor-7", Weak::new())
+    /// Releases nothing (the reservation's owner is gone).
+    struct Gone;
+
+    impl JournalRelease for Gone {
+        fn release_journal(&self, _: String) {}
+    }
+
+    fn reservation_of(run: u64, seq: u64) -> JournalReservation {
+        let owner: Weak<dyn JournalRelease> = Weak::<Gone>::new();
+        reservation("journal".into(), run, seq, "sensor-7", owner)
     }
 
     #[test]
     fn a_reservation_holds_only_qos_1_and_2_copies() {
-        let reservation = reservation(5, 3);
+        let reservation = reservation_of(5, 3);
         assert_eq!(reservation.field_prefix(), "5.3.");
         assert_eq!(reservation.value_prefix(), b"\x00\x08sensor-7");
         let mut at_least_once = crate::store::test_queued("a", QoS::AtLeastOnce);

@@ -12,7 +12,7 @@
 //! | 4 | length of the share groups, unsigned big-endian |
 //! | n | the share groups the receiving node serves (`group NUL filter` pairs joined by NUL; empty for none) |
 
-use crate::broker::GroupKey;
+use crate::router::GroupKey;
 use std::ops::Range;
 
 /// Name of the inbox entry field that holds packed messages.

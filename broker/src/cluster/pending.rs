@@ -8,10 +8,10 @@
 
 use super::packed::encode_groups;
 use super::packed::{self, Packer};
-use crate::broker::GroupKey;
 use crate::message::Message;
 use crate::protocol::QoS;
 use crate::router::remote::NodeId;
+use crate::router::GroupKey;
 use crate::store::redis::codec;
 use std::sync::Arc;
 

@@ -32,17 +32,19 @@ pub(super) use writer::FIELD_RESENT;
 
 use super::health::{self, Health};
 use super::inbox;
-use super::journal::{self, JournalHold, JournalReservation};
+use super::journal;
 use super::listed;
 use super::pending::PendingRelays;
 use super::redis_clock::RedisClock;
 use super::replica::Replica;
 use super::replication::ReplicationWait;
 use super::work_queue::WorkQueue;
-use crate::broker::{Broker, GroupKey};
+use crate::broker::Broker;
 use crate::message::Message;
 use crate::router::memo::RouteMemo;
 use crate::router::remote::{choose_shared, NodeId, SharedChoice};
+use crate::router::GroupKey;
+use crate::store::journal_hold::{JournalHold, JournalRelease, JournalReservation};
 use crate::store::redis::renewing::RenewingConnection;
 use crate::store::redis::target::RedisTarget;
 use crate::store::QueuedMessage;
@@ -52,7 +54,7 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch, Semaphore};
 use watchers::{watch_entries, watch_health, Resync};
@@ -316,18 +318,20 @@ impl ClusterLink {
             field: field.clone(),
             value,
         });
-        Some(JournalHold::new(field, Arc::downgrade(self)))
+        let owner: Weak<dyn JournalRelease> = Arc::downgrade(self) as Weak<ClusterLink>;
+        Some(JournalHold::new(field, owner))
     }
 
     /// Reserves journal fields for the copies a claim of `client_id`'s session moves out of the
     /// store; the claim's script journals them (see [`super::journal`]).
     pub fn reserve_journal(self: &Arc<Self>, client_id: &str) -> JournalReservation {
-        JournalReservation::new(
+        let owner: Weak<dyn JournalRelease> = Arc::downgrade(self) as Weak<ClusterLink>;
+        journal::reservation(
             self.keys.journal(&self.node_id),
             self.run,
             self.journal_seq.fetch_add(1, Ordering::Relaxed),
             client_id,
-            Arc::downgrade(self),
+            owner,
         )
     }
 
@@ -402,11 +406,6 @@ impl ClusterLink {
     /// Whether gossip reported `node` gone (and not back since).
     pub fn is_departed(&self, node: &str) -> bool {
         self.departed.read().contains(node)
-    }
-
-    /// Deletes a journal field (its copy is done with).
-    pub(super) fn release_journal(&self, field: String) {
-        self.queue(Outbound::Unjournal(field));
     }
 
     /// Resolves once everything handed to the writer before this call is in Redis: a QoS 1/2
@@ -596,5 +595,12 @@ impl ClusterLink {
         let (removed, size) = self.remote.forget(&NodeId::from(node));
         broker.metrics.remote_entries.set(size as i64);
         tracing::debug!(node, removed, "forgot a departed node's entries");
+    }
+}
+
+impl JournalRelease for ClusterLink {
+    /// Deletes a journal field through the writer, after everything queued before.
+    fn release_journal(&self, field: String) {
+        self.queue(Outbound::Unjournal(field));
     }
 }

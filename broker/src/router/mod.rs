@@ -9,6 +9,9 @@ mod trie;
 
 pub use trie::{Change, Match, SubscriptionTree};
 
+/// A share group, identified by its name and filter.
+pub type GroupKey = (String, String);
+
 use crate::message::ClientId;
 use crate::protocol::{QoS, RetainForwardRule};
 

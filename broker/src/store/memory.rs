@@ -4,9 +4,9 @@ use super::{
     Attached, Completed, Detached, Enqueued, ExpiredSession, Holder, QueuedMessage, SessionClaim,
     Store, StoreError, StoredSession,
 };
-use crate::cluster::journal::JournalReservation;
 use crate::message::{ClientId, Message};
 use crate::protocol::topic;
+use crate::store::journal_hold::JournalReservation;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};

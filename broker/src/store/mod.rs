@@ -5,6 +5,7 @@
 //! the broker core does, at connect, disconnect, subscribe and when routing to offline sessions.
 //! A cluster keeps it in Redis ([`RedisStore`]).
 
+pub mod journal_hold;
 mod memory;
 pub mod redis;
 mod wait;
@@ -13,11 +14,11 @@ pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisStoreConfig};
 pub use wait::connect_when_up;
 
-use crate::cluster::journal::{JournalHold, JournalReservation};
 use crate::message::{ClientId, Message};
 use crate::protocol::QoS;
 use crate::router::SubscriptionOptions;
 use async_trait::async_trait;
+use journal_hold::{JournalHold, JournalReservation};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;

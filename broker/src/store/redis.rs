@@ -38,9 +38,9 @@ use super::{
     InflightMessage, QueuedMessage, SessionClaim, Store, StoreError, StoredSession,
     StoredSubscription,
 };
-use crate::cluster::journal::JournalReservation;
 use crate::message::{ClientId, Message};
 use crate::protocol::topic;
+use crate::store::journal_hold::JournalReservation;
 use async_trait::async_trait;
 use redis::aio::ConnectionManagerConfig;
 use redis::{Cmd, RedisError, Script, Value};
