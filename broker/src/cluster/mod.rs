@@ -1,4 +1,6 @@
-//! Running as one node of a cluster: membership by gossip (issue 4).
+//! Running as one node of a cluster: membership by gossip, the relay of messages and control
+//! entries through Redis, the replica of the other nodes' subscriptions, and recovery of what a
+//! departed node held (see `docs/cluster.md`).
 
 pub mod adopted;
 pub mod handoff;
