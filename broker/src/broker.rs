@@ -1,7 +1,7 @@
 //! The broker core shared by every connection: the subscription tree, the registry of online
 //! sessions, routing of messages to sessions, wills and session expiry.
 
-use crate::auth::Auth;
+use crate::auth::{Auth, LiveAuth};
 use crate::cluster::adopted::AdoptedParked;
 use crate::cluster::handoff::{self, HandOffs};
 use crate::cluster::pending::PendingRelays;
@@ -220,8 +220,8 @@ impl Routed {
 pub struct Broker {
     /// The validated configuration.
     pub config: BrokerConfig,
-    /// Authentication and ACLs.
-    pub auth: Auth,
+    /// Authentication and ACLs, as in force now (reloaded when their files change).
+    pub auth: Arc<LiveAuth>,
     /// Sessions and retained messages.
     pub store: Arc<dyn Store>,
     /// Counters and gauges.
@@ -243,8 +243,17 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Creates the core of a node.
+    /// Creates the core of a node, with fixed users and rules.
     pub fn new(config: BrokerConfig, auth: Auth, store: Arc<dyn Store>) -> Arc<Self> {
+        Broker::with_live_auth(config, Arc::new(LiveAuth::fixed(auth)), store)
+    }
+
+    /// Creates the core of a node, with users and rules that may be reloaded.
+    pub fn with_live_auth(
+        config: BrokerConfig,
+        auth: Arc<LiveAuth>,
+        store: Arc<dyn Store>,
+    ) -> Arc<Self> {
         let (run_state, _) = watch::channel(RunState::Running);
         let delivery_patience = Duration::from_millis(config.limits.delivery_wait_ms);
         Arc::new(Broker {

@@ -15,6 +15,7 @@ pub mod message;
 pub mod metrics;
 pub mod protocol;
 pub mod read_mostly;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;

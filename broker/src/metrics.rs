@@ -79,6 +79,14 @@ pub struct Metrics {
     /// fewer replicas confirming than asked for.
     pub replication_waits: Counter,
     pub replication_waits_short: Counter,
+    /// Reloads of changed TLS, password and ACL files, by what and outcome (see `reload`).
+    reloads: Family<ReloadLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ReloadLabel {
+    what: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -254,6 +262,12 @@ impl Metrics {
             "Hand-offs of a session's routes to another node begun since start",
             cluster_handoffs_total.clone(),
         );
+        let reloads = Family::<ReloadLabel, Counter>::default();
+        registry.register(
+            "reloads",
+            "Reloads of changed files (what: tls, auth), by outcome (ok; failed: the previous material stays in force)",
+            reloads.clone(),
+        );
         let redis_up = Gauge::default();
         redis_up.set(1);
         registry.register(
@@ -291,6 +305,7 @@ impl Metrics {
             dropped_too_large: drop_reason("too_large"),
             publish_denied,
             protocol_errors,
+            reloads,
             registry,
         }
     }
@@ -301,6 +316,14 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a reload of `what` (`tls`, `auth`) that succeeded (`ok`) or kept the old material.
+    pub fn reloaded(&self, what: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ReloadLabel { what, outcome })
+            .inc();
     }
 
     /// Sum of messages received over all QoS levels.

@@ -2,7 +2,7 @@
 //! drains connections on shutdown.
 
 use crate::admin::{AdminServer, AdminState};
-use crate::auth::{Auth, AuthError};
+use crate::auth::{AuthError, LiveAuth};
 use crate::broker::{AdoptionOutcome, Broker};
 use crate::cluster::membership::MemberEvent;
 use crate::cluster::membership::{self, GossipConfig, Membership, MembershipError, SingleNode};
@@ -10,6 +10,7 @@ use crate::cluster::recovery::Leftovers;
 use crate::cluster::relay::ClusterLink;
 use crate::connection;
 use crate::listener::{self, ListenerError};
+use crate::reload::Reload;
 use crate::store::redis::target::{RedisTarget, SentinelSettings};
 use crate::store::{self, MemoryStore, RedisStoreConfig, Store, StoreError};
 use redis::{ClientTlsConfig, TlsCertificates};
@@ -88,6 +89,8 @@ pub struct Server {
     listeners: Vec<(TcpListener, Transport)>,
     admin: Option<AdminServer>,
     addresses: BoundAddresses,
+    /// What is reloaded when its files change (see [`crate::reload`]).
+    reloadables: Vec<Arc<dyn Reload>>,
 }
 
 async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -105,7 +108,11 @@ impl Server {
     /// served at once (alive, not ready); a cluster node then waits for Redis as long as it
     /// takes (see [`store::connect_when_up`]).
     pub async fn bind(config: BrokerConfig) -> Result<Server, ServerError> {
-        let auth = Auth::load(&config.auth)?;
+        let auth = Arc::new(LiveAuth::load(&config.auth)?);
+        let mut reloadables: Vec<Arc<dyn Reload>> = Vec::new();
+        if config.auth.password_file.is_some() || config.auth.acl_file.is_some() {
+            reloadables.push(auth.clone());
+        }
         let mut addresses = BoundAddresses::default();
         let admin = match config.admin.bind {
             Some(addr) => {
@@ -132,7 +139,8 @@ impl Server {
             listeners.push((l, Transport::Tcp));
         }
         if let Some(tls) = &config.listeners.tls {
-            let acceptor = listener::tls::load_acceptor(tls)?;
+            let (acceptor, certificate) = listener::tls::load_acceptor(tls)?;
+            reloadables.push(certificate);
             let l = bind("listeners.tls.bind", tls.bind).await?;
             addresses.tls = l.local_addr().ok();
             listeners.push((l, Transport::Tls(acceptor)));
@@ -142,7 +150,7 @@ impl Server {
             addresses.ws = l.local_addr().ok();
             listeners.push((l, Transport::WebSocket));
         }
-        let broker = Broker::new(config, auth, store);
+        let broker = Broker::with_live_auth(config, auth, store);
         let mut run = None;
         if let Some(redis) = redis {
             let link = ClusterLink::start(&redis, &broker.config.node_id, "starling:", &broker)
@@ -166,6 +174,7 @@ impl Server {
             listeners,
             admin,
             addresses,
+            reloadables,
         })
     }
 
@@ -207,6 +216,10 @@ impl Server {
                 self.membership.clone(),
             ));
         }
+        tokio::spawn(crate::reload::watch(
+            self.reloadables,
+            broker.metrics.clone(),
+        ));
         tokio::spawn(broker.clone().run_expiry());
         tokio::spawn(broker.clone().run_keep_alive());
         if broker.config.sys.interval_secs > 0 {

@@ -46,8 +46,10 @@
 //! never widen what a pattern grants.
 
 mod acl;
+mod live;
 mod passwords;
 
+pub use live::LiveAuth;
 pub use passwords::hash_password;
 
 use acl::Acl;
@@ -158,16 +160,38 @@ impl Auth {
     /// Loads the password and ACL files named in `config` (each optional).
     pub fn load(config: &AuthConfig) -> Result<Auth, AuthError> {
         let passwords = match &config.password_file {
-            Some(path) => Some(Passwords::parse(path, &read_file(path)?)?),
+            Some(path) => Some((path.as_path(), read_file(path)?)),
             None => None,
         };
         let acl = match &config.acl_file {
-            Some(path) => Some(Acl::parse(path, &read_file(path)?)?),
+            Some(path) => Some((path.as_path(), read_file(path)?)),
+            None => None,
+        };
+        Auth::parse(
+            config.allow_anonymous,
+            passwords.as_ref().map(|(p, t)| (*p, t.as_str())),
+            acl.as_ref().map(|(p, t)| (*p, t.as_str())),
+        )
+    }
+
+    /// The rules in a password file's and an ACL file's text (each optional, with its path for
+    /// errors).
+    pub fn parse(
+        allow_anonymous: bool,
+        passwords: Option<(&Path, &str)>,
+        acl: Option<(&Path, &str)>,
+    ) -> Result<Auth, AuthError> {
+        let passwords = match passwords {
+            Some((path, text)) => Some(Passwords::parse(path, text)?),
+            None => None,
+        };
+        let acl = match acl {
+            Some((path, text)) => Some(Acl::parse(path, text)?),
             None => None,
         };
         tracing::debug!(users = ?passwords.as_ref().map(Passwords::len), "auth files loaded");
         Ok(Auth {
-            allow_anonymous: config.allow_anonymous,
+            allow_anonymous,
             passwords,
             acl,
         })

@@ -99,6 +99,7 @@ where
             }
             if !broker
                 .auth
+                .current()
                 .can_publish(&client_id, username.as_deref(), topic_name)
             {
                 refuse(&mut stream, version, ConnectReturnCode::NotAuthorized).await;
@@ -398,10 +399,11 @@ fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturn
 
 /// Checks the credentials off the async workers: password hashing takes milliseconds of CPU.
 async fn authenticate(broker: &Arc<Broker>, c: &ConnectPacket) -> Result<(), ConnectReturnCode> {
-    if !broker.auth.checks_passwords() {
+    if !broker.auth.current().checks_passwords() {
         let username = c.login.as_ref().map(|l| l.username.as_str());
         return broker
             .auth
+            .current()
             .authenticate(username, None)
             .map_err(refusal_code);
     }
@@ -412,7 +414,7 @@ async fn authenticate(broker: &Arc<Broker>, c: &ConnectPacket) -> Result<(), Con
             Some(l) => (Some(l.username.as_str()), Some(l.password.as_bytes())),
             None => (None, None),
         };
-        broker.auth.authenticate(username, password)
+        broker.auth.current().authenticate(username, password)
     })
     .await;
     match verdict {

@@ -169,10 +169,11 @@ where
         }
         let reserved = topic.starts_with('$');
         if reserved
-            || !self
-                .broker
-                .auth
-                .can_publish(&self.client_id, self.username.as_deref(), &topic)
+            || !self.broker.auth.current().can_publish(
+                &self.client_id,
+                self.username.as_deref(),
+                &topic,
+            )
         {
             self.broker.metrics.publish_denied.inc();
             tracing::debug!(client_id = %self.client_id, topic = %topic, "publish denied");
@@ -284,7 +285,7 @@ where
                     "no-local on a shared subscription",
                 ));
             }
-            if !self.broker.auth.can_subscribe(
+            if !self.broker.auth.current().can_subscribe(
                 &self.client_id,
                 self.username.as_deref(),
                 parsed.filter,

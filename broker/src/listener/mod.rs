@@ -26,7 +26,7 @@ pub enum ListenerError {
         path: PathBuf,
         /// What the PEM parser reported.
         #[source]
-        source: io::Error,
+        source: tokio_rustls::rustls::pki_types::pem::Error,
     },
     /// The certificate file holds no `CERTIFICATE` PEM block.
     #[error("{}: no certificate found (expected a PEM `CERTIFICATE` block)", path.display())]

@@ -1,63 +1,155 @@
-//! TLS listener support (rustls, PEM files).
+//! TLS listener support (rustls, PEM files), with the certificate reloaded when its files change.
 //!
-//! [`load_acceptor`] turns the PEM certificate chain and private key named in
-//! a [`TlsListenerConfig`] into a [`TlsAcceptor`]. The crypto provider is
-//! always `ring`, chosen explicitly so that the result does not depend on a
-//! process-wide default provider being installed.
+//! [`load_acceptor`] turns the PEM certificate chain and private key named in a
+//! [`TlsListenerConfig`] into a [`TlsAcceptor`] whose certificate comes from a
+//! [`ServerCertificate`]: a resolver that serves the pair last loaded and, as a
+//! [`Reload`], loads the files again when they change (see [`crate::reload`]), so a renewed
+//! certificate is served to new connections without a restart. The crypto provider is always
+//! `ring`, chosen explicitly so that the result does not depend on a process-wide default
+//! provider being installed.
 
 use super::ListenerError;
+use crate::reload::{Reload, WatchedFiles};
+use arc_swap::ArcSwap;
 use starling_config::TlsListenerConfig;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-/// Builds a TLS acceptor from PEM files.
+/// Builds a TLS acceptor from PEM files, and the certificate it serves (to reload).
 ///
-/// `config.cert_file` must hold the certificate chain (leaf first) as PEM
-/// `CERTIFICATE` blocks; `config.key_file` must hold one private key (PKCS#8,
-/// PKCS#1 or SEC1). Both may name the same file. Errors name the file and
-/// what is wrong with it: unreadable, malformed PEM, no certificate found, no
-/// private key found, or a key that does not match the certificate.
+/// `config.cert_file` must hold the certificate chain (leaf first) as PEM `CERTIFICATE` blocks;
+/// `config.key_file` must hold one private key (PKCS#8, PKCS#1 or SEC1). Both may name the same
+/// file. Errors name the file and what is wrong with it: unreadable, malformed PEM, no
+/// certificate found, no private key found, or a key that does not match the certificate.
 ///
-/// Reads the files synchronously; call it at start-up (or from
-/// `spawn_blocking`), not from a latency-sensitive task.
-pub fn load_acceptor(config: &TlsListenerConfig) -> Result<TlsAcceptor, ListenerError> {
-    let certs = load_certs(&config.cert_file)?;
-    let key = load_key(&config.key_file)?;
+/// Reads the files synchronously; call it at start-up (or from `spawn_blocking`), not from a
+/// latency-sensitive task.
+pub fn load_acceptor(
+    config: &TlsListenerConfig,
+) -> Result<(TlsAcceptor, Arc<ServerCertificate>), ListenerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let invalid = |source| ListenerError::InvalidCertificateOrKey {
-        cert: config.cert_file.clone(),
-        key: config.key_file.clone(),
-        source,
-    };
+    let certificate = Arc::new(ServerCertificate::load(config, provider.clone())?);
     let server_config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(invalid)?
+        .map_err(|source| certificate.invalid(source))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(invalid)?;
-    Ok(TlsAcceptor::from(Arc::new(server_config)))
+        .with_cert_resolver(certificate.clone());
+    Ok((TlsAcceptor::from(Arc::new(server_config)), certificate))
 }
 
-/// Reads a whole PEM file, naming it in the error.
-fn read_file(path: &Path) -> Result<Vec<u8>, ListenerError> {
-    std::fs::read(path).map_err(|source| ListenerError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })
+/// The certificate and key a TLS listener serves: the pair last loaded from its files.
+pub struct ServerCertificate {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    files: WatchedFiles,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwap<CertifiedKey>,
 }
 
-/// Reads every `CERTIFICATE` block of a PEM file, in order.
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ListenerError> {
-    let pem = read_file(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ListenerError::MalformedPem {
-            path: path.to_path_buf(),
-            source,
+impl fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertificate {
+    /// Loads the pair `config` names.
+    fn load(
+        config: &TlsListenerConfig,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ServerCertificate, ListenerError> {
+        let paths = vec![config.cert_file.clone(), config.key_file.clone()];
+        let (files, contents) =
+            WatchedFiles::read(paths).map_err(|e| ListenerError::Unreadable {
+                path: e.path,
+                source: e.source,
+            })?;
+        let pair = certified(&config.cert_file, &config.key_file, &provider, &contents)?;
+        Ok(ServerCertificate {
+            cert_file: config.cert_file.clone(),
+            key_file: config.key_file.clone(),
+            files,
+            provider,
+            current: ArcSwap::from_pointee(pair),
+        })
+    }
+
+    fn invalid(&self, source: rustls::Error) -> ListenerError {
+        invalid(&self.cert_file, &self.key_file, source)
+    }
+
+    /// The certificate served now (its leaf first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().cert.clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Reload for ServerCertificate {
+    fn what(&self) -> &'static str {
+        "tls"
+    }
+
+    fn reload_if_changed(&self) -> Result<bool, String> {
+        let Some(contents) = self.files.changed().map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let pair = certified(&self.cert_file, &self.key_file, &self.provider, &contents);
+        let pair = pair.map_err(|e| {
+            format!("{e}; the certificate loaded before is still served until the files hold a valid pair")
         })?;
+        self.current.store(Arc::new(pair));
+        Ok(true)
+    }
+}
+
+/// The certificate and key in `contents` (the bytes of the two files), checked to belong
+/// together.
+fn certified(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+    contents: &[Vec<u8>],
+) -> Result<CertifiedKey, ListenerError> {
+    let (cert_pem, key_pem) = match contents {
+        [cert, key] => (cert.as_slice(), key.as_slice()),
+        _ => (&[][..], &[][..]),
+    };
+    let certs = parse_certs(cert_file, cert_pem)?;
+    let key = parse_key(key_file, key_pem)?;
+    CertifiedKey::from_der(certs, key, provider)
+        .map_err(|source| invalid(cert_file, key_file, source))
+}
+
+fn invalid(cert_file: &Path, key_file: &Path, source: rustls::Error) -> ListenerError {
+    ListenerError::InvalidCertificateOrKey {
+        cert: cert_file.to_path_buf(),
+        key: key_file.to_path_buf(),
+        source,
+    }
+}
+
+/// Every `CERTIFICATE` block of a PEM file, in order.
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ListenerError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| malformed(path, source))?;
     if certs.is_empty() {
         return Err(ListenerError::NoCertificate {
             path: path.to_path_buf(),
@@ -66,17 +158,21 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ListenerError
     Ok(certs)
 }
 
-/// Reads the first private key of a PEM file.
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ListenerError> {
-    let pem = read_file(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| ListenerError::MalformedPem {
+/// The first private key of a PEM file.
+fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, ListenerError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|source| match source {
+        pem::Error::NoItemsFound => ListenerError::NoPrivateKey {
             path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| ListenerError::NoPrivateKey {
-            path: path.to_path_buf(),
-        })
+        },
+        other => malformed(path, other),
+    })
+}
+
+fn malformed(path: &Path, source: pem::Error) -> ListenerError {
+    ListenerError::MalformedPem {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -130,7 +226,7 @@ mod tests {
             write(&dir, "cert.pem", &cert_pem),
             write(&dir, "key.pem", &key_pem),
         );
-        let acceptor = load_acceptor(&cfg).expect("load acceptor");
+        let (acceptor, _) = load_acceptor(&cfg).expect("load acceptor");
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -168,12 +264,96 @@ mod tests {
         server.await.expect("server task");
     }
 
+    /// Completes a handshake with `acceptor`; returns the leaf certificate the server showed.
+    async fn served_leaf(acceptor: TlsAcceptor, trusted: &[CertificateDer<'static>]) -> Vec<u8> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("server handshake");
+            tls.shutdown().await.expect("server shutdown");
+        });
+        let mut roots = RootCertStore::empty();
+        for cert in trusted {
+            roots.add(cert.clone()).expect("trust certificate");
+        }
+        let client_config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = TlsConnector::from(Arc::new(client_config));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .expect("client handshake");
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("server certificate")[0]
+            .to_vec();
+        server.await.expect("server task");
+        leaf
+    }
+
+    #[tokio::test]
+    async fn a_changed_certificate_is_served_to_new_connections_and_a_bad_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first_pem, first_key, first_der) = self_signed();
+        let cfg = config(
+            write(&dir, "cert.pem", &first_pem),
+            write(&dir, "key.pem", &first_key),
+        );
+        let (acceptor, certificate) = load_acceptor(&cfg).expect("load acceptor");
+        let trusted = [first_der.clone()];
+        assert_eq!(
+            served_leaf(acceptor.clone(), &trusted).await,
+            first_der.to_vec()
+        );
+        assert_eq!(
+            certificate.reload_if_changed(),
+            Ok(false),
+            "nothing changed"
+        );
+
+        // Renewed, as cert-manager or a rotated Secret would.
+        let (second_pem, second_key, second_der) = self_signed();
+        write(&dir, "cert.pem", &second_pem);
+        write(&dir, "key.pem", &second_key);
+        assert_eq!(certificate.reload_if_changed(), Ok(true));
+        let trusted = [first_der.clone(), second_der.clone()];
+        assert_eq!(
+            served_leaf(acceptor.clone(), &trusted).await,
+            second_der.to_vec()
+        );
+
+        // A key that does not match: refused with the files named, the renewed pair stays.
+        let (_, other_key, _) = self_signed();
+        write(&dir, "key.pem", &other_key);
+        let refused = certificate.reload_if_changed().expect_err("mismatched key");
+        assert!(
+            refused.contains("cert.pem") && refused.contains("key.pem"),
+            "{refused}"
+        );
+        assert_eq!(
+            certificate.reload_if_changed(),
+            Ok(false),
+            "tried once per change"
+        );
+        assert_eq!(served_leaf(acceptor, &trusted).await, second_der.to_vec());
+        assert_eq!(certificate.chain()[0], second_der);
+    }
+
     #[test]
     fn combined_pem_file_is_accepted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert_pem, key_pem, _) = self_signed();
         let both = write(&dir, "both.pem", &format!("{cert_pem}{key_pem}"));
-        load_acceptor(&config(both.clone(), both)).expect("combined file");
+        let _ = load_acceptor(&config(both.clone(), both)).expect("combined file");
     }
 
     #[test]
