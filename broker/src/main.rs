@@ -145,7 +145,10 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
                     "--redis-password-file needs a Redis (--redis-url, cluster.redis_url or cluster.redis_sentinel)"
                 );
             };
-            cluster.redis_url = Some(with_password(url, password.trim())?);
+            cluster.redis_url = Some(starling_config::redis_url::with_password(
+                url,
+                password.trim(),
+            )?);
         }
     }
     if let Some(addr) = args.gossip_bind {
@@ -162,34 +165,6 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
     }
     config.validate()?;
     Ok(config)
-}
-
-/// Puts `password` into a `redis://` or `rediss://` URL (replacing any there), percent-encoded.
-fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .context("the Redis URL has no scheme (redis:// or rediss://)")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let user = authority
-        .rsplit_once('@')
-        .and_then(|(userinfo, _)| userinfo.split_once(':').map(|(u, _)| u).or(Some(userinfo)))
-        .unwrap_or("");
-    let encoded: String = password
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect();
-    Ok(format!("{scheme}://{user}:{encoded}@{host}{path}"))
 }
 
 fn init_logging(config: &BrokerConfig) -> anyhow::Result<()> {
@@ -256,7 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             let config = load_config(&cli.run)?;
-            print!("{}", config.to_toml_string()?);
+            print!("{}", config.redacted().to_toml_string()?);
             Ok(())
         }
         Command::Run => {
@@ -281,23 +256,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_password;
-
-    #[test]
-    fn password_goes_into_the_url_encoded() {
-        assert_eq!(
-            with_password("redis://redis:6379/0", "p@ss word").expect("url"),
-            "redis://:p%40ss%20word@redis:6379/0"
-        );
-        assert_eq!(
-            with_password("rediss://app:old@host:6380", "new").expect("url"),
-            "rediss://app:new@host:6380"
-        );
-        assert!(with_password("host:6379", "x").is_err());
     }
 }

@@ -400,10 +400,12 @@ async fn cluster_flags_reach_the_configuration() {
     let effective =
         starling_config::BrokerConfig::from_toml_str(&stdout).expect("output is a valid config");
     let cluster = effective.cluster;
+    // The password file's password went into the URL, and check-config does not print it.
     assert_eq!(
         cluster.redis_url.as_deref(),
-        Some("redis://:s3cr%3At@redis.default.svc:6379/0")
+        Some("redis://:REDACTED@redis.default.svc:6379/0")
     );
+    assert!(!stdout.contains("s3cr"), "the password was printed: {stdout}");
     assert_eq!(
         cluster.gossip_bind,
         Some("0.0.0.0:7946".parse().expect("addr"))

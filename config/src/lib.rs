@@ -10,6 +10,7 @@
 //! and names the offending field together with a fix.
 
 mod error;
+pub mod redis_url;
 mod types;
 
 pub use error::ConfigError;
@@ -51,6 +52,16 @@ impl BrokerConfig {
         let figment =
             Figment::from(Serialized::defaults(BrokerConfig::default())).merge(Toml::string(text));
         Self::from_figment(&figment)
+    }
+
+    /// The configuration with secrets written inline (the Redis URL's password) replaced by
+    /// `REDACTED`, for printing (`check-config`).
+    pub fn redacted(&self) -> BrokerConfig {
+        let mut shown = self.clone();
+        if let Some(url) = &mut shown.cluster.redis_url {
+            *url = redis_url::redacted(url);
+        }
+        shown
     }
 
     /// Renders the configuration as TOML (used by the operator for its ConfigMap).
