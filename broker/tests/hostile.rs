@@ -568,6 +568,37 @@ async fn huge_connect_is_closed_at_once() {
     assert_serves(broker.tcp()).await;
 }
 
+/// A CONNECT whose will makes it larger than `limits.max_connect_size` is closed at its header,
+/// before the broker reads the rest; one just under the limit is accepted.
+#[tokio::test]
+async fn a_connect_above_the_connect_size_limit_is_closed_before_authentication() {
+    use rumqttc::mqttbytes::v4::{Connect, LastWill, Packet as P4};
+    let broker = TestBroker::start_with(|c| c.limits.max_connect_size = 1024).await;
+    let connect_with_will = |id: &str, payload: usize| {
+        let mut connect = Connect::new(id);
+        connect.last_will = Some(LastWill::new(
+            "will/t",
+            vec![b'w'; payload],
+            rumqttc::mqttbytes::QoS::AtMostOnce,
+            false,
+        ));
+        P4::Connect(connect)
+    };
+    let mut small = RawClient::connect(broker.tcp()).await;
+    small.send_v4(connect_with_will("small-will", 900)).await;
+    match small.recv_v4().await {
+        Some(P4::ConnAck(ack)) => {
+            assert_eq!(ack.code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut big = RawClient::connect(broker.tcp()).await;
+    big.send_v4(connect_with_will("big-will", 2000)).await;
+    let got = read_until_closed(&mut big, Duration::from_secs(2)).await;
+    assert!(got.is_empty(), "broker sent {got:02x?}");
+    assert_serves(broker.tcp()).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Topics
 // ---------------------------------------------------------------------------------------------

@@ -405,7 +405,10 @@ async fn cluster_flags_reach_the_configuration() {
         cluster.redis_url.as_deref(),
         Some("redis://:REDACTED@redis.default.svc:6379/0")
     );
-    assert!(!stdout.contains("s3cr"), "the password was printed: {stdout}");
+    assert!(
+        !stdout.contains("s3cr"),
+        "the password was printed: {stdout}"
+    );
     assert_eq!(
         cluster.gossip_bind,
         Some("0.0.0.0:7946".parse().expect("addr"))

@@ -156,6 +156,10 @@ pub struct LimitsConfig {
     pub max_keep_alive_secs: u16,
     /// Seconds a client has to send CONNECT after opening the connection.
     pub connect_timeout_secs: u64,
+    /// Largest CONNECT packet accepted, in bytes (`max_packet_size` too bounds it): a client is not
+    /// authenticated yet when it sends one, so it may not make the broker hold much for it.
+    /// A larger CONNECT closes the connection at its header.
+    pub max_connect_size: u32,
 }
 
 impl Default for LimitsConfig {
@@ -171,6 +175,7 @@ impl Default for LimitsConfig {
             max_topic_alias: 64,
             max_keep_alive_secs: 3600,
             connect_timeout_secs: 10,
+            max_connect_size: 64 * 1024,
         }
     }
 }
@@ -439,6 +444,13 @@ impl BrokerConfig {
                 "limits.max_packet_size",
                 format!("{} is outside 64..=268435455", lim.max_packet_size),
                 "choose a size in bytes between 64 and 268435455 (MQTT's largest packet)",
+            ));
+        }
+        if lim.max_connect_size < 64 {
+            return Err(ConfigError::invalid(
+                "limits.max_connect_size",
+                format!("{} is below 64", lim.max_connect_size),
+                "choose a size in bytes of at least 64 (a CONNECT holds the client id, credentials and the will message; limits.max_packet_size bounds it too)",
             ));
         }
         if !(1..=65535).contains(&lim.max_topic_length) {

@@ -35,7 +35,11 @@ where
     let timeout = Duration::from_secs(limits.connect_timeout_secs);
     let connect = match tokio::time::timeout(
         timeout,
-        read_connect(&mut stream, &mut read_buf, limits.max_packet_size),
+        read_connect(
+            &mut stream,
+            &mut read_buf,
+            limits.max_connect_size.min(limits.max_packet_size),
+        ),
     )
     .await
     {
