@@ -2,6 +2,7 @@
 //! sessions, routing of messages to sessions, wills and session expiry.
 
 use crate::auth::{Auth, LiveAuth};
+use crate::client_info::{ClientInfo, Evacuation};
 use crate::cluster::adopted::AdoptedParked;
 use crate::cluster::handoff::{self, HandOffs};
 use crate::cluster::pending::PendingRelays;
@@ -47,6 +48,9 @@ pub struct SessionHandle {
     /// (0: not moved in). They were matched before the session arrived, and the old node may
     /// have delivered them too.
     pub moved_in_relays_until_ms: u64,
+    /// What the client told the broker when it connected (for the admin API; `None` for
+    /// sessions registered without a connection, in tests).
+    pub info: Option<Arc<ClientInfo>>,
 }
 
 /// Whether a copy for `handle`'s session that arrived as `arrival` at `clock_ms` (see
@@ -240,6 +244,8 @@ pub struct Broker {
     cluster: OnceLock<Arc<ClusterLink>>,
     hand_offs: HandOffs,
     adopted: AdoptedParked,
+    /// An evacuation of this node, if one was asked for (see [`crate::clients`]).
+    pub(crate) evacuation: Evacuation,
 }
 
 impl Broker {
@@ -261,6 +267,7 @@ impl Broker {
             cluster: OnceLock::new(),
             hand_offs: HandOffs::default(),
             adopted: AdoptedParked::default(),
+            evacuation: Evacuation::default(),
             config,
             auth,
             store,
@@ -812,6 +819,15 @@ impl Broker {
         self.online.read().get(client_id).cloned()
     }
 
+    /// Every session with an open connection here, as it is now.
+    pub fn online_handles(&self) -> Vec<(ClientId, SessionHandle)> {
+        let online = self.online.read();
+        online
+            .iter()
+            .map(|(id, handle)| (id.clone(), handle.clone()))
+            .collect()
+    }
+
     /// Marks a session that just moved here from another node (see
     /// [`SessionHandle::moved_in_until_ms`]).
     pub fn mark_moved_in(&self, client_id: &str, connection_id: u64) {
@@ -1224,6 +1240,7 @@ mod tests {
 
     fn moved_in(until_ms: u64, relays_until_ms: u64) -> SessionHandle {
         SessionHandle {
+            info: None,
             connection_id: 1,
             mailbox: Arc::new(Mailbox::new(8, None, 0)),
             persistent: true,

@@ -7,8 +7,11 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod client_info;
+pub mod clients;
 pub mod cluster;
 pub mod connection;
+pub mod ctl;
 pub mod listener;
 pub mod mailbox;
 pub mod message;

@@ -41,6 +41,12 @@ pub enum Signal {
     /// The cluster declared this node dead and another node adopted the session (and
     /// published its will): the connection ends without storing anything or a will.
     Adopted,
+    /// An operator disconnected the client (admin API); with `discard_session` its session
+    /// goes too.
+    Kicked { discard_session: bool },
+    /// The node is being evacuated: the client is asked to use another server (v5 0x9C), its
+    /// session is kept for wherever it reconnects.
+    Evacuate,
 }
 
 #[derive(Default)]
@@ -180,6 +186,11 @@ impl Mailbox {
     /// The signal sent to the connection, if any.
     pub fn signalled(&self) -> Option<Signal> {
         self.state.lock().signal
+    }
+
+    /// How many messages are waiting.
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
     }
 
     /// Whether messages are waiting.

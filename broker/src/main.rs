@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use starling_broker::ctl;
 use starling_broker::server::Server;
 use starling_config::{BrokerConfig, LogFormat};
 use std::io::BufRead;
@@ -92,6 +93,61 @@ enum Command {
         /// The user name.
         username: String,
     },
+    /// Talk to a running broker's admin API (needs admin.token_file on the broker).
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The broker's admin endpoint.
+    #[arg(
+        long,
+        env = "STARLING_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    url: String,
+    /// File holding the admin API's bearer token (default: admin.token_file of --config).
+    #[arg(long, env = "STARLING_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    what: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// This node: id, version, uptime, connections, members, evacuation.
+    Node,
+    /// The clients connected to the node.
+    Clients {
+        /// Only client ids starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// One connected client.
+    Client {
+        /// Its client id.
+        id: String,
+    },
+    /// Disconnect a client (MQTT 5: DISCONNECT 0x98); its session is kept unless --discard-session.
+    Disconnect {
+        /// Its client id.
+        id: String,
+        /// Remove its session too.
+        #[arg(long)]
+        discard_session: bool,
+    },
+    /// Evacuate the node: refuse new clients, ask connected ones to reconnect elsewhere (MQTT 5:
+    /// 0x9C), sessions kept.
+    Evacuate {
+        /// Clients asked per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
+    /// Where the evacuation stands.
+    Evacuation,
 }
 
 fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
@@ -227,6 +283,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let hash = starling_broker::auth::hash_password(password)?;
             println!("{username}:{hash}");
+            Ok(())
+        }
+        Command::Ctl(args) => {
+            let token_file = match &args.token_file {
+                Some(path) => path.clone(),
+                None => load_config(&cli.run)?.admin.token_file.context(
+                    "no admin token: pass --token-file, or --config with admin.token_file",
+                )?,
+            };
+            let request = match &args.what {
+                CtlCommand::Node => ctl::Request::Node,
+                CtlCommand::Clients { prefix } => ctl::Request::Clients {
+                    prefix: prefix.clone(),
+                },
+                CtlCommand::Client { id } => ctl::Request::Client { id: id.clone() },
+                CtlCommand::Disconnect {
+                    id,
+                    discard_session,
+                } => ctl::Request::Disconnect {
+                    id: id.clone(),
+                    discard_session: *discard_session,
+                },
+                CtlCommand::Evacuate { rate } => ctl::Request::Evacuate { rate: *rate },
+                CtlCommand::Evacuation => ctl::Request::Evacuation,
+            };
+            let admin = ctl::Admin::new(&args.url, &token_file)?;
+            print!("{}", admin.run(&request, args.json)?);
             Ok(())
         }
         Command::CheckConfig => {

@@ -1,6 +1,7 @@
 //! A running node: binds the listeners and the admin endpoint, runs the background tasks, and
 //! drains connections on shutdown.
 
+use crate::admin::token::{AdminToken, TokenError};
 use crate::admin::{AdminServer, AdminState};
 use crate::auth::{AuthError, LiveAuth};
 use crate::broker::{AdoptionOutcome, Broker};
@@ -43,6 +44,9 @@ pub enum ServerError {
     /// The password or ACL file could not be loaded.
     #[error("`auth`: {0}")]
     Auth(#[from] AuthError),
+    /// The admin API's token file cannot be used.
+    #[error("{0}")]
+    AdminToken(#[from] TokenError),
     /// The cluster store could not be reached.
     #[error("the cluster's redis: {0}")]
     Store(#[from] StoreError),
@@ -113,6 +117,14 @@ impl Server {
         if config.auth.password_file.is_some() || config.auth.acl_file.is_some() {
             reloadables.push(auth.clone());
         }
+        let admin_token = match &config.admin.token_file {
+            Some(path) => {
+                let token = Arc::new(AdminToken::load(path)?);
+                reloadables.push(token.clone());
+                Some(token)
+            }
+            None => None,
+        };
         let mut addresses = BoundAddresses::default();
         let admin = match config.admin.bind {
             Some(addr) => {
@@ -120,7 +132,7 @@ impl Server {
                 addresses.admin = l.local_addr().ok();
                 Some(AdminServer::start(
                     l,
-                    AdminState::starting("connecting to the store"),
+                    AdminState::starting("connecting to the store", admin_token.clone()),
                 ))
             }
             None => None,

@@ -118,12 +118,16 @@ pub struct AdminConfig {
     /// Address of the admin HTTP server; `"off"` disables it.
     #[serde(with = "address_or_off")]
     pub bind: Option<SocketAddr>,
+    /// A file holding the bearer token the admin API (`/api/v1/...`) requires; without one the
+    /// API is off (health, readiness and metrics stay open). Read again when it changes.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             bind: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            token_file: None,
         }
     }
 }

@@ -54,7 +54,7 @@ where
         // A node that shuts down cannot wait out a will's delay: the will stays stored with the
         // session, and the node that adopts this node's sessions publishes it once the delay
         // has passed, unless the client reconnected first (which discards it).
-        let will_left_to_adopter = matches!(exit, Exit::Shutdown)
+        let will_left_to_adopter = matches!(exit, Exit::Shutdown { .. })
             && publish_will
             && self.will.is_some()
             && !will_delay.is_zero()
@@ -81,14 +81,22 @@ where
                 self.send_disconnect(DisconnectReasonCode::SessionTakenOver, None)
                     .await;
             }
-            Exit::Shutdown => {
+            Exit::Shutdown { evacuated } => {
                 let reference = self.broker.config.shutdown.server_reference.clone();
-                let reason = if reference.is_some() {
+                let reason = if reference.is_some() || *evacuated {
                     DisconnectReasonCode::UseAnotherServer
                 } else {
                     DisconnectReasonCode::ServerShuttingDown
                 };
                 self.send_disconnect(reason, reference).await;
+            }
+            Exit::Kicked { discard_session } => {
+                tracing::info!(client_id = %self.client_id, discard_session, "disconnected by an operator");
+                self.send_disconnect(DisconnectReasonCode::AdministrativeAction, None)
+                    .await;
+                if *discard_session {
+                    self.expiry_secs = 0;
+                }
             }
             Exit::Disconnected { .. } | Exit::Closed => {}
         }

@@ -3,6 +3,7 @@
 use super::{Connection, Will};
 use crate::auth::AuthFailure;
 use crate::broker::{Broker, SessionHandle};
+use crate::client_info::{now_unix_ms, ClientInfo};
 use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message, MessageProperties};
 use crate::protocol::{
@@ -179,6 +180,20 @@ where
             persistent: expiry_secs > 0,
             moved_in_until_ms: 0,
             moved_in_relays_until_ms: 0,
+            info: Some(Arc::new(ClientInfo {
+                username: username.clone(),
+                peer,
+                protocol: match version {
+                    ProtocolVersion::V3_1 => "3.1",
+                    ProtocolVersion::V3_1_1 => "3.1.1",
+                    ProtocolVersion::V5 => "5",
+                }
+                .into(),
+                connected_at_ms: now_unix_ms(),
+                keep_alive_secs: keep_alive,
+                session_expiry_secs: expiry_secs,
+                clean_start: connect.clean_start,
+            })),
         },
     );
     // A shutdown that began after the check above did not see this session: tell it now.
@@ -380,6 +395,9 @@ async fn read_connect<S: AsyncRead + Unpin>(
 fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturnCode> {
     if broker.is_shutting_down() {
         return Err(ConnectReturnCode::ServerUnavailable);
+    }
+    if broker.evacuation.is_evacuating() {
+        return Err(ConnectReturnCode::UseAnotherServer);
     }
     let id = &c.connect.client_id;
     if id.is_empty()

@@ -58,10 +58,13 @@ enum Exit {
     Violation(DisconnectReasonCode, String),
     /// Another connection took the session over.
     TakenOver,
-    /// The broker is shutting down.
-    Shutdown,
+    /// The broker is shutting down, or this node is being evacuated (`evacuated`: the client
+    /// is asked to use another server).
+    Shutdown { evacuated: bool },
     /// The cluster declared this node dead and adopted the session elsewhere.
     Adopted,
+    /// An operator disconnected the client; with `discard_session` its session goes too.
+    Kicked { discard_session: bool },
 }
 
 /// What the packet loop has to wait for next.
@@ -428,7 +431,9 @@ async fn write_all_and_flush<S: AsyncWrite + Unpin>(
 fn signal_exit(signal: Signal) -> Exit {
     match signal {
         Signal::TakenOver => Exit::TakenOver,
-        Signal::Shutdown => Exit::Shutdown,
+        Signal::Shutdown => Exit::Shutdown { evacuated: false },
+        Signal::Evacuate => Exit::Shutdown { evacuated: true },
+        Signal::Kicked { discard_session } => Exit::Kicked { discard_session },
         Signal::KeepAliveTimeout => Exit::KeepAliveTimeout,
         Signal::Adopted => Exit::Adopted,
     }

@@ -1,10 +1,14 @@
 //! The HTTP admin endpoint: `/healthz` (the process is alive), `/readyz` (accepting clients: 503
-//! while the node starts, e.g. waiting for Redis, while draining, or while a cluster node cannot
-//! reach Redis) and `/metrics` (Prometheus text format).
+//! while the node starts, e.g. waiting for Redis, while draining or evacuating, or while a
+//! cluster node cannot reach Redis), `/metrics` (Prometheus text format), and the admin API
+//! ([`api`], `/api/v1/...`, behind a bearer token).
 //!
 //! It is served from the moment the admin port is bound, before the broker exists, so that a
 //! node waiting for its store is alive (`/healthz` 200) but not ready; [`AdminState::serve`]
 //! hands it the broker once the node runs.
+
+pub mod api;
+pub mod token;
 
 use crate::broker::Broker;
 use axum::extract::State;
@@ -24,14 +28,18 @@ use tokio::task::JoinHandle;
 pub struct AdminState {
     broker: OnceLock<Arc<Broker>>,
     starting: Mutex<String>,
+    /// The admin API's token (`None`: the API is off).
+    token: Option<Arc<token::AdminToken>>,
 }
 
 impl AdminState {
-    /// A node that is starting (`/readyz` answers 503 with `status`).
-    pub fn starting(status: impl Into<String>) -> Arc<Self> {
+    /// A node that is starting (`/readyz` answers 503 with `status`), its admin API behind
+    /// `token` (off without one).
+    pub fn starting(status: impl Into<String>, token: Option<Arc<token::AdminToken>>) -> Arc<Self> {
         Arc::new(AdminState {
             broker: OnceLock::new(),
             starting: Mutex::new(status.into()),
+            token,
         })
     }
 
@@ -53,6 +61,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(api::routes(state.clone()))
         .with_state(state)
 }
 
@@ -117,6 +126,8 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, Cow<'stati
     };
     if broker.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+    } else if broker.evacuation.is_evacuating() {
+        (StatusCode::SERVICE_UNAVAILABLE, "evacuating\n".into())
     } else if let Some(problem) = broker.cluster().and_then(|link| link.health().problem()) {
         (
             StatusCode::SERVICE_UNAVAILABLE,

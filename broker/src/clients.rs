@@ -1,0 +1,97 @@
+//! What an operator sees of and does to this node's connected clients (the admin API): who is
+//! connected and how, disconnecting one, and evacuating the node (every client asked, at a
+//! bounded rate, to reconnect elsewhere, their sessions kept).
+
+use crate::broker::Broker;
+pub use crate::client_info::{ClientInfo, ClientView, EvacuationStatus};
+use crate::mailbox::Signal;
+use crate::message::ClientId;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Broker {
+    /// Every client connected to this node, sorted by client id.
+    pub fn clients(&self) -> Vec<ClientView> {
+        let mut views: Vec<ClientView> = self
+            .online_handles()
+            .into_iter()
+            .filter_map(|(client_id, handle)| {
+                Some(ClientView {
+                    client_id: client_id.to_string(),
+                    node: self.config.node_id.clone(),
+                    waiting: handle.mailbox.len(),
+                    info: (*handle.info.clone()?).clone(),
+                })
+            })
+            .collect();
+        views.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        views
+    }
+
+    /// Disconnects `client_id` if it is connected here (v5: DISCONNECT 0x98); with
+    /// `discard_session` its session is removed rather than kept. Returns whether it was.
+    pub fn kick(&self, client_id: &str, discard_session: bool) -> bool {
+        match self.online_handle(client_id) {
+            Some(handle) => {
+                handle.mailbox.signal(Signal::Kicked { discard_session });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts evacuating this node: new clients are refused (and `/readyz` says so), and the
+    /// connected ones are asked, `rate_per_sec` at a time, to reconnect elsewhere (v5:
+    /// DISCONNECT 0x9C), their sessions kept. Asking again changes nothing but the rate.
+    pub fn evacuate(self: &Arc<Self>, rate_per_sec: u32) -> EvacuationStatus {
+        let rate_per_sec = rate_per_sec.max(1);
+        let evacuation = &self.evacuation;
+        evacuation.status.lock().rate_per_sec = rate_per_sec;
+        if !evacuation.evacuating.swap(true, Ordering::Relaxed) {
+            evacuation.status.lock().evacuating = true;
+            tracing::warn!(
+                rate_per_sec,
+                "evacuating: new clients are refused, connected ones asked to reconnect elsewhere"
+            );
+            let broker = self.clone();
+            tokio::spawn(async move { broker.run_evacuation().await });
+        }
+        self.evacuation_status()
+    }
+
+    /// Where the evacuation stands.
+    pub fn evacuation_status(&self) -> EvacuationStatus {
+        let mut status = self.evacuation.status.lock().clone();
+        status.remaining = self.online_count();
+        status
+    }
+
+    /// Asks the connected clients to leave, a second's worth at a time, until none is left.
+    async fn run_evacuation(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let rate = self.evacuation.status.lock().rate_per_sec as usize;
+            let batch: Vec<(ClientId, _)> = self
+                .online_handles()
+                .into_iter()
+                .filter(|(_, handle)| handle.mailbox.signalled().is_none())
+                .take(rate)
+                .collect();
+            if batch.is_empty() {
+                if self.online_count() == 0 {
+                    tracing::info!("evacuated: no client is connected");
+                }
+                if self.is_shutting_down() {
+                    return;
+                }
+                continue;
+            }
+            for (_, handle) in &batch {
+                handle.mailbox.signal(Signal::Evacuate);
+            }
+            self.evacuation.status.lock().asked += batch.len();
+        }
+    }
+}

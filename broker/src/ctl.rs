@@ -1,0 +1,258 @@
+//! `starling-broker ctl`: the admin API (see [`crate::admin::api`]) from a terminal, with tables
+//! for people and JSON (`--json`) for scripts.
+
+use crate::admin::api::{ClientList, Disconnected, NodeView};
+use crate::clients::{ClientView, EvacuationStatus};
+use serde::de::DeserializeOwned;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// Why a `ctl` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The token file cannot be read.
+    #[error("cannot read the admin token from {path}: {source}; pass --token-file (or set admin.token_file)")]
+    Token {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin endpoint did not answer.
+    #[error("{url}: {why}; is the broker running with its admin port there (--url)?")]
+    Unreachable {
+        /// What was asked.
+        url: String,
+        /// Why it failed.
+        why: String,
+    },
+    /// The API answered with an error.
+    #[error("{url}: HTTP {status}: {error}")]
+    Refused {
+        /// What was asked.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The API's reason.
+        error: String,
+    },
+    /// The answer was not what this version of `ctl` understands.
+    #[error("{url}: unexpected answer: {why}")]
+    Unreadable {
+        /// What was asked.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// What `ctl` is asked to do.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Show this node.
+    Node,
+    /// List connected clients, optionally those whose id starts with a prefix.
+    Clients { prefix: Option<String> },
+    /// Show one connected client.
+    Client { id: String },
+    /// Disconnect a client, optionally discarding its session.
+    Disconnect { id: String, discard_session: bool },
+    /// Evacuate the node at a rate (clients per second).
+    Evacuate { rate: u32 },
+    /// Show where the evacuation stands.
+    Evacuation,
+}
+
+/// An admin API endpoint and its token.
+pub struct Admin {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Admin {
+    /// The API at `base` (e.g. `http://127.0.0.1:9090`), with the token in `token_file`.
+    pub fn new(base: &str, token_file: &Path) -> Result<Admin, CtlError> {
+        let token = std::fs::read_to_string(token_file).map_err(|source| CtlError::Token {
+            path: token_file.display().to_string(),
+            source,
+        })?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Ok(Admin {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.trim().to_string(),
+            agent,
+        })
+    }
+
+    /// Carries out `request`; returns the answer as JSON text (`json`) or as a table.
+    pub fn run(&self, request: &Request, json: bool) -> Result<String, CtlError> {
+        let (method, path) = match request {
+            Request::Node => ("GET", "/api/v1/node".to_string()),
+            Request::Clients { prefix } => (
+                "GET",
+                match prefix {
+                    Some(prefix) => format!("/api/v1/clients?prefix={}", encode(prefix)),
+                    None => "/api/v1/clients".to_string(),
+                },
+            ),
+            Request::Client { id } => ("GET", format!("/api/v1/clients/{}", encode(id))),
+            Request::Disconnect {
+                id,
+                discard_session,
+            } => (
+                "DELETE",
+                format!(
+                    "/api/v1/clients/{}?discard_session={discard_session}",
+                    encode(id)
+                ),
+            ),
+            Request::Evacuate { rate } => ("POST", format!("/api/v1/evacuate?rate={rate}")),
+            Request::Evacuation => ("GET", "/api/v1/evacuate".to_string()),
+        };
+        let body = self.call(method, &path)?;
+        if json {
+            return Ok(body);
+        }
+        let url = format!("{}{path}", self.base);
+        Ok(match request {
+            Request::Node => node_table(&parse::<NodeView>(&url, &body)?),
+            Request::Clients { .. } => clients_table(&parse::<ClientList>(&url, &body)?),
+            Request::Client { .. } => {
+                let client = parse::<ClientView>(&url, &body)?;
+                clients_table(&ClientList {
+                    clients: vec![client],
+                    matched: 1,
+                })
+            }
+            Request::Disconnect { .. } => {
+                let done = parse::<Disconnected>(&url, &body)?;
+                let session = if done.discard_session {
+                    "session discarded"
+                } else {
+                    "session kept"
+                };
+                format!("disconnected {} ({session})\n", done.client_id)
+            }
+            Request::Evacuate { .. } | Request::Evacuation => {
+                evacuation_line(&parse::<EvacuationStatus>(&url, &body)?)
+            }
+        })
+    }
+
+    fn call(&self, method: &str, path: &str) -> Result<String, CtlError> {
+        let url = format!("{}{path}", self.base);
+        let authorization = format!("Bearer {}", self.token);
+        let answer = match method {
+            "POST" => self
+                .agent
+                .post(&url)
+                .header("Authorization", &authorization)
+                .send_empty(),
+            "DELETE" => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &authorization)
+                .call(),
+            _ => self
+                .agent
+                .get(&url)
+                .header("Authorization", &authorization)
+                .call(),
+        };
+        let mut response = answer.map_err(|e| CtlError::Unreachable {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| CtlError::Unreadable {
+                url: url.clone(),
+                why: e.to_string(),
+            })?;
+        if status >= 400 {
+            let error = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(body);
+            return Err(CtlError::Refused { url, status, error });
+        }
+        Ok(body)
+    }
+}
+
+fn parse<T: DeserializeOwned>(url: &str, body: &str) -> Result<T, CtlError> {
+    serde_json::from_str(body).map_err(|e| CtlError::Unreadable {
+        url: url.to_string(),
+        why: e.to_string(),
+    })
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn node_table(node: &NodeView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node          {}", node.node_id);
+    let _ = writeln!(out, "version       {}", node.version);
+    let _ = writeln!(out, "uptime        {} s", node.uptime_secs);
+    let _ = writeln!(out, "connections   {}", node.connections);
+    let _ = writeln!(out, "members       {}", node.cluster_members);
+    let _ = writeln!(out, "shutting down {}", node.shutting_down);
+    out.push_str(&evacuation_line(&node.evacuation));
+    out
+}
+
+fn evacuation_line(status: &EvacuationStatus) -> String {
+    if status.evacuating {
+        format!(
+            "evacuating    asked {}, {} still connected, {} per second\n",
+            status.asked, status.remaining, status.rate_per_sec
+        )
+    } else {
+        "evacuating    no\n".to_string()
+    }
+}
+
+fn clients_table(list: &ClientList) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<32} {:<16} {:<6} {:<21} {:>9} {:>7} {:>8}",
+        "CLIENT", "USER", "MQTT", "PEER", "KEEPALIVE", "EXPIRY", "WAITING"
+    );
+    for c in &list.clients {
+        let _ = writeln!(
+            out,
+            "{:<32} {:<16} {:<6} {:<21} {:>9} {:>7} {:>8}",
+            c.client_id,
+            c.info.username.as_deref().unwrap_or("-"),
+            c.info.protocol,
+            c.info.peer.to_string(),
+            c.info.keep_alive_secs,
+            c.info.session_expiry_secs,
+            c.waiting
+        );
+    }
+    if list.matched > list.clients.len() {
+        let _ = writeln!(out, "({} of {} shown)", list.clients.len(), list.matched);
+    }
+    out
+}

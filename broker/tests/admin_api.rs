@@ -1,0 +1,222 @@
+//! The admin API and `starling-broker ctl` end to end: the real binary's `ctl` command against a
+//! running broker's admin port, with real MQTT clients that it lists, disconnects and evacuates.
+
+mod common;
+
+use common::{v4, v5, TestBroker, WAIT};
+use starling_broker::admin::api::{ClientList, NodeView};
+use starling_broker::clients::EvacuationStatus;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+const TOKEN: &str = "0123456789abcdef-admin-token";
+
+fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("{token}\n")).expect("write token");
+    path
+}
+
+async fn broker_with_token(token_file: PathBuf) -> TestBroker {
+    TestBroker::start_with(move |c| c.admin.token_file = Some(token_file)).await
+}
+
+fn admin_url(broker: &TestBroker) -> String {
+    format!("http://{}", broker.addresses.admin.expect("admin port"))
+}
+
+/// Runs `starling-broker ctl ARGS` against `url` with `token_file`; returns (success, stdout,
+/// stderr).
+async fn ctl(url: &str, token_file: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_starling-broker"))
+        .arg("ctl")
+        .arg("--url")
+        .arg(url)
+        .arg("--token-file")
+        .arg(token_file)
+        .args(args)
+        .env_remove("STARLING_CONFIG")
+        .output();
+    let output = tokio::time::timeout(WAIT, output)
+        .await
+        .expect("ctl ends in time")
+        .expect("ctl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn ctl_json<T: serde::de::DeserializeOwned>(url: &str, token: &Path, args: &[&str]) -> T {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, stdout, stderr) = ctl(url, token, &all).await;
+    assert!(ok, "ctl {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {stdout}"))
+}
+
+/// What ended a v5 client's connection: the DISCONNECT the broker sent (rumqttc reports it as
+/// an error naming the reason code), or whatever else did.
+async fn ended_with(client: &mut v5::Client) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match client.events.recv().await {
+                Some(Ok(v5::Event::Incoming(v5::Packet::Disconnect(d)))) => {
+                    return format!("{:?}", d.reason_code)
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e,
+                None => return "event loop ended".to_string(),
+            }
+        }
+    })
+    .await
+    .expect("the connection ended in time")
+}
+
+fn v5_persistent(addr: SocketAddr, id: &str) -> v5::MqttOptions {
+    let mut options = v5::options(addr, id);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(300));
+    options
+}
+
+#[tokio::test]
+async fn ctl_lists_clients_and_disconnects_them_keeping_or_discarding_their_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path(), TOKEN);
+    let broker = broker_with_token(token.clone()).await;
+    let url = admin_url(&broker);
+
+    let mut keeper = v5::connect(v5_persistent(broker.tcp(), "keeper"));
+    keeper.connack().await;
+    let mut discarded = v5::connect(v5_persistent(broker.tcp(), "discarded"));
+    discarded.connack().await;
+    let mut old = v4::connect(v4::options(broker.tcp(), "old-protocol"));
+    old.connack().await;
+
+    let node: NodeView = ctl_json(&url, &token, &["node"]).await;
+    assert_eq!(node.connections, 3);
+    assert!(!node.evacuation.evacuating);
+
+    let list: ClientList = ctl_json(&url, &token, &["clients"]).await;
+    let ids: Vec<&str> = list.clients.iter().map(|c| c.client_id.as_str()).collect();
+    assert_eq!(ids, ["discarded", "keeper", "old-protocol"]);
+    assert_eq!(list.clients[1].info.protocol, "5");
+    assert_eq!(list.clients[1].info.session_expiry_secs, 300);
+    assert_eq!(list.clients[2].info.protocol, "3.1.1");
+    let (ok, table, _) = ctl(&url, &token, &["clients", "--prefix", "kee"]).await;
+    assert!(ok);
+    assert!(
+        table.contains("keeper") && !table.contains("discarded"),
+        "{table}"
+    );
+
+    // Disconnected, session kept: the client is told why, and resumes its session.
+    let (ok, said, stderr) = ctl(&url, &token, &["disconnect", "keeper"]).await;
+    assert!(ok, "{stderr}");
+    assert!(said.contains("session kept"), "{said}");
+    let ended = ended_with(&mut keeper).await;
+    assert!(ended.contains("AdministrativeAction"), "{ended}");
+    let mut back = v5::connect(v5_persistent(broker.tcp(), "keeper"));
+    assert!(back.connack().await.session_present, "the session was kept");
+
+    // Disconnected with its session discarded: it comes back to a new one.
+    let (ok, _, stderr) = ctl(
+        &url,
+        &token,
+        &["disconnect", "discarded", "--discard-session"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let ended = ended_with(&mut discarded).await;
+    assert!(ended.contains("AdministrativeAction"), "{ended}");
+    let mut fresh = v5::connect(v5_persistent(broker.tcp(), "discarded"));
+    assert!(
+        !fresh.connack().await.session_present,
+        "the session was discarded"
+    );
+
+    // A client that is not connected: a clear error, non-zero exit.
+    let (ok, _, stderr) = ctl(&url, &token, &["disconnect", "nobody"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("404") && stderr.contains("not connected"),
+        "{stderr}"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_wants_the_right_token_and_is_off_without_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path(), TOKEN);
+    let broker = broker_with_token(token).await;
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-token-at-all").expect("write");
+    let (ok, _, stderr) = ctl(&admin_url(&broker), &wrong, &["node"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    broker.stop().await;
+
+    let off = TestBroker::start().await;
+    let (ok, _, stderr) = ctl(&admin_url(&off), &wrong, &["node"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("404") && stderr.contains("admin.token_file"),
+        "{stderr}"
+    );
+    off.stop().await;
+}
+
+#[tokio::test]
+async fn an_evacuated_node_refuses_new_clients_and_asks_each_connected_one_to_go_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path(), TOKEN);
+    let broker = broker_with_token(token.clone()).await;
+    let url = admin_url(&broker);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut client = v5::connect(v5_persistent(broker.tcp(), &format!("evacuee-{i}")));
+        client.connack().await;
+        clients.push(client);
+    }
+
+    let status: EvacuationStatus = ctl_json(&url, &token, &["evacuate", "--rate", "2"]).await;
+    assert!(status.evacuating);
+    assert_eq!(status.rate_per_sec, 2);
+    for client in &mut clients {
+        let ended = ended_with(client).await;
+        assert!(ended.contains("UseAnotherServer"), "{ended}");
+    }
+    let status: EvacuationStatus = ctl_json(&url, &token, &["evacuation"]).await;
+    assert_eq!((status.asked, status.remaining), (3, 0));
+
+    // New clients are sent elsewhere, and the node says it is not ready.
+    let mut late = v5::connect(v5_persistent(broker.tcp(), "late"));
+    let refused = tokio::time::timeout(WAIT, late.events.recv())
+        .await
+        .expect("an answer in time")
+        .expect("an event");
+    let refused = format!("{refused:?}");
+    assert!(refused.contains("UseAnotherServer"), "{refused}");
+    let readyz_url = format!("{url}/readyz");
+    let readyz = tokio::task::spawn_blocking(move || ureq_get(&readyz_url))
+        .await
+        .expect("GET /readyz");
+    assert_eq!(readyz, (503, "evacuating\n".to_string()));
+    broker.stop().await;
+}
+
+/// A plain GET; returns (status, body).
+fn ureq_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().expect("GET");
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().expect("body");
+    (status, body)
+}
