@@ -2,7 +2,8 @@
 //! cluster (redis-server, 2 or 3 broker nodes, HAProxy), MQTT 3.1.1 and 5, while one fault
 //! happens: a takeover, a rolling restart, a SIGKILL, a Redis restart (without and with
 //! persistence), a Redis replaced as a Kubernetes pod is, a Sentinel failover after the primary
-//! is killed, a Redis stall, one node cut off from Redis, a gossip false positive, a scale-down;
+//! is killed, a Redis stall, one node cut off from Redis, a gossip false positive, a scale-down,
+//! a node evacuated through the admin API and restarted;
 //! and new subscriptions after a Redis restart. Every run asserts that no number the
 //! publisher had acknowledged is missing at any subscriber (lost) and that no number came twice
 //! with the later copy lacking DUP (dupless), and prints one line with what it saw.
@@ -75,6 +76,10 @@ enum Scenario {
     GossipFalsePositive,
     /// The victim gets SIGTERM and never comes back.
     ScaleDown,
+    /// The victim is evacuated through the admin API (new clients refused, connected ones asked
+    /// to reconnect elsewhere, 50 per second), then, once empty, gets SIGTERM and is started
+    /// again: one step of a rolling update as the operator would drive it.
+    Evacuate,
     /// Redis run by Sentinel: the primary killed (SIGKILL), a replica promoted; acknowledgements
     /// wait for one replica (`cluster.redis_replication`).
     SentinelFailover,
@@ -96,6 +101,7 @@ impl Scenario {
             Scenario::RedisCut => "redis-cut-one-node",
             Scenario::GossipFalsePositive => "gossip-false-positive",
             Scenario::ScaleDown => "scale-down",
+            Scenario::Evacuate => "evacuate",
             Scenario::SentinelFailover => "sentinel-failover",
             Scenario::NewSubscriptionsAfterRedisRestart => "new-subs-after-redis-restart",
         }
@@ -333,7 +339,10 @@ async fn run_once(
         extra_config: if scenario == Scenario::SentinelFailover {
             "[cluster.redis_replication]\nwait_replicas = 1\nwait_timeout_ms = 1000\n[limits]\nmax_queued_messages = 100000\n".into()
         } else {
-            "[limits]\nmax_queued_messages = 100000\n".into()
+            format!(
+                "[limits]\nmax_queued_messages = 100000\n[admin]\ntoken_file = \"{}\"\n",
+                admin_token_file().display()
+            )
         },
     };
     let run_label = format!("{run}/{}", settings.repeat);
@@ -506,6 +515,22 @@ async fn resumed(stream: &Stream, what: &str) -> Result<()> {
             b.publisher.last_error,
         )
     }
+}
+
+/// The admin API's token for every node of the matrix.
+const ADMIN_TOKEN: &str = "fault-matrix-admin-token";
+
+/// A file holding [`ADMIN_TOKEN`], written once per test process.
+fn admin_token_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().expect("token file");
+        file.write_all(ADMIN_TOKEN.as_bytes()).expect("write token");
+        file
+    })
+    .path()
+    .to_path_buf()
 }
 
 /// Does the scenario's fault while the stream runs; returns notes on what happened.
@@ -690,6 +715,39 @@ async fn inject(
             ));
             resumed(stream, &format!("node-{victim} left")).await?;
         }
+        Scenario::Evacuate => {
+            let t = Instant::now();
+            let node = &cluster.nodes[victim];
+            let (status, body) = e2e::http_request(
+                node.admin,
+                "POST",
+                "/api/v1/evacuate?rate=50",
+                Some(ADMIN_TOKEN),
+            )
+            .await?;
+            if status != 202 {
+                bail!("evacuating node-{victim}: HTTP {status}: {body}");
+            }
+            e2e::wait_for(Duration::from_secs(30), || async {
+                let left = node.metric("starling_connections").await?;
+                if left > 0.0 {
+                    bail!("{left} clients still connected");
+                }
+                Ok(())
+            })
+            .await
+            .with_context(|| format!("node-{victim} did not empty"))?;
+            let emptied = t.elapsed();
+            let status = cluster.nodes[victim].terminate(EXIT_WITHIN).await?;
+            cluster.nodes[victim].restart().await?;
+            cluster.wait_for_members(&cluster.all(), MEMBERSHIP).await?;
+            notes.push(format!(
+                "node-{victim} evacuated: empty after {}, exit ({status}), back {}",
+                secs(emptied),
+                secs(t.elapsed())
+            ));
+            resumed(stream, &format!("node-{victim} evacuated")).await?;
+        }
         Scenario::SentinelFailover => {
             let group = cluster
                 .sentinel
@@ -836,6 +894,7 @@ matrix! {
         gossip_false_positive_3_nodes_v5: GossipFalsePositive, 3, V5;
         redis_replaced_2_nodes_v5: RedisReplaced, 2, V5;
         sentinel_failover_2_nodes_v5: SentinelFailover, 2, V5;
+        evacuate_3_nodes_v311: Evacuate, 3, V311;
     ]
     full: [
         takeover_2_nodes_v311: Takeover, 2, V311;
@@ -873,6 +932,9 @@ matrix! {
         sentinel_failover_2_nodes_v311: SentinelFailover, 2, V311;
         sentinel_failover_3_nodes_v311: SentinelFailover, 3, V311;
         sentinel_failover_3_nodes_v5: SentinelFailover, 3, V5;
+        evacuate_2_nodes_v311: Evacuate, 2, V311;
+        evacuate_2_nodes_v5: Evacuate, 2, V5;
+        evacuate_3_nodes_v5: Evacuate, 3, V5;
         new_subs_after_redis_restart_2_nodes_v311: NewSubscriptionsAfterRedisRestart, 2, V311;
         new_subs_after_redis_restart_2_nodes_v5: NewSubscriptionsAfterRedisRestart, 2, V5;
         new_subs_after_redis_restart_3_nodes_v311: NewSubscriptionsAfterRedisRestart, 3, V311;
