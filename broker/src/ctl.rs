@@ -38,6 +38,14 @@ pub enum CtlError {
         /// The API's reason.
         error: String,
     },
+    /// The evacuation did not empty the node in time.
+    #[error("{remaining} clients still connected after {waited:?}; the node can still be stopped (SIGTERM drains them)")]
+    NotEmpty {
+        /// Clients left.
+        remaining: usize,
+        /// How long `ctl` waited.
+        waited: Duration,
+    },
     /// The answer was not what this version of `ctl` understands.
     #[error("{url}: unexpected answer: {why}")]
     Unreadable {
@@ -59,8 +67,8 @@ pub enum Request {
     Client { id: String },
     /// Disconnect a client, optionally discarding its session.
     Disconnect { id: String, discard_session: bool },
-    /// Evacuate the node at a rate (clients per second).
-    Evacuate { rate: u32 },
+    /// Evacuate the node at a rate (clients per second), and optionally wait until it is empty.
+    Evacuate { rate: u32, wait_secs: Option<u64> },
     /// Show where the evacuation stands.
     Evacuation,
 }
@@ -113,10 +121,17 @@ impl Admin {
                     encode(id)
                 ),
             ),
-            Request::Evacuate { rate } => ("POST", format!("/api/v1/evacuate?rate={rate}")),
+            Request::Evacuate { rate, .. } => ("POST", format!("/api/v1/evacuate?rate={rate}")),
             Request::Evacuation => ("GET", "/api/v1/evacuate".to_string()),
         };
-        let body = self.call(method, &path)?;
+        let mut body = self.call(method, &path)?;
+        if let Request::Evacuate {
+            wait_secs: Some(secs),
+            ..
+        } = request
+        {
+            body = self.wait_until_empty(Duration::from_secs(*secs))?;
+        }
         if json {
             return Ok(body);
         }
@@ -144,6 +159,28 @@ impl Admin {
                 evacuation_line(&parse::<EvacuationStatus>(&url, &body)?)
             }
         })
+    }
+
+    /// Polls the evacuation until no client is left; its last status, or an error once `limit`
+    /// has passed with clients still connected.
+    fn wait_until_empty(&self, limit: Duration) -> Result<String, CtlError> {
+        let path = "/api/v1/evacuate";
+        let url = format!("{}{path}", self.base);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let body = self.call("GET", path)?;
+            let status: EvacuationStatus = parse(&url, &body)?;
+            if status.remaining == 0 {
+                return Ok(body);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(CtlError::NotEmpty {
+                    remaining: status.remaining,
+                    waited: limit,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn call(&self, method: &str, path: &str) -> Result<String, CtlError> {

@@ -145,6 +145,9 @@ enum CtlCommand {
         /// Clients asked per second.
         #[arg(long, default_value_t = 100)]
         rate: u32,
+        /// Wait up to this many seconds for the node to be empty (exit status 1 if it is not).
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
     },
     /// Where the evacuation stands.
     Evacuation,
@@ -305,7 +308,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     id: id.clone(),
                     discard_session: *discard_session,
                 },
-                CtlCommand::Evacuate { rate } => ctl::Request::Evacuate { rate: *rate },
+                CtlCommand::Evacuate { rate, wait } => ctl::Request::Evacuate {
+                    rate: *rate,
+                    wait_secs: *wait,
+                },
                 CtlCommand::Evacuation => ctl::Request::Evacuation,
             };
             let admin = ctl::Admin::new(&args.url, &token_file)?;

@@ -183,9 +183,12 @@ async fn an_evacuated_node_refuses_new_clients_and_asks_each_connected_one_to_go
         clients.push(client);
     }
 
-    let status: EvacuationStatus = ctl_json(&url, &token, &["evacuate", "--rate", "2"]).await;
+    // As the operator's preStop hook does: evacuate, and wait until the node is empty.
+    let status: EvacuationStatus =
+        ctl_json(&url, &token, &["evacuate", "--rate", "2", "--wait", "10"]).await;
     assert!(status.evacuating);
     assert_eq!(status.rate_per_sec, 2);
+    assert_eq!((status.asked, status.remaining), (3, 0));
     for client in &mut clients {
         let ended = ended_with(client).await;
         assert!(ended.contains("UseAnotherServer"), "{ended}");

@@ -651,6 +651,16 @@ pub struct BrokerSettings {
     #[serde(default = "defaults::drain_timeout_secs")]
     #[schemars(range(min = 0, max = 3600))]
     pub drain_timeout_secs: u32,
+    /// Clients a stopping broker pod asks per second to reconnect to another pod (MQTT 5:
+    /// DISCONNECT 0x9C) before it is stopped: its evacuation, run by the pod's preStop hook.
+    #[serde(default = "defaults::evacuation_rate_per_sec")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub evacuation_rate_per_sec: u32,
+    /// Seconds the preStop hook waits for the evacuation to empty the pod; the pod is stopped
+    /// then, emptied or not (what is left is drained as on any stop).
+    #[serde(default = "defaults::evacuation_timeout_secs")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub evacuation_timeout_secs: u32,
     /// Port of the admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default = "defaults::admin_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -675,6 +685,8 @@ impl Default for BrokerSettings {
             max_packet_size: defaults::max_packet_size(),
             max_connections: defaults::max_connections(),
             drain_timeout_secs: defaults::drain_timeout_secs(),
+            evacuation_rate_per_sec: defaults::evacuation_rate_per_sec(),
+            evacuation_timeout_secs: defaults::evacuation_timeout_secs(),
             admin_port: defaults::admin_port(),
             log_level: defaults::log_level(),
             log_format: defaults::log_format(),
@@ -758,6 +770,12 @@ mod defaults {
     }
     pub fn drain_timeout_secs() -> u32 {
         u32::try_from(broker().shutdown.drain_timeout_secs).unwrap_or(u32::MAX)
+    }
+    pub fn evacuation_rate_per_sec() -> u32 {
+        100
+    }
+    pub fn evacuation_timeout_secs() -> u32 {
+        30
     }
     pub fn admin_port() -> i32 {
         broker().admin.bind.map_or(9090, |a| i32::from(a.port()))

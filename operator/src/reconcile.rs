@@ -9,7 +9,7 @@
 use crate::crd::{MqttCluster, RedisMode};
 use crate::events;
 use crate::metrics::Metrics;
-use crate::resources::{self, redis, servicemonitor, Children, Cluster, FIELD_MANAGER};
+use crate::resources::{self, admin, redis, servicemonitor, Children, Cluster, FIELD_MANAGER};
 use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -217,14 +217,31 @@ where
 /// Creates the managed Redis' password Secret unless it exists. It is never rewritten, so the
 /// password stays stable.
 async fn ensure_redis_secret(client: &Client, cluster: &Cluster<'_>) -> Result<(), Error> {
+    let secret = redis::password_secret(cluster, &redis::generate_password()?);
+    create_unless_present(client, cluster, &cluster.redis_name(), &secret).await
+}
+
+/// Creates the brokers' admin token Secret unless it exists (never rewritten: the token stays
+/// stable).
+async fn ensure_admin_secret(client: &Client, cluster: &Cluster<'_>) -> Result<(), Error> {
+    let secret = admin::token_secret(cluster, &redis::generate_password()?);
+    create_unless_present(client, cluster, &cluster.admin_secret_name(), &secret).await
+}
+
+/// Creates `secret` (named `name`) unless a Secret of that name exists.
+async fn create_unless_present(
+    client: &Client,
+    cluster: &Cluster<'_>,
+    name: &str,
+    secret: &Secret,
+) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), cluster.namespace);
-    if api.get_opt(&cluster.redis_name()).await?.is_some() {
+    if api.get_opt(name).await?.is_some() {
         return Ok(());
     }
-    let secret = redis::password_secret(cluster, &redis::generate_password()?);
-    match api.create(&PostParams::default(), &secret).await {
+    match api.create(&PostParams::default(), secret).await {
         Ok(_) => Ok(()),
-        // Another reconcile created it meanwhile: keep that password.
+        // Another reconcile created it meanwhile: keep that one.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -316,6 +333,8 @@ async fn apply_children(
         children.redis_deployment.as_ref(),
     )
     .await?;
+    // The brokers read their admin token from it (and their preStop hook uses it).
+    ensure_admin_secret(client, cluster).await?;
     apply::<ConfigMap>(client, ns, &children.config_map).await?;
     apply::<Service>(client, ns, &children.headless_service).await?;
     apply::<Service>(client, ns, &children.client_service).await?;

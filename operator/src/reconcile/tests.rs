@@ -131,9 +131,17 @@ async fn expect_status_patch(api: &mut FakeApiServer) -> MqttClusterStatus {
     status
 }
 
-/// Answers the applies of the broker's objects (ConfigMap to PodDisruptionBudget) and returns
-/// the applied StatefulSet.
+/// Answers the lookup of the brokers' admin token Secret: it exists.
+async fn expect_existing_admin_secret(api: &mut FakeApiServer) {
+    api.expect(Method::GET, &format!("{NS_API}/secrets/demo-admin"))
+        .await
+        .respond_with(existing("v1", "Secret", "demo-admin", true));
+}
+
+/// Answers the applies of the broker's objects (the admin token Secret's lookup, ConfigMap to
+/// PodDisruptionBudget) and returns the applied StatefulSet.
 async fn expect_broker_children_applied(api: &mut FakeApiServer) -> Value {
+    expect_existing_admin_secret(api).await;
     api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
         .await;
     api.expect_apply(&format!("{NS_API}/services/demo-headless"))
@@ -264,6 +272,18 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             .await;
         assert_eq!(redis["kind"], "Deployment");
         assert_eq!(redis["metadata"]["ownerReferences"][0]["name"], "demo");
+        // The brokers' admin token Secret: looked up, created once.
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-admin"))
+            .await
+            .not_found();
+        let call = api.expect(Method::POST, &format!("{NS_API}/secrets")).await;
+        assert_eq!(call.body["metadata"]["name"], "demo-admin");
+        assert_eq!(call.body["metadata"]["ownerReferences"][0]["name"], "demo");
+        let token = call.body["stringData"]["token"].as_str().expect("token");
+        assert_eq!(token.len(), 32);
+        assert_ne!(token, password, "the token is not the Redis password");
+        let secret = live(call.body.clone());
+        call.respond(StatusCode::CREATED, secret);
         let config = api
             .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
             .await;
@@ -520,6 +540,7 @@ async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns
             .await
             .respond_with(existing("apps/v1", "Deployment", "demo-redis", false));
 
+        expect_existing_admin_secret(&mut api).await;
         let config = api
             .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
             .await;
@@ -676,6 +697,7 @@ async fn api_error_records_reconcile_failed_and_requeues() {
         cluster(Default::default()),
         |mut api| async move {
             expect_existing_managed_redis(&mut api).await;
+            expect_existing_admin_secret(&mut api).await;
             api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
                 .await;
             api.expect_apply(&format!("{NS_API}/services/demo-headless"))

@@ -26,6 +26,8 @@ pub const PASSWORD_FILE: &str = "/etc/starling/auth/passwd";
 pub const ACL_FILE: &str = "/etc/starling/acl/acl";
 /// Where the gossip key Secret is mounted.
 pub const GOSSIP_KEY_FILE: &str = "/etc/starling/gossip/key";
+/// Where broker pods read their admin API token (the Secret [`super::Cluster::admin_secret_name`]).
+pub const ADMIN_TOKEN_FILE: &str = "/etc/starling/admin/token";
 
 /// The configuration file's path in broker pods.
 pub fn config_path() -> String {
@@ -97,6 +99,7 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
         LogFormat::Text => starling_config::LogFormat::Text,
         LogFormat::Json => starling_config::LogFormat::Json,
     };
+    config.admin.token_file = Some(ADMIN_TOKEN_FILE.into());
     config.auth.allow_anonymous = spec.auth.allow_anonymous;
     config.auth.password_file = spec
         .auth
@@ -192,6 +195,8 @@ mod tests {
         expected.log.format = starling_config::LogFormat::Json;
         expected.cluster.gossip_bind = Some("0.0.0.0:7946".parse().unwrap());
         expected.cluster.gossip_seeds = vec!["demo-headless.iot.svc:7946".to_string()];
+        // The admin API's token, mounted from the operator's Secret.
+        expected.admin.token_file = Some(ADMIN_TOKEN_FILE.into());
         assert_eq!(parsed, expected);
     }
 

@@ -4,6 +4,7 @@
 //! Every child carries the cluster as controlling owner (so Kubernetes deletes it with the
 //! cluster) and the `app.kubernetes.io/*` labels.
 
+pub mod admin;
 pub mod configmap;
 pub mod pdb;
 pub mod redis;
@@ -151,6 +152,11 @@ impl<'a> Cluster<'a> {
     /// The headless Service that gives broker pods stable DNS names.
     pub fn headless_service_name(&self) -> String {
         format!("{}-headless", self.name)
+    }
+
+    /// The Secret holding the brokers' admin API token (made by the operator).
+    pub fn admin_secret_name(&self) -> String {
+        format!("{}-admin", self.name)
     }
 
     /// The managed Redis' Deployment, Service and password Secret.

@@ -180,7 +180,8 @@ pub fn password_secret(cluster: &Cluster<'_>, password: &str) -> Secret {
     }
 }
 
-/// A random password of 32 letters and digits (about 190 bits), safe inside a URL.
+/// A random secret of 32 letters and digits (about 190 bits), safe inside a URL: the managed
+/// Redis' password, the brokers' admin API token.
 pub fn generate_password() -> Result<String, Error> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     const LEN: usize = 32;

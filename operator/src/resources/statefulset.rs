@@ -6,8 +6,10 @@
 //! (`STARLING_CLUSTER__GOSSIP_ADVERTISE`) and the Redis URL with the password
 //! (`STARLING_CLUSTER__REDIS_URL`). Everything else is in the ConfigMap.
 
+use super::admin;
 use super::configmap::{
-    self, ACL_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE, TLS_DIR,
+    self, ACL_FILE, ADMIN_TOKEN_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE,
+    TLS_DIR,
 };
 use super::redis::{self, PASSWORD_ENV};
 use super::services::{PORT_ADMIN, PORT_GOSSIP, PORT_GOSSIP_UDP, PORT_MQTT, PORT_MQTTS, PORT_WS};
@@ -18,9 +20,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, LocalObjectReference,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, SleepAction, TopologySpreadConstraint, Volume,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume,
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -29,10 +31,12 @@ use std::path::Path;
 
 /// Name of the broker container.
 pub const CONTAINER: &str = "broker";
-/// Seconds the pod keeps serving after it was told to stop, before SIGTERM, so load balancers
-/// and endpoints stop sending new clients first.
-pub const PRE_STOP_SLEEP_SECS: i64 = 5;
-/// Slack on top of the pre-stop sleep and the broker's drain timeout before SIGKILL.
+/// The broker binary in the image (the Dockerfile's and `scripts/build-images.sh`'s entrypoint).
+pub const BROKER_BINARY: &str = "/usr/local/bin/starling-broker";
+/// The preStop hook waits at least this long for the evacuation to empty the pod (it returns
+/// as soon as the pod is empty), however short the configured timeout.
+pub const PRE_STOP_MIN_SECS: u32 = 5;
+/// Slack on top of the preStop wait and the broker's drain timeout before SIGKILL.
 pub const GRACE_SLACK_SECS: i64 = 10;
 /// User and group id the broker runs as by default (no root needed: ports are above 1024).
 pub const BROKER_UID: i64 = 65532;
@@ -219,6 +223,17 @@ fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) {
         });
         mount(&name, parent(path));
     }
+    volumes.push(Volume {
+        name: "admin-token".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(cluster.admin_secret_name()),
+            items: one_key(admin::TOKEN_KEY, ADMIN_TOKEN_FILE),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mount("admin-token", parent(ADMIN_TOKEN_FILE));
     // The root filesystem is read-only; give the process a scratch directory.
     volumes.push(Volume {
         name: "tmp".to_string(),
@@ -256,10 +271,42 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// Seconds between the stop request and SIGKILL: the pre-stop sleep, the broker's drain
-/// timeout and some slack.
+/// Seconds between the stop request and SIGKILL: the preStop evacuation's wait, the broker's
+/// drain timeout and some slack.
 pub fn termination_grace_period_secs(cluster: &Cluster<'_>) -> i64 {
-    PRE_STOP_SLEEP_SECS + i64::from(cluster.spec().broker.drain_timeout_secs) + GRACE_SLACK_SECS
+    let broker = &cluster.spec().broker;
+    i64::from(broker.evacuation_timeout_secs.max(PRE_STOP_MIN_SECS))
+        + i64::from(broker.drain_timeout_secs)
+        + GRACE_SLACK_SECS
+}
+
+/// The preStop hook: evacuate the pod through its admin API (new clients refused, so the
+/// Service stops sending them here; connected ones asked to reconnect elsewhere at the
+/// configured rate, their sessions kept), and wait until it is empty or the timeout passes.
+/// Kubernetes then sends SIGTERM, which drains whatever is left.
+fn pre_stop(cluster: &Cluster<'_>) -> LifecycleHandler {
+    let broker = &cluster.spec().broker;
+    LifecycleHandler {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                BROKER_BINARY.to_string(),
+                "ctl".to_string(),
+                "--url".to_string(),
+                format!("http://127.0.0.1:{}", broker.admin_port),
+                "--token-file".to_string(),
+                ADMIN_TOKEN_FILE.to_string(),
+                "evacuate".to_string(),
+                "--rate".to_string(),
+                broker.evacuation_rate_per_sec.to_string(),
+                "--wait".to_string(),
+                broker
+                    .evacuation_timeout_secs
+                    .max(PRE_STOP_MIN_SECS)
+                    .to_string(),
+            ]),
+        }),
+        ..LifecycleHandler::default()
+    }
 }
 
 /// The broker StatefulSet; `config_hash` is [`configmap::config_hash`] of the ConfigMap.
@@ -296,12 +343,7 @@ pub fn stateful_set(cluster: &Cluster<'_>, config_hash: &str) -> Result<Stateful
         // Up to a minute to start (e.g. while Redis comes up) before liveness counts.
         startup_probe: Some(http_probe("/healthz", 2, 30)),
         lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: PRE_STOP_SLEEP_SECS,
-                }),
-                ..LifecycleHandler::default()
-            }),
+            pre_stop: Some(pre_stop(cluster)),
             ..Lifecycle::default()
         }),
         volume_mounts: Some(volume_mounts),
@@ -660,19 +702,62 @@ mod tests {
     }
 
     #[test]
-    fn grace_period_outlasts_pre_stop_and_drain() {
-        let set = build("broker: {drainTimeoutSecs: 30}");
+    fn the_pre_stop_hook_evacuates_the_pod_and_the_grace_period_outlasts_it_and_the_drain() {
+        let set = build(
+            "broker: {drainTimeoutSecs: 30, evacuationRatePerSec: 250, evacuationTimeoutSecs: 40, adminPort: 9100}",
+        );
         let grace = pod(&set)
             .termination_grace_period_seconds
             .expect("grace period");
-        let sleep = container(&set)
+        let command = container(&set)
             .lifecycle
             .as_ref()
             .and_then(|l| l.pre_stop.as_ref())
-            .and_then(|h| h.sleep.as_ref())
-            .expect("pre-stop sleep")
-            .seconds;
-        assert!(grace > sleep + 30, "grace {grace}, sleep {sleep}");
+            .and_then(|h| h.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .expect("pre-stop command");
+        assert_eq!(
+            command,
+            [
+                BROKER_BINARY,
+                "ctl",
+                "--url",
+                "http://127.0.0.1:9100",
+                "--token-file",
+                ADMIN_TOKEN_FILE,
+                "evacuate",
+                "--rate",
+                "250",
+                "--wait",
+                "40"
+            ]
+        );
+        assert!(grace > 40 + 30, "grace {grace}");
+        // The token the hook reads is mounted where the broker's config says.
+        let mounts = container(&set).volume_mounts.clone().expect("mounts");
+        assert!(mounts
+            .iter()
+            .any(|m| m.name == "admin-token" && m.mount_path == "/etc/starling/admin"));
+        let volumes = pod(&set).volumes.clone().expect("volumes");
+        let token = volumes
+            .iter()
+            .find(|v| v.name == "admin-token")
+            .and_then(|v| v.secret.as_ref())
+            .expect("token volume");
+        assert_eq!(token.secret_name.as_deref(), Some("demo-admin"));
+    }
+
+    #[test]
+    fn a_short_evacuation_timeout_still_waits_a_little() {
+        let set = build("broker: {evacuationTimeoutSecs: 0}");
+        let command = container(&set)
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .expect("pre-stop command");
+        assert_eq!(command.last().map(String::as_str), Some("5"));
     }
 
     #[test]
