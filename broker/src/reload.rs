@@ -2,7 +2,8 @@
 //! connection: the TLS certificate and key (as cert-manager or a rotated Kubernetes Secret
 //! replace them) and the password and ACL files.
 //!
-//! Every [`CHECK_INTERVAL`], and at once on `SIGHUP`, each [`Reload`] reads its files again; when
+//! Every `reload.interval_secs` (5 s by default), and at once on `SIGHUP`, each [`Reload`] reads
+//! its files again; when
 //! their bytes differ from what it last read, it parses them and swaps the new material in.
 //! Material that does not parse leaves the old in force, with one error log line naming the
 //! file and the fix, and is not tried again until the files change once more. Each outcome is
@@ -14,9 +15,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How often watched files are read again.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Something reloadable from files.
 pub trait Reload: Send + Sync {
@@ -87,17 +85,24 @@ fn read(path: &Path) -> Result<Vec<u8>, Unreadable> {
     })
 }
 
-/// Checks every reloadable every [`CHECK_INTERVAL`] and on `SIGHUP`, until the process ends.
-/// (With nothing to reload it still takes `SIGHUP`, which would otherwise end the process.)
-pub async fn watch(reloadables: Vec<Arc<dyn Reload>>, metrics: Arc<crate::metrics::Metrics>) {
-    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+/// Checks every reloadable every `interval` (never, when `None`) and on `SIGHUP`, until the
+/// process ends. (With nothing to reload it still takes `SIGHUP`, which would otherwise end the
+/// process.)
+pub async fn watch(
+    reloadables: Vec<Arc<dyn Reload>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    interval: Option<Duration>,
+) {
+    let mut tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(86_400)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: the files were just read.
+    tick.tick().await;
     let mut hangups = hangups();
     // The same failure is logged once, not at every check.
     let mut last_failure: Vec<Option<String>> = vec![None; reloadables.len()];
     loop {
         let asked = tokio::select! {
-            _ = tick.tick() => false,
+            _ = tick.tick(), if interval.is_some() => false,
             () = next_hangup(&mut hangups) => true,
         };
         if asked {
@@ -139,7 +144,7 @@ fn hangups() -> Hangups {
     match signal(SignalKind::hangup()) {
         Ok(stream) => Some(stream),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; files are still checked every {CHECK_INTERVAL:?}");
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; files are only checked at reload.interval_secs");
             None
         }
     }

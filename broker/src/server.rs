@@ -228,9 +228,11 @@ impl Server {
                 self.membership.clone(),
             ));
         }
+        let interval = broker.config.reload.interval_secs;
         tokio::spawn(crate::reload::watch(
             self.reloadables,
             broker.metrics.clone(),
+            (interval > 0).then(|| Duration::from_secs(interval)),
         ));
         tokio::spawn(broker.clone().run_expiry());
         tokio::spawn(broker.clone().run_keep_alive());

@@ -262,3 +262,102 @@ async fn a_renewed_certificate_is_served_to_new_tls_clients_and_old_connections_
     );
     broker.stop().await;
 }
+
+/// A free loopback address (bound and released).
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+/// A plain HTTP GET to a broker process's admin port; returns the body (`None` while it does
+/// not answer).
+async fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// `starling_reloads_total{what,outcome}` of a broker process.
+async fn process_reloads(admin: SocketAddr, what: &str, outcome: &str) -> u64 {
+    let wanted = format!("starling_reloads_total{{what=\"{what}\",outcome=\"{outcome}\"}} ");
+    admin_get(admin, "/metrics")
+        .await
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(wanted.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn with_periodic_checks_off_sighup_alone_reloads_a_running_broker_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwords = dir.path().join("passwords");
+    std::fs::write(&passwords, users(&[("alice", "first")])).expect("write");
+    let (mqtt, admin) = (free_addr(), free_addr());
+    let config = dir.path().join("starling.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listeners]\ntcp = \"{mqtt}\"\n[admin]\nbind = \"{admin}\"\n[auth]\nallow_anonymous = false\npassword_file = \"{}\"\n[sys]\ninterval_secs = 0\n[reload]\ninterval_secs = 0\n",
+            passwords.display()
+        ),
+    )
+    .expect("write config");
+    let mut broker = tokio::process::Command::new(env!("CARGO_BIN_EXE_starling-broker"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("STARLING_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the broker");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while admin_get(admin, "/readyz").await.as_deref() != Some("ready\n") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    log_in(mqtt, "alice-1", "alice", "first")
+        .await
+        .expect("the first password works");
+
+    replace(&passwords, &users(&[("alice", "second")]));
+    assert_eq!(
+        process_reloads(admin, "auth", "ok").await,
+        0,
+        "nothing reloads by itself with reload.interval_secs = 0"
+    );
+    let pid = broker.id().expect("pid") as libc::pid_t;
+    // SAFETY: sends a signal to the child this test started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0, "kill -HUP");
+    let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
+    while process_reloads(admin, "auth", "ok").await < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload the password file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    log_in(mqtt, "alice-2", "alice", "second")
+        .await
+        .expect("the new password works");
+    let refused = log_in(mqtt, "alice-3", "alice", "first")
+        .await
+        .expect_err("the old one does not");
+    assert!(refused.contains("BadUserNamePassword"), "{refused}");
+    assert!(
+        broker.try_wait().expect("status").is_none(),
+        "SIGHUP did not end the process"
+    );
+    broker.kill().await.expect("stop the broker");
+}

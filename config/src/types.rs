@@ -27,6 +27,8 @@ pub struct BrokerConfig {
     pub shutdown: ShutdownConfig,
     /// `$SYS/` broker statistics.
     pub sys: SysConfig,
+    /// Reloading changed files (TLS certificate, password and ACL files, admin token).
+    pub reload: ReloadConfig,
     /// Clustering: gossip membership and the shared store. All unset means a standalone node.
     pub cluster: ClusterConfig,
 }
@@ -43,6 +45,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             sys: SysConfig::default(),
+            reload: ReloadConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -292,6 +295,21 @@ impl Default for SysConfig {
     }
 }
 
+/// When the broker reads its files again (they are always read again on `SIGHUP`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Seconds between checks of the TLS certificate and key, the password and ACL files and
+    /// the admin token for changes; 0 checks only on `SIGHUP`.
+    pub interval_secs: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig { interval_secs: 5 }
+    }
+}
+
 /// Clustering. With every field unset (the default) the node runs standalone.
 ///
 /// Nodes find each other by gossip (SWIM) on `gossip_bind`; a new node contacts the
@@ -486,6 +504,13 @@ impl BrokerConfig {
                     "choose a positive number",
                 ));
             }
+        }
+        if self.reload.interval_secs > 86_400 {
+            return Err(ConfigError::invalid(
+                "reload.interval_secs",
+                format!("{} is more than a day", self.reload.interval_secs),
+                "choose a number of seconds up to 86400, or 0 to reload only on SIGHUP",
+            ));
         }
         if lim.connect_timeout_secs == 0 {
             return Err(ConfigError::invalid(
