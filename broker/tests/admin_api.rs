@@ -56,25 +56,6 @@ async fn ctl_json<T: serde::de::DeserializeOwned>(url: &str, token: &Path, args:
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {stdout}"))
 }
 
-/// What ended a v5 client's connection: the DISCONNECT the broker sent (rumqttc reports it as
-/// an error naming the reason code), or whatever else did.
-async fn ended_with(client: &mut v5::Client) -> String {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match client.events.recv().await {
-                Some(Ok(v5::Event::Incoming(v5::Packet::Disconnect(d)))) => {
-                    return format!("{:?}", d.reason_code)
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return e,
-                None => return "event loop ended".to_string(),
-            }
-        }
-    })
-    .await
-    .expect("the connection ended in time")
-}
-
 fn v5_persistent(addr: SocketAddr, id: &str) -> v5::MqttOptions {
     let mut options = v5::options(addr, id);
     options.set_clean_start(false);
@@ -117,7 +98,7 @@ async fn ctl_lists_clients_and_disconnects_them_keeping_or_discarding_their_sess
     let (ok, said, stderr) = ctl(&url, &token, &["disconnect", "keeper"]).await;
     assert!(ok, "{stderr}");
     assert!(said.contains("session kept"), "{said}");
-    let ended = ended_with(&mut keeper).await;
+    let ended = keeper.ended().await;
     assert!(ended.contains("AdministrativeAction"), "{ended}");
     let mut back = v5::connect(v5_persistent(broker.tcp(), "keeper"));
     assert!(back.connack().await.session_present, "the session was kept");
@@ -130,7 +111,7 @@ async fn ctl_lists_clients_and_disconnects_them_keeping_or_discarding_their_sess
     )
     .await;
     assert!(ok, "{stderr}");
-    let ended = ended_with(&mut discarded).await;
+    let ended = discarded.ended().await;
     assert!(ended.contains("AdministrativeAction"), "{ended}");
     let mut fresh = v5::connect(v5_persistent(broker.tcp(), "discarded"));
     assert!(
@@ -190,7 +171,7 @@ async fn an_evacuated_node_refuses_new_clients_and_asks_each_connected_one_to_go
     assert_eq!(status.rate_per_sec, 2);
     assert_eq!((status.asked, status.remaining), (3, 0));
     for client in &mut clients {
-        let ended = ended_with(client).await;
+        let ended = client.ended().await;
         assert!(ended.contains("UseAnotherServer"), "{ended}");
     }
     let status: EvacuationStatus = ctl_json(&url, &token, &["evacuation"]).await;
@@ -198,11 +179,7 @@ async fn an_evacuated_node_refuses_new_clients_and_asks_each_connected_one_to_go
 
     // New clients are sent elsewhere, and the node says it is not ready.
     let mut late = v5::connect(v5_persistent(broker.tcp(), "late"));
-    let refused = tokio::time::timeout(WAIT, late.events.recv())
-        .await
-        .expect("an answer in time")
-        .expect("an event");
-    let refused = format!("{refused:?}");
+    let refused = late.connack_outcome().await.expect_err("refused");
     assert!(refused.contains("UseAnotherServer"), "{refused}");
     let readyz_url = format!("{url}/readyz");
     let readyz = tokio::task::spawn_blocking(move || ureq_get(&readyz_url))

@@ -16,17 +16,19 @@ use std::time::Duration;
 /// How long a reload may take to be noticed: one check interval and some.
 const RELOAD_WAIT: Duration = Duration::from_secs(15);
 
-/// `starling_reloads_total{what,outcome}` as the broker reports it.
-fn reloads(broker: &TestBroker, what: &str, outcome: &str) -> u64 {
+/// `starling_reloads_total{what,outcome}` in a `/metrics` text.
+fn reload_count(metrics: &str, what: &str, outcome: &str) -> u64 {
     let wanted = format!("starling_reloads_total{{what=\"{what}\",outcome=\"{outcome}\"}} ");
-    broker
-        .broker
-        .metrics
-        .render()
+    metrics
         .lines()
         .find_map(|line| line.strip_prefix(wanted.as_str()))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// `starling_reloads_total{what,outcome}` as the broker reports it.
+fn reloads(broker: &TestBroker, what: &str, outcome: &str) -> u64 {
+    reload_count(&broker.broker.metrics.render(), what, outcome)
 }
 
 /// Waits until the broker counted `n` reloads of `what` with `outcome`.
@@ -65,19 +67,7 @@ fn users(entries: &[(&str, &str)]) -> String {
 async fn log_in(addr: SocketAddr, id: &str, user: &str, password: &str) -> Result<(), String> {
     let mut options = v5::options(addr, id);
     options.set_credentials(user, password);
-    let mut client = v5::connect(options);
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match client.events.recv().await {
-                Some(Ok(v5::Event::Incoming(v5::Packet::ConnAck(_)))) => return Ok(()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Err("event loop ended".to_string()),
-            }
-        }
-    })
-    .await
-    .expect("CONNACK or refusal in time")
+    v5::connect(options).connack_outcome().await
 }
 
 fn puback_reason(p: &v5::Packet) -> Option<PubAckReason> {
@@ -203,19 +193,9 @@ fn tls_options(addr: SocketAddr, id: &str, trusted: &[u8]) -> v5::MqttOptions {
 
 /// Connects over TLS; `Ok(())` on CONNACK, else the client's error.
 async fn tls_connect(addr: SocketAddr, id: &str, trusted: &[u8]) -> Result<(), String> {
-    let mut client = v5::connect(tls_options(addr, id, trusted));
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match client.events.recv().await {
-                Some(Ok(v5::Event::Incoming(v5::Packet::ConnAck(_)))) => return Ok(()),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e),
-                None => return Err("event loop ended".to_string()),
-            }
-        }
-    })
-    .await
-    .expect("CONNACK or failure in time")
+    v5::connect(tls_options(addr, id, trusted))
+        .connack_outcome()
+        .await
 }
 
 #[tokio::test]
@@ -285,14 +265,8 @@ async fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
 
 /// `starling_reloads_total{what,outcome}` of a broker process.
 async fn process_reloads(admin: SocketAddr, what: &str, outcome: &str) -> u64 {
-    let wanted = format!("starling_reloads_total{{what=\"{what}\",outcome=\"{outcome}\"}} ");
-    admin_get(admin, "/metrics")
-        .await
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(wanted.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    let metrics = admin_get(admin, "/metrics").await.unwrap_or_default();
+    reload_count(&metrics, what, outcome)
 }
 
 #[tokio::test]

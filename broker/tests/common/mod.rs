@@ -245,6 +245,7 @@ pub mod v5 {
         pub client: AsyncClient,
         pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
         task: JoinHandle<()>,
+        last_error: Option<String>,
     }
 
     impl Drop for Client {
@@ -281,6 +282,7 @@ pub mod v5 {
             client,
             events,
             task,
+            last_error: None,
         }
     }
 
@@ -342,6 +344,47 @@ pub mod v5 {
             if let Ok(Some(p)) = got {
                 panic!("unexpected publish on {:?}: {:?}", p.topic, p.payload);
             }
+        }
+
+        /// Waits for the connection's first outcome: `Ok(())` on CONNACK, else the client's
+        /// error (a refusal names its reason code).
+        pub async fn connack_outcome(&mut self) -> Result<(), String> {
+            match self.first_of(|p| matches!(p, Packet::ConnAck(_))).await {
+                Some(_) => Ok(()),
+                None => Err(self.last_error.take().unwrap_or_default()),
+            }
+        }
+
+        /// Waits until the connection ends; returns what ended it: the DISCONNECT's reason code
+        /// (rumqttc reports a DISCONNECT from the broker as an error naming it), or the error.
+        pub async fn ended(&mut self) -> String {
+            match self.first_of(|p| matches!(p, Packet::Disconnect(_))).await {
+                Some(Packet::Disconnect(d)) => format!("{:?}", d.reason_code),
+                _ => self.last_error.take().unwrap_or_default(),
+            }
+        }
+
+        /// The first incoming packet `pick` accepts, or `None` (the error kept in
+        /// `last_error`) once the connection fails.
+        async fn first_of(&mut self, pick: impl Fn(&Packet) -> bool) -> Option<Packet> {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    match self.events.recv().await {
+                        Some(Ok(Event::Incoming(p))) if pick(&p) => return Some(p),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            self.last_error = Some(e);
+                            return None;
+                        }
+                        None => {
+                            self.last_error = Some("event loop ended".to_string());
+                            return None;
+                        }
+                    }
+                }
+            })
+            .await
+            .expect("an outcome in time")
         }
 
         /// Waits until the connection ends; returns the DISCONNECT the broker sent, if any.

@@ -4,19 +4,19 @@
 
 use super::{Cluster, COMPONENT_BROKER};
 use k8s_openapi::api::core::v1::Secret;
-use std::collections::BTreeMap;
 
 /// The key in the Secret that holds the token.
 pub const TOKEN_KEY: &str = "token";
 
 /// The admin token Secret holding `token`.
 pub fn token_secret(cluster: &Cluster<'_>, token: &str) -> Secret {
-    Secret {
-        metadata: cluster.child_meta(cluster.admin_secret_name(), COMPONENT_BROKER),
-        type_: Some("Opaque".to_string()),
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
-        ..Secret::default()
-    }
+    super::generated_secret(
+        cluster,
+        cluster.admin_secret_name(),
+        COMPONENT_BROKER,
+        TOKEN_KEY,
+        token,
+    )
 }
 
 #[cfg(test)]

@@ -224,6 +224,26 @@ pub fn desired(cluster: &Cluster<'_>) -> Result<Children, Error> {
     })
 }
 
+/// An Opaque Secret of the cluster named `name` holding one `key` (the operator's generated
+/// secrets: the managed Redis' password, the brokers' admin token).
+pub fn generated_secret(
+    cluster: &Cluster<'_>,
+    name: String,
+    component: &str,
+    key: &str,
+    value: &str,
+) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: cluster.child_meta(name, component),
+        type_: Some("Opaque".to_string()),
+        string_data: Some(std::collections::BTreeMap::from([(
+            key.to_string(),
+            value.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use crate::crd::{MqttCluster, MqttClusterSpec};

@@ -169,15 +169,13 @@ fn managed<'a>(cluster: &Cluster<'a>) -> Option<&'a ManagedRedis> {
 /// The Secret with the managed Redis' password. The operator creates it once with a random
 /// password and never rewrites it, so the password survives operator restarts.
 pub fn password_secret(cluster: &Cluster<'_>, password: &str) -> Secret {
-    Secret {
-        metadata: cluster.child_meta(cluster.redis_name(), COMPONENT_REDIS),
-        type_: Some("Opaque".to_string()),
-        string_data: Some(BTreeMap::from([(
-            PASSWORD_KEY.to_string(),
-            password.to_string(),
-        )])),
-        ..Secret::default()
-    }
+    super::generated_secret(
+        cluster,
+        cluster.redis_name(),
+        COMPONENT_REDIS,
+        PASSWORD_KEY,
+        password,
+    )
 }
 
 /// A random secret of 32 letters and digits (about 190 bits), safe inside a URL: the managed
