@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the MqttCluster CRD from the operator's types into crds/, copies it into the
 # chart (charts/starling-operator/crds/ must be byte-identical to crds/; a test checks) and
-# re-renders deploy/ (scripts/render-deploy.sh). Run it after changing operator/src/crd.rs.
+# re-renders deploy/ (scripts/render-deploy.sh). Run it after changing operator/src/crd.rs or
+# operator/src/crd/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

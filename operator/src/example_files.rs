@@ -194,5 +194,5 @@ fn autoscaler_example_targets_an_example_cluster_through_the_scale_subresource()
         .is_some_and(|r| r.contains_key("cpu"));
     assert!(!uses_cpu || requests_cpu, "the target cluster requests CPU");
 
-    // The CRD serves the scale subresource the HPA goes through: crd.rs tests it.
+    // The CRD serves the scale subresource the HPA goes through: crd/tests.rs tests it.
 }

@@ -1,0 +1,35 @@
+//! `spec.auth`: authentication and topic authorisation of MQTT clients.
+
+use super::{default_true, ConfigMapKeyRef, SecretKeyRef};
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Authentication and authorisation of MQTT clients.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.allowAnonymous || has(self.usersSecretRef)").message(
+    "auth: allowAnonymous is false but usersSecretRef is not set, so no client could connect"
+))]
+pub struct AuthSpec {
+    /// Accept clients that send no username.
+    #[serde(default = "default_true")]
+    pub allow_anonymous: bool,
+    /// Secret key holding the password file: `username:hash` lines with argon2 PHC hashes, as
+    /// written by `starling-broker passwd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_secret_ref: Option<SecretKeyRef>,
+    /// ConfigMap key holding the topic ACL file. Unset: every client may publish and subscribe
+    /// anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_config_map_ref: Option<ConfigMapKeyRef>,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec {
+            allow_anonymous: true,
+            users_secret_ref: None,
+            acl_config_map_ref: None,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! `spec.redis`: the Redis store the nodes share, run by the operator (`managed`) or by the user
+//! (`external`: one URL or a Sentinel group), and the replication wait.
+
+use super::{unsigned_as_kubernetes_integers, SecretKeyRef};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The shared Redis store: exactly one of `managed` or `external`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.managed) && has(self.external))")
+        .message("redis: set either managed or external, not both"),
+    validation = Rule::new("has(self.managed) || has(self.external)")
+        .message("redis: set managed (the operator runs Redis) or external (url of your own Redis)"),
+    validation = Rule::new("!has(self.managed) || !has(self.replication) || self.replication.waitReplicas == 0")
+        .message("redis.replication: the managed Redis has no replicas to wait for; set waitReplicas to 0 or use an external Redis with replicas")
+)]
+pub struct RedisSpec {
+    /// A single Redis pod run by the operator, with a generated password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    /// A Redis you run yourself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+    /// Whether QoS 1/2 acknowledgements wait until Redis replicas hold the message (Redis
+    /// `WAIT`), so that a failover right after an acknowledgement loses nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<RedisReplication>,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        RedisSpec {
+            managed: Some(ManagedRedis::default()),
+            external: None,
+            replication: None,
+        }
+    }
+}
+
+/// How acknowledgements wait for Redis replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = unsigned_as_kubernetes_integers)]
+pub struct RedisReplication {
+    /// Replicas that must hold a message before its acknowledgement goes out; 0 does not wait.
+    #[schemars(range(min = 0, max = 16))]
+    pub wait_replicas: u32,
+    /// How long to wait for them (ms); when fewer confirm in time the acknowledgement goes out
+    /// anyway and `starling_cluster_replication_waits_short_total` counts it.
+    #[serde(default = "default_wait_timeout_ms")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub wait_timeout_ms: u32,
+}
+
+fn default_wait_timeout_ms() -> u32 {
+    1000
+}
+
+/// Which Redis a valid spec uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RedisMode<'a> {
+    /// Run by the operator.
+    Managed(&'a ManagedRedis),
+    /// Run by the user.
+    External(&'a ExternalRedis),
+}
+
+impl RedisSpec {
+    /// The chosen Redis, or `None` when the spec sets both or neither (the CRD's validation
+    /// rejects that; this guards against objects stored before the rules existed).
+    pub fn mode(&self) -> Option<RedisMode<'_>> {
+        match (&self.managed, &self.external) {
+            (Some(m), None) => Some(RedisMode::Managed(m)),
+            (None, Some(e)) => Some(RedisMode::External(e)),
+            _ => None,
+        }
+    }
+}
+
+/// Redis run by the operator: one Deployment, a Service and a Secret with a generated password.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedis {
+    /// Redis image.
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// CPU and memory of the Redis container. A memory limit also sets Redis' `maxmemory` to
+    /// 80% of it. Redis never evicts keys (`maxmemory-policy noeviction`): when full it refuses
+    /// writes rather than drop the keys that say which node owns a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Keep Redis data on a PersistentVolumeClaim (append-only file). Unset: data lives in the
+    /// pod and is lost when it restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<RedisPersistence>,
+}
+
+/// Default image of the managed Redis.
+pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.4-alpine";
+
+fn default_redis_image() -> String {
+    DEFAULT_REDIS_IMAGE.to_string()
+}
+
+impl Default for ManagedRedis {
+    fn default() -> Self {
+        ManagedRedis {
+            image: default_redis_image(),
+            resources: None,
+            persistence: None,
+        }
+    }
+}
+
+/// The managed Redis' volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisPersistence {
+    /// StorageClass of the claim. Unset: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Size of the claim.
+    // Option only because the generated schema marks the field nullable: an explicit null
+    // must not make the whole object unreadable. `None` means the default.
+    #[serde(
+        default = "default_redis_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub size: Option<Quantity>,
+}
+
+/// Default size of the managed Redis' claim.
+pub const DEFAULT_REDIS_SIZE: &str = "1Gi";
+
+fn default_redis_size() -> Option<Quantity> {
+    Some(Quantity(DEFAULT_REDIS_SIZE.to_string()))
+}
+
+/// A Redis the user runs: one server at `url`, or one run by Sentinel (`sentinel`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.sentinel)")
+        .message("redis.external: set url (one Redis) or sentinel (a Redis run by Sentinel), not both"),
+    validation = Rule::new("has(self.sentinel) || !has(self.sentinelPasswordSecretRef)")
+        .message("redis.external.sentinelPasswordSecretRef needs redis.external.sentinel")
+)]
+pub struct ExternalRedis {
+    /// URL such as `redis://redis.example:6379/0` or `rediss://...` for TLS. Put no password
+    /// here: use `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), regex(pattern = r"^(redis|rediss)://[^\s]+$"))]
+    pub url: Option<String>,
+    /// A Redis run by Sentinel: the brokers ask the sentinels for the primary and follow a
+    /// failover without restarting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<ExternalSentinel>,
+    /// Secret key holding the Redis password (of the data nodes, with Sentinel). With `url` it
+    /// is inserted into the URL, so it must not contain characters that need escaping in a URL
+    /// (`@`, `:`, `/`, `%`, ...); with `sentinel` it is read from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the sentinels' own password, if they ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The sentinels of a Redis run by Sentinel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSentinel {
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    #[schemars(length(min = 1), regex(pattern = r"^\S+$"))]
+    pub master_name: String,
+    /// The sentinels as `host:port`, e.g. `redis-sentinel-0.redis-sentinel:26379`.
+    #[schemars(length(min = 1))]
+    pub sentinels: Vec<String>,
+    /// TLS to the sentinels and the data nodes, verified against the system's roots.
+    #[serde(default)]
+    pub tls: bool,
+}
