@@ -1,0 +1,162 @@
+//! The broker pods' volumes and mounts: the configuration, TLS certificate, password file, ACL
+//! file, gossip key, Sentinel passwords and admin token, each only when used.
+
+use crate::resources::configmap::{
+    ACL_FILE, ADMIN_TOKEN_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE, TLS_DIR,
+};
+use crate::resources::{admin, redis, Cluster};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, EmptyDirVolumeSource, KeyToPath, SecretVolumeSource, Volume, VolumeMount,
+};
+use std::path::Path;
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub(super) fn parent(path: &str) -> String {
+    Path::new(path)
+        .parent()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Volumes and mounts: the configuration, TLS certificate, password file, ACL file and gossip
+/// key, each only when used.
+pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let spec = cluster.spec();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut mount = |name: &str, dir: String| {
+        mounts.push(VolumeMount {
+            name: name.to_string(),
+            mount_path: dir,
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    };
+    let one_key = |key: &str, path: &str| {
+        Some(vec![KeyToPath {
+            key: key.to_string(),
+            path: file_name(path),
+            ..KeyToPath::default()
+        }])
+    };
+
+    volumes.push(Volume {
+        name: "config".to_string(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: cluster.config_map_name(),
+            items: one_key(CONFIG_KEY, CONFIG_KEY),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mount("config", CONFIG_DIR.to_string());
+
+    if let Some(tls) = &spec.listeners.tls {
+        volumes.push(Volume {
+            name: "tls".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                items: Some(
+                    ["tls.crt", "tls.key"]
+                        .into_iter()
+                        .map(|k| KeyToPath {
+                            key: k.to_string(),
+                            path: k.to_string(),
+                            ..KeyToPath::default()
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("tls", TLS_DIR.to_string());
+    }
+    if let Some(users) = &spec.auth.users_secret_ref {
+        volumes.push(Volume {
+            name: "users".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(users.name.clone()),
+                items: one_key(&users.key, PASSWORD_FILE),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("users", parent(PASSWORD_FILE));
+    }
+    if let Some(acl) = &spec.auth.acl_config_map_ref {
+        volumes.push(Volume {
+            name: "acl".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: acl.name.clone(),
+                items: one_key(&acl.key, ACL_FILE),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("acl", parent(ACL_FILE));
+    }
+    if let Some(key) = &spec.gossip.encryption_key_secret_ref {
+        volumes.push(Volume {
+            name: "gossip-key".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(key.name.clone()),
+                items: one_key(&key.key, GOSSIP_KEY_FILE),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount("gossip-key", parent(GOSSIP_KEY_FILE));
+    }
+    for (i, (secret, path)) in redis::sentinel_password_files(cluster)
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("redis-password-{i}");
+        volumes.push(Volume {
+            name: name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: one_key(&secret.key, path),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mount(&name, parent(path));
+    }
+    volumes.push(Volume {
+        name: "admin-token".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(cluster.admin_secret_name()),
+            items: one_key(admin::TOKEN_KEY, ADMIN_TOKEN_FILE),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mount("admin-token", parent(ADMIN_TOKEN_FILE));
+    // The root filesystem is read-only; give the process a scratch directory.
+    volumes.push(Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    mounts.push(VolumeMount {
+        name: "tmp".to_string(),
+        mount_path: "/tmp".to_string(),
+        ..VolumeMount::default()
+    });
+    (volumes, mounts)
+}
