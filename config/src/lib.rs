@@ -12,6 +12,7 @@
 mod error;
 pub mod redis_url;
 mod types;
+mod validate;
 
 pub use error::ConfigError;
 pub use types::*;
@@ -69,3 +70,6 @@ impl BrokerConfig {
         toml::to_string_pretty(self).map_err(|e| ConfigError::Render(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests;
