@@ -13,6 +13,7 @@ mod broker;
 mod cluster;
 mod cluster_report;
 mod cluster_scenarios;
+mod fairness;
 mod mqtt;
 mod procfs;
 mod redis_benchmark;
@@ -74,6 +75,15 @@ struct Args {
     /// Total publish rate (msgs/s) of the latency scenarios.
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
+    /// Publishers of the unbatched scenarios (publisher/subscriber pairs in
+    /// pairs-qos1-unbatched).
+    #[arg(long, default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    publishers: u64,
+    /// Pace every publisher of the unbatched fan-in and pairs scenarios at
+    /// this many msgs/s, so the total is fixed [default: unthrottled].
+    #[arg(long, value_name = "MSGS_PER_S")]
+    per_client_rate: Option<f64>,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -146,18 +156,25 @@ async fn run(args: Args) -> Result<bool> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number");
     }
+    if let Some(r) = args.per_client_rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--per-client-rate must be a positive number");
+        }
+    }
     let brokers = select_brokers(&args)?;
-    let nofile = broker::raise_nofile_limit(NOFILE_WANTED)?;
-    if nofile < args.connections as u64 + 1000 {
-        eprintln!(
-            "warning: open-file limit {nofile} may be too low for {} connections",
-            args.connections
-        );
+    // Each client socket is an open file here and one in the broker; pairs
+    // open two clients per publisher.
+    let clients = (args.connections as u64).max(2 * args.publishers);
+    let nofile = broker::raise_nofile_limit(NOFILE_WANTED.max(clients + 1000))?;
+    if nofile < clients + 1000 {
+        eprintln!("warning: open-file limit {nofile} may be too low for {clients} connections");
     }
     let settings = Settings {
         duration: Duration::from_secs(args.seconds),
         connections: args.connections,
         rate: args.rate,
+        publishers: usize::try_from(args.publishers).context("--publishers")?,
+        per_client_rate: args.per_client_rate,
         clk_tck: procfs::clock_ticks_per_second()?,
     };
     let selected: Vec<Scenario> = if args.scenarios.is_empty() {
@@ -240,6 +257,8 @@ async fn run_cluster(args: Args) -> Result<bool> {
         duration: Duration::from_secs(args.seconds),
         connections: args.connections,
         rate: args.rate,
+        publishers: usize::try_from(args.publishers).context("--publishers")?,
+        per_client_rate: args.per_client_rate,
         clk_tck: procfs::clock_ticks_per_second()?,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -1,9 +1,11 @@
 //! A small MQTT 3.1.1 load-generating client on top of rumqttc's packet codec.
 //!
-//! Publishers write in batches (one `write_all` per filled buffer) and stamp
-//! each payload with a send time; subscribers record the delivery latency.
+//! Publishers write [`PublishPlan::per_write`] PUBLISH packets per `write_all`
+//! (a batch of up to [`BATCH`], or one as a device sends) and stamp each
+//! payload with its send time and the publisher's index; subscribers record
+//! the delivery latency and count deliveries per publisher.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
@@ -16,16 +18,17 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{sleep_until, Duration, Instant};
 
 /// Largest packet accepted from a broker.
 const MAX_PACKET: usize = 1 << 20;
-/// Payload size of every benchmark message; the first 8 bytes carry the stamp.
+/// Payload size of every benchmark message; the first 8 bytes carry the send
+/// stamp, the next 4 the publisher's index.
 pub const PAYLOAD_LEN: usize = 64;
-/// Messages encoded per `write_all` at most.
-const BATCH: usize = 128;
+/// Messages encoded per `write_all` at most by the batched publishers.
+pub const BATCH: usize = 128;
 /// Keep-alive announced in CONNECT; longer than any run, so no pings are needed.
 pub const KEEP_ALIVE_SECS: u16 = 600;
 
@@ -120,6 +123,46 @@ pub async fn handshake(stream: &mut TcpStream, client_id: &str) -> Result<()> {
     }
 }
 
+/// Client connections per loopback source address before the next one is
+/// used: each address offers the ephemeral port range (about 28,000 ports by
+/// default) and every connection to the one broker port takes one.
+pub const CLIENTS_PER_SOURCE_ADDR: usize = 20_000;
+
+/// The source address for client `k` of `total` connecting to `target`.
+/// `None` (the system picks, as usual) unless a loopback IPv4 target gets more
+/// than [`CLIENTS_PER_SOURCE_ADDR`] clients: then 127.0.0.1, 127.0.0.2, ...
+/// in turn, as many as needed.
+pub fn source_addr(k: usize, total: usize, target: SocketAddr) -> Option<IpAddr> {
+    let loopback_v4 = matches!(target.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    if total <= CLIENTS_PER_SOURCE_ADDR || !loopback_v4 {
+        return None;
+    }
+    let addrs = total.div_ceil(CLIENTS_PER_SOURCE_ADDR).min(254);
+    let host = u8::try_from(1 + k % addrs).unwrap_or(1);
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)))
+}
+
+/// Opens a TCP connection to `addr`, bound to `source` (any port) if given.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"));
+    };
+    let socket = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .context("creating a TCP socket")?;
+    socket
+        .bind(SocketAddr::new(ip, 0))
+        .with_context(|| format!("binding a client socket to {ip}"))?;
+    socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr} from {ip}"))
+}
+
 /// An MQTT session split into a buffered reader and a writer.
 pub struct Session {
     pub reader: PacketReader<OwnedReadHalf>,
@@ -127,12 +170,23 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects over TCP and completes the MQTT handshake.
-    pub async fn connect(addr: SocketAddr, client_id: &str) -> Result<Self> {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
+    /// Connects over TCP, from `source` (any port) if given, and completes the
+    /// MQTT handshake. Many loopback connections need several source addresses:
+    /// each one offers only the ephemeral port range.
+    ///
+    /// The socket gets TCP_NODELAY, so Nagle's algorithm never holds back a
+    /// small write waiting for an ACK: what a publisher hands to one
+    /// `write_all` leaves as it was written, and one PUBLISH per write stays
+    /// one PUBLISH per segment unless the kernel itself coalesces.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        client_id: &str,
+    ) -> Result<Self> {
+        let mut stream = tcp_connect(addr, source).await?;
+        stream
+            .set_nodelay(true)
+            .context("setting TCP_NODELAY on a client socket")?;
         handshake(&mut stream, client_id)
             .await
             .with_context(|| format!("MQTT handshake of {client_id}"))?;
@@ -172,6 +226,8 @@ impl Session {
 pub struct SubscriberStats {
     pub received: u64,
     pub latency: Histogram<u64>,
+    /// Deliveries by the index of the publisher that sent them.
+    pub per_publisher: Vec<u64>,
 }
 
 /// Receives publishes until `deadline`, recording latency and acking QoS 1.
@@ -183,6 +239,7 @@ pub async fn run_subscriber(
     let mut stats = SubscriberStats {
         received: 0,
         latency: new_histogram(),
+        per_publisher: Vec::new(),
     };
     let mut acks = BytesMut::with_capacity(4096);
     loop {
@@ -197,6 +254,11 @@ pub async fn run_subscriber(
                 continue;
             };
             let sent = read_stamp(&publish.payload)?;
+            let from = read_publisher(&publish.payload)? as usize;
+            if stats.per_publisher.len() <= from {
+                stats.per_publisher.resize(from + 1, 0);
+            }
+            stats.per_publisher[from] += 1;
             stats.received += 1;
             stats
                 .latency
@@ -228,20 +290,42 @@ pub fn read_stamp(payload: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(head))
 }
 
+/// The publisher index carried in bytes 8..12 of a benchmark payload.
+pub fn read_publisher(payload: &[u8]) -> Result<u32> {
+    let bytes: [u8; 4] = payload
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow!("payload of {} bytes carries no publisher", payload.len()))?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
 /// How a publisher sends.
 #[derive(Debug, Clone)]
 pub struct PublishPlan {
     pub topic: String,
     pub qos: QoS,
+    /// Index of this publisher in its flow, carried in every payload.
+    pub index: u32,
     /// Most QoS 1 publishes left without PUBACK at once.
     pub window: usize,
-    /// Fixed total rate in msgs/s; `None` = as fast as the socket allows.
+    /// Most PUBLISH packets handed to one `write_all`: [`BATCH`] for the
+    /// batched scenarios, 1 for device-shaped ones (every message its own write).
+    pub per_write: usize,
+    /// This publisher's fixed rate in msgs/s; `None` = as fast as the socket
+    /// (and the QoS 1 window) allows.
     pub rate: Option<f64>,
+    /// With a rate: where this publisher's schedule sits within one interval,
+    /// in (0, 1]; message k is due `(k + offset) / rate` s after the start.
+    /// Spreading the offsets of many publishers keeps them from sending in
+    /// lockstep.
+    pub offset: f64,
 }
 
 /// What a publisher did before the deadline.
 pub struct PublisherStats {
     pub sent: u64,
+    /// `write_all` calls that carried the messages.
+    pub writes: u64,
     /// With a fixed rate: the most a batch was sent behind its schedule.
     /// Stamps are actual send times (the timer's 1 ms granularity would
     /// otherwise dominate), so this shows any coordinated omission.
@@ -261,19 +345,24 @@ pub async fn run_publisher(
         .clone()
         .map(|w| tokio::spawn(count_acks(reader, w, deadline)));
 
+    let per_write = plan.per_write.max(1) as u64;
+    let index = plan.index.to_be_bytes();
     let mut publish = Publish::from_bytes(plan.topic, plan.qos, Bytes::from_static(&PAYLOAD));
-    let mut out = BytesMut::with_capacity(BATCH * (PAYLOAD_LEN + 32));
+    let mut out = BytesMut::with_capacity(per_write as usize * (PAYLOAD_LEN + 32));
+    let expired = sleep_until(deadline);
+    tokio::pin!(expired);
     let start = Instant::now();
     let start_ns = clock.now_ns();
     let mut sent: u64 = 0;
+    let mut writes: u64 = 0;
     let mut max_lag_ns: u64 = 0;
     let mut pkid: u16 = 0;
     while Instant::now() < deadline {
-        let mut n = BATCH as u64;
+        let mut n = per_write;
         if let Some(rate) = plan.rate {
-            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            let due = due_count(start.elapsed().as_secs_f64(), rate, plan.offset);
             if due <= sent {
-                let next = start + Duration::from_secs_f64((sent + 1) as f64 / rate);
+                let next = start + Duration::from_secs_f64((sent as f64 + plan.offset) / rate);
                 sleep_until(next.min(deadline)).await;
                 continue;
             }
@@ -288,7 +377,7 @@ pub async fn run_publisher(
         out.clear();
         let now_ns = clock.now_ns();
         if let Some(rate) = plan.rate {
-            let scheduled_ns = start_ns + (sent as f64 * 1e9 / rate) as u64;
+            let scheduled_ns = start_ns + ((sent as f64 + plan.offset) * 1e9 / rate) as u64;
             max_lag_ns = max_lag_ns.max(now_ns.saturating_sub(scheduled_ns));
         }
         for _ in 0..n {
@@ -299,17 +388,34 @@ pub async fn run_publisher(
             publish.write(&mut out)?;
             let at = out.len() - PAYLOAD_LEN;
             out[at..at + 8].copy_from_slice(&now_ns.to_be_bytes());
+            out[at + 8..at + 12].copy_from_slice(&index);
         }
         tokio::select! {
             r = writer.write_all(&out) => r.context("publishing")?,
-            _ = sleep_until(deadline) => break,
+            _ = &mut expired => break,
         }
         sent += n;
+        writes += 1;
     }
     if let Some(acker) = acker {
         acker.await.context("ack reader panicked")??;
     }
-    Ok(PublisherStats { sent, max_lag_ns })
+    Ok(PublisherStats {
+        sent,
+        writes,
+        max_lag_ns,
+    })
+}
+
+/// How many messages are due `elapsed` seconds after the start at `rate`
+/// msgs/s when message k is due at `(k + offset) / rate`.
+fn due_count(elapsed: f64, rate: f64, offset: f64) -> u64 {
+    let x = elapsed * rate - offset;
+    if x < 0.0 {
+        0
+    } else {
+        x as u64 + 1
+    }
 }
 
 /// Waits for at least one free window slot and takes up to `want`.
@@ -377,5 +483,55 @@ mod tests {
     #[test]
     fn short_payload_has_no_stamp() {
         assert!(read_stamp(&[1, 2, 3]).is_err());
+        assert!(read_publisher(&[0; 10]).is_err());
+    }
+
+    #[test]
+    fn source_addresses_spread_only_many_loopback_clients() {
+        let target: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        assert_eq!(source_addr(0, CLIENTS_PER_SOURCE_ADDR, target), None);
+        let other: SocketAddr = "10.0.0.1:1883".parse().unwrap();
+        assert_eq!(source_addr(0, 50_000, other), None);
+        // 50,000 clients: three addresses in turn, at most 16,667 each.
+        let ips: Vec<_> = (0..4).map(|k| source_addr(k, 50_000, target)).collect();
+        let ip = |h| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, h)));
+        assert_eq!(ips, [ip(1), ip(2), ip(3), ip(1)]);
+    }
+
+    #[tokio::test]
+    async fn a_client_socket_can_come_from_another_loopback_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let (client, accepted) = tokio::join!(tcp_connect(addr, Some(source)), listener.accept());
+        assert_eq!(client.unwrap().local_addr().unwrap().ip(), source);
+        assert_eq!(accepted.unwrap().1.ip(), source);
+    }
+
+    #[test]
+    fn publisher_index_follows_the_stamp() {
+        let mut payload = [0u8; PAYLOAD_LEN];
+        payload[..8].copy_from_slice(&5u64.to_be_bytes());
+        payload[8..12].copy_from_slice(&4242u32.to_be_bytes());
+        assert_eq!(read_stamp(&payload).unwrap(), 5);
+        assert_eq!(read_publisher(&payload).unwrap(), 4242);
+    }
+
+    #[test]
+    fn schedule_with_offset_one_is_one_message_per_interval() {
+        // offset 1: message k due at (k + 1) / rate, as the single-publisher latency run.
+        assert_eq!(due_count(0.0, 1000.0, 1.0), 0);
+        assert_eq!(due_count(0.0009, 1000.0, 1.0), 0);
+        assert_eq!(due_count(0.001, 1000.0, 1.0), 1);
+        assert_eq!(due_count(0.0105, 1000.0, 1.0), 10);
+    }
+
+    #[test]
+    fn schedule_offsets_spread_publishers_within_an_interval() {
+        // 100 msgs/s: intervals of 10 ms; offset 0.25 puts the first message at 2.5 ms.
+        assert_eq!(due_count(0.002, 100.0, 0.25), 0);
+        assert_eq!(due_count(0.0025, 100.0, 0.25), 1);
+        assert_eq!(due_count(0.0124, 100.0, 0.25), 1);
+        assert_eq!(due_count(0.0125, 100.0, 0.25), 2);
     }
 }
