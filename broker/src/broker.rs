@@ -370,6 +370,13 @@ impl Broker {
         online.len()
     }
 
+    /// Whether `client_id`'s session is parked here because this node adopted it from a node
+    /// that departed (see [`AdoptedParked`]). Ask before the session's connection registers:
+    /// registering ends the adoption.
+    pub fn adopted_here(&self, client_id: &str) -> bool {
+        self.adopted.contains(client_id)
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         *self.run_state.borrow() == RunState::ShuttingDown

@@ -424,6 +424,53 @@ async fn assert_quiet(eventloop: &mut EventLoop, what: &str) {
 }
 
 #[tokio::test]
+async fn a_session_that_connects_to_the_node_that_adopted_it_gets_dup_copies_at_first() {
+    let redis = RedisServer::start().await.expect("redis");
+    let (a, mut b) = two_nodes(&redis).await;
+    both_see_two_members(&a, &b).await;
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "adoption-feed", true).await;
+
+    // A persistent session on node B, which then stops: node A adopts it, parked.
+    let (mover, mut mover_loop, _) = client(b.mqtt, "adoptee", false).await;
+    mover
+        .subscribe("adopted/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut mover_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    b.terminate(WAIT).await.expect("node b stops on SIGTERM");
+    drop((mover, mover_loop));
+    a.wait_for_metric("starling_subscriptions", 1.0, WAIT)
+        .await
+        .expect("node a adopts the parked session's subscription");
+
+    // It connects to node A. Relays node B's inbox got before it stopped are recovered with DUP
+    // at any moment, so what node A's own routes deliver at first carries DUP too: a second
+    // copy is never without it.
+    let (_back, mut back_loop, present) = client(a.mqtt, "adoptee", false).await;
+    assert!(present, "the adopted session is resumed on node A");
+    publisher
+        .publish("adopted/1", QoS::AtLeastOnce, false, "first")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    let first = next_publish(&mut back_loop).await;
+    assert_eq!(&first.payload[..], b"first");
+    assert!(
+        first.dup,
+        "a copy delivered just after the session moved in from a departed node carries DUP"
+    );
+    // Node A relayed it to node B's inbox as well (it routes there for a few seconds more, for
+    // the nodes that have not heard of the adoption yet): the tail of that inbox may bring it
+    // again, with DUP.
+    if let Ok(again) =
+        tokio::time::timeout(Duration::from_secs(3), next_publish(&mut back_loop)).await
+    {
+        assert_eq!(&again.payload[..], b"first");
+        assert!(again.dup, "a second copy carries DUP: {again:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_connection_on_another_node_takes_the_session_over_with_its_unacknowledged_messages() {
     let redis = RedisServer::start().await.expect("redis");
     let (a, b) = two_nodes(&redis).await;

@@ -28,6 +28,11 @@ use std::time::{Duration, Instant};
 pub const TAIL: Duration = Duration::from_secs(12);
 /// Pause between readings of a departed node's inbox while tailing it.
 const TAIL_POLL: Duration = Duration::from_millis(250);
+/// How old an entry of a departed node's inbox must be (by Redis's clock) before the tail
+/// delivers it. A node that relayed a message there may have relayed it to the session's new
+/// routes as well, and that copy, without DUP, must arrive first: delivered before it, the
+/// recovered copy (DUP) would make the plain one a second copy without DUP.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Inbox entries read at a time.
 const PAGE: usize = 512;
 
@@ -212,14 +217,18 @@ async fn recover_inbox(
 ) -> redis::RedisResult<usize> {
     let node = departure.node;
     let key = link.inbox_key(node);
-    let end = match leftovers {
-        Leftovers::Departed => "+".to_string(),
-        Leftovers::EarlierRuns => format!("({}", link.inbox_start()),
-    };
     let started = Instant::now();
     let mut next = "-".to_string();
     let mut count = 0;
     loop {
+        let last_pass = leftovers != Leftovers::Departed
+            || started.elapsed() >= TAIL
+            || !link.is_departed(node);
+        let end = match leftovers {
+            Leftovers::EarlierRuns => format!("({}", link.inbox_start()),
+            Leftovers::Departed if last_pass => "+".to_string(),
+            Leftovers::Departed => settled_end(link.redis_now_ms()),
+        };
         let reply: Value = redis::cmd("XRANGE")
             .arg(&key)
             .arg(&next)
@@ -256,13 +265,18 @@ async fn recover_inbox(
         if full_page {
             continue;
         }
-        let keep_tailing =
-            leftovers == Leftovers::Departed && started.elapsed() < TAIL && link.is_departed(node);
-        if !keep_tailing {
+        if last_pass {
             return Ok(count);
         }
         tokio::time::sleep(TAIL_POLL).await;
     }
+}
+
+/// The last stream id (as an `XRANGE` end) a tail delivers when Redis's clock reads `now_ms`:
+/// the entries appended [`SETTLE`] ago or earlier.
+fn settled_end(now_ms: u64) -> String {
+    let settle_ms = u64::try_from(SETTLE.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_sub(settle_ms).to_string()
 }
 
 /// Whether stream entry `id` was added before a run that started at `start` (ms, Redis time)
@@ -325,7 +339,7 @@ async fn redeliver_entry(
 
 #[cfg(test)]
 mod tests {
-    use super::before_run;
+    use super::{before_run, settled_end};
 
     #[test]
     fn entries_up_to_a_runs_start_are_before_it() {
@@ -334,5 +348,11 @@ mod tests {
         assert!(!before_run("100-1", 100));
         assert!(!before_run("101-0", 100));
         assert!(before_run("not-an-id", 100));
+    }
+
+    #[test]
+    fn a_tail_delivers_entries_a_second_old_and_older() {
+        assert_eq!(settled_end(1_700_000_001_500), "1700000000500");
+        assert_eq!(settled_end(400), "0");
     }
 }

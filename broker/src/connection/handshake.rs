@@ -164,6 +164,10 @@ where
     }
     let session_guard = broker.lock_session(&client_id).await;
     broker.cancel_will(&client_id);
+    // Parked here by an adoption, the session still moves in from the node that departed: that
+    // node's inbox may hold relays of the messages this node's routes deliver now, and they are
+    // recovered (marked DUP) at any moment, possibly before the plain copy arrives here.
+    let adopted_here = broker.adopted_here(&client_id);
     let connection_id = broker.next_connection_id();
     let silence_allowed =
         (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive)).mul_f32(1.5));
@@ -221,7 +225,7 @@ where
         refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
         return None;
     };
-    if moved_in.is_some() {
+    if moved_in.is_some() || adopted_here {
         broker.mark_moved_in(&client_id, connection_id);
     }
     let stored = match stored {
