@@ -182,8 +182,6 @@ fn load_balancer(ip: &str) -> Value {
     service
 }
 
-/// Answers the next request, asserted to create an Event of `type_` and `reason` about the
-/// cluster; returns the Event.
 /// The reads of a status pass over a cluster whose brokers (all 3), Redis and load balancer
 /// (203.0.113.7) are ready; `set` is the StatefulSet the pass applied.
 async fn expect_ready_observations(api: &mut FakeApiServer, set: &Value) {
@@ -215,6 +213,8 @@ async fn expect_pods(api: &mut FakeApiServer, pods: Vec<Value>) {
     }));
 }
 
+/// Answers the next request, asserted to create an Event of `type_` and `reason` about the
+/// cluster; returns the Event.
 async fn expect_event(api: &mut FakeApiServer, type_: &str, reason: &str) -> Value {
     let call = api
         .expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/iot/events")
