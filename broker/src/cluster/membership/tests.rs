@@ -2,8 +2,10 @@
 //! shortened so that failure detection takes seconds. Every wait is bounded and waits for a
 //! condition (an event, a member count, a seed status), never for a fixed time.
 
+use super::seeds::resolve_seeds;
 use super::*;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Upper bound on any one wait; generous, as CI machines are slow and shared.
