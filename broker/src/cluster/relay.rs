@@ -106,7 +106,8 @@ pub struct ClusterLink {
     /// Counts the health checks that Redis answered on a new connection after the old one had
     /// timed out, or as another server (it lost its data, or Sentinel named a new primary):
     /// connections opened before may hang for good (a Redis replaced at a new address behind the
-    /// same one), and the writer stops waiting on its own (see `writer::STRANDED_GRACE`).
+    /// same one), and the writer stops waiting on its own (see `STRANDED_GRACE` in
+    /// `writer/resend.rs`).
     reconnected: watch::Sender<u64>,
     /// `starling_cluster_redis_write_refusals_total`.
     write_refusals: prometheus_client::metrics::counter::Counter,

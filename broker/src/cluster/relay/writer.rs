@@ -4,40 +4,36 @@
 //! barriers acknowledgements wait on. It holds back while a target's reader lags (flow
 //! control), writes a batch again on a new connection when its answer cannot come, and sends
 //! only the refused commands again when Redis refuses some.
+//!
+//! Its parts: [`packs`] (batching relayed messages per target node into inbox entries),
+//! [`flow`] (holding back for readers that lag), [`resend`] (writing a batch again).
 
-use super::keys::Keys;
+mod flow;
+mod packs;
+mod resend;
+
+pub(in crate::cluster) use resend::FIELD_RESENT;
+
 use super::{relay_error, ClusterLink, RelayError};
-use crate::cluster::packed::{self, Packer};
 use crate::cluster::pending::PendingRelays;
 use crate::cluster::refusals;
 use crate::cluster::replication::Waited;
-use crate::cluster::window::{parse_stream_id, Unread};
+use crate::cluster::window::parse_stream_id;
 use crate::cluster::work_queue::WorkQueue;
 use crate::router::remote::NodeId;
 use crate::store::redis::renewing::RenewingConnection;
 use crate::store::redis::target::RedisTarget;
+use flow::Flow;
+use packs::{inbox_append, Packs};
 use redis::aio::ConnectionManagerConfig;
 use redis::Value;
-use std::collections::HashSet;
+use resend::{marked_resent, stranded};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-/// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
-/// the oldest. A packed entry counts for the messages it holds (see [`append_packed`]).
-const INBOX_MAX_LEN: usize = 100_000;
 /// Work the writer gathers into one pipeline: relayed messages, and other items (see [`weight`]).
 const WRITE_BATCH: usize = 4096;
-/// Size at which a packed inbox entry (messages for one node) is written out and another begun.
-const PACK_BYTES: usize = 64 * 1024;
-/// Messages this node may have in a node's inbox that its reader has not reported read before
-/// the writer waits (and the relay queue pushes back on publishers). Well below
-/// [`INBOX_MAX_LEN`], so trimming does not drop unread messages of a few busy origins.
-const RELAY_WINDOW: usize = INBOX_MAX_LEN / 4;
-/// How long the writer waits for a reader that does not move before it stops waiting for it.
-const WINDOW_WAIT: Duration = Duration::from_secs(1);
-/// How often the writer asks for the progress of a reader it waits for.
-const WINDOW_POLL: Duration = Duration::from_millis(2);
 /// Relayed messages waiting for the writer before publishers wait for room (see
 /// [`ClusterLink::send_pending`]). Other writer work (entries, control entries, journal writes)
 /// is not bounded here: what produces it is bounded elsewhere.
@@ -46,13 +42,8 @@ pub(super) const WRITE_QUEUE: usize = 65_536;
 /// batch Redis applied but answered late would be written twice (relayed twice), so this is far
 /// above any stall of a healthy Redis (the client's default is 500 ms); a Redis that went away
 /// closes the connection and is noticed at once, and one that went silent for good is given up
-/// [`STRANDED_GRACE`] after the health check reached Redis on a new connection.
+/// [`resend::STRANDED_GRACE`] after the health check reached Redis on a new connection.
 pub(super) const WRITE_RESPONSE_WAIT: Duration = Duration::from_secs(30);
-/// How long the writer still waits for its batch's answer once Redis answered the health check
-/// on a new connection: an answer that does not come by then never will (the connection leads
-/// to a Redis that is gone), and the batch is written again on a new connection. A Redis that
-/// was only stalled answers the old connection's batch as soon as it runs again.
-const STRANDED_GRACE: Duration = Duration::from_secs(2);
 
 pub(super) enum Outbound {
     Entry {
@@ -92,112 +83,8 @@ pub(super) enum Outbound {
         run: Option<u64>,
     },
 }
-
-/// Field of an inbox entry written again after a write whose outcome was unknown (the
-/// connection broke, or hung, before Redis answered): Redis may have applied the first write
-/// too, so what it relays may have been delivered already, and it is delivered with DUP.
-pub(in crate::cluster) const FIELD_RESENT: &str = "d";
-
-/// A copy of `sent` to send again after its outcome was unknown: every inbox append marked
-/// [`FIELD_RESENT`], every reply ignored (what the first attempt answered is not known either).
-fn marked_resent(sent: &redis::Pipeline, keys: &Keys) -> redis::Pipeline {
-    let inbox_prefix = keys.inbox("");
-    let mut again = redis::pipe();
-    for command in sent.cmd_iter() {
-        let mut args = command.args_iter();
-        let is_xadd = matches!(args.next(), Some(redis::Arg::Simple(name)) if name.eq_ignore_ascii_case(b"XADD"));
-        let to_inbox = matches!(args.next(), Some(redis::Arg::Simple(key)) if key.starts_with(inbox_prefix.as_bytes()));
-        let mut command = command.clone();
-        if is_xadd && to_inbox {
-            command.arg(FIELD_RESENT).arg("1");
-        }
-        again.add_command(command).ignore();
-    }
-    again
-}
-
 /// Removes a departed run's registration (see the script's header).
 const DROP_NODE: &str = include_str!("drop_node.lua");
-
-/// Starts an XADD to `node`'s inbox (trimmed to about [`INBOX_MAX_LEN`] entries); the caller adds
-/// the fields.
-fn inbox_append<'p>(
-    pipe: &'p mut redis::Pipeline,
-    keys: &Keys,
-    node: &str,
-) -> &'p mut redis::Pipeline {
-    inbox_append_trimmed(pipe, keys, node, INBOX_MAX_LEN)
-}
-
-/// Starts an XADD to `node`'s inbox, trimmed to about `max_len` entries.
-fn inbox_append_trimmed<'p>(
-    pipe: &'p mut redis::Pipeline,
-    keys: &Keys,
-    node: &str,
-    max_len: usize,
-) -> &'p mut redis::Pipeline {
-    pipe.cmd("XADD")
-        .arg(keys.inbox(node))
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(max_len)
-        .arg("*")
-}
-
-/// Relayed messages of one write batch, packed per target node (see [`packed`]) until they are
-/// appended to the pipeline.
-#[derive(Default)]
-struct Packs {
-    packers: Vec<(NodeId, Packer)>,
-    /// The packed entries appended to the pipeline, in order: node and message count. Their
-    /// XADD replies (entry ids) are the pipeline's first replies.
-    appended: Vec<(NodeId, usize)>,
-}
-
-impl Packs {
-    /// The index of `node`'s packer, made if it has none yet.
-    fn packer_for(&mut self, node: &NodeId) -> usize {
-        match self.packers.iter().position(|(n, _)| n == node) {
-            Some(index) => index,
-            None => {
-                self.packers.push((node.clone(), Packer::new()));
-                self.packers.len() - 1
-            }
-        }
-    }
-
-    /// Adds the packed messages of a burst for `node`; a packed entry that reaches
-    /// [`PACK_BYTES`] is appended at once.
-    fn push(
-        &mut self,
-        pipe: &mut redis::Pipeline,
-        link: &ClusterLink,
-        node: &NodeId,
-        burst: &Packer,
-    ) {
-        let index = self.packer_for(node);
-        let (node, packer) = &mut self.packers[index];
-        packer.append(burst);
-        if packer.byte_len() >= PACK_BYTES {
-            append_packed(pipe, link, node, packer);
-            self.appended.push((node.clone(), packer.count()));
-            packer.clear();
-        }
-    }
-
-    /// Appends every packed entry that holds messages to the pipeline. Called before any other
-    /// item is appended, so that the entries of each inbox keep the order of the queue.
-    fn flush(&mut self, pipe: &mut redis::Pipeline, link: &ClusterLink) {
-        for (node, packer) in &mut self.packers {
-            if !packer.is_empty() {
-                append_packed(pipe, link, node, packer);
-                self.appended.push((node.clone(), packer.count()));
-                packer.clear();
-            }
-        }
-    }
-}
-
 /// The weight of a writer work item, for [`WRITE_BATCH`]: the messages it relays, at least 1.
 fn weight(item: &Outbound) -> usize {
     match item {
@@ -211,82 +98,6 @@ fn weight(item: &Outbound) -> usize {
 pub(super) fn permit_count(messages: usize) -> u32 {
     messages.min(WRITE_QUEUE) as u32
 }
-
-/// Appends one packed entry for `node` (its reply is the entry id). The inbox is trimmed to
-/// about [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this one: the
-/// bound on what a node that falls behind keeps stays in messages, not in (much larger) packed
-/// entries.
-fn append_packed(pipe: &mut redis::Pipeline, link: &ClusterLink, node: &str, packer: &Packer) {
-    let max_len = INBOX_MAX_LEN.div_ceil(packer.count().max(1));
-    inbox_append_trimmed(pipe, &link.keys, node, max_len)
-        .arg("o")
-        .arg(&*link.node_id)
-        .arg(packed::FIELD)
-        .arg(packer.as_bytes());
-}
-
-/// Flow control of the writer: how far behind each node's reader is (see [`crate::cluster::window`]).
-#[derive(Default)]
-struct Flow {
-    unread: Unread,
-    /// Nodes whose reader did not move within [`WINDOW_WAIT`]: not waited for again until it does.
-    stalled: HashSet<NodeId>,
-}
-
-impl Flow {
-    /// Applies a reader's progress report (the value of its `:read` key).
-    fn progress(&mut self, node: &NodeId, report: Option<Vec<u8>>) {
-        let Some(read) = report.as_deref().and_then(parse_stream_id) else {
-            return;
-        };
-        let before = self.unread.messages(node);
-        self.unread.read_up_to(node, read);
-        if self.unread.messages(node) < before {
-            self.stalled.remove(node);
-        }
-    }
-
-    /// Waits until the readers of the nodes in `targets` are less than [`RELAY_WINDOW`] messages
-    /// behind, polling their progress; a reader that does not move within [`WINDOW_WAIT`] (its
-    /// node is likely gone) is not waited for until it moves again.
-    async fn wait_for_readers(
-        &mut self,
-        link: &ClusterLink,
-        con: &mut RenewingConnection,
-        targets: &[NodeId],
-    ) {
-        for node in targets {
-            let started = tokio::time::Instant::now();
-            while self.unread.messages(node) >= RELAY_WINDOW && !self.stalled.contains(node) {
-                if started.elapsed() >= WINDOW_WAIT {
-                    tracing::warn!(node = %node, "relay: the node's inbox reader does not move; not waiting for it");
-                    self.stalled.insert(node.clone());
-                    break;
-                }
-                tokio::time::sleep(WINDOW_POLL).await;
-                // Bounded by what is left of the wait: on a connection left hanging (a Redis
-                // replaced behind the same address) the read would otherwise wait the writer's
-                // whole reply wait. A read is safe to give up, and the connection is replaced.
-                let left = WINDOW_WAIT
-                    .saturating_sub(started.elapsed())
-                    .max(WINDOW_POLL);
-                let report = tokio::time::timeout(
-                    left,
-                    redis::cmd("GET")
-                        .arg(link.keys.inbox_read(node))
-                        .query_async::<Option<Vec<u8>>>(&mut *con),
-                )
-                .await;
-                match report {
-                    Ok(Ok(report)) => self.progress(node, report),
-                    Ok(Err(_)) => {}
-                    Err(_) => con.renew(),
-                }
-            }
-        }
-    }
-}
-
 /// Runs [`write_loop`] on a thread of its own, with a runtime and a Redis connection of its own:
 /// busy connection tasks on the broker's runtime would otherwise leave it waiting for a turn at
 /// every step of every batch, and the relay queue would overflow while Redis idles. The thread
@@ -329,8 +140,8 @@ pub(super) fn spawn_writer(
 
 /// Writes entry changes and relayed messages in pipelined batches, retrying a failed batch
 /// until Redis takes it (the connection manager reconnects meanwhile). The messages of a batch
-/// bound for one node go in as few inbox entries as [`PACK_BYTES`] allows. Ends when the link
-/// is gone (its queue closes).
+/// bound for one node go in as few inbox entries as [`packs::PACK_BYTES`] allows. Ends when the
+/// link is gone (its queue closes).
 async fn write_loop(
     weak_link: Weak<ClusterLink>,
     mut con: RenewingConnection,
@@ -595,68 +406,11 @@ async fn write_loop(
         }
     }
 }
-
-/// Resolves [`STRANDED_GRACE`] after the health check next answered on a new connection (never,
-/// once the link is gone).
-async fn stranded(reconnected: &mut watch::Receiver<u64>) {
-    if reconnected.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(STRANDED_GRACE).await;
-}
-
 /// The bytes of a bulk or simple string reply.
 fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
     match value {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(text) => Some(text.into_bytes()),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::relay::keys::Keys;
-
-    #[test]
-    fn a_batch_sent_again_marks_its_inbox_appends_and_nothing_else() {
-        let keys = Keys {
-            prefix: "starling:".to_string(),
-        };
-        let mut pipe = redis::pipe();
-        inbox_append(&mut pipe, &keys, "node-b")
-            .arg("b")
-            .arg("packed");
-        pipe.cmd("XADD")
-            .arg("other-stream")
-            .arg("*")
-            .arg("x")
-            .arg("1")
-            .ignore();
-        pipe.cmd("HSET")
-            .arg(keys.journal("node-a"))
-            .arg("f")
-            .arg("v")
-            .ignore();
-        pipe.cmd("GET").arg(keys.inbox_read("node-b"));
-        let again = marked_resent(&pipe, &keys);
-        let args: Vec<Vec<Vec<u8>>> = again
-            .cmd_iter()
-            .map(|c| {
-                c.args_iter()
-                    .filter_map(|a| match a {
-                        redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .collect();
-        assert_eq!(args.len(), 4);
-        let tail = |i: usize| args[i][args[i].len() - 2..].to_vec();
-        assert_eq!(tail(0), [b"d".to_vec(), b"1".to_vec()], "the inbox append");
-        assert_eq!(tail(1), [b"x".to_vec(), b"1".to_vec()], "another stream");
-        assert_eq!(tail(2), [b"f".to_vec(), b"v".to_vec()], "not an append");
-        assert_eq!(args[3].len(), 2, "the GET is unchanged");
     }
 }
