@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 /// How long memberlist keeps a dead member before reaping it: in effect never (see the module
 /// documentation).
-const NEVER_REAP_DEAD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub(super) const NEVER_REAP_DEAD: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// How many membership events a slow subscriber may fall behind before it sees
 /// [`broadcast::error::RecvError::Lagged`] (and should re-read [`Membership::members`]).
