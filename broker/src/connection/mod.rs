@@ -9,6 +9,7 @@ mod handshake;
 mod inbound;
 
 use crate::broker::Broker;
+use crate::listener::peer_identity::PeerIdentity;
 use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, DisconnectReasonCode, Packet};
@@ -28,15 +29,24 @@ use tokio::sync::OwnedMutexGuard;
 /// Bytes of output gathered before they are written even if more is ready.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
-/// Serves one client connection until it ends.
+/// Serves one client connection until it ends; the client logs in with its CONNECT credentials.
 pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    serve_as(broker, stream, peer, PeerIdentity::Credentials).await;
+}
+
+/// Serves one client connection until it ends; `identity` is what the transport established
+/// about the client (the username of a verified TLS client certificate, say).
+pub async fn serve_as<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr, identity: PeerIdentity)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     broker.metrics.connections_total.inc();
     // The handshake and the clean-up run once and have large futures: boxing them keeps them out
     // of the task that an idle connection keeps for its whole life.
-    let establishing = Box::pin(handshake::establish(&broker, stream, peer));
+    let establishing = Box::pin(handshake::establish(&broker, stream, peer, identity));
     let Some(mut connection) = establishing.await else {
         return;
     };

@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+pub mod client_ca;
+pub mod peer_identity;
 pub mod tls;
 pub mod ws;
 
@@ -59,6 +61,21 @@ pub enum ListenerError {
         #[source]
         source: tokio_rustls::rustls::Error,
     },
+    /// The client CA bundle was read but rustls cannot use it (a CA certificate it cannot
+    /// parse, for instance).
+    #[error(
+        "{}: cannot check client certificates against this CA bundle: {reason}; it must hold the PEM `CERTIFICATE` blocks of the CAs that sign client certificates",
+        path.display()
+    )]
+    InvalidClientCa {
+        /// The CA bundle.
+        path: PathBuf,
+        /// What rustls reported.
+        reason: String,
+    },
+    /// Client certificates are asked for but no CA bundle is configured.
+    #[error("client certificates are asked for but `listeners.tls.client_ca_file` is not set")]
+    NoClientCa,
     /// The WebSocket handshake was refused by us with an HTTP error response
     /// (for instance no acceptable subprotocol was offered).
     #[error("WebSocket handshake rejected with HTTP {status}: {reason}")]

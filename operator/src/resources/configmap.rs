@@ -73,11 +73,11 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
         None
     };
     config.listeners.tls = match &l.tls {
-        Some(tls) => Some(TlsListenerConfig {
-            bind: any_addr(tls.port)?,
-            cert_file: format!("{TLS_DIR}/tls.crt").into(),
-            key_file: format!("{TLS_DIR}/tls.key").into(),
-        }),
+        Some(tls) => Some(TlsListenerConfig::new(
+            any_addr(tls.port)?,
+            format!("{TLS_DIR}/tls.crt").into(),
+            format!("{TLS_DIR}/tls.key").into(),
+        )),
         None => None,
     };
     config.listeners.ws = match &l.websocket {
