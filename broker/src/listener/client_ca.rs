@@ -7,8 +7,7 @@
 //! handshakes are checked against the new CAs, connections already made stay. A bundle that
 //! does not parse keeps the CAs loaded before.
 
-use super::tls::server_config;
-use super::ListenerError;
+use super::{server_config, ListenerError};
 use crate::reload::{Reload, WatchedFiles};
 use arc_swap::ArcSwap;
 use starling_config::ClientAuth;

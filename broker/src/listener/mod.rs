@@ -1,7 +1,13 @@
-//! Accept loops for the client-facing listeners: TCP, TLS and WebSocket.
+//! Accept loops for the client-facing listeners (TCP, TLS and WebSocket), their errors, and the
+//! rustls server configuration the TLS listener builds.
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::rustls::server::ResolvesServerCert;
+use tokio_rustls::rustls::{self, ServerConfig};
 
 pub mod client_ca;
 pub mod peer_identity;
@@ -88,4 +94,20 @@ pub enum ListenerError {
     /// The WebSocket handshake failed (malformed request, I/O error, ...).
     #[error("WebSocket handshake failed: {0}")]
     WsHandshake(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+}
+
+/// A server configuration serving `certificate`, asking for client certificates when there is
+/// a `verifier`.
+fn server_config(
+    provider: Arc<CryptoProvider>,
+    certificate: Arc<dyn ResolvesServerCert>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<ServerConfig, rustls::Error> {
+    let builder =
+        ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    Ok(builder.with_cert_resolver(certificate))
 }

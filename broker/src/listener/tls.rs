@@ -13,7 +13,7 @@
 
 use super::client_ca::ClientCa;
 use super::peer_identity::{self, PeerIdentity};
-use super::ListenerError;
+use super::{server_config, ListenerError};
 use crate::reload::{Reload, WatchedFiles};
 use arc_swap::ArcSwap;
 use starling_config::{CertificateUsername, ClientAuth, TlsListenerConfig};
@@ -23,7 +23,6 @@ use std::sync::Arc;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, ServerConnection};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
@@ -132,22 +131,6 @@ pub fn is_client_certificate_error(error: &std::io::Error) -> bool {
         rustls_error,
         Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
     )
-}
-
-/// A server configuration serving `certificate`, asking for client certificates when there is
-/// a `verifier`.
-pub(super) fn server_config(
-    provider: Arc<CryptoProvider>,
-    certificate: Arc<dyn ResolvesServerCert>,
-    verifier: Option<Arc<dyn ClientCertVerifier>>,
-) -> Result<ServerConfig, rustls::Error> {
-    let builder =
-        ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
-    let builder = match verifier {
-        Some(verifier) => builder.with_client_cert_verifier(verifier),
-        None => builder.with_no_client_auth(),
-    };
-    Ok(builder.with_cert_resolver(certificate))
 }
 
 /// The certificate and key a TLS listener serves: the pair last loaded from its files.
