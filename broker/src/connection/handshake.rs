@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// A client whose `identity` is a verified certificate's username is logged in as that user:
 /// CONNECT's username and password are not checked (as Mosquitto's `use_identity_as_username`).
 pub(super) async fn establish<S>(
-    broker: &Arc<Broker>,
+    broker: Arc<Broker>,
     mut stream: S,
     peer: SocketAddr,
     identity: PeerIdentity,
@@ -36,6 +36,7 @@ pub(super) async fn establish<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let broker = &broker;
     let limits = &broker.config.limits;
     let mut read_buf = BytesMut::with_capacity(256);
     let timeout = Duration::from_secs(limits.connect_timeout_secs);
