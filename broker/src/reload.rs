@@ -1,6 +1,6 @@
 //! Files that configure a running broker, reloaded when they change, without dropping a
 //! connection: the TLS certificate and key (as cert-manager or a rotated Kubernetes Secret
-//! replace them) and the password and ACL files.
+//! replace them), the TLS listener's client CA bundle, and the password and ACL files.
 //!
 //! Every `reload.interval_secs` (5 s by default), and at once on `SIGHUP`, each [`Reload`] reads
 //! its files again; when

@@ -10,6 +10,7 @@ use crate::cluster::membership::{self, GossipConfig, Membership, MembershipError
 use crate::cluster::recovery::Leftovers;
 use crate::cluster::relay::ClusterLink;
 use crate::connection;
+use crate::listener::tls::TlsListener;
 use crate::listener::{self, ListenerError};
 use crate::reload::Reload;
 use crate::store::redis::target::{RedisTarget, SentinelSettings};
@@ -23,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ pub struct BoundAddresses {
 #[derive(Clone)]
 enum Transport {
     Tcp,
-    Tls(TlsAcceptor),
+    Tls(Arc<TlsListener>),
     WebSocket,
 }
 
@@ -151,11 +151,11 @@ impl Server {
             listeners.push((l, Transport::Tcp));
         }
         if let Some(tls) = &config.listeners.tls {
-            let (acceptor, certificate) = listener::tls::load_acceptor(tls)?;
-            reloadables.push(certificate);
+            let tls_listener = Arc::new(TlsListener::load(tls)?);
+            reloadables.extend(tls_listener.reloadables());
             let l = bind("listeners.tls.bind", tls.bind).await?;
             addresses.tls = l.local_addr().ok();
-            listeners.push((l, Transport::Tls(acceptor)));
+            listeners.push((l, Transport::Tls(tls_listener)));
         }
         if let Some(addr) = config.listeners.ws {
             let l = bind("listeners.ws", addr).await?;
@@ -540,9 +540,16 @@ async fn serve_wrapped(
     let handshake_timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
     match transport {
         Transport::Tcp => connection::serve(broker, stream, peer).await,
-        Transport::Tls(acceptor) => {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => connection::serve(broker, tls, peer).await,
+        Transport::Tls(tls_listener) => {
+            let accepting = tls_listener.acceptor().accept(stream);
+            match tokio::time::timeout(handshake_timeout, accepting).await {
+                Ok(Ok(tls)) => {
+                    let identity = tls_listener.identity(tls.get_ref().1);
+                    connection::serve_as(broker, tls, peer, identity).await;
+                }
+                Ok(Err(e)) if listener::tls::is_client_certificate_error(&e) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed: client certificate refused");
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }

@@ -41,11 +41,11 @@ fn test_cert() -> TestCert {
 impl TestCert {
     /// `listeners.tls` for this certificate on 127.0.0.1, port 0.
     fn listener(&self) -> starling_config::TlsListenerConfig {
-        starling_config::TlsListenerConfig {
-            bind: "127.0.0.1:0".parse().expect("addr"),
-            cert_file: self.cert_file.path().to_path_buf(),
-            key_file: self.key_file.path().to_path_buf(),
-        }
+        starling_config::TlsListenerConfig::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            self.cert_file.path().to_path_buf(),
+            self.key_file.path().to_path_buf(),
+        )
     }
 
     /// A rumqttc TLS transport that trusts only this certificate (ring provider).

@@ -205,11 +205,11 @@ async fn a_renewed_certificate_is_served_to_new_tls_clients_and_old_connections_
     let (first_pem, first_key, first_der) = certificate();
     std::fs::write(&cert_file, &first_pem).expect("write");
     std::fs::write(&key_file, &first_key).expect("write");
-    let listener = starling_config::TlsListenerConfig {
-        bind: "127.0.0.1:0".parse().expect("address"),
-        cert_file: cert_file.clone(),
-        key_file: key_file.clone(),
-    };
+    let listener = starling_config::TlsListenerConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        cert_file.clone(),
+        key_file.clone(),
+    );
     let broker = TestBroker::start_with(move |c| c.listeners.tls = Some(listener)).await;
     let tls = broker.addresses.tls.expect("tls listener");
 

@@ -227,6 +227,70 @@ fn sentinel_and_replication_values_that_cannot_work_are_named() {
     }
 }
 
+const TLS: &str = "[listeners.tls]\nbind = \"127.0.0.1:8883\"\ncert_file = \"/tls.crt\"\nkey_file = \"/tls.key\"\n";
+
+#[test]
+fn client_certificate_settings_parse_and_default_to_none() {
+    let plain = BrokerConfig::from_toml_str(TLS).expect("plain TLS listener");
+    let tls = plain.listeners.tls.expect("tls");
+    assert_eq!(tls.client_auth, ClientAuth::None);
+    assert_eq!(tls.client_ca_file, None);
+    assert_eq!(tls.username_from_certificate, CertificateUsername::None);
+
+    let mtls = BrokerConfig::from_toml_str(&format!(
+        "{TLS}client_auth = \"required\"\nclient_ca_file = \"/ca.crt\"\nusername_from_certificate = \"san_email\"\n"
+    ))
+    .expect("mutual TLS listener");
+    let tls = mtls.listeners.tls.clone().expect("tls");
+    assert_eq!(tls.client_auth, ClientAuth::Required);
+    assert_eq!(tls.client_ca_file, Some("/ca.crt".into()));
+    assert_eq!(tls.username_from_certificate, CertificateUsername::SanEmail);
+    let text = mtls.to_toml_string().expect("render");
+    assert_eq!(BrokerConfig::from_toml_str(&text).expect("parse"), mtls);
+
+    let err = BrokerConfig::from_toml_str(&format!("{TLS}username_from_certificate = \"dn\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("listeners.tls.username_from_certificate") && err.contains("san_dns"),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_certificate_settings_that_cannot_work_are_named() {
+    let cases = [
+        (
+            "client_auth = \"required\"\n",
+            "listeners.tls.client_ca_file",
+        ),
+        (
+            "client_auth = \"optional\"\n",
+            "listeners.tls.client_ca_file",
+        ),
+        (
+            "client_auth = \"optional\"\nusername_from_certificate = \"cn\"\n",
+            "listeners.tls.client_ca_file",
+        ),
+        (
+            "client_ca_file = \"/ca.crt\"\n",
+            "listeners.tls.client_auth",
+        ),
+        (
+            "username_from_certificate = \"cn\"\n",
+            "listeners.tls.username_from_certificate",
+        ),
+    ];
+    for (body, field) in cases {
+        let err = BrokerConfig::from_toml_str(&format!("{TLS}{body}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{body}: {err}");
+    }
+    let ok = "client_auth = \"optional\"\nclient_ca_file = \"/ca.crt\"\nusername_from_certificate = \"cn\"\n";
+    BrokerConfig::from_toml_str(&format!("{TLS}{ok}")).expect("a complete mutual TLS listener");
+}
+
 #[test]
 #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
 fn environment_overrides_file() {

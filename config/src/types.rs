@@ -101,7 +101,8 @@ mod address_or_off {
     }
 }
 
-/// A TLS listener: address plus PEM certificate chain and private key.
+/// A TLS listener: address plus PEM certificate chain and private key, and optionally client
+/// certificates checked against a CA bundle (mutual TLS).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListenerConfig {
@@ -111,6 +112,63 @@ pub struct TlsListenerConfig {
     pub cert_file: PathBuf,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+    /// Whether clients are asked for a certificate, and whether they must present one.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CA certificates that client certificates must chain to; required when
+    /// `client_auth` is not `none`. Read again when it changes, like `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Which field of a verified client certificate becomes the client's username (instead of
+    /// the CONNECT username, whose password is then not checked).
+    #[serde(default)]
+    pub username_from_certificate: CertificateUsername,
+}
+
+impl TlsListenerConfig {
+    /// A listener on `bind` serving the certificate and key in these files, without client
+    /// certificates.
+    pub fn new(bind: SocketAddr, cert_file: PathBuf, key_file: PathBuf) -> Self {
+        TlsListenerConfig {
+            bind,
+            cert_file,
+            key_file,
+            client_auth: ClientAuth::None,
+            client_ca_file: None,
+            username_from_certificate: CertificateUsername::None,
+        }
+    }
+}
+
+/// Client certificates on a TLS listener (`listeners.tls.client_auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Clients are not asked for a certificate.
+    #[default]
+    None,
+    /// Clients are asked for one; a client without one is admitted (and logs in with its CONNECT
+    /// username and password), a client whose certificate does not verify is refused.
+    Optional,
+    /// Every client must present a certificate that verifies against `client_ca_file`; the TLS
+    /// handshake fails otherwise.
+    Required,
+}
+
+/// Where a client's username comes from when it presents a verified certificate
+/// (`listeners.tls.username_from_certificate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateUsername {
+    /// Not from the certificate: the CONNECT username and password are checked as usual.
+    #[default]
+    None,
+    /// The subject's common name (the first CN).
+    Cn,
+    /// The first DNS name among the subject alternative names.
+    SanDns,
+    /// The first e-mail address (RFC 822 name) among the subject alternative names.
+    SanEmail,
 }
 
 /// The HTTP admin endpoint.

@@ -1,7 +1,9 @@
 //! Validation of a parsed configuration: every check that parsing alone cannot make, each error
 //! naming the offending field and a fix.
 
-use crate::types::{BrokerConfig, RedisSentinelConfig};
+use crate::types::{
+    BrokerConfig, CertificateUsername, ClientAuth, RedisSentinelConfig, TlsListenerConfig,
+};
 use crate::ConfigError;
 use std::net::SocketAddr;
 
@@ -29,6 +31,7 @@ impl BrokerConfig {
         }
         if let Some(t) = &l.tls {
             binds.push(("listeners.tls.bind", t.bind));
+            t.validate()?;
         }
         if let Some(a) = l.ws {
             binds.push(("listeners.ws", a));
@@ -313,5 +316,45 @@ fn check_host_port(text: &str) -> Result<(), String> {
         Err(format!(
             "{host:?} is not a host name or IPv4 address (IPv6 goes in brackets)"
         ))
+    }
+}
+
+impl TlsListenerConfig {
+    /// Client certificates need a CA to check them against, and are asked for only when used.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let asks = self.client_auth != ClientAuth::None;
+        if asks && self.client_ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                "listeners.tls.client_ca_file",
+                format!(
+                    "`client_auth = \"{}\"` needs the CA bundle that client certificates are checked against",
+                    client_auth_name(self.client_auth)
+                ),
+                "set `listeners.tls.client_ca_file` to a PEM file of the CA certificates that sign your clients' certificates, or set `client_auth = \"none\"`",
+            ));
+        }
+        if !asks && self.client_ca_file.is_some() {
+            return Err(ConfigError::invalid(
+                "listeners.tls.client_auth",
+                "`client_ca_file` is set but `client_auth` is \"none\", so clients are never asked for a certificate",
+                "set `client_auth = \"optional\"` or `\"required\"`, or remove `client_ca_file`",
+            ));
+        }
+        if !asks && self.username_from_certificate != CertificateUsername::None {
+            return Err(ConfigError::invalid(
+                "listeners.tls.username_from_certificate",
+                "a username is to come from client certificates, but `client_auth` is \"none\", so clients are never asked for one",
+                "set `client_auth = \"optional\"` or `\"required\"` and `client_ca_file`, or set `username_from_certificate = \"none\"`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn client_auth_name(mode: ClientAuth) -> &'static str {
+    match mode {
+        ClientAuth::None => "none",
+        ClientAuth::Optional => "optional",
+        ClientAuth::Required => "required",
     }
 }

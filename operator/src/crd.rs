@@ -24,7 +24,9 @@ pub use self::auth::AuthSpec;
 pub use self::broker::{BrokerSettings, LogFormat};
 pub use self::gossip::GossipSpec;
 pub use self::image::{ImageSpec, PullPolicy, DEFAULT_IMAGE_REPOSITORY};
-pub use self::listeners::{ListenersSpec, MqttListener, TlsListener, WebSocketListener};
+pub use self::listeners::{
+    CertificateUsername, ClientAuth, ListenersSpec, MqttListener, TlsListener, WebSocketListener,
+};
 pub use self::monitoring::{MonitoringSpec, ServiceMonitorSpec};
 pub use self::pods::{PodDisruptionBudgetSpec, PodTemplateOverrides, DEFAULT_MAX_UNAVAILABLE};
 pub use self::redis::{

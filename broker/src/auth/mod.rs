@@ -11,6 +11,10 @@
 //! set. A CONNECT with a username must carry that user's password. Without a
 //! password file there is no user database and usernames are not checked.
 //!
+//! A client on a TLS listener with `username_from_certificate` set that presents a verified
+//! certificate is not checked here: it is authenticated by the certificate, under the name the
+//! certificate gives (see [`crate::listener::peer_identity`]), and the ACL applies to that name.
+//!
 //! # ACL file (`auth.acl_file`)
 //!
 //! Without an ACL file every client may publish and subscribe anywhere. With

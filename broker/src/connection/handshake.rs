@@ -4,6 +4,7 @@ use super::{Connection, Will};
 use crate::auth::AuthFailure;
 use crate::broker::{Broker, SessionHandle};
 use crate::client_info::{now_unix_ms, ClientInfo};
+use crate::listener::peer_identity::PeerIdentity;
 use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message, MessageProperties};
 use crate::protocol::{
@@ -23,14 +24,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Reads CONNECT, checks it, takes over the session and answers CONNACK. `None` when the
 /// connection was refused or closed.
+///
+/// A client whose `identity` is a verified certificate's username is logged in as that user:
+/// CONNECT's username and password are not checked (as Mosquitto's `use_identity_as_username`).
 pub(super) async fn establish<S>(
-    broker: &Arc<Broker>,
+    broker: Arc<Broker>,
     mut stream: S,
     peer: SocketAddr,
+    identity: PeerIdentity,
 ) -> Option<Connection<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let broker = &broker;
     let limits = &broker.config.limits;
     let mut read_buf = BytesMut::with_capacity(256);
     let timeout = Duration::from_secs(limits.connect_timeout_secs);
@@ -71,10 +77,21 @@ where
         refuse(&mut stream, version, code).await;
         return None;
     }
-    if let Err(code) = authenticate(broker, &connect).await {
-        tracing::debug!(%peer, code = ?code, "authentication refused");
-        refuse(&mut stream, version, code).await;
-        return None;
+    let certified = match identity {
+        PeerIdentity::Credentials => None,
+        PeerIdentity::Certificate(user) => Some(user),
+        PeerIdentity::Unusable(why) => {
+            tracing::info!(%peer, reason = %why, "refused: the client certificate gives no username (listeners.tls.username_from_certificate)");
+            refuse(&mut stream, version, ConnectReturnCode::NotAuthorized).await;
+            return None;
+        }
+    };
+    if certified.is_none() {
+        if let Err(code) = authenticate(broker, &connect).await {
+            tracing::debug!(%peer, code = ?code, "authentication refused");
+            refuse(&mut stream, version, code).await;
+            return None;
+        }
     }
     let ConnectPacket {
         connect,
@@ -89,7 +106,16 @@ where
     } else {
         (ClientId::from(connect.client_id.as_str()), false)
     };
-    let username = login.as_ref().map(|l| l.username.clone());
+    let username = match certified {
+        Some(user) => {
+            let claimed = login.as_ref().map(|l| l.username.as_str());
+            if claimed.is_some_and(|claimed| claimed != user) {
+                tracing::debug!(%peer, user, claimed, "the CONNECT username is ignored for the client certificate's");
+            }
+            Some(user)
+        }
+        None => login.as_ref().map(|l| l.username.clone()),
+    };
 
     let will = match will {
         None => None,

@@ -9,6 +9,7 @@ mod handshake;
 mod inbound;
 
 use crate::broker::Broker;
+use crate::listener::peer_identity::PeerIdentity;
 use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, DisconnectReasonCode, Packet};
@@ -19,6 +20,7 @@ use crate::store::{InflightState, QueuedMessage};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,21 +30,41 @@ use tokio::sync::OwnedMutexGuard;
 /// Bytes of output gathered before they are written even if more is ready.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 
-/// Serves one client connection until it ends.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
+/// Serves one client connection until it ends; the client logs in with its CONNECT credentials.
+///
+/// (The future is [`serve_as`]'s own, not one wrapping it: a connection's task is as large as
+/// its future.)
+pub fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    broker.metrics.connections_total.inc();
+    serve_as(broker, stream, peer, PeerIdentity::Credentials)
+}
+
+/// Serves one client connection until it ends; `identity` is what the transport established
+/// about the client (the username of a verified TLS client certificate, say).
+pub fn serve_as<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    peer: SocketAddr,
+    identity: PeerIdentity,
+) -> impl Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     // The handshake and the clean-up run once and have large futures: boxing them keeps them out
-    // of the task that an idle connection keeps for its whole life.
-    let establishing = Box::pin(handshake::establish(&broker, stream, peer));
-    let Some(mut connection) = establishing.await else {
-        return;
-    };
-    let exit = connection.run().await;
-    let finishing = Box::pin(connection.finish(exit));
-    finishing.await;
+    // of the task that an idle connection keeps for its whole life. The handshake takes the
+    // stream and the identity here, so that the task's future has no room for them.
+    let establishing = Box::pin(handshake::establish(broker.clone(), stream, peer, identity));
+    async move {
+        broker.metrics.connections_total.inc();
+        let Some(mut connection) = establishing.await else {
+            return;
+        };
+        let exit = connection.run().await;
+        let finishing = Box::pin(connection.finish(exit));
+        finishing.await;
+    }
 }
 
 /// Why the packet loop ended.

@@ -1,8 +1,16 @@
-//! Accept loops for the client-facing listeners: TCP, TLS and WebSocket.
+//! Accept loops for the client-facing listeners (TCP, TLS and WebSocket), their errors, and the
+//! rustls server configuration the TLS listener builds.
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::rustls::server::ResolvesServerCert;
+use tokio_rustls::rustls::{self, ServerConfig};
 
+pub mod client_ca;
+pub mod peer_identity;
 pub mod tls;
 pub mod ws;
 
@@ -59,6 +67,21 @@ pub enum ListenerError {
         #[source]
         source: tokio_rustls::rustls::Error,
     },
+    /// The client CA bundle was read but rustls cannot use it (a CA certificate it cannot
+    /// parse, for instance).
+    #[error(
+        "{}: cannot check client certificates against this CA bundle: {reason}; it must hold the PEM `CERTIFICATE` blocks of the CAs that sign client certificates",
+        path.display()
+    )]
+    InvalidClientCa {
+        /// The CA bundle.
+        path: PathBuf,
+        /// What rustls reported.
+        reason: String,
+    },
+    /// Client certificates are asked for but no CA bundle is configured.
+    #[error("client certificates are asked for but `listeners.tls.client_ca_file` is not set")]
+    NoClientCa,
     /// The WebSocket handshake was refused by us with an HTTP error response
     /// (for instance no acceptable subprotocol was offered).
     #[error("WebSocket handshake rejected with HTTP {status}: {reason}")]
@@ -71,4 +94,20 @@ pub enum ListenerError {
     /// The WebSocket handshake failed (malformed request, I/O error, ...).
     #[error("WebSocket handshake failed: {0}")]
     WsHandshake(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+}
+
+/// A server configuration serving `certificate`, asking for client certificates when there is
+/// a `verifier`.
+fn server_config(
+    provider: Arc<CryptoProvider>,
+    certificate: Arc<dyn ResolvesServerCert>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<ServerConfig, rustls::Error> {
+    let builder =
+        ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    Ok(builder.with_cert_resolver(certificate))
 }

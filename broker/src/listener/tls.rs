@@ -1,48 +1,136 @@
-//! TLS listener support (rustls, PEM files), with the certificate reloaded when its files change.
+//! TLS listener support (rustls, PEM files), with the certificate reloaded when its files change,
+//! and client certificates (mutual TLS) when configured.
 //!
-//! [`load_acceptor`] turns the PEM certificate chain and private key named in a
-//! [`TlsListenerConfig`] into a [`TlsAcceptor`] whose certificate comes from a
+//! [`TlsListener::load`] turns the PEM certificate chain and private key named in a
+//! [`TlsListenerConfig`] into the acceptor of a listener whose certificate comes from a
 //! [`ServerCertificate`]: a resolver that serves the pair last loaded and, as a
 //! [`Reload`], loads the files again when they change (see [`crate::reload`]), so a renewed
-//! certificate is served to new connections without a restart. The crypto provider is always
-//! `ring`, chosen explicitly so that the result does not depend on a process-wide default
-//! provider being installed.
+//! certificate is served to new connections without a restart. With `client_auth` set, clients
+//! are asked for certificates that chain to the CAs in `client_ca_file` (a [`ClientCa`],
+//! reloaded the same way), and [`TlsListener::identity`] gives the username a verified
+//! certificate carries. The crypto provider is always `ring`, chosen explicitly so that the
+//! result does not depend on a process-wide default provider being installed.
 
-use super::ListenerError;
+use super::client_ca::ClientCa;
+use super::peer_identity::{self, PeerIdentity};
+use super::{server_config, ListenerError};
 use crate::reload::{Reload, WatchedFiles};
 use arc_swap::ArcSwap;
-use starling_config::TlsListenerConfig;
+use starling_config::{CertificateUsername, ClientAuth, TlsListenerConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, ServerConnection};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-/// Builds a TLS acceptor from PEM files, and the certificate it serves (to reload).
-///
-/// `config.cert_file` must hold the certificate chain (leaf first) as PEM `CERTIFICATE` blocks;
-/// `config.key_file` must hold one private key (PKCS#8, PKCS#1 or SEC1). Both may name the same
-/// file. Errors name the file and what is wrong with it: unreadable, malformed PEM, no
-/// certificate found, no private key found, or a key that does not match the certificate.
-///
-/// Reads the files synchronously; call it at start-up (or from `spawn_blocking`), not from a
-/// latency-sensitive task.
-pub fn load_acceptor(
-    config: &TlsListenerConfig,
-) -> Result<(TlsAcceptor, Arc<ServerCertificate>), ListenerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certificate = Arc::new(ServerCertificate::load(config, provider.clone())?);
-    let server_config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|source| certificate.invalid(source))?
-        .with_no_client_auth()
-        .with_cert_resolver(certificate.clone());
-    Ok((TlsAcceptor::from(Arc::new(server_config)), certificate))
+/// A TLS listener's handshake material: its certificate and, with client certificates, the CAs
+/// they are checked against.
+pub struct TlsListener {
+    certificate: Arc<ServerCertificate>,
+    /// With `client_auth` set: the CAs, and the configuration built on them.
+    client_ca: Option<Arc<ClientCa>>,
+    /// Without: the configuration, which never changes (the certificate is resolved per
+    /// handshake).
+    fixed: Arc<ServerConfig>,
+    username: CertificateUsername,
+}
+
+impl fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("certificate", &self.certificate)
+            .field("client_ca", &self.client_ca)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsListener {
+    /// Reads the PEM files `config` names.
+    ///
+    /// `config.cert_file` must hold the certificate chain (leaf first) as PEM `CERTIFICATE`
+    /// blocks; `config.key_file` must hold one private key (PKCS#8, PKCS#1 or SEC1). Both may
+    /// name the same file. `config.client_ca_file`, when client certificates are asked for,
+    /// must hold one or more CA certificates. Errors name the file and what is wrong with it:
+    /// unreadable, malformed PEM, no certificate found, no private key found, a key that does
+    /// not match the certificate, or a CA certificate rustls cannot use.
+    ///
+    /// Reads the files synchronously; call it at start-up (or from `spawn_blocking`), not from
+    /// a latency-sensitive task.
+    pub fn load(config: &TlsListenerConfig) -> Result<TlsListener, ListenerError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certificate = Arc::new(ServerCertificate::load(config, provider.clone())?);
+        let fixed = server_config(provider.clone(), certificate.clone(), None)
+            .map_err(|source| certificate.invalid(source))?;
+        let client_ca = match (config.client_auth, &config.client_ca_file) {
+            (ClientAuth::None, _) => None,
+            (mode, Some(path)) => Some(Arc::new(ClientCa::load(
+                path,
+                mode,
+                provider,
+                certificate.clone(),
+            )?)),
+            // Validation refuses this; without a bundle there is nothing to check against.
+            (_, None) => return Err(ListenerError::NoClientCa),
+        };
+        Ok(TlsListener {
+            certificate,
+            client_ca,
+            fixed: Arc::new(fixed),
+            username: config.username_from_certificate,
+        })
+    }
+
+    /// The acceptor for the next connection (with the CAs in force now).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        match &self.client_ca {
+            Some(ca) => TlsAcceptor::from(ca.server_config()),
+            None => TlsAcceptor::from(self.fixed.clone()),
+        }
+    }
+
+    /// The certificate served.
+    pub fn certificate(&self) -> &Arc<ServerCertificate> {
+        &self.certificate
+    }
+
+    /// The CAs client certificates are checked against, when they are asked for.
+    pub fn client_ca(&self) -> Option<&Arc<ClientCa>> {
+        self.client_ca.as_ref()
+    }
+
+    /// What is reloaded when its files change: the certificate, and the client CA bundle.
+    pub fn reloadables(&self) -> Vec<Arc<dyn Reload>> {
+        let mut reloadables: Vec<Arc<dyn Reload>> = vec![self.certificate.clone()];
+        if let Some(ca) = &self.client_ca {
+            reloadables.push(ca.clone());
+        }
+        reloadables
+    }
+
+    /// Who the client of a completed handshake is: the username its verified certificate
+    /// gives, if the listener takes usernames from certificates and the client presented one.
+    pub fn identity(&self, connection: &ServerConnection) -> PeerIdentity {
+        let leaf = connection.peer_certificates().and_then(<[_]>::first);
+        peer_identity::from_certificate(self.username, leaf)
+    }
+}
+
+/// Whether a failed TLS handshake failed over the client's certificate: none presented where
+/// one is required, or one that does not verify against the client CA bundle.
+pub fn is_client_certificate_error(error: &std::io::Error) -> bool {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    matches!(
+        rustls_error,
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
 }
 
 /// The certificate and key a TLS listener serves: the pair last loaded from its files.
@@ -202,7 +290,7 @@ mod tests {
         path
     }
 
-    /// Runs `load_acceptor`, which must fail (`TlsAcceptor` is not `Debug`).
+    /// Runs `load_acceptor`, which must fail.
     fn load_err(config: &TlsListenerConfig, why: &str) -> ListenerError {
         match load_acceptor(config) {
             Ok(_) => panic!("load_acceptor succeeded; expected failure: {why}"),
@@ -211,11 +299,16 @@ mod tests {
     }
 
     fn config(cert_file: PathBuf, key_file: PathBuf) -> TlsListenerConfig {
-        TlsListenerConfig {
-            bind: "127.0.0.1:0".parse().expect("address"),
-            cert_file,
-            key_file,
-        }
+        let bind = "127.0.0.1:0".parse().expect("address");
+        TlsListenerConfig::new(bind, cert_file, key_file)
+    }
+
+    /// The acceptor of a listener without client certificates, and its certificate.
+    fn load_acceptor(
+        config: &TlsListenerConfig,
+    ) -> Result<(TlsAcceptor, Arc<ServerCertificate>), ListenerError> {
+        let listener = TlsListener::load(config)?;
+        Ok((listener.acceptor(), listener.certificate().clone()))
     }
 
     #[tokio::test]

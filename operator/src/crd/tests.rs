@@ -106,6 +106,7 @@ fn empty_spec_is_valid_and_defaults_match_the_rust_defaults() {
 fn schema_defaults_agree_with_serde_defaults() {
     for spec in [
         json!({"listeners": {"tls": {"secretName": "c"}}}),
+        json!({"listeners": {"tls": {"secretName": "c", "clientAuth": "optional", "clientCaSecretRef": {"name": "ca", "key": "ca.crt"}}}}),
         json!({"redis": {"managed": {"persistence": {}}}}),
         json!({"redis": {"external": {"url": "redis://r:6379"}}}),
         json!({"broker": {"maxInflight": 5}}),
@@ -179,6 +180,31 @@ fn tls_listener_needs_a_secret() {
         json!({"listeners": {"tls": {"secretName": ""}}}),
         "shorter than 1",
     );
+}
+
+#[test]
+fn client_certificates_need_a_ca_bundle_and_are_asked_for_when_used() {
+    let ca = json!({"name": "client-ca", "key": "ca.crt"});
+    assert_rejected(
+        json!({"listeners": {"tls": {"secretName": "c", "clientAuth": "required"}}}),
+        "clientCaSecretRef is required",
+    );
+    assert_rejected(
+        json!({"listeners": {"tls": {"secretName": "c", "clientCaSecretRef": ca}}}),
+        "clientCaSecretRef is set but clientAuth is none",
+    );
+    assert_rejected(
+        json!({"listeners": {"tls": {"secretName": "c", "usernameFromCertificate": "cn"}}}),
+        "usernameFromCertificate needs clientAuth",
+    );
+    assert_rejected(
+        json!({"listeners": {"tls": {"secretName": "c", "clientAuth": "sometimes", "clientCaSecretRef": ca}}}),
+        "clientAuth",
+    );
+    for mode in ["optional", "required"] {
+        let spec = json!({"listeners": {"tls": {"secretName": "c", "clientAuth": mode, "clientCaSecretRef": ca, "usernameFromCertificate": "san_email"}}});
+        assert_eq!(problems(spec), Vec::<String>::new(), "{mode}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! `STARLING_*` environment variables instead; see [`super::statefulset`].
 
 use super::{Cluster, COMPONENT_BROKER};
-use crate::crd::{LogFormat, MqttClusterSpec};
+use crate::crd::{self, LogFormat, MqttClusterSpec};
 use crate::Error;
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
@@ -20,6 +20,8 @@ pub const CONFIG_KEY: &str = "starling.toml";
 pub const CONFIG_DIR: &str = "/etc/starling/config";
 /// Where the TLS Secret is mounted.
 pub const TLS_DIR: &str = "/etc/starling/tls";
+/// Where the TLS listener's client CA bundle (`listeners.tls.clientCaSecretRef`) is mounted.
+pub const CLIENT_CA_FILE: &str = "/etc/starling/client-ca/ca.crt";
 /// Where the users Secret's password file is mounted.
 pub const PASSWORD_FILE: &str = "/etc/starling/auth/passwd";
 /// Where the ACL ConfigMap's file is mounted.
@@ -73,11 +75,31 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
         None
     };
     config.listeners.tls = match &l.tls {
-        Some(tls) => Some(TlsListenerConfig {
-            bind: any_addr(tls.port)?,
-            cert_file: format!("{TLS_DIR}/tls.crt").into(),
-            key_file: format!("{TLS_DIR}/tls.key").into(),
-        }),
+        Some(tls) => {
+            let mut listener = TlsListenerConfig::new(
+                any_addr(tls.port)?,
+                format!("{TLS_DIR}/tls.crt").into(),
+                format!("{TLS_DIR}/tls.key").into(),
+            );
+            listener.client_auth = match tls.client_auth {
+                crd::ClientAuth::None => starling_config::ClientAuth::None,
+                crd::ClientAuth::Optional => starling_config::ClientAuth::Optional,
+                crd::ClientAuth::Required => starling_config::ClientAuth::Required,
+            };
+            listener.client_ca_file = tls
+                .client_ca_secret_ref
+                .as_ref()
+                .map(|_| CLIENT_CA_FILE.into());
+            listener.username_from_certificate = match tls.username_from_certificate {
+                crd::CertificateUsername::None => starling_config::CertificateUsername::None,
+                crd::CertificateUsername::Cn => starling_config::CertificateUsername::Cn,
+                crd::CertificateUsername::SanDns => starling_config::CertificateUsername::SanDns,
+                crd::CertificateUsername::SanEmail => {
+                    starling_config::CertificateUsername::SanEmail
+                }
+            };
+            Some(listener)
+        }
         None => None,
     };
     config.listeners.ws = match &l.websocket {
@@ -198,6 +220,27 @@ mod tests {
         // The admin API's token, mounted from the operator's Secret.
         expected.admin.token_file = Some(ADMIN_TOKEN_FILE.into());
         assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn client_certificate_settings_reach_the_config_file() {
+        let (_, parsed) = rendered(
+            "listeners: {tls: {secretName: c, clientAuth: required, clientCaSecretRef: {name: ca, key: bundle.pem}, usernameFromCertificate: san_dns}}",
+        );
+        let tls = parsed.listeners.tls.expect("tls listener");
+        assert_eq!(tls.client_auth, starling_config::ClientAuth::Required);
+        assert_eq!(
+            tls.client_ca_file.as_deref().and_then(|p| p.to_str()),
+            Some(CLIENT_CA_FILE)
+        );
+        assert_eq!(
+            tls.username_from_certificate,
+            starling_config::CertificateUsername::SanDns
+        );
+        let (_, plain) = rendered("listeners: {tls: {secretName: c}}");
+        let tls = plain.listeners.tls.expect("tls listener");
+        assert_eq!(tls.client_auth, starling_config::ClientAuth::None);
+        assert_eq!(tls.client_ca_file, None);
     }
 
     #[test]

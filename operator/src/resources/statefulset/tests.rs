@@ -4,7 +4,8 @@
 use super::volumes::parent;
 use super::*;
 use crate::resources::configmap::{
-    config_hash, config_map, ACL_FILE, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE, TLS_DIR,
+    config_hash, config_map, ACL_FILE, CLIENT_CA_FILE, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE,
+    TLS_DIR,
 };
 use crate::resources::test_support::{assert_child, cluster_from_yaml};
 use k8s_openapi::api::core::v1::PodSpec;
@@ -381,6 +382,45 @@ fn tls_certificate_is_mounted_where_the_config_points() {
         .expect("volumes")
         .iter()
         .any(|v| v.name == "tls"));
+}
+
+#[test]
+fn the_client_ca_bundle_is_mounted_where_the_config_points() {
+    let set = build(
+        "listeners: {tls: {secretName: mqtt-cert, clientAuth: optional, clientCaSecretRef: {name: devices-ca, key: bundle.pem}}}",
+    );
+    let volume = pod(&set)
+        .volumes
+        .as_ref()
+        .expect("volumes")
+        .iter()
+        .find(|v| v.name == "client-ca")
+        .expect("client-ca volume");
+    let secret = volume.secret.as_ref().expect("secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("devices-ca"));
+    let items = secret.items.as_ref().expect("items");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].key, "bundle.pem");
+    let mount = container(&set)
+        .volume_mounts
+        .as_ref()
+        .expect("mounts")
+        .iter()
+        .find(|m| m.name == "client-ca")
+        .expect("client-ca mount");
+    assert_eq!(
+        format!("{}/{}", mount.mount_path, items[0].path),
+        CLIENT_CA_FILE
+    );
+    assert_eq!(mount.read_only, Some(true));
+    // Without client certificates there is no such volume.
+    let plain = build("listeners: {tls: {secretName: mqtt-cert}}");
+    assert!(!pod(&plain)
+        .volumes
+        .as_ref()
+        .expect("volumes")
+        .iter()
+        .any(|v| v.name == "client-ca"));
 }
 
 #[test]

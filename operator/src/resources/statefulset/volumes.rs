@@ -1,8 +1,9 @@
-//! The broker pods' volumes and mounts: the configuration, TLS certificate, password file, ACL
-//! file, gossip key, Sentinel passwords and admin token, each only when used.
+//! The broker pods' volumes and mounts: the configuration, TLS certificate, client CA bundle,
+//! password file, ACL file, gossip key, Sentinel passwords and admin token, each only when used.
 
 use crate::resources::configmap::{
-    ACL_FILE, ADMIN_TOKEN_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE, TLS_DIR,
+    ACL_FILE, ADMIN_TOKEN_FILE, CLIENT_CA_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE,
+    PASSWORD_FILE, TLS_DIR,
 };
 use crate::resources::{admin, redis, Cluster};
 use k8s_openapi::api::core::v1::{
@@ -80,6 +81,19 @@ pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) 
             ..Volume::default()
         });
         mount("tls", TLS_DIR.to_string());
+        if let Some(ca) = &tls.client_ca_secret_ref {
+            volumes.push(Volume {
+                name: "client-ca".to_string(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ca.name.clone()),
+                    items: one_key(&ca.key, CLIENT_CA_FILE),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mount("client-ca", parent(CLIENT_CA_FILE));
+        }
     }
     if let Some(users) = &spec.auth.users_secret_ref {
         volumes.push(Volume {
