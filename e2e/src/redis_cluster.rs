@@ -1,0 +1,584 @@
+//! A Redis Cluster on loopback: `redis-server --cluster-enabled yes` processes (Debian's) joined
+//! by `redis-cli --cluster create`, for the probes and fault tests of Redis Cluster support
+//! (issue #17, docs/redis-schema.md).
+//!
+//! Each node has its own directory (its `nodes.conf`, and the snapshot a replica writes when it
+//! syncs), kept over a restart so that a restarted node rejoins under its id. A node can be
+//! killed (SIGKILL), started again on the same port, paused (SIGSTOP) and resumed, and a replica
+//! can be told to take over (`CLUSTER FAILOVER`). [`Connection`] is a minimal RESP2 client with
+//! a timeout on every reply, so that a paused node cannot hang a test.
+
+use crate::{free_port_pair, wait_for, Process, STARTUP};
+use anyhow::{bail, ensure, Context, Result};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Redis Cluster's bus port is the client port plus this.
+pub const BUS_PORT_OFFSET: u16 = 10000;
+/// How long one reply may take (a paused node never answers).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long forming the cluster may take (`redis-cli --cluster create` waits in 1 s steps).
+pub const FORMING: Duration = Duration::from_secs(60);
+
+/// One reply of a Redis server (RESP2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`.
+    Status(String),
+    /// `-ERR …`, `-CROSSSLOT …`: the whole line.
+    Error(String),
+    /// `:1`.
+    Int(i64),
+    /// A bulk string (`None`: nil).
+    Bulk(Option<Vec<u8>>),
+    /// An array (`None`: nil).
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    /// The reply as text: a status, a bulk string, an integer; an error reply is an error.
+    pub fn text(&self) -> Result<String> {
+        match self {
+            Reply::Status(s) => Ok(s.clone()),
+            Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+            Reply::Int(i) => Ok(i.to_string()),
+            other => bail!("expected text, got {other:?}"),
+        }
+    }
+
+    /// The reply as an integer.
+    pub fn int(&self) -> Result<i64> {
+        match self {
+            Reply::Int(i) => Ok(*i),
+            other => bail!("expected an integer, got {other:?}"),
+        }
+    }
+
+    /// The reply's elements.
+    pub fn array(&self) -> Result<&[Reply]> {
+        match self {
+            Reply::Array(Some(items)) => Ok(items),
+            other => bail!("expected an array, got {other:?}"),
+        }
+    }
+
+    /// The error line, if the reply is an error.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Reply::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one Redis server speaking RESP2.
+pub struct Connection {
+    /// The server's address.
+    pub addr: SocketAddr,
+    stream: BufReader<TcpStream>,
+}
+
+impl Connection {
+    /// Connects to `addr` (within [`REPLY_TIMEOUT`]).
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr}: timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        Ok(Connection {
+            addr,
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one command and reads its reply (within [`REPLY_TIMEOUT`]). An error reply is a
+    /// [`Reply::Error`], not an `Err`.
+    pub async fn command(&mut self, args: &[&str]) -> Result<Reply> {
+        self.send(args).await?;
+        self.read(REPLY_TIMEOUT).await
+    }
+
+    /// Sends one command without reading its reply (e.g. `SUBSCRIBE`, then [`Self::read`]).
+    pub async fn send(&mut self, args: &[&str]) -> Result<()> {
+        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            buf.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            buf.extend_from_slice(arg.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        let addr = self.addr;
+        tokio::time::timeout(REPLY_TIMEOUT, self.stream.get_mut().write_all(&buf))
+            .await
+            .with_context(|| format!("writing to {addr}: timed out"))?
+            .with_context(|| format!("writing to {addr}"))
+    }
+
+    /// Reads the next reply (or pushed message), waiting at most `within`.
+    pub async fn read(&mut self, within: Duration) -> Result<Reply> {
+        let addr = self.addr;
+        tokio::time::timeout(within, read_reply(&mut self.stream))
+            .await
+            .with_context(|| format!("no reply from {addr} within {within:?}"))?
+            .with_context(|| format!("reading from {addr}"))
+    }
+}
+
+/// Reads one RESP2 reply.
+fn read_reply(
+    stream: &mut BufReader<TcpStream>,
+) -> Pin<Box<dyn Future<Output = Result<Reply>> + Send + '_>> {
+    Box::pin(async move {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await? == 0 {
+            bail!("connection closed");
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let (kind, rest) = line.split_at_checked(1).context("empty reply line")?;
+        let length = || -> Result<i64> {
+            rest.parse()
+                .with_context(|| format!("bad length in {line:?}"))
+        };
+        Ok(match kind {
+            "+" => Reply::Status(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Int(length()?),
+            "$" => match usize::try_from(length()?) {
+                Err(_) => Reply::Bulk(None),
+                Ok(n) => {
+                    let mut data = vec![0; n + 2];
+                    stream.read_exact(&mut data).await?;
+                    data.truncate(n);
+                    Reply::Bulk(Some(data))
+                }
+            },
+            "*" => match usize::try_from(length()?) {
+                Err(_) => Reply::Array(None),
+                Ok(n) => {
+                    let mut items = Vec::with_capacity(n.min(1024));
+                    for _ in 0..n {
+                        items.push(read_reply(stream).await?);
+                    }
+                    Reply::Array(Some(items))
+                }
+            },
+            _ => bail!("unexpected reply line {line:?}"),
+        })
+    })
+}
+
+/// Sends one command on a new connection to `addr` and returns its reply.
+pub async fn command(addr: SocketAddr, args: &[&str]) -> Result<Reply> {
+    Connection::connect(addr).await?.command(args).await
+}
+
+/// Like [`command`], the reply as text; an error reply is an error.
+async fn text(addr: SocketAddr, args: &[&str]) -> Result<String> {
+    let reply = command(addr, args).await?;
+    if let Some(e) = reply.error() {
+        bail!("{args:?} at {addr}: {e}");
+    }
+    reply.text()
+}
+
+/// The value of `field` in an `INFO`-style `field:value` text.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        line.trim_end()
+            .strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+    })
+}
+
+/// A range of slots and the nodes serving it, as one node sees it (`CLUSTER SLOTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    /// First slot.
+    pub start: u16,
+    /// Last slot (included).
+    pub end: u16,
+    /// The primary serving the range.
+    pub primary: SocketAddr,
+    /// Its replicas.
+    pub replicas: Vec<SocketAddr>,
+}
+
+impl SlotRange {
+    /// Whether `slot` is in the range.
+    pub fn contains(&self, slot: u16) -> bool {
+        (self.start..=self.end).contains(&slot)
+    }
+}
+
+/// One node of the cluster.
+struct Node {
+    addr: SocketAddr,
+    /// Its `nodes.conf` and working directory, kept over restarts.
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+    paused: bool,
+}
+
+/// A running Redis Cluster.
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    node_timeout: Duration,
+    replicas_per_primary: usize,
+}
+
+impl RedisCluster {
+    /// Starts `primaries × (1 + replicas_per_primary)` nodes with `cluster-node-timeout`
+    /// `node_timeout`, joins them with `redis-cli --cluster create` (slots spread evenly over
+    /// the primaries) and waits until every node says `cluster_state:ok`, knows every other,
+    /// and every replica's link to its primary is up.
+    pub async fn start(
+        primaries: usize,
+        replicas_per_primary: usize,
+        node_timeout: Duration,
+    ) -> Result<Self> {
+        ensure!(
+            primaries >= 3,
+            "redis-cli --cluster create needs 3 primaries or more"
+        );
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            node_timeout,
+            replicas_per_primary,
+        };
+        for _ in 0..primaries * (1 + replicas_per_primary) {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port_pair(BUS_PORT_OFFSET)?));
+            let dir = tempfile::tempdir()?;
+            let process = spawn(addr, dir.path(), node_timeout).await?;
+            cluster.nodes.push(Node {
+                addr,
+                dir,
+                process: Some(process),
+                paused: false,
+            });
+        }
+        let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
+        let replicas = replicas_per_primary.to_string();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
+        let output = tokio::time::timeout(
+            FORMING,
+            tokio::process::Command::new("redis-cli")
+                .args(&args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .context("redis-cli --cluster create did not finish")?
+        .context("redis-cli is needed (Debian package redis-tools)")?;
+        let said = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() || !said.contains("All 16384 slots covered") {
+            bail!(
+                "redis-cli --cluster create failed: {} {}",
+                said.trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        cluster
+            .wait_until_healthy(FORMING)
+            .await
+            .context("the cluster did not form")?;
+        Ok(cluster)
+    }
+
+    /// The configured `cluster-node-timeout`.
+    pub fn node_timeout(&self) -> Duration {
+        self.node_timeout
+    }
+
+    /// Every node's address, in the order they were started.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// Addresses of the nodes that run and are not paused.
+    pub fn live(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .filter(|n| n.process.is_some() && !n.paused)
+            .map(|n| n.addr)
+            .collect()
+    }
+
+    /// Waits until every live node says `cluster_state:ok`, knows every node, and either serves
+    /// slots as a primary or is a replica whose link to its primary is up; until all live nodes
+    /// see the same slot map; and, when every node is live, until that map names the
+    /// configured number of replicas for every range.
+    pub async fn wait_until_healthy(&self, within: Duration) -> Result<()> {
+        let live = self.live();
+        let total = self.nodes.len().to_string();
+        let all_live = live.len() == self.nodes.len();
+        let replicas = self.replicas_per_primary;
+        wait_for(within, || {
+            let (live, total) = (&live, &total);
+            async move {
+                for &addr in live {
+                    let info = text(addr, &["CLUSTER", "INFO"]).await?;
+                    let state = info_field(&info, "cluster_state");
+                    ensure!(state == Some("ok"), "{addr}: cluster_state {state:?}");
+                    let known = info_field(&info, "cluster_known_nodes");
+                    ensure!(
+                        known == Some(total.as_str()),
+                        "{addr}: cluster_known_nodes {known:?}"
+                    );
+                    let nodes = text(addr, &["CLUSTER", "NODES"]).await?;
+                    let myself = nodes
+                        .lines()
+                        .map(|l| l.split(' ').collect::<Vec<_>>())
+                        .find(|f| f.get(2).is_some_and(|flags| flags.contains("myself")))
+                        .context("CLUSTER NODES without myself")?;
+                    let flags = myself.get(2).copied().unwrap_or_default();
+                    if flags.contains("master") {
+                        ensure!(myself.len() > 8, "{addr} is a primary without slots");
+                    } else {
+                        let replication = text(addr, &["INFO", "replication"]).await?;
+                        let link = info_field(&replication, "master_link_status");
+                        ensure!(link == Some("up"), "{addr}: master_link_status {link:?}");
+                    }
+                }
+                let first = *live.first().context("no live node")?;
+                let map = slot_map_of(first).await?;
+                for &addr in &live[1..] {
+                    ensure!(
+                        slot_map_of(addr).await? == map,
+                        "{addr} and {first} see different slot maps"
+                    );
+                }
+                if all_live {
+                    for range in map {
+                        ensure!(
+                            range.replicas.len() == replicas,
+                            "{first} sees slots {}-{} with {} replicas",
+                            range.start,
+                            range.end,
+                            range.replicas.len()
+                        );
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// The first live node that answers.
+    async fn any_live(&self) -> Result<SocketAddr> {
+        let mut last = None;
+        for addr in self.live() {
+            match text(addr, &["PING"]).await {
+                Ok(_) => return Ok(addr),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no live node")))
+    }
+
+    /// The slot of `key`, as the cluster computes it (`CLUSTER KEYSLOT`).
+    pub async fn slot_of(&self, key: &str) -> Result<u16> {
+        let addr = self.any_live().await?;
+        let reply = command(addr, &["CLUSTER", "KEYSLOT", key]).await?;
+        u16::try_from(reply.int()?).context("slot out of range")
+    }
+
+    /// The slot map as a live node sees it.
+    pub async fn slot_map(&self) -> Result<Vec<SlotRange>> {
+        slot_map_of(self.any_live().await?).await
+    }
+
+    /// The primary serving `slot`, as a live node sees it.
+    pub async fn primary_for_slot(&self, slot: u16) -> Result<SocketAddr> {
+        Ok(self.range_of(slot).await?.primary)
+    }
+
+    /// The replicas of the primary serving `slot`, as a live node sees it.
+    pub async fn replicas_for_slot(&self, slot: u16) -> Result<Vec<SocketAddr>> {
+        Ok(self.range_of(slot).await?.replicas)
+    }
+
+    async fn range_of(&self, slot: u16) -> Result<SlotRange> {
+        self.slot_map()
+            .await?
+            .into_iter()
+            .find(|r| r.contains(slot))
+            .with_context(|| format!("no node serves slot {slot}"))
+    }
+
+    fn node(&mut self, addr: SocketAddr) -> Result<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.addr == addr)
+            .with_context(|| format!("{addr} is no node of this cluster"))
+    }
+
+    /// Kills the node at `addr` (SIGKILL) and waits until it is gone; returns when it was
+    /// killed.
+    pub async fn kill(&mut self, addr: SocketAddr) -> Result<Instant> {
+        let node = self.node(addr)?;
+        let mut process = node.process.take().context("the node is not running")?;
+        node.paused = false;
+        let at = Instant::now();
+        process.kill_and_wait().await;
+        Ok(at)
+    }
+
+    /// Starts a killed node again on its port with its `nodes.conf` (it rejoins under its id)
+    /// and waits until it answers PING.
+    pub async fn restart(&mut self, addr: SocketAddr) -> Result<()> {
+        let node_timeout = self.node_timeout;
+        let node = self.node(addr)?;
+        ensure!(node.process.is_none(), "{addr} is still running");
+        node.process = Some(spawn(addr, node.dir.path(), node_timeout).await?);
+        Ok(())
+    }
+
+    /// Stops the node at `addr` (SIGSTOP) without closing its sockets; returns when.
+    pub fn pause(&mut self, addr: SocketAddr) -> Result<Instant> {
+        let node = self.node(addr)?;
+        node.process
+            .as_ref()
+            .context("the node is not running")?
+            .pause()?;
+        node.paused = true;
+        Ok(Instant::now())
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&mut self, addr: SocketAddr) -> Result<()> {
+        let node = self.node(addr)?;
+        node.process
+            .as_ref()
+            .context("the node is not running")?
+            .resume()?;
+        node.paused = false;
+        Ok(())
+    }
+
+    /// Tells the replica at `replica` to take over from its primary (`CLUSTER FAILOVER`, the
+    /// coordinated manual failover); returns when it was told.
+    pub async fn failover(&self, replica: SocketAddr) -> Result<Instant> {
+        let at = Instant::now();
+        let reply = command(replica, &["CLUSTER", "FAILOVER"]).await?;
+        ensure!(
+            reply == Reply::Status("OK".into()),
+            "CLUSTER FAILOVER at {replica}: {reply:?}"
+        );
+        Ok(at)
+    }
+
+    /// Waits until a node other than `old` serves `slot` as its primary: it answers `ROLE`
+    /// as a master and its own slot map names itself for `slot`. Returns that node and the
+    /// time elapsed since `since` (e.g. what [`Self::kill`] returned).
+    pub async fn wait_for_primary_change(
+        &self,
+        slot: u16,
+        old: SocketAddr,
+        since: Instant,
+        within: Duration,
+    ) -> Result<(SocketAddr, Duration)> {
+        let found = std::cell::Cell::new(None);
+        let candidates: Vec<SocketAddr> = self.live().into_iter().filter(|&a| a != old).collect();
+        wait_for(within, || {
+            let (found, candidates) = (&found, &candidates);
+            async move {
+                for &addr in candidates {
+                    let Ok(role) = command(addr, &["ROLE"]).await else {
+                        continue;
+                    };
+                    let is_master = matches!(
+                        role.array().ok().and_then(|r| r.first()),
+                        Some(Reply::Bulk(Some(b))) if b.as_slice() == b"master"
+                    );
+                    if !is_master {
+                        continue;
+                    }
+                    let Ok(map) = slot_map_of(addr).await else {
+                        continue;
+                    };
+                    if map.iter().any(|r| r.contains(slot) && r.primary == addr) {
+                        found.set(Some((addr, since.elapsed())));
+                        return Ok(());
+                    }
+                }
+                bail!("slot {slot} has no new primary yet");
+            }
+        })
+        .await
+        .with_context(|| format!("slot {slot} stayed without a new primary"))?;
+        found.get().context("no new primary")
+    }
+}
+
+/// The slot map as `addr` sees it (`CLUSTER SLOTS`).
+pub async fn slot_map_of(addr: SocketAddr) -> Result<Vec<SlotRange>> {
+    let reply = command(addr, &["CLUSTER", "SLOTS"]).await?;
+    if let Some(e) = reply.error() {
+        bail!("CLUSTER SLOTS at {addr}: {e}");
+    }
+    let node_addr = |node: &Reply| -> Result<SocketAddr> {
+        let fields = node.array()?;
+        let host = fields.first().context("node without a host")?.text()?;
+        let port = fields.get(1).context("node without a port")?.int()?;
+        format!("{host}:{port}")
+            .parse()
+            .with_context(|| format!("bad node address {host}:{port}"))
+    };
+    let mut ranges = Vec::new();
+    for range in reply.array()? {
+        let fields = range.array()?;
+        ensure!(fields.len() >= 3, "short CLUSTER SLOTS entry {fields:?}");
+        let slot = |i: usize| -> Result<u16> {
+            let value = fields.get(i).context("short entry")?.int()?;
+            u16::try_from(value).context("slot out of range")
+        };
+        ranges.push(SlotRange {
+            start: slot(0)?,
+            end: slot(1)?,
+            primary: node_addr(&fields[2])?,
+            replicas: fields[3..].iter().map(node_addr).collect::<Result<_>>()?,
+        });
+    }
+    ranges.sort_by_key(|r| r.start);
+    Ok(ranges)
+}
+
+/// Starts one cluster node on `addr` with its directory `dir` and waits until it answers PING.
+async fn spawn(addr: SocketAddr, dir: &std::path::Path, node_timeout: Duration) -> Result<Process> {
+    let port = addr.port().to_string();
+    let dir = dir.to_string_lossy().to_string();
+    let timeout = node_timeout.as_millis().to_string();
+    let args = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        &dir,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        &timeout,
+    ];
+    let process = Process::spawn(&format!("redis-cluster-{port}"), "redis-server", &args)
+        .context("redis-server is needed (Debian package redis-server)")?;
+    wait_for(STARTUP, || async move {
+        let pong = text(addr, &["PING"]).await?;
+        ensure!(pong == "PONG", "PING answered {pong:?}");
+        Ok(())
+    })
+    .await?;
+    Ok(process)
+}
