@@ -193,7 +193,7 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     })
 }
 
-/// A range of slots and the nodes serving it, as one node sees it (`CLUSTER SLOTS`).
+/// A range of slots and the nodes serving it, as one node sees it (`CLUSTER NODES`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotRange {
     /// First slot.
@@ -516,34 +516,59 @@ impl RedisCluster {
     }
 }
 
-/// The slot map as `addr` sees it (`CLUSTER SLOTS`).
+/// The slot map as `addr` sees it, from `CLUSTER NODES`: every slot range of a primary, with
+/// the replicas not held failed. (`CLUSTER SLOTS` of Redis 7.0.15 leaves out a replica whose
+/// replication offset it has seen as 0: in a new cluster without writes, every replica until
+/// the primaries' first replication PING, 10 s in.)
 pub async fn slot_map_of(addr: SocketAddr) -> Result<Vec<SlotRange>> {
-    let reply = command(addr, &["CLUSTER", "SLOTS"]).await?;
-    if let Some(e) = reply.error() {
-        bail!("CLUSTER SLOTS at {addr}: {e}");
+    let nodes = text(addr, &["CLUSTER", "NODES"]).await?;
+    struct Line<'a> {
+        id: &'a str,
+        addr: SocketAddr,
+        flags: Vec<&'a str>,
+        primary: &'a str,
+        slots: Vec<&'a str>,
     }
-    let node_addr = |node: &Reply| -> Result<SocketAddr> {
-        let fields = node.array()?;
-        let host = fields.first().context("node without a host")?.text()?;
-        let port = fields.get(1).context("node without a port")?.int()?;
-        format!("{host}:{port}")
-            .parse()
-            .with_context(|| format!("bad node address {host}:{port}"))
-    };
-    let mut ranges = Vec::new();
-    for range in reply.array()? {
-        let fields = range.array()?;
-        ensure!(fields.len() >= 3, "short CLUSTER SLOTS entry {fields:?}");
-        let slot = |i: usize| -> Result<u16> {
-            let value = fields.get(i).context("short entry")?.int()?;
-            u16::try_from(value).context("slot out of range")
+    let mut lines = Vec::new();
+    for line in nodes.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(id), Some(address), Some(flags), Some(primary)) =
+            (fields.first(), fields.get(1), fields.get(2), fields.get(3))
+        else {
+            bail!("short CLUSTER NODES line {line:?} from {addr}");
         };
-        ranges.push(SlotRange {
-            start: slot(0)?,
-            end: slot(1)?,
-            primary: node_addr(&fields[2])?,
-            replicas: fields[3..].iter().map(node_addr).collect::<Result<_>>()?,
+        let client = address.split(['@', ',']).next().unwrap_or_default();
+        lines.push(Line {
+            id,
+            addr: client
+                .parse()
+                .with_context(|| format!("bad node address in {line:?}"))?,
+            flags: flags.split(',').collect(),
+            primary,
+            slots: fields.get(8..).unwrap_or_default().to_vec(),
         });
+    }
+    let mut ranges = Vec::new();
+    for primary in lines.iter().filter(|l| l.flags.contains(&"master")) {
+        let replicas: Vec<SocketAddr> = lines
+            .iter()
+            .filter(|l| l.primary == primary.id && !l.flags.contains(&"fail"))
+            .map(|l| l.addr)
+            .collect();
+        // Importing and migrating slots are shown in brackets; they are not served here.
+        for range in primary.slots.iter().filter(|s| !s.starts_with('[')) {
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            let parse = |slot: &str| -> Result<u16> {
+                slot.parse()
+                    .with_context(|| format!("bad slot range {range:?} from {addr}"))
+            };
+            ranges.push(SlotRange {
+                start: parse(start)?,
+                end: parse(end)?,
+                primary: primary.addr,
+                replicas: replicas.clone(),
+            });
+        }
     }
     ranges.sort_by_key(|r| r.start);
     Ok(ranges)
@@ -565,6 +590,10 @@ async fn spawn(addr: SocketAddr, dir: &std::path::Path, node_timeout: Duration) 
         "",
         "--appendonly",
         "no",
+        // A replica syncs at once, not after the default 5 s wait for more replicas to join
+        // the same diskless transfer: the cluster forms, and a restarted node rejoins, sooner.
+        "--repl-diskless-sync-delay",
+        "0",
         "--cluster-enabled",
         "yes",
         "--cluster-config-file",
