@@ -216,9 +216,10 @@ impl SlotRange {
 /// One node of the cluster.
 struct Node {
     addr: SocketAddr,
+    /// Killed when dropped, before its directory is removed.
+    process: Option<Process>,
     /// Its `nodes.conf` and working directory, kept over restarts.
     dir: tempfile::TempDir,
-    process: Option<Process>,
     paused: bool,
 }
 
