@@ -13,7 +13,7 @@ use std::time::Duration;
 const NODE_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// The longest a replica may take to be promoted after its primary was killed. The design's
-/// target is 5 s, and every run measured met it: 3.26–4.77 s over 34 runs on a 2-core host
+/// target is 5 s, and every run measured met it: 3.26–4.81 s over 39 runs on a 2-core host
 /// under a load average of 5–7 (docs/redis-schema.md). The assertion allows 6 s because the
 /// worst case itself is close to 5 s: the primary is held failing 2 s after an unanswered
 /// ping, which is sent up to 1 s after the last answer; the other primary's agreement arrives
