@@ -5,183 +5,114 @@
 //! Each node has its own directory (its `nodes.conf`, and the snapshot a replica writes when it
 //! syncs), kept over a restart so that a restarted node rejoins under its id. A node can be
 //! killed (SIGKILL), started again on the same port, paused (SIGSTOP) and resumed, and a replica
-//! can be told to take over (`CLUSTER FAILOVER`). [`Connection`] is a minimal RESP2 client with
-//! a timeout on every reply, so that a paused node cannot hang a test.
+//! can be told to take over (`CLUSTER FAILOVER`). [`Connection`] is a plain connection to one
+//! node through the `redis` crate (not its cluster client: the tests talk to chosen nodes),
+//! with a timeout on every reply, so that a paused node cannot hang a test.
 
 use crate::{free_port_pair, wait_for, Process, STARTUP};
 use anyhow::{bail, ensure, Context, Result};
-use std::future::Future;
+use redis::{Cmd, FromRedisValue, Value};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 /// Redis Cluster's bus port is the client port plus this.
 pub const BUS_PORT_OFFSET: u16 = 10000;
-/// How long one reply may take (a paused node never answers).
+/// How long connecting, or one reply, may take (a paused node never answers).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long forming the cluster may take (`redis-cli --cluster create` waits in 1 s steps).
 pub const FORMING: Duration = Duration::from_secs(60);
 
-/// One reply of a Redis server (RESP2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// `+OK`.
-    Status(String),
-    /// `-ERR …`, `-CROSSSLOT …`: the whole line.
-    Error(String),
-    /// `:1`.
-    Int(i64),
-    /// A bulk string (`None`: nil).
-    Bulk(Option<Vec<u8>>),
-    /// An array (`None`: nil).
-    Array(Option<Vec<Reply>>),
+/// A `redis` client for the node at `addr` (it connects when asked to).
+pub fn client(addr: SocketAddr) -> Result<redis::Client> {
+    redis::Client::open(format!("redis://{addr}/"))
+        .with_context(|| format!("a redis client for {addr}"))
 }
 
-impl Reply {
-    /// The reply as text: a status, a bulk string, an integer; an error reply is an error.
-    pub fn text(&self) -> Result<String> {
-        match self {
-            Reply::Status(s) => Ok(s.clone()),
-            Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
-            Reply::Int(i) => Ok(i.to_string()),
-            other => bail!("expected text, got {other:?}"),
-        }
-    }
-
-    /// The reply as an integer.
-    pub fn int(&self) -> Result<i64> {
-        match self {
-            Reply::Int(i) => Ok(*i),
-            other => bail!("expected an integer, got {other:?}"),
-        }
-    }
-
-    /// The reply's elements.
-    pub fn array(&self) -> Result<&[Reply]> {
-        match self {
-            Reply::Array(Some(items)) => Ok(items),
-            other => bail!("expected an array, got {other:?}"),
-        }
-    }
-
-    /// The error line, if the reply is an error.
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Reply::Error(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// A connection to one Redis server speaking RESP2.
+/// A connection to one node: the `redis` crate's multiplexed connection (RESP2), every reply
+/// awaited at most [`REPLY_TIMEOUT`].
 pub struct Connection {
-    /// The server's address.
+    /// The node's address.
     pub addr: SocketAddr,
-    stream: BufReader<TcpStream>,
+    inner: redis::aio::MultiplexedConnection,
 }
 
 impl Connection {
     /// Connects to `addr` (within [`REPLY_TIMEOUT`]).
     pub async fn connect(addr: SocketAddr) -> Result<Self> {
-        let stream = tokio::time::timeout(REPLY_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .with_context(|| format!("connecting to {addr}: timed out"))?
-            .with_context(|| format!("connecting to {addr}"))?;
-        Ok(Connection {
-            addr,
-            stream: BufReader::new(stream),
-        })
+        // The crate's own timeouts are off (its 500 ms default for a reply would cut a `WAIT`
+        // short): every wait here is bounded by `tokio::time::timeout` instead.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(None)
+            .set_response_timeout(None);
+        let client = client(addr)?;
+        let inner = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .with_context(|| format!("connecting to {addr}: timed out"))?
+        .with_context(|| format!("connecting to {addr}"))?;
+        Ok(Connection { addr, inner })
     }
 
-    /// Sends one command and reads its reply (within [`REPLY_TIMEOUT`]). An error reply is a
-    /// [`Reply::Error`], not an `Err`.
-    pub async fn command(&mut self, args: &[&str]) -> Result<Reply> {
-        self.send(args).await?;
-        self.read(REPLY_TIMEOUT).await
-    }
-
-    /// Sends one command without reading its reply (e.g. `SUBSCRIBE`, then [`Self::read`]).
-    pub async fn send(&mut self, args: &[&str]) -> Result<()> {
-        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            buf.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            buf.extend_from_slice(arg.as_bytes());
-            buf.extend_from_slice(b"\r\n");
-        }
+    /// Sends `cmd` and returns its reply as it came (within [`REPLY_TIMEOUT`]): an error reply
+    /// is a [`Value::ServerError`], not an `Err`.
+    pub async fn reply(&mut self, cmd: &Cmd) -> Result<Value> {
         let addr = self.addr;
-        tokio::time::timeout(REPLY_TIMEOUT, self.stream.get_mut().write_all(&buf))
+        tokio::time::timeout(REPLY_TIMEOUT, self.inner.send_packed_command(cmd))
             .await
-            .with_context(|| format!("writing to {addr}: timed out"))?
-            .with_context(|| format!("writing to {addr}"))
+            .with_context(|| {
+                format!(
+                    "no reply to {} from {addr} within {REPLY_TIMEOUT:?}",
+                    describe(cmd)
+                )
+            })?
+            .with_context(|| format!("{} at {addr}", describe(cmd)))
     }
 
-    /// Reads the next reply (or pushed message), waiting at most `within`.
-    pub async fn read(&mut self, within: Duration) -> Result<Reply> {
+    /// Sends `cmd` and converts its reply to `T` (within [`REPLY_TIMEOUT`]); an error reply
+    /// is an error.
+    pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T> {
         let addr = self.addr;
-        tokio::time::timeout(within, read_reply(&mut self.stream))
-            .await
-            .with_context(|| format!("no reply from {addr} within {within:?}"))?
-            .with_context(|| format!("reading from {addr}"))
+        let reply = self
+            .reply(cmd)
+            .await?
+            .extract_error()
+            .with_context(|| format!("{} at {addr}", describe(cmd)))?;
+        redis::from_redis_value(reply)
+            .with_context(|| format!("the reply to {} from {addr}", describe(cmd)))
     }
 }
 
-/// Reads one RESP2 reply.
-fn read_reply(
-    stream: &mut BufReader<TcpStream>,
-) -> Pin<Box<dyn Future<Output = Result<Reply>> + Send + '_>> {
-    Box::pin(async move {
-        let mut line = String::new();
-        if stream.read_line(&mut line).await? == 0 {
-            bail!("connection closed");
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        let (kind, rest) = line.split_at_checked(1).context("empty reply line")?;
-        let length = || -> Result<i64> {
-            rest.parse()
-                .with_context(|| format!("bad length in {line:?}"))
-        };
-        Ok(match kind {
-            "+" => Reply::Status(rest.to_string()),
-            "-" => Reply::Error(rest.to_string()),
-            ":" => Reply::Int(length()?),
-            "$" => match usize::try_from(length()?) {
-                Err(_) => Reply::Bulk(None),
-                Ok(n) => {
-                    let mut data = vec![0; n + 2];
-                    stream.read_exact(&mut data).await?;
-                    data.truncate(n);
-                    Reply::Bulk(Some(data))
-                }
-            },
-            "*" => match usize::try_from(length()?) {
-                Err(_) => Reply::Array(None),
-                Ok(n) => {
-                    let mut items = Vec::with_capacity(n.min(1024));
-                    for _ in 0..n {
-                        items.push(read_reply(stream).await?);
-                    }
-                    Reply::Array(Some(items))
-                }
-            },
-            _ => bail!("unexpected reply line {line:?}"),
+/// `cmd`'s arguments, for messages.
+fn describe(cmd: &Cmd) -> String {
+    let args: Vec<String> = cmd
+        .args_iter()
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => "…".to_string(),
         })
-    })
+        .collect();
+    format!("{args:?}")
 }
 
-/// Sends one command on a new connection to `addr` and returns its reply.
-pub async fn command(addr: SocketAddr, args: &[&str]) -> Result<Reply> {
-    Connection::connect(addr).await?.command(args).await
+/// Sends `cmd` on a new connection to `addr` and returns its reply as it came (see
+/// [`Connection::reply`]).
+pub async fn reply(addr: SocketAddr, cmd: &Cmd) -> Result<Value> {
+    Connection::connect(addr).await?.reply(cmd).await
 }
 
-/// Like [`command`], the reply as text; an error reply is an error.
-async fn text(addr: SocketAddr, args: &[&str]) -> Result<String> {
-    let reply = command(addr, args).await?;
-    if let Some(e) = reply.error() {
-        bail!("{args:?} at {addr}: {e}");
-    }
-    reply.text()
+/// Sends `cmd` on a new connection to `addr` and converts its reply to `T` (see
+/// [`Connection::query`]).
+pub async fn query<T: FromRedisValue>(addr: SocketAddr, cmd: &Cmd) -> Result<T> {
+    Connection::connect(addr).await?.query(cmd).await
+}
+
+/// The role `addr` answers `ROLE` with: `master` or `slave`.
+pub async fn role(addr: SocketAddr) -> Result<String> {
+    let reply: Vec<Value> = query(addr, &redis::cmd("ROLE")).await?;
+    let first = reply.first().context("empty ROLE reply")?;
+    redis::from_redis_value_ref(first).with_context(|| format!("ROLE at {addr}: {reply:?}"))
 }
 
 /// The value of `field` in an `INFO`-style `field:value` text.
@@ -322,7 +253,7 @@ impl RedisCluster {
             let (live, total) = (&live, &total);
             async move {
                 for &addr in live {
-                    let info = text(addr, &["CLUSTER", "INFO"]).await?;
+                    let info = query::<String>(addr, redis::cmd("CLUSTER").arg("INFO")).await?;
                     let state = info_field(&info, "cluster_state");
                     ensure!(state == Some("ok"), "{addr}: cluster_state {state:?}");
                     let known = info_field(&info, "cluster_known_nodes");
@@ -330,7 +261,7 @@ impl RedisCluster {
                         known == Some(total.as_str()),
                         "{addr}: cluster_known_nodes {known:?}"
                     );
-                    let nodes = text(addr, &["CLUSTER", "NODES"]).await?;
+                    let nodes: String = query(addr, redis::cmd("CLUSTER").arg("NODES")).await?;
                     let myself = nodes
                         .lines()
                         .map(|l| l.split(' ').collect::<Vec<_>>())
@@ -340,7 +271,8 @@ impl RedisCluster {
                     if flags.contains("master") {
                         ensure!(myself.len() > 8, "{addr} is a primary without slots");
                     } else {
-                        let replication = text(addr, &["INFO", "replication"]).await?;
+                        let replication: String =
+                            query(addr, redis::cmd("INFO").arg("replication")).await?;
                         let link = info_field(&replication, "master_link_status");
                         ensure!(link == Some("up"), "{addr}: master_link_status {link:?}");
                     }
@@ -374,7 +306,7 @@ impl RedisCluster {
     async fn any_live(&self) -> Result<SocketAddr> {
         let mut last = None;
         for addr in self.live() {
-            match text(addr, &["PING"]).await {
+            match query::<String>(addr, &redis::cmd("PING")).await {
                 Ok(_) => return Ok(addr),
                 Err(e) => last = Some(e),
             }
@@ -385,8 +317,8 @@ impl RedisCluster {
     /// The slot of `key`, as the cluster computes it (`CLUSTER KEYSLOT`).
     pub async fn slot_of(&self, key: &str) -> Result<u16> {
         let addr = self.any_live().await?;
-        let reply = command(addr, &["CLUSTER", "KEYSLOT", key]).await?;
-        u16::try_from(reply.int()?).context("slot out of range")
+        let slot: i64 = query(addr, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).await?;
+        u16::try_from(slot).context("slot out of range")
     }
 
     /// The slot map as a live node sees it.
@@ -466,11 +398,8 @@ impl RedisCluster {
     /// coordinated manual failover); returns when it was told.
     pub async fn failover(&self, replica: SocketAddr) -> Result<Instant> {
         let at = Instant::now();
-        let reply = command(replica, &["CLUSTER", "FAILOVER"]).await?;
-        ensure!(
-            reply == Reply::Status("OK".into()),
-            "CLUSTER FAILOVER at {replica}: {reply:?}"
-        );
+        let reply: String = query(replica, redis::cmd("CLUSTER").arg("FAILOVER")).await?;
+        ensure!(reply == "OK", "CLUSTER FAILOVER at {replica}: {reply:?}");
         Ok(at)
     }
 
@@ -490,14 +419,7 @@ impl RedisCluster {
             let (found, candidates) = (&found, &candidates);
             async move {
                 for &addr in candidates {
-                    let Ok(role) = command(addr, &["ROLE"]).await else {
-                        continue;
-                    };
-                    let is_master = matches!(
-                        role.array().ok().and_then(|r| r.first()),
-                        Some(Reply::Bulk(Some(b))) if b.as_slice() == b"master"
-                    );
-                    if !is_master {
+                    if !role(addr).await.is_ok_and(|role| role == "master") {
                         continue;
                     }
                     let Ok(map) = slot_map_of(addr).await else {
@@ -522,7 +444,7 @@ impl RedisCluster {
 /// replication offset it has seen as 0: in a new cluster without writes, every replica until
 /// the primaries' first replication PING, 10 s in.)
 pub async fn slot_map_of(addr: SocketAddr) -> Result<Vec<SlotRange>> {
-    let nodes = text(addr, &["CLUSTER", "NODES"]).await?;
+    let nodes: String = query(addr, redis::cmd("CLUSTER").arg("NODES")).await?;
     struct Line<'a> {
         id: &'a str,
         addr: SocketAddr,
@@ -605,7 +527,7 @@ async fn spawn(addr: SocketAddr, dir: &std::path::Path, node_timeout: Duration) 
     let process = Process::spawn(&format!("redis-cluster-{port}"), "redis-server", &args)
         .context("redis-server is needed (Debian package redis-server)")?;
     wait_for(STARTUP, || async move {
-        let pong = text(addr, &["PING"]).await?;
+        let pong: String = query(addr, &redis::cmd("PING")).await?;
         ensure!(pong == "PONG", "PING answered {pong:?}");
         Ok(())
     })

@@ -4,8 +4,10 @@
 //! and the failover times (a manual `CLUSTER FAILOVER`; a primary killed at
 //! `cluster-node-timeout 2000`).
 
-use anyhow::{ensure, Context, Result};
-use e2e::redis_cluster::{command, Connection, RedisCluster, Reply};
+use anyhow::{bail, ensure, Context, Result};
+use e2e::redis_cluster::{client, query, Connection, RedisCluster, REPLY_TIMEOUT};
+use futures_util::StreamExt;
+use redis::{cmd, Cmd, ServerError, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,8 +28,23 @@ async fn cluster() -> Result<RedisCluster> {
     RedisCluster::start(3, 1, NODE_TIMEOUT).await
 }
 
-fn ok() -> Reply {
-    Reply::Status("OK".into())
+fn ok() -> Value {
+    Value::Okay
+}
+
+/// `EVAL script numkeys keys…`.
+fn eval(script: &str, keys: &[&str]) -> Cmd {
+    let mut eval = cmd("EVAL");
+    eval.arg(script).arg(keys.len()).arg(keys);
+    eval
+}
+
+/// The server's error reply, or an error saying what `what` did instead of being refused.
+fn refusal(reply: Value, what: &str) -> Result<ServerError> {
+    match reply {
+        Value::ServerError(error) => Ok(error),
+        other => bail!("{what}: {other:?}"),
+    }
 }
 
 /// `key` on the primary that serves it.
@@ -47,9 +64,7 @@ async fn replica_for(cluster: &RedisCluster, slot: u16) -> Result<SocketAddr> {
 
 /// Whether `addr` answers `ROLE` as `role` (`master` or `slave`).
 async fn has_role(addr: SocketAddr, role: &str) -> Result<bool> {
-    let reply = command(addr, &["ROLE"]).await?;
-    let first = reply.array()?.first().context("empty ROLE reply")?.text()?;
-    Ok(first == role)
+    Ok(e2e::redis_cluster::role(addr).await? == role)
 }
 
 #[tokio::test]
@@ -59,20 +74,20 @@ async fn eval_refuses_keys_of_two_slots_and_runs_keys_of_one_tag() -> Result<()>
     ensure!(cluster.slot_of(a).await? != cluster.slot_of(b).await?);
     let script = "redis.call('SET', KEYS[1], '1'); redis.call('SET', KEYS[2], '2'); return 'done'";
     let mut conn = connect_for(&cluster, a).await?;
-    let reply = conn.command(&["EVAL", script, "2", a, b]).await?;
-    let error = reply.error().context(format!("two slots ran: {reply:?}"))?;
-    ensure!(error.starts_with("CROSSSLOT"), "{error}");
+    let reply = conn.reply(&eval(script, &[a, b])).await?;
+    let error = refusal(reply, "two slots ran")?;
+    ensure!(error.code() == "CROSSSLOT", "{error}");
     ensure!(
-        conn.command(&["EXISTS", a]).await?.int()? == 0,
+        conn.query::<i64>(cmd("EXISTS").arg(a)).await? == 0,
         "a was written"
     );
 
     let (x, y) = ("{b1}x", "{b1}y");
     ensure!(cluster.slot_of(x).await? == cluster.slot_of(y).await?);
     let mut conn = connect_for(&cluster, x).await?;
-    let reply = conn.command(&["EVAL", script, "2", x, y]).await?;
-    ensure!(reply.text()? == "done", "{reply:?}");
-    ensure!(conn.command(&["GET", y]).await?.text()? == "2");
+    let reply: String = conn.query(&eval(script, &[x, y])).await?;
+    ensure!(reply == "done", "{reply:?}");
+    ensure!(conn.query::<String>(cmd("GET").arg(y)).await? == "2");
     Ok(())
 }
 
@@ -89,7 +104,7 @@ async fn shebang_scripts_may_not_leave_their_declared_slot() -> Result<()> {
     let mut other = None;
     for i in 0..10_000 {
         let name = format!("k{i}");
-        let s = u16::try_from(conn.command(&["CLUSTER", "KEYSLOT", &name]).await?.int()?)?;
+        let s: u16 = conn.query(cmd("CLUSTER").arg("KEYSLOT").arg(&name)).await?;
         if s != slot && map.iter().any(|r| r.contains(s) && r.primary == primary) {
             other = Some(name);
             break;
@@ -98,39 +113,39 @@ async fn shebang_scripts_may_not_leave_their_declared_slot() -> Result<()> {
     let other = other.context("no key of another slot on the same primary")?;
     // The script writes the key whose name it read: an undeclared key.
     let body = "return redis.call('SET', redis.call('GET', KEYS[1]), 'v')";
-    ensure!(conn.command(&["SET", declared, &other]).await? == ok());
+    ensure!(conn.reply(cmd("SET").arg(declared).arg(&other)).await? == ok());
 
-    let legacy = conn.command(&["EVAL", body, "1", declared]).await?;
+    let legacy = conn.reply(&eval(body, &[declared])).await?;
     ensure!(legacy == ok(), "a legacy script was refused: {legacy:?}");
 
     let shebang = format!("#!lua\n{body}");
-    let refused = conn.command(&["EVAL", &shebang, "1", declared]).await?;
-    let error = refused
-        .error()
-        .context(format!("#!lua left its slot: {refused:?}"))?;
+    let refused = conn.reply(&eval(&shebang, &[declared])).await?;
+    let error = refusal(refused, "#!lua left its slot")?;
     ensure!(
-        error.contains("do not hash to the same slot"),
+        error
+            .details()
+            .is_some_and(|text| text.contains("do not hash to the same slot")),
         "unexpected refusal {error}"
     );
 
     // Within the declared key's slot, a derived key name is fine.
-    ensure!(conn.command(&["SET", declared, "{p}dst"]).await? == ok());
-    let same = conn.command(&["EVAL", &shebang, "1", declared]).await?;
+    ensure!(conn.reply(cmd("SET").arg(declared).arg("{p}dst")).await? == ok());
+    let same = conn.reply(&eval(&shebang, &[declared])).await?;
     ensure!(same == ok(), "#!lua within its slot was refused: {same:?}");
-    ensure!(conn.command(&["GET", "{p}dst"]).await?.text()? == "v");
+    ensure!(conn.query::<String>(cmd("GET").arg("{p}dst")).await? == "v");
 
     // allow-cross-slot-keys lets undeclared local keys through, but never two declared slots.
     let flagged = format!("#!lua flags=allow-cross-slot-keys\n{body}");
-    ensure!(conn.command(&["SET", declared, &other]).await? == ok());
-    let reply = conn.command(&["EVAL", &flagged, "1", declared]).await?;
+    ensure!(conn.reply(cmd("SET").arg(declared).arg(&other)).await? == ok());
+    let reply = conn.reply(&eval(&flagged, &[declared])).await?;
     ensure!(
         reply == ok(),
         "allow-cross-slot-keys was refused: {reply:?}"
     );
     let two = "#!lua flags=allow-cross-slot-keys\nreturn 1";
-    let reply = conn.command(&["EVAL", two, "2", declared, &other]).await?;
-    let error = reply.error().context(format!("two slots ran: {reply:?}"))?;
-    ensure!(error.starts_with("CROSSSLOT"), "{error}");
+    let reply = conn.reply(&eval(two, &[declared, &other])).await?;
+    let error = refusal(reply, "two slots ran")?;
+    ensure!(error.code() == "CROSSSLOT", "{error}");
     Ok(())
 }
 
@@ -139,7 +154,7 @@ async fn publish_on_one_primary_reaches_subscribers_on_every_node() -> Result<()
     let cluster = cluster().await?;
     let map = cluster.slot_map().await?;
     let (Some(first), Some(second), Some(third)) = (map.first(), map.get(1), map.get(2)) else {
-        anyhow::bail!("expected 3 slot ranges, got {map:?}");
+        bail!("expected 3 slot ranges, got {map:?}");
     };
     let publisher = first.primary;
     let listeners = [
@@ -148,26 +163,31 @@ async fn publish_on_one_primary_reaches_subscribers_on_every_node() -> Result<()
     ];
     let mut subscribers = Vec::new();
     for addr in listeners {
-        let mut conn = Connection::connect(addr).await?;
-        conn.send(&["SUBSCRIBE", "v2:entries"]).await?;
-        let confirmed = conn.read(Duration::from_secs(2)).await?;
-        ensure!(confirmed.array()?.len() == 3, "{confirmed:?}");
-        subscribers.push(conn);
+        let mut pubsub = tokio::time::timeout(REPLY_TIMEOUT, client(addr)?.get_async_pubsub())
+            .await
+            .with_context(|| format!("connecting to {addr}: timed out"))??;
+        // Returns once the server has confirmed the subscription.
+        tokio::time::timeout(REPLY_TIMEOUT, pubsub.subscribe("v2:entries"))
+            .await
+            .with_context(|| format!("SUBSCRIBE at {addr}: timed out"))??;
+        subscribers.push((addr, pubsub));
     }
-    let reply = command(publisher, &["PUBLISH", "v2:entries", "hello"]).await?;
+    let reply: i64 = query(publisher, cmd("PUBLISH").arg("v2:entries").arg("hello")).await?;
     // The reply counts the publishing node's own subscribers only.
-    ensure!(reply == Reply::Int(0), "PUBLISH answered {reply:?}");
-    for mut conn in subscribers {
-        let message = conn.read(Duration::from_secs(5)).await?;
-        let parts: Vec<String> = message
-            .array()?
-            .iter()
-            .map(Reply::text)
-            .collect::<Result<_>>()?;
+    ensure!(reply == 0, "PUBLISH answered {reply:?}");
+    for (addr, mut pubsub) in subscribers {
+        let message = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
+            .await
+            .with_context(|| format!("no message at {addr} within 5 s"))?
+            .with_context(|| format!("{addr} closed the subscription"))?;
+        let (pattern, channel, payload) = (
+            message.from_pattern(),
+            message.get_channel_name(),
+            message.get_payload::<String>()?,
+        );
         ensure!(
-            parts == ["message", "v2:entries", "hello"],
-            "{} got {parts:?}",
-            conn.addr
+            !pattern && channel == "v2:entries" && payload == "hello",
+            "{addr} got {message:?}"
         );
     }
     Ok(())
@@ -181,27 +201,30 @@ async fn wait_on_the_slots_primary_counts_its_replica() -> Result<()> {
     let primary = cluster.primary_for_slot(slot).await?;
     let replica = replica_for(&cluster, slot).await?;
     let mut conn = Connection::connect(primary).await?;
-    ensure!(conn.command(&["INCR", key]).await?.int()? == 1);
-    let reply = conn.command(&["WAIT", "1", "1000"]).await?;
-    ensure!(reply == Reply::Int(1), "WAIT answered {reply:?}");
+    let wait = |timeout_ms: u64| {
+        let mut wait = cmd("WAIT");
+        wait.arg(1).arg(timeout_ms);
+        wait
+    };
+    ensure!(conn.query::<i64>(cmd("INCR").arg(key)).await? == 1);
+    let acked: i64 = conn.query(&wait(1000)).await?;
+    ensure!(acked == 1, "WAIT answered {acked}");
 
-    let reply = command(replica, &["WAIT", "1", "100"]).await?;
-    let error = reply
-        .error()
-        .context(format!("WAIT on a replica: {reply:?}"))?;
-    ensure!(error.contains("replica"), "{error}");
+    let reply = e2e::redis_cluster::reply(replica, &wait(100)).await?;
+    let error = refusal(reply, "WAIT on a replica")?;
+    ensure!(
+        error.details().is_some_and(|text| text.contains("replica")),
+        "{error}"
+    );
 
     // A replica that does not answer (SIGSTOP, shorter than the node timeout) is not counted.
     cluster.pause(replica)?;
-    ensure!(conn.command(&["INCR", key]).await?.int()? == 2);
-    let short = conn.command(&["WAIT", "1", "300"]).await;
+    ensure!(conn.query::<i64>(cmd("INCR").arg(key)).await? == 2);
+    let short = conn.query::<i64>(&wait(300)).await;
     cluster.resume(replica)?;
-    ensure!(short? == Reply::Int(0), "WAIT counted a paused replica");
-    let reply = conn.command(&["WAIT", "1", "1500"]).await?;
-    ensure!(
-        reply == Reply::Int(1),
-        "WAIT after resuming answered {reply:?}"
-    );
+    ensure!(short? == 0, "WAIT counted a paused replica");
+    let acked: i64 = conn.query(&wait(1500)).await?;
+    ensure!(acked == 1, "WAIT after resuming answered {acked}");
     Ok(())
 }
 
@@ -213,7 +236,7 @@ async fn manual_failover_promotes_the_replica_at_once() -> Result<()> {
     let primary = cluster.primary_for_slot(slot).await?;
     let replica = replica_for(&cluster, slot).await?;
     let mut conn = Connection::connect(primary).await?;
-    ensure!(conn.command(&["SET", key, "kept"]).await? == ok());
+    ensure!(conn.reply(cmd("SET").arg(key).arg("kept")).await? == ok());
     let at = cluster.failover(replica).await?;
     let (new, elapsed) = cluster
         .wait_for_primary_change(slot, primary, at, Duration::from_secs(10))
@@ -224,7 +247,7 @@ async fn manual_failover_promotes_the_replica_at_once() -> Result<()> {
     );
     ensure!(new == replica, "{new} took over, not the replica {replica}");
     ensure!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
-    ensure!(command(new, &["GET", key]).await?.text()? == "kept");
+    ensure!(query::<String>(new, cmd("GET").arg(key)).await? == "kept");
     cluster.wait_until_healthy(Duration::from_secs(10)).await?;
     ensure!(has_role(primary, "slave").await?, "{primary} is no replica");
     Ok(())
@@ -238,8 +261,8 @@ async fn killed_primary_is_replaced_by_its_replica_within_bound() -> Result<()> 
     let primary = cluster.primary_for_slot(slot).await?;
     let replica = replica_for(&cluster, slot).await?;
     let mut conn = Connection::connect(primary).await?;
-    ensure!(conn.command(&["SET", key, "kept"]).await? == ok());
-    ensure!(conn.command(&["WAIT", "1", "1000"]).await? == Reply::Int(1));
+    ensure!(conn.reply(cmd("SET").arg(key).arg("kept")).await? == ok());
+    ensure!(conn.query::<i64>(cmd("WAIT").arg(1).arg(1000)).await? == 1);
 
     let at = cluster.kill(primary).await?;
     let (new, elapsed) = cluster
@@ -255,7 +278,7 @@ async fn killed_primary_is_replaced_by_its_replica_within_bound() -> Result<()> 
         elapsed < KILL_FAILOVER_BOUND,
         "promotion took {elapsed:?}, bound {KILL_FAILOVER_BOUND:?}"
     );
-    ensure!(command(new, &["GET", key]).await?.text()? == "kept");
+    ensure!(query::<String>(new, cmd("GET").arg(key)).await? == "kept");
 
     // Started again with its nodes.conf, the old primary rejoins as the new one's replica.
     cluster.restart(primary).await?;
