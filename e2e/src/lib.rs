@@ -6,15 +6,17 @@
 //!   SIGKILL), paused (SIGSTOP) and started again under its id on the same ports.
 //! - [`Haproxy`]: HAProxy (Debian) in TCP mode, `balance roundrobin`, in front of the nodes.
 //! - [`fault`]: a TCP proxy a test can cut, and a whole cluster for fault tests.
+//! - [`sentinel`]: a Redis run by Sentinel; [`redis_cluster`]: a Redis Cluster.
 //!
 //! The broker binary is found through `STARLING_BROKER_BIN`, else next to this test's own
 //! executable (`target/<profile>/starling-broker`); `cargo test --workspace` builds it.
 
 pub mod fault;
 mod process;
+pub mod redis_cluster;
 pub mod sentinel;
 
-pub use process::{free_port, log_to, wait_for, Process};
+pub use process::{free_port, free_port_pair, log_to, wait_for, Process};
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;

@@ -153,7 +153,6 @@ impl Drop for Process {
 /// handed out before by this process: the system may offer a port it just released again, and
 /// two servers of one test must not be given the same.
 pub fn free_port() -> Result<u16> {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
@@ -165,6 +164,33 @@ pub fn free_port() -> Result<u16> {
             return Ok(port);
         }
     }
+}
+
+/// Ports handed out by [`free_port`] and [`free_port_pair`].
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A loopback port `p` such that `p` and `p + offset` were both free a moment ago and neither
+/// was handed out before (as [`free_port`]), e.g. a Redis Cluster node's client port and its
+/// cluster bus port (`p + 10000`). Gives up after 1000 tries.
+pub fn free_port_pair(offset: u16) -> Result<u16> {
+    for _ in 0..1000 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let Some(other) = port.checked_add(offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", other)).is_err() {
+            continue;
+        }
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !handed_out.contains(&port) && !handed_out.contains(&other) {
+            handed_out.extend([port, other]);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("found no free port p with p + {offset} free as well")
 }
 
 /// Retries `probe` until it succeeds or `limit` passes; returns the last error on timeout.
