@@ -18,6 +18,14 @@ pub enum Error {
     /// A call to the API server failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The managed Redis' Secret has no password the operator can read.
+    #[error("Secret {secret}: {source}; delete it to have the operator generate a new password")]
+    RedisSecret {
+        /// The Secret's name.
+        secret: String,
+        /// What is wrong with it.
+        source: crate::resources::redis::AuthConfigError,
+    },
     /// An object could not be serialized.
     #[error("serialization: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -32,6 +40,7 @@ impl Error {
             Error::BrokerConfig(_) => "broker_config",
             Error::Random(_) => "random",
             Error::Kube(_) => "kube_api",
+            Error::RedisSecret { .. } => "redis_secret",
             Error::Serialize(_) => "serialize",
         }
     }

@@ -214,11 +214,34 @@ where
     }
 }
 
-/// Creates the managed Redis' password Secret unless it exists. It is never rewritten, so the
-/// password stays stable.
+/// Creates the managed Redis' password Secret unless it exists. The password is never
+/// rewritten, so it stays stable; a Secret from an older operator, which holds only the
+/// password, gains the Redis configuration line derived from it (the Redis pod reads its
+/// password from that file, not from its command line).
 async fn ensure_redis_secret(client: &Client, cluster: &Cluster<'_>) -> Result<(), Error> {
-    let secret = redis::password_secret(cluster, &redis::generate_password()?);
-    create_unless_present(client, cluster, &cluster.redis_name(), &secret).await
+    let name = cluster.redis_name();
+    let api: Api<Secret> = Api::namespaced(client.clone(), cluster.namespace);
+    let Some(existing) = api.get_opt(&name).await? else {
+        let secret = redis::password_secret(cluster, &redis::generate_password()?);
+        return match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(()),
+            // Another reconcile created it meanwhile: keep that one (checked next time).
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+    };
+    let line = redis::missing_config(&existing, redis::PASSWORD_KEY).map_err(|source| {
+        Error::RedisSecret {
+            secret: name.clone(),
+            source,
+        }
+    })?;
+    if let Some(line) = line {
+        let patch = serde_json::json!({ "stringData": { redis::CONFIG_KEY: line } });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Creates the brokers' admin token Secret unless it exists (never rewritten: the token stays

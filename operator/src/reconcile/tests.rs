@@ -155,12 +155,24 @@ async fn expect_broker_children_applied(api: &mut FakeApiServer) -> Value {
     set
 }
 
+/// The managed Redis' Secret as the API server returns it (data base64-encoded): the password
+/// `s3cret`, and its Redis configuration line unless the Secret is from an older operator.
+fn redis_secret(with_config_line: bool) -> Value {
+    let mut secret = existing("v1", "Secret", "demo-redis", true);
+    secret["data"] = json!({"password": "czNjcmV0"});
+    if with_config_line {
+        // requirepass "s3cret"\n
+        secret["data"]["redis.conf"] = json!("cmVxdWlyZXBhc3MgInMzY3JldCIK");
+    }
+    secret
+}
+
 /// Answers the managed Redis' Secret lookup (it exists) and the Redis Service and Deployment
 /// applies.
 async fn expect_existing_managed_redis(api: &mut FakeApiServer) {
     api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
         .await
-        .respond_with(existing("v1", "Secret", "demo-redis", true));
+        .respond_with(redis_secret(true));
     api.expect_apply(&format!("{NS_API}/services/demo-redis"))
         .await;
     api.expect_apply(&format!("{NS_APPS}/deployments/demo-redis"))
@@ -260,6 +272,10 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             .to_string();
         assert_eq!(password.len(), 32);
         assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(
+            call.body["stringData"]["redis.conf"],
+            format!("requirepass \"{password}\"\n")
+        );
         let secret = live(call.body.clone());
         call.respond(StatusCode::CREATED, secret);
 
@@ -400,6 +416,39 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
     })
     .await;
     assert_eq!(second.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// A Secret written by an older operator holds only the password: it gains the Redis
+/// configuration line made from that password (the Redis pod reads its password from that file,
+/// not from its command line), and the password is left as it is.
+#[tokio::test]
+async fn an_older_redis_secret_gains_the_configuration_line_and_keeps_its_password() {
+    let result = run(cluster(Default::default()), |mut api| async move {
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
+            .await
+            .respond_with(redis_secret(false));
+        let call = api
+            .expect(Method::PATCH, &format!("{NS_API}/secrets/demo-redis"))
+            .await;
+        assert_eq!(
+            call.body,
+            json!({"stringData": {"redis.conf": "requirepass \"s3cret\"\n"}}),
+            "only the line is added; the password is not rewritten"
+        );
+        call.respond_with(redis_secret(true));
+        api.expect_apply(&format!("{NS_API}/services/demo-redis"))
+            .await;
+        api.expect_apply(&format!("{NS_APPS}/deployments/demo-redis"))
+            .await;
+        let set = expect_broker_children_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        expect_ready_observations(&mut api, &set).await;
+        expect_status_patch(&mut api).await;
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
 }
 
 /// Generation 4 then 5 through one operator (one Recorder): the second `Reconciled` Event is a

@@ -224,8 +224,8 @@ pub fn desired(cluster: &Cluster<'_>) -> Result<Children, Error> {
     })
 }
 
-/// An Opaque Secret of the cluster named `name` holding one `key` (the operator's generated
-/// secrets: the managed Redis' password, the brokers' admin token).
+/// An Opaque Secret of the cluster named `name` holding one `key` (a generated secret such as
+/// the brokers' admin token).
 pub fn generated_secret(
     cluster: &Cluster<'_>,
     name: String,

@@ -6,17 +6,21 @@ use crate::crd::{ManagedRedis, RedisMode, DEFAULT_REDIS_SIZE};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
+mod auth_config;
 mod connection;
 
+pub use self::auth_config::{
+    config_for, missing_config, AuthConfigError, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH,
+};
 pub use self::connection::{
     connection, sentinel, sentinel_password_files, url_with_password, RedisConnection,
     SENTINEL_DATA_PASSWORD_FILE, SENTINEL_PASSWORD_FILE,
@@ -51,16 +55,16 @@ fn managed<'a>(cluster: &Cluster<'a>) -> Option<&'a ManagedRedis> {
     }
 }
 
-/// The Secret with the managed Redis' password. The operator creates it once with a random
-/// password and never rewrites it, so the password survives operator restarts.
+/// The Secret with the managed Redis' password, and the same password as the Redis
+/// configuration line its pod reads (see [`auth_config`]). The operator creates it once with a
+/// random password and never rewrites the password, so it survives operator restarts.
 pub fn password_secret(cluster: &Cluster<'_>, password: &str) -> Secret {
-    super::generated_secret(
-        cluster,
-        cluster.redis_name(),
-        COMPONENT_REDIS,
-        PASSWORD_KEY,
-        password,
-    )
+    Secret {
+        metadata: cluster.child_meta(cluster.redis_name(), COMPONENT_REDIS),
+        type_: Some("Opaque".to_string()),
+        string_data: Some(auth_config::secret_data(PASSWORD_KEY, password)),
+        ..Secret::default()
+    }
 }
 
 /// A random secret of 32 letters and digits (about 190 bits), safe inside a URL: the managed
@@ -99,9 +103,25 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
             ..Volume::default()
         },
     };
+    // Only the configuration line, readable by Redis' group (the pod's fsGroup).
+    let auth_volume = Volume {
+        name: "auth".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(cluster.redis_name()),
+            items: Some(vec![KeyToPath {
+                key: CONFIG_KEY.to_string(),
+                path: CONFIG_KEY.to_string(),
+                ..KeyToPath::default()
+            }]),
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    // The password comes from the configuration file, never the command line.
     let mut args = vec![
-        "--requirepass".to_string(),
-        format!("$({PASSWORD_ENV})"),
+        CONFIG_PATH.to_string(),
         "--dir".to_string(),
         "/data".to_string(),
     ];
@@ -141,22 +161,22 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
             protocol: Some("TCP".to_string()),
             ..ContainerPort::default()
         }]),
-        env: Some(vec![EnvVar {
-            name: PASSWORD_ENV.to_string(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(secret_key(cluster.redis_name(), PASSWORD_KEY)),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
         resources: redis.resources.clone(),
         readiness_probe: Some(probe(5, 3)),
         liveness_probe: Some(probe(10, 6)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".to_string(),
-            mount_path: "/data".to_string(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".to_string(),
+                mount_path: "/data".to_string(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "auth".to_string(),
+                mount_path: CONFIG_DIR.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -185,7 +205,7 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    volumes: Some(vec![data_volume]),
+                    volumes: Some(vec![data_volume, auth_volume]),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {

@@ -138,7 +138,9 @@ fn password_secret_holds_the_password() {
     let c = Cluster::new(&object).expect("cluster");
     let secret = password_secret(&c, "s3cret");
     assert_child(&secret.metadata, "demo-redis", "redis");
-    assert_eq!(secret.string_data.expect("data")["password"], "s3cret");
+    let data = secret.string_data.expect("data");
+    assert_eq!(data["password"], "s3cret");
+    assert_eq!(data["redis.conf"], "requirepass \"s3cret\"\n");
 }
 
 #[test]
@@ -154,26 +156,46 @@ fn managed_redis_without_persistence_uses_an_empty_dir() {
         Some(c.selector_labels(COMPONENT_REDIS))
     );
     let pod = spec.template.spec.expect("pod");
-    let volume = &pod.volumes.expect("volumes")[0];
+    let volume = &pod.volumes.as_ref().expect("volumes")[0];
     assert!(volume.empty_dir.is_some());
     assert!(volume.persistent_volume_claim.is_none());
     let container = &pod.containers[0];
     assert_eq!(container.image.as_deref(), Some("redis:7.4-alpine"));
     let args = container.args.clone().expect("args");
-    assert!(args
-        .windows(2)
-        .any(|w| w == ["--requirepass", "$(REDIS_PASSWORD)"]));
+    // The password is read from the mounted configuration file, never from the command line.
+    assert_eq!(args[0], "/etc/redis-auth/redis.conf");
+    assert!(!args
+        .iter()
+        .any(|a| a.contains("requirepass") || a.contains("REDIS_PASSWORD")));
     assert!(args.windows(2).any(|w| w == ["--appendonly", "no"]));
-    let env = &container.env.as_ref().expect("env")[0];
-    assert_eq!(env.name, "REDIS_PASSWORD");
-    let from = env
-        .value_from
+    assert!(
+        container.env.is_none(),
+        "no password in the environment either"
+    );
+    let mount = container
+        .volume_mounts
         .as_ref()
-        .and_then(|v| v.secret_key_ref.as_ref())
-        .expect("from secret");
+        .expect("mounts")
+        .iter()
+        .find(|m| m.name == "auth")
+        .expect("auth mount");
     assert_eq!(
-        (from.name.as_str(), from.key.as_str()),
-        ("demo-redis", "password")
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/redis-auth", Some(true))
+    );
+    let auth = pod
+        .volumes
+        .as_ref()
+        .expect("volumes")
+        .iter()
+        .find(|v| v.name == "auth")
+        .and_then(|v| v.secret.as_ref())
+        .expect("auth volume from a Secret");
+    assert_eq!(auth.secret_name.as_deref(), Some("demo-redis"));
+    let items = auth.items.as_ref().expect("items");
+    assert_eq!(
+        (items.len(), items[0].key.as_str(), items[0].path.as_str()),
+        (1, "redis.conf", "redis.conf")
     );
     assert!(persistent_volume_claim(&c).is_none());
 
