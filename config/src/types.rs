@@ -158,7 +158,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Topic alias maximum advertised to v5 clients (0 disables topic aliases).
     pub max_topic_alias: u16,
-    /// Longest keep-alive a client may ask for, in seconds (v5 clients are told via Server Keep Alive).
+    /// Longest keep-alive a client may have, in seconds; 0 = no maximum (the client's own, even
+    /// 0, which never closes a silent connection). An MQTT 5 client asking for more, or for none,
+    /// is given this one in CONNACK (Server Keep Alive) and closed when silent for 1.5 times it;
+    /// an MQTT 3.x client, which cannot be told, is refused (CONNACK 0x02, as Mosquitto does).
     pub max_keep_alive_secs: u16,
     /// Seconds a client has to send CONNECT after opening the connection.
     pub connect_timeout_secs: u64,
