@@ -367,9 +367,12 @@ async fn open_store(
 ) -> Result<Arc<dyn Store>, ServerError> {
     let max_queued = config.limits.max_queued_messages;
     Ok(match redis {
-        None => Arc::new(MemoryStore::new(max_queued)),
+        None => Arc::new(
+            MemoryStore::new(max_queued).with_max_retained(config.limits.max_retained_messages),
+        ),
         Some(target) => {
-            let store_config = RedisStoreConfig::new(target, &config.node_id, max_queued);
+            let mut store_config = RedisStoreConfig::new(target, &config.node_id, max_queued);
+            store_config.max_retained = config.limits.max_retained_messages;
             let store = store::connect_when_up(store_config, |waiting| {
                 if let Some(admin) = admin {
                     admin.set_starting(format!(

@@ -169,6 +169,15 @@ pub struct LimitsConfig {
     /// authenticated yet when it sends one, so it may not make the broker hold much for it.
     /// A larger CONNECT closes the connection at its header.
     pub max_connect_size: u32,
+    /// Most retained messages kept (all topics; in a cluster, all nodes together); 0 = no limit.
+    /// A retained publish to a new topic beyond it is still delivered, but not retained, and
+    /// counted in `starling_retained_refused_total{reason="count"}`; replacing or deleting a
+    /// topic's retained message is always allowed.
+    pub max_retained_messages: usize,
+    /// Largest payload, in bytes, of a message kept as retained. A larger retained publish is
+    /// delivered but not retained (the topic keeps any earlier retained message), counted in
+    /// `starling_retained_refused_total{reason="payload"}`.
+    pub max_retained_payload_size: u32,
 }
 
 impl Default for LimitsConfig {
@@ -185,6 +194,8 @@ impl Default for LimitsConfig {
             max_keep_alive_secs: 3600,
             connect_timeout_secs: 10,
             max_connect_size: 64 * 1024,
+            max_retained_messages: 1_000_000,
+            max_retained_payload_size: 256 * 1024,
         }
     }
 }

@@ -64,6 +64,16 @@ impl RedisStore {
         format!("{}retained:{topic}", self.base)
     }
 
+    /// Prefix of the retained messages' keys: `<prefix>v1:retained:`.
+    pub(super) fn retained_prefix(&self) -> String {
+        format!("{}retained:", self.base)
+    }
+
+    /// Topics whose retained message expires, scored by when (ms since the epoch).
+    pub(super) fn retained_expiring_key(&self) -> String {
+        format!("{}retained-expiring", self.base)
+    }
+
     pub(super) fn retained_topics_key(&self) -> String {
         format!("{}retained-topics", self.base)
     }

@@ -14,6 +14,8 @@ pub(super) struct Scripts {
     pub(super) subscribe: Script,
     pub(super) adopt: Script,
     pub(super) take_expired: Script,
+    pub(super) retain: Script,
+    pub(super) tidy_retained: Script,
 }
 
 impl Scripts {
@@ -34,6 +36,8 @@ impl Scripts {
             subscribe: Script::new(include_str!("subscribe.lua")),
             adopt: Script::new(include_str!("adopt.lua")),
             take_expired: Script::new(include_str!("take_expired.lua")),
+            retain: Script::new(include_str!("retain.lua")),
+            tidy_retained: Script::new(include_str!("tidy_retained.lua")),
         }
     }
 }
