@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Retained publishes delivered but not retained: the payload exceeded
     /// `limits.max_retained_payload_size`.
     pub retained_refused_payload: Counter,
+    /// Retained publishes delivered but not retained: the retained payloads would have exceeded
+    /// `limits.max_retained_bytes`.
+    pub retained_refused_bytes: Counter,
     /// PUBLISH packets received from clients, by QoS.
     pub messages_received: [Counter; 3],
     /// PUBLISH packets sent to clients, by QoS.
@@ -143,7 +146,7 @@ impl Metrics {
         let retained_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "retained_refused",
-            "Retained publishes delivered but not retained, by the limit that refused them (count, payload)",
+            "Retained publishes delivered but not retained, by the limit that refused them (count, payload, bytes)",
             retained_refused.clone(),
         );
         let refused_for = |reason| {
@@ -314,6 +317,7 @@ impl Metrics {
             retained,
             retained_refused_count: refused_for("count"),
             retained_refused_payload: refused_for("payload"),
+            retained_refused_bytes: refused_for("bytes"),
             messages_received: by_qos(&received),
             messages_sent: by_qos(&sent),
             bytes_received,

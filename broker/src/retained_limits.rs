@@ -19,6 +19,8 @@ pub enum Refusal {
     Count,
     /// The payload exceeded `limits.max_retained_payload_size`.
     Payload,
+    /// The retained payloads would have exceeded `limits.max_retained_bytes`.
+    Bytes,
 }
 
 impl Refusal {
@@ -27,6 +29,7 @@ impl Refusal {
         match self {
             Refusal::Count => "count",
             Refusal::Payload => "payload",
+            Refusal::Bytes => "bytes",
         }
     }
 }
@@ -39,8 +42,8 @@ pub struct RetainGate {
 }
 
 impl RetainGate {
-    /// A gate refusing payloads larger than `max_payload_size` bytes (the count limit is the
-    /// store's).
+    /// A gate refusing payloads larger than `max_payload_size` bytes (the count and total-bytes
+    /// limits are the store's).
     pub fn new(max_payload_size: u32) -> Self {
         RetainGate {
             max_payload: usize::try_from(max_payload_size).unwrap_or(usize::MAX),
@@ -62,7 +65,8 @@ impl RetainGate {
         } else {
             match store.set_retained(message.clone()).await {
                 Ok(Retained::Stored | Retained::Deleted) => return None,
-                Ok(Retained::Full) => Refusal::Count,
+                Ok(Retained::CountFull) => Refusal::Count,
+                Ok(Retained::BytesFull) => Refusal::Bytes,
                 Err(e) => {
                     tracing::warn!(error = %e, topic = %message.topic, "retained message not stored");
                     return None;
@@ -72,6 +76,7 @@ impl RetainGate {
         match refusal {
             Refusal::Count => metrics.retained_refused_count.inc(),
             Refusal::Payload => metrics.retained_refused_payload.inc(),
+            Refusal::Bytes => metrics.retained_refused_bytes.inc(),
         };
         self.warn(refusal, message);
         Some(refusal)
@@ -102,6 +107,7 @@ impl RetainGate {
             match refusal {
                 Refusal::Count => "messages",
                 Refusal::Payload => "payload_size",
+                Refusal::Bytes => "bytes",
             }
         );
     }

@@ -17,7 +17,9 @@ use starling_broker::auth::Auth;
 use starling_broker::broker::Broker;
 use starling_broker::message::{Message, MessageProperties};
 use starling_broker::metrics::Metrics;
-use starling_broker::store::{RedisStore, RedisStoreConfig, Retained, Store};
+use starling_broker::store::{
+    MemoryStore, RedisStore, RedisStoreConfig, Retained, RetainedLimits, Store,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -138,9 +140,96 @@ async fn count_limit_scenario(addr: SocketAddr, metrics: &Metrics, prefix: &str)
     assert_eq!(metrics.retained_refused_payload.get(), 0);
 }
 
+/// The total-bytes limit on a store (10 bytes): a replacement counts the message it replaces
+/// as gone, a deletion frees its bytes, an expired message frees its bytes.
+async fn bytes_limit_scenario(store: &dyn Store) {
+    let set = |topic: &'static str, payload: &'static [u8], expires_at| async move {
+        store
+            .set_retained(message(topic, payload, expires_at))
+            .await
+            .expect("set_retained")
+    };
+    assert_eq!(set("b/a", b"123456", None).await, Retained::Stored);
+    assert_eq!(set("b/b", b"1234", None).await, Retained::Stored);
+    assert_eq!(set("b/c", b"1", None).await, Retained::BytesFull);
+    assert_eq!(set("b/a", b"1234567", None).await, Retained::BytesFull);
+    assert_eq!(set("b/a", b"12345", None).await, Retained::Stored);
+    assert_eq!(set("b/c", b"1", None).await, Retained::Stored);
+    assert_eq!(set("b/b", b"", None).await, Retained::Deleted);
+    let soon = SystemTime::now() + Duration::from_millis(300);
+    assert_eq!(set("b/d", b"1234", Some(soon)).await, Retained::Stored);
+    assert_eq!(set("b/e", b"1234", None).await, Retained::BytesFull);
+    eventually("b/e is retained once b/d expired", || async {
+        (set("b/e", b"1234", None).await == Retained::Stored).then_some(())
+    })
+    .await;
+    assert!(
+        SystemTime::now() >= soon,
+        "b/e was retained before b/d expired"
+    );
+    let mut kept: Vec<(String, Vec<u8>)> = store
+        .retained_matching("b/#")
+        .await
+        .expect("match")
+        .iter()
+        .map(|m| (m.topic.to_string(), m.payload.to_vec()))
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        pairs(&[("b/a", "12345"), ("b/c", "1"), ("b/e", "1234")])
+    );
+}
+
+const TEN_BYTES: RetainedLimits = RetainedLimits {
+    max_messages: 0,
+    max_bytes: 10,
+};
+
 // ---------------------------------------------------------------------------------------------
 // Memory store
 // ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn memory_total_bytes_limit() {
+    bytes_limit_scenario(&MemoryStore::new(10).with_retained_limits(TEN_BYTES)).await;
+}
+
+#[tokio::test]
+async fn total_bytes_limit_is_counted_and_still_delivers() {
+    let broker = TestBroker::start_with(|c| c.limits.max_retained_bytes = 4).await;
+    let addr = broker.tcp();
+    let (mut live, _) = v5_client(addr, "by-live", |_| {}).await;
+    subscribe(&mut live, "by/#", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = v5_client(addr, "by-pub", |_| {}).await;
+    assert_eq!(
+        retain(&mut publisher, "by/a", b"123").await,
+        PubAckReason::Success
+    );
+    assert_eq!(
+        retain(&mut publisher, "by/b", b"12").await,
+        PubAckReason::Success
+    );
+    for (topic, payload) in [("by/a", "123"), ("by/b", "12")] {
+        let p = live.publish().await;
+        assert_eq!(
+            (&p.topic[..], &p.payload[..]),
+            (topic.as_bytes(), payload.as_bytes())
+        );
+    }
+    let metrics = &broker.broker.metrics;
+    assert_eq!(metrics.retained_refused_bytes.get(), 1);
+    let text = metrics.render();
+    assert!(
+        text.contains("starling_retained_refused_total{reason=\"bytes\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        retained_seen(addr, "by-probe", "by/#").await,
+        pairs(&[("by/a", "123")])
+    );
+    broker.stop().await;
+}
 
 #[tokio::test]
 async fn memory_count_limit_refuses_new_topics_only_and_still_delivers() {
@@ -260,7 +349,10 @@ async fn memory_expired_retained_message_makes_room() {
 
 async fn redis_store(server: &RedisServer, node: &str, max_retained: usize) -> RedisStore {
     let mut config = RedisStoreConfig::new(server.target(), node, 100);
-    config.max_retained = max_retained;
+    config.retained_limits = RetainedLimits {
+        max_messages: max_retained,
+        max_bytes: 0,
+    };
     config.operation_timeout = Duration::from_secs(5);
     RedisStore::connect(config).await.expect("connect to redis")
 }
@@ -296,8 +388,8 @@ async fn redis_count_limit_holds_across_nodes_publishing_at_once() {
     for task in tasks {
         match task.await.expect("task") {
             Retained::Stored => stored += 1,
-            Retained::Full => {}
-            Retained::Deleted => panic!("nothing was deleted"),
+            Retained::CountFull => {}
+            other => panic!("only the count limit applies: {other:?}"),
         }
     }
     assert_eq!(
@@ -323,7 +415,7 @@ async fn redis_count_limit_holds_across_nodes_publishing_at_once() {
         a.set_retained(message("race/new", b"v", None))
             .await
             .expect("new"),
-        Retained::Full
+        Retained::CountFull
     );
     assert_eq!(
         b.set_retained(message(&second, b"", None))
@@ -338,6 +430,67 @@ async fn redis_count_limit_holds_across_nodes_publishing_at_once() {
         Retained::Stored
     );
     assert_eq!(a.retained_count().await.expect("count"), 10);
+}
+
+#[tokio::test]
+async fn redis_total_bytes_limit() {
+    let server = RedisServer::start().await;
+    let mut config = RedisStoreConfig::new(server.target(), "node-a", 100);
+    config.retained_limits = TEN_BYTES;
+    let store = RedisStore::connect(config).await.expect("connect to redis");
+    bytes_limit_scenario(&store).await;
+
+    // The bookkeeping in Redis: sizes of b/a, b/c, b/e and their sum.
+    let mut redis = server.client().await;
+    let bytes = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("GET")
+                .arg("starling:v1:retained-bytes")
+                .query_async::<i64>(&mut redis)
+                .await
+                .expect("GET retained-bytes")
+        }
+    };
+    assert_eq!(bytes(&mut redis).await, 10);
+    let sizes: i64 = redis::cmd("HLEN")
+        .arg("starling:v1:retained-sizes")
+        .query_async(&mut redis)
+        .await
+        .expect("HLEN");
+    assert_eq!(sizes, 3);
+    // A message Redis expires leaves the sum when a look-up meets its missing key.
+    assert_eq!(
+        store
+            .set_retained(message("b/c", b"", None))
+            .await
+            .expect("delete"),
+        Retained::Deleted
+    );
+    assert_eq!(bytes(&mut redis).await, 9);
+    let soon = SystemTime::now() + Duration::from_millis(200);
+    assert_eq!(
+        store
+            .set_retained(message("b/f", b"1", Some(soon)))
+            .await
+            .expect("set"),
+        Retained::Stored
+    );
+    assert_eq!(bytes(&mut redis).await, 10);
+    eventually(
+        "a look-up drops the expired b/f from the byte count",
+        || {
+            let store = &store;
+            let redis = redis.clone();
+            async move {
+                store.retained_matching("b/#").await.expect("match");
+                let mut redis = redis;
+                (bytes(&mut redis).await == 9).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(store.retained_count().await.expect("count"), 2);
 }
 
 #[tokio::test]
@@ -364,7 +517,7 @@ async fn redis_expired_retained_messages_make_room() {
             .set_retained(message("e/3", b"v", None))
             .await
             .expect("set"),
-        Retained::Full
+        Retained::CountFull
     );
     // Redis expires e/1 by its PXAT; the next retain at the limit drops it from the count.
     eventually("e/3 is retained once e/1 expired", || async {
@@ -398,6 +551,7 @@ async fn redis_count_limit_refuses_new_topics_only_and_still_delivers() {
     let store = Arc::new(redis_store(&server, "node-a", 2).await);
     let mut config = common::test_config();
     config.limits.max_retained_messages = 2;
+    config.limits.max_retained_bytes = 0;
     let auth = Auth::load(&config.auth).expect("auth");
     let broker = Broker::new(config, auth, store);
     let addr = common::serve_tcp(broker.clone()).await;

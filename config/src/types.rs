@@ -178,6 +178,11 @@ pub struct LimitsConfig {
     /// delivered but not retained (the topic keeps any earlier retained message), counted in
     /// `starling_retained_refused_total{reason="payload"}`.
     pub max_retained_payload_size: u32,
+    /// Most bytes of retained payloads kept, summed over all topics (in a cluster, all nodes
+    /// together); 0 = no limit. A retained publish that would take the sum beyond it (counting
+    /// the message it replaces as gone) is delivered but not retained, counted in
+    /// `starling_retained_refused_total{reason="bytes"}`. Topics and properties are not counted.
+    pub max_retained_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -196,6 +201,7 @@ impl Default for LimitsConfig {
             max_connect_size: 64 * 1024,
             max_retained_messages: 1_000_000,
             max_retained_payload_size: 256 * 1024,
+            max_retained_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::retained_map::RetainedMap;
 use super::{
     Attached, Completed, Detached, Enqueued, ExpiredSession, Holder, QueuedMessage, Retained,
-    SessionClaim, Store, StoreError, StoredSession,
+    RetainedLimits, SessionClaim, Store, StoreError, StoredSession,
 };
 use crate::message::{ClientId, Message};
 use crate::store::journal_hold::JournalReservation;
@@ -27,7 +27,7 @@ enum Entry {
 pub struct MemoryStore {
     sessions: Mutex<HashMap<ClientId, Entry>>,
     retained: Mutex<RetainedMap>,
-    max_retained: usize,
+    retained_limits: RetainedLimits,
     max_queued: usize,
     generations: std::sync::atomic::AtomicU64,
 }
@@ -39,15 +39,15 @@ impl MemoryStore {
         MemoryStore {
             sessions: Mutex::new(HashMap::new()),
             retained: Mutex::new(RetainedMap::default()),
-            max_retained: 0,
+            retained_limits: RetainedLimits::default(),
             max_queued,
             generations: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// This store keeping at most `max` retained messages (0: no limit).
-    pub fn with_max_retained(mut self, max: usize) -> Self {
-        self.max_retained = max;
+    /// This store keeping retained messages within `limits`.
+    pub fn with_retained_limits(mut self, limits: RetainedLimits) -> Self {
+        self.retained_limits = limits;
         self
     }
 }
@@ -56,7 +56,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn set_retained(&self, message: Arc<Message>) -> Result<Retained, StoreError> {
         let now = SystemTime::now();
-        Ok(self.retained.lock().set(message, self.max_retained, now))
+        Ok(self.retained.lock().set(message, self.retained_limits, now))
     }
 
     async fn retained_matching(&self, filter: &str) -> Result<Vec<Arc<Message>>, StoreError> {

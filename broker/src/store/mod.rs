@@ -266,7 +266,19 @@ pub enum Retained {
     Deleted,
     /// Not kept: the store holds its maximum number of retained messages and the topic had
     /// none (the message is still delivered).
-    Full,
+    CountFull,
+    /// Not kept: the retained payloads would exceed their maximum total size (the message is
+    /// still delivered).
+    BytesFull,
+}
+
+/// How much a store keeps as retained messages, over all topics (and, in Redis, all nodes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetainedLimits {
+    /// Most retained messages (0: no limit).
+    pub max_messages: usize,
+    /// Most bytes of retained payloads, summed (0: no limit).
+    pub max_bytes: u64,
 }
 
 /// Storage of session and retained-message state.

@@ -44,7 +44,7 @@ impl RedisStore {
             base: format!("{}v{SCHEMA_VERSION}:", config.key_prefix),
             node_id: config.node_id,
             max_queued: config.max_queued,
-            max_retained: config.max_retained,
+            retained_limits: config.retained_limits,
             expiry_grace: config.expiry_grace,
             operation_timeout: config.operation_timeout,
         })

@@ -69,9 +69,17 @@ impl RedisStore {
         format!("{}retained:", self.base)
     }
 
-    /// Topics whose retained message expires, scored by when (ms since the epoch).
-    pub(super) fn retained_expiring_key(&self) -> String {
-        format!("{}retained-expiring", self.base)
+    /// The four retained indexes, in the order the retained scripts expect them: the topics,
+    /// those whose message expires (scored by when, ms since the epoch), their payload sizes,
+    /// and the sum of those.
+    pub(super) fn retained_index_keys(&self) -> [String; 4] {
+        let b = &self.base;
+        [
+            format!("{b}retained-topics"),
+            format!("{b}retained-expiring"),
+            format!("{b}retained-sizes"),
+            format!("{b}retained-bytes"),
+        ]
     }
 
     pub(super) fn retained_topics_key(&self) -> String {

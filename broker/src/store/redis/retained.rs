@@ -1,5 +1,6 @@
-//! Retained messages in Redis: one key per topic with an index of topics (whose size is the
-//! count the limit holds to), expired by Redis itself when the message carries an expiry.
+//! Retained messages in Redis: one key per topic, expired by Redis itself when the message
+//! carries an expiry, and indexes (`retained_index.lua`) holding the count and the payload bytes
+//! the limits hold to.
 
 use super::reply::{array, bytes, int, malformed};
 use super::{codec, encode_failed, millis_since_epoch, RedisStore};
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 /// Keys fetched per MGET when collecting retained messages.
 const MGET_BATCH: usize = 512;
 
-/// Expired topics `retain.lua` drops from the count at most, when it finds the limit reached.
+/// Expired topics `retain.lua` drops from the counts at most, when it finds a limit reached.
 const TIDY_BATCH: usize = 256;
 
 impl RedisStore {
@@ -29,20 +30,22 @@ impl RedisStore {
             .map_or(0, |at| millis_since_epoch(at).max(1));
         let mut invocation = self.scripts.retain.prepare_invoke();
         invocation
+            .key(&self.retained_index_keys()[..])
             .key(self.retained_key(&message.topic))
-            .key(self.retained_topics_key())
-            .key(self.retained_expiring_key())
             .arg(&*message.topic)
             .arg(encoded)
             .arg(expiry)
-            .arg(self.max_retained)
+            .arg(self.retained_limits.max_messages)
             .arg(millis_since_epoch(SystemTime::now()))
             .arg(self.retained_prefix())
-            .arg(TIDY_BATCH);
+            .arg(TIDY_BATCH)
+            .arg(message.payload.len())
+            .arg(self.retained_limits.max_bytes);
         match int(self.run_script(invocation).await?)? {
-            0 => Ok(Retained::Full),
+            0 => Ok(Retained::CountFull),
             1 => Ok(Retained::Stored),
             2 => Ok(Retained::Deleted),
+            3 => Ok(Retained::BytesFull),
             other => Err(malformed(&format!("retain.lua answered {other}"))),
         }
     }
@@ -100,8 +103,7 @@ impl RedisStore {
         if !vanished.is_empty() {
             let mut invocation = self.scripts.tidy_retained.prepare_invoke();
             invocation
-                .key(self.retained_topics_key())
-                .key(self.retained_expiring_key())
+                .key(&self.retained_index_keys()[..])
                 .arg(self.retained_prefix())
                 .arg(&vanished);
             if let Err(e) = self.run_script(invocation).await {

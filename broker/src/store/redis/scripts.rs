@@ -19,7 +19,8 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
-    /// Every script, the claim scripts with the journal helpers in front.
+    /// Every script, the claim scripts with the journal helpers in front and the retained ones
+    /// with the retained-index helpers.
     pub(super) fn new() -> Self {
         Scripts {
             attach: Script::new(concat!(
@@ -36,8 +37,14 @@ impl Scripts {
             subscribe: Script::new(include_str!("subscribe.lua")),
             adopt: Script::new(include_str!("adopt.lua")),
             take_expired: Script::new(include_str!("take_expired.lua")),
-            retain: Script::new(include_str!("retain.lua")),
-            tidy_retained: Script::new(include_str!("tidy_retained.lua")),
+            retain: Script::new(concat!(
+                include_str!("retained_index.lua"),
+                include_str!("retain.lua")
+            )),
+            tidy_retained: Script::new(concat!(
+                include_str!("retained_index.lua"),
+                include_str!("tidy_retained.lua")
+            )),
         }
     }
 }
