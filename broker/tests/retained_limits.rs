@@ -197,7 +197,11 @@ async fn memory_total_bytes_limit() {
 
 #[tokio::test]
 async fn total_bytes_limit_is_counted_and_still_delivers() {
-    let broker = TestBroker::start_with(|c| c.limits.max_retained_bytes = 4).await;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_retained_bytes = 4;
+        c.limits.max_retained_payload_size = 4;
+    })
+    .await;
     let addr = broker.tcp();
     let (mut live, _) = v5_client(addr, "by-live", |_| {}).await;
     subscribe(&mut live, "by/#", QoS::AtLeastOnce).await;
