@@ -13,6 +13,7 @@ use crate::message::{ClientId, Message};
 use crate::metrics::Metrics;
 use crate::protocol::{topic, QoS};
 use crate::read_mostly::ReadMostly;
+use crate::retained_limits::RetainGate;
 use crate::router::memo::RouteMemo;
 use crate::router::remote::NodeId;
 use crate::router::GroupKey;
@@ -241,6 +242,7 @@ pub struct Broker {
     clock_ms: AtomicU64,
     run_state: watch::Sender<RunState>,
     delivery_patience: Duration,
+    retain_gate: RetainGate,
     cluster: OnceLock<Arc<ClusterLink>>,
     hand_offs: HandOffs,
     adopted: AdoptedParked,
@@ -264,6 +266,7 @@ impl Broker {
         let delivery_patience = Duration::from_millis(config.limits.delivery_wait_ms);
         Arc::new(Broker {
             delivery_patience,
+            retain_gate: RetainGate::new(config.limits.max_retained_payload_size),
             cluster: OnceLock::new(),
             hand_offs: HandOffs::default(),
             adopted: AdoptedParked::default(),
@@ -396,9 +399,10 @@ impl Broker {
     /// nodes until [`Self::send_relays`].
     pub async fn publish_with(&self, message: Arc<Message>, publishing: &mut Publishing) -> Routed {
         if message.retain {
-            if let Err(e) = self.store.set_retained(message.clone()).await {
-                tracing::warn!(error = %e, topic = %message.topic, "retained message not stored");
-            }
+            // Refused by a limit, the message is still delivered (the refusal is counted).
+            self.retain_gate
+                .retain(&*self.store, &self.metrics, &message)
+                .await;
         }
         self.route_with(&message, publishing).await
     }

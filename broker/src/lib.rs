@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod read_mostly;
 pub mod reload;
+pub mod retained_limits;
 pub mod router;
 pub mod server;
 pub mod session;

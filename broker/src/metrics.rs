@@ -23,6 +23,14 @@ pub struct Metrics {
     pub sessions: Gauge,
     /// Retained messages stored.
     pub retained: Gauge,
+    /// Retained publishes delivered but not retained: the store held `limits.max_retained_messages`.
+    pub retained_refused_count: Counter,
+    /// Retained publishes delivered but not retained: the payload exceeded
+    /// `limits.max_retained_payload_size`.
+    pub retained_refused_payload: Counter,
+    /// Retained publishes delivered but not retained: the retained payloads would have exceeded
+    /// `limits.max_retained_bytes`.
+    pub retained_refused_bytes: Counter,
     /// PUBLISH packets received from clients, by QoS.
     pub messages_received: [Counter; 3],
     /// PUBLISH packets sent to clients, by QoS.
@@ -135,6 +143,17 @@ impl Metrics {
             "Retained messages stored",
             retained.clone(),
         );
+        let retained_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "retained_refused",
+            "Retained publishes delivered but not retained, by the limit that refused them (count, payload, bytes)",
+            retained_refused.clone(),
+        );
+        let refused_for = |reason| {
+            retained_refused
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
 
         let received = Family::<QosLabel, Counter>::default();
         registry.register(
@@ -296,6 +315,9 @@ impl Metrics {
             subscriptions,
             sessions,
             retained,
+            retained_refused_count: refused_for("count"),
+            retained_refused_payload: refused_for("payload"),
+            retained_refused_bytes: refused_for("bytes"),
             messages_received: by_qos(&received),
             messages_sent: by_qos(&sent),
             bytes_received,

@@ -14,7 +14,7 @@ use crate::listener::tls::TlsListener;
 use crate::listener::{self, ListenerError};
 use crate::reload::Reload;
 use crate::store::redis::target::{RedisTarget, SentinelSettings};
-use crate::store::{self, MemoryStore, RedisStoreConfig, Store, StoreError};
+use crate::store::{self, MemoryStore, RedisStoreConfig, RetainedLimits, Store, StoreError};
 use redis::{ClientTlsConfig, TlsCertificates};
 use starling_config::{BrokerConfig, ClusterConfig, RedisTlsConfig};
 use std::future::Future;
@@ -366,10 +366,15 @@ async fn open_store(
     admin: Option<&Arc<AdminState>>,
 ) -> Result<Arc<dyn Store>, ServerError> {
     let max_queued = config.limits.max_queued_messages;
+    let retained_limits = RetainedLimits {
+        max_messages: config.limits.max_retained_messages,
+        max_bytes: config.limits.max_retained_bytes,
+    };
     Ok(match redis {
-        None => Arc::new(MemoryStore::new(max_queued)),
+        None => Arc::new(MemoryStore::new(max_queued).with_retained_limits(retained_limits)),
         Some(target) => {
-            let store_config = RedisStoreConfig::new(target, &config.node_id, max_queued);
+            let mut store_config = RedisStoreConfig::new(target, &config.node_id, max_queued);
+            store_config.retained_limits = retained_limits;
             let store = store::connect_when_up(store_config, |waiting| {
                 if let Some(admin) = admin {
                     admin.set_starting(format!(

@@ -1164,6 +1164,53 @@ async fn idle_client_is_disconnected_after_one_and_a_half_keep_alive_periods() {
 }
 
 #[tokio::test]
+async fn keep_alive_beyond_the_maximum_is_refused_with_identifier_rejected() {
+    // 3.1.1 cannot carry a Server Keep Alive: asking for more than the maximum, or for none,
+    // is refused (0x02, as Mosquitto's max_keepalive) rather than silently cut short.
+    let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = 20).await;
+    for (keep_alive, accepted) in [
+        (21, false),
+        (0, false),
+        (u16::MAX, false),
+        (20, true),
+        (1, true),
+    ] {
+        let id = format!("ka-max-{keep_alive}");
+        let (mut raw, ack) = raw_connect(broker.tcp(), connect_packet(&id, true, keep_alive)).await;
+        if accepted {
+            assert_eq!(
+                ack.code,
+                wire::ConnectReturnCode::Success,
+                "keep-alive {keep_alive}"
+            );
+        } else {
+            assert_eq!(
+                ack.code,
+                wire::ConnectReturnCode::BadClientId,
+                "keep-alive {keep_alive}"
+            );
+            raw.expect_closed().await;
+        }
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_maximum_any_keep_alive_is_accepted() {
+    let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = 0).await;
+    for keep_alive in [0, u16::MAX] {
+        let id = format!("ka-free-{keep_alive}");
+        let (_raw, ack) = raw_connect(broker.tcp(), connect_packet(&id, true, keep_alive)).await;
+        assert_eq!(
+            ack.code,
+            wire::ConnectReturnCode::Success,
+            "keep-alive {keep_alive}"
+        );
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn client_that_pings_within_keep_alive_stays_connected() {
     let broker = TestBroker::start().await;
     let (mut raw, ack) = raw_connect(broker.tcp(), connect_packet("pinger", true, 1)).await;

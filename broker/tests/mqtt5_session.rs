@@ -207,6 +207,100 @@ async fn keep_alive_above_limit_gets_server_keep_alive() {
     broker.stop().await;
 }
 
+/// Reads what the broker sends until it closes the connection (within 10 s); returns the bytes.
+async fn bytes_until_closed(raw: &mut RawClient) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = raw.buf.split().to_vec();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut scratch = [0u8; 1024];
+        loop {
+            match raw.stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&scratch[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the broker closes the silent connection");
+    got
+}
+
+/// Connects with `keep_alive` to a broker whose maximum is `max`, checks the CONNACK's Server
+/// Keep Alive is `max`, stays silent, and returns how long after CONNACK the broker closed the
+/// connection (having sent DISCONNECT 0x8D keep-alive timeout).
+async fn silent_after_server_keep_alive(max: u16, keep_alive: u16) -> Duration {
+    let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = max).await;
+    let mut connect = connect_packet("ka-silent", None);
+    connect.keep_alive = keep_alive;
+    let (mut raw, ack) = raw_connect(broker.tcp(), connect, None).await;
+    let acked = Instant::now();
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let props = ack.properties.expect("CONNACK properties");
+    assert_eq!(props.server_keep_alive, Some(max));
+    let got = bytes_until_closed(&mut raw).await;
+    let silent_for = acked.elapsed();
+    assert_eq!(
+        got.first(),
+        Some(&0xe0),
+        "DISCONNECT before closing: {got:02x?}"
+    );
+    assert_eq!(
+        got.get(2),
+        Some(&0x8d),
+        "reason keep-alive timeout: {got:02x?}"
+    );
+    broker.stop().await;
+    silent_for
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_one_and_a_half_server_keep_alives_not_its_own() {
+    // The client asks 60 s (90 s of silence allowed); the broker grants 2 s: closed after 3 s.
+    let silent_for = silent_after_server_keep_alive(2, 60).await;
+    assert!(
+        silent_for >= Duration::from_millis(2600),
+        "closed after {silent_for:?}, before 1.5 x the 2 s Server Keep Alive"
+    );
+    assert!(
+        silent_for < Duration::from_secs(5),
+        "closed only after {silent_for:?}: the Server Keep Alive of 2 s is not enforced"
+    );
+}
+
+#[tokio::test]
+async fn client_asking_for_no_keep_alive_gets_the_maximum_and_is_closed_when_silent() {
+    let silent_for = silent_after_server_keep_alive(1, 0).await;
+    assert!(
+        silent_for < Duration::from_secs(4),
+        "closed only after {silent_for:?}: the Server Keep Alive of 1 s is not enforced"
+    );
+}
+
+#[tokio::test]
+async fn without_a_maximum_the_clients_keep_alive_stands() {
+    let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = 0).await;
+    for keep_alive in [0, 60, u16::MAX] {
+        let mut connect = connect_packet(&format!("ka-free-{keep_alive}"), None);
+        connect.keep_alive = keep_alive;
+        let (mut raw, ack) = raw_connect(broker.tcp(), connect, None).await;
+        assert_eq!(ack.code, ConnectReturnCode::Success);
+        let props = ack.properties.expect("CONNACK properties");
+        assert_eq!(props.server_keep_alive, None, "keep-alive {keep_alive}");
+        raw_quiet(&mut raw).await;
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_within_the_limit_gets_no_server_keep_alive() {
+    let broker = TestBroker::start_with(|c| c.limits.max_keep_alive_secs = 60).await;
+    let (_raw, ack) = raw_connect(broker.tcp(), connect_packet("ka-ok", None), None).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let props = ack.properties.expect("CONNACK properties");
+    assert_eq!(props.server_keep_alive, None);
+    broker.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wills
 // ---------------------------------------------------------------------------------------------

@@ -65,6 +65,36 @@ fn packet_size_out_of_range_names_field_and_fix() {
 }
 
 #[test]
+fn retained_payload_size_of_zero_names_field_and_fix() {
+    let err = BrokerConfig::from_toml_str("[limits]\nmax_retained_payload_size = 0\n").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("limits.max_retained_payload_size"), "{text}");
+    assert!(text.contains("choose a size in bytes"), "{text}");
+}
+
+#[test]
+fn retained_bytes_below_the_payload_size_names_field_and_fix() {
+    let err = BrokerConfig::from_toml_str(
+        "[limits]\nmax_retained_payload_size = 1000\nmax_retained_bytes = 999\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("limits.max_retained_bytes"), "{text}");
+    assert!(text.contains("or 0 for no total limit"), "{text}");
+}
+
+#[test]
+fn retained_limits_parse_and_zero_messages_means_no_limit() {
+    let config = BrokerConfig::from_toml_str(
+        "[limits]\nmax_retained_messages = 0\nmax_retained_payload_size = 1\nmax_retained_bytes = 0\n",
+    )
+    .expect("valid");
+    assert_eq!(config.limits.max_retained_messages, 0);
+    assert_eq!(config.limits.max_retained_bytes, 0);
+    assert_eq!(config.limits.max_retained_payload_size, 1);
+}
+
+#[test]
 fn clashing_ports_are_rejected() {
     let err = BrokerConfig::from_toml_str(
         "[listeners]\ntcp = \"127.0.0.1:1883\"\nws = \"127.0.0.1:1883\"\n",

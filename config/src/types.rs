@@ -216,7 +216,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Topic alias maximum advertised to v5 clients (0 disables topic aliases).
     pub max_topic_alias: u16,
-    /// Longest keep-alive a client may ask for, in seconds (v5 clients are told via Server Keep Alive).
+    /// Longest keep-alive a client may have, in seconds; 0 = no maximum (the client's own, even
+    /// 0, which never closes a silent connection). An MQTT 5 client asking for more, or for none,
+    /// is given this one in CONNACK (Server Keep Alive) and closed when silent for 1.5 times it;
+    /// an MQTT 3.x client, which cannot be told, is refused (CONNACK 0x02, as Mosquitto does).
     pub max_keep_alive_secs: u16,
     /// Seconds a client has to send CONNECT after opening the connection.
     pub connect_timeout_secs: u64,
@@ -224,6 +227,20 @@ pub struct LimitsConfig {
     /// authenticated yet when it sends one, so it may not make the broker hold much for it.
     /// A larger CONNECT closes the connection at its header.
     pub max_connect_size: u32,
+    /// Most retained messages kept (all topics; in a cluster, all nodes together); 0 = no limit.
+    /// A retained publish to a new topic beyond it is still delivered, but not retained, and
+    /// counted in `starling_retained_refused_total{reason="count"}`; replacing or deleting a
+    /// topic's retained message is always allowed.
+    pub max_retained_messages: usize,
+    /// Largest payload, in bytes, of a message kept as retained. A larger retained publish is
+    /// delivered but not retained (the topic keeps any earlier retained message), counted in
+    /// `starling_retained_refused_total{reason="payload"}`.
+    pub max_retained_payload_size: u32,
+    /// Most bytes of retained payloads kept, summed over all topics (in a cluster, all nodes
+    /// together); 0 = no limit. A retained publish that would take the sum beyond it (counting
+    /// the message it replaces as gone) is delivered but not retained, counted in
+    /// `starling_retained_refused_total{reason="bytes"}`. Topics and properties are not counted.
+    pub max_retained_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -240,6 +257,9 @@ impl Default for LimitsConfig {
             max_keep_alive_secs: 3600,
             connect_timeout_secs: 10,
             max_connect_size: 64 * 1024,
+            max_retained_messages: 1_000_000,
+            max_retained_payload_size: 256 * 1024,
+            max_retained_bytes: 1024 * 1024 * 1024,
         }
     }
 }

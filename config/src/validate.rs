@@ -66,6 +66,25 @@ impl BrokerConfig {
                 "choose a size in bytes of at least 64 (a CONNECT holds the client id, credentials and the will message; limits.max_packet_size bounds it too)",
             ));
         }
+        if lim.max_retained_payload_size == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_retained_payload_size",
+                "0 would refuse every retained message",
+                "choose a size in bytes such as 262144, or limits.max_packet_size to not limit retained payloads beyond every packet (limits.max_retained_messages = 0 lifts the count limit)",
+            ));
+        }
+        if lim.max_retained_bytes > 0
+            && lim.max_retained_bytes < u64::from(lim.max_retained_payload_size)
+        {
+            return Err(ConfigError::invalid(
+                "limits.max_retained_bytes",
+                format!(
+                    "{} is below limits.max_retained_payload_size ({}), so some payloads that size allows could never be retained",
+                    lim.max_retained_bytes, lim.max_retained_payload_size
+                ),
+                "choose a total of at least limits.max_retained_payload_size, or 0 for no total limit",
+            ));
+        }
         if !(1..=65535).contains(&lim.max_topic_length) {
             return Err(ConfigError::invalid(
                 "limits.max_topic_length",

@@ -177,12 +177,8 @@ where
     };
     let expiry_secs = requested_expiry.min(max_expiry);
 
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if version.is_v5() && (keep_alive > limits.max_keep_alive_secs || keep_alive == 0) {
-        keep_alive = limits.max_keep_alive_secs;
-        server_keep_alive = Some(keep_alive);
-    }
+    let (keep_alive, server_keep_alive) =
+        granted_keep_alive(version, connect.keep_alive, limits.max_keep_alive_secs);
 
     // Take the session over from any connection that holds it, here or (later) elsewhere.
     if let Some(previous) = broker.online_handle(&client_id) {
@@ -438,6 +434,23 @@ fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturn
     if id.contains(['\0', '/', '+', '#']) {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
     }
+    if !c.version.is_v5()
+        && keep_alive_exceeds(
+            c.connect.keep_alive,
+            broker.config.limits.max_keep_alive_secs,
+        )
+    {
+        // MQTT 3.1/3.1.1 cannot tell a client to use a shorter keep-alive; enforcing one it does
+        // not know of would close it again and again. It is refused instead, with the code
+        // Mosquitto's `max_keepalive` uses (0x02, the only one that stops a retrying client).
+        tracing::info!(
+            client_id = %id,
+            keep_alive = c.connect.keep_alive,
+            max = broker.config.limits.max_keep_alive_secs,
+            "MQTT 3.x client refused: its keep-alive is 0 or above limits.max_keep_alive_secs"
+        );
+        return Err(ConnectReturnCode::ClientIdentifierNotValid);
+    }
     if let Some(props) = &c.connect.properties {
         if props.authentication_method.is_some() {
             return Err(ConnectReturnCode::BadAuthenticationMethod);
@@ -447,6 +460,22 @@ fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturn
         }
     }
     Ok(())
+}
+
+/// Whether a client's keep-alive (0: none) is beyond `max` (0: no maximum).
+fn keep_alive_exceeds(asked: u16, max: u16) -> bool {
+    max > 0 && (asked == 0 || asked > max)
+}
+
+/// The keep-alive the broker enforces and, for an MQTT 5 client asking for none or for more than
+/// `max`, the Server Keep Alive that tells it so (`max`). MQTT 3.x clients beyond `max` were
+/// refused in [`check_connect`].
+fn granted_keep_alive(version: ProtocolVersion, asked: u16, max: u16) -> (u16, Option<u16>) {
+    if version.is_v5() && keep_alive_exceeds(asked, max) {
+        (max, Some(max))
+    } else {
+        (asked, None)
+    }
 }
 
 /// Checks the credentials off the async workers: password hashing takes milliseconds of CPU.

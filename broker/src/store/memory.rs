@@ -1,11 +1,11 @@
 //! In-memory store: the embedded default of a standalone node.
 
+use super::retained_map::RetainedMap;
 use super::{
-    Attached, Completed, Detached, Enqueued, ExpiredSession, Holder, QueuedMessage, SessionClaim,
-    Store, StoreError, StoredSession,
+    Attached, Completed, Detached, Enqueued, ExpiredSession, Holder, QueuedMessage, Retained,
+    RetainedLimits, SessionClaim, Store, StoreError, StoredSession,
 };
 use crate::message::{ClientId, Message};
-use crate::protocol::topic;
 use crate::store::journal_hold::JournalReservation;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -26,44 +26,41 @@ enum Entry {
 /// Sessions and retained messages held in this process.
 pub struct MemoryStore {
     sessions: Mutex<HashMap<ClientId, Entry>>,
-    retained: Mutex<HashMap<Arc<str>, Arc<Message>>>,
+    retained: Mutex<RetainedMap>,
+    retained_limits: RetainedLimits,
     max_queued: usize,
     generations: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
-    /// A store whose session queues hold at most `max_queued` messages each.
+    /// A store whose session queues hold at most `max_queued` messages each, and which keeps
+    /// any number of retained messages.
     pub fn new(max_queued: usize) -> Self {
         MemoryStore {
             sessions: Mutex::new(HashMap::new()),
-            retained: Mutex::new(HashMap::new()),
+            retained: Mutex::new(RetainedMap::default()),
+            retained_limits: RetainedLimits::default(),
             max_queued,
             generations: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// This store keeping retained messages within `limits`.
+    pub fn with_retained_limits(mut self, limits: RetainedLimits) -> Self {
+        self.retained_limits = limits;
+        self
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError> {
-        let mut retained = self.retained.lock();
-        if message.payload.is_empty() {
-            retained.remove(&message.topic);
-        } else {
-            retained.insert(message.topic.clone(), message);
-        }
-        Ok(())
+    async fn set_retained(&self, message: Arc<Message>) -> Result<Retained, StoreError> {
+        let now = SystemTime::now();
+        Ok(self.retained.lock().set(message, self.retained_limits, now))
     }
 
     async fn retained_matching(&self, filter: &str) -> Result<Vec<Arc<Message>>, StoreError> {
-        let now = SystemTime::now();
-        let mut retained = self.retained.lock();
-        retained.retain(|_, m| !m.is_expired(now));
-        Ok(retained
-            .values()
-            .filter(|m| topic::matches(filter, &m.topic))
-            .cloned()
-            .collect())
+        Ok(self.retained.lock().matching(filter, SystemTime::now()))
     }
 
     async fn retained_count(&self) -> Result<usize, StoreError> {

@@ -8,6 +8,7 @@
 pub mod journal_hold;
 mod memory;
 pub mod redis;
+mod retained_map;
 mod wait;
 
 pub use memory::MemoryStore;
@@ -256,11 +257,36 @@ pub struct ExpiredSession {
     pub session: StoredSession,
 }
 
+/// What became of a retained publish in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retained {
+    /// Kept as its topic's retained message (replacing any earlier one).
+    Stored,
+    /// The topic's retained message was deleted (empty payload).
+    Deleted,
+    /// Not kept: the store holds its maximum number of retained messages and the topic had
+    /// none (the message is still delivered).
+    CountFull,
+    /// Not kept: the retained payloads would exceed their maximum total size (the message is
+    /// still delivered).
+    BytesFull,
+}
+
+/// How much a store keeps as retained messages, over all topics (and, in Redis, all nodes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetainedLimits {
+    /// Most retained messages (0: no limit).
+    pub max_messages: usize,
+    /// Most bytes of retained payloads, summed (0: no limit).
+    pub max_bytes: u64,
+}
+
 /// Storage of session and retained-message state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a retained message, or deletes the topic's retained message if the payload is empty.
-    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError>;
+    /// Stores a retained message, or deletes the topic's retained message if the payload is empty;
+    /// refuses a new topic while the store holds as many retained messages as it may.
+    async fn set_retained(&self, message: Arc<Message>) -> Result<Retained, StoreError>;
 
     /// Retained messages whose topics match `filter` (expired ones are left out).
     async fn retained_matching(&self, filter: &str) -> Result<Vec<Arc<Message>>, StoreError>;

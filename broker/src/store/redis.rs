@@ -17,6 +17,9 @@
 //! | `v1:node:<node>:moved`            | zset   | sessions claimed away from it (last minute)   |
 //! | `v1:retained:<topic>`             | string | encoded retained message                      |
 //! | `v1:retained-topics`              | set    | topics with a retained message                |
+//! | `v1:retained-expiring`            | zset   | those whose message expires, by when (ms)     |
+//! | `v1:retained-sizes`               | hash   | topic → payload bytes                         |
+//! | `v1:retained-bytes`               | string | their sum                                     |
 //!
 //! Operations that the in-memory store performs under its lock run here as Lua scripts, so they
 //! are atomic against every node: claiming (and completing a claim), detaching, removing, writing
@@ -43,8 +46,8 @@ pub mod target;
 pub use codec::{DecodeError, ENCODING_VERSION};
 
 use super::{
-    Adoption, Attached, Completed, Detached, Enqueued, ExpiredSession, QueuedMessage, SessionClaim,
-    Store, StoreError, StoredSession, StoredSubscription,
+    Adoption, Attached, Completed, Detached, Enqueued, ExpiredSession, QueuedMessage, Retained,
+    RetainedLimits, SessionClaim, Store, StoreError, StoredSession, StoredSubscription,
 };
 use crate::message::{ClientId, Message};
 use crate::store::journal_hold::JournalReservation;
@@ -69,6 +72,8 @@ pub struct RedisStoreConfig {
     pub node_id: String,
     /// Maximum number of messages in one session's queue.
     pub max_queued: usize,
+    /// What is kept as retained messages, counted over every node sharing the Redis.
+    pub retained_limits: RetainedLimits,
     /// How long an offline session's keys outlive its expiry, so a live node's sweep can still
     /// return the session's subscriptions before Redis drops the keys by itself.
     pub expiry_grace: Duration,
@@ -86,6 +91,7 @@ impl RedisStoreConfig {
             key_prefix: "starling:".to_string(),
             node_id: node_id.into(),
             max_queued,
+            retained_limits: RetainedLimits::default(),
             expiry_grace: Duration::from_secs(30),
             operation_timeout: Duration::from_secs(5),
         }
@@ -113,6 +119,7 @@ pub struct RedisStore {
     base: String,
     node_id: String,
     max_queued: usize,
+    retained_limits: RetainedLimits,
     expiry_grace: Duration,
     operation_timeout: Duration,
 }
@@ -131,7 +138,7 @@ fn millis_since_epoch(at: SystemTime) -> u64 {
 // an inherent method of the same name, which method resolution picks before the trait's.
 #[async_trait]
 impl Store for RedisStore {
-    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError> {
+    async fn set_retained(&self, message: Arc<Message>) -> Result<Retained, StoreError> {
         self.set_retained(message).await
     }
 

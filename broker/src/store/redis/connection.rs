@@ -44,6 +44,7 @@ impl RedisStore {
             base: format!("{}v{SCHEMA_VERSION}:", config.key_prefix),
             node_id: config.node_id,
             max_queued: config.max_queued,
+            retained_limits: config.retained_limits,
             expiry_grace: config.expiry_grace,
             operation_timeout: config.operation_timeout,
         })
@@ -70,12 +71,6 @@ impl RedisStore {
     pub(super) async fn query(&self, cmd: Cmd) -> Result<Value, StoreError> {
         let mut con = self.manager.clone();
         self.bounded(async move { cmd.query_async::<Value>(&mut con).await })
-            .await
-    }
-
-    pub(super) async fn query_pipeline(&self, pipe: redis::Pipeline) -> Result<Value, StoreError> {
-        let mut con = self.manager.clone();
-        self.bounded(async move { pipe.query_async::<Value>(&mut con).await })
             .await
     }
 

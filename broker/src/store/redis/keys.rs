@@ -64,6 +64,24 @@ impl RedisStore {
         format!("{}retained:{topic}", self.base)
     }
 
+    /// Prefix of the retained messages' keys: `<prefix>v1:retained:`.
+    pub(super) fn retained_prefix(&self) -> String {
+        format!("{}retained:", self.base)
+    }
+
+    /// The four retained indexes, in the order the retained scripts expect them: the topics,
+    /// those whose message expires (scored by when, ms since the epoch), their payload sizes,
+    /// and the sum of those.
+    pub(super) fn retained_index_keys(&self) -> [String; 4] {
+        let b = &self.base;
+        [
+            format!("{b}retained-topics"),
+            format!("{b}retained-expiring"),
+            format!("{b}retained-sizes"),
+            format!("{b}retained-bytes"),
+        ]
+    }
+
     pub(super) fn retained_topics_key(&self) -> String {
         format!("{}retained-topics", self.base)
     }

@@ -1,11 +1,12 @@
-//! Retained messages in Redis: one key per topic with an index of topics, expired by Redis
-//! itself when the message carries an expiry.
+//! Retained messages in Redis: one key per topic, expired by Redis itself when the message
+//! carries an expiry, and indexes (`retained_index.lua`) holding the count and the payload bytes
+//! the limits hold to.
 
 use super::reply::{array, bytes, int, malformed};
 use super::{codec, encode_failed, millis_since_epoch, RedisStore};
 use crate::message::Message;
 use crate::protocol::topic;
-use crate::store::StoreError;
+use crate::store::{Retained, StoreError};
 use redis::Value;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,27 +14,40 @@ use std::time::SystemTime;
 /// Keys fetched per MGET when collecting retained messages.
 const MGET_BATCH: usize = 512;
 
+/// Expired topics `retain.lua` drops from the counts at most, when it finds a limit reached.
+const TIDY_BATCH: usize = 256;
+
 impl RedisStore {
-    pub(super) async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError> {
-        let key = self.retained_key(&message.topic);
-        let index = self.retained_topics_key();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if message.payload.is_empty() {
-            pipe.del(&key).ignore();
-            pipe.srem(&index, &*message.topic).ignore();
+    pub(super) async fn set_retained(&self, message: Arc<Message>) -> Result<Retained, StoreError> {
+        let encoded = if message.payload.is_empty() {
+            Vec::new()
         } else {
-            let encoded = codec::encode_message(&message).map_err(encode_failed)?;
-            let mut set = redis::cmd("SET");
-            set.arg(&key).arg(encoded);
-            if let Some(at) = message.expires_at {
-                // Redis drops the key itself when the message expires (at once if that is past).
-                set.arg("PXAT").arg(millis_since_epoch(at).max(1));
-            }
-            pipe.add_command(set).ignore();
-            pipe.sadd(&index, &*message.topic).ignore();
+            codec::encode_message(&message).map_err(encode_failed)?
+        };
+        // Redis drops the key itself when the message expires (at once if that is past).
+        let expiry = message
+            .expires_at
+            .map_or(0, |at| millis_since_epoch(at).max(1));
+        let mut invocation = self.scripts.retain.prepare_invoke();
+        invocation
+            .key(&self.retained_index_keys()[..])
+            .key(self.retained_key(&message.topic))
+            .arg(&*message.topic)
+            .arg(encoded)
+            .arg(expiry)
+            .arg(self.retained_limits.max_messages)
+            .arg(millis_since_epoch(SystemTime::now()))
+            .arg(self.retained_prefix())
+            .arg(TIDY_BATCH)
+            .arg(message.payload.len())
+            .arg(self.retained_limits.max_bytes);
+        match int(self.run_script(invocation).await?)? {
+            0 => Ok(Retained::CountFull),
+            1 => Ok(Retained::Stored),
+            2 => Ok(Retained::Deleted),
+            3 => Ok(Retained::BytesFull),
+            other => Err(malformed(&format!("retain.lua answered {other}"))),
         }
-        self.query_pipeline(pipe).await.map(|_| ())
     }
 
     pub(super) async fn retained_matching(
@@ -87,9 +101,12 @@ impl RedisStore {
             }
         }
         if !vanished.is_empty() {
-            let mut srem = redis::cmd("SREM");
-            srem.arg(self.retained_topics_key()).arg(&vanished);
-            if let Err(e) = self.query(srem).await {
+            let mut invocation = self.scripts.tidy_retained.prepare_invoke();
+            invocation
+                .key(&self.retained_index_keys()[..])
+                .arg(self.retained_prefix())
+                .arg(&vanished);
+            if let Err(e) = self.run_script(invocation).await {
                 tracing::debug!(error = %e, "retained index not tidied");
             }
         }

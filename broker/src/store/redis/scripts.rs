@@ -14,10 +14,13 @@ pub(super) struct Scripts {
     pub(super) subscribe: Script,
     pub(super) adopt: Script,
     pub(super) take_expired: Script,
+    pub(super) retain: Script,
+    pub(super) tidy_retained: Script,
 }
 
 impl Scripts {
-    /// Every script, the claim scripts with the journal helpers in front.
+    /// Every script, the claim scripts with the journal helpers in front and the retained ones
+    /// with the retained-index helpers.
     pub(super) fn new() -> Self {
         Scripts {
             attach: Script::new(concat!(
@@ -34,6 +37,14 @@ impl Scripts {
             subscribe: Script::new(include_str!("subscribe.lua")),
             adopt: Script::new(include_str!("adopt.lua")),
             take_expired: Script::new(include_str!("take_expired.lua")),
+            retain: Script::new(concat!(
+                include_str!("retained_index.lua"),
+                include_str!("retain.lua")
+            )),
+            tidy_retained: Script::new(concat!(
+                include_str!("retained_index.lua"),
+                include_str!("tidy_retained.lua")
+            )),
         }
     }
 }
