@@ -93,8 +93,9 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ),
     // Applied only.
     ("", "persistentvolumeclaims", &["create", "patch"]),
-    // The managed Redis' password: read, created once.
-    ("", "secrets", &["get", "create"]),
+    // The managed Redis' password and the admin token: read, created once; a Redis Secret
+    // from an older operator is patched to gain its configuration line.
+    ("", "secrets", &["get", "create", "patch"]),
     // The cluster's pods, read for the status: why a pod cannot run.
     ("", "pods", &["list"]),
     (
