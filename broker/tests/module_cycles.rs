@@ -3,7 +3,7 @@
 //! use its own ancestors freely (a child module is part of its parent's implementation);
 //! anything else that comes back to where it started is a cycle.
 //!
-//! The broker still has one cycle, between `broker.rs` and the cluster files that deliver
+//! The broker still has one cycle, between `broker/mod.rs` and the cluster files that deliver
 //! through it (issue #20); it is listed in [`KNOWN`] and may only shrink. The test fails when a
 //! new file joins a cycle, a new cycle appears, or the known one shrank and the list was not
 //! updated.
