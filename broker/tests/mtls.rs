@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::reload::{self, replace_file as replace};
 use common::{v4, v5, TestBroker, WAIT};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -17,9 +18,8 @@ use rumqttc::{TlsConfiguration, Transport};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use starling_config::{BrokerConfig, CertificateUsername, ClientAuth, TlsListenerConfig};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A certificate authority made for a test.
 struct Ca {
@@ -356,38 +356,9 @@ async fn optional_client_certificates_fall_back_to_passwords() {
     broker.stop().await;
 }
 
-/// `starling_reloads_total{what="tls",outcome}` as the broker reports it.
-fn tls_reloads(broker: &TestBroker, outcome: &str) -> u64 {
-    let wanted = format!("starling_reloads_total{{what=\"tls\",outcome=\"{outcome}\"}} ");
-    broker
-        .broker
-        .metrics
-        .render()
-        .lines()
-        .find_map(|line| line.strip_prefix(wanted.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Waits until the broker counted `n` reloads of TLS files with `outcome`.
 async fn reloaded(broker: &TestBroker, outcome: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut pause = Duration::from_millis(20);
-    while tls_reloads(broker, outcome) < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {outcome} reload of the TLS files within {WAIT:?}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
-
-/// Replaces `path`'s contents the way a mounted Secret changes: a new file renamed over the old.
-fn replace(path: &Path, contents: &str) {
-    let fresh = path.with_extension("new");
-    std::fs::write(&fresh, contents).expect("write the new file");
-    std::fs::rename(&fresh, path).expect("rename it into place");
+    reload::reloaded(broker, "tls", outcome, n, WAIT).await;
 }
 
 #[tokio::test]

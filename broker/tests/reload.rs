@@ -5,51 +5,20 @@
 
 mod common;
 
+use common::reload::{self, reload_count, replace_file as replace};
 use common::{v5, TestBroker, WAIT};
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use rumqttc::{TlsConfiguration, Transport};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a reload may take to be noticed: one check interval and some.
 const RELOAD_WAIT: Duration = Duration::from_secs(15);
 
-/// `starling_reloads_total{what,outcome}` in a `/metrics` text.
-fn reload_count(metrics: &str, what: &str, outcome: &str) -> u64 {
-    let wanted = format!("starling_reloads_total{{what=\"{what}\",outcome=\"{outcome}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(wanted.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// `starling_reloads_total{what,outcome}` as the broker reports it.
-fn reloads(broker: &TestBroker, what: &str, outcome: &str) -> u64 {
-    reload_count(&broker.broker.metrics.render(), what, outcome)
-}
-
 /// Waits until the broker counted `n` reloads of `what` with `outcome`.
 async fn reloaded(broker: &TestBroker, what: &str, outcome: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
-    let mut pause = Duration::from_millis(20);
-    while reloads(broker, what, outcome) < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {outcome} reload of {what} within {RELOAD_WAIT:?}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
-
-/// Replaces `path`'s contents the way a mounted Secret changes: a new file renamed over the old.
-fn replace(path: &Path, contents: &str) {
-    let fresh = path.with_extension("new");
-    std::fs::write(&fresh, contents).expect("write the new file");
-    std::fs::rename(&fresh, path).expect("rename it into place");
+    reload::reloaded(broker, what, outcome, n, RELOAD_WAIT).await;
 }
 
 fn users(entries: &[(&str, &str)]) -> String {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod reload;
+
 use bytes::BytesMut;
 use starling_broker::broker::Broker;
 use starling_broker::server::{BoundAddresses, Server};
