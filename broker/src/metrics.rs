@@ -98,6 +98,11 @@ struct ReloadLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct QosLabel {
     qos: u8,
 }
@@ -287,6 +292,18 @@ impl Metrics {
             "Reloads of changed files (what: tls, auth), by outcome (ok; failed: the previous material stays in force)",
             reloads.clone(),
         );
+        // Constant 1, labelled with the version: joins any series with the build that produced it.
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The broker's build: always 1, its version in the label",
+            build_info,
+        );
         let redis_up = Gauge::default();
         redis_up.set(1);
         registry.register(
@@ -367,6 +384,16 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_is_named_by_a_constant_gauge() {
+        let text = Metrics::new().render();
+        let line = format!(
+            "starling_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&line), "{text}");
+    }
 
     #[test]
     fn renders_counters_with_labels() {
