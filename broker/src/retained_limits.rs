@@ -32,6 +32,15 @@ impl Refusal {
             Refusal::Bytes => "bytes",
         }
     }
+
+    /// The setting (under `limits.`) that refused it.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Refusal::Count => "max_retained_messages",
+            Refusal::Payload => "max_retained_payload_size",
+            Refusal::Bytes => "max_retained_bytes",
+        }
+    }
 }
 
 /// Applies the retained-message limits in front of the store.
@@ -102,13 +111,9 @@ impl RetainGate {
             payload_bytes = message.payload.len(),
             reason = refusal.label(),
             unlogged_since_last_warning = unlogged,
-            "retained message delivered but not retained: limits.max_retained_{} reached \
+            "retained message delivered but not retained: limits.{} reached \
              (starling_retained_refused_total counts every one)",
-            match refusal {
-                Refusal::Count => "messages",
-                Refusal::Payload => "payload_size",
-                Refusal::Bytes => "bytes",
-            }
+            refusal.setting()
         );
     }
 }

@@ -30,7 +30,8 @@ pub use self::connection::{
 pub const REDIS_PORT: i32 = 6379;
 /// Key of the password in the managed Redis' Secret.
 pub const PASSWORD_KEY: &str = "password";
-/// Environment variable holding the Redis password in broker and Redis pods. It has no
+/// Environment variable holding the Redis password in broker pods (the managed Redis reads it
+/// from its configuration file, see `redis/auth_config.rs`). It has no
 /// `STARLING_` prefix, so the broker's configuration loader ignores it; the Redis URL refers to
 /// it as `$(REDIS_PASSWORD)`, which Kubernetes expands.
 pub const PASSWORD_ENV: &str = "REDIS_PASSWORD";
