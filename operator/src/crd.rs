@@ -206,8 +206,12 @@ pub struct ConfigMapKeyRef {
     pub key: String,
 }
 
-/// Rewrites the properties schemars describes as `uint16`/`uint32` into integer formats the
-/// API server knows (it warns about any other on every apply) with the Rust type's maximum, so
+/// The largest integer a JSON number holds exactly (2^53 - 1).
+const MAX_EXACT_JSON_INTEGER: u64 = (1 << 53) - 1;
+
+/// Rewrites the properties schemars describes as `uint16`/`uint32`/`uint64` into integer formats the
+/// API server knows (it warns about any other on every apply) with the Rust type's maximum (for
+/// `uint64`, the largest integer JSON holds exactly), so
 /// the API server refuses a value the operator could not read back: one such object would
 /// otherwise make the operator's whole list of clusters unreadable.
 fn unsigned_as_kubernetes_integers(schema: &mut schemars::Schema) {
@@ -222,13 +226,15 @@ fn unsigned_as_kubernetes_integers(schema: &mut schemars::Schema) {
             continue;
         };
         let (format, type_max) = match property.get("format").and_then(|f| f.as_str()) {
-            Some("uint8") => ("int32", u32::from(u8::MAX)),
-            Some("uint16") => ("int32", u32::from(u16::MAX)),
-            Some("uint32") => ("int64", u32::MAX),
+            Some("uint8") => ("int32", u64::from(u8::MAX)),
+            Some("uint16") => ("int32", u64::from(u16::MAX)),
+            Some("uint32") => ("int64", u64::from(u32::MAX)),
+            // JSON numbers are exact up to 2^53 - 1, and so is every client reading the spec.
+            Some("uint64") => ("int64", MAX_EXACT_JSON_INTEGER),
             _ => continue,
         };
-        let maximum = match property.get("maximum").and_then(serde_json::Value::as_f64) {
-            Some(declared) if declared < f64::from(type_max) => property["maximum"].clone(),
+        let maximum = match property.get("maximum").and_then(serde_json::Value::as_u64) {
+            Some(declared) if declared < type_max => property["maximum"].clone(),
             _ => type_max.into(),
         };
         property.insert("format".into(), format.into());

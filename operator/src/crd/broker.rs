@@ -37,6 +37,31 @@ pub struct BrokerSettings {
     #[serde(default = "defaults::max_connections")]
     #[schemars(range(min = 1))]
     pub max_connections: u32,
+    /// Longest keep-alive a client may have, in seconds; 0 = no maximum. MQTT 5 clients asking
+    /// for more (or for none) are told this one (Server Keep Alive); MQTT 3.x clients asking for
+    /// more, or for none, are refused (CONNACK 0x02). Raise it (up to 65535) for 3.x devices
+    /// that sleep longer than an hour.
+    #[serde(default = "defaults::max_keep_alive_secs")]
+    pub max_keep_alive_secs: u16,
+    /// Largest CONNECT packet accepted, in bytes: a client is not authenticated yet when it
+    /// sends one, so it may not make a broker hold much for it.
+    #[serde(default = "defaults::max_connect_size")]
+    #[schemars(range(min = 64, max = 268_435_455))]
+    pub max_connect_size: u32,
+    /// Most retained messages kept, all topics of the cluster together; 0 = no limit. A retained
+    /// publish to a new topic beyond it is delivered but not retained (counted in
+    /// `starling_retained_refused_total{reason="count"}`).
+    #[serde(default = "defaults::max_retained_messages")]
+    pub max_retained_messages: u32,
+    /// Largest payload, in bytes, of a message kept as retained; a larger one is delivered but
+    /// not retained (`reason="payload"`).
+    #[serde(default = "defaults::max_retained_payload_size")]
+    #[schemars(range(max = 268_435_455))]
+    pub max_retained_payload_size: u32,
+    /// Most bytes of retained payloads kept, all topics of the cluster together; 0 = no limit
+    /// (`reason="bytes"` when refused).
+    #[serde(default = "defaults::max_retained_bytes")]
+    pub max_retained_bytes: u64,
     /// Seconds a stopping broker waits for its clients to leave. The pods' termination grace
     /// period is set longer than this.
     #[serde(default = "defaults::drain_timeout_secs")]
@@ -75,6 +100,11 @@ impl Default for BrokerSettings {
             queue_qos0: defaults::queue_qos0(),
             max_packet_size: defaults::max_packet_size(),
             max_connections: defaults::max_connections(),
+            max_keep_alive_secs: defaults::max_keep_alive_secs(),
+            max_connect_size: defaults::max_connect_size(),
+            max_retained_messages: defaults::max_retained_messages(),
+            max_retained_payload_size: defaults::max_retained_payload_size(),
+            max_retained_bytes: defaults::max_retained_bytes(),
             drain_timeout_secs: defaults::drain_timeout_secs(),
             evacuation_rate_per_sec: defaults::evacuation_rate_per_sec(),
             evacuation_timeout_secs: defaults::evacuation_timeout_secs(),
@@ -127,6 +157,21 @@ mod defaults {
     }
     pub fn max_connections() -> u32 {
         saturate(broker().limits.max_connections)
+    }
+    pub fn max_keep_alive_secs() -> u16 {
+        broker().limits.max_keep_alive_secs
+    }
+    pub fn max_connect_size() -> u32 {
+        broker().limits.max_connect_size
+    }
+    pub fn max_retained_messages() -> u32 {
+        saturate(broker().limits.max_retained_messages)
+    }
+    pub fn max_retained_payload_size() -> u32 {
+        broker().limits.max_retained_payload_size
+    }
+    pub fn max_retained_bytes() -> u64 {
+        broker().limits.max_retained_bytes
     }
     pub fn drain_timeout_secs() -> u32 {
         u32::try_from(broker().shutdown.drain_timeout_secs).unwrap_or(u32::MAX)

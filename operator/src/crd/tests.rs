@@ -300,6 +300,7 @@ fn unsigned_settings_are_bounded_by_their_rust_types() {
         "maxMessageExpirySecs",
         "maxQueuedMessages",
         "maxConnections",
+        "maxRetainedMessages",
     ] {
         assert_rejected(
             json!({"broker": {field: u64::from(u32::MAX) + 1}}),
@@ -322,6 +323,18 @@ fn unsigned_settings_are_bounded_by_their_rust_types() {
     assert_rejected(
         json!({"broker": {"drainTimeoutSecs": 3601}}),
         "above the maximum 3600",
+    );
+    assert_rejected(
+        json!({"broker": {"maxKeepAliveSecs": 65536}}),
+        "above the maximum 65535",
+    );
+    assert_rejected(
+        json!({"broker": {"maxRetainedBytes": 1_u64 << 53}}),
+        "above the maximum 9007199254740991",
+    );
+    assert_eq!(
+        problems(json!({"broker": {"maxRetainedBytes": (1_u64 << 53) - 1}})),
+        Vec::<String>::new()
     );
 }
 

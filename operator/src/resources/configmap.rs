@@ -112,6 +112,11 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
     config.limits.max_queued_messages = b.max_queued_messages as usize;
     config.limits.max_inflight = b.max_inflight;
     config.limits.max_connections = b.max_connections as usize;
+    config.limits.max_keep_alive_secs = b.max_keep_alive_secs;
+    config.limits.max_connect_size = b.max_connect_size;
+    config.limits.max_retained_messages = b.max_retained_messages as usize;
+    config.limits.max_retained_payload_size = b.max_retained_payload_size;
+    config.limits.max_retained_bytes = b.max_retained_bytes;
     config.session.max_session_expiry_secs = b.max_session_expiry_secs;
     config.session.max_message_expiry_secs = b.max_message_expiry_secs;
     config.session.queue_qos0 = b.queue_qos0;
@@ -263,6 +268,11 @@ broker:
   queueQos0: true
   maxPacketSize: 65536
   maxConnections: 10
+  maxKeepAliveSecs: 0
+  maxConnectSize: 4096
+  maxRetainedMessages: 500
+  maxRetainedPayloadSize: 1024
+  maxRetainedBytes: 65536
   drainTimeoutSecs: 25
   adminPort: 9100
   logLevel: debug
@@ -299,6 +309,11 @@ broker:
         assert_eq!(parsed.limits.max_inflight, 7);
         assert_eq!(parsed.limits.max_packet_size, 65536);
         assert_eq!(parsed.limits.max_connections, 10);
+        assert_eq!(parsed.limits.max_keep_alive_secs, 0);
+        assert_eq!(parsed.limits.max_connect_size, 4096);
+        assert_eq!(parsed.limits.max_retained_messages, 500);
+        assert_eq!(parsed.limits.max_retained_payload_size, 1024);
+        assert_eq!(parsed.limits.max_retained_bytes, 65536);
         assert_eq!(parsed.shutdown.drain_timeout_secs, 25);
         assert_eq!(parsed.log.level, "debug");
         assert_eq!(parsed.log.format, starling_config::LogFormat::Text);
