@@ -326,6 +326,23 @@ async fn mqttcluster_children_status_scale_config_change_and_deletion() {
         .await
         .expect("Redis Secret");
     assert_owned_by(&secret.metadata, &uid, "Redis Secret");
+    // Gossip is encrypted by default, with a generated AES-256 key the pods mount.
+    let gossip = env
+        .api::<Secret>()
+        .get("e2e-gossip")
+        .await
+        .expect("gossip key Secret");
+    assert_owned_by(&gossip.metadata, &uid, "gossip key Secret");
+    let key = gossip
+        .data
+        .as_ref()
+        .and_then(|d| d.get("key"))
+        .expect("the Secret holds `key`");
+    assert_eq!(key.0.len(), 44, "base64 text of 32 bytes");
+    assert!(
+        toml.contains("gossip_key_file"),
+        "the brokers read the key: {toml}"
+    );
     println!("every child exists and is owned by the cluster");
 
     // The status.

@@ -26,6 +26,13 @@ pub enum Error {
         /// What is wrong with it.
         source: crate::resources::redis::AuthConfigError,
     },
+    /// The generated gossip key's Secret is gone while the brokers read their key from it: a new
+    /// key would keep restarted pods out of the running pods' gossip.
+    #[error(
+        "Secret {0}, which holds the gossip key the running brokers use, is missing: recreate it \
+         with the key `key` holding the value of /etc/starling/gossip/key in a running broker pod"
+    )]
+    GossipSecretMissing(String),
     /// An object could not be serialized.
     #[error("serialization: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -41,6 +48,7 @@ impl Error {
             Error::Random(_) => "random",
             Error::Kube(_) => "kube_api",
             Error::RedisSecret { .. } => "redis_secret",
+            Error::GossipSecretMissing(_) => "gossip_secret",
             Error::Serialize(_) => "serialize",
         }
     }

@@ -9,7 +9,9 @@
 use crate::crd::{MqttCluster, RedisMode};
 use crate::events;
 use crate::metrics::Metrics;
-use crate::resources::{self, admin, redis, servicemonitor, Children, Cluster, FIELD_MANAGER};
+use crate::resources::{
+    self, admin, gossip, redis, servicemonitor, Children, Cluster, FIELD_MANAGER,
+};
 use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -245,6 +247,37 @@ async fn ensure_redis_secret(client: &Client, cluster: &Cluster<'_>) -> Result<(
     Ok(())
 }
 
+/// Settles where the brokers' gossip key comes from, creating the generated key's Secret for a
+/// cluster whose brokers do not run yet. A cluster whose brokers already gossip without a key
+/// keeps doing so: giving them one would roll the pods into two gossip groups.
+async fn settle_gossip_key<'a>(
+    client: &Client,
+    cluster: Cluster<'a>,
+) -> Result<Cluster<'a>, Error> {
+    if cluster.gossip_key() != &gossip::GossipKey::Generated {
+        return Ok(cluster);
+    }
+    let name = cluster.gossip_secret_name();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), cluster.namespace);
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(cluster);
+    }
+    let brokers = Api::<StatefulSet>::namespaced(client.clone(), cluster.namespace)
+        .get_opt(&cluster.broker_name())
+        .await?;
+    match &brokers {
+        None => {
+            let secret = gossip::key_secret(&cluster, &gossip::generate_key()?);
+            create_secret(&secrets, &secret).await?;
+            Ok(cluster)
+        }
+        Some(_) if gossip::generated_key_is_safe(&cluster, brokers.as_ref()) => {
+            Err(Error::GossipSecretMissing(name))
+        }
+        Some(_) => Ok(cluster.keeping_gossip_unencrypted()),
+    }
+}
+
 /// Creates the brokers' admin token Secret unless it exists (never rewritten: the token stays
 /// stable).
 async fn ensure_admin_secret(client: &Client, cluster: &Cluster<'_>) -> Result<(), Error> {
@@ -263,9 +296,13 @@ async fn create_unless_present(
     if api.get_opt(name).await?.is_some() {
         return Ok(());
     }
+    create_secret(&api, secret).await
+}
+
+/// Creates `secret`; one made meanwhile (by another reconcile) is kept.
+async fn create_secret(api: &Api<Secret>, secret: &Secret) -> Result<(), Error> {
     match api.create(&PostParams::default(), secret).await {
         Ok(_) => Ok(()),
-        // Another reconcile created it meanwhile: keep that one.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -395,11 +432,15 @@ pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Ac
 }
 
 async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action, Error> {
-    let cluster = Cluster::new(object)?;
     let client = &ctx.client;
+    let cluster = Cluster::new(object)?;
+    let (cluster, gossip_key) = match settle_gossip_key(client, cluster.clone()).await {
+        Ok(settled) => (settled, Ok(())),
+        Err(e) => (cluster, Err(e)),
+    };
     let ns = cluster.namespace;
 
-    let (outcome, failure) = match resources::desired(&cluster) {
+    let (outcome, failure) = match gossip_key.and_then(|()| resources::desired(&cluster)) {
         Err(e @ (Error::InvalidSpec(_) | Error::BrokerConfig(_))) => {
             (ReconcileOutcome::InvalidSpec(e.to_string()), None)
         }

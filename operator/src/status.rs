@@ -11,6 +11,8 @@
 //!   pod's reason when pods are stuck Pending.
 //! - `Degraded`: something needs a human (invalid spec, failed apply, a pod that cannot run,
 //!   Redis or brokers down while nothing is rolling out).
+//! - `GossipEncrypted`: whether the brokers' gossip is encrypted, and with which key (`False`
+//!   when turned off, or for brokers that ran before the operator generated keys).
 
 mod endpoint;
 pub mod pods;
@@ -18,6 +20,7 @@ pub mod pods;
 pub use self::endpoint::{endpoint, endpoint_hint};
 
 use crate::crd::MqttClusterStatus;
+use crate::resources::gossip::GossipKey;
 use crate::resources::{Cluster, COMPONENT_BROKER};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -29,6 +32,8 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: the cluster needs attention.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: the brokers' gossip is encrypted.
+pub const GOSSIP_ENCRYPTED: &str = "GossipEncrypted";
 
 /// What went wrong in the last reconcile, if anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,7 +362,7 @@ pub fn compute(
         }
     };
 
-    let conditions = [ready, progressing, degraded]
+    let conditions = [ready, progressing, degraded, gossip_encrypted(cluster)]
         .into_iter()
         .map(|mut c| {
             c.observed_generation = generation;
@@ -381,6 +386,42 @@ pub fn compute(
         endpoint: endpoint(cluster, observed.client_service),
         endpoint_hint: endpoint_hint(cluster, observed.client_service),
         conditions,
+    }
+}
+
+/// The `GossipEncrypted` condition, from where the brokers' key comes from.
+fn gossip_encrypted(cluster: &Cluster<'_>) -> Condition {
+    match cluster.gossip_key() {
+        GossipKey::Spec(key) => condition(
+            GOSSIP_ENCRYPTED,
+            true,
+            "SecretKey",
+            format!("key {} of Secret {}", key.key, key.name),
+        ),
+        GossipKey::Generated => condition(
+            GOSSIP_ENCRYPTED,
+            true,
+            "GeneratedKey",
+            format!("key generated in Secret {}", cluster.gossip_secret_name()),
+        ),
+        GossipKey::Disabled => condition(
+            GOSSIP_ENCRYPTED,
+            false,
+            "Disabled",
+            "spec.gossip.encrypt is false: anything that reaches the gossip port can join the \
+             cluster or report a broker dead"
+                .to_string(),
+        ),
+        GossipKey::KeptUnencrypted => condition(
+            GOSSIP_ENCRYPTED,
+            false,
+            "CreatedUnencrypted",
+            "the brokers ran before the operator generated gossip keys, and giving them one \
+             now would split their gossip while the pods roll; set \
+             spec.gossip.encryptionKeySecretRef to encrypt (old and new pods do not gossip \
+             together until the roll ends)"
+                .to_string(),
+        ),
     }
 }
 

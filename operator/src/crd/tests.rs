@@ -257,6 +257,20 @@ fn gossip_and_admin_ports_must_not_clash() {
 }
 
 #[test]
+fn unencrypted_gossip_cannot_name_a_key() {
+    assert_rejected(
+        json!({"gossip": {"encrypt": false, "encryptionKeySecretRef": {"name": "g", "key": "k"}}}),
+        "encrypt is false but encryptionKeySecretRef is set",
+    );
+    for gossip in [
+        json!({"encrypt": false}),
+        json!({"encryptionKeySecretRef": {"name": "g", "key": "k"}}),
+    ] {
+        assert_eq!(problems(json!({ "gossip": gossip })), Vec::<String>::new());
+    }
+}
+
+#[test]
 fn closed_broker_needs_users() {
     assert_rejected(
         json!({"auth": {"allowAnonymous": false}}),

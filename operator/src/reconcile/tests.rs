@@ -131,6 +131,13 @@ async fn expect_status_patch(api: &mut FakeApiServer) -> MqttClusterStatus {
     status
 }
 
+/// Answers the lookup of the generated gossip key's Secret: it exists.
+async fn expect_existing_gossip_key(api: &mut FakeApiServer) {
+    api.expect(Method::GET, &format!("{NS_API}/secrets/demo-gossip"))
+        .await
+        .respond_with(existing("v1", "Secret", "demo-gossip", true));
+}
+
 /// Answers the lookup of the brokers' admin token Secret: it exists.
 async fn expect_existing_admin_secret(api: &mut FakeApiServer) {
     api.expect(Method::GET, &format!("{NS_API}/secrets/demo-admin"))
@@ -260,6 +267,20 @@ fn condition<'a>(status: &'a MqttClusterStatus, type_: &str) -> &'a Condition {
 #[tokio::test]
 async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_records_status() {
     let result = run(cluster(Default::default()), |mut api| async move {
+        // The gossip key: no Secret and no brokers yet, so a key is generated, once.
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-gossip"))
+            .await
+            .not_found();
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .not_found();
+        let call = api.expect(Method::POST, &format!("{NS_API}/secrets")).await;
+        assert_eq!(call.body["metadata"]["name"], "demo-gossip");
+        assert_eq!(call.body["metadata"]["ownerReferences"][0]["name"], "demo");
+        let key = call.body["stringData"]["key"].as_str().expect("key");
+        assert_eq!(key.len(), 44, "base64 of 32 bytes: {key}");
+        let secret = live(call.body.clone());
+        call.respond(StatusCode::CREATED, secret);
         // The Redis password Secret: looked up, created once.
         api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
             .await
@@ -384,6 +405,7 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
     let mut recorded = None;
     let slot = &mut recorded;
     let first = run(object.clone(), |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
@@ -408,6 +430,7 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
     let mut object = object;
     object.status = recorded;
     let second = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
@@ -424,6 +447,7 @@ async fn ready_cluster_is_recorded_once_then_resynced_without_a_status_patch() {
 #[tokio::test]
 async fn an_older_redis_secret_gains_the_configuration_line_and_keeps_its_password() {
     let result = run(cluster(Default::default()), |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
             .await
             .respond_with(redis_secret(false));
@@ -463,6 +487,7 @@ async fn each_applied_generation_gets_its_own_event() {
         reconcile(Arc::new(first.clone()), ctx.clone()),
         async move {
             let mut api = api;
+            expect_existing_gossip_key(&mut api).await;
             expect_existing_managed_redis(&mut api).await;
             let set = expect_broker_children_applied(&mut api).await;
             expect_service_monitor_discovery(&mut api, false).await;
@@ -481,6 +506,7 @@ async fn each_applied_generation_gets_its_own_event() {
     second.status = Some(status);
     let (result, api) = tokio::join!(reconcile(Arc::new(second), ctx.clone()), async move {
         let mut api = api;
+        expect_existing_gossip_key(&mut api).await;
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
@@ -502,6 +528,7 @@ async fn each_applied_generation_gets_its_own_event() {
 #[tokio::test]
 async fn pods_missing_a_secret_are_named_in_the_status() {
     let result = run(cluster(Default::default()), |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
@@ -565,6 +592,7 @@ async fn pods_missing_a_secret_are_named_in_the_status() {
 async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns() {
     let object = cluster_from_yaml("redis: {external: {url: \"redis://redis.example:6379/0\"}}");
     let result = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         // The managed Redis' Service is this cluster's: deleted.
         api.expect(Method::GET, &format!("{NS_API}/services/demo-redis"))
             .await
@@ -641,6 +669,7 @@ async fn reconcile_with_monitoring(installed: bool) -> Option<Value> {
     let mut applied = None;
     let slot = &mut applied;
     let result = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, installed).await;
@@ -679,6 +708,7 @@ async fn service_monitor_is_applied_only_when_its_crd_exists() {
 async fn service_monitor_turned_off_is_deleted_and_named_in_the_event() {
     let object = cluster_from_yaml("monitoring: {serviceMonitor: {enabled: false}}");
     let result = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, true).await;
@@ -709,6 +739,7 @@ async fn service_monitor_turned_off_is_deleted_and_named_in_the_event() {
 async fn failed_discovery_fails_the_reconcile_instead_of_skipping_the_service_monitor() {
     let object = cluster_from_yaml("monitoring: {serviceMonitor: {enabled: true}}");
     let result = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         expect_existing_managed_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         api.expect(Method::GET, "/apis/monitoring.coreos.com/v1")
@@ -745,6 +776,7 @@ async fn api_error_records_reconcile_failed_and_requeues() {
         &metrics,
         cluster(Default::default()),
         |mut api| async move {
+            expect_existing_gossip_key(&mut api).await;
             expect_existing_managed_redis(&mut api).await;
             expect_existing_admin_secret(&mut api).await;
             api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
@@ -823,6 +855,7 @@ async fn invalid_spec_is_recorded_and_waits_for_a_change() {
         "redis: {managed: {}, external: {url: \"redis://redis.example:6379/0\"}}",
     );
     let result = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
         // Nothing is applied; what exists is observed.
         api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
             .await
@@ -865,4 +898,105 @@ fn only_objects_this_cluster_controls_count_as_owned() {
         refs[0].uid = "another-cluster".into();
     }
     assert!(!owned_by(&other, &c));
+}
+
+/// Brokers made by an operator older than generated gossip keys run without one. Giving them a
+/// key would roll them into two gossip groups, so they keep running without, and the status
+/// says so.
+#[tokio::test]
+async fn brokers_gossiping_without_a_key_keep_doing_so_and_no_key_is_made() {
+    let object = cluster(Default::default());
+    let running = {
+        let c = Cluster::new(&object)
+            .expect("cluster")
+            .keeping_gossip_unencrypted();
+        serde_json::to_value(resources::desired(&c).expect("children").stateful_set).expect("JSON")
+    };
+    let result = run(object, |mut api| async move {
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-gossip"))
+            .await
+            .not_found();
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&running, 3));
+        // No Secret is created: the next request is the managed Redis'.
+        expect_existing_managed_redis(&mut api).await;
+        expect_existing_admin_secret(&mut api).await;
+        let config = api
+            .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+            .await;
+        let toml = config["data"]["starling.toml"].as_str().expect("config");
+        assert!(!toml.contains("gossip_key_file"), "{toml}");
+        api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+            .await;
+        api.expect_apply(&format!("{NS_API}/services/demo")).await;
+        let set = api
+            .expect_apply(&format!("{NS_APPS}/statefulsets/demo"))
+            .await;
+        assert_eq!(
+            set["spec"]["template"], running["spec"]["template"],
+            "the pods do not roll"
+        );
+        api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
+            .await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        expect_ready_observations(&mut api, &set).await;
+        let status = expect_status_patch(&mut api).await;
+        let gossip = condition(&status, "GossipEncrypted");
+        assert_eq!(
+            (gossip.status.as_str(), gossip.reason.as_str()),
+            ("False", "CreatedUnencrypted")
+        );
+        assert!(
+            gossip
+                .message
+                .contains("spec.gossip.encryptionKeySecretRef"),
+            "{}",
+            gossip.message
+        );
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// The generated key's Secret deleted under brokers that read it: a new key would keep every
+/// restarted pod out of the others' gossip, so nothing is applied and the status names the
+/// Secret.
+#[tokio::test]
+async fn a_deleted_gossip_key_secret_is_reported_not_replaced() {
+    let object = cluster(Default::default());
+    let running = {
+        let c = Cluster::new(&object).expect("cluster");
+        serde_json::to_value(resources::desired(&c).expect("children").stateful_set).expect("JSON")
+    };
+    let result = run(object, |mut api| async move {
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-gossip"))
+            .await
+            .not_found();
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&running, 3));
+        // Nothing is created or applied: the next requests are the status pass's.
+        expect_ready_observations(&mut api, &running).await;
+        let status = expect_status_patch(&mut api).await;
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ReconcileFailed")
+        );
+        assert!(
+            degraded.message.contains("Secret demo-gossip"),
+            "{}",
+            degraded.message
+        );
+        expect_event(&mut api, "Warning", "ReconcileFailed").await;
+        api
+    })
+    .await;
+    assert!(
+        matches!(result, Err(Error::GossipSecretMissing(_))),
+        "{result:?}"
+    );
 }

@@ -140,11 +140,8 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
         .map(|_| ACL_FILE.into());
     config.cluster.gossip_bind = Some(any_addr(spec.gossip.port)?);
     config.cluster.gossip_seeds = gossip_seeds(cluster);
-    config.cluster.gossip_key_file = spec
-        .gossip
-        .encryption_key_secret_ref
-        .as_ref()
-        .map(|_| GOSSIP_KEY_FILE.into());
+    config.cluster.gossip_key_file =
+        super::gossip::key_ref(cluster).map(|_| GOSSIP_KEY_FILE.into());
     config.cluster.redis_sentinel = super::redis::sentinel(cluster);
     if let Some(replication) = &spec.redis.replication {
         config.cluster.redis_replication = RedisReplicationConfig {
@@ -222,6 +219,8 @@ mod tests {
         expected.log.format = starling_config::LogFormat::Json;
         expected.cluster.gossip_bind = Some("0.0.0.0:7946".parse().unwrap());
         expected.cluster.gossip_seeds = vec!["demo-headless.iot.svc:7946".to_string()];
+        // Gossip is encrypted by default, with the operator's generated key.
+        expected.cluster.gossip_key_file = Some(GOSSIP_KEY_FILE.into());
         // The admin API's token, mounted from the operator's Secret.
         expected.admin.token_file = Some(ADMIN_TOKEN_FILE.into());
         assert_eq!(parsed, expected);
@@ -381,7 +380,13 @@ broker:
             parsed.cluster.gossip_bind,
             Some("0.0.0.0:7000".parse().unwrap())
         );
-        assert_eq!(parsed.cluster.gossip_key_file, None);
+        assert_eq!(
+            parsed.cluster.gossip_key_file.as_deref(),
+            Some(std::path::Path::new(GOSSIP_KEY_FILE)),
+            "encrypted by default"
+        );
+        let (_, plain) = rendered("gossip: {encrypt: false}");
+        assert_eq!(plain.cluster.gossip_key_file, None);
         let (_, keyed) = rendered("gossip: {encryptionKeySecretRef: {name: g, key: k}}");
         assert_eq!(
             keyed

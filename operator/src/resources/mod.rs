@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod configmap;
+pub mod gossip;
 pub mod pdb;
 pub mod redis;
 pub mod servicemonitor;
@@ -43,6 +44,7 @@ pub struct Cluster<'a> {
     /// `metadata.namespace`.
     pub namespace: &'a str,
     owner: OwnerReference,
+    gossip_key: gossip::GossipKey,
 }
 
 impl<'a> Cluster<'a> {
@@ -66,7 +68,22 @@ impl<'a> Cluster<'a> {
             name,
             namespace,
             owner,
+            gossip_key: gossip::GossipKey::from_spec(&object.spec),
         })
+    }
+
+    /// Where the brokers' gossip key comes from.
+    pub fn gossip_key(&self) -> &gossip::GossipKey {
+        &self.gossip_key
+    }
+
+    /// This cluster with a generated gossip key kept off: its brokers already run without one
+    /// (see [`gossip::generated_key_is_safe`]).
+    pub fn keeping_gossip_unencrypted(mut self) -> Self {
+        if self.gossip_key == gossip::GossipKey::Generated {
+            self.gossip_key = gossip::GossipKey::KeptUnencrypted;
+        }
+        self
     }
 
     /// The spec.
@@ -157,6 +174,11 @@ impl<'a> Cluster<'a> {
     /// The Secret holding the brokers' admin API token (made by the operator).
     pub fn admin_secret_name(&self) -> String {
         format!("{}-admin", self.name)
+    }
+
+    /// The Secret holding the generated gossip key (made by the operator).
+    pub fn gossip_secret_name(&self) -> String {
+        format!("{}-gossip", self.name)
     }
 
     /// The managed Redis' Deployment, Service and password Secret.

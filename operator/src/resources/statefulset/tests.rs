@@ -7,6 +7,7 @@ use crate::resources::configmap::{
     config_hash, config_map, ACL_FILE, CLIENT_CA_FILE, CONFIG_KEY, GOSSIP_KEY_FILE, PASSWORD_FILE,
     TLS_DIR,
 };
+use crate::resources::gossip;
 use crate::resources::test_support::{assert_child, cluster_from_yaml};
 use k8s_openapi::api::core::v1::PodSpec;
 use starling_config::BrokerConfig;
@@ -466,7 +467,21 @@ gossip: {encryptionKeySecretRef: {name: gossip, key: k}}
     assert_eq!(full("gossip-key"), GOSSIP_KEY_FILE);
     assert_eq!(item("gossip-key").0, "k");
     assert_eq!(full("config"), configmap::config_path());
-    assert!(!pod(&build("{}"))
+    let default_set = build("{}");
+    let generated = pod(&default_set)
+        .volumes
+        .as_ref()
+        .expect("volumes")
+        .iter()
+        .find(|v| v.name == "gossip-key")
+        .and_then(|v| v.secret.as_ref())
+        .expect("gossip is encrypted by default");
+    assert_eq!(generated.secret_name.as_deref(), Some("demo-gossip"));
+    assert_eq!(
+        generated.items.as_ref().expect("items")[0].key,
+        gossip::GENERATED_KEY
+    );
+    assert!(!pod(&build("gossip: {encrypt: false}"))
         .volumes
         .as_ref()
         .expect("volumes")

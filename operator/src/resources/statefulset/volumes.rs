@@ -5,7 +5,7 @@ use crate::resources::configmap::{
     ACL_FILE, ADMIN_TOKEN_FILE, CLIENT_CA_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE,
     PASSWORD_FILE, TLS_DIR,
 };
-use crate::resources::{admin, redis, Cluster};
+use crate::resources::{admin, gossip, redis, Cluster};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, EmptyDirVolumeSource, KeyToPath, SecretVolumeSource, Volume, VolumeMount,
 };
@@ -120,9 +120,9 @@ pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) 
         });
         mount("acl", parent(ACL_FILE));
     }
-    if let Some(key) = &spec.gossip.encryption_key_secret_ref {
+    if let Some(key) = gossip::key_ref(cluster) {
         volumes.push(Volume {
-            name: "gossip-key".to_string(),
+            name: gossip::VOLUME.to_string(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(key.name.clone()),
                 items: one_key(&key.key, GOSSIP_KEY_FILE),
@@ -131,7 +131,7 @@ pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) 
             }),
             ..Volume::default()
         });
-        mount("gossip-key", parent(GOSSIP_KEY_FILE));
+        mount(gossip::VOLUME, parent(GOSSIP_KEY_FILE));
     }
     for (i, (secret, path)) in redis::sentinel_password_files(cluster)
         .into_iter()
