@@ -7,7 +7,7 @@
 //! enforces with the given messages.
 //!
 //! One file per section of the spec (`image`, `listeners`, `service`, `redis`, `auth`, `broker`,
-//! `gossip`, `pods`, `monitoring`); this file has the resource itself, its status, the CRD
+//! `gossip`, `pods`, `monitoring`, `network`); this file has the resource itself, its status, the CRD
 //! rendering and what the sections share.
 
 mod auth;
@@ -16,6 +16,7 @@ mod gossip;
 mod image;
 mod listeners;
 mod monitoring;
+mod network;
 mod pods;
 mod redis;
 mod service;
@@ -28,6 +29,7 @@ pub use self::listeners::{
     CertificateUsername, ClientAuth, ListenersSpec, MqttListener, TlsListener, WebSocketListener,
 };
 pub use self::monitoring::{MonitoringSpec, ServiceMonitorSpec};
+pub use self::network::{NetworkPolicySpec, ADMIN_ACCESS_LABEL};
 pub use self::pods::{PodDisruptionBudgetSpec, PodTemplateOverrides, DEFAULT_MAX_UNAVAILABLE};
 pub use self::redis::{
     ExternalRedis, ExternalSentinel, ManagedRedis, RedisMode, RedisPersistence, RedisReplication,
@@ -153,6 +155,9 @@ pub struct MqttClusterSpec {
     /// Metrics scraping.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+    /// NetworkPolicies for the brokers and the managed Redis (on by default).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
 }
 
 fn default_replicas() -> i32 {
@@ -174,6 +179,7 @@ impl Default for MqttClusterSpec {
             pod_template: PodTemplateOverrides::default(),
             pod_disruption_budget: PodDisruptionBudgetSpec::default(),
             monitoring: MonitoringSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::runtime::{watcher, Controller};
@@ -105,7 +106,11 @@ async fn run_controller(
         .owns(api::<Deployment>(&client, namespace), children.clone())
         .owns(api::<Service>(&client, namespace), children.clone())
         .owns(api::<ConfigMap>(&client, namespace), children.clone())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), children)
+        .owns(
+            api::<PodDisruptionBudget>(&client, namespace),
+            children.clone(),
+        )
+        .owns(api::<NetworkPolicy>(&client, namespace), children)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -93,6 +93,11 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
         "poddisruptionbudgets",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
     // Applied only.
     ("", "persistentvolumeclaims", &["create", "patch"]),
     // The managed Redis' password and the admin token: read, created once; a Redis Secret
@@ -405,6 +410,20 @@ async fn apply_children(
         cluster,
         cluster.broker_name(),
         children.pod_disruption_budget.as_ref(),
+    )
+    .await?;
+    apply_or_delete(
+        ctx,
+        cluster,
+        cluster.broker_name(),
+        children.broker_network_policy.as_ref(),
+    )
+    .await?;
+    apply_or_delete(
+        ctx,
+        cluster,
+        cluster.redis_name(),
+        children.redis_network_policy.as_ref(),
     )
     .await?;
     reconcile_service_monitor(ctx, cluster).await

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 const NS_API: &str = "/api/v1/namespaces/iot";
 const NS_APPS: &str = "/apis/apps/v1/namespaces/iot";
+const NP_API: &str = "/apis/networking.k8s.io/v1/namespaces/iot";
 const STATUS_PATH: &str =
     "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttclusters/demo/status";
 
@@ -159,7 +160,16 @@ async fn expect_broker_children_applied(api: &mut FakeApiServer) -> Value {
         .await;
     api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
         .await;
+    expect_network_policies_applied(api).await;
     set
+}
+
+/// Answers the applies of the brokers' and the managed Redis' NetworkPolicies.
+async fn expect_network_policies_applied(api: &mut FakeApiServer) {
+    api.expect_apply(&format!("{NP_API}/networkpolicies/demo"))
+        .await;
+    api.expect_apply(&format!("{NP_API}/networkpolicies/demo-redis"))
+        .await;
 }
 
 /// The managed Redis' Secret as the API server returns it (data base64-encoded): the password
@@ -344,6 +354,15 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             .expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
             .await;
         assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        let brokers = api
+            .expect_apply(&format!("{NP_API}/networkpolicies/demo"))
+            .await;
+        assert_eq!(brokers["kind"], "NetworkPolicy");
+        assert_eq!(brokers["spec"]["policyTypes"], json!(["Ingress"]));
+        let redis_policy = api
+            .expect_apply(&format!("{NP_API}/networkpolicies/demo-redis"))
+            .await;
+        assert_eq!(redis_policy["spec"]["ingress"][0]["ports"][0]["port"], 6379);
         expect_service_monitor_discovery(&mut api, false).await;
 
         // Observation: the StatefulSet controller has not acted yet; Redis has no status yet.
@@ -639,6 +658,12 @@ async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns
         assert_eq!(url["value"], "redis://redis.example:6379/0");
         api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
             .await;
+        api.expect_apply(&format!("{NP_API}/networkpolicies/demo"))
+            .await;
+        // No NetworkPolicy for a Redis the operator does not run: none of this cluster's exists.
+        api.expect(Method::GET, &format!("{NP_API}/networkpolicies/demo-redis"))
+            .await
+            .not_found();
         expect_service_monitor_discovery(&mut api, false).await;
         api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
             .await
@@ -939,6 +964,7 @@ async fn brokers_gossiping_without_a_key_keep_doing_so_and_no_key_is_made() {
         );
         api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
             .await;
+        expect_network_policies_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
         expect_ready_observations(&mut api, &set).await;
         let status = expect_status_patch(&mut api).await;

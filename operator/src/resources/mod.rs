@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod configmap;
 pub mod gossip;
+pub mod networkpolicy;
 pub mod pdb;
 pub mod redis;
 pub mod servicemonitor;
@@ -17,6 +18,7 @@ use crate::crd::MqttCluster;
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -228,6 +230,10 @@ pub struct Children {
     pub redis_service: Option<Service>,
     /// The managed Redis' volume, when persistence is on.
     pub redis_volume: Option<PersistentVolumeClaim>,
+    /// The brokers' NetworkPolicy, unless turned off.
+    pub broker_network_policy: Option<NetworkPolicy>,
+    /// The managed Redis' NetworkPolicy, unless turned off or Redis is external.
+    pub redis_network_policy: Option<NetworkPolicy>,
 }
 
 /// Builds every child object from the cluster.
@@ -243,6 +249,8 @@ pub fn desired(cluster: &Cluster<'_>) -> Result<Children, Error> {
         redis_deployment: redis::deployment(cluster),
         redis_service: redis::service(cluster),
         redis_volume: redis::persistent_volume_claim(cluster),
+        broker_network_policy: networkpolicy::broker_policy(cluster),
+        redis_network_policy: networkpolicy::redis_policy(cluster),
     })
 }
 
