@@ -47,7 +47,7 @@ mod stream;
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use starling_operator::crd::MqttCluster;
@@ -230,6 +230,25 @@ impl Kube {
             ns,
             name,
         }
+    }
+
+    /// A QoS 1 stream whose clients log in as the user the operator generated for the minimal
+    /// example (Secret `NAME-users`): the example refuses anonymous clients.
+    async fn stream(&self, version: Version, prefix: &str, subscribers: usize) -> Result<Stream> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), self.ns)
+            .get(&format!("{}-users", self.name))
+            .await
+            .context("reading the generated user's Secret")?;
+        let field = |key: &str| -> Result<String> {
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .with_context(|| format!("the generated user's Secret has no `{key}`"))?;
+            String::from_utf8(bytes.0.clone()).with_context(|| format!("`{key}` is not UTF-8"))
+        };
+        Ok(Stream::new(version, prefix, subscribers, RATE)
+            .with_credentials(&field("username")?, &field("password")?))
     }
 
     /// The label selector of the cluster's pods of one component (broker, redis).
@@ -455,7 +474,7 @@ where
     let pods = kube.brokers().await?;
     let subs_before = snapshot(&pods, "starling_subscriptions").await?;
     let remote_before = snapshot(&pods, "starling_cluster_remote_entries").await?;
-    let mut stream = Stream::new(Version::V5, prefix, SUBSCRIBERS, RATE);
+    let mut stream = kube.stream(Version::V5, prefix, SUBSCRIBERS).await?;
     for k in 0..SUBSCRIBERS {
         stream
             .connect_subscriber(k, outside)
@@ -563,7 +582,7 @@ async fn every_pod_reaches_every_pod(kube: &Kube, record: &mut Record, label: &s
         let prefix = format!("{label}-p{i}");
         let subs_before = snapshot(&pods, "starling_subscriptions").await?;
         let remote_before = snapshot(&pods, "starling_cluster_remote_entries").await?;
-        let mut stream = Stream::new(Version::V311, &prefix, SUBSCRIBERS, RATE);
+        let mut stream = kube.stream(Version::V311, &prefix, SUBSCRIBERS).await?;
         for k in 0..SUBSCRIBERS {
             stream
                 .connect_subscriber(k, SocketAddr::new(pod_ip(&pods[i])?, MQTT_PORT))
@@ -1093,7 +1112,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     println!("MQTT from outside: {outside} (node IP and NodePort)");
     let subs_before = snapshot(&pods, "starling_subscriptions").await?;
     let remote_before = snapshot(&pods, "starling_cluster_remote_entries").await?;
-    let mut stream = Stream::new(Version::V311, "k8s-svc", 1, RATE);
+    let mut stream = kube.stream(Version::V311, "k8s-svc", 1).await?;
     stream
         .connect_subscriber(0, outside)
         .await

@@ -96,8 +96,11 @@ fn example_values_are_read_as_written() {
         Some(RedisMode::External(_))
     ));
 
+    // The minimal example takes every default but anonymous access (a generated user instead).
     let minimal = stored(&docs[0].1);
-    assert_eq!(minimal.spec, Default::default());
+    let mut expected = crate::crd::MqttClusterSpec::default();
+    expected.auth.allow_anonymous = false;
+    assert_eq!(minimal.spec, expected);
 }
 
 /// The Secrets and ConfigMaps a document names: `secretName`s and the `name` of every

@@ -10,7 +10,7 @@ use crate::crd::{MqttCluster, RedisMode};
 use crate::events;
 use crate::metrics::Metrics;
 use crate::resources::{
-    self, admin, gossip, redis, servicemonitor, Children, Cluster, FIELD_MANAGER,
+    self, admin, gossip, redis, servicemonitor, users, Children, Cluster, FIELD_MANAGER,
 };
 use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
@@ -290,6 +290,18 @@ async fn ensure_admin_secret(client: &Client, cluster: &Cluster<'_>) -> Result<(
     create_unless_present(client, cluster, &cluster.admin_secret_name(), &secret).await
 }
 
+/// Creates the generated user's Secret unless it exists (never rewritten: the password stays
+/// stable; deleting the Secret makes a new password).
+async fn ensure_generated_user(client: &Client, cluster: &Cluster<'_>) -> Result<(), Error> {
+    let name = cluster.users_secret_name();
+    let api: Api<Secret> = Api::namespaced(client.clone(), cluster.namespace);
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let secret = users::generated_user_secret(cluster, &redis::generate_password()?)?;
+    create_secret(&api, &secret).await
+}
+
 /// Creates `secret` (named `name`) unless a Secret of that name exists.
 async fn create_unless_present(
     client: &Client,
@@ -401,6 +413,9 @@ async fn apply_children(
     .await?;
     // The brokers read their admin token from it (and their preStop hook uses it).
     ensure_admin_secret(client, cluster).await?;
+    if users::generates_user(cluster) {
+        ensure_generated_user(client, cluster).await?;
+    }
     apply::<ConfigMap>(client, ns, &children.config_map).await?;
     apply::<Service>(client, ns, &children.headless_service).await?;
     apply::<Service>(client, ns, &children.client_service).await?;

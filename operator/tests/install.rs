@@ -532,12 +532,22 @@ fn cluster_values_create_an_mqtt_cluster() {
         &std::fs::read_to_string(repo().join(ci("cluster"))).expect("ci file"),
     )
     .expect("YAML");
-    assert_eq!(
-        doc["spec"], values["cluster"]["spec"],
-        "the spec is passed as written"
+    // The spec is passed as written, with the chart's default refusing anonymous clients
+    // merged in (Helm merges values maps) unless the values say otherwise.
+    let mut expected = values["cluster"]["spec"].clone();
+    expected["auth"]["allowAnonymous"] = json!(false);
+    assert_eq!(doc["spec"], expected);
+    let docs = render(
+        &[&ci("cluster")],
+        &["--set", "cluster.spec.auth.allowAnonymous=true"],
     );
+    let doc = docs
+        .iter()
+        .find(|d| d["kind"] == "MqttCluster")
+        .expect("MqttCluster");
+    assert_eq!(doc["spec"]["auth"], json!({"allowAnonymous": true}));
 
-    // An empty spec stays an object (every default), in the watched namespace.
+    // The default spec: every CRD default but anonymous access, in the watched namespace.
     let docs = render(
         &[],
         &[
@@ -551,7 +561,7 @@ fn cluster_values_create_an_mqtt_cluster() {
         .iter()
         .find(|d| d["kind"] == "MqttCluster")
         .expect("MqttCluster");
-    assert_eq!(doc["spec"], json!({}));
+    assert_eq!(doc["spec"], json!({"auth": {"allowAnonymous": false}}));
     assert_eq!(doc["metadata"]["namespace"], "iot");
     assert_eq!(doc["metadata"]["name"], "starling");
 }

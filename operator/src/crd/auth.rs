@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 /// Authentication and authorisation of MQTT clients.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.allowAnonymous || has(self.usersSecretRef)").message(
-    "auth: allowAnonymous is false but usersSecretRef is not set, so no client could connect"
-))]
 pub struct AuthSpec {
-    /// Accept clients that send no username.
+    /// Accept clients that send no username. When `false` and `usersSecretRef` is unset, the
+    /// operator generates one user, `starling`, with a random password in the Secret
+    /// `NAME-users` (keys `username`, `password`, and `passwd`, the brokers' password file).
+    /// The default stays `true` so that clusters made before keep serving their clients; the
+    /// examples and the Helm chart's cluster set `false`.
     #[serde(default = "default_true")]
     pub allow_anonymous: bool,
     /// Secret key holding the password file: `username:hash` lines with argon2 PHC hashes, as

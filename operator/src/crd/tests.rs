@@ -271,15 +271,9 @@ fn unencrypted_gossip_cannot_name_a_key() {
 }
 
 #[test]
-fn closed_broker_needs_users() {
-    assert_rejected(
-        json!({"auth": {"allowAnonymous": false}}),
-        "allowAnonymous is false but usersSecretRef is not set",
-    );
+fn a_closed_broker_may_leave_its_users_to_the_operator() {
     assert_eq!(
-        problems(
-            json!({"auth": {"allowAnonymous": false, "usersSecretRef": {"name": "u", "key": "passwd"}}})
-        ),
+        problems(json!({"auth": {"allowAnonymous": false}})),
         Vec::<String>::new()
     );
 }

@@ -1026,3 +1026,61 @@ async fn a_deleted_gossip_key_secret_is_reported_not_replaced() {
         "{result:?}"
     );
 }
+
+/// A cluster that refuses anonymous clients without naming a password file gets a generated
+/// user, created once, before the brokers that mount it.
+#[tokio::test]
+async fn a_closed_cluster_without_users_gets_a_generated_user_before_its_brokers() {
+    let object = cluster_from_yaml("auth: {allowAnonymous: false}");
+    let result = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
+        expect_existing_managed_redis(&mut api).await;
+        expect_existing_admin_secret(&mut api).await;
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-users"))
+            .await
+            .not_found();
+        let call = api.expect(Method::POST, &format!("{NS_API}/secrets")).await;
+        assert_eq!(call.body["metadata"]["name"], "demo-users");
+        assert_eq!(call.body["metadata"]["ownerReferences"][0]["name"], "demo");
+        let data = &call.body["stringData"];
+        assert_eq!(data["username"], "starling");
+        let password = data["password"].as_str().expect("password");
+        assert_eq!(password.len(), 32);
+        let passwd = data["passwd"].as_str().expect("password file");
+        assert!(passwd.starts_with("starling:$argon2id$"), "{passwd}");
+        assert!(!passwd.contains(password), "only the hash is in the file");
+        let secret = live(call.body.clone());
+        call.respond(StatusCode::CREATED, secret);
+        let config = api
+            .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+            .await;
+        let toml = config["data"]["starling.toml"].as_str().expect("config");
+        assert!(toml.contains("allow_anonymous = false"), "{toml}");
+        assert!(toml.contains("password_file = "), "{toml}");
+        api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+            .await;
+        api.expect_apply(&format!("{NS_API}/services/demo")).await;
+        let set = api
+            .expect_apply(&format!("{NS_APPS}/statefulsets/demo"))
+            .await;
+        let volumes = set["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes");
+        let users = volumes
+            .iter()
+            .find(|v| v["name"] == "users")
+            .expect("the password file is mounted");
+        assert_eq!(users["secret"]["secretName"], "demo-users");
+        assert_eq!(users["secret"]["items"][0]["key"], "passwd");
+        api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
+            .await;
+        expect_network_policies_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        expect_ready_observations(&mut api, &set).await;
+        expect_status_patch(&mut api).await;
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}

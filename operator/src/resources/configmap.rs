@@ -128,11 +128,8 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
     };
     config.admin.token_file = Some(ADMIN_TOKEN_FILE.into());
     config.auth.allow_anonymous = spec.auth.allow_anonymous;
-    config.auth.password_file = spec
-        .auth
-        .users_secret_ref
-        .as_ref()
-        .map(|_| PASSWORD_FILE.into());
+    config.auth.password_file =
+        super::users::password_file_ref(cluster).map(|_| PASSWORD_FILE.into());
     config.auth.acl_file = spec
         .auth
         .acl_config_map_ref

@@ -13,6 +13,7 @@ pub mod redis;
 pub mod servicemonitor;
 pub mod services;
 pub mod statefulset;
+pub mod users;
 
 use crate::crd::MqttCluster;
 use crate::Error;
@@ -181,6 +182,11 @@ impl<'a> Cluster<'a> {
     /// The Secret holding the generated gossip key (made by the operator).
     pub fn gossip_secret_name(&self) -> String {
         format!("{}-gossip", self.name)
+    }
+
+    /// The Secret holding the generated user (made by the operator).
+    pub fn users_secret_name(&self) -> String {
+        format!("{}-users", self.name)
     }
 
     /// The managed Redis' Deployment, Service and password Secret.

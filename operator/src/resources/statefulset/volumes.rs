@@ -5,7 +5,7 @@ use crate::resources::configmap::{
     ACL_FILE, ADMIN_TOKEN_FILE, CLIENT_CA_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE,
     PASSWORD_FILE, TLS_DIR,
 };
-use crate::resources::{admin, gossip, redis, Cluster};
+use crate::resources::{admin, gossip, redis, users, Cluster};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, EmptyDirVolumeSource, KeyToPath, SecretVolumeSource, Volume, VolumeMount,
 };
@@ -95,7 +95,7 @@ pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) 
             mount("client-ca", parent(CLIENT_CA_FILE));
         }
     }
-    if let Some(users) = &spec.auth.users_secret_ref {
+    if let Some(users) = users::password_file_ref(cluster) {
         volumes.push(Volume {
             name: "users".to_string(),
             secret: Some(SecretVolumeSource {
