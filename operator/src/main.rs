@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
@@ -15,6 +15,7 @@ use starling_operator::http::{self, HttpState};
 use starling_operator::leader::{self, Elector, LeaseConfig};
 use starling_operator::metrics::Metrics;
 use starling_operator::reconcile::{error_policy, managed_by_selector, reconcile, Context};
+use starling_operator::resources::references::{self, Referenced};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,7 +102,38 @@ async fn run_controller(
         namespace = namespace.unwrap_or("<all>"),
         "controller running"
     );
-    Controller::new(clusters, watcher::Config::default())
+    let controller = Controller::new(clusters, watcher::Config::default());
+    // A change to a Secret or ConfigMap a cluster names reconciles that cluster: the pods roll
+    // for what the brokers read only at start; the status follows the rest.
+    let store = controller.store();
+    let secrets_store = store.clone();
+    controller
+        .watches(
+            api::<Secret>(&client, namespace),
+            watcher::Config::default(),
+            move |secret| {
+                let clusters = secrets_store.state();
+                references::clusters_naming(
+                    clusters.iter().map(|c| c.as_ref()),
+                    Referenced::Secret,
+                    secret.metadata.namespace.as_deref(),
+                    secret.metadata.name.as_deref().unwrap_or_default(),
+                )
+            },
+        )
+        .watches(
+            api::<ConfigMap>(&client, namespace),
+            watcher::Config::default(),
+            move |map| {
+                let clusters = store.state();
+                references::clusters_naming(
+                    clusters.iter().map(|c| c.as_ref()),
+                    Referenced::ConfigMap,
+                    map.metadata.namespace.as_deref(),
+                    map.metadata.name.as_deref().unwrap_or_default(),
+                )
+            },
+        )
         .owns(api::<StatefulSet>(&client, namespace), children.clone())
         .owns(api::<Deployment>(&client, namespace), children.clone())
         .owns(api::<Service>(&client, namespace), children.clone())

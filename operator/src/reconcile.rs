@@ -10,7 +10,7 @@ use crate::crd::{MqttCluster, RedisMode};
 use crate::events;
 use crate::metrics::Metrics;
 use crate::resources::{
-    self, admin, gossip, redis, servicemonitor, users, Children, Cluster, FIELD_MANAGER,
+    self, admin, gossip, redis, references, servicemonitor, users, Children, Cluster, FIELD_MANAGER,
 };
 use crate::status::{self, Observed, ReconcileOutcome};
 use crate::Error;
@@ -100,9 +100,11 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ),
     // Applied only.
     ("", "persistentvolumeclaims", &["create", "patch"]),
-    // The managed Redis' password and the admin token: read, created once; a Redis Secret
-    // from an older operator is patched to gain its configuration line.
-    ("", "secrets", &["get", "create", "patch"]),
+    // The managed Redis' password, the admin token, the gossip key and the generated user:
+    // read, created once; a Redis Secret from an older operator is patched to gain its
+    // configuration line. Watched (`watches` in main.rs): a change to a Secret a cluster names
+    // reconciles that cluster.
+    ("", "secrets", &["get", "list", "watch", "create", "patch"]),
     // The cluster's pods, read for the status: why a pod cannot run.
     ("", "pods", &["list"]),
     (
@@ -281,6 +283,31 @@ async fn settle_gossip_key<'a>(
         }
         Some(_) => Ok(cluster.keeping_gossip_unencrypted()),
     }
+}
+
+/// Reads the Secret values the brokers read only at start and puts their hash on the cluster,
+/// so that a changed value (an external Redis' rotated password) rolls the pods. A missing
+/// Secret or key counts as a value of its own; the pods then report it (and the status too).
+async fn with_restart_secrets_hash<'a>(
+    client: &Client,
+    cluster: Cluster<'a>,
+) -> Result<Cluster<'a>, Error> {
+    let keys = references::read_at_start(&cluster);
+    if keys.is_empty() {
+        return Ok(cluster);
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), cluster.namespace);
+    let mut values = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value = api
+            .get_opt(&key.name)
+            .await?
+            .and_then(|s| s.data)
+            .and_then(|mut data| data.remove(&key.key))
+            .map(|bytes| bytes.0);
+        values.push((key, value));
+    }
+    Ok(cluster.with_restart_secrets_hash(references::values_hash(&values)))
 }
 
 /// Creates the brokers' admin token Secret unless it exists (never rewritten: the token stays
@@ -468,7 +495,11 @@ pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Ac
 async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let cluster = Cluster::new(object)?;
-    let (cluster, gossip_key) = match settle_gossip_key(client, cluster.clone()).await {
+    let settled = match settle_gossip_key(client, cluster.clone()).await {
+        Ok(settled) => with_restart_secrets_hash(client, settled).await,
+        Err(e) => Err(e),
+    };
+    let (cluster, gossip_key) = match settled {
         Ok(settled) => (settled, Ok(())),
         Err(e) => (cluster, Err(e)),
     };

@@ -1084,3 +1084,86 @@ async fn a_closed_cluster_without_users_gets_a_generated_user_before_its_brokers
     .await;
     assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
 }
+
+/// An external Redis' password is an environment variable, read when a broker starts: its
+/// value's hash is on the pod template, so a rotated password rolls the pods.
+#[tokio::test]
+async fn an_external_redis_password_is_hashed_onto_the_pod_template() {
+    async fn applied_hash(password: Option<&'static str>) -> Option<String> {
+        let object = cluster_from_yaml(
+            "redis: {external: {url: \"redis://r.example:6379\", passwordSecretRef: {name: cred, key: pw}}}",
+        );
+        let mut hash = None;
+        let slot = &mut hash;
+        let result = run(object, |mut api| async move {
+            expect_existing_gossip_key(&mut api).await;
+            let call = api
+                .expect(Method::GET, &format!("{NS_API}/secrets/cred"))
+                .await;
+            match password {
+                Some(pw) => {
+                    let mut secret = existing("v1", "Secret", "cred", false);
+                    secret["data"] = json!({ "pw": base64_of(pw) });
+                    call.respond_with(secret);
+                }
+                None => call.not_found(),
+            }
+            for path in [
+                format!("{NS_API}/services/demo-redis"),
+                format!("{NS_APPS}/deployments/demo-redis"),
+            ] {
+                api.expect(Method::GET, &path).await.not_found();
+            }
+            expect_existing_admin_secret(&mut api).await;
+            api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+                .await;
+            api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+                .await;
+            api.expect_apply(&format!("{NS_API}/services/demo")).await;
+            let set = api
+                .expect_apply(&format!("{NS_APPS}/statefulsets/demo"))
+                .await;
+            *slot = set["spec"]["template"]["metadata"]["annotations"]
+                ["mqtt.starling.dev/restart-secrets-hash"]
+                .as_str()
+                .map(str::to_string);
+            api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
+                .await;
+            api.expect_apply(&format!("{NP_API}/networkpolicies/demo"))
+                .await;
+            api.expect(Method::GET, &format!("{NP_API}/networkpolicies/demo-redis"))
+                .await
+                .not_found();
+            expect_service_monitor_discovery(&mut api, false).await;
+            api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+                .await
+                .respond_with(stateful_set_with_status(&set, 3));
+            api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+                .await
+                .not_found();
+            expect_pods(&mut api, vec![]).await;
+            expect_status_patch(&mut api).await;
+            expect_event(&mut api, "Normal", "Reconciled").await;
+            api
+        })
+        .await;
+        result.expect("reconcile succeeds");
+        hash
+    }
+    let first = applied_hash(Some("one"))
+        .await
+        .expect("the hash is on the pods");
+    assert_eq!(
+        applied_hash(Some("one")).await.as_deref(),
+        Some(first.as_str())
+    );
+    let rotated = applied_hash(Some("two")).await.expect("hash");
+    assert_ne!(first, rotated, "a rotated password rolls the pods");
+    let missing = applied_hash(None).await.expect("hash");
+    assert_ne!(missing, first);
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

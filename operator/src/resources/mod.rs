@@ -10,6 +10,7 @@ pub mod gossip;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod redis;
+pub mod references;
 pub mod servicemonitor;
 pub mod services;
 pub mod statefulset;
@@ -48,6 +49,7 @@ pub struct Cluster<'a> {
     pub namespace: &'a str,
     owner: OwnerReference,
     gossip_key: gossip::GossipKey,
+    restart_secrets_hash: Option<String>,
 }
 
 impl<'a> Cluster<'a> {
@@ -72,12 +74,26 @@ impl<'a> Cluster<'a> {
             namespace,
             owner,
             gossip_key: gossip::GossipKey::from_spec(&object.spec),
+            restart_secrets_hash: None,
         })
     }
 
     /// Where the brokers' gossip key comes from.
     pub fn gossip_key(&self) -> &gossip::GossipKey {
         &self.gossip_key
+    }
+
+    /// The hash of the Secret values the brokers read only at start
+    /// ([`references::read_at_start`]), once the reconciler has read them.
+    pub fn restart_secrets_hash(&self) -> Option<&str> {
+        self.restart_secrets_hash.as_deref()
+    }
+
+    /// This cluster with the hash of the Secret values its brokers read only at start: a
+    /// change to it rolls the pods.
+    pub fn with_restart_secrets_hash(mut self, hash: String) -> Self {
+        self.restart_secrets_hash = Some(hash);
+        self
     }
 
     /// This cluster with a generated gossip key kept off: its brokers already run without one

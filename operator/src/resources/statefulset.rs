@@ -210,6 +210,12 @@ pub fn stateful_set(cluster: &Cluster<'_>, config_hash: &str) -> Result<Stateful
     labels.extend(cluster.labels(COMPONENT_BROKER));
     let mut annotations = overrides.annotations.clone();
     annotations.insert(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string());
+    if let Some(hash) = cluster.restart_secrets_hash() {
+        annotations.insert(
+            super::references::RESTART_SECRETS_HASH_ANNOTATION.to_string(),
+            hash.to_string(),
+        );
+    }
 
     let security_context =
         overrides
