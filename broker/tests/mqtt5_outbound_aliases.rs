@@ -340,3 +340,71 @@ async fn a_resumed_session_starts_with_no_alias_mapping() {
         .await;
     broker.stop().await;
 }
+
+/// A raw v5 subscriber to `topics` at QoS 0 that announced `alias_max` and a Maximum Packet
+/// Size of `max_packet`.
+async fn small_subscriber(
+    addr: SocketAddr,
+    alias_max: u16,
+    max_packet: u32,
+    topics: &str,
+) -> RawClient {
+    let mut p = props(Some(alias_max), 0);
+    p.max_packet_size = Some(max_packet);
+    let (mut raw, ack) = raw_connect(addr, connect_packet("small-sub", Some(p)), None).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    raw_subscribe(&mut raw, 1, vec![filter(topics, QoS::AtMostOnce)], None).await;
+    raw
+}
+
+#[tokio::test]
+async fn a_publish_that_fits_only_without_an_alias_is_sent_without_one() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let mut sub = small_subscriber(addr, 4, 64, "fit/#").await;
+    let mut publisher = raw_v5(addr, "fit-pub").await;
+    let mut pkid = 0;
+    // 64 bytes exactly without an alias, 67 with one.
+    let exact = "x".repeat(64 - 13);
+    assert_eq!(qos0_publish_bytes("fit/exac", None, &exact).len(), 64);
+    publish(&mut publisher, &mut pkid, "fit/exac", &exact).await;
+    assert_eq!(
+        raw_frame(&mut sub).await,
+        qos0_publish_bytes("fit/exac", None, &exact)
+    );
+    // The client was never told an alias for it: the next one assigns one.
+    publish(&mut publisher, &mut pkid, "fit/exac", "small").await;
+    assert_eq!(
+        raw_frame(&mut sub).await,
+        qos0_publish_bytes("fit/exac", Some(1), "small")
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_too_large_for_the_client_leaves_its_alias_mapping_alone() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let mut sub = small_subscriber(addr, 1, 64, "big/#").await;
+    let mut publisher = raw_v5(addr, "big-pub").await;
+    let mut pkid = 0;
+    publish(&mut publisher, &mut pkid, "big/a", "one").await;
+    assert_eq!(
+        raw_frame(&mut sub).await,
+        qos0_publish_bytes("big/a", Some(1), "one")
+    );
+    // Too large for the client with or without an alias: dropped, so alias 1 still means big/a
+    // to the client.
+    publish(&mut publisher, &mut pkid, "big/b", &"x".repeat(100)).await;
+    publish(&mut publisher, &mut pkid, "big/b", "two").await;
+    assert_eq!(
+        raw_frame(&mut sub).await,
+        qos0_publish_bytes("big/b", Some(1), "two")
+    );
+    publish(&mut publisher, &mut pkid, "big/b", "three").await;
+    assert_eq!(
+        raw_frame(&mut sub).await,
+        qos0_publish_bytes("", Some(1), "three")
+    );
+    broker.stop().await;
+}
