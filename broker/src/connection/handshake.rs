@@ -332,14 +332,15 @@ where
         topic_alias_max: limits.max_topic_alias,
         topic_aliases: BTreeMap::new(),
         // A client that announces no Topic Alias Maximum (and every 3.x client) allows none.
-        outbound_aliases: OutboundAliases::new(if version.is_v5() {
+        outbound_alias_max: if version.is_v5() {
             properties
                 .topic_alias_max
                 .unwrap_or(0)
                 .min(limits.max_outbound_topic_alias)
         } else {
             0
-        }),
+        },
+        outbound_aliases: OutboundAliases::default(),
         expiry_secs,
         generation,
         connect_expiry_was_zero: requested_expiry == 0,

@@ -128,7 +128,9 @@ struct Connection<S> {
     max_packet_out: Option<u32>,
     topic_alias_max: u16,
     topic_aliases: BTreeMap<u16, Arc<str>>,
-    /// The aliases this connection assigns to the topics it sends (none for most clients).
+    /// The highest topic alias this connection assigns to the topics it sends (0: none, as
+    /// for most clients), and the aliases assigned.
+    outbound_alias_max: u16,
     outbound_aliases: OutboundAliases,
     expiry_secs: u32,
     /// The store's fencing token for this connection's claim of the session.
@@ -422,7 +424,9 @@ where
         }
         // Chosen now, as it is written to this connection: queued messages and resends after a
         // reconnect go out with this connection's mapping.
-        let alias = self.outbound_aliases.choose(&message.topic);
+        let alias = self
+            .outbound_aliases
+            .choose(self.outbound_alias_max, &message.topic);
         let mut properties = if self.version.is_v5() {
             message.publish_properties(now, &queued.subscription_ids)
         } else {

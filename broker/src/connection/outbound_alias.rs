@@ -38,12 +38,14 @@ impl AliasUse {
     }
 }
 
-/// The outbound aliases of one connection: off (maximum 0) or a table allocated on first use.
+/// The outbound aliases of one connection: a table allocated on first use.
+///
+/// The highest alias the connection may use (the lower of the client's Topic Alias Maximum and
+/// `limits.max_outbound_topic_alias`, 0 when off) is kept by the connection and passed in: as a
+/// field of its own it fits in the connection's padding, where here it would take 8 bytes more
+/// of every connection's task.
 #[derive(Debug, Default)]
 pub(super) struct OutboundAliases {
-    /// The highest alias this connection may use: the lower of the client's Topic Alias
-    /// Maximum and `limits.max_outbound_topic_alias`.
-    max: u16,
     table: Option<Box<Table>>,
 }
 
@@ -70,15 +72,11 @@ struct Slot {
 }
 
 impl OutboundAliases {
-    /// Aliases up to `max` (0: none for this connection).
-    pub(super) fn new(max: u16) -> Self {
-        OutboundAliases { max, table: None }
-    }
-
-    /// How to send `topic`; `None` when it goes out without an alias (aliases off, or a topic
-    /// too short to gain from one). Changes nothing: see [`Self::commit`].
-    pub(super) fn choose(&self, topic: &str) -> Option<AliasUse> {
-        if self.max == 0 || topic.len() < SHORTEST_ALIASED_TOPIC {
+    /// How to send `topic` with aliases up to `max`; `None` when it goes out without an alias
+    /// (`max` 0, or a topic too short to gain from one). Changes nothing: see [`Self::commit`].
+    /// `max` must be the same on every call.
+    pub(super) fn choose(&self, max: u16, topic: &str) -> Option<AliasUse> {
+        if max == 0 || topic.len() < SHORTEST_ALIASED_TOPIC {
             return None;
         }
         let Some(table) = &self.table else {
@@ -88,7 +86,7 @@ impl OutboundAliases {
             return Some(AliasUse::Known(slot + 1));
         }
         let slot = match u16::try_from(table.slots.len()) {
-            Ok(filled) if filled < self.max => filled,
+            Ok(filled) if filled < max => filled,
             _ if table.oldest != NIL => table.oldest,
             _ => return None,
         };
@@ -180,26 +178,31 @@ mod tests {
     use super::*;
 
     /// Chooses and commits, as a sent PUBLISH does.
-    fn send(aliases: &mut OutboundAliases, topic: &str) -> Option<AliasUse> {
+    fn send(aliases: &mut (u16, OutboundAliases), topic: &str) -> Option<AliasUse> {
         let topic: Arc<str> = topic.into();
-        let used = aliases.choose(&topic);
+        let (max, aliases) = aliases;
+        let used = aliases.choose(*max, &topic);
         if let Some(used) = used {
             aliases.commit(used, &topic);
         }
         used
     }
 
+    fn aliases_up_to(max: u16) -> (u16, OutboundAliases) {
+        (max, OutboundAliases::default())
+    }
+
     #[test]
     fn off_means_no_alias_and_no_table() {
-        let mut aliases = OutboundAliases::new(0);
+        let mut aliases = aliases_up_to(0);
         assert_eq!(send(&mut aliases, "a/long/topic"), None);
-        assert!(aliases.table.is_none());
+        assert!(aliases.1.table.is_none());
     }
 
     #[test]
     fn first_use_assigns_later_uses_are_known() {
-        let mut aliases = OutboundAliases::new(4);
-        assert!(aliases.table.is_none(), "allocated on first use only");
+        let mut aliases = aliases_up_to(4);
+        assert!(aliases.1.table.is_none(), "allocated on first use only");
         assert_eq!(send(&mut aliases, "t/one"), Some(AliasUse::Assign(1)));
         assert_eq!(send(&mut aliases, "t/two"), Some(AliasUse::Assign(2)));
         assert_eq!(send(&mut aliases, "t/one"), Some(AliasUse::Known(1)));
@@ -208,23 +211,23 @@ mod tests {
 
     #[test]
     fn short_topics_are_not_aliased() {
-        let mut aliases = OutboundAliases::new(4);
+        let mut aliases = aliases_up_to(4);
         assert_eq!(send(&mut aliases, "abc"), None);
         assert_eq!(send(&mut aliases, "abcd"), Some(AliasUse::Assign(1)));
     }
 
     #[test]
     fn an_uncommitted_choice_leaves_nothing_behind() {
-        let mut aliases = OutboundAliases::new(1);
+        let mut aliases = aliases_up_to(1);
         send(&mut aliases, "t/one");
         // Chosen for a PUBLISH that was then not sent: the client still maps 1 to t/one.
-        assert_eq!(aliases.choose("t/two"), Some(AliasUse::Assign(1)));
+        assert_eq!(aliases.1.choose(1, "t/two"), Some(AliasUse::Assign(1)));
         assert_eq!(send(&mut aliases, "t/one"), Some(AliasUse::Known(1)));
     }
 
     #[test]
     fn the_least_recently_used_alias_is_reassigned() {
-        let mut aliases = OutboundAliases::new(3);
+        let mut aliases = aliases_up_to(3);
         assert_eq!(send(&mut aliases, "t/a"), None, "too short to alias");
         send(&mut aliases, "t/aa");
         send(&mut aliases, "t/bb");
@@ -243,7 +246,7 @@ mod tests {
     #[test]
     fn a_client_following_the_spec_always_recovers_the_topic() {
         for max in [1u16, 2, 3, 7] {
-            let mut aliases = OutboundAliases::new(max);
+            let mut aliases = aliases_up_to(max);
             let mut client: HashMap<u16, String> = HashMap::new();
             let mut seed = 12345u32;
             for _ in 0..2000 {
