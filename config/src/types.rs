@@ -224,7 +224,7 @@ pub struct LimitsConfig {
     /// topic (sent with the topic again). The default, 16, covers a device's usual handful of
     /// topics for a client that asked for aliases, while its table stays small: about 1.3 KiB
     /// with 16 topics, allocated when the connection first sends an alias, plus the topic names
-    /// it keeps. A connection whose client allows no alias costs nothing more.
+    /// it keeps. A connection whose client allows none holds only an empty pointer (8 bytes).
     pub max_outbound_topic_alias: u16,
     /// Longest keep-alive a client may have, in seconds; 0 = no maximum (the client's own, even
     /// 0, which never closes a silent connection). An MQTT 5 client asking for more, or for none,

@@ -424,7 +424,7 @@ where
         }
         // Chosen now, as it is written to this connection: queued messages and resends after a
         // reconnect go out with this connection's mapping.
-        let alias = self
+        let mut alias = self
             .outbound_aliases
             .choose(self.outbound_alias_max, &message.topic);
         let mut properties = if self.version.is_v5() {
@@ -448,7 +448,6 @@ where
             properties,
         });
         let mut encoded = self.encode(&packet);
-        let mut alias = alias;
         if let (Err(protocol::EncodeError::TooLarge), Some(AliasUse::Assign(_))) = (&encoded, alias)
         {
             // The alias's three bytes may be what took it past the client's maximum packet
