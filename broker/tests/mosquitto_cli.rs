@@ -336,3 +336,35 @@ async fn mosquitto_sub_persistent_session_gets_messages_queued_while_offline() {
     }
     broker.stop().await;
 }
+
+/// Outbound topic aliases are on by default (`limits.max_outbound_topic_alias`), and
+/// mosquitto_sub announces no Topic Alias Maximum unless told to: it must get every topic whole.
+/// (libmosquitto 2.0.x cannot read an aliased PUBLISH: an empty topic is a protocol error to it,
+/// so a broker aliasing without being asked would end this subscriber at its second message.)
+#[tokio::test]
+async fn mosquitto_sub_v5_announcing_no_topic_alias_maximum_gets_whole_topics() {
+    let broker = TestBroker::start().await;
+    assert!(broker.broker.config.limits.max_outbound_topic_alias > 0);
+    let mut sub = subscribed(
+        &broker,
+        "noalias",
+        "noalias/#",
+        &["-V", V5, "-q", "1", "-F", FORMAT],
+        6,
+    )
+    .await;
+    let mut expected = BTreeSet::new();
+    for i in 0..6 {
+        let topic = format!("noalias/sensor/{}", i % 2);
+        let payload = format!("m{i}");
+        mosquitto_pub(
+            &broker,
+            &["-V", V5, "-t", &topic, "-q", "1", "-m", &payload],
+        )
+        .await;
+        expected.insert(format!("{topic}|1|0|{payload}"));
+    }
+    assert_eq!(lines(&mut sub, 6).await, expected);
+    sub.finish().await;
+    broker.stop().await;
+}

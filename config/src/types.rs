@@ -216,6 +216,16 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Topic alias maximum advertised to v5 clients (0 disables topic aliases).
     pub max_topic_alias: u16,
+    /// Most topic aliases the broker assigns on the PUBLISH packets it sends to one v5 client
+    /// (0 = off): the client gets up to the lower of this and the Topic Alias Maximum it
+    /// announced in CONNECT (a client announcing none, and every 3.x client, gets no aliases).
+    /// The first message on a topic carries the topic and an alias, later ones only the two-byte
+    /// alias. When every alias is taken, the least recently used one is reassigned to the new
+    /// topic (sent with the topic again). The default, 16, covers a device's usual handful of
+    /// topics for a client that asked for aliases, while its table stays small: about 1.3 KiB
+    /// with 16 topics, allocated when the connection first sends an alias, plus the topic names
+    /// it keeps. A connection whose client allows none holds only an empty pointer (8 bytes).
+    pub max_outbound_topic_alias: u16,
     /// Longest keep-alive a client may have, in seconds; 0 = no maximum (the client's own, even
     /// 0, which never closes a silent connection). An MQTT 5 client asking for more, or for none,
     /// is given this one in CONNACK (Server Keep Alive) and closed when silent for 1.5 times it;
@@ -254,6 +264,7 @@ impl Default for LimitsConfig {
             delivery_wait_ms: 250,
             max_connections: 100_000,
             max_topic_alias: 64,
+            max_outbound_topic_alias: 16,
             max_keep_alive_secs: 3600,
             connect_timeout_secs: 10,
             max_connect_size: 64 * 1024,

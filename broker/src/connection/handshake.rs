@@ -1,6 +1,6 @@
 //! The CONNECT handshake: validation, authentication, session takeover and CONNACK.
 
-use super::{Connection, Will};
+use super::{Connection, OutboundAliases, Will};
 use crate::auth::AuthFailure;
 use crate::broker::{Broker, SessionHandle};
 use crate::client_info::{now_unix_ms, ClientInfo};
@@ -331,6 +331,16 @@ where
         max_packet_out: properties.max_packet_size,
         topic_alias_max: limits.max_topic_alias,
         topic_aliases: BTreeMap::new(),
+        // A client that announces no Topic Alias Maximum (and every 3.x client) allows none.
+        outbound_alias_max: if version.is_v5() {
+            properties
+                .topic_alias_max
+                .unwrap_or(0)
+                .min(limits.max_outbound_topic_alias)
+        } else {
+            0
+        },
+        outbound_aliases: OutboundAliases::default(),
         expiry_secs,
         generation,
         connect_expiry_was_zero: requested_expiry == 0,

@@ -7,6 +7,7 @@
 mod finish;
 mod handshake;
 mod inbound;
+mod outbound_alias;
 
 use crate::broker::Broker;
 use crate::listener::peer_identity::PeerIdentity;
@@ -18,6 +19,7 @@ use crate::router::SubscriptionOptions;
 use crate::session::{Offer, Outgoing};
 use crate::store::{InflightState, QueuedMessage};
 use bytes::{Bytes, BytesMut};
+use outbound_alias::{AliasUse, OutboundAliases};
 use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -126,6 +128,10 @@ struct Connection<S> {
     max_packet_out: Option<u32>,
     topic_alias_max: u16,
     topic_aliases: BTreeMap<u16, Arc<str>>,
+    /// The highest topic alias this connection assigns to the topics it sends (0: none, as
+    /// for most clients), and the aliases assigned.
+    outbound_alias_max: u16,
+    outbound_aliases: OutboundAliases,
     expiry_secs: u32,
     /// The store's fencing token for this connection's claim of the session.
     generation: u64,
@@ -359,12 +365,22 @@ where
 
     /// Encodes a packet into the write buffer.
     fn send(&mut self, packet: &Packet) -> bool {
-        match protocol::encode(
+        let encoded = self.encode(packet);
+        self.sent(encoded)
+    }
+
+    fn encode(&mut self, packet: &Packet) -> Result<(), protocol::EncodeError> {
+        protocol::encode(
             packet,
             self.version,
             &mut self.write_buf,
             self.max_packet_out,
-        ) {
+        )
+    }
+
+    /// Whether an encoding succeeded; counts or logs why not.
+    fn sent(&mut self, encoded: Result<(), protocol::EncodeError>) -> bool {
+        match encoded {
             Ok(()) => true,
             Err(protocol::EncodeError::TooLarge) => {
                 self.broker.metrics.dropped_too_large.inc();
@@ -406,20 +422,46 @@ where
             self.outgoing.abandon(packet_id);
             return;
         }
-        let publish = Publish {
+        // Chosen now, as it is written to this connection: queued messages and resends after a
+        // reconnect go out with this connection's mapping.
+        let mut alias = self
+            .outbound_aliases
+            .choose(self.outbound_alias_max, &message.topic);
+        let mut properties = if self.version.is_v5() {
+            message.publish_properties(now, &queued.subscription_ids)
+        } else {
+            None
+        };
+        if let Some(alias) = alias {
+            properties.get_or_insert_with(Default::default).topic_alias = Some(alias.alias());
+        }
+        let mut packet = Packet::Publish(Publish {
             dup,
             qos: queued.qos,
             retain: queued.retain,
-            topic: Bytes::copy_from_slice(message.topic.as_bytes()),
+            topic: match alias {
+                Some(AliasUse::Known(_)) => Bytes::new(),
+                _ => Bytes::copy_from_slice(message.topic.as_bytes()),
+            },
             pkid: packet_id,
             payload: message.payload.clone(),
-            properties: if self.version.is_v5() {
-                message.publish_properties(now, &queued.subscription_ids)
-            } else {
-                None
-            },
-        };
-        if self.send(&Packet::Publish(publish)) {
+            properties,
+        });
+        let mut encoded = self.encode(&packet);
+        if let (Err(protocol::EncodeError::TooLarge), Some(AliasUse::Assign(_))) = (&encoded, alias)
+        {
+            // The alias's three bytes may be what took it past the client's maximum packet
+            // size: without one it may still fit.
+            if let Packet::Publish(publish) = &mut packet {
+                strip_alias(&mut publish.properties);
+            }
+            alias = None;
+            encoded = self.encode(&packet);
+        }
+        if self.sent(encoded) {
+            if let Some(alias) = alias {
+                self.outbound_aliases.commit(alias, &message.topic);
+            }
             self.broker.metrics.messages_sent[queued.qos as usize].inc();
         } else {
             self.outgoing.abandon(packet_id);
@@ -439,6 +481,16 @@ where
         }
         self.send_ready();
         self.flush().await
+    }
+}
+
+/// Takes the topic alias out of a PUBLISH's properties (and the properties, if nothing is left).
+fn strip_alias(properties: &mut Option<crate::protocol::PublishProperties>) {
+    if let Some(p) = properties {
+        p.topic_alias = None;
+        if *p == crate::protocol::PublishProperties::default() {
+            *properties = None;
+        }
     }
 }
 
