@@ -75,6 +75,9 @@ const TLS_PORT: u16 = 8883;
 const WS_PORT: u16 = 8083;
 const ADMIN_PORT: u16 = 9090;
 
+/// How long a Secret change may take to reach a running broker: kubelet's sync period (1 min
+/// by default) plus its cache, plus the broker's 5 s reload check.
+const SECRET_UPDATE_WITHIN: Duration = Duration::from_secs(150);
 /// Time allowed for pods to become Ready, a rollout, a scale.
 const READY_WITHIN: Duration = Duration::from_secs(180);
 /// Time allowed for membership to follow the pods.
@@ -980,6 +983,115 @@ async fn full_example(client: &Client, record: &mut Record) -> Result<()> {
     )
     .await
     .context("clearing the retained message")?;
+
+    // A renewed certificate and a changed password, written into their Secrets as cert-manager
+    // or a user would: kubelet updates the mounted files and the running brokers reload them.
+    // No pod may restart, and the old password must stop working.
+    let before: BTreeMap<String, (Option<String>, i32)> = kube
+        .brokers()
+        .await?
+        .iter()
+        .map(|p| (pod_name(p), (p.metadata.uid.clone(), restarts(p))))
+        .collect();
+    command(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=starling-e2e-renewed",
+            "-addext",
+            &format!("subjectAltName=IP:{node_ip},DNS:{FULL}.{FULL_NS}.svc"),
+            "-keyout",
+            &path("renewed.key"),
+            "-out",
+            &path("renewed.crt"),
+        ],
+    )
+    .await?;
+    let new_password = "e2e-rotated";
+    let new_passwd = command(
+        "sh",
+        &[
+            "-c",
+            "printf %s \"$2\" | \"$1\" passwd alice",
+            "passwd",
+            &broker.to_string_lossy(),
+            new_password,
+        ],
+    )
+    .await?;
+    let replace = "kubectl create --dry-run=client -o yaml \"$@\" | kubectl apply -f -";
+    let renewed_cert = path("renewed.crt");
+    let renewed_key = path("renewed.key");
+    let new_users = format!("--from-literal=passwd={}", new_passwd.trim());
+    for args in [
+        vec![
+            "secret",
+            "tls",
+            "mqtt-cert",
+            "--cert",
+            &renewed_cert,
+            "--key",
+            &renewed_key,
+        ],
+        vec!["secret", "generic", "mqtt-users", &new_users],
+    ] {
+        let mut all = vec!["-c", replace, "replace", "-n", FULL_NS];
+        all.extend(args);
+        command("sh", &all).await?;
+    }
+    let t = Instant::now();
+    let renewed_ca = dir.path().join("renewed.crt");
+    let new_alice = Some(("alice", new_password));
+    poll(
+        SECRET_UPDATE_WITHIN,
+        "the renewed certificate and new password served",
+        || {
+            mosquitto(
+                "mosquitto_pub",
+                tls,
+                &renewed_ca,
+                new_alice,
+                &["-t", "demo/renewed", "-m", "x", "-q", "1"],
+            )
+        },
+    )
+    .await?;
+    let reloaded = t.elapsed();
+    let old_password = mosquitto(
+        "mosquitto_pub",
+        tls,
+        &renewed_ca,
+        alice,
+        &["-t", "demo/renewed", "-m", "x"],
+    )
+    .await;
+    let after: BTreeMap<String, (Option<String>, i32)> = kube
+        .brokers()
+        .await?
+        .iter()
+        .map(|p| (pod_name(p), (p.metadata.uid.clone(), restarts(p))))
+        .collect();
+    record.figure(
+        "full example: certificate and password replaced in their Secrets, served by the running pods after",
+        secs(reloaded),
+    );
+    if after != before {
+        record.problem(format!(
+            "full example: pods changed while Secrets were updated: {before:?} -> {after:?}"
+        ));
+    }
+    if old_password.is_ok() {
+        record.problem(
+            "full example: the old password still works after the users Secret changed".to_string(),
+        );
+    }
 
     // The WebSocket listener answers an upgrade with the `mqtt` subprotocol.
     let ws = kube.reached_from_outside(WS_PORT).await?;
