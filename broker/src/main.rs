@@ -326,6 +326,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let config = load_config(&cli.run)?;
             init_logging(&config)?;
+            for warning in starling_config::exposure_warnings(&config) {
+                tracing::warn!("{warning}");
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -738,3 +738,41 @@ async fn sigterm_while_waiting_for_redis_exits_0() {
     let (status, _, stderr) = process.exit(WAIT).await;
     assert!(status.success(), "{status}\n{stderr}");
 }
+
+/// Runs the broker with `args` and returns what it logged up to its "listening" line.
+async fn logged_until_listening(args: &[&str]) -> String {
+    let file = config_file("");
+    let mut cmd = broker_command(&file);
+    cmd.args(args);
+    let mut child = cmd.spawn().expect("start the broker");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut logged = String::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            logged.push_str(&line);
+            logged.push('\n');
+            if line.contains("listening") {
+                return;
+            }
+        }
+        panic!("the broker ended before listening:\n{logged}");
+    })
+    .await
+    .expect("the broker listens in time");
+    child.kill().await.expect("stop the broker");
+    logged
+}
+
+#[tokio::test]
+async fn the_binary_says_at_start_when_anonymous_clients_are_accepted_from_other_machines() {
+    let open = logged_until_listening(&["--tcp", "0.0.0.0:0", "--admin-bind", "127.0.0.1:0"]).await;
+    assert!(
+        open.contains("WARN")
+            && open.contains("anonymous clients are accepted on the MQTT listener 0.0.0.0:0"),
+        "{open}"
+    );
+    let local =
+        logged_until_listening(&["--tcp", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"]).await;
+    assert!(!local.contains("anonymous clients"), "{local}");
+}

@@ -10,11 +10,13 @@
 //! and names the offending field together with a fix.
 
 mod error;
+mod exposure;
 pub mod redis_url;
 mod types;
 mod validate;
 
 pub use error::ConfigError;
+pub use exposure::exposure_warnings;
 pub use types::*;
 
 use figment::providers::{Env, Format, Serialized, Toml};
