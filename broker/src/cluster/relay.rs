@@ -17,12 +17,13 @@
 //!   inbox entry; a receiving node serves only the groups it was given.
 //!
 //! This file is the link itself (what the broker core calls: forwarding, journal, barriers);
-//! beside it: [`writer`] (the one task that writes to Redis, in pipelined batches), [`control`]
+//! beside it: [`forward`] (which nodes get a message, and the publisher's pace), [`writer`] (the one task that writes to Redis, in pipelined batches), [`control`]
 //! (session hand-over and the other control entries), [`watchers`] (Redis's health and the
 //! announcement channel that keeps the replica), [`keys`] (key names). Reads use connections of
 //! their own (`super::inbox`), as `XREAD BLOCK` and Pub/Sub would hold up a shared one.
 
 mod control;
+mod forward;
 mod keys;
 mod watchers;
 mod writer;
@@ -34,16 +35,12 @@ use super::health::{self, Health};
 use super::inbox;
 use super::journal;
 use super::listed;
-use super::pending::PendingRelays;
 use super::redis_clock::RedisClock;
 use super::replica::Replica;
 use super::replication::ReplicationWait;
 use super::work_queue::WorkQueue;
 use crate::broker::Broker;
-use crate::message::Message;
-use crate::router::memo::RouteMemo;
-use crate::router::remote::{choose_shared, NodeId, SharedChoice};
-use crate::router::GroupKey;
+use crate::router::remote::NodeId;
 use crate::store::journal_hold::{JournalHold, JournalRelease, JournalReservation};
 use crate::store::redis::renewing::RenewingConnection;
 use crate::store::redis::target::RedisTarget;
@@ -58,7 +55,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch, Semaphore};
 use watchers::{watch_entries, watch_health, Resync};
-use writer::{permit_count, spawn_writer, Outbound, WRITE_QUEUE, WRITE_RESPONSE_WAIT};
+use writer::{spawn_writer, Outbound, WRITE_QUEUE, WRITE_RESPONSE_WAIT};
 
 /// How long a publisher's acknowledgement waits for the writer to confirm that Redis has what
 /// the publish wrote (see [`ClusterLink::barrier`]).
@@ -465,129 +462,6 @@ impl ClusterLink {
             raw: raw.to_string(),
             added,
         });
-    }
-
-    /// Adds a message that was published on this node to `pending`, for the inbox of every other
-    /// node that has a matching entry, and decides which node serves each share group with
-    /// members elsewhere. Returns the groups another node serves (this node must skip them).
-    /// `pending` goes to the writer with [`Self::send_pending`].
-    pub fn forward(
-        &self,
-        broker: &Broker,
-        message: &Arc<Message>,
-        memo: &mut RouteMemo,
-        pending: &mut PendingRelays,
-    ) -> Vec<GroupKey> {
-        if message.topic.starts_with("$SYS") {
-            return Vec::new();
-        }
-        let route = {
-            let remote = self.remote.read();
-            let generation = remote.generation();
-            if let Some(nodes) = memo.remote(generation) {
-                pending.push(message, nodes.iter().map(|node| (node, &[][..])));
-                return Vec::new();
-            }
-            let route = remote.route(&message.topic);
-            if route.groups.is_empty() {
-                memo.keep_remote(generation, route.nodes.clone());
-            }
-            route
-        };
-        if route.nodes.is_empty() && route.groups.is_empty() {
-            return Vec::new();
-        }
-        // Each node gets the message once, with the groups it was chosen to serve.
-        let mut targets: Vec<(NodeId, Vec<GroupKey>)> =
-            route.nodes.into_iter().map(|n| (n, Vec::new())).collect();
-        let mut served_elsewhere = Vec::new();
-        for group in route.groups {
-            let (online, any) = broker.local_group_presence(&group.filter, &group.group);
-            if let SharedChoice::Remote(node) =
-                choose_shared(online, any, &group.nodes, group.start)
-            {
-                let key = (group.group, group.filter);
-                match targets.iter_mut().find(|(n, _)| *n == node) {
-                    Some((_, groups)) => groups.push(key.clone()),
-                    None => targets.push((node, vec![key.clone()])),
-                }
-                served_elsewhere.push(key);
-            }
-        }
-        pending.push(
-            message,
-            targets
-                .iter()
-                .map(|(node, groups)| (node, groups.as_slice())),
-        );
-        served_elsewhere
-    }
-
-    /// Hands the relayed messages of a burst to the writer. When the relay queue has no room
-    /// for them the publisher waits, at most `patience`: it is held to the relay's pace, as a
-    /// full mailbox holds it to a subscriber's. What the queue does not take in time is dropped
-    /// and counted, and the queue counts as stalled until it has room again; while it is
-    /// stalled, QoS 0 messages are dropped (and counted) without waiting.
-    pub async fn send_pending(
-        &self,
-        pending: &mut PendingRelays,
-        patience: Duration,
-        broker: &Broker,
-    ) {
-        if pending.is_empty() || self.try_send_pending(pending) {
-            return;
-        }
-        Box::pin(self.send_pending_when_room(pending.take(), patience, broker)).await
-    }
-
-    /// Hands `pending` over if the queue has room for all of it now.
-    fn try_send_pending(&self, pending: &mut PendingRelays) -> bool {
-        let Ok(permits) = self
-            .forward_room
-            .try_acquire_many(permit_count(pending.len()))
-        else {
-            return false;
-        };
-        // Given back by the writer once written (see `write_loop`).
-        permits.forget();
-        // Read first: a store on every burst would bounce the flag's cache line between the
-        // publishing threads.
-        if self.forward_stalled.load(Ordering::Relaxed) {
-            self.forward_stalled.store(false, Ordering::Relaxed);
-        }
-        self.queue(Outbound::Relays(pending.take()));
-        true
-    }
-
-    async fn send_pending_when_room(
-        &self,
-        mut pending: PendingRelays,
-        patience: Duration,
-        broker: &Broker,
-    ) {
-        if self.forward_stalled.load(Ordering::Relaxed) {
-            let dropped = pending.drop_at_most_once();
-            broker.metrics.relay_dropped.inc_by(dropped as u64);
-            if pending.is_empty() || self.try_send_pending(&mut pending) {
-                return;
-            }
-        }
-        broker.metrics.relay_waits.inc_by(pending.len() as u64);
-        let room = tokio::time::timeout(
-            patience,
-            self.forward_room.acquire_many(permit_count(pending.len())),
-        )
-        .await;
-        match room {
-            Ok(Ok(permits)) => {
-                permits.forget();
-                self.queue(Outbound::Relays(pending));
-            }
-            _ => {
-                self.forward_stalled.store(true, Ordering::Relaxed);
-                broker.metrics.relay_dropped.inc_by(pending.len() as u64);
-            }
-        }
     }
 
     /// Forgets a node that left the cluster from the replica (the node that adopts its sessions
