@@ -19,6 +19,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -343,6 +344,21 @@ async fn mqttcluster_children_status_scale_config_change_and_deletion() {
         toml.contains("gossip_key_file"),
         "the brokers read the key: {toml}"
     );
+    // The NetworkPolicies, accepted by the real API server as the operator built them.
+    let policies: Api<NetworkPolicy> = env.api();
+    let brokers = policies.get("e2e").await.expect("brokers' NetworkPolicy");
+    assert_owned_by(&brokers.metadata, &uid, "brokers' NetworkPolicy");
+    let ingress = brokers
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress.as_ref())
+        .expect("ingress rules");
+    assert_eq!(ingress.len(), 3, "MQTT, gossip, admin: {ingress:?}");
+    let redis_policy = policies
+        .get("e2e-redis")
+        .await
+        .expect("Redis' NetworkPolicy");
+    assert_owned_by(&redis_policy.metadata, &uid, "Redis' NetworkPolicy");
     println!("every child exists and is owned by the cluster");
 
     // The status.
