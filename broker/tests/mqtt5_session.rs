@@ -615,6 +615,38 @@ async fn client_maximum_packet_size_drops_larger_publishes_only() {
     broker.stop().await;
 }
 
+/// Found by the `session_sequence` fuzz target: with an assigned client identifier the CONNACK
+/// outgrew a small Maximum Packet Size and was sent all the same (MQTT-3.1.2-24). It is refused
+/// with a CONNACK 0x95 that fits instead.
+#[tokio::test]
+async fn connack_beyond_the_clients_maximum_packet_size_is_refused_with_0x95() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let mut props = ConnectProperties::new();
+    props.max_packet_size = Some(24);
+    let mut raw = RawClient::connect(addr).await;
+    raw.send_v5(Packet::Connect(
+        connect_packet("", Some(props.clone())),
+        None,
+        None,
+    ))
+    .await;
+    let got = bytes_until_closed(&mut raw).await;
+    assert!(got.len() <= 24, "{} bytes sent: {got:02x?}", got.len());
+    match Packet::read(&mut bytes::BytesMut::from(&got[..]), None) {
+        Ok(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::PacketTooLarge),
+        other => panic!("expected a refusing CONNACK, got {other:?}"),
+    }
+    // A CONNACK that fits is sent as before.
+    props.max_packet_size = Some(64);
+    let (_raw, ack) = raw_connect(addr, connect_packet("", Some(props)), None).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert!(ack
+        .properties
+        .is_some_and(|p| p.assigned_client_identifier.is_some()));
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn publish_above_broker_maximum_packet_size_is_disconnected_with_0x95() {
     let broker = TestBroker::start_with(|c| c.limits.max_packet_size = 1024).await;
