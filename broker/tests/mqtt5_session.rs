@@ -516,6 +516,47 @@ async fn receive_maximum_limits_unacknowledged_qos1_deliveries() {
     broker.stop().await;
 }
 
+/// Found by the `session_sequence` fuzz target: a session resumed with a smaller receive
+/// maximum than it had messages in flight had them all resent at once (MQTT-3.3.4-9). They are
+/// resent as the window frees, with their packet ids.
+#[tokio::test]
+async fn resumed_inflight_messages_are_resent_within_the_new_receive_maximum() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let (mut sub, _) =
+        raw_connect(addr, connect_packet("rr-sub", Some(expiry_props(60))), None).await;
+    raw_subscribe(&mut sub, 1, vec![filter("rr/t", QoS::AtLeastOnce)], None).await;
+    let (mut publisher, _) = v5_client(addr, "rr-pub", |_| {}).await;
+    for payload in ["m1", "m2", "m3"] {
+        publish_qos1(&mut publisher, "rr/t", payload).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(raw_publish(&mut sub).await.pkid);
+    }
+    drop(sub); // none acknowledged
+
+    let mut props = expiry_props(60);
+    props.receive_maximum = Some(1);
+    let mut connect = connect_packet("rr-sub", Some(props));
+    connect.clean_start = false;
+    let (mut sub, ack) = raw_connect(addr, connect, None).await;
+    assert!(ack.session_present);
+    for (id, payload) in ids.iter().zip(["m1", "m2", "m3"]) {
+        let resent = raw_publish(&mut sub).await;
+        assert!(resent.dup);
+        assert_eq!(
+            (resent.pkid, &resent.payload[..]),
+            (*id, payload.as_bytes())
+        );
+        raw_quiet(&mut sub).await;
+        sub.send_v5(Packet::PubAck(PubAck::new(resent.pkid, None)))
+            .await;
+    }
+    raw_quiet(&mut sub).await;
+    broker.stop().await;
+}
+
 fn with_expiry(secs: u32) -> PublishProperties {
     PublishProperties {
         message_expiry_interval: Some(secs),
