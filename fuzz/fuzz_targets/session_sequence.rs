@@ -538,8 +538,9 @@ impl Conn {
                     if !self.inflight.contains(&pkid) {
                         let window = usize::from(self.asked.receive_max.unwrap_or(u16::MAX))
                             .min(MAX_INFLIGHT);
+                        // Raw bytes may have acknowledged what the model still counts.
                         assert!(
-                            self.inflight.len() < window,
+                            !strict || self.inflight.len() < window,
                             "a PUBLISH beyond the in-flight window of {window}: {:?} + {pkid}",
                             self.inflight
                         );
