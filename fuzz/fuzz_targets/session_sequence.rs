@@ -35,7 +35,16 @@ const PIPE: usize = 256 * 1024;
 
 const CLIENT_IDS: [&str; 4] = ["a", "b", "c", ""];
 const TOPICS: [&str; 10] = [
-    "t", "t/a", "t/b/c", "$SYS/x", "$share/g/t", "s/1", "", "a/+", "#", "t/a/",
+    "t",
+    "t/a",
+    "t/b/c",
+    "$SYS/x",
+    "$share/g/t",
+    "s/1",
+    "",
+    "a/+",
+    "#",
+    "t/a/",
 ];
 const FILTERS: [&str; 16] = [
     "#",
@@ -366,14 +375,27 @@ fn disconnect(input: &mut Input, version: Version) -> BytesMut {
 /// A packet as the broker sent it, reduced to what the checks look at.
 #[derive(Debug)]
 enum Out {
-    ConnAck { success: bool },
-    Publish { qos: u8, pkid: u16, dup: bool, topic: Vec<u8> },
+    ConnAck {
+        success: bool,
+    },
+    Publish {
+        qos: u8,
+        pkid: u16,
+        dup: bool,
+        topic: Vec<u8>,
+    },
     PubAck(u16),
     PubRec(u16),
     PubRel(u16),
     PubComp(u16),
-    SubAck { pkid: u16, codes: usize },
-    UnsubAck { pkid: u16, codes: Option<usize> },
+    SubAck {
+        pkid: u16,
+        codes: usize,
+    },
+    UnsubAck {
+        pkid: u16,
+        codes: Option<usize>,
+    },
     PingResp,
     Disconnect,
     Other(&'static str),
@@ -500,7 +522,10 @@ impl Conn {
     /// Checks one packet the broker sent; `qos2_ids` are the ids of QoS 2 publishes ever sent
     /// to this client id.
     fn check(&mut self, out: Out, len: usize, qos2_ids: &mut HashSet<u16>) {
-        assert!(!self.ended, "broker wrote {out:?} after ending the connection");
+        assert!(
+            !self.ended,
+            "broker wrote {out:?} after ending the connection"
+        );
         if let Some(max) = self.asked.max_packet {
             assert!(
                 len <= max as usize,
@@ -516,7 +541,10 @@ impl Conn {
                 }
                 return;
             }
-            _ => assert!(self.connack == Some(true), "{out:?} before a successful CONNACK"),
+            _ => assert!(
+                self.connack == Some(true),
+                "{out:?} before a successful CONNACK"
+            ),
         }
         let strict = !self.tainted;
         match out {
@@ -565,7 +593,10 @@ impl Conn {
             Out::PubRec(pkid) if strict => owe(&mut self.owed_pubrec, pkid, "PUBREC"),
             Out::PubComp(pkid) if strict => owe(&mut self.owed_pubcomp, pkid, "PUBCOMP"),
             Out::SubAck { pkid, codes } if strict => {
-                let (sent, count) = self.subscribes.pop_front().expect("SUBACK for no SUBSCRIBE");
+                let (sent, count) = self
+                    .subscribes
+                    .pop_front()
+                    .expect("SUBACK for no SUBSCRIBE");
                 assert_eq!(pkid, sent, "SUBACK id");
                 assert_eq!(codes, count, "SUBACK reason codes");
             }
@@ -642,7 +673,10 @@ struct World {
 impl World {
     /// The slot's connection; a new one if it has none or the broker closed it.
     fn open(&mut self, slot: usize) -> &mut Conn {
-        if self.slots[slot].as_ref().is_some_and(|c| c.stream.is_none()) {
+        if self.slots[slot]
+            .as_ref()
+            .is_some_and(|c| c.stream.is_none())
+        {
             self.close(slot);
         }
         if self.slots[slot].is_none() {
@@ -689,8 +723,7 @@ impl World {
             eprintln!("slot {slot} ({}) -> {:02x?}", conn.client_id, bytes);
         }
         // Paused time: this times out only if the broker stops reading for good.
-        let written =
-            tokio::time::timeout(Duration::from_secs(60), stream.write_all(bytes)).await;
+        let written = tokio::time::timeout(Duration::from_secs(60), stream.write_all(bytes)).await;
         assert!(
             written.is_ok(),
             "the broker stopped reading a connection it keeps open"
@@ -860,7 +893,10 @@ async fn run(data: &[u8]) {
     }
     tokio::time::sleep(Duration::from_secs(3600)).await;
     for task in &world.finished {
-        assert!(task.is_finished(), "a connection outlived its closed socket");
+        assert!(
+            task.is_finished(),
+            "a connection outlived its closed socket"
+        );
     }
     assert_eq!(
         broker.metrics.connections.get(),
