@@ -27,6 +27,10 @@ pub struct Outgoing {
     next_id: u16,
     window: usize,
     max_pending: usize,
+    /// Restored in-flight PUBLISHes not yet resent on this connection, in packet-id order. They
+    /// are resent as the window allows: a client's receive maximum counts resent PUBLISHes too
+    /// (MQTT-3.3.4-9), and a reconnecting client may ask for a smaller one.
+    unsent: VecDeque<u16>,
 }
 
 impl Outgoing {
@@ -38,6 +42,7 @@ impl Outgoing {
             next_id: 1,
             window: window.max(1),
             max_pending,
+            unsent: VecDeque::new(),
         }
     }
 
@@ -47,7 +52,32 @@ impl Outgoing {
             self.next_id = m.packet_id.wrapping_add(1).max(1);
             self.inflight.insert(m.packet_id, m);
         }
+        self.unsent = self
+            .inflight
+            .values()
+            .filter(|m| m.state == InflightState::AwaitingAck)
+            .map(|m| m.packet_id)
+            .collect();
         self.pending = queue;
+    }
+
+    /// The next restored in-flight PUBLISH to resend (with DUP and its packet id), if the
+    /// window has room for it beside those already sent on this connection.
+    pub fn next_resend(&mut self) -> Option<(u16, QueuedMessage)> {
+        let sent = self.inflight.len().saturating_sub(self.unsent.len());
+        if sent >= self.window {
+            return None;
+        }
+        let id = self.unsent.pop_front()?;
+        let m = self.inflight.get(&id)?;
+        Some((id, m.queued.clone()))
+    }
+
+    /// `id` left the in-flight window or its PUBLISH needs no resending any more.
+    fn sent_or_gone(&mut self, id: u16) {
+        if !self.unsent.is_empty() {
+            self.unsent.retain(|&unsent| unsent != id);
+        }
     }
 
     fn allocate_id(&mut self) -> Option<u16> {
@@ -120,6 +150,7 @@ impl Outgoing {
     /// Forgets an in-flight message the broker could not send (expired or too large).
     pub fn abandon(&mut self, id: u16) {
         self.inflight.remove(&id);
+        self.sent_or_gone(id);
     }
 
     /// PUBACK received; false if the id was not awaiting one.
@@ -129,6 +160,7 @@ impl Outgoing {
                 if m.state == InflightState::AwaitingAck && m.queued.qos == QoS::AtLeastOnce =>
             {
                 self.inflight.remove(&id);
+                self.sent_or_gone(id);
                 true
             }
             _ => false,
@@ -139,6 +171,9 @@ impl Outgoing {
     pub fn pubrec(&mut self, id: u16, accepted: bool) -> bool {
         match self.inflight.get_mut(&id) {
             Some(m) if m.queued.qos == QoS::ExactlyOnce => {
+                if m.state == InflightState::AwaitingAck && !self.unsent.is_empty() {
+                    self.unsent.retain(|&unsent| unsent != id);
+                }
                 if accepted {
                     m.state = InflightState::AwaitingComplete;
                     true
@@ -264,5 +299,36 @@ mod tests {
             second.offer(q(QoS::AtLeastOnce, "b")),
             Offer::Send(2, _)
         ));
+    }
+
+    #[test]
+    fn restored_inflight_beyond_a_smaller_window_is_resent_as_it_frees() {
+        let mut first = Outgoing::new(5, 5);
+        for tag in ["a", "b", "c"] {
+            first.offer(q(QoS::AtLeastOnce, tag));
+        }
+        first.offer(q(QoS::ExactlyOnce, "d"));
+        assert!(first.pubrec(4, true));
+        let (inflight, queue) = first.into_parts();
+        let mut second = Outgoing::new(2, 5);
+        second.restore(inflight, queue);
+        // 4 awaits PUBCOMP (its PUBREL is resent regardless) and holds a place in the window of
+        // 2, 1 takes the other; the rest follow as places free, in packet-id order.
+        assert_eq!(second.next_resend().map(|(id, _)| id), Some(1));
+        assert_eq!(second.next_resend(), None);
+        assert_eq!(second.offer(q(QoS::AtLeastOnce, "e")), Offer::Queued);
+        assert!(second.puback(1));
+        assert_eq!(second.next_resend().map(|(id, _)| id), Some(2));
+        assert_eq!(second.next_resend(), None);
+        assert!(second.pubcomp(4));
+        assert_eq!(second.next_resend().map(|(id, _)| id), Some(3));
+        assert_eq!(second.next_resend(), None);
+        assert!(second.next_ready().is_none(), "the window is full");
+        assert!(second.puback(2));
+        assert!(second.next_resend().is_none());
+        assert!(
+            matches!(second.next_ready(), Some((5, _))),
+            "then the queue"
+        );
     }
 }

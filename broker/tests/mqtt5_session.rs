@@ -516,6 +516,47 @@ async fn receive_maximum_limits_unacknowledged_qos1_deliveries() {
     broker.stop().await;
 }
 
+/// Found by the `session_sequence` fuzz target: a session resumed with a smaller receive
+/// maximum than it had messages in flight had them all resent at once (MQTT-3.3.4-9). They are
+/// resent as the window frees, with their packet ids.
+#[tokio::test]
+async fn resumed_inflight_messages_are_resent_within_the_new_receive_maximum() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let (mut sub, _) =
+        raw_connect(addr, connect_packet("rr-sub", Some(expiry_props(60))), None).await;
+    raw_subscribe(&mut sub, 1, vec![filter("rr/t", QoS::AtLeastOnce)], None).await;
+    let (mut publisher, _) = v5_client(addr, "rr-pub", |_| {}).await;
+    for payload in ["m1", "m2", "m3"] {
+        publish_qos1(&mut publisher, "rr/t", payload).await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(raw_publish(&mut sub).await.pkid);
+    }
+    drop(sub); // none acknowledged
+
+    let mut props = expiry_props(60);
+    props.receive_maximum = Some(1);
+    let mut connect = connect_packet("rr-sub", Some(props));
+    connect.clean_start = false;
+    let (mut sub, ack) = raw_connect(addr, connect, None).await;
+    assert!(ack.session_present);
+    for (id, payload) in ids.iter().zip(["m1", "m2", "m3"]) {
+        let resent = raw_publish(&mut sub).await;
+        assert!(resent.dup);
+        assert_eq!(
+            (resent.pkid, &resent.payload[..]),
+            (*id, payload.as_bytes())
+        );
+        raw_quiet(&mut sub).await;
+        sub.send_v5(Packet::PubAck(PubAck::new(resent.pkid, None)))
+            .await;
+    }
+    raw_quiet(&mut sub).await;
+    broker.stop().await;
+}
+
 fn with_expiry(secs: u32) -> PublishProperties {
     PublishProperties {
         message_expiry_interval: Some(secs),
@@ -612,6 +653,38 @@ async fn client_maximum_packet_size_drops_larger_publishes_only() {
     let p = raw_publish(&mut sub).await;
     assert_eq!(&p.payload[..], b"small", "the 500-byte publish was sent");
     raw_quiet(&mut sub).await;
+    broker.stop().await;
+}
+
+/// Found by the `session_sequence` fuzz target: with an assigned client identifier the CONNACK
+/// outgrew a small Maximum Packet Size and was sent all the same (MQTT-3.1.2-24). It is refused
+/// with a CONNACK 0x95 that fits instead.
+#[tokio::test]
+async fn connack_beyond_the_clients_maximum_packet_size_is_refused_with_0x95() {
+    let broker = TestBroker::start().await;
+    let addr = broker.tcp();
+    let mut props = ConnectProperties::new();
+    props.max_packet_size = Some(24);
+    let mut raw = RawClient::connect(addr).await;
+    raw.send_v5(Packet::Connect(
+        connect_packet("", Some(props.clone())),
+        None,
+        None,
+    ))
+    .await;
+    let got = bytes_until_closed(&mut raw).await;
+    assert!(got.len() <= 24, "{} bytes sent: {got:02x?}", got.len());
+    match Packet::read(&mut bytes::BytesMut::from(&got[..]), None) {
+        Ok(Packet::ConnAck(ack)) => assert_eq!(ack.code, ConnectReturnCode::PacketTooLarge),
+        other => panic!("expected a refusing CONNACK, got {other:?}"),
+    }
+    // A CONNACK that fits is sent as before.
+    props.max_packet_size = Some(64);
+    let (_raw, ack) = raw_connect(addr, connect_packet("", Some(props)), None).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert!(ack
+        .properties
+        .is_some_and(|p| p.assigned_client_identifier.is_some()));
     broker.stop().await;
 }
 

@@ -179,6 +179,46 @@ where
 
     let (keep_alive, server_keep_alive) =
         granted_keep_alive(version, connect.keep_alive, limits.max_keep_alive_secs);
+    let connack_properties = version.is_v5().then(|| ConnAckProperties {
+        session_expiry_interval: (expiry_secs != requested_expiry).then_some(expiry_secs),
+        receive_max: Some(limits.max_inflight),
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: Some(limits.max_packet_size),
+        assigned_client_identifier: assigned.then(|| client_id.to_string()),
+        topic_alias_max: Some(limits.max_topic_alias),
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    });
+    // No packet may exceed the client's Maximum Packet Size, the CONNACK included
+    // (MQTT-3.1.2-24). Only its session-present bit depends on the session: one that cannot fit
+    // is refused here, before any session is taken over.
+    if let Some(max) = properties.max_packet_size {
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+            properties: connack_properties.clone(),
+        });
+        if connack.size() > max as usize {
+            tracing::debug!(%peer, max, "refused: the CONNACK exceeds the client's maximum packet size");
+            refuse_within(
+                &mut stream,
+                version,
+                ConnectReturnCode::PacketTooLarge,
+                Some(max),
+            )
+            .await;
+            return None;
+        }
+    }
 
     // Take the session over from any connection that holds it, here or (later) elsewhere.
     if let Some(previous) = broker.online_handle(&client_id) {
@@ -290,25 +330,7 @@ where
         // MQTT 3.1 has no session-present flag: that CONNACK byte is reserved and must be 0.
         session_present: session_present && version != ProtocolVersion::V3_1,
         code: ConnectReturnCode::Success,
-        properties: version.is_v5().then(|| ConnAckProperties {
-            session_expiry_interval: (expiry_secs != requested_expiry).then_some(expiry_secs),
-            receive_max: Some(limits.max_inflight),
-            max_qos: None,
-            retain_available: None,
-            max_packet_size: Some(limits.max_packet_size),
-            assigned_client_identifier: assigned.then(|| client_id.to_string()),
-            topic_alias_max: Some(limits.max_topic_alias),
-            reason_string: None,
-            user_properties: Vec::new(),
-            wildcard_subscription_available: None,
-            subscription_identifiers_available: None,
-            shared_subscription_available: None,
-            server_keep_alive,
-            response_information: None,
-            server_reference: None,
-            authentication_method: None,
-            authentication_data: None,
-        }),
+        properties: connack_properties,
     };
     let mut write_buf = BytesMut::new();
     if protocol::encode(&Packet::ConnAck(connack), version, &mut write_buf, None).is_err() {
@@ -527,17 +549,29 @@ async fn refuse<S: AsyncWrite + Unpin>(
     version: ProtocolVersion,
     code: ConnectReturnCode,
 ) {
+    refuse_within(stream, version, code, None).await
+}
+
+/// Sends a refusing CONNACK, if it fits in `max` bytes, and closes.
+async fn refuse_within<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: ProtocolVersion,
+    code: ConnectReturnCode,
+    max: Option<u32>,
+) {
     let mut buf = BytesMut::new();
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         code,
         properties: None,
     });
-    if protocol::encode(&connack, version, &mut buf, None).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = stream.write_all(&buf).await;
-            let _ = stream.shutdown().await;
-        })
-        .await;
+    // Not even a refusal is sent where it does not fit; the connection is closed all the same.
+    if protocol::encode(&connack, version, &mut buf, max).is_err() {
+        buf.clear();
     }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&buf).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

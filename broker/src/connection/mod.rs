@@ -406,6 +406,9 @@ where
 
     /// Sends queued messages while the in-flight window has room.
     fn send_ready(&mut self) {
+        while let Some((id, queued)) = self.outgoing.next_resend() {
+            self.send_publish(id, &queued, true);
+        }
         while let Some((id, queued)) = self.outgoing.next_ready() {
             self.send_publish(id, &queued, false);
         }
@@ -468,16 +471,17 @@ where
         }
     }
 
-    /// Resends what the previous connection left unacknowledged, then the queue.
+    /// Resends what the previous connection left unacknowledged (its PUBLISHes as far as the
+    /// window allows, the rest as it frees), then the queue.
     async fn resume_session(&mut self) -> Result<(), Exit> {
-        let inflight: Vec<_> = self.outgoing.inflight().cloned().collect();
-        for m in inflight {
-            match m.state {
-                InflightState::AwaitingAck => self.send_publish(m.packet_id, &m.queued, true),
-                InflightState::AwaitingComplete => {
-                    self.send(&Packet::PubRel(PubRel::new(m.packet_id, None)));
-                }
-            }
+        let releases: Vec<u16> = self
+            .outgoing
+            .inflight()
+            .filter(|m| m.state == InflightState::AwaitingComplete)
+            .map(|m| m.packet_id)
+            .collect();
+        for id in releases {
+            self.send(&Packet::PubRel(PubRel::new(id, None)));
         }
         self.send_ready();
         self.flush().await
