@@ -210,12 +210,8 @@ conformance! {
     a_resumed_session_leaves_the_store(DEFAULT);
     clean_start_discards_the_stored_session(DEFAULT);
     a_newer_claim_fences_the_older_one(DEFAULT);
-    a_stale_claim_cannot_remove_the_session_a_newer_claim_stored(DEFAULT)
-        memory[ignore = "issue: MemoryStore::remove_session fences only online sessions; an older \
-            generation removes the offline session a newer claim stored (Redis: Fenced)"];
-    a_stale_claim_cannot_bring_back_a_removed_session(DEFAULT)
-        memory[ignore = "issue: MemoryStore::detach_session stores a session it no longer has \
-            (removed by a newer claim) instead of answering Fenced (Redis: Fenced)"];
+    a_stale_claim_cannot_remove_the_session_a_newer_claim_stored(DEFAULT);
+    a_stale_claim_cannot_bring_back_a_removed_session(DEFAULT);
     a_claim_of_a_session_held_on_another_node_completes_after_hand_over(DEFAULT);
     // Sessions: ending.
     remove_ends_the_session(DEFAULT);
@@ -231,9 +227,7 @@ conformance! {
     // Sessions: expiry and counts.
     an_offline_session_expires_at_its_interval(DEFAULT);
     the_sweep_takes_only_offline_sessions_that_are_due(DEFAULT);
-    a_session_that_never_expires_is_never_swept(DEFAULT)
-        memory[ignore = "issue: MemoryStore::take_expired_sessions treats expiry 0xFFFFFFFF as \
-            136 years, not never (Redis: never swept)"];
+    a_session_that_never_expires_is_never_swept(DEFAULT);
     sessions_are_counted_online_and_offline(DEFAULT);
     // Retained messages.
     retained_set_replace_and_delete(DEFAULT);
