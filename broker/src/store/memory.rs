@@ -15,12 +15,25 @@ use std::time::{Duration, SystemTime};
 
 /// A session as the store holds it. Online sessions keep their state in their connection, so
 /// the store only keeps what is forced into their queue meanwhile (kept small: one per client).
+/// Both keep the generation of the session's latest claim, which fences older ones.
 enum Entry {
     Online {
         forced: VecDeque<QueuedMessage>,
         generation: u64,
     },
-    Offline(Box<StoredSession>),
+    Offline {
+        session: Box<StoredSession>,
+        generation: u64,
+    },
+}
+
+impl Entry {
+    /// The generation of the claim that holds (or last held) the session.
+    fn generation(&self) -> u64 {
+        match self {
+            Entry::Online { generation, .. } | Entry::Offline { generation, .. } => *generation,
+        }
+    }
 }
 
 /// Sessions and retained messages held in this process.
@@ -78,7 +91,7 @@ impl Store for MemoryStore {
             + 1;
         let mut sessions = self.sessions.lock();
         let previous = match sessions.remove(client_id) {
-            Some(Entry::Offline(session)) => Some(*session),
+            Some(Entry::Offline { session, .. }) => Some(*session),
             Some(Entry::Online { forced, .. }) => Some(StoredSession {
                 queue: forced,
                 ..StoredSession::default()
@@ -125,7 +138,9 @@ impl Store for MemoryStore {
                 sessions.insert(client_id.clone(), other);
                 return Ok(Detached::Fenced);
             }
-            None => VecDeque::new(),
+            // Ended meanwhile (removed by a newer claim, or swept after it went offline): this
+            // connection's copy is stale.
+            None => return Ok(Detached::Fenced),
         };
         for message in arrived_meanwhile {
             if session.queue.len() >= self.max_queued {
@@ -134,7 +149,13 @@ impl Store for MemoryStore {
             session.queue.push_back(message);
         }
         session.disconnected_at = Some(SystemTime::now());
-        sessions.insert(client_id.clone(), Entry::Offline(Box::new(session)));
+        sessions.insert(
+            client_id.clone(),
+            Entry::Offline {
+                session: Box::new(session),
+                generation,
+            },
+        );
         Ok(Detached::Stored)
     }
 
@@ -145,9 +166,7 @@ impl Store for MemoryStore {
     ) -> Result<Detached, StoreError> {
         let mut sessions = self.sessions.lock();
         match sessions.get(client_id) {
-            Some(Entry::Online {
-                generation: held, ..
-            }) if *held != generation => Ok(Detached::Fenced),
+            Some(entry) if entry.generation() != generation => Ok(Detached::Fenced),
             _ => {
                 sessions.remove(client_id);
                 Ok(Detached::Stored)
@@ -166,7 +185,7 @@ impl Store for MemoryStore {
             None => return Ok(Enqueued::NoSession),
             Some(Entry::Online { .. }) if !force => return Ok(Enqueued::Online),
             Some(Entry::Online { forced, .. }) => forced,
-            Some(Entry::Offline(session)) => &mut session.queue,
+            Some(Entry::Offline { session, .. }) => &mut session.queue,
         };
         if queue.len() >= self.max_queued {
             return Ok(Enqueued::Full);
@@ -183,9 +202,13 @@ impl Store for MemoryStore {
         let expired: Vec<ClientId> = sessions
             .iter()
             .filter(|(_, e)| match e {
-                Entry::Offline(s) => s
-                    .disconnected_at
-                    .is_some_and(|at| at + Duration::from_secs(u64::from(s.expiry_secs)) <= now),
+                // MQTT 5: an expiry interval of 0xFFFFFFFF means the session never expires.
+                Entry::Offline { session: s, .. } => {
+                    s.expiry_secs != u32::MAX
+                        && s.disconnected_at.is_some_and(|at| {
+                            at + Duration::from_secs(u64::from(s.expiry_secs)) <= now
+                        })
+                }
                 Entry::Online { .. } => false,
             })
             .map(|(id, _)| id.clone())
@@ -193,7 +216,7 @@ impl Store for MemoryStore {
         Ok(expired
             .into_iter()
             .filter_map(|id| match sessions.remove(&id) {
-                Some(Entry::Offline(session)) => Some(ExpiredSession {
+                Some(Entry::Offline { session, .. }) => Some(ExpiredSession {
                     client_id: id,
                     parked_on: None,
                     session: *session,
