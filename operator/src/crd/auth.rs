@@ -11,7 +11,8 @@ pub struct AuthSpec {
     /// Accept clients that send no username. When `false` and `usersSecretRef` is unset, the
     /// operator generates one user, `starling`, with a random password in the Secret
     /// `NAME-users` (keys `username`, `password`, and `passwd`, the brokers' password file).
-    /// The default stays `true` so that clusters made before keep serving their clients; the
+    /// The default stays `true` so that clusters made before keep serving their clients (a new
+    /// default would be applied to them at their next server-side apply or replace); the
     /// examples and the Helm chart's cluster set `false`.
     #[serde(default = "default_true")]
     pub allow_anonymous: bool,
