@@ -50,6 +50,7 @@ impl Broker {
         evacuation.status.lock().rate_per_sec = rate_per_sec;
         if !evacuation.evacuating.swap(true, Ordering::Relaxed) {
             evacuation.status.lock().evacuating = true;
+            self.metrics.evacuating.set(1);
             tracing::warn!(
                 rate_per_sec,
                 "evacuating: new clients are refused, connected ones asked to reconnect elsewhere"
@@ -92,6 +93,7 @@ impl Broker {
                 handle.mailbox.signal(Signal::Evacuate);
             }
             self.evacuation.status.lock().asked += batch.len();
+            self.metrics.evacuation_asked.inc_by(batch.len() as u64);
         }
     }
 }

@@ -17,6 +17,11 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Connections accepted since start.
     pub connections_total: Counter,
+    /// 1 while this node is being evacuated (refusing new clients, asking connected ones to
+    /// reconnect elsewhere), else 0.
+    pub evacuating: Gauge,
+    /// Clients an evacuation asked to reconnect elsewhere since start.
+    pub evacuation_asked: Counter,
     /// Subscriptions held (online and offline sessions).
     pub subscriptions: Gauge,
     /// Sessions held, online and offline.
@@ -133,6 +138,18 @@ impl Metrics {
             "connections_accepted",
             "Client connections accepted since start",
             connections_total.clone(),
+        );
+        let evacuating = Gauge::default();
+        registry.register(
+            "evacuating",
+            "1 while this node is evacuated: new clients refused, connected ones asked to leave",
+            evacuating.clone(),
+        );
+        let evacuation_asked = Counter::default();
+        registry.register(
+            "evacuation_asked",
+            "Clients an evacuation asked to reconnect to another node",
+            evacuation_asked.clone(),
         );
         let subscriptions = Gauge::default();
         registry.register("subscriptions", "Subscriptions held", subscriptions.clone());
@@ -328,6 +345,8 @@ impl Metrics {
             relay_waits,
             cluster_members,
             connections,
+            evacuating,
+            evacuation_asked,
             connections_total,
             subscriptions,
             sessions,

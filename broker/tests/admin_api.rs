@@ -186,6 +186,18 @@ async fn an_evacuated_node_refuses_new_clients_and_asks_each_connected_one_to_go
         .await
         .expect("GET /readyz");
     assert_eq!(readyz, (503, "evacuating\n".to_string()));
+    // What an alert on a stuck evacuation reads: the node is evacuating, and asked 3 clients.
+    let metrics_url = format!("{url}/metrics");
+    let (code, metrics) = tokio::task::spawn_blocking(move || ureq_get(&metrics_url))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(code, 200);
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert!(lines.contains(&"starling_evacuating 1"), "{metrics}");
+    assert!(
+        lines.contains(&"starling_evacuation_asked_total 3"),
+        "{metrics}"
+    );
     broker.stop().await;
 }
 
