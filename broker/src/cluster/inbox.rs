@@ -5,13 +5,13 @@
 //! and hands each reply to the *deliverer*, so Redis answers the next read while this node
 //! delivers the last one, instead of each waiting for the other. At most [`READS_AHEAD`] replies
 //! wait between them. The deliverer reports its progress (for the other nodes' writers, see
-//! [`super::window`]) and deletes what it handled, both through this node's relay writer.
+//! [`super::unread`]) and deletes what it handled, both through this node's relay writer.
 
 use super::health;
 use super::packed;
 use super::relay::{ClusterLink, FIELD_RESENT, KIND_DIRECT};
 use super::relayed::ReadBatch;
-use super::window::parse_stream_id;
+use super::unread::parse_stream_id;
 use crate::broker::Broker;
 use crate::store::redis::codec;
 use crate::store::redis::target::RedisTarget;

@@ -19,5 +19,5 @@ mod relayed;
 mod replica;
 pub mod replication;
 pub mod sweep;
-pub mod window;
+pub mod unread;
 mod work_queue;

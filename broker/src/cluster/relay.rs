@@ -345,7 +345,7 @@ impl ClusterLink {
 
     /// This node handled entries `ids` (in order) of its inbox: once everything queued before
     /// is written (the journal writes of their deliveries), they are deleted and the last is
-    /// reported read, for the other nodes' writers (see [`super::window`]).
+    /// reported read, for the other nodes' writers (see [`super::unread`]).
     pub(super) fn inbox_handled(&self, ids: Vec<String>) {
         if !ids.is_empty() {
             self.queue(Outbound::InboxHandled(ids));

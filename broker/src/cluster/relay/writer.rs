@@ -18,7 +18,7 @@ use super::{relay_error, ClusterLink, RelayError};
 use crate::cluster::pending::PendingRelays;
 use crate::cluster::refusals;
 use crate::cluster::replication::Waited;
-use crate::cluster::window::parse_stream_id;
+use crate::cluster::unread::parse_stream_id;
 use crate::cluster::work_queue::WorkQueue;
 use crate::router::remote::NodeId;
 use crate::store::redis::renewing::RenewingConnection;

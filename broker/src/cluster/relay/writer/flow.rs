@@ -3,7 +3,7 @@
 
 use super::super::ClusterLink;
 use super::packs::INBOX_MAX_LEN;
-use crate::cluster::window::{parse_stream_id, Unread};
+use crate::cluster::unread::{parse_stream_id, Unread};
 use crate::router::remote::NodeId;
 use crate::store::redis::renewing::RenewingConnection;
 use std::collections::HashSet;
@@ -18,7 +18,7 @@ pub(super) const WINDOW_WAIT: Duration = Duration::from_secs(1);
 /// How often the writer asks for the progress of a reader it waits for.
 pub(super) const WINDOW_POLL: Duration = Duration::from_millis(2);
 
-/// Flow control of the writer: how far behind each node's reader is (see [`crate::cluster::window`]).
+/// Flow control of the writer: how far behind each node's reader is (see [`crate::cluster::unread`]).
 #[derive(Default)]
 pub(super) struct Flow {
     pub(super) unread: Unread,
