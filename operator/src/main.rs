@@ -106,33 +106,29 @@ async fn run_controller(
     // A change to a Secret or ConfigMap a cluster names reconciles that cluster: the pods roll
     // for what the brokers read only at start; the status follows the rest.
     let store = controller.store();
-    let secrets_store = store.clone();
+    let naming = |kind: Referenced| {
+        let store = store.clone();
+        move |object: kube::api::ObjectMeta| {
+            references::clusters_naming(
+                store.state().iter().map(|c| c.as_ref()),
+                kind,
+                object.namespace.as_deref(),
+                object.name.as_deref().unwrap_or_default(),
+            )
+        }
+    };
+    let secrets = naming(Referenced::Secret);
+    let config_maps = naming(Referenced::ConfigMap);
     controller
         .watches(
             api::<Secret>(&client, namespace),
             watcher::Config::default(),
-            move |secret| {
-                let clusters = secrets_store.state();
-                references::clusters_naming(
-                    clusters.iter().map(|c| c.as_ref()),
-                    Referenced::Secret,
-                    secret.metadata.namespace.as_deref(),
-                    secret.metadata.name.as_deref().unwrap_or_default(),
-                )
-            },
+            move |secret| secrets(secret.metadata),
         )
         .watches(
             api::<ConfigMap>(&client, namespace),
             watcher::Config::default(),
-            move |map| {
-                let clusters = store.state();
-                references::clusters_naming(
-                    clusters.iter().map(|c| c.as_ref()),
-                    Referenced::ConfigMap,
-                    map.metadata.namespace.as_deref(),
-                    map.metadata.name.as_deref().unwrap_or_default(),
-                )
-            },
+            move |map| config_maps(map.metadata),
         )
         .owns(api::<StatefulSet>(&client, namespace), children.clone())
         .owns(api::<Deployment>(&client, namespace), children.clone())

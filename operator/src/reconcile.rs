@@ -371,13 +371,13 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         Ok(settled) => with_restart_secrets_hash(client, settled).await,
         Err(e) => Err(e),
     };
-    let (cluster, gossip_key) = match settled {
+    let (cluster, prepared) = match settled {
         Ok(settled) => (settled, Ok(())),
         Err(e) => (cluster, Err(e)),
     };
     let ns = cluster.namespace;
 
-    let (outcome, failure) = match gossip_key.and_then(|()| resources::desired(&cluster)) {
+    let (outcome, failure) = match prepared.and_then(|()| resources::desired(&cluster)) {
         Err(e @ (Error::InvalidSpec(_) | Error::BrokerConfig(_))) => {
             (ReconcileOutcome::InvalidSpec(e.to_string()), None)
         }

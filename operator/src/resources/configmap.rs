@@ -173,15 +173,10 @@ pub fn config_hash(config_map: &ConfigMap) -> String {
     let mut hasher = Sha256::new();
     // BTreeMap iterates in key order, so equal data always hashes equally.
     for (key, value) in config_map.data.iter().flatten() {
-        hasher.update((key.len() as u64).to_be_bytes());
-        hasher.update(key.as_bytes());
-        hasher.update((value.len() as u64).to_be_bytes());
-        hasher.update(value.as_bytes());
+        super::hash_framed(&mut hasher, key.as_bytes());
+        super::hash_framed(&mut hasher, value.as_bytes());
     }
-    hasher.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&hasher.finalize()[..16])
 }
 
 #[cfg(test)]

@@ -276,6 +276,19 @@ pub fn desired(cluster: &Cluster<'_>) -> Result<Children, Error> {
     })
 }
 
+/// Feeds `bytes` to `hasher` preceded by their length, so that no two sequences of parts hash
+/// alike by shifting a boundary.
+pub(crate) fn hash_framed(hasher: &mut sha2::Sha256, bytes: &[u8]) {
+    use sha2::Digest;
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+/// Lower-case hex of `bytes`, as hashes are written in annotations.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// An Opaque Secret of the cluster named `name` holding one `key` (a generated secret such as
 /// the brokers' admin token).
 pub fn generated_secret(

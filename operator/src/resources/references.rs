@@ -87,24 +87,17 @@ pub fn read_at_start(cluster: &Cluster<'_>) -> Vec<SecretKeyRef> {
 pub fn values_hash(values: &[(SecretKeyRef, Option<Vec<u8>>)]) -> String {
     let mut hasher = Sha256::new();
     for (r, value) in values {
-        for part in [r.name.as_bytes(), r.key.as_bytes()] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
+        super::hash_framed(&mut hasher, r.name.as_bytes());
+        super::hash_framed(&mut hasher, r.key.as_bytes());
         match value {
             Some(v) => {
                 hasher.update([1]);
-                hasher.update((v.len() as u64).to_be_bytes());
-                hasher.update(v);
+                super::hash_framed(&mut hasher, v);
             }
             None => hasher.update([0]),
         }
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&hasher.finalize())
 }
 
 #[cfg(test)]

@@ -47,22 +47,19 @@ pub fn generated_user_secret(cluster: &Cluster<'_>, password: &str) -> Result<Se
     let hash = Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map_err(|e| Error::Random(format!("hashing the generated password: {e}")))?;
-    let mut secret = super::generated_secret(
-        cluster,
-        cluster.users_secret_name(),
-        super::COMPONENT_BROKER,
-        USERNAME_KEY,
-        GENERATED_USERNAME,
-    );
-    secret.string_data = Some(BTreeMap::from([
-        (USERNAME_KEY.to_string(), GENERATED_USERNAME.to_string()),
-        (PASSWORD_KEY.to_string(), password.to_string()),
-        (
-            PASSWORD_FILE_KEY.to_string(),
-            format!("{GENERATED_USERNAME}:{hash}\n"),
-        ),
-    ]));
-    Ok(secret)
+    Ok(Secret {
+        metadata: cluster.child_meta(cluster.users_secret_name(), super::COMPONENT_BROKER),
+        type_: Some("Opaque".to_string()),
+        string_data: Some(BTreeMap::from([
+            (USERNAME_KEY.to_string(), GENERATED_USERNAME.to_string()),
+            (PASSWORD_KEY.to_string(), password.to_string()),
+            (
+                PASSWORD_FILE_KEY.to_string(),
+                format!("{GENERATED_USERNAME}:{hash}\n"),
+            ),
+        ])),
+        ..Secret::default()
+    })
 }
 
 #[cfg(test)]
