@@ -789,6 +789,22 @@ async fn mosquitto(
     command(program, &all).await
 }
 
+/// A self-signed certificate (and its key) for the full example's TLS listener, valid for the
+/// node's address (clients come through the NodePort) and the Service's name.
+async fn self_signed(node_ip: &str, cn: &str, key: &str, cert: &str) -> Result<()> {
+    let subject = format!("/CN={cn}");
+    let names = format!("subjectAltName=IP:{node_ip},DNS:{FULL}.{FULL_NS}.svc");
+    command(
+        "openssl",
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject,
+            "-addext", &names, "-keyout", key, "-out", cert,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The node's InternalIP.
 async fn node_ip(client: &Client) -> Result<String> {
     let nodes = Api::<Node>::all(client.clone())
@@ -821,27 +837,7 @@ async fn full_example(client: &Client, record: &mut Record) -> Result<()> {
 
     // The node's address goes into the certificate, so that clients can verify it.
     let node_ip = node_ip(client).await?;
-    command(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=starling-e2e",
-            "-addext",
-            &format!("subjectAltName=IP:{node_ip},DNS:{FULL}.{FULL_NS}.svc"),
-            "-keyout",
-            &path("tls.key"),
-            "-out",
-            &path("tls.crt"),
-        ],
-    )
-    .await?;
+    self_signed(&node_ip, "starling-e2e", &path("tls.key"), &path("tls.crt")).await?;
     let password = "e2e-secret";
     let broker = bin_dir()?.join("starling-broker");
     let passwd = command(
@@ -993,25 +989,11 @@ async fn full_example(client: &Client, record: &mut Record) -> Result<()> {
         .iter()
         .map(|p| (pod_name(p), (p.metadata.uid.clone(), restarts(p))))
         .collect();
-    command(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=starling-e2e-renewed",
-            "-addext",
-            &format!("subjectAltName=IP:{node_ip},DNS:{FULL}.{FULL_NS}.svc"),
-            "-keyout",
-            &path("renewed.key"),
-            "-out",
-            &path("renewed.crt"),
-        ],
+    self_signed(
+        &node_ip,
+        "starling-e2e-renewed",
+        &path("renewed.key"),
+        &path("renewed.crt"),
     )
     .await?;
     let new_password = "e2e-rotated";
