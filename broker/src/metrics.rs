@@ -77,6 +77,11 @@ pub struct Metrics {
     /// Times this node found itself declared dead by the cluster (its sessions adopted
     /// elsewhere) and closed its connections.
     pub declared_dead: Counter,
+    /// Recoveries of what a departed node (or this node's earlier run) held only in memory
+    /// running now, a departed node's inbox tail included (see `cluster::recovery`).
+    pub cluster_recoveries: Gauge,
+    /// Copies such recoveries delivered again, marked DUP.
+    pub cluster_recovered_copies: Counter,
     /// Departed nodes adopted by the adoption sweep (their departure was missed or its
     /// adoption failed).
     pub adoption_sweeps: Counter,
@@ -273,6 +278,18 @@ impl Metrics {
             "Times this node found itself declared dead (its sessions adopted elsewhere) and closed its connections",
             declared_dead.clone(),
         );
+        let cluster_recoveries = Gauge::default();
+        registry.register(
+            "cluster_recoveries",
+            "Recoveries of a departed node's (or an earlier run's) journal and inbox running now, inbox tails included",
+            cluster_recoveries.clone(),
+        );
+        let cluster_recovered_copies = Counter::default();
+        registry.register(
+            "cluster_recovered_copies",
+            "Copies recovered from a departed node's (or an earlier run's) journal and inbox and delivered again marked DUP",
+            cluster_recovered_copies.clone(),
+        );
         let adoption_sweeps = Counter::default();
         registry.register(
             "cluster_adoption_sweeps",
@@ -330,6 +347,8 @@ impl Metrics {
         );
         Metrics {
             declared_dead,
+            cluster_recoveries,
+            cluster_recovered_copies,
             adoption_sweeps,
             redis_write_refusals,
             redis_resets,

@@ -115,6 +115,20 @@ pub async fn recover(
     leftovers: Leftovers,
     routes: AdoptedRoutes,
 ) {
+    broker.metrics.cluster_recoveries.inc();
+    recover_all(&link, &broker, &node, run, leftovers, &routes).await;
+    broker.metrics.cluster_recoveries.dec();
+}
+
+/// [`recover`], once counted as running.
+async fn recover_all(
+    link: &ClusterLink,
+    broker: &Broker,
+    node: &str,
+    run: Option<u64>,
+    leftovers: Leftovers,
+    routes: &AdoptedRoutes,
+) {
     let mut con = match link.recovery_connection().await {
         Ok(con) => con,
         Err(e) => {
@@ -122,16 +136,15 @@ pub async fn recover(
             return;
         }
     };
-    let journalled = match recover_journal(&link, &broker, &mut con, &node, run, leftovers).await {
+    let journalled = match recover_journal(link, broker, &mut con, node, run, leftovers).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(node, error = %e, "recovery of the delivery journal failed");
             0
         }
     };
-    let departure = Departure { node: &node, run };
-    let relayed = match recover_inbox(&link, &broker, &mut con, departure, leftovers, &routes).await
-    {
+    let departure = Departure { node, run };
+    let relayed = match recover_inbox(link, broker, &mut con, departure, leftovers, routes).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(node, error = %e, "recovery of the inbox failed");
@@ -182,6 +195,7 @@ async fn recover_journal(
             Ok((client, mut copy)) => {
                 copy.maybe_sent = true;
                 broker.deliver_recovered(client, copy).await;
+                broker.metrics.cluster_recovered_copies.inc();
                 count += 1;
             }
             Err(e) => tracing::warn!(node, field, error = %e, "unreadable journal entry dropped"),
@@ -201,12 +215,19 @@ struct Departure<'a> {
     run: Option<u64>,
 }
 
-/// Re-delivers what `node`'s inbox still holds; for a departed node, keeps reading for [`TAIL`]
-/// (unless gossip says the node is back). Returns how many copies it delivered.
+/// Re-delivers what `node`'s inbox still holds; for a departed node, keeps reading for [`TAIL`],
+/// or until the node is back. Returns how many copies it delivered.
 ///
-/// Once a newer run of the node has registered (it reads its inbox from its start on), the
-/// entries from that start on are delivered to the adopted sessions (other nodes may still be
-/// relaying to this inbox for them) but not deleted: the new run reads them too.
+/// A departed node can come back two ways, and either reads its inbox itself again:
+/// - A newer run registered (the node restarted): it reads from its start on. The tail
+///   delivers what has settled to the adopted sessions (other nodes may still have been
+///   relaying to this inbox for them), without deleting what the new run reads too, and stops.
+/// - The same run came back (gossip declared it dead while it was stalled): it reads on from
+///   where it was, entries appended before its return as maybe delivered already (DUP), later
+///   ones as its own, and it routes the adopted sessions' subscriptions on to where they went
+///   (see `handoff`). The tail delivers what was appended before the return once it has
+///   settled, deletes nothing from then on, and stops: a copy of a later entry delivered
+///   here, marked DUP, could reach a client before the node's own plain one.
 async fn recover_inbox(
     link: &ClusterLink,
     broker: &Broker,
@@ -221,13 +242,14 @@ async fn recover_inbox(
     let mut next = "-".to_string();
     let mut count = 0;
     loop {
-        let last_pass = leftovers != Leftovers::Departed
-            || started.elapsed() >= TAIL
-            || !link.is_departed(node);
-        let end = match leftovers {
-            Leftovers::EarlierRuns => format!("({}", link.inbox_start()),
-            Leftovers::Departed if last_pass => "+".to_string(),
-            Leftovers::Departed => settled_end(link.redis_now_ms()),
+        let back = match leftovers {
+            Leftovers::Departed => node_back(link, con, departure).await?,
+            Leftovers::EarlierRuns => None,
+        };
+        let tail_over = started.elapsed() >= TAIL;
+        let (end, last_pass) = match leftovers {
+            Leftovers::EarlierRuns => (format!("({}", link.inbox_start()), true),
+            Leftovers::Departed => tail_end(link.redis_now_ms(), back, tail_over),
         };
         let reply: Value = redis::cmd("XRANGE")
             .arg(&key)
@@ -244,18 +266,21 @@ async fn recover_inbox(
         if let Some((last, _)) = entries.last() {
             next = format!("({last}");
         }
-        let newer_run = match (leftovers, departure.run) {
-            (Leftovers::Departed, Some(departed)) => link
-                .registered_run(con, node)
-                .await?
-                .filter(|&registered| registered != departed),
-            _ => None,
-        };
         let mut handled = Vec::with_capacity(entries.len());
         let full_page = entries.len() == PAGE;
         for (id, fields) in entries {
-            count += redeliver_entry(broker, routes, node, &fields).await;
-            if newer_run.is_none_or(|start| before_run(&id, start)) {
+            let copies = redeliver_entry(broker, routes, node, &fields).await;
+            broker
+                .metrics
+                .cluster_recovered_copies
+                .inc_by(copies as u64);
+            count += copies;
+            let deletable = match back {
+                None => true,
+                Some(Back::NewerRun { start }) => before_run(&id, start),
+                Some(Back::SameRun { .. }) => false,
+            };
+            if deletable {
                 handled.push(id);
             }
         }
@@ -272,11 +297,70 @@ async fn recover_inbox(
     }
 }
 
+/// How a departed node is back, as its registration in Redis tells (see [`recover_inbox`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Back {
+    /// A newer run registered, reading its inbox from `start` (ms, Redis's clock) on.
+    NewerRun { start: u64 },
+    /// The departed run itself registered again; from `at_ms` (Redis's clock) on, what is
+    /// appended to its inbox is its own.
+    SameRun { at_ms: u64 },
+}
+
+/// Whether and how the departed node is back.
+async fn node_back(
+    link: &ClusterLink,
+    con: &mut MultiplexedConnection,
+    departure: Departure<'_>,
+) -> redis::RedisResult<Option<Back>> {
+    let Some(registered) = link.registered_run(con, departure.node).await? else {
+        return Ok(None);
+    };
+    if departure.run.is_some_and(|departed| departed != registered) {
+        return Ok(Some(Back::NewerRun { start: registered }));
+    }
+    // The marker is removed with the registration the adoption removed, and written again
+    // only with a new registration: one here is this departure's.
+    Ok(link
+        .returned(con, departure.node)
+        .await?
+        .filter(|returned| returned.run == registered)
+        .map(|returned| Back::SameRun {
+            at_ms: returned.at_ms,
+        }))
+}
+
+/// The last stream id (as an `XRANGE` end) a departed node's tail reads when Redis's clock
+/// reads `now_ms`, and whether that is its last reading.
+fn tail_end(now_ms: u64, back: Option<Back>, tail_over: bool) -> (String, bool) {
+    match back {
+        None if tail_over => ("+".to_string(), true),
+        None => (settled_end(now_ms), false),
+        Some(Back::NewerRun { .. }) => (settled_end(now_ms), true),
+        Some(Back::SameRun { at_ms }) => {
+            // Inclusive ends: the last millisecond before the return. What came before it is
+            // delivered only once settled, even past the tail's time (by at most SETTLE).
+            let before_return = at_ms.saturating_sub(1);
+            let settled = settled_ms(now_ms);
+            if settled >= before_return {
+                (before_return.to_string(), true)
+            } else {
+                (settled.to_string(), false)
+            }
+        }
+    }
+}
+
 /// The last stream id (as an `XRANGE` end) a tail delivers when Redis's clock reads `now_ms`:
 /// the entries appended [`SETTLE`] ago or earlier.
 fn settled_end(now_ms: u64) -> String {
+    settled_ms(now_ms).to_string()
+}
+
+/// The last millisecond (Redis's clock) whose entries have settled when it reads `now_ms`.
+fn settled_ms(now_ms: u64) -> u64 {
     let settle_ms = u64::try_from(SETTLE.as_millis()).unwrap_or(u64::MAX);
-    now_ms.saturating_sub(settle_ms).to_string()
+    now_ms.saturating_sub(settle_ms)
 }
 
 /// Whether stream entry `id` was added before a run that started at `start` (ms, Redis time)
@@ -339,7 +423,7 @@ async fn redeliver_entry(
 
 #[cfg(test)]
 mod tests {
-    use super::{before_run, settled_end};
+    use super::{before_run, settled_end, tail_end, Back};
 
     #[test]
     fn entries_up_to_a_runs_start_are_before_it() {
@@ -348,6 +432,27 @@ mod tests {
         assert!(!before_run("100-1", 100));
         assert!(!before_run("101-0", 100));
         assert!(before_run("not-an-id", 100));
+    }
+
+    #[test]
+    fn a_node_back_under_the_same_run_keeps_what_came_after_its_return() {
+        let back = Some(Back::SameRun { at_ms: 10_000 });
+        // Before the return has settled: settled entries only, and the tail goes on.
+        assert_eq!(tail_end(10_500, back, false), ("9500".to_string(), false));
+        // Settled: up to the last millisecond before the return, never past it, and done.
+        assert_eq!(tail_end(11_000, back, false), ("9999".to_string(), true));
+        assert_eq!(tail_end(60_000, back, false), ("9999".to_string(), true));
+        // However long the tail has run, it never takes what the node reads as its own, nor
+        // what has not settled.
+        assert_eq!(tail_end(10_200, back, true), ("9200".to_string(), false));
+    }
+
+    #[test]
+    fn a_tail_ends_at_a_newer_run_with_what_has_settled() {
+        let back = Some(Back::NewerRun { start: 10_000 });
+        assert_eq!(tail_end(10_500, back, false), ("9500".to_string(), true));
+        assert_eq!(tail_end(10_500, None, false), ("9500".to_string(), false));
+        assert_eq!(tail_end(10_500, None, true), ("+".to_string(), true));
     }
 
     #[test]

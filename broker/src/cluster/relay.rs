@@ -73,6 +73,32 @@ fn relay_error(e: impl std::fmt::Display) -> RelayError {
     RelayError(e.to_string())
 }
 
+/// A node's return after the cluster declared it dead while it ran (`v1:node:<node>:returned`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Returned {
+    /// The run that came back.
+    pub run: u64,
+    /// Redis's time (ms) when it noticed: it reads inbox entries appended before it as maybe
+    /// delivered already (DUP), those from it on as its own.
+    pub at_ms: u64,
+}
+
+impl Returned {
+    /// The marker's stored form, `<run>/<ms>`.
+    pub(super) fn encode(&self) -> String {
+        format!("{}/{}", self.run, self.at_ms)
+    }
+
+    /// Reads the stored form; `None` if it is not one.
+    pub(super) fn parse(text: &str) -> Option<Self> {
+        let (run, at_ms) = text.split_once('/')?;
+        Some(Returned {
+            run: run.parse().ok()?,
+            at_ms: at_ms.parse().ok()?,
+        })
+    }
+}
+
 /// This node's end of the relay: what the broker core calls.
 pub struct ClusterLink {
     node_id: NodeId,
@@ -157,6 +183,7 @@ impl ClusterLink {
             .cmd("DEL")
             .arg(keys.entries(node_id))
             .arg(keys.listed(node_id))
+            .arg(keys.returned(node_id))
             .ignore()
             .cmd("SADD")
             .arg(keys.nodes())
@@ -394,6 +421,22 @@ impl ClusterLink {
             .query_async(con)
             .await?;
         Ok(run.and_then(|r| r.parse().ok()))
+    }
+
+    /// Where `node`'s run came back after the cluster had declared it dead: the run and the
+    /// time (ms, Redis's clock) from which it treats what it reads in its inbox as its own again
+    /// (before it, as maybe delivered by its adopter). `None` if it has not come back since the
+    /// adoption removed its registration (which removes this marker too).
+    pub(super) async fn returned(
+        &self,
+        con: &mut MultiplexedConnection,
+        node: &str,
+    ) -> redis::RedisResult<Option<Returned>> {
+        let marker: Option<String> = redis::cmd("GET")
+            .arg(self.keys.returned(node))
+            .query_async(con)
+            .await?;
+        Ok(marker.as_deref().and_then(Returned::parse))
     }
 
     /// The first inbox entry id this run reads.

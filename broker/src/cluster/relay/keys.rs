@@ -38,6 +38,11 @@ impl Keys {
     pub(super) fn run(&self, node: &str) -> String {
         format!("{}v1:node:{node}:run", self.prefix)
     }
+    /// Where a node the cluster declared dead, though it was running, came back: `<run>/<ms>`
+    /// (see [`crate::cluster::recovery`]).
+    pub(super) fn returned(&self, node: &str) -> String {
+        format!("{}v1:node:{node}:returned", self.prefix)
+    }
     pub(super) fn epoch(&self) -> String {
         format!("{}v1:epoch", self.prefix)
     }

@@ -2,7 +2,7 @@
 //! [`crate::cluster::health`]) and the announcement channel that keeps the replica of the other
 //! nodes' entries, with the rebuilds of that replica from the nodes' listings in Redis.
 
-use super::ClusterLink;
+use super::{ClusterLink, Returned};
 use crate::broker::Broker;
 use crate::cluster::health::{self, EpochCheck};
 use crate::cluster::listed::{self, Relisting};
@@ -114,7 +114,8 @@ pub(super) async fn watch_health(
             tracing::info!("redis failed over to another primary: registering and announcing this node's entries again");
         }
         if lost || !was_up || declared_dead || failed_over {
-            let _ = redis::pipe()
+            let mut registration = redis::pipe();
+            registration
                 .atomic()
                 .cmd("SADD")
                 .arg(link.keys.nodes())
@@ -123,9 +124,21 @@ pub(super) async fn watch_health(
                 .cmd("SET")
                 .arg(link.keys.run(&link.node_id))
                 .arg(link.run)
-                .ignore()
-                .query_async::<()>(&mut con)
-                .await;
+                .ignore();
+            if declared_dead {
+                // The adopter, still reading this node's inbox, leaves what is appended from
+                // here on to this node (see `recovery`): it is read here without DUP.
+                let back = Returned {
+                    run: link.run,
+                    at_ms: redis_ms,
+                };
+                registration
+                    .cmd("SET")
+                    .arg(link.keys.returned(&link.node_id))
+                    .arg(back.encode())
+                    .ignore();
+            }
+            let _ = registration.query_async::<()>(&mut con).await;
             broker.announce_entries();
             if lost {
                 replace_when_relisted(&link, &con, &broker, Relisting::AfterLoss);

@@ -211,12 +211,13 @@ async fn write_loop(
                     flow.stalled.remove(node);
                     pipe.cmd("EVAL")
                         .arg(DROP_NODE)
-                        .arg(5)
+                        .arg(6)
                         .arg(link.keys.nodes())
                         .arg(link.keys.entries(node))
                         .arg(link.keys.inbox_read(node))
                         .arg(link.keys.run(node))
                         .arg(link.keys.listed(node))
+                        .arg(link.keys.returned(node))
                         .arg(&**node)
                         .arg(run.map(|r| r.to_string()).unwrap_or_default())
                         .ignore();
