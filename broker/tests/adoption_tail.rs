@@ -48,7 +48,35 @@ async fn redis_ms(con: &mut redis::aio::MultiplexedConnection) -> u64 {
     seconds * 1000 + micros / 1000
 }
 
-/// The ids and payloads of the direct messages in `node`'s inbox.
+/// The fields of the entry the relay appends to send `payload` on to client `client` (read
+/// from a scratch node's inbox, where the relay wrote it).
+async fn direct_entry(
+    link: &ClusterLink,
+    con: &mut redis::aio::MultiplexedConnection,
+    client: &str,
+    payload: &str,
+) -> Vec<(String, Vec<u8>)> {
+    link.send_direct("node-scratch", client, &copy(payload));
+    link.barrier().await.expect("the relay writer confirms");
+    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg("starling:v1:inbox:node-scratch")
+        .arg("-")
+        .arg("+")
+        .query_async(con)
+        .await
+        .expect("XRANGE");
+    let (_, fields) = entries
+        .into_iter()
+        .find(|(_, fields)| {
+            fields
+                .iter()
+                .any(|(name, value)| name == "c" && value == client.as_bytes())
+        })
+        .expect("the relay's entry");
+    fields
+}
+
+/// The ids and client ids of the direct messages in `node`'s inbox.
 async fn inbox(con: &mut redis::aio::MultiplexedConnection, node: &str) -> Vec<(String, String)> {
     let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(format!("starling:v1:inbox:{node}"))
@@ -70,23 +98,99 @@ async fn inbox(con: &mut redis::aio::MultiplexedConnection, node: &str) -> Vec<(
         .collect()
 }
 
+/// A broker node `node` in cluster mode on `server` (no gossip, no listener).
+async fn cluster_node(server: &RedisServer, node: &str) -> (Arc<Broker>, Arc<ClusterLink>) {
+    let mut config = common::test_config();
+    config.node_id = node.to_string();
+    let auth = Auth::load(&config.auth).expect("auth");
+    let store = RedisStore::connect(RedisStoreConfig::new(server.target(), node, 100))
+        .await
+        .expect("the node's store");
+    let broker = Broker::new(config, auth, Arc::new(store));
+    let link = ClusterLink::start(&server.target(), node, "starling:", &broker)
+        .await
+        .expect("start the relay link");
+    broker.attach_cluster(link.clone());
+    (broker, link)
+}
+
+/// The value of `key`, if it has one.
+async fn get(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(con)
+        .await
+        .expect("GET")
+}
+
+#[tokio::test]
+async fn a_node_that_finds_itself_declared_dead_registers_again_with_where_it_came_back() {
+    let server = RedisServer::start().await;
+    let mut con = server.client().await;
+    let (broker, link) = cluster_node(&server, "node-n").await;
+    assert_eq!(
+        get(&mut con, "starling:v1:node:node-n:returned").await,
+        None
+    );
+
+    // An adopter removes N's registration, as after adopting its sessions.
+    let removed_at = redis_ms(&mut con).await;
+    link.remove_node_entries("node-n", Some(link.run()));
+    let marker = eventually("N registered again, with its return marker", || {
+        let mut con = con.clone();
+        async move { get(&mut con, "starling:v1:node:node-n:returned").await }
+    })
+    .await;
+    let (run, at_ms) = marker.split_once('/').expect("<run>/<ms>");
+    assert_eq!(run, link.run().to_string());
+    let at_ms: u64 = at_ms.parse().expect("ms");
+    assert!(
+        at_ms >= removed_at,
+        "{at_ms} is before the removal at {removed_at}"
+    );
+    assert_eq!(
+        get(&mut con, "starling:v1:node:node-n:run").await,
+        Some(link.run().to_string())
+    );
+    assert_eq!(broker.metrics.declared_dead.get(), 1);
+}
+
+#[tokio::test]
+async fn an_adoption_removes_a_return_marker_left_from_an_earlier_false_alarm() {
+    let server = RedisServer::start().await;
+    let mut con = server.client().await;
+    let (broker, _link) = cluster_node(&server, "node-a").await;
+    // X came back once under RUN (its marker stays while it runs), then departed again.
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg("starling:v1:nodes")
+        .arg("node-x")
+        .cmd("SET")
+        .arg("starling:v1:node:node-x:run")
+        .arg(RUN)
+        .cmd("SET")
+        .arg("starling:v1:node:node-x:returned")
+        .arg(format!("{RUN}/1000"))
+        .query_async(&mut con)
+        .await
+        .expect("node x, back once");
+    broker
+        .adopt_sessions_of("node-x", Some(RUN), Leftovers::Departed)
+        .await;
+    // Else the tail, still seeing X registered under RUN, would take the old marker for a
+    // return and stop at once.
+    assert_eq!(
+        get(&mut con, "starling:v1:node:node-x:returned").await,
+        None
+    );
+}
+
 #[tokio::test]
 async fn a_node_back_under_the_same_run_keeps_what_arrived_after_its_return() {
     let server = RedisServer::start().await;
     let mut con = server.client().await;
-    let mut config = common::test_config();
-    config.node_id = "node-a".to_string();
-    let auth = Auth::load(&config.auth).expect("auth");
     let store = |node: &str| RedisStore::connect(RedisStoreConfig::new(server.target(), node, 100));
-    let broker = Broker::new(
-        config,
-        auth,
-        Arc::new(store("node-a").await.expect("node a's store")),
-    );
-    let link = ClusterLink::start(&server.target(), "node-a", "starling:", &broker)
-        .await
-        .expect("start the relay link");
-    broker.attach_cluster(link.clone());
+    let (broker, link) = cluster_node(&server, "node-a").await;
 
     // Node X, registered under RUN, holds two parked sessions: one gets what X's inbox holds
     // from before X's return, the other what arrives after it.
@@ -145,20 +249,9 @@ async fn a_node_back_under_the_same_run_keeps_what_arrived_after_its_return() {
         "A tails X's inbox"
     );
 
-    // A message for "before" reaches X's inbox; X, running after all, comes back in the
-    // millisecond after it (its watcher registers again with its return marker).
-    link.send_direct("node-x", "before", &copy("relayed before the return"));
-    link.barrier().await.expect("the relay writer confirms");
-    let (before_id, _) = inbox(&mut con, "node-x")
-        .await
-        .pop()
-        .expect("the entry for \"before\"");
-    let before_ms: u64 = before_id
-        .split('-')
-        .next()
-        .and_then(|ms| ms.parse().ok())
-        .expect("a stream id");
-    let returned_ms = before_ms + 1;
+    // X, running after all, comes back (its watcher registers again with its return marker):
+    // from then on its inbox is its own.
+    let returned_ms = redis_ms(&mut con).await;
     let _: () = redis::pipe()
         .atomic()
         .cmd("SADD")
@@ -174,14 +267,21 @@ async fn a_node_back_under_the_same_run_keeps_what_arrived_after_its_return() {
         .await
         .expect("node x registers again");
 
-    // Then one for "after", appended once Redis's clock has passed the return.
-    eventually("Redis's clock past the return", || {
-        let mut con = con.clone();
-        async move { (redis_ms(&mut con).await >= returned_ms).then_some(()) }
-    })
-    .await;
-    link.send_direct("node-x", "after", &copy("relayed after the return"));
-    link.barrier().await.expect("the relay writer confirms");
+    // Its inbox holds a message for "before" appended in the millisecond before the return,
+    // and one for "after" appended at it (the relay's own entries, given those ids).
+    let before = direct_entry(&link, &mut con, "before", "relayed before the return").await;
+    let after = direct_entry(&link, &mut con, "after", "relayed after the return").await;
+    for (id, fields) in [
+        (format!("{}-0", returned_ms - 1), before),
+        (format!("{returned_ms}-0"), after),
+    ] {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg("starling:v1:inbox:node-x").arg(&id);
+        for (name, value) in fields {
+            xadd.arg(name).arg(value);
+        }
+        let _: String = xadd.query_async(&mut con).await.expect("XADD");
+    }
 
     // The tail ends once what came before the return has settled.
     eventually("A's tail of X's inbox to end", || {

@@ -115,9 +115,24 @@ pub async fn recover(
     leftovers: Leftovers,
     routes: AdoptedRoutes,
 ) {
-    broker.metrics.cluster_recoveries.inc();
+    let _running = Running::count(&broker.metrics.cluster_recoveries);
     recover_all(&link, &broker, &node, run, leftovers, &routes).await;
-    broker.metrics.cluster_recoveries.dec();
+}
+
+/// Counts a recovery as running for as long as it lives.
+struct Running<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Running<'a> {
+    fn count(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Running(gauge)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// [`recover`], once counted as running.
@@ -215,13 +230,14 @@ struct Departure<'a> {
     run: Option<u64>,
 }
 
-/// Re-delivers what `node`'s inbox still holds; for a departed node, keeps reading for [`TAIL`],
-/// or until the node is back. Returns how many copies it delivered.
+/// Re-delivers what `node`'s inbox still holds; for a departed node, keeps reading what has
+/// settled for [`TAIL`], or until the node is back, and ends once what was appended up to then
+/// has settled. Returns how many copies it delivered.
 ///
 /// A departed node can come back two ways, and either reads its inbox itself again:
-/// - A newer run registered (the node restarted): it reads from its start on. The tail
-///   delivers what has settled to the adopted sessions (other nodes may still have been
-///   relaying to this inbox for them), without deleting what the new run reads too, and stops.
+/// - A newer run registered (the node restarted): it reads from its start on, for its own
+///   sessions only. The tail goes on delivering to the adopted sessions (other nodes may still
+///   relay to this inbox for them), without deleting what the new run reads too.
 /// - The same run came back (gossip declared it dead while it was stalled): it reads on from
 ///   where it was, entries appended before its return as maybe delivered already (DUP), later
 ///   ones as its own, and it routes the adopted sessions' subscriptions on to where they went
@@ -241,15 +257,29 @@ async fn recover_inbox(
     let started = Instant::now();
     let mut next = "-".to_string();
     let mut count = 0;
+    // The last millisecond the tail must cover before it ends, once known.
+    let mut finish_at: Option<u64> = None;
     loop {
         let back = match leftovers {
             Leftovers::Departed => node_back(link, con, departure).await?,
             Leftovers::EarlierRuns => None,
         };
-        let tail_over = started.elapsed() >= TAIL;
+        let now_ms = link.redis_now_ms();
+        if let Some(Back::SameRun { at_ms }) = back {
+            // Inclusive: the last millisecond before the return.
+            let before_return = at_ms.saturating_sub(1);
+            finish_at = Some(finish_at.map_or(before_return, |f| f.min(before_return)));
+        }
+        if started.elapsed() >= TAIL && finish_at.is_none() {
+            finish_at = Some(now_ms);
+        }
+        let hard_stop = started.elapsed() >= TAIL + 2 * SETTLE;
         let (end, last_pass) = match leftovers {
             Leftovers::EarlierRuns => (format!("({}", link.inbox_start()), true),
-            Leftovers::Departed => tail_end(link.redis_now_ms(), back, tail_over),
+            Leftovers::Departed => {
+                let (end_ms, last) = tail_end(now_ms, finish_at, hard_stop);
+                (end_ms.to_string(), last)
+            }
         };
         let reply: Value = redis::cmd("XRANGE")
             .arg(&key)
@@ -330,31 +360,18 @@ async fn node_back(
         }))
 }
 
-/// The last stream id (as an `XRANGE` end) a departed node's tail reads when Redis's clock
-/// reads `now_ms`, and whether that is its last reading.
-fn tail_end(now_ms: u64, back: Option<Back>, tail_over: bool) -> (String, bool) {
-    match back {
-        None if tail_over => ("+".to_string(), true),
-        None => (settled_end(now_ms), false),
-        Some(Back::NewerRun { .. }) => (settled_end(now_ms), true),
-        Some(Back::SameRun { at_ms }) => {
-            // Inclusive ends: the last millisecond before the return. What came before it is
-            // delivered only once settled, even past the tail's time (by at most SETTLE).
-            let before_return = at_ms.saturating_sub(1);
-            let settled = settled_ms(now_ms);
-            if settled >= before_return {
-                (before_return.to_string(), true)
-            } else {
-                (settled.to_string(), false)
-            }
-        }
+/// The last millisecond (as an inclusive `XRANGE` end) a departed node's tail reads when Redis's
+/// clock reads `now_ms`, and whether that is its last reading. Only what has settled is read;
+/// the tail ends once it has covered `finish_at` (the last millisecond before the node's
+/// return, or when the tail's time ran out), or at `hard_stop` (a clock gone wrong) with what
+/// has settled.
+fn tail_end(now_ms: u64, finish_at: Option<u64>, hard_stop: bool) -> (u64, bool) {
+    let settled = settled_ms(now_ms);
+    match finish_at {
+        Some(finish) if settled >= finish => (finish, true),
+        Some(finish) if hard_stop => (settled.min(finish), true),
+        _ => (settled, false),
     }
-}
-
-/// The last stream id (as an `XRANGE` end) a tail delivers when Redis's clock reads `now_ms`:
-/// the entries appended [`SETTLE`] ago or earlier.
-fn settled_end(now_ms: u64) -> String {
-    settled_ms(now_ms).to_string()
 }
 
 /// The last millisecond (Redis's clock) whose entries have settled when it reads `now_ms`.
@@ -423,7 +440,7 @@ async fn redeliver_entry(
 
 #[cfg(test)]
 mod tests {
-    use super::{before_run, settled_end, tail_end, Back};
+    use super::{before_run, settled_ms, tail_end};
 
     #[test]
     fn entries_up_to_a_runs_start_are_before_it() {
@@ -435,29 +452,20 @@ mod tests {
     }
 
     #[test]
-    fn a_node_back_under_the_same_run_keeps_what_came_after_its_return() {
-        let back = Some(Back::SameRun { at_ms: 10_000 });
-        // Before the return has settled: settled entries only, and the tail goes on.
-        assert_eq!(tail_end(10_500, back, false), ("9500".to_string(), false));
-        // Settled: up to the last millisecond before the return, never past it, and done.
-        assert_eq!(tail_end(11_000, back, false), ("9999".to_string(), true));
-        assert_eq!(tail_end(60_000, back, false), ("9999".to_string(), true));
-        // However long the tail has run, it never takes what the node reads as its own, nor
-        // what has not settled.
-        assert_eq!(tail_end(10_200, back, true), ("9200".to_string(), false));
-    }
-
-    #[test]
-    fn a_tail_ends_at_a_newer_run_with_what_has_settled() {
-        let back = Some(Back::NewerRun { start: 10_000 });
-        assert_eq!(tail_end(10_500, back, false), ("9500".to_string(), true));
-        assert_eq!(tail_end(10_500, None, false), ("9500".to_string(), false));
-        assert_eq!(tail_end(10_500, None, true), ("+".to_string(), true));
+    fn a_tail_reads_only_what_has_settled_and_ends_once_it_covered_its_finish() {
+        // Still tailing: everything a second old and older, and on.
+        assert_eq!(tail_end(10_500, None, false), (9_500, false));
+        // A node back at 10 000 (finish 9 999): not before that has settled, never past it.
+        assert_eq!(tail_end(10_500, Some(9_999), false), (9_500, false));
+        assert_eq!(tail_end(10_999, Some(9_999), false), (9_999, true));
+        assert_eq!(tail_end(60_000, Some(9_999), false), (9_999, true));
+        // A clock gone wrong: stop with what has settled.
+        assert_eq!(tail_end(10_500, Some(9_999), true), (9_500, true));
     }
 
     #[test]
     fn a_tail_delivers_entries_a_second_old_and_older() {
-        assert_eq!(settled_end(1_700_000_001_500), "1700000000500");
-        assert_eq!(settled_end(400), "0");
+        assert_eq!(settled_ms(1_700_000_001_500), 1_700_000_000_500);
+        assert_eq!(settled_ms(400), 0);
     }
 }

@@ -84,12 +84,7 @@ pub struct Returned {
 }
 
 impl Returned {
-    /// The marker's stored form, `<run>/<ms>`.
-    pub(super) fn encode(&self) -> String {
-        format!("{}/{}", self.run, self.at_ms)
-    }
-
-    /// Reads the stored form; `None` if it is not one.
+    /// Reads the stored form, `<run>/<ms>` (see `register.lua`); `None` if it is not one.
     pub(super) fn parse(text: &str) -> Option<Self> {
         let (run, at_ms) = text.split_once('/')?;
         Some(Returned {

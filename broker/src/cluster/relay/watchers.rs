@@ -2,7 +2,7 @@
 //! [`crate::cluster::health`]) and the announcement channel that keeps the replica of the other
 //! nodes' entries, with the rebuilds of that replica from the nodes' listings in Redis.
 
-use super::{ClusterLink, Returned};
+use super::ClusterLink;
 use crate::broker::Broker;
 use crate::cluster::health::{self, EpochCheck};
 use crate::cluster::listed::{self, Relisting};
@@ -13,6 +13,9 @@ use crate::store::redis::target::RedisTarget;
 use futures_util::StreamExt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+/// Registers a node's run, with its return marker when it had been removed (see the script).
+const REGISTER: &str = include_str!("register.lua");
 
 /// How a resynchronisation of the replica treats what it already has.
 #[derive(Debug, Clone, Copy)]
@@ -98,12 +101,7 @@ pub(super) async fn watch_health(
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {
             link.declared_dead_until(redis_ms);
-            let closed = broker.disconnect_adopted();
-            broker.metrics.declared_dead.inc();
-            tracing::error!(
-                connections = closed,
-                "the cluster declared this node dead and adopted its sessions: closing its connections (clients resume elsewhere) and rejoining"
-            );
+            adopted_away(&broker);
         }
         if lost {
             tracing::warn!("redis lost its data (its epoch changed): registering and announcing this node's entries again");
@@ -114,31 +112,29 @@ pub(super) async fn watch_health(
             tracing::info!("redis failed over to another primary: registering and announcing this node's entries again");
         }
         if lost || !was_up || declared_dead || failed_over {
-            let mut registration = redis::pipe();
-            registration
-                .atomic()
-                .cmd("SADD")
-                .arg(link.keys.nodes())
-                .arg(&*link.node_id)
-                .ignore()
-                .cmd("SET")
-                .arg(link.keys.run(&link.node_id))
-                .arg(link.run)
-                .ignore();
-            if declared_dead {
-                // The adopter, still reading this node's inbox, leaves what is appended from
-                // here on to this node (see `recovery`): it is read here without DUP.
-                let back = Returned {
-                    run: link.run,
-                    at_ms: redis_ms,
-                };
-                registration
+            if lost {
+                // Redis lost everything, this node's inbox too: nobody adopted anything.
+                let _ = redis::pipe()
+                    .atomic()
+                    .cmd("SADD")
+                    .arg(link.keys.nodes())
+                    .arg(&*link.node_id)
+                    .ignore()
                     .cmd("SET")
-                    .arg(link.keys.returned(&link.node_id))
-                    .arg(back.encode())
-                    .ignore();
+                    .arg(link.keys.run(&link.node_id))
+                    .arg(link.run)
+                    .ignore()
+                    .query_async::<()>(&mut con)
+                    .await;
+            } else if let Ok(Some(back_ms)) = register(&link, &mut con).await {
+                // What this node's inbox got before its return is read as maybe delivered by
+                // the adopter too (DUP), what came after as its own (see `recovery`).
+                link.declared_dead_until(back_ms);
+                if !declared_dead {
+                    // The adoption's removal of the registration landed after the reading.
+                    adopted_away(&broker);
+                }
             }
-            let _ = registration.query_async::<()>(&mut con).await;
             broker.announce_entries();
             if lost {
                 replace_when_relisted(&link, &con, &broker, Relisting::AfterLoss);
@@ -363,4 +359,34 @@ pub(super) struct Resynced {
     /// Nodes whose sets were only merged by a replacing resynchronisation: they have not listed
     /// everything again yet.
     pub(super) incomplete: Vec<NodeId>,
+}
+
+/// Registers this node's run (see `register.lua`); `Some(ms)` when it was no longer registered
+/// (the cluster had declared it dead): where it came back, by Redis's clock.
+async fn register(
+    link: &ClusterLink,
+    con: &mut RenewingConnection,
+) -> redis::RedisResult<Option<u64>> {
+    let back: i64 = redis::cmd("EVAL")
+        .arg(REGISTER)
+        .arg(3)
+        .arg(link.keys.nodes())
+        .arg(link.keys.run(&link.node_id))
+        .arg(link.keys.returned(&link.node_id))
+        .arg(&*link.node_id)
+        .arg(link.run)
+        .query_async(con)
+        .await?;
+    Ok(u64::try_from(back).ok())
+}
+
+/// This node's sessions were adopted elsewhere: its connections close (their clients resume
+/// where the sessions are now).
+fn adopted_away(broker: &Broker) {
+    let closed = broker.disconnect_adopted();
+    broker.metrics.declared_dead.inc();
+    tracing::error!(
+        connections = closed,
+        "the cluster declared this node dead and adopted its sessions: closing its connections (clients resume elsewhere) and rejoining"
+    );
 }

@@ -5,6 +5,9 @@
 -- KEYS[5] the departed node's `moved` zset (sessions claimed away from it, see attach.lua)
 -- KEYS[6] the survivor's stash of this adoption's answer (see below)
 -- KEYS[7] the departed node's registered run
+-- KEYS[8] the departed node's return marker (written when a node declared dead while it ran
+--         registers again; deleted here, so a marker left from an earlier false alarm of the
+--         same run cannot make this adoption's inbox tail think the node is back already)
 -- ARGV[1] departed node id  ARGV[2] survivor node id   ARGV[3] now (ms since the Unix epoch)
 -- ARGV[4] grace added to an offline session's TTL (ms)
 -- ARGV[5..9] key name prefixes of the session hash, subscriptions, in-flight, queue and
@@ -45,6 +48,7 @@ local registered = redis.call('GET', KEYS[7])
 if ARGV[10] ~= '' and registered and registered ~= ARGV[10] then
   return {1, stashed}
 end
+redis.call('DEL', KEYS[8])
 local adopted = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   seen[id] = true

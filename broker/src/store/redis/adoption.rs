@@ -25,6 +25,7 @@ impl RedisStore {
             .key(self.node_moved_key(departed))
             .key(self.adoption_stash_key(departed))
             .key(self.node_run_key(departed))
+            .key(self.node_returned_key(departed))
             .arg(departed)
             .arg(&self.node_id)
             .arg(millis_since_epoch(SystemTime::now()))

@@ -47,6 +47,12 @@ impl RedisStore {
         format!("{}node:{node}:run", self.base)
     }
 
+    /// Where a node the cluster declared dead while it ran came back (written by the cluster
+    /// link, see `cluster::recovery`): an adoption removes it.
+    pub(super) fn node_returned_key(&self, node: &str) -> String {
+        format!("{}node:{node}:returned", self.base)
+    }
+
     /// The sessions claimed away from a node in the last minute (zset scored by time, ms).
     pub(super) fn node_moved_key(&self, node: &str) -> String {
         format!("{}node:{node}:moved", self.base)
