@@ -5,7 +5,6 @@
 use crate::broker::Broker;
 pub use crate::client_info::{ClientInfo, ClientView, EvacuationStatus};
 use crate::mailbox::Signal;
-use crate::message::ClientId;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +60,35 @@ impl Broker {
         self.evacuation_status()
     }
 
+    /// Connected clients not yet asked to leave (by an evacuation or rebalancing).
+    pub fn connections_staying(&self) -> usize {
+        self.online_handles()
+            .iter()
+            .filter(|(_, handle)| handle.mailbox.signalled().is_none())
+            .count()
+    }
+
+    /// Asks up to `count` connected clients not yet asked to reconnect elsewhere (v5: DISCONNECT
+    /// 0x9C), their sessions kept; returns how many were asked.
+    pub fn ask_to_reconnect_elsewhere(&self, count: usize) -> usize {
+        let batch: Vec<_> = self
+            .online_handles()
+            .into_iter()
+            .filter(|(_, handle)| handle.mailbox.signalled().is_none())
+            .take(count)
+            .collect();
+        for (_, handle) in &batch {
+            handle.mailbox.signal(Signal::Evacuate);
+        }
+        self.rebalancing.note_asked(batch.len());
+        batch.len()
+    }
+
+    /// The cluster's load as this node last read it (see [`crate::cluster::load`]).
+    pub fn cluster_load(&self) -> Vec<crate::cluster::load::NodeLoad> {
+        self.rebalancing.loads()
+    }
+
     /// Where the evacuation stands.
     pub fn evacuation_status(&self) -> EvacuationStatus {
         let mut status = self.evacuation.status.lock().clone();
@@ -74,13 +102,8 @@ impl Broker {
         loop {
             tick.tick().await;
             let rate = self.evacuation.status.lock().rate_per_sec as usize;
-            let batch: Vec<(ClientId, _)> = self
-                .online_handles()
-                .into_iter()
-                .filter(|(_, handle)| handle.mailbox.signalled().is_none())
-                .take(rate)
-                .collect();
-            if batch.is_empty() {
+            let asked = self.ask_to_reconnect_elsewhere(rate);
+            if asked == 0 {
                 if self.online_count() == 0 {
                     tracing::info!("evacuated: no client is connected");
                 }
@@ -89,11 +112,8 @@ impl Broker {
                 }
                 continue;
             }
-            for (_, handle) in &batch {
-                handle.mailbox.signal(Signal::Evacuate);
-            }
-            self.evacuation.status.lock().asked += batch.len();
-            self.metrics.evacuation_asked.inc_by(batch.len() as u64);
+            self.evacuation.status.lock().asked += asked;
+            self.metrics.evacuation_asked.inc_by(asked as u64);
         }
     }
 }

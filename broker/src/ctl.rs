@@ -1,7 +1,7 @@
 //! `starling-broker ctl`: the admin API (see [`crate::admin::api`]) from a terminal, with tables
 //! for people and JSON (`--json`) for scripts.
 
-use crate::admin::api::{ClientList, Disconnected, NodeView};
+use crate::admin::api::{ClientList, ClusterView, Disconnected, NodeView};
 use crate::clients::{ClientView, EvacuationStatus};
 use serde::de::DeserializeOwned;
 use std::fmt::Write as _;
@@ -61,6 +61,8 @@ pub enum CtlError {
 pub enum Request {
     /// Show this node.
     Node,
+    /// Show the cluster's nodes and their load.
+    Cluster,
     /// List connected clients, optionally those whose id starts with a prefix.
     Clients { prefix: Option<String> },
     /// Show one connected client.
@@ -103,6 +105,7 @@ impl Admin {
     pub fn run(&self, request: &Request, json: bool) -> Result<String, CtlError> {
         let (method, path) = match request {
             Request::Node => ("GET", "/api/v1/node".to_string()),
+            Request::Cluster => ("GET", "/api/v1/cluster".to_string()),
             Request::Clients { prefix } => (
                 "GET",
                 match prefix {
@@ -138,6 +141,7 @@ impl Admin {
         let url = format!("{}{path}", self.base);
         Ok(match request {
             Request::Node => node_table(&parse::<NodeView>(&url, &body)?),
+            Request::Cluster => cluster_table(&parse::<ClusterView>(&url, &body)?),
             Request::Clients { .. } => clients_table(&parse::<ClientList>(&url, &body)?),
             Request::Client { .. } => {
                 let client = parse::<ClientView>(&url, &body)?;
@@ -254,6 +258,31 @@ fn node_table(node: &NodeView) -> String {
     let _ = writeln!(out, "members       {}", node.cluster_members);
     let _ = writeln!(out, "shutting down {}", node.shutting_down);
     out.push_str(&evacuation_line(&node.evacuation));
+    out
+}
+
+fn cluster_table(cluster: &ClusterView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:>11} {:>9}",
+        "NODE", "CONNECTIONS", "ACCEPTING"
+    );
+    for node in &cluster.nodes {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>11} {:>9}",
+            node.node,
+            node.connections,
+            if node.accepting { "yes" } else { "no" }
+        );
+    }
+    let giving = if cluster.giving {
+        "yes: asking clients to reconnect elsewhere, refusing new ones"
+    } else {
+        "no"
+    };
+    let _ = writeln!(out, "this node gives connections away: {giving}");
     out
 }
 

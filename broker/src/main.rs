@@ -120,6 +120,8 @@ struct CtlArgs {
 enum CtlCommand {
     /// This node: id, version, uptime, connections, members, evacuation.
     Node,
+    /// The cluster's nodes and their connections, as this node last read them (rebalancing).
+    Cluster,
     /// The clients connected to the node.
     Clients {
         /// Only client ids starting with this.
@@ -297,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let request = match &args.what {
                 CtlCommand::Node => ctl::Request::Node,
+                CtlCommand::Cluster => ctl::Request::Cluster,
                 CtlCommand::Clients { prefix } => ctl::Request::Clients {
                     prefix: prefix.clone(),
                 },

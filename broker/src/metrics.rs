@@ -82,6 +82,11 @@ pub struct Metrics {
     pub cluster_recoveries: Gauge,
     /// Copies such recoveries delivered again, marked DUP.
     pub cluster_recovered_copies: Counter,
+    /// 1 while this node gives connections away to even out the cluster (refusing new clients),
+    /// else 0 (see `cluster::rebalance`).
+    pub rebalance_giving: Gauge,
+    /// Clients rebalancing asked to reconnect elsewhere since start.
+    pub rebalance_asked: Counter,
     /// Departed nodes adopted by the adoption sweep (their departure was missed or its
     /// adoption failed).
     pub adoption_sweeps: Counter,
@@ -290,6 +295,18 @@ impl Metrics {
             "Copies recovered from a departed node's (or an earlier run's) journal and inbox and delivered again marked DUP",
             cluster_recovered_copies.clone(),
         );
+        let rebalance_giving = Gauge::default();
+        registry.register(
+            "rebalance_giving",
+            "1 while this node gives connections away to even out the cluster (refusing new clients)",
+            rebalance_giving.clone(),
+        );
+        let rebalance_asked = Counter::default();
+        registry.register(
+            "rebalance_asked",
+            "Clients rebalancing asked to reconnect elsewhere",
+            rebalance_asked.clone(),
+        );
         let adoption_sweeps = Counter::default();
         registry.register(
             "cluster_adoption_sweeps",
@@ -349,6 +366,8 @@ impl Metrics {
             declared_dead,
             cluster_recoveries,
             cluster_recovered_copies,
+            rebalance_giving,
+            rebalance_asked,
             adoption_sweeps,
             redis_write_refusals,
             redis_resets,

@@ -7,6 +7,7 @@ use crate::auth::{AuthError, LiveAuth};
 use crate::broker::{AdoptionOutcome, Broker};
 use crate::cluster::membership::MemberEvent;
 use crate::cluster::membership::{self, GossipConfig, Membership, MembershipError, SingleNode};
+use crate::cluster::rebalance;
 use crate::cluster::recovery::Leftovers;
 use crate::cluster::relay::ClusterLink;
 use crate::connection;
@@ -169,6 +170,11 @@ impl Server {
                 .await
                 .map_err(|e| ServerError::Relay(e.to_string()))?;
             run = Some(link.run());
+            tokio::spawn(rebalance::run(
+                link.clone(),
+                Arc::downgrade(&broker),
+                broker.config.cluster.rebalance.clone(),
+            ));
             broker.attach_cluster(link);
             // Sessions an earlier run of this node held or parked (it may have crashed and come
             // back before gossip noticed): parked ones are routed here again, and the wills of

@@ -177,6 +177,14 @@ fn cluster_values_that_cannot_work_are_named() {
             "gossip_bind = \"0.0.0.0:7946\"\ngossip_key_file = \"\"",
             "cluster.gossip_key_file",
         ),
+        (
+            "[cluster.rebalance]\ntolerance_percent = 0",
+            "cluster.rebalance.tolerance_percent",
+        ),
+        (
+            "[cluster.rebalance]\nrate_per_sec = 0",
+            "cluster.rebalance.rate_per_sec",
+        ),
     ];
     for (body, field) in cases {
         let err = BrokerConfig::from_toml_str(&format!("[cluster]\n{body}\n"))

@@ -431,6 +431,39 @@ pub struct ClusterConfig {
     /// of 16, 24 or 32 bytes, for AES-128/192/256-GCM, e.g. from `openssl rand -base64 32`.
     /// Every node needs the same key; unset means gossip is not encrypted.
     pub gossip_key_file: Option<PathBuf>,
+    /// Moving connections from busy nodes to idle ones (after a scale-up, or as nodes drift).
+    pub rebalance: RebalanceConfig,
+}
+
+/// Rebalancing: every node shares its connection count through Redis each second; a node
+/// holding more than the cluster's mean by more than the tolerance asks clients, at a bounded
+/// rate, to reconnect elsewhere (v5: DISCONNECT 0x9C, sessions kept) and refuses new ones
+/// until it is down to the mean, so the balancer sends them to the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Whether this node gives connections away when it holds too many (it always shares its
+    /// count, and takes what others give).
+    pub enabled: bool,
+    /// How far above the mean a node may be before it gives connections away, in percent of
+    /// the mean.
+    pub tolerance_percent: u32,
+    /// Nor does it while it holds no more than this many above the mean (small clusters are
+    /// left be).
+    pub min_excess: u32,
+    /// Clients asked to reconnect elsewhere per second, at most.
+    pub rate_per_sec: u32,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: true,
+            tolerance_percent: 10,
+            min_excess: 50,
+            rate_per_sec: 50,
+        }
+    }
 }
 
 /// Where the sentinels of a Sentinel-run Redis are, and how to log in to them and to the data

@@ -146,6 +146,21 @@ impl BrokerConfig {
             ));
         }
         let cluster = &self.cluster;
+        let rebalance = &cluster.rebalance;
+        if !(1..=100).contains(&rebalance.tolerance_percent) {
+            return Err(ConfigError::invalid(
+                "cluster.rebalance.tolerance_percent",
+                format!("{} is outside 1..=100", rebalance.tolerance_percent),
+                "choose how far above the mean a node may be, e.g. 10 (the default)",
+            ));
+        }
+        if rebalance.rate_per_sec == 0 {
+            return Err(ConfigError::invalid(
+                "cluster.rebalance.rate_per_sec",
+                "0 would never move a connection",
+                "choose a rate the other nodes can take in, e.g. 50 (the default), or set `cluster.rebalance.enabled = false`",
+            ));
+        }
         if let Some(url) = &cluster.redis_url {
             let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
             if !schemes.iter().any(|s| url.starts_with(s)) || url.contains(char::is_whitespace) {

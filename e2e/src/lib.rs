@@ -249,6 +249,9 @@ pub struct ClusterSettings {
     pub seeds: Vec<SocketAddr>,
     /// More configuration (TOML) appended to the node's file, e.g. a `[limits]` table.
     pub extra_config: String,
+    /// The MQTT address to serve on, when it must be known before the node starts (a balancer
+    /// configured ahead); unset: a free port.
+    pub mqtt: Option<SocketAddr>,
 }
 
 impl ClusterSettings {
@@ -260,6 +263,7 @@ impl ClusterSettings {
             gossip: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             seeds: seeds.to_vec(),
             extra_config: String::new(),
+            mqtt: None,
         })
     }
 }
@@ -285,7 +289,7 @@ impl BrokerNode {
         file.write_all(text.as_bytes())?;
         file.flush()?;
         let path = file.path().to_string_lossy().to_string();
-        let mut node = Self::start(id, &["--config", &path]).await?;
+        let mut node = Self::start_at(id, cluster.mqtt, &["--config", &path]).await?;
         node._config = Some(file);
         node.gossip = Some(cluster.gossip);
         Ok(node)
@@ -293,7 +297,15 @@ impl BrokerNode {
 
     /// Starts a node with `extra` arguments and waits until `/readyz` answers 200.
     pub async fn start(id: &str, extra: &[&str]) -> Result<Self> {
-        let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Self::start_at(id, None, extra).await
+    }
+
+    /// [`Self::start`] serving MQTT on `mqtt` when given (else a free port).
+    async fn start_at(id: &str, mqtt: Option<SocketAddr>, extra: &[&str]) -> Result<Self> {
+        let mqtt = match mqtt {
+            Some(addr) => addr,
+            None => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        };
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let mut args = vec![
             "--node-id".to_string(),
@@ -438,13 +450,28 @@ impl Haproxy {
 
     /// Starts HAProxy listening on `addr` in front of `backends`.
     pub async fn start_on(addr: SocketAddr, backends: &[SocketAddr]) -> Result<Self> {
+        Self::start_with(addr, backends, "").await
+    }
+
+    /// Starts HAProxy in front of `backends`, each checked (a TCP connect every 500 ms) and
+    /// left out while it does not answer: backends may be configured before they start.
+    pub async fn start_checked(backends: &[SocketAddr]) -> Result<Self> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        Self::start_with(addr, backends, " check inter 500ms fall 1 rise 1").await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        backends: &[SocketAddr],
+        server_options: &str,
+    ) -> Result<Self> {
         use std::io::Write;
         let mut config = tempfile::NamedTempFile::new()?;
         let mut text = format!(
-            "global\n  maxconn 1000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\nfrontend mqtt\n  bind {addr}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n"
+            "global\n  maxconn 8000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\nfrontend mqtt\n  bind {addr}\n  maxconn 8000\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n"
         );
         for (i, backend) in backends.iter().enumerate() {
-            text.push_str(&format!("  server node{i} {backend}\n"));
+            text.push_str(&format!("  server node{i} {backend}{server_options}\n"));
         }
         config.write_all(text.as_bytes())?;
         config.flush()?;

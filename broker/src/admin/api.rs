@@ -5,6 +5,7 @@
 //! | method and path | what |
 //! |---|---|
 //! | `GET /api/v1/node` | this node: id, version, uptime, connections, cluster members, evacuation |
+//! | `GET /api/v1/cluster` | every node's connections as this node last read them, and whether this node gives connections away (rebalancing) |
 //! | `GET /api/v1/clients?prefix=&limit=` | the clients connected here, by client id |
 //! | `GET /api/v1/clients/{id}` | one of them |
 //! | `DELETE /api/v1/clients/{id}?discard_session=` | disconnect it (v5: 0x98), keeping its session unless asked |
@@ -16,6 +17,7 @@
 use super::AdminState;
 use crate::broker::Broker;
 use crate::clients::{ClientView, EvacuationStatus};
+use crate::cluster::load::NodeLoad;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -32,6 +34,7 @@ pub const DEFAULT_EVACUATION_RATE: u32 = 100;
 pub fn routes(state: Arc<AdminState>) -> Router<Arc<AdminState>> {
     Router::new()
         .route("/api/v1/node", get(node))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{id}", get(client).delete(disconnect))
         .route("/api/v1/evacuate", get(evacuation).post(evacuate))
@@ -121,6 +124,38 @@ async fn node(State(state): State<Arc<AdminState>>) -> Response {
         cluster_members: broker.metrics.cluster_members.get().max(1),
         shutting_down: broker.is_shutting_down(),
         evacuation: broker.evacuation_status(),
+    })
+    .into_response()
+}
+
+/// The cluster's load, as `GET /api/v1/cluster` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Each node's load as it last shared it (fresh ones of registered nodes), by node; only
+    /// this node standalone.
+    pub nodes: Vec<NodeLoad>,
+    /// Whether this node gives connections away now (see [`crate::cluster::rebalance`]).
+    pub giving: bool,
+}
+
+async fn cluster(State(state): State<Arc<AdminState>>) -> Response {
+    let broker = match running(&state) {
+        Ok(broker) => broker,
+        Err(response) => return *response,
+    };
+    let mut nodes = broker.cluster_load();
+    if nodes.is_empty() {
+        nodes.push(NodeLoad {
+            node: broker.config.node_id.clone(),
+            connections: broker.connections_staying(),
+            accepting: !broker.evacuation.is_evacuating(),
+            moving: broker.rebalancing.moving(),
+            at_ms: 0,
+        });
+    }
+    Json(ClusterView {
+        nodes,
+        giving: broker.rebalancing.is_giving(),
     })
     .into_response()
 }

@@ -13,6 +13,7 @@ use crate::auth::{Auth, LiveAuth};
 use crate::client_info::Evacuation;
 use crate::cluster::adopted::AdoptedParked;
 use crate::cluster::handoff::HandOffs;
+use crate::cluster::load::Rebalancing;
 use crate::cluster::recovery::{self, AdoptedRoutes, Leftovers};
 use crate::cluster::relay::ClusterLink;
 use crate::mailbox::Signal;
@@ -101,6 +102,9 @@ pub struct Broker {
     adopted: AdoptedParked,
     /// An evacuation of this node, if one was asked for (see [`crate::clients`]).
     pub(crate) evacuation: Evacuation,
+    /// Whether this node gives connections away to even out the cluster (see
+    /// [`crate::cluster::rebalance`]).
+    pub(crate) rebalancing: Rebalancing,
 }
 
 impl Broker {
@@ -124,6 +128,7 @@ impl Broker {
             hand_offs: HandOffs::default(),
             adopted: AdoptedParked::default(),
             evacuation: Evacuation::default(),
+            rebalancing: Rebalancing::default(),
             config,
             auth,
             store,

@@ -387,6 +387,16 @@ impl ClusterLink {
             .await
     }
 
+    /// The hash of the nodes' connection counts (see [`super::rebalance`]).
+    pub(super) fn load_key(&self) -> String {
+        self.keys.load()
+    }
+
+    /// The set of registered nodes.
+    pub(super) fn nodes_key(&self) -> String {
+        self.keys.nodes()
+    }
+
     /// The journal hash of `node`.
     pub(super) fn journal_key(&self, node: &str) -> String {
         self.keys.journal(node)

@@ -43,6 +43,10 @@ impl Keys {
     pub(super) fn returned(&self, node: &str) -> String {
         format!("{}v1:node:{node}:returned", self.prefix)
     }
+    /// Each node's connection count, for rebalancing (see [`crate::cluster::rebalance`]).
+    pub(super) fn load(&self) -> String {
+        format!("{}v1:load", self.prefix)
+    }
     pub(super) fn epoch(&self) -> String {
         format!("{}v1:epoch", self.prefix)
     }

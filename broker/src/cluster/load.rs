@@ -1,0 +1,287 @@
+//! The cluster's load as rebalancing sees it: each node's connection count as it shares it
+//! through Redis (`v1:load`), this node's part (whether it gives connections away), and how many
+//! it should give (see [`super::rebalance`]).
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use starling_config::RebalanceConfig;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// One node's load, as it last shared it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// The node.
+    pub node: String,
+    /// Its connected clients, less those it already asked to move.
+    pub connections: usize,
+    /// Whether it takes new clients (not while evacuating).
+    pub accepting: bool,
+    /// Clients it asked to move in the last few seconds: most are on their way to another node
+    /// (reconnecting), counted nowhere yet.
+    #[serde(default)]
+    pub moving: usize,
+    /// When it shared this (ms, Redis's clock).
+    pub at_ms: u64,
+}
+
+impl NodeLoad {
+    /// The stored form: `<connections>/<at_ms>/<1 accepting | 0>/<moving>`.
+    pub(super) fn encode(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.connections,
+            self.at_ms,
+            u8::from(self.accepting),
+            self.moving
+        )
+    }
+
+    /// Reads the stored form (`<moving>` may be missing: 0).
+    pub(super) fn parse(node: String, text: &str) -> Option<Self> {
+        let mut parts = text.split('/');
+        let connections = parts.next()?.parse().ok()?;
+        let at_ms = parts.next()?.parse().ok()?;
+        let accepting = parts.next()? == "1";
+        let moving = match parts.next() {
+            Some(moving) => moving.parse().ok()?,
+            None => 0,
+        };
+        Some(NodeLoad {
+            node,
+            connections,
+            accepting,
+            moving,
+            at_ms,
+        })
+    }
+}
+
+/// This node's part in rebalancing: whether it is giving connections away (then it refuses new
+/// clients), and the cluster's load as it last read it.
+#[derive(Default)]
+pub struct Rebalancing {
+    giving: AtomicBool,
+    loads: Mutex<Vec<NodeLoad>>,
+    /// When clients were asked to move (by rebalancing or an evacuation), and how many.
+    asked: Mutex<VecDeque<(Instant, usize)>>,
+}
+
+/// How long clients asked to move count as on their way: a client reconnects within a second
+/// or two, refused once or twice by nodes that give too.
+pub const MOVING_FOR: Duration = Duration::from_secs(2);
+
+impl Rebalancing {
+    /// Whether this node gives connections away now, refusing new clients.
+    pub fn is_giving(&self) -> bool {
+        self.giving.load(Ordering::Relaxed)
+    }
+
+    /// The nodes' loads as this node last read them (fresh ones of registered nodes), sorted
+    /// by node; empty standalone or before the first reading.
+    pub fn loads(&self) -> Vec<NodeLoad> {
+        self.loads.lock().clone()
+    }
+
+    /// Starts or stops giving; returns whether it was giving before.
+    pub(super) fn set_giving(&self, giving: bool) -> bool {
+        self.giving.swap(giving, Ordering::Relaxed)
+    }
+
+    /// Keeps the loads just read.
+    pub(super) fn set_loads(&self, loads: Vec<NodeLoad>) {
+        *self.loads.lock() = loads;
+    }
+
+    /// `count` clients were just asked to move.
+    pub fn note_asked(&self, count: usize) {
+        if count > 0 {
+            self.asked.lock().push_back((Instant::now(), count));
+        }
+    }
+
+    /// Clients asked to move within [`MOVING_FOR`].
+    pub fn moving(&self) -> usize {
+        let mut asked = self.asked.lock();
+        while asked
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > MOVING_FOR)
+        {
+            asked.pop_front();
+        }
+        asked.iter().map(|(_, count)| count).sum()
+    }
+}
+
+/// How many connections a node holding `own` should give away now, given the cluster's
+/// `loads` (its own among them) and whether it is `giving` already: those above the mean of
+/// the accepting nodes, once it or another node is off the mean by more than the tolerance; 0
+/// otherwise.
+///
+/// The clients on their way from one node to another count in the mean (every node shares how
+/// many it asked to move lately): left out, they would lower it while they reconnect, and the
+/// nodes giving would give too many, overfilling the others.
+pub fn excess(own: &NodeLoad, loads: &[NodeLoad], giving: bool, config: &RebalanceConfig) -> usize {
+    if !config.enabled || !own.accepting {
+        return 0;
+    }
+    let others = loads.iter().filter(|l| l.node != own.node);
+    let accepting: Vec<usize> = others
+        .clone()
+        .filter(|l| l.accepting)
+        .map(|l| l.connections)
+        .chain([own.connections])
+        .collect();
+    if accepting.len() < 2 {
+        return 0;
+    }
+    let moving: usize = others.map(|l| l.moving).sum::<usize>() + own.moving;
+    let total: usize = accepting.iter().sum::<usize>() + moving;
+    let mean = total.div_ceil(accepting.len());
+    let over = own.connections.saturating_sub(mean);
+    let tolerance =
+        (mean * config.tolerance_percent as usize / 100).max(config.min_excess as usize);
+    // A node far below the mean (a new one) is filled by every node above it, each giving what
+    // it holds above the mean, however little.
+    let lowest = accepting.iter().copied().min().unwrap_or(mean);
+    let starved = mean.saturating_sub(lowest) > tolerance;
+    if giving || over > tolerance || (starved && over > 0) {
+        over
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(node: &str, connections: usize) -> NodeLoad {
+        NodeLoad {
+            node: node.into(),
+            connections,
+            accepting: true,
+            moving: 0,
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_node_far_below_the_mean_is_filled_by_all_above_it() {
+        let config = RebalanceConfig::default();
+        // Mean 750, tolerance 75: d is 117 below; a, b and c are within the tolerance above.
+        let loads = [
+            load("a", 773),
+            load("b", 772),
+            load("c", 822),
+            load("d", 633),
+        ];
+        assert_eq!(excess(&loads[0], &loads, false, &config), 23);
+        assert_eq!(excess(&loads[2], &loads, false, &config), 72);
+        assert_eq!(excess(&loads[3], &loads, false, &config), 0);
+        // Nobody far off: nothing moves.
+        let near = [
+            load("a", 773),
+            load("b", 772),
+            load("c", 780),
+            load("d", 675),
+        ];
+        assert_eq!(excess(&near[0], &near, false, &config), 0);
+    }
+
+    #[test]
+    fn clients_on_their_way_count_in_the_mean() {
+        let config = RebalanceConfig::default();
+        // 3,000 clients, 300 of them reconnecting: the mean is still 750, not 675.
+        let mut a = load("a", 800);
+        a.moving = 100;
+        let mut b = load("b", 800);
+        b.moving = 100;
+        let mut c = load("c", 800);
+        c.moving = 100;
+        let loads = [a.clone(), b, c, load("d", 300)];
+        assert_eq!(excess(&a, &loads, true, &config), 50);
+    }
+
+    #[test]
+    fn after_a_scale_up_each_old_node_gives_down_to_the_mean() {
+        let config = RebalanceConfig::default();
+        let loads = [
+            load("a", 1000),
+            load("b", 1000),
+            load("c", 1000),
+            load("d", 0),
+        ];
+        assert_eq!(excess(&loads[0], &loads, false, &config), 250);
+        assert_eq!(excess(&loads[3], &loads, false, &config), 0);
+    }
+
+    #[test]
+    fn within_the_tolerance_nothing_moves_until_giving_started() {
+        let config = RebalanceConfig::default();
+        // Mean 750, tolerance 75: 820 stays, 830 gives.
+        let near = [
+            load("a", 820),
+            load("b", 680),
+            load("c", 750),
+            load("d", 750),
+        ];
+        assert_eq!(excess(&near[0], &near, false, &config), 0);
+        // Once giving, a node goes on down to the mean.
+        assert_eq!(excess(&near[0], &near, true, &config), 70);
+        let far = [
+            load("a", 830),
+            load("b", 670),
+            load("c", 750),
+            load("d", 750),
+        ];
+        assert_eq!(excess(&far[0], &far, false, &config), 80);
+    }
+
+    #[test]
+    fn small_clusters_and_lone_nodes_are_left_be() {
+        let config = RebalanceConfig::default();
+        // Mean 50, 50 above it: not more than min_excess (50).
+        let small = [load("a", 100), load("b", 0)];
+        assert_eq!(excess(&small[0], &small, false, &config), 0, "min_excess");
+        let just_over = [load("a", 102), load("b", 0)];
+        assert_eq!(excess(&just_over[0], &just_over, false, &config), 51);
+        let alone = [load("a", 1000)];
+        assert_eq!(excess(&alone[0], &alone, false, &config), 0);
+        let off = RebalanceConfig {
+            enabled: false,
+            ..RebalanceConfig::default()
+        };
+        let loads = [load("a", 1000), load("b", 0)];
+        assert_eq!(excess(&loads[0], &loads, false, &off), 0);
+    }
+
+    #[test]
+    fn an_evacuating_node_is_left_out_of_the_mean_and_gives_nothing_by_rebalancing() {
+        let config = RebalanceConfig::default();
+        let mut draining = load("c", 0);
+        draining.accepting = false;
+        // Without c, the mean of a and b is 500: a is on it.
+        let loads = [load("a", 500), load("b", 500), draining.clone()];
+        assert_eq!(excess(&loads[0], &loads, false, &config), 0);
+        let mut busy_draining = load("c", 900);
+        busy_draining.accepting = false;
+        let loads = [load("a", 0), busy_draining.clone()];
+        assert_eq!(excess(&busy_draining, &loads, false, &config), 0);
+    }
+
+    #[test]
+    fn the_stored_form_reads_back() {
+        let mut l = load("a", 42);
+        l.accepting = false;
+        l.moving = 7;
+        assert_eq!(NodeLoad::parse("a".into(), &l.encode()), Some(l));
+        assert_eq!(
+            NodeLoad::parse("a".into(), "5/9/1").map(|l| l.moving),
+            Some(0)
+        );
+        assert_eq!(NodeLoad::parse("a".into(), "x/1/1"), None);
+        assert_eq!(NodeLoad::parse("a".into(), "1/2"), None);
+    }
+}

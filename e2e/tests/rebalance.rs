@@ -1,0 +1,238 @@
+//! Rebalancing after a scale-up, end to end: real redis-server, broker processes and HAProxy
+//! (round-robin, health-checked), and thousands of real MQTT clients with persistent sessions,
+//! half MQTT 5 and half 3.1.1, that reconnect through the balancer when asked to go.
+//!
+//! Three nodes hold 3,000 connections; a fourth joins; every node must end within ±10% of 750,
+//! with no session lost (every reconnect finds its session). The time it took is printed.
+
+use e2e::{BrokerNode, ClusterSettings, Haproxy, RedisServer};
+use rumqttc::v5;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 3_000;
+/// How long the clients may take to connect, and the cluster to even out.
+const WITHIN: Duration = Duration::from_secs(180);
+
+/// What the clients saw, summed.
+#[derive(Default)]
+struct Tally {
+    /// CONNACKs received.
+    connacks: AtomicUsize,
+    /// Reconnects that found no session (a session lost).
+    sessions_lost: AtomicUsize,
+    /// Connections that ended (asked to go, or refused at CONNECT).
+    drops: AtomicUsize,
+}
+
+/// A client that keeps its persistent session connected through `lb`, reconnecting (after a
+/// short, jittered pause, as device clients do) whenever the connection ends.
+fn client(lb: SocketAddr, index: usize, tally: Arc<Tally>) {
+    let id = format!("rebalance-{index}");
+    let host = lb.ip().to_string();
+    let pause = Duration::from_millis(100 + (index as u64 * 37) % 400);
+    if index.is_multiple_of(2) {
+        let mut options = v5::MqttOptions::new(id, host, lb.port());
+        options.set_clean_start(false);
+        options.set_session_expiry_interval(Some(600));
+        options.set_keep_alive(Duration::from_secs(60));
+        let (_client, mut eventloop) = v5::AsyncClient::new(options, 10);
+        tokio::spawn(async move {
+            let _client = _client;
+            let mut connected_once = false;
+            loop {
+                match eventloop.poll().await {
+                    Ok(v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(ack))) => {
+                        on_connack(&tally, &mut connected_once, ack.session_present)
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        tally.drops.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        });
+    } else {
+        let mut options = rumqttc::MqttOptions::new(id, host, lb.port());
+        options.set_clean_session(false);
+        options.set_keep_alive(Duration::from_secs(60));
+        let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        tokio::spawn(async move {
+            let _client = _client;
+            let mut connected_once = false;
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                        on_connack(&tally, &mut connected_once, ack.session_present)
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        tally.drops.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn on_connack(tally: &Tally, connected_once: &mut bool, session_present: bool) {
+    tally.connacks.fetch_add(1, Ordering::Relaxed);
+    if *connected_once && !session_present {
+        tally.sessions_lost.fetch_add(1, Ordering::Relaxed);
+    }
+    *connected_once = true;
+}
+
+/// Each node's connection count, as its metrics say.
+async fn counts(nodes: &[&BrokerNode]) -> Vec<usize> {
+    let mut counts = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let n = node.metric("starling_connections").await.unwrap_or(0.0);
+        counts.push(n as usize);
+    }
+    counts
+}
+
+/// Whether any node gives connections away now.
+async fn any_giving(nodes: &[&BrokerNode]) -> bool {
+    for node in nodes {
+        if node
+            .metric("starling_rebalance_giving")
+            .await
+            .unwrap_or(1.0)
+            != 0.0
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Polls the nodes' counts until `done` has held for them for `steady` on end (with no node
+/// giving connections away, when `steady` is not zero), for at most [`WITHIN`]; returns the
+/// counts and how long it took until `done` began to hold for good.
+async fn until_counts(
+    nodes: &[&BrokerNode],
+    what: &str,
+    steady: Duration,
+    done: impl Fn(&[usize]) -> bool,
+) -> (Vec<usize>, Duration) {
+    let start = Instant::now();
+    let mut holding_since: Option<Instant> = None;
+    loop {
+        let now = counts(nodes).await;
+        let holds = done(&now) && (steady.is_zero() || !any_giving(nodes).await);
+        if !holds {
+            holding_since = None;
+        } else {
+            let since = *holding_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= steady {
+                return (now, since - start);
+            }
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "{what}: not within {WITHIN:?}; connections per node: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
+    let redis = RedisServer::start().await.expect("redis starts");
+    let mut settings = Vec::new();
+    for _ in 0..4 {
+        let seeds: Vec<SocketAddr> = settings
+            .iter()
+            .map(|s: &ClusterSettings| s.gossip)
+            .collect();
+        let mut s = ClusterSettings::new(&redis.url(), &seeds).expect("settings");
+        s.mqtt = Some(SocketAddr::from((
+            [127, 0, 0, 1],
+            e2e::free_port().expect("a free port"),
+        )));
+        settings.push(s);
+    }
+    let mut nodes = Vec::new();
+    for (i, s) in settings.iter().take(3).enumerate() {
+        nodes.push(
+            BrokerNode::start_clustered(&format!("node-{i}"), s)
+                .await
+                .expect("node starts"),
+        );
+    }
+    let backends: Vec<SocketAddr> = settings.iter().map(|s| s.mqtt.expect("set")).collect();
+    // The fourth backend is configured already and checked: HAProxy sends nothing there until
+    // the node answers.
+    let lb = Haproxy::start_checked(&backends).await.expect("haproxy");
+    nodes[0]
+        .wait_for_members(3, Duration::from_secs(30))
+        .await
+        .expect("three members");
+
+    let tally = Arc::new(Tally::default());
+    let connecting = Instant::now();
+    for i in 0..CLIENTS {
+        client(lb.addr, i, tally.clone());
+        if (i + 1).is_multiple_of(100) {
+            // Connect in waves, as a fleet does, not all in one instant.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let three: Vec<&BrokerNode> = nodes.iter().collect();
+    let (before, _) = until_counts(&three, "3,000 clients connected", Duration::ZERO, |c| {
+        c.iter().sum::<usize>() == CLIENTS
+    })
+    .await;
+    println!(
+        "connected {CLIENTS} clients over three nodes in {:.1?}: {before:?}",
+        connecting.elapsed()
+    );
+
+    nodes.push(
+        BrokerNode::start_clustered("node-3", &settings[3])
+            .await
+            .expect("node 3 starts"),
+    );
+    let four: Vec<&BrokerNode> = nodes.iter().collect();
+    let mean = CLIENTS / 4;
+    // Within the tolerance, and staying there with no node giving connections away: no
+    // ping-pong between the nodes. The time is until it began to hold.
+    let (after, took) = until_counts(
+        &four,
+        "each node within ±10% of 750, for 5 s with none giving",
+        Duration::from_secs(5),
+        |c| c.iter().sum::<usize>() == CLIENTS && c.iter().all(|&n| n.abs_diff(mean) <= mean / 10),
+    )
+    .await;
+    let mut asked = Vec::new();
+    for node in &four {
+        asked.push(
+            node.metric("starling_rebalance_asked_total")
+                .await
+                .expect("rebalance metric") as usize,
+        );
+    }
+    println!(
+        "scaled from three to four nodes: each within ±10% of {mean} after {took:.1?}: {after:?}; \
+         clients asked to move per node: {asked:?}; connection drops seen by clients: {}; \
+         sessions lost: {}",
+        tally.drops.load(Ordering::Relaxed),
+        tally.sessions_lost.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        tally.sessions_lost.load(Ordering::Relaxed),
+        0,
+        "a client reconnected without its session"
+    );
+    assert!(
+        asked[..3].iter().sum::<usize>() >= mean - mean / 10,
+        "the old nodes asked too few clients to move for node 3 to fill up: {asked:?}"
+    );
+    assert_eq!(asked[3], 0, "the new node gave nothing away: {asked:?}");
+}
