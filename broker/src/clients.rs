@@ -9,6 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a client must have been connected before rebalancing may move it.
+pub const SETTLED_FOR_MS: u64 = 10_000;
+
 impl Broker {
     /// Every client connected to this node, sorted by client id.
     pub fn clients(&self) -> Vec<ClientView> {
@@ -62,14 +65,11 @@ impl Broker {
 
     /// Connected clients not yet asked to leave (by an evacuation or rebalancing).
     pub fn connections_staying(&self) -> usize {
-        self.online_handles()
-            .iter()
-            .filter(|(_, handle)| handle.mailbox.signalled().is_none())
-            .count()
+        self.count_online(|handle| handle.mailbox.signalled().is_none())
     }
 
     /// Asks up to `count` connected clients not yet asked to reconnect elsewhere (v5: DISCONNECT
-    /// 0x9C), their sessions kept; returns how many were asked.
+    /// 0x9C), their sessions kept, for an evacuation; returns how many were asked.
     pub fn ask_to_reconnect_elsewhere(&self, count: usize) -> usize {
         let batch: Vec<_> = self
             .online_handles()
@@ -79,6 +79,31 @@ impl Broker {
             .collect();
         for (_, handle) in &batch {
             handle.mailbox.signal(Signal::Evacuate);
+        }
+        self.rebalancing.note_asked(batch.len());
+        batch.len()
+    }
+
+    /// Asks up to `count` clients to reconnect elsewhere to even out the cluster (v5: DISCONNECT
+    /// 0x9C): clients with persistent sessions only (a clean session would lose what it held),
+    /// none connected for less than [`SETTLED_FOR_MS`] (it may just have been moved here);
+    /// returns how many were asked.
+    pub fn ask_to_rebalance(&self, count: usize) -> usize {
+        let now = crate::client_info::now_unix_ms();
+        let batch: Vec<_> = self
+            .online_handles()
+            .into_iter()
+            .filter(|(_, handle)| {
+                handle.persistent
+                    && handle.mailbox.signalled().is_none()
+                    && handle.info.as_ref().is_some_and(|info| {
+                        now.saturating_sub(info.connected_at_ms) >= SETTLED_FOR_MS
+                    })
+            })
+            .take(count)
+            .collect();
+        for (_, handle) in &batch {
+            handle.mailbox.signal(Signal::Rebalance);
         }
         self.rebalancing.note_asked(batch.len());
         batch.len()

@@ -277,10 +277,10 @@ fn cluster_table(cluster: &ClusterView) -> String {
             if node.accepting { "yes" } else { "no" }
         );
     }
-    let giving = if cluster.giving {
-        "yes: asking clients to reconnect elsewhere, refusing new ones"
-    } else {
-        "no"
+    let giving = match (cluster.giving, cluster.refusing) {
+        (true, true) => "yes: asking clients to reconnect elsewhere, refusing new ones",
+        (true, false) => "yes: asking clients to reconnect elsewhere",
+        _ => "no",
     };
     let _ = writeln!(out, "this node gives connections away: {giving}");
     out

@@ -47,6 +47,10 @@ pub enum Signal {
     /// The node is being evacuated: the client is asked to use another server (v5 0x9C), its
     /// session is kept for wherever it reconnects.
     Evacuate,
+    /// The node holds more than its share of the cluster's clients and stays up: the client
+    /// is asked to use another server (v5 0x9C), its session kept, and a delayed will waits
+    /// here (cancelled when the session resumes anywhere).
+    Rebalance,
 }
 
 #[derive(Default)]

@@ -226,6 +226,8 @@ impl Server {
         if let Some(admin) = &self.admin {
             admin.state().serve(broker.clone());
         }
+        // Only now may rebalancing send this node clients.
+        broker.rebalancing.mark_serving();
         tokio::spawn(watch_members(broker.clone(), self.membership.clone()));
         // Without gossip a node cannot tell a departed node from a live one.
         if broker.config.cluster.gossip_bind.is_some() {

@@ -154,7 +154,7 @@ impl BrokerConfig {
                 "choose how far above the mean a node may be, e.g. 10 (the default)",
             ));
         }
-        if rebalance.rate_per_sec == 0 {
+        if rebalance.enabled && rebalance.rate_per_sec == 0 {
             return Err(ConfigError::invalid(
                 "cluster.rebalance.rate_per_sec",
                 "0 would never move a connection",

@@ -136,6 +136,9 @@ pub struct ClusterView {
     pub nodes: Vec<NodeLoad>,
     /// Whether this node gives connections away now (see [`crate::cluster::rebalance`]).
     pub giving: bool,
+    /// Whether it refuses new clients meanwhile (it holds far more than the mean).
+    #[serde(default)]
+    pub refusing: bool,
 }
 
 async fn cluster(State(state): State<Arc<AdminState>>) -> Response {
@@ -156,6 +159,7 @@ async fn cluster(State(state): State<Arc<AdminState>>) -> Response {
     Json(ClusterView {
         nodes,
         giving: broker.rebalancing.is_giving(),
+        refusing: broker.rebalancing.is_refusing(),
     })
     .into_response()
 }

@@ -50,6 +50,11 @@ impl Broker {
         self.online.read().get(client_id).cloned()
     }
 
+    /// How many sessions with an open connection here `counted` accepts.
+    pub fn count_online(&self, counted: impl Fn(&SessionHandle) -> bool) -> usize {
+        self.online.read().values().filter(|h| counted(h)).count()
+    }
+
     /// Every session with an open connection here, as it is now.
     pub fn online_handles(&self) -> Vec<(ClientId, SessionHandle)> {
         let online = self.online.read();

@@ -58,11 +58,13 @@ impl NodeLoad {
     }
 }
 
-/// This node's part in rebalancing: whether it is giving connections away (then it refuses new
-/// clients), and the cluster's load as it last read it.
+/// This node's part in rebalancing: whether it is giving connections away (and refusing new
+/// clients), whether it serves at all, and the cluster's load as it last read it.
 #[derive(Default)]
 pub struct Rebalancing {
     giving: AtomicBool,
+    refusing: AtomicBool,
+    serving: AtomicBool,
     loads: Mutex<Vec<NodeLoad>>,
     /// When clients were asked to move (by rebalancing or an evacuation), and how many.
     asked: Mutex<VecDeque<(Instant, usize)>>,
@@ -82,6 +84,27 @@ impl Rebalancing {
     /// by node; empty standalone or before the first reading.
     pub fn loads(&self) -> Vec<NodeLoad> {
         self.loads.lock().clone()
+    }
+
+    /// Whether this node refuses new clients while it gives connections away.
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops refusing new clients.
+    pub(super) fn set_refusing(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
+    }
+
+    /// The node serves clients now (its listeners accept): only then does it count as a node
+    /// clients can be sent to.
+    pub fn mark_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node serves clients (see [`Self::mark_serving`]).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     /// Starts or stops giving; returns whether it was giving before.

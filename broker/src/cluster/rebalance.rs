@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use starling_config::RebalanceConfig;
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often each node shares its count and decides again.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -24,6 +24,17 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 const FRESH_MS: u64 = 5_000;
 /// A count older than this is removed from `v1:load` by whichever node reads it.
 const FORGET_MS: u64 = 60_000;
+/// How long a node stops giving once the clients it asked to move arrived nowhere.
+const HOLD_OFF: Duration = Duration::from_secs(30);
+
+/// What one reading of the cluster's load found.
+struct Reading {
+    /// Fresh loads of registered nodes, this one's included, by node.
+    loads: Vec<NodeLoad>,
+    /// Whether every registered node shared a fresh load: a node that shares none (an older
+    /// version, or one that cannot reach Redis) takes clients nobody counts.
+    complete: bool,
+}
 
 /// Shares this node's load and rebalances, each [`INTERVAL`], until the broker goes or shuts
 /// down.
@@ -31,59 +42,110 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut con: Option<MultiplexedConnection> = None;
+    // The cluster's clients (connected and on their way) when this node began giving.
+    let mut giving_from: Option<usize> = None;
+    let mut hold_until: Option<Instant> = None;
     loop {
         tick.tick().await;
         let Some(broker) = broker.upgrade() else {
             return;
         };
         let rebalancing = &broker.rebalancing;
-        if broker.is_shutting_down() {
-            rebalancing.set_giving(false);
-            return;
-        }
+        let shutting_down = broker.is_shutting_down();
         let own = NodeLoad {
             node: link.node_id().to_string(),
             connections: broker.connections_staying(),
-            accepting: !broker.evacuation.is_evacuating(),
+            // As `/readyz` would say: serving, not evacuating, not shutting down, Redis fine.
+            accepting: rebalancing.is_serving()
+                && !shutting_down
+                && !broker.evacuation.is_evacuating()
+                && link.health().problem().is_none(),
             moving: rebalancing.moving(),
             at_ms: link.redis_now_ms(),
         };
-        let loads = match share(&link, &mut con, &own).await {
-            Ok(loads) => loads,
-            Err(e) => {
+        let reading = tokio::time::timeout(INTERVAL, share(&link, &mut con, &own)).await;
+        if shutting_down {
+            stop_giving(&broker);
+            return;
+        }
+        let reading = match reading {
+            Ok(Ok(reading)) => reading,
+            Ok(Err(e)) => {
                 // Without the others' counts nothing is moved.
                 tracing::debug!(error = %e, "rebalance: loads not shared");
                 con = None;
-                set_giving(&broker, false, 0);
+                giving_from = None;
+                stop_giving(&broker);
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("rebalance: loads not shared in time");
+                con = None;
+                giving_from = None;
+                stop_giving(&broker);
                 continue;
             }
         };
-        let giving = rebalancing.is_giving();
-        let excess = excess(&own, &loads, giving, &config);
-        rebalancing.set_loads(loads);
-        set_giving(&broker, excess > 0, excess);
-        if excess > 0 {
-            let asked = broker.ask_to_reconnect_elsewhere(excess.min(config.rate_per_sec as usize));
-            broker.metrics.rebalance_asked.inc_by(asked as u64);
+        let held = hold_until.is_some_and(|until| Instant::now() < until);
+        let give = excess(&own, &reading.loads, rebalancing.is_giving(), &config);
+        let clients: usize = reading.loads.iter().map(|l| l.connections + l.moving).sum();
+        rebalancing.set_loads(reading.loads);
+        if give == 0 || held || !reading.complete {
+            giving_from = None;
+            stop_giving(&broker);
+            continue;
         }
+        let from = *giving_from.get_or_insert(clients);
+        if clients + vanishing_margin(from, &config) < from {
+            // The clients asked to go are reconnecting nowhere (the nodes that should take them
+            // are not reachable through the balancer): stop before the cluster empties.
+            tracing::warn!(
+                before = from,
+                now = clients,
+                hold_off_secs = HOLD_OFF.as_secs(),
+                "rebalancing: clients asked to move are not arriving at any node; pausing"
+            );
+            hold_until = Some(Instant::now() + HOLD_OFF);
+            giving_from = None;
+            stop_giving(&broker);
+            continue;
+        }
+        start_giving(&broker, give);
+        let asked = broker.ask_to_rebalance(give.min(config.rate_per_sec as usize));
+        broker.metrics.rebalance_asked.inc_by(asked as u64);
     }
 }
 
-/// Starts or stops giving connections away, saying so once.
-fn set_giving(broker: &Broker, giving: bool, excess: usize) {
-    if broker.rebalancing.set_giving(giving) != giving {
-        broker.metrics.rebalance_giving.set(i64::from(giving));
-        if giving {
-            tracing::info!(
-                excess,
-                "rebalancing: this node holds more than its share; asking clients to reconnect elsewhere and refusing new ones"
-            );
-        } else {
-            tracing::info!(
-                connections = broker.online_count(),
-                "rebalancing: this node holds its share again"
-            );
-        }
+/// How far the cluster's count of clients may fall while a node gives before it counts as
+/// clients vanishing: some are always between two connections.
+fn vanishing_margin(clients: usize, config: &RebalanceConfig) -> usize {
+    (clients * config.tolerance_percent as usize / 100).max(config.min_excess as usize)
+}
+
+/// Gives connections away, refusing new clients meanwhile (the balancer sends them on to the
+/// others), saying so once.
+fn start_giving(broker: &Broker, excess: usize) {
+    let rebalancing = &broker.rebalancing;
+    rebalancing.set_refusing(true);
+    if !rebalancing.set_giving(true) {
+        broker.metrics.rebalance_giving.set(1);
+        tracing::info!(
+            excess,
+            "rebalancing: this node holds more than its share; asking clients to reconnect elsewhere and refusing new ones"
+        );
+    }
+}
+
+/// Stops giving connections away (and refusing new clients), saying so once.
+fn stop_giving(broker: &Broker) {
+    let rebalancing = &broker.rebalancing;
+    rebalancing.set_refusing(false);
+    if rebalancing.set_giving(false) {
+        broker.metrics.rebalance_giving.set(0);
+        tracing::info!(
+            connections = broker.online_count(),
+            "rebalancing: this node stopped giving connections away"
+        );
     }
 }
 
@@ -93,7 +155,7 @@ async fn share(
     link: &ClusterLink,
     con: &mut Option<MultiplexedConnection>,
     own: &NodeLoad,
-) -> redis::RedisResult<Vec<NodeLoad>> {
+) -> redis::RedisResult<Reading> {
     let con = match con {
         Some(con) => con,
         None => con.insert(link.recovery_connection().await?),
@@ -113,19 +175,19 @@ async fn share(
     let registered: HashSet<String> = registered.into_iter().collect();
     let now = own.at_ms;
     let mut forgotten = Vec::new();
-    let mut loads: Vec<NodeLoad> = shared
-        .into_iter()
-        .filter_map(|(node, text)| {
-            let load = NodeLoad::parse(node.clone(), &text);
-            let age = load
-                .as_ref()
-                .map_or(u64::MAX, |l| now.saturating_sub(l.at_ms));
-            if age > FORGET_MS {
-                forgotten.push(node);
-            }
-            load.filter(|l| age <= FRESH_MS && registered.contains(&l.node))
-        })
-        .collect();
+    let mut loads = Vec::new();
+    for (node, text) in shared {
+        // An entry this version cannot read (a newer one's) is neither counted nor removed.
+        let Some(load) = NodeLoad::parse(node.clone(), &text) else {
+            continue;
+        };
+        let age = now.saturating_sub(load.at_ms);
+        if age > FORGET_MS {
+            forgotten.push(node);
+        } else if age <= FRESH_MS && registered.contains(&load.node) {
+            loads.push(load);
+        }
+    }
     if !forgotten.is_empty() {
         redis::cmd("HDEL")
             .arg(link.load_key())
@@ -134,5 +196,8 @@ async fn share(
             .await?;
     }
     loads.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(loads)
+    let complete = registered
+        .iter()
+        .all(|node| loads.iter().any(|l| &l.node == node));
+    Ok(Reading { loads, complete })
 }

@@ -81,6 +81,11 @@ where
                 self.send_disconnect(DisconnectReasonCode::SessionTakenOver, None)
                     .await;
             }
+            Exit::Moved => {
+                tracing::debug!(client_id = %self.client_id, "asked to use another server (rebalancing)");
+                self.send_disconnect(DisconnectReasonCode::UseAnotherServer, None)
+                    .await;
+            }
             Exit::Shutdown { evacuated } => {
                 let reference = self.broker.config.shutdown.server_reference.clone();
                 let reason = if reference.is_some() || *evacuated {

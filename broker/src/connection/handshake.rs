@@ -454,7 +454,7 @@ fn check_connect(broker: &Broker, c: &ConnectPacket) -> Result<(), ConnectReturn
     if broker.is_shutting_down() {
         return Err(ConnectReturnCode::ServerUnavailable);
     }
-    if broker.evacuation.is_evacuating() || broker.rebalancing.is_giving() {
+    if broker.evacuation.is_evacuating() || broker.rebalancing.is_refusing() {
         return Err(ConnectReturnCode::UseAnotherServer);
     }
     let id = &c.connect.client_id;

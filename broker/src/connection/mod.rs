@@ -85,6 +85,9 @@ enum Exit {
     /// The broker is shutting down, or this node is being evacuated (`evacuated`: the client
     /// is asked to use another server).
     Shutdown { evacuated: bool },
+    /// Asked to use another server to even out the cluster (see `cluster::rebalance`); the
+    /// node stays.
+    Moved,
     /// The cluster declared this node dead and adopted the session elsewhere.
     Adopted,
     /// An operator disconnected the client; with `discard_session` its session goes too.
@@ -511,6 +514,7 @@ fn signal_exit(signal: Signal) -> Exit {
         Signal::TakenOver => Exit::TakenOver,
         Signal::Shutdown => Exit::Shutdown { evacuated: false },
         Signal::Evacuate => Exit::Shutdown { evacuated: true },
+        Signal::Rebalance => Exit::Moved,
         Signal::Kicked { discard_session } => Exit::Kicked { discard_session },
         Signal::KeepAliveTimeout => Exit::KeepAliveTimeout,
         Signal::Adopted => Exit::Adopted,
