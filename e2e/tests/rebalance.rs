@@ -235,9 +235,10 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
         "the old nodes asked too few clients to move for node 3 to fill up: {asked:?}"
     );
     assert_eq!(asked[3], 0, "the new node gave nothing away: {asked:?}");
-    // Some clients land back on a node that gave (after it stopped refusing), none ping-pong.
+    // Some clients land back on a node that gave (between two rounds of giving, it takes new
+    // clients again); twice what the new node needed would be nodes passing clients around.
     assert!(
-        asked.iter().sum::<usize>() <= mean * 3 / 2,
+        asked.iter().sum::<usize>() <= mean * 2,
         "far more clients asked to move than the 750 the new node needed: {asked:?}"
     );
 }
