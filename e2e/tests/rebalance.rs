@@ -3,7 +3,8 @@
 //! half MQTT 5 and half 3.1.1, that reconnect through the balancer when asked to go.
 //!
 //! Three nodes hold 3,000 connections; a fourth joins; every node must end within ±10% of 750,
-//! with no session lost (every reconnect finds its session). The time it took is printed.
+//! with no session lost (every reconnect finds its session). The time it took is printed. And
+//! when the fourth is out of the balancer's reach, the others must stop giving clients to it.
 
 use e2e::{BrokerNode, ClusterSettings, Haproxy, RedisServer};
 use rumqttc::v5;
@@ -13,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 3_000;
+/// One scenario at a time: two fleets of 3,000 clients and eight nodes at once would measure
+/// the machine, not the rebalancing.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long the clients may take to connect, and the cluster to even out.
 const WITHIN: Duration = Duration::from_secs(180);
 
@@ -142,9 +146,13 @@ async fn until_counts(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
-    let redis = RedisServer::start().await.expect("redis starts");
+/// Three running cluster nodes, the settings of a fourth (not started), and HAProxy in front of
+/// the first three and, when `fourth_behind_balancer`, the fourth (health-checked: nothing goes
+/// there until it answers).
+async fn three_nodes(
+    redis: &RedisServer,
+    fourth_behind_balancer: bool,
+) -> (Vec<BrokerNode>, ClusterSettings, Haproxy) {
     let mut settings = Vec::new();
     for _ in 0..4 {
         let seeds: Vec<SocketAddr> = settings
@@ -166,26 +174,34 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
                 .expect("node starts"),
         );
     }
-    let backends: Vec<SocketAddr> = settings.iter().map(|s| s.mqtt.expect("set")).collect();
-    // The fourth backend is configured already and checked: HAProxy sends nothing there until
-    // the node answers.
+    let behind = if fourth_behind_balancer { 4 } else { 3 };
+    let backends: Vec<SocketAddr> = settings
+        .iter()
+        .take(behind)
+        .map(|s| s.mqtt.expect("set"))
+        .collect();
     let lb = Haproxy::start_checked(&backends).await.expect("haproxy");
     nodes[0]
         .wait_for_members(3, Duration::from_secs(30))
         .await
         .expect("three members");
+    let fourth = settings.pop().expect("four settings");
+    (nodes, fourth, lb)
+}
 
+/// [`CLIENTS`] clients connecting through `lb` in waves, as a fleet does; returns once every
+/// one is connected to one of `nodes`.
+async fn fleet(lb: &Haproxy, nodes: &[BrokerNode]) -> Arc<Tally> {
     let tally = Arc::new(Tally::default());
     let connecting = Instant::now();
     for i in 0..CLIENTS {
         client(lb.addr, i, tally.clone());
         if (i + 1).is_multiple_of(100) {
-            // Connect in waves, as a fleet does, not all in one instant.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let three: Vec<&BrokerNode> = nodes.iter().collect();
-    let (before, _) = until_counts(&three, "3,000 clients connected", Duration::ZERO, |c| {
+    let all: Vec<&BrokerNode> = nodes.iter().collect();
+    let (before, _) = until_counts(&all, "3,000 clients connected", Duration::ZERO, |c| {
         c.iter().sum::<usize>() == CLIENTS
     })
     .await;
@@ -193,9 +209,18 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
         "connected {CLIENTS} clients over three nodes in {:.1?}: {before:?}",
         connecting.elapsed()
     );
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start().await.expect("redis starts");
+    let (mut nodes, fourth, lb) = three_nodes(&redis, true).await;
+    let tally = fleet(&lb, &nodes).await;
 
     nodes.push(
-        BrokerNode::start_clustered("node-3", &settings[3])
+        BrokerNode::start_clustered("node-3", &fourth)
             .await
             .expect("node 3 starts"),
     );
@@ -241,4 +266,67 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
         asked.iter().sum::<usize>() <= mean * 2,
         "far more clients asked to move than the 750 the new node needed: {asked:?}"
     );
+}
+
+/// A fourth node joins the cluster but the balancer never sends it anything (left out of its
+/// configuration): the clients the others ask to move reconnect nowhere but to them. The others
+/// must notice and stop, not drain themselves toward a node nobody can reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_balancer_cannot_reach_does_not_drain_the_others() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start().await.expect("redis starts");
+    let (mut nodes, fourth, lb) = three_nodes(&redis, false).await;
+    let tally = fleet(&lb, &nodes).await;
+    nodes.push(
+        BrokerNode::start_clustered("node-3", &fourth)
+            .await
+            .expect("node 3 starts"),
+    );
+    let four: Vec<&BrokerNode> = nodes.iter().collect();
+
+    // Watch 20 s: the others try (the new node looks starved), notice that the clients they
+    // ask to go arrive nowhere, and stop for at least 30 s.
+    let watch = Instant::now();
+    let mut lowest = CLIENTS;
+    while watch.elapsed() < Duration::from_secs(20) {
+        lowest = lowest.min(counts(&four).await.iter().sum());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut asked = Vec::new();
+    for node in &four {
+        asked.push(
+            node.metric("starling_rebalance_asked_total")
+                .await
+                .expect("rebalance metric") as usize,
+        );
+    }
+    let (after, _) = until_counts(
+        &four,
+        "every client back on the reachable nodes, none giving",
+        Duration::from_secs(2),
+        |c| c.iter().sum::<usize>() == CLIENTS,
+    )
+    .await;
+    println!(
+        "a node the balancer cannot reach: clients asked to move {asked:?}, fewest connected at \
+         once {lowest} of {CLIENTS}, then {after:?}; sessions lost: {}",
+        tally.sessions_lost.load(Ordering::Relaxed)
+    );
+    assert!(
+        asked.iter().sum::<usize>() > 0,
+        "the new node looked starved: the others should have tried"
+    );
+    // Giving on for the 20 s at 50 per second per node would ask 3,000; stopping once 10% of
+    // the clients are missing (300) asks a few hundred.
+    assert!(
+        asked.iter().sum::<usize>() <= CLIENTS / 3,
+        "the nodes went on giving clients to a node nobody can reach: {asked:?}"
+    );
+    // One round costs at most each node's excess (here 750 in all) for a few seconds.
+    assert!(
+        lowest >= CLIENTS * 2 / 3,
+        "too many clients were disconnected at once: {lowest} of {CLIENTS} connected"
+    );
+    assert_eq!(after[3], 0, "nothing can reach node 3");
+    assert_eq!(tally.sessions_lost.load(Ordering::Relaxed), 0);
 }

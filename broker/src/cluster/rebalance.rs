@@ -24,8 +24,12 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 const FRESH_MS: u64 = 5_000;
 /// A count older than this is removed from `v1:load` by whichever node reads it.
 const FORGET_MS: u64 = 60_000;
-/// How long a node stops giving once the clients it asked to move arrived nowhere.
+/// How long a node stops giving once the clients it asked to move arrived nowhere; doubled at
+/// each such round in a row (up to [`HOLD_OFF_MAX`]), since the node that should take them may
+/// stay out of the balancer's reach for long.
 const HOLD_OFF: Duration = Duration::from_secs(30);
+/// The longest hold-off.
+const HOLD_OFF_MAX: Duration = Duration::from_secs(960);
 
 /// What one reading of the cluster's load found.
 struct Reading {
@@ -45,6 +49,8 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
     // The cluster's clients (connected and on their way) when this node began giving.
     let mut giving_from: Option<usize> = None;
     let mut hold_until: Option<Instant> = None;
+    // Rounds of giving in a row whose clients arrived nowhere.
+    let mut vanished_rounds: u32 = 0;
     loop {
         tick.tick().await;
         let Some(broker) = broker.upgrade() else {
@@ -91,6 +97,10 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
         let clients: usize = reading.loads.iter().map(|l| l.connections + l.moving).sum();
         rebalancing.set_loads(reading.loads);
         if give == 0 || held || !reading.complete {
+            if give == 0 && !held && giving_from.is_some() {
+                // A round ended with this node holding its share: the clients arrived.
+                vanished_rounds = 0;
+            }
             giving_from = None;
             stop_giving(&broker);
             continue;
@@ -99,13 +109,17 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
         if clients + vanishing_margin(from, &config) < from {
             // The clients asked to go are reconnecting nowhere (the nodes that should take them
             // are not reachable through the balancer): stop before the cluster empties.
+            let hold_off = HOLD_OFF
+                .saturating_mul(1 << vanished_rounds.min(5))
+                .min(HOLD_OFF_MAX);
+            vanished_rounds += 1;
             tracing::warn!(
                 before = from,
                 now = clients,
-                hold_off_secs = HOLD_OFF.as_secs(),
+                hold_off_secs = hold_off.as_secs(),
                 "rebalancing: clients asked to move are not arriving at any node; pausing"
             );
-            hold_until = Some(Instant::now() + HOLD_OFF);
+            hold_until = Some(Instant::now() + hold_off);
             giving_from = None;
             stop_giving(&broker);
             continue;
