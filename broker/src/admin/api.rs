@@ -153,6 +153,7 @@ async fn cluster(State(state): State<Arc<AdminState>>) -> Response {
             connections: broker.connections_staying(),
             accepting: !broker.evacuation.is_evacuating(),
             moving: broker.rebalancing.moving(),
+            arrived: broker.rebalancing.arrived(),
             at_ms: 0,
         });
     }

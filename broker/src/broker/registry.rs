@@ -81,6 +81,9 @@ impl Broker {
     /// Records a session as online.
     pub fn register(&self, client_id: ClientId, handle: SessionHandle) {
         self.adopted.remove(&client_id);
+        if self.cluster.get().is_some() {
+            self.rebalancing.note_arrived();
+        }
         if self.hand_offs.any() {
             self.hand_offs.cancel(&client_id);
             self.count_handoffs();

@@ -22,37 +22,45 @@ pub struct NodeLoad {
     /// (reconnecting), counted nowhere yet.
     #[serde(default)]
     pub moving: usize,
+    /// Clients that connected to it in the last few seconds: some of them are the clients
+    /// others asked to move, arrived (counted here already).
+    #[serde(default)]
+    pub arrived: usize,
     /// When it shared this (ms, Redis's clock).
     pub at_ms: u64,
 }
 
 impl NodeLoad {
-    /// The stored form: `<connections>/<at_ms>/<1 accepting | 0>/<moving>`.
+    /// The stored form: `<connections>/<at_ms>/<1 accepting | 0>/<moving>/<arrived>`.
     pub(super) fn encode(&self) -> String {
         format!(
-            "{}/{}/{}/{}",
+            "{}/{}/{}/{}/{}",
             self.connections,
             self.at_ms,
             u8::from(self.accepting),
-            self.moving
+            self.moving,
+            self.arrived
         )
     }
 
-    /// Reads the stored form (`<moving>` may be missing: 0).
+    /// Reads the stored form (`<moving>` and `<arrived>` may be missing: 0).
     pub(super) fn parse(node: String, text: &str) -> Option<Self> {
         let mut parts = text.split('/');
         let connections = parts.next()?.parse().ok()?;
         let at_ms = parts.next()?.parse().ok()?;
         let accepting = parts.next()? == "1";
-        let moving = match parts.next() {
-            Some(moving) => moving.parse().ok()?,
-            None => 0,
+        let mut optional = || match parts.next() {
+            Some(n) => n.parse().ok(),
+            None => Some(0),
         };
+        let moving = optional()?;
+        let arrived = optional()?;
         Some(NodeLoad {
             node,
             connections,
             accepting,
             moving,
+            arrived,
             at_ms,
         })
     }
@@ -68,6 +76,8 @@ pub struct Rebalancing {
     loads: Mutex<Vec<NodeLoad>>,
     /// When clients were asked to move (by rebalancing or an evacuation), and how many.
     asked: Mutex<VecDeque<(Instant, usize)>>,
+    /// When clients connected here.
+    arrivals: Mutex<VecDeque<Instant>>,
 }
 
 /// How long clients asked to move count as on their way: a client reconnects within a second
@@ -124,16 +134,32 @@ impl Rebalancing {
         }
     }
 
+    /// A client just connected here.
+    pub fn note_arrived(&self) {
+        let mut arrivals = self.arrivals.lock();
+        forget_before(&mut arrivals, |at| *at);
+        arrivals.push_back(Instant::now());
+    }
+
+    /// Clients that connected here within [`MOVING_FOR`].
+    pub fn arrived(&self) -> usize {
+        let mut arrivals = self.arrivals.lock();
+        forget_before(&mut arrivals, |at| *at);
+        arrivals.len()
+    }
+
     /// Clients asked to move within [`MOVING_FOR`].
     pub fn moving(&self) -> usize {
         let mut asked = self.asked.lock();
-        while asked
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() > MOVING_FOR)
-        {
-            asked.pop_front();
-        }
+        forget_before(&mut asked, |(at, _)| *at);
         asked.iter().map(|(_, count)| count).sum()
+    }
+}
+
+/// Drops the entries of `times` older than [`MOVING_FOR`] (oldest first).
+fn forget_before<T>(times: &mut VecDeque<T>, at: impl Fn(&T) -> Instant) {
+    while times.front().is_some_and(|t| at(t).elapsed() > MOVING_FOR) {
+        times.pop_front();
     }
 }
 
@@ -159,7 +185,12 @@ pub fn excess(own: &NodeLoad, loads: &[NodeLoad], giving: bool, config: &Rebalan
     if accepting.len() < 2 {
         return 0;
     }
-    let moving: usize = others.map(|l| l.moving).sum::<usize>() + own.moving;
+    // Those asked to move lately, less those that connected somewhere lately (counted there
+    // already): the clients still on their way, at most.
+    let others: Vec<&NodeLoad> = others.collect();
+    let asked: usize = others.iter().map(|l| l.moving).sum::<usize>() + own.moving;
+    let arrived: usize = others.iter().map(|l| l.arrived).sum::<usize>() + own.arrived;
+    let moving = asked.saturating_sub(arrived);
     let total: usize = accepting.iter().sum::<usize>() + moving;
     let mean = total.div_ceil(accepting.len());
     let over = own.connections.saturating_sub(mean);
@@ -186,6 +217,7 @@ mod tests {
             connections,
             accepting: true,
             moving: 0,
+            arrived: 0,
             at_ms: 1,
         }
     }
@@ -225,6 +257,17 @@ mod tests {
         c.moving = 100;
         let loads = [a.clone(), b, c, load("d", 300)];
         assert_eq!(excess(&a, &loads, true, &config), 50);
+        // 120 of them connected to d already (counted there): 180 still on their way.
+        let mut d = load("d", 420);
+        d.arrived = 120;
+        let loads = [loads[0].clone(), loads[1].clone(), loads[2].clone(), d];
+        assert_eq!(excess(&a, &loads, true, &config), 50);
+        // More arrivals than clients asked to move: none counts as on its way (the mean of the
+        // 2,700 connected is 675).
+        let mut d = load("d", 300);
+        d.arrived = 500;
+        let loads = [loads[0].clone(), loads[1].clone(), loads[2].clone(), d];
+        assert_eq!(excess(&a, &loads, true, &config), 125);
     }
 
     #[test]
@@ -299,6 +342,7 @@ mod tests {
         let mut l = load("a", 42);
         l.accepting = false;
         l.moving = 7;
+        l.arrived = 3;
         assert_eq!(NodeLoad::parse("a".into(), &l.encode()), Some(l));
         assert_eq!(
             NodeLoad::parse("a".into(), "5/9/1").map(|l| l.moving),

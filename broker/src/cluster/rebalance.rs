@@ -67,6 +67,7 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
                 && !broker.evacuation.is_evacuating()
                 && link.health().problem().is_none(),
             moving: rebalancing.moving(),
+            arrived: rebalancing.arrived(),
             at_ms: link.redis_now_ms(),
         };
         let reading = tokio::time::timeout(INTERVAL, share(&link, &mut con, &own)).await;
