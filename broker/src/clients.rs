@@ -71,17 +71,7 @@ impl Broker {
     /// Asks up to `count` connected clients not yet asked to reconnect elsewhere (v5: DISCONNECT
     /// 0x9C), their sessions kept, for an evacuation; returns how many were asked.
     pub fn ask_to_reconnect_elsewhere(&self, count: usize) -> usize {
-        let batch: Vec<_> = self
-            .online_handles()
-            .into_iter()
-            .filter(|(_, handle)| handle.mailbox.signalled().is_none())
-            .take(count)
-            .collect();
-        for (_, handle) in &batch {
-            handle.mailbox.signal(Signal::Evacuate);
-        }
-        self.rebalancing.note_asked(batch.len());
-        batch.len()
+        self.ask_to_move(count, Signal::Evacuate, |_| true)
     }
 
     /// Asks up to `count` clients to reconnect elsewhere to even out the cluster (v5: DISCONNECT
@@ -90,20 +80,31 @@ impl Broker {
     /// returns how many were asked.
     pub fn ask_to_rebalance(&self, count: usize) -> usize {
         let now = crate::client_info::now_unix_ms();
+        self.ask_to_move(count, Signal::Rebalance, |handle| {
+            handle.persistent
+                && handle
+                    .info
+                    .as_ref()
+                    .is_some_and(|info| now.saturating_sub(info.connected_at_ms) >= SETTLED_FOR_MS)
+        })
+    }
+
+    /// Sends `signal` to up to `count` connected clients that `eligible` accepts and nothing
+    /// asked to leave yet, counting them as on their way; returns how many.
+    fn ask_to_move(
+        &self,
+        count: usize,
+        signal: Signal,
+        eligible: impl Fn(&crate::broker::SessionHandle) -> bool,
+    ) -> usize {
         let batch: Vec<_> = self
             .online_handles()
             .into_iter()
-            .filter(|(_, handle)| {
-                handle.persistent
-                    && handle.mailbox.signalled().is_none()
-                    && handle.info.as_ref().is_some_and(|info| {
-                        now.saturating_sub(info.connected_at_ms) >= SETTLED_FOR_MS
-                    })
-            })
+            .filter(|(_, handle)| handle.mailbox.signalled().is_none() && eligible(handle))
             .take(count)
             .collect();
         for (_, handle) in &batch {
-            handle.mailbox.signal(Signal::Rebalance);
+            handle.mailbox.signal(signal);
         }
         self.rebalancing.note_asked(batch.len());
         batch.len()

@@ -114,6 +114,25 @@ async fn cluster_node(server: &RedisServer, node: &str) -> (Arc<Broker>, Arc<Clu
     (broker, link)
 }
 
+/// Registers node X under RUN, as its start or its watcher does, with a return marker at
+/// `returned_ms` when given (one atomic step).
+async fn register_node_x(con: &mut redis::aio::MultiplexedConnection, returned_ms: Option<u64>) {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("SADD")
+        .arg("starling:v1:nodes")
+        .arg("node-x")
+        .cmd("SET")
+        .arg("starling:v1:node:node-x:run")
+        .arg(RUN);
+    if let Some(ms) = returned_ms {
+        pipe.cmd("SET")
+            .arg("starling:v1:node:node-x:returned")
+            .arg(format!("{RUN}/{ms}"));
+    }
+    let _: () = pipe.query_async(con).await.expect("register node x");
+}
+
 /// The value of `key`, if it has one.
 async fn get(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
     redis::cmd("GET")
@@ -161,19 +180,7 @@ async fn an_adoption_removes_a_return_marker_left_from_an_earlier_false_alarm() 
     let mut con = server.client().await;
     let (broker, _link) = cluster_node(&server, "node-a").await;
     // X came back once under RUN (its marker stays while it runs), then departed again.
-    let _: () = redis::pipe()
-        .cmd("SADD")
-        .arg("starling:v1:nodes")
-        .arg("node-x")
-        .cmd("SET")
-        .arg("starling:v1:node:node-x:run")
-        .arg(RUN)
-        .cmd("SET")
-        .arg("starling:v1:node:node-x:returned")
-        .arg(format!("{RUN}/1000"))
-        .query_async(&mut con)
-        .await
-        .expect("node x, back once");
+    register_node_x(&mut con, Some(1000)).await;
     broker
         .adopt_sessions_of("node-x", Some(RUN), Leftovers::Departed)
         .await;
@@ -194,16 +201,7 @@ async fn a_node_back_under_the_same_run_keeps_what_arrived_after_its_return() {
 
     // Node X, registered under RUN, holds two parked sessions: one gets what X's inbox holds
     // from before X's return, the other what arrives after it.
-    let _: () = redis::pipe()
-        .cmd("SADD")
-        .arg("starling:v1:nodes")
-        .arg("node-x")
-        .cmd("SET")
-        .arg("starling:v1:node:node-x:run")
-        .arg(RUN)
-        .query_async(&mut con)
-        .await
-        .expect("register node x");
+    register_node_x(&mut con, None).await;
     let node_x = store("node-x").await.expect("node x's store");
     let claim = SessionClaim {
         expiry_secs: 300,
@@ -252,20 +250,7 @@ async fn a_node_back_under_the_same_run_keeps_what_arrived_after_its_return() {
     // X, running after all, comes back (its watcher registers again with its return marker):
     // from then on its inbox is its own.
     let returned_ms = redis_ms(&mut con).await;
-    let _: () = redis::pipe()
-        .atomic()
-        .cmd("SADD")
-        .arg("starling:v1:nodes")
-        .arg("node-x")
-        .cmd("SET")
-        .arg("starling:v1:node:node-x:run")
-        .arg(RUN)
-        .cmd("SET")
-        .arg("starling:v1:node:node-x:returned")
-        .arg(format!("{RUN}/{returned_ms}"))
-        .query_async(&mut con)
-        .await
-        .expect("node x registers again");
+    register_node_x(&mut con, Some(returned_ms)).await;
 
     // Its inbox holds a message for "before" appended in the millisecond before the return,
     // and one for "after" appended at it (the relay's own entries, given those ids).

@@ -101,6 +101,19 @@ async fn counts(nodes: &[&BrokerNode]) -> Vec<usize> {
     counts
 }
 
+/// How many clients each node asked to move, by its metric.
+async fn asked_to_move(nodes: &[&BrokerNode]) -> Vec<usize> {
+    let mut asked = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let n = node
+            .metric("starling_rebalance_asked_total")
+            .await
+            .expect("rebalance metric");
+        asked.push(n as usize);
+    }
+    asked
+}
+
 /// Whether any node gives connections away now.
 async fn any_giving(nodes: &[&BrokerNode]) -> bool {
     for node in nodes {
@@ -235,14 +248,7 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
         |c| c.iter().sum::<usize>() == CLIENTS && c.iter().all(|&n| n.abs_diff(mean) <= mean / 10),
     )
     .await;
-    let mut asked = Vec::new();
-    for node in &four {
-        asked.push(
-            node.metric("starling_rebalance_asked_total")
-                .await
-                .expect("rebalance metric") as usize,
-        );
-    }
+    let asked = asked_to_move(&four).await;
     println!(
         "scaled from three to four nodes: each within ±10% of {mean} after {took:.1?}: {after:?}; \
          clients asked to move per node: {asked:?}; connection drops seen by clients: {}; \
@@ -292,14 +298,7 @@ async fn a_node_the_balancer_cannot_reach_does_not_drain_the_others() {
         lowest = lowest.min(counts(&four).await.iter().sum());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut asked = Vec::new();
-    for node in &four {
-        asked.push(
-            node.metric("starling_rebalance_asked_total")
-                .await
-                .expect("rebalance metric") as usize,
-        );
-    }
+    let asked = asked_to_move(&four).await;
     let (after, _) = until_counts(
         &four,
         "every client back on the reachable nodes, none giving",
