@@ -20,6 +20,7 @@ pub mod relay;
 mod relayed;
 mod replica;
 pub mod replication;
+pub mod round;
 pub mod sweep;
 pub mod unread;
 mod work_queue;

@@ -11,6 +11,7 @@
 
 use super::load::{excess, NodeLoad};
 use super::relay::ClusterLink;
+use super::round::{Round, Verdict};
 use crate::broker::Broker;
 use redis::aio::MultiplexedConnection;
 use starling_config::RebalanceConfig;
@@ -46,10 +47,10 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut con: Option<MultiplexedConnection> = None;
-    // The cluster's clients (connected and on their way) when this node began giving.
-    let mut giving_from: Option<usize> = None;
+    // The round of giving under way (or waiting for its verdict).
+    let mut round: Option<Round> = None;
     let mut hold_until: Option<Instant> = None;
-    // Rounds of giving in a row whose clients arrived nowhere.
+    // Rounds in a row whose clients arrived nowhere.
     let mut vanished_rounds: u32 = 0;
     loop {
         tick.tick().await;
@@ -81,14 +82,14 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
                 // Without the others' counts nothing is moved.
                 tracing::debug!(error = %e, "rebalance: loads not shared");
                 con = None;
-                giving_from = None;
+                round = None;
                 stop_giving(&broker);
                 continue;
             }
             Err(_) => {
                 tracing::debug!("rebalance: loads not shared in time");
                 con = None;
-                giving_from = None;
+                round = None;
                 stop_giving(&broker);
                 continue;
             }
@@ -96,45 +97,56 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
         let held = hold_until.is_some_and(|until| Instant::now() < until);
         let give = excess(&own, &reading.loads, rebalancing.is_giving(), &config);
         let clients: usize = reading.loads.iter().map(|l| l.connections + l.moving).sum();
-        rebalancing.set_loads(reading.loads);
-        if give == 0 || held || !reading.complete {
-            if give == 0 && !held && giving_from.is_some() {
-                // A round ended with this node holding its share: the clients arrived.
-                vanished_rounds = 0;
+        let now = Instant::now();
+        if held || !reading.complete {
+            round = None;
+            stop_giving(&broker);
+            rebalancing.set_loads(reading.loads);
+            continue;
+        }
+        if let Some(going) = &round {
+            match going.verdict(&reading.loads, clients, give > 0, now, &config) {
+                Verdict::Going => {}
+                Verdict::Arrived => {
+                    vanished_rounds = 0;
+                    round = None;
+                }
+                Verdict::Vanished => {
+                    // The clients asked to go reconnect nowhere, or only to the nodes giving
+                    // (the nodes that should take them are not reachable through the
+                    // balancer): stop before the reachable nodes empty themselves.
+                    let hold_off = HOLD_OFF
+                        .saturating_mul(1 << vanished_rounds.min(5))
+                        .min(HOLD_OFF_MAX);
+                    vanished_rounds += 1;
+                    tracing::warn!(
+                        asked = going.asked(),
+                        hold_off_secs = hold_off.as_secs(),
+                        "rebalancing: the clients asked to move are not arriving at the nodes that should take them; pausing"
+                    );
+                    hold_until = Some(now + hold_off);
+                    round = None;
+                    stop_giving(&broker);
+                    rebalancing.set_loads(reading.loads);
+                    continue;
+                }
             }
-            giving_from = None;
+        }
+        if give == 0 {
+            // A round that ended stays open until its verdict: giving again meanwhile goes on
+            // with it, so clients coming back to this node are not asked again unjudged.
             stop_giving(&broker);
+            rebalancing.set_loads(reading.loads);
             continue;
         }
-        let from = *giving_from.get_or_insert(clients);
-        if clients + vanishing_margin(from, &config) < from {
-            // The clients asked to go are reconnecting nowhere (the nodes that should take them
-            // are not reachable through the balancer): stop before the cluster empties.
-            let hold_off = HOLD_OFF
-                .saturating_mul(1 << vanished_rounds.min(5))
-                .min(HOLD_OFF_MAX);
-            vanished_rounds += 1;
-            tracing::warn!(
-                before = from,
-                now = clients,
-                hold_off_secs = hold_off.as_secs(),
-                "rebalancing: clients asked to move are not arriving at any node; pausing"
-            );
-            hold_until = Some(Instant::now() + hold_off);
-            giving_from = None;
-            stop_giving(&broker);
-            continue;
-        }
+        let going =
+            round.get_or_insert_with(|| Round::begin(&own.node, &reading.loads, clients, now));
+        rebalancing.set_loads(reading.loads);
         start_giving(&broker, give);
         let asked = broker.ask_to_rebalance(give.min(config.rate_per_sec as usize));
+        going.note_asked(asked, now);
         broker.metrics.rebalance_asked.inc_by(asked as u64);
     }
-}
-
-/// How far the cluster's count of clients may fall while a node gives before it counts as
-/// clients vanishing: some are always between two connections.
-fn vanishing_margin(clients: usize, config: &RebalanceConfig) -> usize {
-    (clients * config.tolerance_percent as usize / 100).max(config.min_excess as usize)
 }
 
 /// Gives connections away, refusing new clients meanwhile (the balancer sends them on to the
