@@ -6,12 +6,14 @@
 //!   SIGKILL), paused (SIGSTOP) and started again under its id on the same ports.
 //! - [`Haproxy`]: HAProxy (Debian) in TCP mode, `balance roundrobin`, in front of the nodes.
 //! - [`fault`]: a TCP proxy a test can cut, and a whole cluster for fault tests.
+//! - [`fleet`]: device-like MQTT clients that keep persistent sessions and reconnect.
 //! - [`sentinel`]: a Redis run by Sentinel; [`redis_cluster`]: a Redis Cluster.
 //!
 //! The broker binary is found through `STARLING_BROKER_BIN`, else next to this test's own
 //! executable (`target/<profile>/starling-broker`); `cargo test --workspace` builds it.
 
 pub mod fault;
+pub mod fleet;
 mod process;
 pub mod redis_cluster;
 pub mod sentinel;

@@ -6,11 +6,10 @@
 //! with no session lost (every reconnect finds its session). The time it took is printed. And
 //! when the fourth is out of the balancer's reach, the others must stop giving clients to it.
 
+use e2e::fleet::Fleet;
 use e2e::{BrokerNode, ClusterSettings, Haproxy, RedisServer};
-use rumqttc::v5;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 3_000;
@@ -19,77 +18,6 @@ const CLIENTS: usize = 3_000;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How long the clients may take to connect, and the cluster to even out.
 const WITHIN: Duration = Duration::from_secs(180);
-
-/// What the clients saw, summed.
-#[derive(Default)]
-struct Tally {
-    /// CONNACKs received.
-    connacks: AtomicUsize,
-    /// Reconnects that found no session (a session lost).
-    sessions_lost: AtomicUsize,
-    /// Connections that ended (asked to go, or refused at CONNECT).
-    drops: AtomicUsize,
-}
-
-/// A client that keeps its persistent session connected through `lb`, reconnecting (after a
-/// short, jittered pause, as device clients do) whenever the connection ends.
-fn client(lb: SocketAddr, index: usize, tally: Arc<Tally>) {
-    let id = format!("rebalance-{index}");
-    let host = lb.ip().to_string();
-    let pause = Duration::from_millis(100 + (index as u64 * 37) % 400);
-    if index.is_multiple_of(2) {
-        let mut options = v5::MqttOptions::new(id, host, lb.port());
-        options.set_clean_start(false);
-        options.set_session_expiry_interval(Some(600));
-        options.set_keep_alive(Duration::from_secs(60));
-        let (_client, mut eventloop) = v5::AsyncClient::new(options, 10);
-        tokio::spawn(async move {
-            let _client = _client;
-            let mut connected_once = false;
-            loop {
-                match eventloop.poll().await {
-                    Ok(v5::Event::Incoming(v5::mqttbytes::v5::Packet::ConnAck(ack))) => {
-                        on_connack(&tally, &mut connected_once, ack.session_present)
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        tally.drops.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-            }
-        });
-    } else {
-        let mut options = rumqttc::MqttOptions::new(id, host, lb.port());
-        options.set_clean_session(false);
-        options.set_keep_alive(Duration::from_secs(60));
-        let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
-        tokio::spawn(async move {
-            let _client = _client;
-            let mut connected_once = false;
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
-                        on_connack(&tally, &mut connected_once, ack.session_present)
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        tally.drops.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-            }
-        });
-    }
-}
-
-fn on_connack(tally: &Tally, connected_once: &mut bool, session_present: bool) {
-    tally.connacks.fetch_add(1, Ordering::Relaxed);
-    if *connected_once && !session_present {
-        tally.sessions_lost.fetch_add(1, Ordering::Relaxed);
-    }
-    *connected_once = true;
-}
 
 /// Each node's connection count, as its metrics say.
 async fn counts(nodes: &[&BrokerNode]) -> Vec<usize> {
@@ -112,6 +40,17 @@ async fn asked_to_move(nodes: &[&BrokerNode]) -> Vec<usize> {
         asked.push(n as usize);
     }
     asked
+}
+
+/// How many clients each node asked to move since `before` (their counts then; a node that
+/// was not there yet counts from 0): asks while the fleet connected (the nodes even out its
+/// waves) are not the ones measured.
+async fn asked_since(nodes: &[&BrokerNode], before: &[usize]) -> Vec<usize> {
+    let now = asked_to_move(nodes).await;
+    now.iter()
+        .enumerate()
+        .map(|(i, n)| n - before.get(i).copied().unwrap_or(0))
+        .collect()
 }
 
 /// Whether any node gives connections away now.
@@ -204,11 +143,11 @@ async fn three_nodes(
 
 /// [`CLIENTS`] clients connecting through `lb` in waves, as a fleet does; returns once every
 /// one is connected to one of `nodes`.
-async fn fleet(lb: &Haproxy, nodes: &[BrokerNode]) -> Arc<Tally> {
-    let tally = Arc::new(Tally::default());
+async fn fleet(lb: &Haproxy, nodes: &[BrokerNode]) -> Fleet {
+    let mut fleet = Fleet::new(lb.addr, "rebalance");
     let connecting = Instant::now();
     for i in 0..CLIENTS {
-        client(lb.addr, i, tally.clone());
+        fleet.add();
         if (i + 1).is_multiple_of(100) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -222,7 +161,7 @@ async fn fleet(lb: &Haproxy, nodes: &[BrokerNode]) -> Arc<Tally> {
         "connected {CLIENTS} clients over three nodes in {:.1?}: {before:?}",
         connecting.elapsed()
     );
-    tally
+    fleet
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,8 +169,11 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().await.expect("redis starts");
     let (mut nodes, fourth, lb) = three_nodes(&redis, true).await;
-    let tally = fleet(&lb, &nodes).await;
-
+    let fleet = fleet(&lb, &nodes).await;
+    let tally = &fleet.tally;
+    let three: Vec<&BrokerNode> = nodes.iter().collect();
+    let before = asked_to_move(&three).await;
+    println!("asked to move while the fleet connected: {before:?}");
     nodes.push(
         BrokerNode::start_clustered("node-3", &fourth)
             .await
@@ -248,7 +190,7 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
         |c| c.iter().sum::<usize>() == CLIENTS && c.iter().all(|&n| n.abs_diff(mean) <= mean / 10),
     )
     .await;
-    let asked = asked_to_move(&four).await;
+    let asked = asked_since(&four, &before).await;
     println!(
         "scaled from three to four nodes: each within ±10% of {mean} after {took:.1?}: {after:?}; \
          clients asked to move per node: {asked:?}; connection drops seen by clients: {}; \
@@ -282,7 +224,11 @@ async fn a_node_the_balancer_cannot_reach_does_not_drain_the_others() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().await.expect("redis starts");
     let (mut nodes, fourth, lb) = three_nodes(&redis, false).await;
-    let tally = fleet(&lb, &nodes).await;
+    let fleet = fleet(&lb, &nodes).await;
+    let tally = &fleet.tally;
+    let three: Vec<&BrokerNode> = nodes.iter().collect();
+    let before = asked_to_move(&three).await;
+    println!("asked to move while the fleet connected: {before:?}");
     nodes.push(
         BrokerNode::start_clustered("node-3", &fourth)
             .await
@@ -298,7 +244,7 @@ async fn a_node_the_balancer_cannot_reach_does_not_drain_the_others() {
         lowest = lowest.min(counts(&four).await.iter().sum());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let asked = asked_to_move(&four).await;
+    let asked = asked_since(&four, &before).await;
     let (after, _) = until_counts(
         &four,
         "every client back on the reachable nodes, none giving",
