@@ -45,10 +45,11 @@
 mod stream;
 
 use anyhow::{bail, ensure, Context, Result};
+use e2e::fleet::Fleet;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use starling_operator::crd::MqttCluster;
 use starling_operator::resources::CONFIG_HASH_ANNOTATION;
@@ -238,6 +239,13 @@ impl Kube {
     /// A QoS 1 stream whose clients log in as the user the operator generated for the minimal
     /// example (Secret `NAME-users`): the example refuses anonymous clients.
     async fn stream(&self, version: Version, prefix: &str, subscribers: usize) -> Result<Stream> {
+        let (username, password) = self.credentials().await?;
+        Ok(Stream::new(version, prefix, subscribers, RATE).with_credentials(&username, &password))
+    }
+
+    /// The user name and password the operator generated for the minimal example (Secret
+    /// `NAME-users`).
+    async fn credentials(&self) -> Result<(String, String)> {
         let secret = Api::<Secret>::namespaced(self.client.clone(), self.ns)
             .get(&format!("{}-users", self.name))
             .await
@@ -250,8 +258,7 @@ impl Kube {
                 .with_context(|| format!("the generated user's Secret has no `{key}`"))?;
             String::from_utf8(bytes.0.clone()).with_context(|| format!("`{key}` is not UTF-8"))
         };
-        Ok(Stream::new(version, prefix, subscribers, RATE)
-            .with_credentials(&field("username")?, &field("password")?))
+        Ok((field("username")?, field("password")?))
     }
 
     /// The label selector of the cluster's pods of one component (broker, redis).
@@ -372,6 +379,161 @@ impl Kube {
             .context("node IP")?;
         Ok(SocketAddr::new(ip, u16::try_from(node_port)?))
     }
+}
+
+/// The operator's autoscaling on connections, driven by opening and closing them: with
+/// `spec.autoscaling` (3 to 4 brokers, 300 connections each), 1,000 device-like clients with
+/// persistent sessions connect through the NodePort; the operator must scale to 4, the new pod
+/// must fill up by rebalancing (every pod within 50 of the mean, no session lost), and once the
+/// clients are gone it must scale back to 3. `spec.autoscaling` is removed at the end.
+async fn autoscaling_on_connections(
+    kube: &Kube,
+    record: &mut Record,
+    outside: SocketAddr,
+) -> Result<()> {
+    const CLIENTS: usize = 1_000;
+    const TARGET: usize = 300;
+    let api: Api<MqttCluster> = Api::namespaced(kube.client.clone(), NS);
+    let autoscaling = serde_json::json!({"spec": {"autoscaling": {
+        "minReplicas": 3,
+        "maxReplicas": 4,
+        "targetConnectionsPerBroker": TARGET,
+        "scaleDownStabilizationSeconds": 0,
+    }}});
+    api.patch(
+        CLUSTER,
+        &PatchParams::default(),
+        &Patch::Merge(&autoscaling),
+    )
+    .await
+    .context("setting spec.autoscaling")?;
+    let condition = |mqc: &MqttCluster| {
+        mqc.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Autoscaling"))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    poll(
+        READY_WITHIN,
+        "Autoscaling AtTarget with no clients",
+        || async {
+            let mqc = api.get(CLUSTER).await?;
+            let autoscaling = condition(&mqc);
+            ensure!(
+                autoscaling
+                    .as_ref()
+                    .is_some_and(|(s, r, _)| s == "True" && r == "AtTarget"),
+                "Autoscaling condition: {autoscaling:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+
+    let (username, password) = kube.credentials().await?;
+    let mut fleet = Fleet::new(outside, "k8s-autoscale").with_credentials(&username, &password);
+    let t = Instant::now();
+    for i in 0..CLIENTS {
+        fleet.add();
+        if (i + 1) % 100 == 0 {
+            // Waves, as a fleet connects: the workload's pace, not a wait for an event.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    poll(READY_WITHIN, "the autoscaling fleet connected", || async {
+        let connected = fleet.tally.connected_once();
+        ensure!(connected == CLIENTS, "{connected} of {CLIENTS} connected");
+        Ok(())
+    })
+    .await?;
+    record.figure(
+        &format!("autoscaling: {CLIENTS} clients connected through the NodePort"),
+        secs(t.elapsed()),
+    );
+    let t = Instant::now();
+    let scaled = poll(READY_WITHIN, "the operator scaling to 4", || async {
+        let mqc = api.get(CLUSTER).await?;
+        ensure!(
+            mqc.spec.replicas == 4,
+            "spec.replicas {}; Autoscaling {:?}",
+            mqc.spec.replicas,
+            condition(&mqc)
+        );
+        Ok(mqc)
+    })
+    .await?;
+    let counted = scaled
+        .status
+        .as_ref()
+        .and_then(|s| s.autoscaling.as_ref())
+        .and_then(|a| a.connections);
+    record.figure(
+        &format!(
+            "autoscaling 3→4 at {CLIENTS} connections (target {TARGET} per broker): spec.replicas set"
+        ),
+        format!("{} (connections counted: {counted:?})", secs(t.elapsed())),
+    );
+    kube.wait_settled(4).await?;
+    record.figure("autoscaling 3→4: pods Ready, 4 members", secs(t.elapsed()));
+
+    // The new pod fills up by rebalancing (tolerance: the brokers' min_excess, 50).
+    let t = Instant::now();
+    let spread = poll(READY_WITHIN, "every pod within 50 of the mean", || async {
+        let mut counts = Vec::new();
+        for pod in kube.brokers().await? {
+            counts.push(metric(pod_ip(&pod)?, "starling_connections").await? as usize);
+        }
+        let total: usize = counts.iter().sum();
+        let mean = CLIENTS / 4;
+        ensure!(
+            total == CLIENTS && counts.iter().all(|c| c.abs_diff(mean) <= 50),
+            "connections per pod {counts:?}"
+        );
+        Ok(counts)
+    })
+    .await?;
+    record.figure(
+        "autoscaling 3→4: rebalanced, connections per pod",
+        format!("{spread:?} after {}", secs(t.elapsed())),
+    );
+    let lost = fleet.tally.sessions_lost();
+    if lost > 0 {
+        record.problem(format!(
+            "autoscaling and rebalancing: {lost} reconnects found no session"
+        ));
+    }
+
+    // The clients go: back to the minimum.
+    drop(fleet);
+    let t = Instant::now();
+    poll(READY_WITHIN, "the operator scaling back to 3", || async {
+        let mqc = api.get(CLUSTER).await?;
+        ensure!(
+            mqc.spec.replicas == 3,
+            "spec.replicas {}; Autoscaling {:?}",
+            mqc.spec.replicas,
+            condition(&mqc)
+        );
+        Ok(())
+    })
+    .await?;
+    kube.wait_settled(3).await?;
+    record.figure(
+        "autoscaling 4→3 once the clients left: pods gone, 3 members",
+        secs(t.elapsed()),
+    );
+
+    let off = serde_json::json!({"spec": {"autoscaling": null}});
+    api.patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .context("removing spec.autoscaling")?;
+    poll(READY_WITHIN, "the Autoscaling condition gone", || async {
+        let mqc = api.get(CLUSTER).await?;
+        ensure!(condition(&mqc).is_none(), "still {:?}", condition(&mqc));
+        Ok(())
+    })
+    .await?;
+    Ok(())
 }
 
 /// Per pod (by IP): how many of the stream's subscriptions it holds and how many remote filters
@@ -1297,6 +1459,7 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     hpas.delete(CLUSTER, &DeleteParams::default())
         .await
         .context("deleting the HorizontalPodAutoscaler")?;
+    autoscaling_on_connections(kube, record, outside).await?;
 
     // A broker pod deleted under a stream.
     stream_through_fault(

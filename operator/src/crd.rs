@@ -11,6 +11,7 @@
 //! rendering and what the sections share.
 
 mod auth;
+mod autoscaling;
 mod broker;
 mod gossip;
 mod image;
@@ -22,6 +23,7 @@ mod redis;
 mod service;
 
 pub use self::auth::AuthSpec;
+pub use self::autoscaling::{AutoscalingSpec, AutoscalingStatus};
 pub use self::broker::{BrokerSettings, LogFormat};
 pub use self::gossip::GossipSpec;
 pub use self::image::{ImageSpec, PullPolicy, DEFAULT_IMAGE_REPOSITORY};
@@ -158,6 +160,9 @@ pub struct MqttClusterSpec {
     /// NetworkPolicies for the brokers and the managed Redis (on by default).
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Autoscaling on connections: the operator sets `replicas` from the brokers' counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -180,6 +185,7 @@ impl Default for MqttClusterSpec {
             pod_disruption_budget: PodDisruptionBudgetSpec::default(),
             monitoring: MonitoringSpec::default(),
             network_policy: NetworkPolicySpec::default(),
+            autoscaling: None,
         }
     }
 }
@@ -276,7 +282,12 @@ pub struct MqttClusterStatus {
     // Always serialized (`null` once the address is known), as `endpoint`.
     #[serde(default)]
     pub endpoint_hint: Option<String>,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// What the autoscaler wants and saw (with `spec.autoscaling`).
+    // Always serialized (`null` without autoscaling), as `endpoint`.
+    #[serde(default)]
+    pub autoscaling: Option<AutoscalingStatus>,
+    /// `Ready`, `Progressing`, `Degraded`, `GossipEncrypted` and, with `spec.autoscaling`,
+    /// `Autoscaling`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -3,6 +3,7 @@
 //! Every child object is built by a pure function of the cluster (see [`resources`]), so what
 //! the operator applies is unit-tested without an API server; [`reconcile`] only applies them.
 
+pub mod autoscale;
 pub mod crd;
 pub mod error;
 pub mod events;

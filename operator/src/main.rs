@@ -180,7 +180,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let namespace = args.namespace.as_deref();
     check_crd(&client, namespace).await?;
     let instance = lease.as_ref().map(|l| l.identity.clone()).or(pod_name);
-    let ctx = Arc::new(Context::new(client.clone(), instance, metrics.clone()));
+    let ctx = Arc::new(
+        Context::new(client.clone(), instance, metrics.clone())
+            .with_operator_namespace(args.lease_namespace.clone()),
+    );
 
     let Some(lease) = lease else {
         metrics.leader.set(1);

@@ -6,6 +6,7 @@
 //! a scripted fake API server and check every request: order, server-side apply parameters and
 //! bodies, deletions, the status patch and the returned action.
 
+use crate::autoscale::Recommendations;
 use crate::crd::{MqttCluster, RedisMode};
 use crate::events;
 use crate::metrics::Metrics;
@@ -27,6 +28,7 @@ use secrets::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counts reconciles and their duration.
     pub metrics: Arc<Metrics>,
+    /// The autoscaler's recent recommendations, per cluster (see [`autoscaling`]).
+    pub autoscaler: std::sync::Mutex<HashMap<String, Recommendations>>,
+    /// The namespace of the operator's own pod, when it runs in the cluster.
+    pub operator_namespace: Option<String>,
 }
 
 impl Context {
@@ -48,7 +54,15 @@ impl Context {
             recorder: events::recorder(client.clone(), instance),
             client,
             metrics,
+            autoscaler: Default::default(),
+            operator_namespace: None,
         }
+    }
+
+    /// The same context, for an operator whose pod runs in `namespace`.
+    pub fn with_operator_namespace(mut self, namespace: Option<String>) -> Self {
+        self.operator_namespace = namespace;
+        self
     }
 }
 
@@ -63,6 +77,8 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch"],
     ),
     ("mqtt.starling.dev", "mqttclusters/status", &["patch"]),
+    // The autoscaler sets `spec.replicas` through the scale subresource.
+    ("mqtt.starling.dev", "mqttclusters/scale", &["patch"]),
     // Children carry a controller reference with blockOwnerDeletion, which API servers with
     // the OwnerReferencesPermissionEnforcement admission plugin only allow with this.
     ("mqtt.starling.dev", "mqttclusters/finalizers", &["update"]),
@@ -107,6 +123,8 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("", "secrets", &["get", "list", "watch", "create", "patch"]),
     // The cluster's pods, read for the status: why a pod cannot run.
     ("", "pods", &["list"]),
+    // The autoscaler does not compete with a HorizontalPodAutoscaler on the same cluster.
+    ("autoscaling", "horizontalpodautoscalers", &["list"]),
     (
         "monitoring.coreos.com",
         "servicemonitors",
@@ -366,7 +384,7 @@ pub async fn reconcile(object: Arc<MqttCluster>, ctx: Arc<Context>) -> Result<Ac
 
 async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
-    let cluster = Cluster::new(object)?;
+    let cluster = Cluster::new(object)?.with_operator_namespace(ctx.operator_namespace.clone());
     let settled = match settle_gossip_key(client, cluster.clone()).await {
         Ok(settled) => with_restart_secrets_hash(client, settled).await,
         Err(e) => Err(e),
@@ -406,6 +424,16 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         .list(&ListParams::default().labels(&cluster.pods_selector()))
         .await?
         .items;
+    let autoscaled = match (&cluster.spec().autoscaling, &outcome) {
+        (Some(spec), ReconcileOutcome::Applied) => {
+            Some(autoscaling::autoscale(ctx, &cluster, spec, &pods).await?)
+        }
+        (Some(_), _) => None,
+        (None, _) => {
+            autoscaling::forget(ctx, &cluster);
+            None
+        }
+    };
     let observed = Observed {
         stateful_set: stateful_set.as_ref(),
         redis_deployment: redis_deployment.as_ref(),
@@ -413,6 +441,7 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         client_service: client_service.as_ref(),
         pods: &pods,
         outcome: &outcome,
+        autoscaled: autoscaled.as_ref(),
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(&cluster, &observed, object.status.as_ref(), &now);
@@ -467,6 +496,8 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
     Ok(match outcome {
         // Nothing changes until the spec does.
         ReconcileOutcome::InvalidSpec(_) => Action::await_change(),
+        // The autoscaler counts connections at the poll interval.
+        _ if cluster.spec().autoscaling.is_some() => Action::requeue(POLL),
         _ if new_status
             .conditions
             .iter()
@@ -494,6 +525,7 @@ pub fn managed_by_selector() -> String {
     format!("app.kubernetes.io/managed-by={FIELD_MANAGER}")
 }
 
+pub mod autoscaling;
 mod secrets;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,8 @@
 //!   Redis or brokers down while nothing is rolling out).
 //! - `GossipEncrypted`: whether the brokers' gossip is encrypted, and with which key (`False`
 //!   when turned off, or for brokers that ran before the operator generated keys).
+//! - `Autoscaling` (with `spec.autoscaling`): what the autoscaler wants and why (`False` when
+//!   a broker gave no count or an external HorizontalPodAutoscaler targets the cluster).
 
 mod endpoint;
 pub mod pods;
@@ -20,6 +22,7 @@ pub mod pods;
 pub use self::endpoint::{endpoint, endpoint_hint};
 
 use crate::crd::MqttClusterStatus;
+use crate::reconcile::autoscaling::Autoscaled;
 use crate::resources::gossip::GossipKey;
 use crate::resources::{Cluster, COMPONENT_BROKER};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -34,6 +37,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// Condition type: the brokers' gossip is encrypted.
 pub const GOSSIP_ENCRYPTED: &str = "GossipEncrypted";
+/// Condition type: the operator sizes the cluster from its connections (`spec.autoscaling`).
+pub const AUTOSCALING: &str = "Autoscaling";
 
 /// What went wrong in the last reconcile, if anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +66,8 @@ pub struct Observed<'a> {
     pub pods: &'a [Pod],
     /// The last reconcile's outcome.
     pub outcome: &'a ReconcileOutcome,
+    /// What the autoscaler did (with `spec.autoscaling`, after a successful apply).
+    pub autoscaled: Option<&'a Autoscaled>,
 }
 
 /// The managed Redis' state.
@@ -362,8 +369,12 @@ pub fn compute(
         }
     };
 
+    let autoscaling = observed
+        .autoscaled
+        .map(|a| condition(AUTOSCALING, a.active, &a.reason, a.message.clone()));
     let conditions = [ready, progressing, degraded, gossip_encrypted(cluster)]
         .into_iter()
+        .chain(autoscaling)
         .map(|mut c| {
             c.observed_generation = generation;
             let earlier = previous
@@ -385,6 +396,7 @@ pub fn compute(
         selector: Some(cluster.selector_string(COMPONENT_BROKER)),
         endpoint: endpoint(cluster, observed.client_service),
         endpoint_hint: endpoint_hint(cluster, observed.client_service),
+        autoscaling: observed.autoscaled.map(|a| a.status.clone()),
         conditions,
     }
 }

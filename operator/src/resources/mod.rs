@@ -28,6 +28,8 @@ use std::collections::BTreeMap;
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "starling-operator";
+/// The `app.kubernetes.io/name` label of the operator's own pods (chart and `deploy/`).
+pub const OPERATOR_APP_NAME: &str = "starling-operator";
 /// `app.kubernetes.io/name` of everything the operator creates.
 pub const APP_NAME: &str = "starling";
 /// Pod-template annotation holding the hash of the rendered broker configuration.
@@ -50,6 +52,7 @@ pub struct Cluster<'a> {
     owner: OwnerReference,
     gossip_key: gossip::GossipKey,
     restart_secrets_hash: Option<String>,
+    operator_namespace: Option<String>,
 }
 
 impl<'a> Cluster<'a> {
@@ -75,6 +78,7 @@ impl<'a> Cluster<'a> {
             owner,
             gossip_key: gossip::GossipKey::from_spec(&object.spec),
             restart_secrets_hash: None,
+            operator_namespace: None,
         })
     }
 
@@ -87,6 +91,18 @@ impl<'a> Cluster<'a> {
     /// ([`references::read_at_start`]), once the reconciler has read them.
     pub fn restart_secrets_hash(&self) -> Option<&str> {
         self.restart_secrets_hash.as_deref()
+    }
+
+    /// The same cluster, its brokers to be reached by the operator from pods in `namespace`.
+    pub fn with_operator_namespace(mut self, namespace: Option<String>) -> Self {
+        self.operator_namespace = namespace;
+        self
+    }
+
+    /// The namespace the operator's own pods run in, when it runs in the cluster (the
+    /// autoscaler's requests to the brokers' admin port come from there).
+    pub fn operator_namespace(&self) -> Option<&str> {
+        self.operator_namespace.as_deref()
     }
 
     /// This cluster with the hash of the Secret values its brokers read only at start: a

@@ -2,7 +2,7 @@
 //! gossip only from the cluster's brokers, the admin port from `adminFrom` and the brokers) and
 //! one for the managed Redis (only from the cluster's brokers).
 
-use super::{redis::REDIS_PORT, Cluster, COMPONENT_BROKER, COMPONENT_REDIS};
+use super::{redis::REDIS_PORT, Cluster, COMPONENT_BROKER, COMPONENT_REDIS, OPERATOR_APP_NAME};
 use crate::crd::{RedisMode, ADMIN_ACCESS_LABEL};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -40,6 +40,21 @@ fn admin_namespaces() -> NetworkPolicyPeer {
         }),
         ..NetworkPolicyPeer::default()
     }
+}
+
+/// The operator's own pods, when it runs in the cluster: its autoscaler asks every broker for
+/// its count on the admin port.
+fn operator(cluster: &Cluster<'_>) -> Option<NetworkPolicyPeer> {
+    let namespace = cluster.operator_namespace()?;
+    let labels = |key: &str, value: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+        ..LabelSelector::default()
+    };
+    Some(NetworkPolicyPeer {
+        namespace_selector: Some(labels("kubernetes.io/metadata.name", namespace)),
+        pod_selector: Some(labels("app.kubernetes.io/name", OPERATOR_APP_NAME)),
+        ..NetworkPolicyPeer::default()
+    })
 }
 
 fn ingress_only(
@@ -81,6 +96,9 @@ pub fn broker_policy(cluster: &Cluster<'_>) -> Option<NetworkPolicy> {
     match &policy.admin_from {
         Some(peers) => admin_from.extend(peers.iter().cloned()),
         None => admin_from.push(admin_namespaces()),
+    }
+    if spec.autoscaling.is_some() {
+        admin_from.extend(operator(cluster));
     }
     let mut ingress = Vec::new();
     if !client_ports.is_empty() {
@@ -185,6 +203,45 @@ mod tests {
             "admin"
         );
         assert_eq!(ports(&rules[2]), vec![(9090, "TCP".into())]);
+    }
+
+    #[test]
+    fn an_autoscaled_cluster_admits_the_operators_pods_to_the_admin_port() {
+        let object =
+            cluster_from_yaml("autoscaling: {maxReplicas: 5, targetConnectionsPerBroker: 1000}");
+        let c = Cluster::new(&object)
+            .expect("cluster")
+            .with_operator_namespace(Some("starling-system".into()));
+        let rules = rules(&broker_policy(&c).expect("policy"));
+        let admin = rules[2].from.as_ref().expect("admin");
+        assert_eq!(admin.len(), 3, "{admin:?}");
+        let operator = &admin[2];
+        let labels = |selector: &Option<LabelSelector>| {
+            selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .expect("labels")
+        };
+        assert_eq!(
+            labels(&operator.namespace_selector)["kubernetes.io/metadata.name"],
+            "starling-system"
+        );
+        assert_eq!(
+            labels(&operator.pod_selector)["app.kubernetes.io/name"],
+            "starling-operator"
+        );
+        // Without autoscaling, or with an operator outside the cluster: not admitted.
+        let plain = cluster_from_yaml("{}");
+        let c = Cluster::new(&plain)
+            .expect("cluster")
+            .with_operator_namespace(Some("starling-system".into()));
+        assert_eq!(rules_of(&c)[2].from.as_ref().map(Vec::len), Some(2));
+        let c = Cluster::new(&object).expect("cluster");
+        assert_eq!(rules_of(&c)[2].from.as_ref().map(Vec::len), Some(2));
+    }
+
+    fn rules_of(c: &Cluster<'_>) -> Vec<NetworkPolicyIngressRule> {
+        rules(&broker_policy(c).expect("policy"))
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn observed<'a>(
         client_service: None,
         pods: &[],
         outcome,
+        autoscaled: None,
     }
 }
 

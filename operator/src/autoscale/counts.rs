@@ -1,0 +1,130 @@
+//! The brokers' connection counts for the autoscaler: each broker pod the cluster should have
+//! is asked through its admin API (`GET /api/v1/node`, with the admin token the operator
+//! made), concurrently, each answer within a bound.
+
+use super::Counts;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// How long one broker may take to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+/// The largest answer read (the node view is a few hundred bytes).
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The part of `GET /api/v1/node` the autoscaler reads.
+#[derive(Deserialize)]
+struct NodeView {
+    connections: i64,
+}
+
+/// Why one broker gave no count.
+#[derive(Debug, thiserror::Error)]
+enum Unanswered {
+    #[error("no such pod")]
+    Absent,
+    #[error("not ready")]
+    NotReady,
+    #[error("no pod IP")]
+    NoAddress,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Request(String),
+    #[error("answered {0}")]
+    Status(u16),
+    #[error("answer not understood: {0}")]
+    Body(String),
+}
+
+/// Asks the `replicas` broker pods named `<stateful_set>-<i>` among `pods` for their
+/// connections.
+pub async fn read(
+    stateful_set: &str,
+    replicas: i32,
+    pods: &[Pod],
+    admin_port: u16,
+    token: &str,
+) -> Counts {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let asks = (0..replicas.max(0)).map(|i| {
+        let name = format!("{stateful_set}-{i}");
+        let pod = pods
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name.as_str()));
+        let client = client.clone();
+        async move {
+            let answer = ask(&client, pod, admin_port, token).await;
+            (name, answer)
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let mut total = 0;
+    let mut missing = Vec::new();
+    for (name, answer) in answers {
+        match answer {
+            Ok(connections) => total += connections,
+            Err(why) => {
+                tracing::debug!(pod = %name, %why, "autoscaling: no connection count");
+                missing.push(format!("{name} ({why})"));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Counts::Complete(total)
+    } else {
+        Counts::Missing(missing)
+    }
+}
+
+async fn ask<C>(
+    client: &Client<C, Empty<Bytes>>,
+    pod: Option<&Pod>,
+    admin_port: u16,
+    token: &str,
+) -> Result<i64, Unanswered>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let pod = pod.ok_or(Unanswered::Absent)?;
+    if !crate::status::pods::is_ready(pod) {
+        return Err(Unanswered::NotReady);
+    }
+    let ip: IpAddr = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or(Unanswered::NoAddress)?;
+    let uri = format!("http://{}/api/v1/node", SocketAddr::new(ip, admin_port));
+    let request = http::Request::get(uri)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::new())
+        .map_err(|e| Unanswered::Request(e.to_string()))?;
+    let answer = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| Unanswered::Request(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Unanswered::Status(status.as_u16()));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| Unanswered::Body(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice::<NodeView>(&body)
+            .map(|view| view.connections)
+            .map_err(|e| Unanswered::Body(e.to_string()))
+    };
+    tokio::time::timeout(ANSWER_WITHIN, answer)
+        .await
+        .map_err(|_| Unanswered::Timeout(ANSWER_WITHIN))?
+}

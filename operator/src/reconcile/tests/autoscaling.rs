@@ -1,0 +1,237 @@
+//! The autoscaler inside a reconcile: brokers that answer on real loopback sockets, the API
+//! server scripted.
+
+use super::*;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+const SCALE_PATH: &str = "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttclusters/demo/scale";
+const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/iot/horizontalpodautoscalers";
+const TOKEN: &str = "t0ken";
+
+/// Admin API stand-ins answering `GET /api/v1/node` with `counts[i]` connections on
+/// 127.0.0.(11 + i), all on one port (as broker pods share the admin port); the port.
+async fn brokers_answering(counts: &[i64]) -> u16 {
+    let mut port = 0;
+    for (i, count) in counts.iter().enumerate() {
+        let ip = format!("127.0.0.{}", 11 + i);
+        let listener = TcpListener::bind((ip.as_str(), port))
+            .await
+            .expect("bind a loopback address");
+        port = listener.local_addr().expect("address").port();
+        let app = Router::new()
+            .route("/api/v1/node", get(node))
+            .with_state(*count);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    port
+}
+
+async fn node(State(count): State<i64>, headers: HeaderMap) -> Result<String, StatusCode> {
+    let authorized = headers
+        .get("authorization")
+        .is_some_and(|v| v == format!("Bearer {TOKEN}").as_str());
+    if !authorized {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    Ok(json!({"node_id": "x", "connections": count, "version": "0"}).to_string())
+}
+
+/// A ready broker pod `demo-<i>` at 127.0.0.(11 + i).
+fn broker_pod(i: usize) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("demo-{i}"), "namespace": "iot"},
+        "status": {
+            "phase": "Running",
+            "podIP": format!("127.0.0.{}", 11 + i),
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+}
+
+fn autoscaled_cluster(admin_port: u16) -> MqttCluster {
+    cluster_from_yaml(&format!(
+        "replicas: 3\n\
+         broker: {{adminPort: {admin_port}}}\n\
+         autoscaling: {{minReplicas: 2, maxReplicas: 6, targetConnectionsPerBroker: 100, \
+         scaleDownStabilizationSeconds: 0}}\n"
+    ))
+}
+
+/// Answers everything a reconcile of a ready cluster reads before the autoscaler, the pod
+/// list holding `pods`.
+async fn expect_ready_cluster(api: &mut FakeApiServer, pods: Vec<Value>) {
+    expect_existing_gossip_key(api).await;
+    expect_existing_managed_redis(api).await;
+    let set = expect_broker_children_applied(api).await;
+    expect_service_monitor_discovery(api, false).await;
+    api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+        .await
+        .respond_with(stateful_set_with_status(&set, 3));
+    api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
+        .await
+        .respond_with(redis_available());
+    api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+        .await
+        .respond_with(load_balancer("203.0.113.7"));
+    expect_pods(api, pods).await;
+}
+
+async fn expect_hpas(api: &mut FakeApiServer, items: Vec<Value>) {
+    api.expect(Method::GET, HPA_PATH).await.respond_with(json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscalerList",
+        "metadata": {"resourceVersion": "3"},
+        "items": items,
+    }));
+}
+
+async fn expect_admin_token(api: &mut FakeApiServer) {
+    let mut secret = existing("v1", "Secret", "demo-admin", true);
+    secret["data"] = json!({"token": "dDBrZW4="});
+    api.expect(Method::GET, &format!("{NS_API}/secrets/demo-admin"))
+        .await
+        .respond_with(secret);
+}
+
+#[tokio::test]
+async fn brokers_holding_more_than_the_target_are_scaled_up_through_the_scale_subresource() {
+    // 450 connections at 100 per broker: 5 brokers.
+    let port = brokers_answering(&[140, 150, 160]).await;
+    let result = run(autoscaled_cluster(port), |mut api| async move {
+        expect_ready_cluster(&mut api, (0..3).map(broker_pod).collect()).await;
+        expect_hpas(&mut api, vec![]).await;
+        expect_admin_token(&mut api).await;
+        let call = api.expect(Method::PATCH, SCALE_PATH).await;
+        assert_eq!(
+            call.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(call.body, json!({"spec": {"replicas": 5}}));
+        call.respond_with(json!({
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": "demo", "namespace": "iot"},
+            "spec": {"replicas": 5},
+        }));
+        let event = expect_event(&mut api, "Normal", "Autoscaled").await;
+        let note = event["note"].as_str().expect("note");
+        assert!(note.starts_with("3 → 5 brokers"), "{note}");
+        let status = expect_status_patch(&mut api).await;
+        let autoscaling = condition(&status, "Autoscaling");
+        assert_eq!(
+            (autoscaling.status.as_str(), autoscaling.reason.as_str()),
+            ("True", "ScaleUp")
+        );
+        let recorded = status.autoscaling.expect("status.autoscaling");
+        assert_eq!(recorded.desired_replicas, 5);
+        assert_eq!(recorded.connections, Some(450));
+        assert!(recorded.last_scale_time.is_some());
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
+}
+
+#[tokio::test]
+async fn a_broker_without_a_count_holds_the_size_and_is_named_in_the_condition() {
+    // Two brokers answer (20 connections would allow the minimum, 2); demo-2 is not ready.
+    let port = brokers_answering(&[10, 10]).await;
+    let mut unready = broker_pod(2);
+    unready["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    let pods = vec![broker_pod(0), broker_pod(1), unready];
+    let result = run(autoscaled_cluster(port), |mut api| async move {
+        expect_ready_cluster(&mut api, pods).await;
+        expect_hpas(&mut api, vec![]).await;
+        expect_admin_token(&mut api).await;
+        // No scale patch, no Autoscaled Event.
+        let status = expect_status_patch(&mut api).await;
+        let autoscaling = condition(&status, "Autoscaling");
+        assert_eq!(
+            (autoscaling.status.as_str(), autoscaling.reason.as_str()),
+            ("False", "CountsUnavailable")
+        );
+        assert!(
+            autoscaling.message.contains("demo-2 (not ready)"),
+            "{}",
+            autoscaling.message
+        );
+        let recorded = status.autoscaling.expect("status.autoscaling");
+        assert_eq!((recorded.desired_replicas, recorded.connections), (3, None));
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
+}
+
+#[tokio::test]
+async fn a_wrong_token_counts_as_no_answer() {
+    let port = brokers_answering(&[500, 500, 500]).await;
+    let result = run(autoscaled_cluster(port), |mut api| async move {
+        expect_ready_cluster(&mut api, (0..3).map(broker_pod).collect()).await;
+        expect_hpas(&mut api, vec![]).await;
+        let mut secret = existing("v1", "Secret", "demo-admin", true);
+        secret["data"] = json!({"token": "d3Jvbmc="});
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-admin"))
+            .await
+            .respond_with(secret);
+        let status = expect_status_patch(&mut api).await;
+        let autoscaling = condition(&status, "Autoscaling");
+        assert_eq!(autoscaling.reason, "CountsUnavailable");
+        assert!(
+            autoscaling.message.contains("demo-0 (answered 401)"),
+            "{}",
+            autoscaling.message
+        );
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
+}
+
+#[tokio::test]
+async fn an_external_autoscaler_on_the_same_cluster_stops_the_operator_scaling() {
+    let port = brokers_answering(&[500, 500, 500]).await;
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "demo-cpu", "namespace": "iot"},
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "mqtt.starling.dev/v1alpha1",
+                "kind": "MqttCluster",
+                "name": "demo",
+            },
+            "minReplicas": 1,
+            "maxReplicas": 9,
+        },
+    });
+    let result = run(autoscaled_cluster(port), |mut api| async move {
+        expect_ready_cluster(&mut api, (0..3).map(broker_pod).collect()).await;
+        expect_hpas(&mut api, vec![hpa]).await;
+        // No token read, no count, no scale.
+        let status = expect_status_patch(&mut api).await;
+        let autoscaling = condition(&status, "Autoscaling");
+        assert_eq!(
+            (autoscaling.status.as_str(), autoscaling.reason.as_str()),
+            ("False", "ExternalAutoscaler")
+        );
+        assert!(
+            autoscaling.message.contains("demo-cpu"),
+            "{}",
+            autoscaling.message
+        );
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
+}
