@@ -52,6 +52,7 @@
 mod acl;
 mod live;
 mod passwords;
+mod verified;
 
 pub use live::LiveAuth;
 pub use passwords::hash_password;
@@ -230,6 +231,15 @@ impl Auth {
         }
     }
 
+    /// Whether these credentials were accepted lately (no argon2 needed: see
+    /// [`verified`]); `authenticate` would accept them.
+    pub fn verified_before(&self, username: Option<&str>, password: Option<&[u8]>) -> bool {
+        match (username, password, &self.passwords) {
+            (Some(user), Some(pw), Some(db)) => db.verified_before(user, pw),
+            _ => false,
+        }
+    }
+
     /// Whether credentials are checked against a password file (which costs CPU time per CONNECT).
     pub fn checks_passwords(&self) -> bool {
         self.passwords.is_some()
@@ -303,6 +313,25 @@ mod tests {
             !format!("{auth:?}").contains("argon2"),
             "Debug shows hashes"
         );
+    }
+
+    #[test]
+    fn a_password_verified_once_is_known_until_the_file_is_reloaded() {
+        let auth = with_users(false);
+        assert!(!auth.verified_before(Some("alice"), Some(b"pw")));
+        assert_eq!(auth.authenticate(Some("alice"), Some(b"b")), BAD);
+        assert!(
+            !auth.verified_before(Some("alice"), Some(b"b")),
+            "a failure is never remembered"
+        );
+        assert_eq!(auth.authenticate(Some("alice"), Some(b"pw")), Ok(()));
+        assert!(auth.verified_before(Some("alice"), Some(b"pw")));
+        assert!(!auth.verified_before(Some("alice"), Some(b"pw!")));
+        assert!(!auth.verified_before(Some("bob"), Some(b"pw")));
+        assert!(!auth.verified_before(Some("alice"), None));
+        // A reloaded file (a changed password, a removed user) starts with nothing remembered.
+        let reloaded = with_users(false);
+        assert!(!reloaded.verified_before(Some("alice"), Some(b"pw")));
     }
 
     #[test]

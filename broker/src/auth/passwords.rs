@@ -1,5 +1,6 @@
 //! The password file: `username:argon2-PHC-string` lines.
 
+use super::verified::Verified;
 use super::{content_lines, AuthError};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -23,6 +24,8 @@ pub(super) struct Passwords {
     /// A stored hash verified against for unknown users, so that a miss costs
     /// as much time as a hit and does not reveal which users exist.
     decoy: Option<String>,
+    /// Passwords verified lately (none remembered when the system gives no randomness).
+    verified: Option<Verified>,
 }
 
 impl Passwords {
@@ -55,17 +58,41 @@ impl Passwords {
             }
             decoy.get_or_insert_with(|| hash.to_string());
         }
-        Ok(Passwords { users, decoy })
+        Ok(Passwords {
+            users,
+            decoy,
+            verified: Verified::new(),
+        })
     }
 
     pub(super) fn len(&self) -> usize {
         self.users.len()
     }
 
+    /// Whether `user` logged in with `password` lately (cheap: no argon2).
+    pub(super) fn verified_before(&self, user: &str, password: &[u8]) -> bool {
+        self.users.contains_key(user)
+            && self
+                .verified
+                .as_ref()
+                .is_some_and(|v| v.knows(user, password))
+    }
+
     /// True when `user` exists and `password` is theirs.
     pub(super) fn verify(&self, user: &str, password: &[u8]) -> bool {
+        if self.verified_before(user, password) {
+            return true;
+        }
         match self.users.get(user) {
-            Some(hash) => check(hash, password),
+            Some(hash) => {
+                let ok = check(hash, password);
+                if ok {
+                    if let Some(verified) = &self.verified {
+                        verified.remember(user, password);
+                    }
+                }
+                ok
+            }
             None => {
                 if let Some(decoy) = &self.decoy {
                     let _ = check(decoy, password);
