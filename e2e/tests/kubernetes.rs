@@ -1,7 +1,9 @@
 //! The user's story on a real Kubernetes cluster, with real pods: the project's images built and
 //! loaded, the Helm chart installed, the minimal MqttCluster Ready, MQTT through the Service from
 //! outside the pods, scaling 3→5→3→2 with `kubectl scale` and back to 3 by the example
-//! HorizontalPodAutoscaler (membership following, pods that stay not restarted), a broker pod
+//! HorizontalPodAutoscaler (membership following, pods that stay not restarted), the operator's
+//! autoscaling on connections driven by 1,000 clients connecting and leaving (scaled 3→4, the
+//! new pod filled by rebalancing, back to 3), a broker pod
 //! and then the Redis pod deleted under a QoS 1 stream to persistent subscribers (no
 //! acknowledged message may be lost, and afterwards new subscriptions on every pod must get what
 //! is published on every other pod), a spec change rolling the pods, the full example (TLS,
@@ -385,7 +387,8 @@ impl Kube {
 /// `spec.autoscaling` (3 to 4 brokers, 300 connections each), 1,000 device-like clients with
 /// persistent sessions connect through the NodePort; the operator must scale to 4, the new pod
 /// must fill up by rebalancing (every pod within 50 of the mean, no session lost), and once the
-/// clients are gone it must scale back to 3. `spec.autoscaling` is removed at the end.
+/// clients are gone it must scale back to 3, under a QoS 1 stream to persistent subscribers
+/// (nothing acknowledged lost). `spec.autoscaling` is removed at the end.
 async fn autoscaling_on_connections(
     kube: &Kube,
     record: &mut Record,
@@ -503,25 +506,44 @@ async fn autoscaling_on_connections(
         ));
     }
 
-    // The clients go: back to the minimum.
-    drop(fleet);
-    let t = Instant::now();
-    poll(READY_WITHIN, "the operator scaling back to 3", || async {
-        let mqc = api.get(CLUSTER).await?;
-        ensure!(
-            mqc.spec.replicas == 3,
-            "spec.replicas {}; Autoscaling {:?}",
-            mqc.spec.replicas,
-            condition(&mqc)
-        );
-        Ok(())
-    })
+    // The fleet goes while a QoS 1 stream runs to persistent subscribers (through the NodePort,
+    // so some may be on the fourth pod): back to the minimum, the fourth pod evacuated before it
+    // stops, nothing acknowledged lost.
+    let scaling = api.clone();
+    stream_through_fault(
+        kube,
+        record,
+        "autoscaled-down",
+        outside,
+        |_pods, _hosts| async move {
+            drop(fleet);
+            let t = Instant::now();
+            poll(READY_WITHIN, "the operator scaling back to 3", || async {
+                let mqc = scaling.get(CLUSTER).await?;
+                ensure!(
+                    mqc.spec.replicas == 3,
+                    "spec.replicas {}; Autoscaling {:?}",
+                    mqc.spec.replicas,
+                    condition(&mqc)
+                );
+                Ok(())
+            })
+            .await?;
+            let decided = t.elapsed();
+            kube.wait_settled(3).await?;
+            Ok(vec![
+                (
+                    "fleet gone, spec.replicas 4→3 set by the operator".to_string(),
+                    secs(decided),
+                ),
+                (
+                    "4→3: fourth pod gone, 3 members".to_string(),
+                    secs(t.elapsed()),
+                ),
+            ])
+        },
+    )
     .await?;
-    kube.wait_settled(3).await?;
-    record.figure(
-        "autoscaling 4→3 once the clients left: pods gone, 3 members",
-        secs(t.elapsed()),
-    );
 
     let off = serde_json::json!({"spec": {"autoscaling": null}});
     api.patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&off))

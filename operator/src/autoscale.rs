@@ -17,8 +17,14 @@ const MAX_STEP_UP: i32 = 4;
 pub enum Counts {
     /// Every broker pod the cluster should have answered: their connections together.
     Complete(i64),
-    /// These broker pods are missing, not ready or did not answer.
-    Missing(Vec<String>),
+    /// These broker pods are missing, not ready, leaving (a scale-down under way) or did not
+    /// answer; the others hold `known` connections (a lower bound).
+    Missing {
+        /// The connections of the brokers that answered.
+        known: i64,
+        /// The pods without a count, each with why.
+        pods: Vec<String>,
+    },
 }
 
 /// One cluster's recommendations (what it wanted at each count), kept while the operator runs.
@@ -28,6 +34,8 @@ pub struct Recommendations {
     /// whole window.
     since: Instant,
     entries: VecDeque<(Instant, i32)>,
+    /// When the brokers were last counted.
+    counted: Option<Instant>,
 }
 
 impl Recommendations {
@@ -36,7 +44,13 @@ impl Recommendations {
         Recommendations {
             since: now,
             entries: VecDeque::new(),
+            counted: None,
         }
+    }
+
+    /// When the brokers were last counted (see [`decide`]).
+    pub fn last_counted(&self) -> Option<Instant> {
+        self.counted
     }
 
     fn record(&mut self, now: Instant, replicas: i32, keep: Duration) {
@@ -83,9 +97,11 @@ pub enum Reason {
     BelowMinimum,
     /// `spec.replicas` is above `maxReplicas`.
     AboveMaximum,
-    /// Some broker did not report its count (starting, not ready, unreachable): nothing
-    /// changes until every one does.
+    /// Some broker did not report its count (starting, not ready, leaving, unreachable): no
+    /// scale-down until every one does (a scale-up on the others' counts alone may happen).
     CountsUnavailable,
+    /// More brokers are needed than `maxReplicas` allows.
+    ScalingLimited,
 }
 
 impl Reason {
@@ -100,6 +116,7 @@ impl Reason {
             Reason::BelowMinimum => "BelowMinimum",
             Reason::AboveMaximum => "AboveMaximum",
             Reason::CountsUnavailable => "CountsUnavailable",
+            Reason::ScalingLimited => "ScalingLimited",
         }
     }
 }
@@ -139,18 +156,10 @@ pub fn decide(
             message: format!("{current} brokers are more than maxReplicas ({max})"),
         };
     }
-    let connections = match counts {
-        Counts::Complete(connections) => *connections,
-        Counts::Missing(pods) => {
-            return Decision {
-                desired: current,
-                reason: Reason::CountsUnavailable,
-                message: format!(
-                    "no connection count from {}: nothing changes until every broker reports",
-                    pods.join(", ")
-                ),
-            }
-        }
+    history.counted = Some(now);
+    let (connections, missing) = match counts {
+        Counts::Complete(connections) => (*connections, None),
+        Counts::Missing { known, pods } => (*known, Some(pods)),
     };
     let target = spec.target_connections_per_broker.max(1);
     // Within the tolerance: |connections - current × target| ≤ tolerance% of current × target.
@@ -165,6 +174,37 @@ pub fn decide(
     let recommended = wanted.clamp(min, max);
     let up_window = seconds(spec.scale_up_stabilization_seconds);
     let down_window = seconds(spec.scale_down_stabilization_seconds);
+    if let Some(pods) = missing {
+        // The others' connections are a lower bound: enough for a scale-up, never for a
+        // scale-down.
+        let lower_bound = (recommended > current).then(|| {
+            history.record(now, recommended, up_window.max(down_window));
+            let floor = history.within(now, up_window).min().unwrap_or(current);
+            floor.min(step_up(current)).max(current)
+        });
+        let waited = history.watched(now, up_window);
+        return match lower_bound {
+            Some(desired) if waited && desired > current => Decision {
+                desired,
+                reason: Reason::ScaleUp,
+                message: format!(
+                    "the brokers that answered hold {connections} connections (target {} \
+                     each), more than {current} brokers should; no count from {}: scaling to \
+                     {desired}",
+                    spec.target_connections_per_broker,
+                    pods.join(", ")
+                ),
+            },
+            _ => Decision {
+                desired: current,
+                reason: Reason::CountsUnavailable,
+                message: format!(
+                    "no connection count from {}: no scale-down until every broker reports",
+                    pods.join(", ")
+                ),
+            },
+        };
+    }
     history.record(now, recommended, up_window.max(down_window));
     let per_broker = connections / i64::from(current);
     let situation = format!(
@@ -175,8 +215,7 @@ pub fn decide(
     let (desired, reason) = if recommended > current {
         // As far as every recommendation of the window went, and at most a step.
         let floor = history.within(now, up_window).min().unwrap_or(current);
-        let step = (current * 2).max(current + MAX_STEP_UP);
-        let desired = floor.min(step).max(current);
+        let desired = floor.min(step_up(current)).max(current);
         if history.watched(now, up_window) && desired > current {
             (desired, Reason::ScaleUp)
         } else {
@@ -190,6 +229,8 @@ pub fn decide(
         } else {
             (current, Reason::StabilizingDown)
         }
+    } else if wanted > max {
+        (current, Reason::ScalingLimited)
     } else {
         (current, Reason::AtTarget)
     };
@@ -203,6 +244,7 @@ pub fn decide(
             "{situation}: {recommended} would do, waiting for it to hold {}s",
             spec.scale_down_stabilization_seconds
         ),
+        Reason::ScalingLimited => format!("{situation}: {wanted} wanted, maxReplicas is {max}"),
         _ => situation,
     };
     Decision {
@@ -210,6 +252,11 @@ pub fn decide(
         reason,
         message,
     }
+}
+
+/// The most brokers one scale-up step goes to.
+fn step_up(current: i32) -> i32 {
+    (current * 2).max(current + MAX_STEP_UP)
 }
 
 fn seconds(value: i32) -> Duration {

@@ -426,9 +426,10 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         .items;
     let autoscaled = match (&cluster.spec().autoscaling, &outcome) {
         (Some(spec), ReconcileOutcome::Applied) => {
-            Some(autoscaling::autoscale(ctx, &cluster, spec, &pods).await?)
+            Some(autoscaling::autoscale(ctx, &cluster, spec, &pods).await)
         }
-        (Some(_), _) => None,
+        // Not applied: the autoscaler does not run, and what it said last stays.
+        (Some(_), _) => autoscaling::previous(&cluster),
         (None, _) => {
             autoscaling::forget(ctx, &cluster);
             None

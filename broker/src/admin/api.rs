@@ -109,6 +109,10 @@ pub struct NodeView {
     pub shutting_down: bool,
     /// Where an evacuation stands.
     pub evacuation: EvacuationStatus,
+    /// CPU time the broker process used since it started (user and system, every thread), in
+    /// seconds: two readings give its CPU use (the operator's autoscaler reads it).
+    #[serde(default)]
+    pub cpu_seconds: f64,
 }
 
 async fn node(State(state): State<Arc<AdminState>>) -> Response {
@@ -124,8 +128,15 @@ async fn node(State(state): State<Arc<AdminState>>) -> Response {
         cluster_members: broker.metrics.cluster_members.get().max(1),
         shutting_down: broker.is_shutting_down(),
         evacuation: broker.evacuation_status(),
+        cpu_seconds: process_cpu_seconds(),
     })
     .into_response()
+}
+
+/// CPU time this process used so far, in seconds.
+fn process_cpu_seconds() -> f64 {
+    let used = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    used.tv_sec as f64 + used.tv_nsec as f64 / 1e9
 }
 
 /// The cluster's load, as `GET /api/v1/cluster` shows it.

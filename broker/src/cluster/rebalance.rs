@@ -52,6 +52,7 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
     let mut hold_until: Option<Instant> = None;
     // Rounds in a row whose clients arrived nowhere.
     let mut vanished_rounds: u32 = 0;
+    let mut last_vanished: Option<Instant> = None;
     loop {
         tick.tick().await;
         let Some(broker) = broker.upgrade() else {
@@ -82,14 +83,12 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
                 // Without the others' counts nothing is moved.
                 tracing::debug!(error = %e, "rebalance: loads not shared");
                 con = None;
-                round = None;
                 stop_giving(&broker);
                 continue;
             }
             Err(_) => {
                 tracing::debug!("rebalance: loads not shared in time");
                 con = None;
-                round = None;
                 stop_giving(&broker);
                 continue;
             }
@@ -98,11 +97,22 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
         let give = excess(&own, &reading.loads, rebalancing.is_giving(), &config);
         let clients: usize = reading.loads.iter().map(|l| l.connections + l.moving).sum();
         let now = Instant::now();
-        if held || !reading.complete {
+        if held {
             round = None;
             stop_giving(&broker);
             rebalancing.set_loads(reading.loads);
             continue;
+        }
+        if !reading.complete {
+            // A registered node shares no count: nothing moves, but a round under way stays
+            // open for its verdict.
+            stop_giving(&broker);
+            rebalancing.set_loads(reading.loads);
+            continue;
+        }
+        // A pause long ago says nothing about now: the next one starts short again.
+        if last_vanished.is_some_and(|at| at.elapsed() > HOLD_OFF_MAX * 2) {
+            vanished_rounds = 0;
         }
         if let Some(going) = &round {
             match going.verdict(&reading.loads, clients, give > 0, now, &config) {
@@ -119,6 +129,7 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
                         .saturating_mul(1 << vanished_rounds.min(5))
                         .min(HOLD_OFF_MAX);
                     vanished_rounds += 1;
+                    last_vanished = Some(now);
                     tracing::warn!(
                         asked = going.asked(),
                         hold_off_secs = hold_off.as_secs(),
@@ -139,8 +150,8 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
             rebalancing.set_loads(reading.loads);
             continue;
         }
-        let going =
-            round.get_or_insert_with(|| Round::begin(&own.node, &reading.loads, clients, now));
+        let going = round
+            .get_or_insert_with(|| Round::begin(&own.node, &reading.loads, clients, now, &config));
         rebalancing.set_loads(reading.loads);
         start_giving(&broker, give);
         let asked = broker.ask_to_rebalance(give.min(config.rate_per_sec as usize));

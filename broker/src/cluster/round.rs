@@ -14,11 +14,13 @@ pub const ARRIVAL_WAIT: Duration = Duration::from_secs(3);
 /// A round of giving, from this node's first ask until the verdict.
 #[derive(Debug)]
 pub struct Round {
-    /// The accepting nodes below the mean when the round began: the clients asked to move
-    /// should reach them.
-    targets: Vec<String>,
-    /// The targets' clients when the round began.
-    targets_from: usize,
+    /// The accepting nodes below the mean when the round began, with their clients then: the
+    /// clients asked to move should reach them.
+    targets: Vec<(String, usize)>,
+    /// The accepting nodes that take clients while this one gives (the others, less those far
+    /// enough above the mean to give too): the balancer spreads the clients asked to move over
+    /// them, so the targets' expected share is `targets / receivers`.
+    receivers: usize,
     /// The cluster's clients (connected and on their way) when the round began.
     clients_from: usize,
     first_ask: Instant,
@@ -41,18 +43,27 @@ pub enum Verdict {
 
 impl Round {
     /// Begins a round from the cluster's `loads` (this node's among them) and its `clients`.
-    pub fn begin(own: &str, loads: &[NodeLoad], clients: usize, now: Instant) -> Self {
+    pub fn begin(
+        own: &str,
+        loads: &[NodeLoad],
+        clients: usize,
+        now: Instant,
+        config: &RebalanceConfig,
+    ) -> Self {
         let accepting: Vec<&NodeLoad> = loads.iter().filter(|l| l.accepting).collect();
         let mean = accepting.iter().map(|l| l.connections).sum::<usize>() / accepting.len().max(1);
-        let targets: Vec<String> = accepting
-            .iter()
-            .filter(|l| l.node != own && l.connections < mean)
-            .map(|l| l.node.clone())
+        let tolerance =
+            (mean * config.tolerance_percent as usize / 100).max(config.min_excess as usize);
+        let others = accepting.iter().filter(|l| l.node != own);
+        let targets: Vec<(String, usize)> = others
+            .clone()
+            .filter(|l| l.connections < mean)
+            .map(|l| (l.node.clone(), l.connections))
             .collect();
-        let targets_from = clients_of(&targets, loads);
+        let receivers = others.filter(|l| l.connections <= mean + tolerance).count();
         Round {
             targets,
-            targets_from,
+            receivers,
             clients_from: clients,
             first_ask: now,
             last_ask: now,
@@ -89,11 +100,13 @@ impl Round {
         if clients + margin < self.clients_from {
             return Verdict::Vanished;
         }
-        // A target that left counts as holding none.
-        let gained = clients_of(&self.targets, loads).saturating_sub(self.targets_from);
+        // What the targets still there gained (a target that left or restarted is not judged).
+        let (present, gained) = self.gained(loads);
         let waited = now.saturating_duration_since(self.first_ask) >= ARRIVAL_WAIT;
         let enough_asked = self.asked >= config.min_excess as usize;
-        if waited && enough_asked && !self.targets.is_empty() && gained * 10 < self.asked {
+        // Fewer than a tenth of their expected share of the clients asked.
+        let too_few = gained * 10 * self.receivers.max(1) < self.asked * present;
+        if waited && enough_asked && present > 0 && too_few {
             return Verdict::Vanished;
         }
         if !giving && now.saturating_duration_since(self.last_ask) >= ARRIVAL_WAIT {
@@ -104,13 +117,20 @@ impl Round {
     }
 }
 
-/// The clients the named nodes hold, as `loads` says.
-fn clients_of(nodes: &[String], loads: &[NodeLoad]) -> usize {
-    loads
-        .iter()
-        .filter(|l| nodes.contains(&l.node))
-        .map(|l| l.connections)
-        .sum()
+impl Round {
+    /// How many targets are still there, and how many clients they gained since the round
+    /// began.
+    fn gained(&self, loads: &[NodeLoad]) -> (usize, usize) {
+        let mut present = 0;
+        let mut gained = 0;
+        for (node, from) in &self.targets {
+            if let Some(load) = loads.iter().find(|l| &l.node == node) {
+                present += 1;
+                gained += load.connections.saturating_sub(*from);
+            }
+        }
+        (present, gained)
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +160,7 @@ mod tests {
     fn clients_reaching_the_new_node_end_the_round_once_the_last_had_time_to_arrive() {
         let config = RebalanceConfig::default();
         let start = Instant::now();
-        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start);
+        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start, &config);
         round.note_asked(50, start);
         round.note_asked(50, start + Duration::from_secs(1));
         let later = start + Duration::from_secs(3);
@@ -166,7 +186,7 @@ mod tests {
     fn clients_that_reach_no_target_stop_the_round_even_when_they_come_back() {
         let config = RebalanceConfig::default();
         let start = Instant::now();
-        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start);
+        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start, &config);
         for s in 0..3 {
             round.note_asked(50, start + Duration::from_secs(s));
         }
@@ -192,7 +212,7 @@ mod tests {
     fn clients_that_reconnect_nowhere_stop_the_round_at_once() {
         let config = RebalanceConfig::default();
         let start = Instant::now();
-        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start);
+        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start, &config);
         round.note_asked(50, start);
         // 10% of 3,000 may be between connections; 301 missing is too many.
         let now = cluster([950, 950, 799, 0]);
@@ -207,10 +227,50 @@ mod tests {
     }
 
     #[test]
+    fn a_target_among_many_receivers_is_judged_by_its_share() {
+        let config = RebalanceConfig::default();
+        let start = Instant::now();
+        // a gives; ten nodes near the mean take clients too; k is the only target.
+        let mut loads = vec![load("a", 1300)];
+        for n in 0..10 {
+            loads.push(load(&format!("n{n}"), 1000));
+        }
+        loads.push(load("k", 700));
+        let mut round = Round::begin("a", &loads, 12_000, start, &config);
+        round.note_asked(220, start);
+        // k got 1 of the 220 (its share is 1 in 11: 20): under a tenth of it.
+        loads[11].connections = 701;
+        let later = start + ARRIVAL_WAIT;
+        assert_eq!(
+            round.verdict(&loads, 12_000, true, later, &config),
+            Verdict::Vanished
+        );
+        // 5 is a quarter of its share: going on.
+        loads[11].connections = 705;
+        assert_eq!(
+            round.verdict(&loads, 12_000, true, later, &config),
+            Verdict::Going
+        );
+    }
+
+    #[test]
+    fn a_target_that_left_is_not_judged() {
+        let config = RebalanceConfig::default();
+        let start = Instant::now();
+        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start, &config);
+        round.note_asked(150, start);
+        let without_d: Vec<NodeLoad> = cluster([1000, 1000, 1000, 0]).into_iter().take(3).collect();
+        assert_eq!(
+            round.verdict(&without_d, 3000, true, start + ARRIVAL_WAIT, &config),
+            Verdict::Going
+        );
+    }
+
+    #[test]
     fn a_few_clients_asked_are_not_judged() {
         let config = RebalanceConfig::default();
         let start = Instant::now();
-        let mut round = Round::begin("a", &cluster([800, 760, 760, 680]), 3000, start);
+        let mut round = Round::begin("a", &cluster([800, 760, 760, 680]), 3000, start, &config);
         round.note_asked(40, start);
         let now = cluster([760, 780, 780, 680]);
         // 40 asked (under min_excess, 50) and none seen at d: too few to tell.

@@ -525,7 +525,10 @@ async fn authenticate(broker: &Arc<Broker>, c: &ConnectPacket) -> Result<(), Con
         return Ok(());
     }
     drop(auth);
-    let Ok(_turn) = verifying().acquire().await else {
+    // A client still waiting after this has most likely given up: refuse (it retries later)
+    // rather than verify for nobody.
+    let turn = tokio::time::timeout(VERIFY_WAIT, verifying().acquire()).await;
+    let Ok(Ok(_turn)) = turn else {
         return Err(ConnectReturnCode::ServerUnavailable);
     };
     let login = c.login.clone();
@@ -543,6 +546,9 @@ async fn authenticate(broker: &Arc<Broker>, c: &ConnectPacket) -> Result<(), Con
         Err(_) => Err(ConnectReturnCode::NotAuthorized),
     }
 }
+
+/// The longest a CONNECT waits for its turn to have its password verified.
+const VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One argon2 verification per core at a time, process-wide.
 fn verifying() -> &'static tokio::sync::Semaphore {

@@ -75,10 +75,21 @@ pub async fn read(
             }
         }
     }
+    // Pods past the wanted ones are being evacuated (a scale-down under way): their clients
+    // are on their way to the others and counted nowhere yet.
+    for pod in pods {
+        if crate::status::pods::ordinal(pod, stateful_set).is_some_and(|i| i >= replicas) {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            missing.push(format!("{name} (leaving)"));
+        }
+    }
     if missing.is_empty() {
         Counts::Complete(total)
     } else {
-        Counts::Missing(missing)
+        Counts::Missing {
+            known: total,
+            pods: missing,
+        }
     }
 }
 

@@ -138,12 +138,15 @@ fn never_below_the_minimum_nor_above_the_maximum() {
     let d = decide(
         &s,
         12,
-        &Counts::Missing(vec!["x".into()]),
+        &Counts::Missing {
+            known: 0,
+            pods: vec!["x".into()],
+        },
         &mut history,
         start,
     );
     assert_eq!((d.desired, d.reason), (10, Reason::AboveMaximum));
-    let d = decide(&s, 10, &Counts::Complete(99_000), &mut history, start);
+    let d = decide(&s, 10, &Counts::Complete(10_000), &mut history, start);
     assert_eq!((d.desired, d.reason), (10, Reason::AtTarget));
 }
 
@@ -151,13 +154,35 @@ fn never_below_the_minimum_nor_above_the_maximum() {
 fn a_broker_without_a_count_holds_the_size_and_is_named() {
     let start = Instant::now();
     let mut history = Recommendations::new(start);
+    let missing = |known| Counts::Missing {
+        known,
+        pods: vec!["demo-2 (not ready)".into()],
+    };
+    // 1,000 connections on the two that answered would allow 2 brokers: no scale-down.
+    let d = decide(&spec(0, 0), 3, &missing(1000), &mut history, start);
+    assert_eq!((d.desired, d.reason), (3, Reason::CountsUnavailable));
+    assert!(d.message.contains("demo-2 (not ready)"), "{}", d.message);
+    // 5,000 on the two alone need 5: a lower bound is enough to scale up.
+    let d = decide(&spec(0, 0), 3, &missing(5000), &mut history, start);
+    assert_eq!((d.desired, d.reason), (5, Reason::ScaleUp));
+    assert!(d.message.contains("demo-2 (not ready)"), "{}", d.message);
+}
+
+#[test]
+fn more_than_the_maximum_wanted_is_said() {
+    let start = Instant::now();
+    let mut history = Recommendations::new(start);
     let d = decide(
         &spec(0, 0),
-        3,
-        &Counts::Missing(vec!["demo-2".into()]),
+        10,
+        &Counts::Complete(20_000),
         &mut history,
         start,
     );
-    assert_eq!((d.desired, d.reason), (3, Reason::CountsUnavailable));
-    assert!(d.message.contains("demo-2"), "{}", d.message);
+    assert_eq!((d.desired, d.reason), (10, Reason::ScalingLimited));
+    assert!(
+        d.message.ends_with("20 wanted, maxReplicas is 10"),
+        "{}",
+        d.message
+    );
 }

@@ -31,7 +31,8 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_tolerance_percent")]
     #[schemars(range(min = 0, max = 100))]
     pub tolerance_percent: i32,
-    /// A scale-up goes only as far as every recommendation of this window asked (0: at once).
+    /// A scale-up goes only as far as every recommendation of this window asked (0: at once;
+    /// after an operator restart, not before it has watched this long).
     #[serde(default)]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_up_stabilization_seconds: i32,

@@ -32,20 +32,80 @@ pub struct Autoscaled {
     pub status: AutoscalingStatus,
 }
 
-/// Runs the autoscaler for one cluster whose `spec.autoscaling` is `spec`.
+/// How often the brokers are counted: reconciles in between (a status patch, a child changing)
+/// reuse the last count, or every status patch carrying a new count would start the next
+/// reconcile at once.
+const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(14);
+
+/// Runs the autoscaler for one cluster whose `spec.autoscaling` is `spec`. An error of the API
+/// server is reported in the condition (`AutoscalerFailed`), not returned: the rest of the
+/// status is still written.
 pub async fn autoscale(
+    ctx: &Context,
+    cluster: &Cluster<'_>,
+    spec: &AutoscalingSpec,
+    pods: &[Pod],
+) -> Autoscaled {
+    let recent = {
+        let states = ctx.autoscaler.lock().unwrap_or_else(|e| e.into_inner());
+        states
+            .get(&key(cluster))
+            .and_then(|h| h.last_counted())
+            .is_some_and(|at| at.elapsed() < COUNT_EVERY)
+    };
+    if recent {
+        if let Some(previous) = previous(cluster) {
+            return previous;
+        }
+    }
+    match count_and_scale(ctx, cluster, spec, pods).await {
+        Ok(autoscaled) => autoscaled,
+        Err(e) => Autoscaled {
+            active: false,
+            reason: "AutoscalerFailed".into(),
+            message: format!("the autoscaler could not read or scale the cluster: {e}"),
+            status: previous_status(cluster),
+        },
+    }
+}
+
+/// What the status recorded last (condition and `status.autoscaling`), to keep it while the
+/// autoscaler does not run (a failed apply, a count too recent).
+pub fn previous(cluster: &Cluster<'_>) -> Option<Autoscaled> {
+    let status = cluster.object.status.as_ref()?;
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::status::AUTOSCALING)?;
+    Some(Autoscaled {
+        active: condition.status == "True",
+        reason: condition.reason.clone(),
+        message: condition.message.clone(),
+        status: status.autoscaling.clone()?,
+    })
+}
+
+fn previous_status(cluster: &Cluster<'_>) -> AutoscalingStatus {
+    cluster
+        .object
+        .status
+        .as_ref()
+        .and_then(|s| s.autoscaling.clone())
+        .unwrap_or(AutoscalingStatus {
+            desired_replicas: cluster.spec().replicas,
+            connections: None,
+            last_scale_time: None,
+        })
+}
+
+async fn count_and_scale(
     ctx: &Context,
     cluster: &Cluster<'_>,
     spec: &AutoscalingSpec,
     pods: &[Pod],
 ) -> Result<Autoscaled, Error> {
     let current = cluster.spec().replicas;
-    let previous = cluster
-        .object
-        .status
-        .as_ref()
-        .and_then(|s| s.autoscaling.as_ref());
-    let last_scale_time = previous.and_then(|p| p.last_scale_time.clone());
+    let last_scale_time = previous_status(cluster).last_scale_time;
     if let Some(hpa) = external_autoscaler(ctx, cluster).await? {
         forget(ctx, cluster);
         return Ok(Autoscaled {
@@ -67,10 +127,13 @@ pub async fn autoscale(
             let port = u16::try_from(cluster.spec().broker.admin_port).unwrap_or(0);
             counts::read(&cluster.broker_name(), current, pods, port, &token).await
         }
-        None => Counts::Missing(vec![format!(
-            "every broker (the Secret {} holds no {TOKEN_KEY})",
-            cluster.admin_secret_name()
-        )]),
+        None => Counts::Missing {
+            known: 0,
+            pods: vec![format!(
+                "every broker (the Secret {} holds no {TOKEN_KEY})",
+                cluster.admin_secret_name()
+            )],
+        },
     };
     let decision = {
         let mut histories = ctx.autoscaler.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,14 +161,14 @@ pub async fn autoscale(
         .await;
     }
     Ok(Autoscaled {
-        active: decision.reason != autoscale::Reason::CountsUnavailable,
+        active: true,
         reason: decision.reason.as_str().into(),
         message: decision.message,
         status: AutoscalingStatus {
             desired_replicas: decision.desired,
             connections: match counts {
                 Counts::Complete(n) => Some(n),
-                Counts::Missing(_) => None,
+                Counts::Missing { .. } => None,
             },
             last_scale_time,
         },

@@ -28,8 +28,9 @@ use std::collections::BTreeMap;
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "starling-operator";
-/// The `app.kubernetes.io/name` label of the operator's own pods (chart and `deploy/`).
-pub const OPERATOR_APP_NAME: &str = "starling-operator";
+/// A label every operator pod carries (chart and `deploy/`; not renamed by the chart's
+/// `nameOverride`): the brokers' NetworkPolicy admits such pods to the admin port.
+pub const OPERATOR_POD_LABEL: (&str, &str) = ("mqtt.starling.dev/operator", "true");
 /// `app.kubernetes.io/name` of everything the operator creates.
 pub const APP_NAME: &str = "starling";
 /// Pod-template annotation holding the hash of the rendered broker configuration.

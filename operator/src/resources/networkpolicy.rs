@@ -2,7 +2,7 @@
 //! gossip only from the cluster's brokers, the admin port from `adminFrom` and the brokers) and
 //! one for the managed Redis (only from the cluster's brokers).
 
-use super::{redis::REDIS_PORT, Cluster, COMPONENT_BROKER, COMPONENT_REDIS, OPERATOR_APP_NAME};
+use super::{redis::REDIS_PORT, Cluster, COMPONENT_BROKER, COMPONENT_REDIS, OPERATOR_POD_LABEL};
 use crate::crd::{RedisMode, ADMIN_ACCESS_LABEL};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -52,7 +52,7 @@ fn operator(cluster: &Cluster<'_>) -> Option<NetworkPolicyPeer> {
     };
     Some(NetworkPolicyPeer {
         namespace_selector: Some(labels("kubernetes.io/metadata.name", namespace)),
-        pod_selector: Some(labels("app.kubernetes.io/name", OPERATOR_APP_NAME)),
+        pod_selector: Some(labels(OPERATOR_POD_LABEL.0, OPERATOR_POD_LABEL.1)),
         ..NetworkPolicyPeer::default()
     })
 }
@@ -227,8 +227,8 @@ mod tests {
             "starling-system"
         );
         assert_eq!(
-            labels(&operator.pod_selector)["app.kubernetes.io/name"],
-            "starling-operator"
+            labels(&operator.pod_selector)["mqtt.starling.dev/operator"],
+            "true"
         );
         // Without autoscaling, or with an operator outside the cluster: not admitted.
         let plain = cluster_from_yaml("{}");

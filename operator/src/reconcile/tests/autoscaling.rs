@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::Router;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 const SCALE_PATH: &str = "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttclusters/demo/scale";
@@ -155,7 +156,7 @@ async fn a_broker_without_a_count_holds_the_size_and_is_named_in_the_condition()
         let autoscaling = condition(&status, "Autoscaling");
         assert_eq!(
             (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-            ("False", "CountsUnavailable")
+            ("True", "CountsUnavailable")
         );
         assert!(
             autoscaling.message.contains("demo-2 (not ready)"),
@@ -234,4 +235,76 @@ async fn an_external_autoscaler_on_the_same_cluster_stops_the_operator_scaling()
     })
     .await;
     assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
+}
+
+#[tokio::test]
+async fn a_failing_api_call_is_reported_in_the_condition_and_the_status_still_written() {
+    let port = brokers_answering(&[100, 100, 100]).await;
+    let result = run(autoscaled_cluster(port), |mut api| async move {
+        expect_ready_cluster(&mut api, (0..3).map(broker_pod).collect()).await;
+        api.expect(Method::GET, HPA_PATH).await.fail(
+            403,
+            "Forbidden",
+            "horizontalpodautoscalers is forbidden",
+        );
+        let status = expect_status_patch(&mut api).await;
+        let autoscaling = condition(&status, "Autoscaling");
+        assert_eq!(
+            (autoscaling.status.as_str(), autoscaling.reason.as_str()),
+            ("False", "AutoscalerFailed")
+        );
+        assert!(
+            autoscaling.message.contains("forbidden"),
+            "{}",
+            autoscaling.message
+        );
+        // The rest of the status is there.
+        assert_eq!(condition(&status, "Ready").status, "True");
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(POLL));
+}
+
+#[tokio::test]
+async fn a_reconcile_soon_after_a_count_reuses_it_instead_of_counting_again() {
+    // 300 connections at 100 per broker: 3 brokers, at target.
+    let port = brokers_answering(&[100, 100, 100]).await;
+    let object = autoscaled_cluster(port);
+    let (client, api) = fake_api::client();
+    let ctx = context(client);
+    let first_pass = async move {
+        let mut api = api;
+        expect_ready_cluster(&mut api, (0..3).map(broker_pod).collect()).await;
+        expect_hpas(&mut api, vec![]).await;
+        expect_admin_token(&mut api).await;
+        let status = expect_status_patch(&mut api).await;
+        assert_eq!(condition(&status, "Autoscaling").reason, "AtTarget");
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        (api, status)
+    };
+    let (first, (api, status)) =
+        tokio::join!(reconcile(Arc::new(object.clone()), ctx.clone()), first_pass);
+    assert_eq!(first.expect("reconcile succeeds"), Action::requeue(POLL));
+
+    // The status patch starts the next reconcile at once: no HPA list, no token, no count, no
+    // status patch (the status is the same), so no loop.
+    let mut object = object;
+    object.status = Some(status);
+    let second_pass = async move {
+        let mut api = api;
+        expect_ready_cluster(&mut api, (0..3).map(broker_pod).collect()).await;
+        // Nothing more: a request here (an HPA list, a Secret read) fails the test.
+        let more = tokio::time::timeout(Duration::from_secs(2), api.next()).await;
+        if let Ok(call) = more {
+            panic!("a second count so soon: {} {}", call.method, call.path);
+        }
+        api
+    };
+    let (second, api) = tokio::join!(reconcile(Arc::new(object), ctx.clone()), second_pass);
+    // The fake API server is done once the client (held by the context) is gone.
+    drop(ctx);
+    api.expect_done().await;
+    assert_eq!(second.expect("reconcile succeeds"), Action::requeue(POLL));
 }
