@@ -465,6 +465,23 @@ async fn autoscaling_on_connections(
         Ok(mqc)
     })
     .await?;
+    let decided = t.elapsed();
+    // The status the scaling reconcile wrote (after its scale patch): what it counted.
+    let scaled = poll(READY_WITHIN, "status.autoscaling saying 4", || async {
+        let mqc = api.get(CLUSTER).await?;
+        let desired = mqc
+            .status
+            .as_ref()
+            .and_then(|s| s.autoscaling.as_ref())
+            .map(|a| a.desired_replicas);
+        ensure!(
+            desired == Some(4),
+            "status.autoscaling.desiredReplicas {desired:?}"
+        );
+        Ok(mqc)
+    })
+    .await
+    .unwrap_or(scaled);
     let counted = scaled
         .status
         .as_ref()
@@ -474,7 +491,7 @@ async fn autoscaling_on_connections(
         &format!(
             "autoscaling 3→4 at {CLIENTS} connections (target {TARGET} per broker): spec.replicas set"
         ),
-        format!("{} (connections counted: {counted:?})", secs(t.elapsed())),
+        format!("{} (connections counted: {counted:?})", secs(decided)),
     );
     kube.wait_settled(4).await?;
     record.figure("autoscaling 3→4: pods Ready, 4 members", secs(t.elapsed()));

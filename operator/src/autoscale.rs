@@ -4,6 +4,9 @@
 //! decision (`spec.replicas` through the scale subresource).
 
 pub mod counts;
+pub mod cpu;
+
+pub use cpu::Cpu;
 
 use crate::crd::AutoscalingSpec;
 use std::collections::VecDeque;
@@ -36,6 +39,8 @@ pub struct Recommendations {
     entries: VecDeque<(Instant, i32)>,
     /// When the brokers were last counted.
     counted: Option<Instant>,
+    /// Their CPU time at the last readings (for a CPU target).
+    pub cpu: cpu::CpuReadings,
 }
 
 impl Recommendations {
@@ -45,6 +50,7 @@ impl Recommendations {
             since: now,
             entries: VecDeque::new(),
             counted: None,
+            cpu: cpu::CpuReadings::default(),
         }
     }
 
@@ -138,6 +144,7 @@ pub fn decide(
     spec: &AutoscalingSpec,
     current: i32,
     counts: &Counts,
+    cpu: &Cpu,
     history: &mut Recommendations,
     now: Instant,
 ) -> Decision {
@@ -157,9 +164,9 @@ pub fn decide(
         };
     }
     history.counted = Some(now);
-    let (connections, missing) = match counts {
+    let (connections, mut missing) = match counts {
         Counts::Complete(connections) => (*connections, None),
-        Counts::Missing { known, pods } => (*known, Some(pods)),
+        Counts::Missing { known, pods } => (*known, Some(pods.clone())),
     };
     let target = spec.target_connections_per_broker.max(1);
     // Within the tolerance: |connections - current × target| ≤ tolerance% of current × target.
@@ -170,6 +177,30 @@ pub fn decide(
     } else {
         let needed = (connections + target - 1) / target;
         i32::try_from(needed).unwrap_or(i32::MAX)
+    };
+    // With a CPU target, the stricter of the two; while the CPU use is unknown, it counts as
+    // a missing reading (no scale-down).
+    let mut cpu_note = String::new();
+    let wanted = match (cpu, spec.target_cpu_utilization_percent) {
+        (Cpu::Percent(percent), Some(cpu_target)) => {
+            let cpu_target = i64::from(cpu_target.max(1));
+            cpu_note = format!("; CPU {percent}% of requests (target {cpu_target}%)");
+            let off = (percent - cpu_target).abs();
+            let cpu_wanted = if off * 100 <= i64::from(spec.tolerance_percent) * cpu_target {
+                current
+            } else {
+                let needed = (i64::from(current) * percent + cpu_target - 1) / cpu_target;
+                i32::try_from(needed).unwrap_or(i32::MAX)
+            };
+            wanted.max(cpu_wanted)
+        }
+        (Cpu::Unknown(why), Some(_)) => {
+            missing
+                .get_or_insert_with(Vec::new)
+                .push(format!("CPU use: {why}"));
+            wanted
+        }
+        _ => wanted,
     };
     let recommended = wanted.clamp(min, max);
     let up_window = seconds(spec.scale_up_stabilization_seconds);
@@ -199,7 +230,7 @@ pub fn decide(
                 desired: current,
                 reason: Reason::CountsUnavailable,
                 message: format!(
-                    "no connection count from {}: no scale-down until every broker reports",
+                    "no reading of {}: no scale-down until every broker reports",
                     pods.join(", ")
                 ),
             },
@@ -209,7 +240,7 @@ pub fn decide(
     let per_broker = connections / i64::from(current);
     let situation = format!(
         "{current} brokers hold {connections} connections ({per_broker} each; target {target} \
-         ±{}%)",
+         ±{}%){cpu_note}",
         spec.tolerance_percent
     );
     let (desired, reason) = if recommended > current {

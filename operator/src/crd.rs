@@ -116,7 +116,12 @@ pub const VERSION: &str = "v1alpha1";
          (!has(self.listeners.tls) || self.broker.adminPort != self.listeners.tls.port) && \
          (!has(self.listeners.websocket) || self.broker.adminPort != self.listeners.websocket.port)"
     )
-    .message("broker.adminPort must differ from every listener port")
+    .message("broker.adminPort must differ from every listener port"),
+    validation = Rule::new(
+        "!has(self.autoscaling) || !has(self.autoscaling.targetCpuUtilizationPercent) || \
+         (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)"
+    )
+    .message("autoscaling.targetCpuUtilizationPercent needs resources.requests.cpu (the use is measured against it)")
 )]
 pub struct MqttClusterSpec {
     /// Number of broker pods. Each is one cluster node; clients may connect to any of them.

@@ -21,6 +21,9 @@ const MAX_ANSWER: usize = 64 * 1024;
 #[derive(Deserialize)]
 struct NodeView {
     connections: i64,
+    /// Missing from brokers older than the CPU target.
+    #[serde(default)]
+    cpu_seconds: Option<f64>,
 }
 
 /// Why one broker gave no count.
@@ -42,15 +45,23 @@ enum Unanswered {
     Body(String),
 }
 
+/// What the brokers said.
+pub struct Reading {
+    /// Their connections.
+    pub counts: Counts,
+    /// The CPU time each answering pod's broker used so far (pod uid, seconds).
+    pub cpu_seconds: Vec<(String, f64)>,
+}
+
 /// Asks the `replicas` broker pods named `<stateful_set>-<i>` among `pods` for their
-/// connections.
+/// connections and CPU time.
 pub async fn read(
     stateful_set: &str,
     replicas: i32,
     pods: &[Pod],
     admin_port: u16,
     token: &str,
-) -> Counts {
+) -> Reading {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let asks = (0..replicas.max(0)).map(|i| {
         let name = format!("{stateful_set}-{i}");
@@ -60,15 +71,22 @@ pub async fn read(
         let client = client.clone();
         async move {
             let answer = ask(&client, pod, admin_port, token).await;
-            (name, answer)
+            let uid = pod.and_then(|p| p.metadata.uid.clone());
+            (name, uid, answer)
         }
     });
     let answers = futures::future::join_all(asks).await;
     let mut total = 0;
     let mut missing = Vec::new();
-    for (name, answer) in answers {
+    let mut cpu_seconds = Vec::new();
+    for (name, uid, answer) in answers {
         match answer {
-            Ok(connections) => total += connections,
+            Ok(view) => {
+                total += view.connections;
+                if let (Some(uid), Some(seconds)) = (uid, view.cpu_seconds) {
+                    cpu_seconds.push((uid, seconds));
+                }
+            }
             Err(why) => {
                 tracing::debug!(pod = %name, %why, "autoscaling: no connection count");
                 missing.push(format!("{name} ({why})"));
@@ -83,13 +101,17 @@ pub async fn read(
             missing.push(format!("{name} (leaving)"));
         }
     }
-    if missing.is_empty() {
+    let counts = if missing.is_empty() {
         Counts::Complete(total)
     } else {
         Counts::Missing {
             known: total,
             pods: missing,
         }
+    };
+    Reading {
+        counts,
+        cpu_seconds,
     }
 }
 
@@ -98,7 +120,7 @@ async fn ask<C>(
     pod: Option<&Pod>,
     admin_port: u16,
     token: &str,
-) -> Result<i64, Unanswered>
+) -> Result<NodeView, Unanswered>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -131,9 +153,7 @@ where
             .await
             .map_err(|e| Unanswered::Body(e.to_string()))?
             .to_bytes();
-        serde_json::from_slice::<NodeView>(&body)
-            .map(|view| view.connections)
-            .map_err(|e| Unanswered::Body(e.to_string()))
+        serde_json::from_slice::<NodeView>(&body).map_err(|e| Unanswered::Body(e.to_string()))
     };
     tokio::time::timeout(ANSWER_WITHIN, answer)
         .await

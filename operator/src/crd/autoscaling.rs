@@ -26,6 +26,13 @@ pub struct AutoscalingSpec {
     /// Connections each broker should hold on average.
     #[schemars(range(min = 1))]
     pub target_connections_per_broker: i64,
+    /// Optional: the brokers' CPU use, in percent of their CPU request
+    /// (`resources.requests.cpu`, required with it), to aim at as well; the cluster gets
+    /// as many brokers as the stricter of the two targets needs. Read from the brokers
+    /// themselves (no metrics server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percent: Option<i32>,
     /// How far (percent) the connections per broker may be off the target before the cluster
     /// is resized: a cluster this close to its target stays as it is.
     #[serde(default = "default_tolerance_percent")]

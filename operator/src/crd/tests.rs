@@ -393,3 +393,33 @@ fn max_unavailable_takes_numbers_and_percentages() {
         );
     }
 }
+
+#[test]
+fn autoscaling_bounds_and_a_cpu_target_need_what_they_rely_on() {
+    let autoscaling = |extra: serde_json::Value| {
+        let mut a = json!({"minReplicas": 2, "maxReplicas": 5, "targetConnectionsPerBroker": 1000});
+        if let (Some(a), Some(extra)) = (a.as_object_mut(), extra.as_object()) {
+            a.extend(extra.clone());
+        }
+        a
+    };
+    assert_eq!(
+        problems(json!({ "autoscaling": autoscaling(json!({})) })),
+        Vec::<String>::new()
+    );
+    assert_rejected(
+        json!({ "autoscaling": autoscaling(json!({"minReplicas": 6})) }),
+        "minReplicas must not exceed maxReplicas",
+    );
+    assert_rejected(
+        json!({ "autoscaling": autoscaling(json!({"targetCpuUtilizationPercent": 70})) }),
+        "targetCpuUtilizationPercent needs resources.requests.cpu",
+    );
+    assert_eq!(
+        problems(json!({
+            "autoscaling": autoscaling(json!({"targetCpuUtilizationPercent": 70})),
+            "resources": {"requests": {"cpu": "500m"}},
+        })),
+        Vec::<String>::new()
+    );
+}

@@ -3,7 +3,8 @@
 //! `spec.replicas` through the scale subresource, with an Event.
 
 use super::Context;
-use crate::autoscale::{self, counts, Counts, Recommendations};
+use crate::autoscale::cpu::millicores;
+use crate::autoscale::{self, counts, Counts, Cpu, Recommendations};
 use crate::crd::{AutoscalingSpec, AutoscalingStatus, MqttCluster, GROUP};
 use crate::events;
 use crate::resources::admin::TOKEN_KEY;
@@ -122,25 +123,38 @@ async fn count_and_scale(
             },
         });
     }
-    let counts = match admin_token(ctx, cluster).await? {
+    let reading = match admin_token(ctx, cluster).await? {
         Some(token) => {
             let port = u16::try_from(cluster.spec().broker.admin_port).unwrap_or(0);
             counts::read(&cluster.broker_name(), current, pods, port, &token).await
         }
-        None => Counts::Missing {
-            known: 0,
-            pods: vec![format!(
-                "every broker (the Secret {} holds no {TOKEN_KEY})",
-                cluster.admin_secret_name()
-            )],
+        None => counts::Reading {
+            counts: Counts::Missing {
+                known: 0,
+                pods: vec![format!(
+                    "every broker (the Secret {} holds no {TOKEN_KEY})",
+                    cluster.admin_secret_name()
+                )],
+            },
+            cpu_seconds: Vec::new(),
         },
     };
+    let counts = reading.counts;
     let decision = {
         let mut histories = ctx.autoscaler.lock().unwrap_or_else(|e| e.into_inner());
         let history = histories
             .entry(key(cluster))
             .or_insert_with(|| Recommendations::new(Instant::now()));
-        autoscale::decide(spec, current, &counts, history, Instant::now())
+        let now = Instant::now();
+        let cpu = match (spec.target_cpu_utilization_percent, cpu_request(cluster)) {
+            (None, _) => Cpu::NotTargeted,
+            (Some(_), None) => Cpu::Unknown("no resources.requests.cpu to compare with".into()),
+            (Some(_), Some(request)) if matches!(counts, Counts::Complete(_)) => {
+                history.cpu.utilization(&reading.cpu_seconds, request, now)
+            }
+            (Some(_), Some(_)) => Cpu::Unknown("not every broker answered".into()),
+        };
+        autoscale::decide(spec, current, &counts, &cpu, history, now)
     };
     let mut last_scale_time = last_scale_time;
     if decision.desired != current {
@@ -227,4 +241,11 @@ async fn scale(ctx: &Context, cluster: &Cluster<'_>, replicas: i32) -> Result<()
     api.patch_scale(cluster.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+/// The brokers' CPU request in millicores (`spec.resources.requests.cpu`), when set and
+/// readable.
+fn cpu_request(cluster: &Cluster<'_>) -> Option<i64> {
+    let requests = cluster.spec().resources.as_ref()?.requests.as_ref()?;
+    millicores(&requests.get("cpu")?.0)
 }
