@@ -95,6 +95,8 @@ const QUIET: Duration = Duration::from_millis(500);
 /// Messages per second of the QoS 1 streams.
 const RATE: u32 = 100;
 const SUBSCRIBERS: usize = 2;
+/// A stream standing still longer than this during a fault has its pods' logs kept.
+const STALL: Duration = Duration::from_secs(5);
 /// Polling pace of the waits (a retry pace, not synchronisation).
 const POLL: Duration = Duration::from_millis(250);
 
@@ -532,7 +534,8 @@ async fn autoscaling_on_connections(
         record,
         "autoscaled-down",
         outside,
-        |_pods, _hosts| async move {
+        |pods, _hosts| async move {
+            let _following = follow_logs(kube, &pods, "autoscaled-down");
             drop(fleet);
             let t = Instant::now();
             poll(READY_WITHIN, "the operator scaling back to 3", || async {
@@ -725,7 +728,15 @@ where
     let tally = stream.finish(ACKS_WITHIN, DELIVER_WITHIN, QUIET).await;
     let problems = record.problems.len();
     check_tally(record, &format!("{prefix}: QoS 1 stream"), &tally);
-    if record.problems.len() > problems {
+    // A stream that stood still for long has its pods' logs kept too, to be explained.
+    let stalled = tally.recovery() > STALL;
+    if stalled {
+        println!(
+            "{prefix}: the stream stood still for {}",
+            secs(tally.recovery())
+        );
+    }
+    if record.problems.len() > problems || stalled {
         keep_logs(kube, prefix).await;
     }
     Ok(())
@@ -734,6 +745,32 @@ where
 /// Saves every pod's log of the cluster (brokers, Redis) to `STARLING_E2E_LOG_DIR/<label>/`, at
 /// once, before later steps replace the pods; without the variable, prints each broker's
 /// warnings.
+/// Follows the log of each of `pods` into `STARLING_E2E_LOG_DIR/<label>/<pod>.follow.log` until
+/// the pod ends or the returned processes are dropped: the log of a pod a step removes (a
+/// scale-down) is gone before [`keep_logs`] could read it. Nothing without the variable.
+fn follow_logs(kube: &Kube, pods: &[Pod], label: &str) -> Vec<tokio::process::Child> {
+    let Some(dir) = std::env::var_os("STARLING_E2E_LOG_DIR").map(|d| PathBuf::from(d).join(label))
+    else {
+        return Vec::new();
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        println!("following logs into {}: {e}", dir.display());
+        return Vec::new();
+    }
+    pods.iter()
+        .filter_map(|pod| {
+            let name = pod_name(pod);
+            let file = std::fs::File::create(dir.join(format!("{name}.follow.log"))).ok()?;
+            tokio::process::Command::new("kubectl")
+                .args(["logs", "-f", "-n", kube.ns, &name])
+                .stdout(file)
+                .kill_on_drop(true)
+                .spawn()
+                .ok()
+        })
+        .collect()
+}
+
 async fn keep_logs(kube: &Kube, label: &str) {
     let pods = match kube
         .pods
