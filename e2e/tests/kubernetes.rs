@@ -1163,15 +1163,19 @@ async fn full_example(client: &Client, record: &mut Record) -> Result<()> {
     let tls = kube.reached_from_outside(TLS_PORT).await?;
     let ca = dir.path().join("tls.crt");
     let alice = Some(("alice", password));
-    mosquitto(
-        "mosquitto_pub",
-        tls,
-        &ca,
-        alice,
-        &["-t", "demo/tls", "-m", "over-tls", "-q", "1", "-r"],
-    )
-    .await
-    .context("publishing over TLS as alice")?;
+    // The NodePort routes to the pods once kube-proxy has their endpoints, which may come a
+    // moment after they are Ready (a run saw "Connection refused" 3.2 s in); the retained
+    // publish is the same each time.
+    poll(ROUTES_WITHIN, "publishing over TLS as alice", || {
+        mosquitto(
+            "mosquitto_pub",
+            tls,
+            &ca,
+            alice,
+            &["-t", "demo/tls", "-m", "over-tls", "-q", "1", "-r"],
+        )
+    })
+    .await?;
     let got = mosquitto(
         "mosquitto_sub",
         tls,

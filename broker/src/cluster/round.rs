@@ -94,18 +94,19 @@ impl Round {
         now: Instant,
         config: &RebalanceConfig,
     ) -> Verdict {
-        // Some clients are always between two connections.
-        let margin = (self.clients_from * config.tolerance_percent as usize / 100)
-            .max(config.min_excess as usize);
-        if clients + margin < self.clients_from {
-            return Verdict::Vanished;
-        }
         // What the targets still there gained (a target that left or restarted is not judged).
         let (present, gained) = self.gained(loads);
-        let waited = now.saturating_duration_since(self.first_ask) >= ARRIVAL_WAIT;
-        let enough_asked = self.asked >= config.min_excess as usize;
         // Fewer than a tenth of their expected share of the clients asked.
         let too_few = gained * 10 * self.receivers.max(1) < self.asked * present;
+        // The cluster's clients fell (some are always between two connections): vanishing at
+        // once, unless the targets got their share (then devices left on their own).
+        let margin = (self.clients_from * config.tolerance_percent as usize / 100)
+            .max(config.min_excess as usize);
+        if clients + margin < self.clients_from && (present == 0 || too_few) {
+            return Verdict::Vanished;
+        }
+        let waited = now.saturating_duration_since(self.first_ask) >= ARRIVAL_WAIT;
+        let enough_asked = self.asked >= config.min_excess as usize;
         if waited && enough_asked && present > 0 && too_few {
             return Verdict::Vanished;
         }
@@ -250,6 +251,24 @@ mod tests {
         assert_eq!(
             round.verdict(&loads, 12_000, true, later, &config),
             Verdict::Going
+        );
+    }
+
+    #[test]
+    fn devices_leaving_after_the_targets_got_their_share_are_not_vanishing() {
+        let config = RebalanceConfig::default();
+        let start = Instant::now();
+        let mut round = Round::begin("a", &cluster([1000, 1000, 1000, 0]), 3000, start, &config);
+        round.note_asked(250, start);
+        // d got 240 of them; then half the fleet went away.
+        let now = cluster([400, 400, 400, 240]);
+        assert_eq!(
+            round.verdict(&now, 1440, false, start + Duration::from_secs(1), &config),
+            Verdict::Going
+        );
+        assert_eq!(
+            round.verdict(&now, 1440, false, start + ARRIVAL_WAIT, &config),
+            Verdict::Arrived
         );
     }
 
