@@ -5,8 +5,10 @@
 
 pub mod counts;
 pub mod cpu;
+pub mod outcome;
 
 pub use cpu::Cpu;
+pub use outcome::Autoscaled;
 
 use crate::crd::AutoscalingSpec;
 use std::collections::VecDeque;

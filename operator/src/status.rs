@@ -21,8 +21,8 @@ pub mod pods;
 
 pub use self::endpoint::{endpoint, endpoint_hint};
 
+use crate::autoscale::outcome::Autoscaled;
 use crate::crd::MqttClusterStatus;
-use crate::reconcile::autoscaling::Autoscaled;
 use crate::resources::gossip::GossipKey;
 use crate::resources::{Cluster, COMPONENT_BROKER};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};

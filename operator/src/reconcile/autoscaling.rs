@@ -4,7 +4,7 @@
 
 use super::Context;
 use crate::autoscale::cpu::millicores;
-use crate::autoscale::{self, counts, Counts, Cpu, Recommendations};
+use crate::autoscale::{self, counts, Autoscaled, Counts, Cpu, Recommendations};
 use crate::crd::{AutoscalingSpec, AutoscalingStatus, MqttCluster, GROUP};
 use crate::events;
 use crate::resources::admin::TOKEN_KEY;
@@ -19,19 +19,6 @@ use std::time::Instant;
 
 /// Event reason: the autoscaler changed the cluster's size.
 pub const SCALED: &str = "Autoscaled";
-
-/// What the autoscaler did in this reconcile, for the status.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Autoscaled {
-    /// Whether it is in charge and has what it needs (the `Autoscaling` condition's status).
-    pub active: bool,
-    /// The condition's reason.
-    pub reason: String,
-    /// The condition's message.
-    pub message: String,
-    /// `status.autoscaling`.
-    pub status: AutoscalingStatus,
-}
 
 /// How often the brokers are counted: reconciles in between (a status patch, a child changing)
 /// reuse the last count, or every status patch carrying a new count would start the next
