@@ -164,13 +164,14 @@ async fn fleet(lb: &Haproxy, nodes: &[BrokerNode]) -> Fleet {
     fleet
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let redis = RedisServer::start().await.expect("redis starts");
-    let (mut nodes, fourth, lb) = three_nodes(&redis, true).await;
+/// Three nodes holding the fleet, then a fourth started (behind the balancer or not): the four
+/// nodes, the fleet, each of the three's asks to move so far, and the balancer.
+async fn fleet_then_a_fourth(
+    redis: &RedisServer,
+    fourth_behind_balancer: bool,
+) -> (Vec<BrokerNode>, Fleet, Vec<usize>, Haproxy) {
+    let (mut nodes, fourth, lb) = three_nodes(redis, fourth_behind_balancer).await;
     let fleet = fleet(&lb, &nodes).await;
-    let tally = &fleet.tally;
     let three: Vec<&BrokerNode> = nodes.iter().collect();
     let before = asked_to_move(&three).await;
     println!("asked to move while the fleet connected: {before:?}");
@@ -179,6 +180,15 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
             .await
             .expect("node 3 starts"),
     );
+    (nodes, fleet, before, lb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let redis = RedisServer::start().await.expect("redis starts");
+    let (nodes, fleet, before, _lb) = fleet_then_a_fourth(&redis, true).await;
+    let tally = &fleet.tally;
     let four: Vec<&BrokerNode> = nodes.iter().collect();
     let mean = CLIENTS / 4;
     // Within the tolerance, and staying there with no node giving connections away: no
@@ -223,17 +233,8 @@ async fn after_a_scale_up_from_three_to_four_nodes_each_holds_its_share() {
 async fn a_node_the_balancer_cannot_reach_does_not_drain_the_others() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start().await.expect("redis starts");
-    let (mut nodes, fourth, lb) = three_nodes(&redis, false).await;
-    let fleet = fleet(&lb, &nodes).await;
+    let (nodes, fleet, before, _lb) = fleet_then_a_fourth(&redis, false).await;
     let tally = &fleet.tally;
-    let three: Vec<&BrokerNode> = nodes.iter().collect();
-    let before = asked_to_move(&three).await;
-    println!("asked to move while the fleet connected: {before:?}");
-    nodes.push(
-        BrokerNode::start_clustered("node-3", &fourth)
-            .await
-            .expect("node 3 starts"),
-    );
     let four: Vec<&BrokerNode> = nodes.iter().collect();
 
     // Watch 20 s: the others try (the new node looks starved), notice that the clients they

@@ -194,8 +194,7 @@ pub fn excess(own: &NodeLoad, loads: &[NodeLoad], giving: bool, config: &Rebalan
     let total: usize = accepting.iter().sum::<usize>() + moving;
     let mean = total.div_ceil(accepting.len());
     let over = own.connections.saturating_sub(mean);
-    let tolerance =
-        (mean * config.tolerance_percent as usize / 100).max(config.min_excess as usize);
+    let tolerance = tolerance(mean, config);
     // A node far below the mean (a new one) is filled by every node above it, each giving what
     // it holds above the mean, however little.
     let lowest = accepting.iter().copied().min().unwrap_or(mean);
@@ -207,20 +206,29 @@ pub fn excess(own: &NodeLoad, loads: &[NodeLoad], giving: bool, config: &Rebalan
     }
 }
 
+/// How far off `count` (a node's share, or the cluster's clients) may be before it counts:
+/// `tolerance_percent` of it, at least `min_excess`.
+pub(super) fn tolerance(count: usize, config: &RebalanceConfig) -> usize {
+    (count * config.tolerance_percent as usize / 100).max(config.min_excess as usize)
+}
+
+/// An accepting node's load, for tests.
+#[cfg(test)]
+pub(super) fn test_load(node: &str, connections: usize) -> NodeLoad {
+    NodeLoad {
+        node: node.into(),
+        connections,
+        accepting: true,
+        moving: 0,
+        arrived: 0,
+        at_ms: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_load as load;
     use super::*;
-
-    fn load(node: &str, connections: usize) -> NodeLoad {
-        NodeLoad {
-            node: node.into(),
-            connections,
-            accepting: true,
-            moving: 0,
-            arrived: 0,
-            at_ms: 1,
-        }
-    }
 
     #[test]
     fn a_node_far_below_the_mean_is_filled_by_all_above_it() {

@@ -3,7 +3,7 @@
 //! arriving nowhere (the nodes that should take them are out of the balancer's reach), in which
 //! case the node pauses instead of emptying the reachable nodes round after round.
 
-use super::load::NodeLoad;
+use super::load::{tolerance, NodeLoad};
 use starling_config::RebalanceConfig;
 use std::time::{Duration, Instant};
 
@@ -52,8 +52,7 @@ impl Round {
     ) -> Self {
         let accepting: Vec<&NodeLoad> = loads.iter().filter(|l| l.accepting).collect();
         let mean = accepting.iter().map(|l| l.connections).sum::<usize>() / accepting.len().max(1);
-        let tolerance =
-            (mean * config.tolerance_percent as usize / 100).max(config.min_excess as usize);
+        let tolerance = tolerance(mean, config);
         let others = accepting.iter().filter(|l| l.node != own);
         let targets: Vec<(String, usize)> = others
             .clone()
@@ -100,8 +99,7 @@ impl Round {
         let too_few = gained * 10 * self.receivers.max(1) < self.asked * present;
         // The cluster's clients fell (some are always between two connections): vanishing at
         // once, unless the targets got their share (then devices left on their own).
-        let margin = (self.clients_from * config.tolerance_percent as usize / 100)
-            .max(config.min_excess as usize);
+        let margin = tolerance(self.clients_from, config);
         if clients + margin < self.clients_from && (present == 0 || too_few) {
             return Verdict::Vanished;
         }
@@ -136,18 +134,8 @@ impl Round {
 
 #[cfg(test)]
 mod tests {
+    use super::super::load::test_load as load;
     use super::*;
-
-    fn load(node: &str, connections: usize) -> NodeLoad {
-        NodeLoad {
-            node: node.into(),
-            connections,
-            accepting: true,
-            moving: 0,
-            arrived: 0,
-            at_ms: 1,
-        }
-    }
 
     fn cluster(counts: [usize; 4]) -> Vec<NodeLoad> {
         ["a", "b", "c", "d"]

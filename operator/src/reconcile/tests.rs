@@ -214,6 +214,15 @@ fn load_balancer(ip: &str) -> Value {
 /// The reads of a status pass over a cluster whose brokers (all 3), Redis and load balancer
 /// (203.0.113.7) are ready; `set` is the StatefulSet the pass applied.
 async fn expect_ready_observations(api: &mut FakeApiServer, set: &Value) {
+    expect_ready_observations_with_pods(api, set, vec![]).await;
+}
+
+/// [`expect_ready_observations`], the pod list holding `pods`.
+async fn expect_ready_observations_with_pods(
+    api: &mut FakeApiServer,
+    set: &Value,
+    pods: Vec<Value>,
+) {
     api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
         .await
         .respond_with(stateful_set_with_status(set, 3));
@@ -223,7 +232,7 @@ async fn expect_ready_observations(api: &mut FakeApiServer, set: &Value) {
     api.expect(Method::GET, &format!("{NS_API}/services/demo"))
         .await
         .respond_with(load_balancer("203.0.113.7"));
-    expect_pods(api, vec![]).await;
+    expect_pods(api, pods).await;
 }
 
 /// Answers the list of the cluster's pods (brokers and Redis, by label) with `pods`.

@@ -71,16 +71,22 @@ async fn expect_ready_cluster(api: &mut FakeApiServer, pods: Vec<Value>) {
     expect_existing_managed_redis(api).await;
     let set = expect_broker_children_applied(api).await;
     expect_service_monitor_discovery(api, false).await;
-    api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
-        .await
-        .respond_with(stateful_set_with_status(&set, 3));
-    api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
-        .await
-        .respond_with(redis_available());
-    api.expect(Method::GET, &format!("{NS_API}/services/demo"))
-        .await
-        .respond_with(load_balancer("203.0.113.7"));
-    expect_pods(api, pods).await;
+    expect_ready_observations_with_pods(api, &set, pods).await;
+}
+
+/// Asserts the `Autoscaling` condition's status and reason, and that its message names
+/// `mentions`.
+fn assert_autoscaling(status: &MqttClusterStatus, expected: (&str, &str), mentions: &str) {
+    let autoscaling = condition(status, "Autoscaling");
+    assert_eq!(
+        (autoscaling.status.as_str(), autoscaling.reason.as_str()),
+        expected
+    );
+    assert!(
+        autoscaling.message.contains(mentions),
+        "{}",
+        autoscaling.message
+    );
 }
 
 async fn expect_hpas(api: &mut FakeApiServer, items: Vec<Value>) {
@@ -153,16 +159,7 @@ async fn a_broker_without_a_count_holds_the_size_and_is_named_in_the_condition()
         expect_admin_token(&mut api).await;
         // No scale patch, no Autoscaled Event.
         let status = expect_status_patch(&mut api).await;
-        let autoscaling = condition(&status, "Autoscaling");
-        assert_eq!(
-            (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-            ("True", "CountsUnavailable")
-        );
-        assert!(
-            autoscaling.message.contains("demo-2 (not ready)"),
-            "{}",
-            autoscaling.message
-        );
+        assert_autoscaling(&status, ("True", "CountsUnavailable"), "demo-2 (not ready)");
         let recorded = status.autoscaling.expect("status.autoscaling");
         assert_eq!((recorded.desired_replicas, recorded.connections), (3, None));
         expect_event(&mut api, "Normal", "Reconciled").await;
@@ -220,16 +217,7 @@ async fn an_external_autoscaler_on_the_same_cluster_stops_the_operator_scaling()
         expect_hpas(&mut api, vec![hpa]).await;
         // No token read, no count, no scale.
         let status = expect_status_patch(&mut api).await;
-        let autoscaling = condition(&status, "Autoscaling");
-        assert_eq!(
-            (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-            ("False", "ExternalAutoscaler")
-        );
-        assert!(
-            autoscaling.message.contains("demo-cpu"),
-            "{}",
-            autoscaling.message
-        );
+        assert_autoscaling(&status, ("False", "ExternalAutoscaler"), "demo-cpu");
         expect_event(&mut api, "Normal", "Reconciled").await;
         api
     })
@@ -248,16 +236,7 @@ async fn a_failing_api_call_is_reported_in_the_condition_and_the_status_still_wr
             "horizontalpodautoscalers is forbidden",
         );
         let status = expect_status_patch(&mut api).await;
-        let autoscaling = condition(&status, "Autoscaling");
-        assert_eq!(
-            (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-            ("False", "AutoscalerFailed")
-        );
-        assert!(
-            autoscaling.message.contains("forbidden"),
-            "{}",
-            autoscaling.message
-        );
+        assert_autoscaling(&status, ("False", "AutoscalerFailed"), "forbidden");
         // The rest of the status is there.
         assert_eq!(condition(&status, "Ready").status, "True");
         expect_event(&mut api, "Normal", "Reconciled").await;
