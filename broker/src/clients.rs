@@ -2,7 +2,7 @@
 //! connected and how, disconnecting one, and evacuating the node (every client asked, at a
 //! bounded rate, to reconnect elsewhere, their sessions kept).
 
-use crate::broker::Broker;
+use crate::broker::{Broker, SessionHandle};
 pub use crate::client_info::{ClientInfo, ClientView, EvacuationStatus};
 use crate::mailbox::Signal;
 use std::sync::atomic::Ordering;
@@ -18,17 +18,26 @@ impl Broker {
         let mut views: Vec<ClientView> = self
             .online_handles()
             .into_iter()
-            .filter_map(|(client_id, handle)| {
-                Some(ClientView {
-                    client_id: client_id.to_string(),
-                    node: self.config.node_id.clone(),
-                    waiting: handle.mailbox.len(),
-                    info: (*handle.info.clone()?).clone(),
-                })
-            })
+            .filter_map(|(client_id, handle)| self.client_view(&client_id, &handle))
             .collect();
         views.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         views
+    }
+
+    /// `client_id`, if it is connected to this node.
+    pub fn client(&self, client_id: &str) -> Option<ClientView> {
+        let handle = self.online_handle(client_id)?;
+        self.client_view(client_id, &handle)
+    }
+
+    /// How the admin API shows a connected client (`None` until its connection said who it is).
+    fn client_view(&self, client_id: &str, handle: &SessionHandle) -> Option<ClientView> {
+        Some(ClientView {
+            client_id: client_id.to_string(),
+            node: self.config.node_id.clone(),
+            waiting: handle.mailbox.len(),
+            info: (*handle.info.clone()?).clone(),
+        })
     }
 
     /// Disconnects `client_id` if it is connected here (v5: DISCONNECT 0x98); with

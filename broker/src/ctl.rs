@@ -1,12 +1,20 @@
 //! `starling-broker ctl`: the admin API (see [`crate::admin::api`]) from a terminal, with tables
 //! for people and JSON (`--json`) for scripts.
 
-use crate::admin::api::{ClientList, ClusterView, Disconnected, NodeView};
+mod tables;
+
+use crate::admin::api::{
+    encode, ClientList, ClusterView, Disconnected, NodeView, RetainedDeleted, RetainedList,
+    SessionView, SubscriptionList,
+};
 use crate::clients::{ClientView, EvacuationStatus};
 use serde::de::DeserializeOwned;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
+use tables::{
+    clients_table, cluster_table, evacuation_line, node_table, retained_table, session_table,
+    subscriptions_table,
+};
 
 /// Why a `ctl` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +71,21 @@ pub enum Request {
     Node,
     /// Show the cluster's nodes and their load.
     Cluster,
-    /// List connected clients, optionally those whose id starts with a prefix.
+    /// List the clients connected to the cluster, optionally those whose id starts with a prefix.
     Clients { prefix: Option<String> },
-    /// Show one connected client.
+    /// Show one connected client, on whichever node it is.
     Client { id: String },
+    /// Show one session, online or offline.
+    Session { id: String },
+    /// List subscriptions, optionally one client's or one filter's.
+    Subscriptions {
+        client: Option<String>,
+        filter: Option<String>,
+    },
+    /// List the retained messages a filter matches (default `#`).
+    Retained { filter: Option<String> },
+    /// Delete a topic's retained message.
+    DeleteRetained { topic: String },
     /// Disconnect a client, optionally discarding its session.
     Disconnect { id: String, discard_session: bool },
     /// Evacuate the node at a rate (clients per second), and optionally wait until it is empty.
@@ -106,14 +125,25 @@ impl Admin {
         let (method, path) = match request {
             Request::Node => ("GET", "/api/v1/node".to_string()),
             Request::Cluster => ("GET", "/api/v1/cluster".to_string()),
-            Request::Clients { prefix } => (
-                "GET",
-                match prefix {
-                    Some(prefix) => format!("/api/v1/clients?prefix={}", encode(prefix)),
-                    None => "/api/v1/clients".to_string(),
-                },
-            ),
+            Request::Clients { prefix } => {
+                ("GET", with_query("/api/v1/clients", &[("prefix", prefix)]))
+            }
             Request::Client { id } => ("GET", format!("/api/v1/clients/{}", encode(id))),
+            Request::Session { id } => ("GET", format!("/api/v1/sessions/{}", encode(id))),
+            Request::Subscriptions { client, filter } => (
+                "GET",
+                with_query(
+                    "/api/v1/subscriptions",
+                    &[("client", client), ("filter", filter)],
+                ),
+            ),
+            Request::Retained { filter } => {
+                ("GET", with_query("/api/v1/retained", &[("filter", filter)]))
+            }
+            Request::DeleteRetained { topic } => (
+                "DELETE",
+                format!("/api/v1/retained?topic={}", encode(topic)),
+            ),
             Request::Disconnect {
                 id,
                 discard_session,
@@ -148,7 +178,17 @@ impl Admin {
                 clients_table(&ClientList {
                     clients: vec![client],
                     matched: 1,
+                    unanswered: Vec::new(),
                 })
+            }
+            Request::Session { .. } => session_table(&parse::<SessionView>(&url, &body)?),
+            Request::Subscriptions { .. } => {
+                subscriptions_table(&parse::<SubscriptionList>(&url, &body)?)
+            }
+            Request::Retained { .. } => retained_table(&parse::<RetainedList>(&url, &body)?),
+            Request::DeleteRetained { .. } => {
+                let done = parse::<RetainedDeleted>(&url, &body)?;
+                format!("deleted the retained message of {}\n", done.topic)
             }
             Request::Disconnect { .. } => {
                 let done = parse::<Disconnected>(&url, &body)?;
@@ -157,7 +197,10 @@ impl Admin {
                 } else {
                     "session kept"
                 };
-                format!("disconnected {} ({session})\n", done.client_id)
+                format!(
+                    "disconnected {} from {} ({session})\n",
+                    done.client_id, done.node
+                )
             }
             Request::Evacuate { .. } | Request::Evacuation => {
                 evacuation_line(&parse::<EvacuationStatus>(&url, &body)?)
@@ -237,88 +280,16 @@ fn parse<T: DeserializeOwned>(url: &str, body: &str) -> Result<T, CtlError> {
     })
 }
 
-/// Percent-encodes a path segment or query value.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-fn node_table(node: &NodeView) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "node          {}", node.node_id);
-    let _ = writeln!(out, "version       {}", node.version);
-    let _ = writeln!(out, "uptime        {} s", node.uptime_secs);
-    let _ = writeln!(out, "connections   {}", node.connections);
-    let _ = writeln!(out, "members       {}", node.cluster_members);
-    let _ = writeln!(out, "shutting down {}", node.shutting_down);
-    out.push_str(&evacuation_line(&node.evacuation));
-    out
-}
-
-fn cluster_table(cluster: &ClusterView) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:>11} {:>9}",
-        "NODE", "CONNECTIONS", "ACCEPTING"
-    );
-    for node in &cluster.nodes {
-        let _ = writeln!(
-            out,
-            "{:<24} {:>11} {:>9}",
-            node.node,
-            node.connections,
-            if node.accepting { "yes" } else { "no" }
-        );
-    }
-    let giving = match (cluster.giving, cluster.refusing) {
-        (true, true) => "yes: asking clients to reconnect elsewhere, refusing new ones",
-        (true, false) => "yes: asking clients to reconnect elsewhere",
-        _ => "no",
-    };
-    let _ = writeln!(out, "this node gives connections away: {giving}");
-    out
-}
-
-fn evacuation_line(status: &EvacuationStatus) -> String {
-    if status.evacuating {
-        format!(
-            "evacuating    asked {}, {} still connected, {} per second\n",
-            status.asked, status.remaining, status.rate_per_sec
-        )
-    } else {
-        "evacuating    no\n".to_string()
-    }
-}
-
-fn clients_table(list: &ClientList) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<32} {:<16} {:<6} {:<21} {:>9} {:>7} {:>8}",
-        "CLIENT", "USER", "MQTT", "PEER", "KEEPALIVE", "EXPIRY", "WAITING"
-    );
-    for c in &list.clients {
-        let _ = writeln!(
-            out,
-            "{:<32} {:<16} {:<6} {:<21} {:>9} {:>7} {:>8}",
-            c.client_id,
-            c.info.username.as_deref().unwrap_or("-"),
-            c.info.protocol,
-            c.info.peer.to_string(),
-            c.info.keep_alive_secs,
-            c.info.session_expiry_secs,
-            c.waiting
-        );
-    }
-    if list.matched > list.clients.len() {
-        let _ = writeln!(out, "({} of {} shown)", list.clients.len(), list.matched);
+/// `path` with the query parameters that are set, encoded.
+fn with_query(path: &str, parameters: &[(&str, &Option<String>)]) -> String {
+    let mut out = path.to_string();
+    for (name, value) in parameters {
+        if let Some(value) = value {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(name);
+            out.push('=');
+            out.push_str(&encode(value));
+        }
     }
     out
 }

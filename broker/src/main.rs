@@ -122,16 +122,41 @@ enum CtlCommand {
     Node,
     /// The cluster's nodes and their connections, as this node last read them (rebalancing).
     Cluster,
-    /// The clients connected to the node.
+    /// The clients connected to the cluster (every node that answers).
     Clients {
         /// Only client ids starting with this.
         #[arg(long)]
         prefix: Option<String>,
     },
-    /// One connected client.
+    /// One connected client, on whichever node it is.
     Client {
         /// Its client id.
         id: String,
+    },
+    /// One session, online or offline: what the store holds, its connection, its subscriptions.
+    Session {
+        /// Its client id.
+        id: String,
+    },
+    /// Subscriptions of the cluster's sessions, online and offline.
+    Subscriptions {
+        /// Only this client's.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only this filter, exactly as subscribed.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Retained messages a filter matches (topic, QoS, size).
+    Retained {
+        /// The topic filter (default `#`).
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Delete a topic's retained message.
+    DeleteRetained {
+        /// The topic name.
+        topic: String,
     },
     /// Disconnect a client (MQTT 5: DISCONNECT 0x98); its session is kept unless --discard-session.
     Disconnect {
@@ -304,6 +329,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     prefix: prefix.clone(),
                 },
                 CtlCommand::Client { id } => ctl::Request::Client { id: id.clone() },
+                CtlCommand::Session { id } => ctl::Request::Session { id: id.clone() },
+                CtlCommand::Subscriptions { client, filter } => ctl::Request::Subscriptions {
+                    client: client.clone(),
+                    filter: filter.clone(),
+                },
+                CtlCommand::Retained { filter } => ctl::Request::Retained {
+                    filter: filter.clone(),
+                },
+                CtlCommand::DeleteRetained { topic } => ctl::Request::DeleteRetained {
+                    topic: topic.clone(),
+                },
                 CtlCommand::Disconnect {
                     id,
                     discard_session,

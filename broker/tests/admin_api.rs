@@ -4,7 +4,9 @@
 mod common;
 
 use common::{v4, v5, TestBroker, WAIT};
-use starling_broker::admin::api::{ClientList, NodeView};
+use starling_broker::admin::api::{
+    ClientList, NodeView, RetainedList, SessionView, SubscriptionList,
+};
 use starling_broker::clients::EvacuationStatus;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -199,6 +201,132 @@ async fn an_evacuated_node_refuses_new_clients_and_asks_each_connected_one_to_go
         "{metrics}"
     );
     broker.stop().await;
+}
+
+#[tokio::test]
+async fn ctl_shows_sessions_offline_too_their_subscriptions_and_retained_messages_and_deletes_one()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path(), TOKEN);
+    let broker = broker_with_token(token.clone()).await;
+    let url = admin_url(&broker);
+
+    // A persistent session with two subscriptions (one shared) goes offline; two QoS 1
+    // messages are queued for it.
+    let mut sleeper = v5::connect(v5_persistent(broker.tcp(), "sleeper"));
+    sleeper.connack().await;
+    for filter in ["meters/+/reading", "$share/fleet/alarms/#"] {
+        sleeper
+            .client
+            .subscribe(filter, v5::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        sleeper.suback().await;
+    }
+    sleeper.client.disconnect().await.expect("disconnect");
+    sleeper.ended().await;
+    let mut publisher = v5::connect(v5::options(broker.tcp(), "publisher"));
+    publisher.connack().await;
+    for topic in ["meters/7/reading", "alarms/fire"] {
+        publisher
+            .client
+            .publish(topic, v5::QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("publish");
+    }
+    publisher
+        .client
+        .publish("config/site-1", v5::QoS::AtLeastOnce, true, "12345")
+        .await
+        .expect("publish retained");
+    let retained = |filter: &'static str| {
+        let (url, token) = (url.clone(), token.clone());
+        async move { ctl_json::<RetainedList>(&url, &token, &["retained", "--filter", filter]).await }
+    };
+    // A QoS 1 PUBLISH is acknowledged once it is stored (retained) and queued for the sleeper.
+    for _ in 0..3 {
+        publisher
+            .expect(|p| matches!(p, v5::Packet::PubAck(_)).then_some(()))
+            .await;
+    }
+
+    let view: SessionView = ctl_json(&url, &token, &["session", "sleeper"]).await;
+    assert!(!view.session.online);
+    assert_eq!(view.session.node.as_deref(), Some(broker_node_id(&broker)));
+    assert_eq!(view.session.expiry_secs, Some(300));
+    assert_eq!(view.session.queued, 2, "{view:?}");
+    assert!(view.connection.is_none());
+    let filters: Vec<&str> = view
+        .subscriptions
+        .iter()
+        .map(|s| s.filter.as_str())
+        .collect();
+    assert_eq!(filters, ["$share/fleet/alarms/#", "meters/+/reading"]);
+    let (ok, table, _) = ctl(&url, &token, &["session", "sleeper"]).await;
+    assert!(
+        ok && table.contains("offline") && table.contains("2 queued"),
+        "{table}"
+    );
+
+    let online: SessionView = ctl_json(&url, &token, &["session", "publisher"]).await;
+    assert!(online.session.online);
+    assert_eq!(
+        online.connection.map(|c| c.client_id).as_deref(),
+        Some("publisher")
+    );
+    let (ok, _, stderr) = ctl(&url, &token, &["session", "nobody"]).await;
+    assert!(
+        !ok && stderr.contains("404") && stderr.contains("no session"),
+        "{stderr}"
+    );
+
+    let shared: SubscriptionList = ctl_json(
+        &url,
+        &token,
+        &["subscriptions", "--filter", "$share/fleet/alarms/#"],
+    )
+    .await;
+    assert_eq!(shared.matched, 1);
+    assert_eq!(shared.subscriptions[0].client_id, "sleeper");
+    assert_eq!(shared.subscriptions[0].qos, 1);
+    assert!(shared.unanswered.is_empty());
+    let all: SubscriptionList = ctl_json(&url, &token, &["subscriptions"]).await;
+    assert_eq!(all.matched, 2);
+
+    let listed = retained("#").await;
+    assert_eq!(listed.matched, 1);
+    assert_eq!(
+        (
+            listed.retained[0].topic.as_str(),
+            listed.retained[0].payload_bytes
+        ),
+        ("config/site-1", 5)
+    );
+    let (ok, said, stderr) = ctl(&url, &token, &["delete-retained", "config/site-1"]).await;
+    assert!(ok, "{stderr}");
+    assert!(said.contains("config/site-1"), "{said}");
+    assert_eq!(retained("#").await.matched, 0);
+    // A new subscriber gets no retained message.
+    let mut late = v5::connect(v5::options(broker.tcp(), "late"));
+    late.connack().await;
+    late.client
+        .subscribe("config/#", v5::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    late.suback().await;
+    late.no_publish().await;
+    let (ok, _, stderr) = ctl(&url, &token, &["delete-retained", "config/site-1"]).await;
+    assert!(!ok && stderr.contains("404"), "{stderr}");
+    let (ok, _, stderr) = ctl(&url, &token, &["delete-retained", "config/#"]).await;
+    assert!(
+        !ok && stderr.contains("400") && stderr.contains("wildcards"),
+        "{stderr}"
+    );
+    broker.stop().await;
+}
+
+fn broker_node_id(broker: &TestBroker) -> &str {
+    &broker.broker.config.node_id
 }
 
 /// A plain GET; returns (status, body).

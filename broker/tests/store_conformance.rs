@@ -229,6 +229,7 @@ conformance! {
     the_sweep_takes_only_offline_sessions_that_are_due(DEFAULT);
     a_session_that_never_expires_is_never_swept(DEFAULT);
     sessions_are_counted_online_and_offline(DEFAULT);
+    a_session_summary_follows_the_session_online_and_offline(DEFAULT);
     // Retained messages.
     retained_set_replace_and_delete(DEFAULT);
     retained_messages_round_trip_exactly(DEFAULT);
@@ -1074,6 +1075,68 @@ async fn messages_for_an_offline_session_queue_in_order_up_to_the_limit(ctx: &Ct
         assert_eq!(enqueue(s, "c", queued(p), false).await, Enqueued::Queued);
     }
     assert_eq!(enqueue(s, "c", queued("w"), false).await, Enqueued::Full);
+}
+
+/// The admin API's session lookup: what the store holds of a session, read without claiming
+/// it, online and offline, until the session is removed.
+async fn a_session_summary_follows_the_session_online_and_offline(ctx: &Ctx) {
+    let s = ctx.store();
+    let summary = |id: &'static str| async move { s.session_summary(id).await.expect("summary") };
+    assert_eq!(summary("c").await, None, "no such session yet");
+    let a = attach(s, "c", &claim(120)).await;
+    let online = summary("c").await.expect("an online session");
+    assert!(online.online);
+    let expected_node = if ctx.excepted(Exception::NoNodeIds) {
+        None
+    } else {
+        Some(NODE.to_string())
+    };
+    assert_eq!(online.node, expected_node, "the node that holds it");
+    assert_eq!((online.queued, online.inflight), (0, 0));
+    assert_eq!(
+        enqueue(s, "c", queued("forced"), true).await,
+        Enqueued::Queued
+    );
+    assert_eq!(summary("c").await.expect("online").queued, 1);
+    let before = SystemTime::now();
+    let mut session = expiring(120);
+    session.queue.push_back(queued("own"));
+    session.inflight.push(InflightMessage {
+        packet_id: 7,
+        state: InflightState::AwaitingAck,
+        queued: queued("sent"),
+    });
+    assert_eq!(
+        detach(s, "c", a.generation, session).await,
+        Detached::Stored
+    );
+    let offline = summary("c").await.expect("an offline session");
+    assert!(!offline.online);
+    assert_eq!(offline.expiry_secs, Some(120));
+    assert_eq!(
+        (offline.queued, offline.inflight),
+        (2, 1),
+        "own and forced queued, one sent"
+    );
+    let before_ms = before
+        .duration_since(UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis();
+    let at = u128::from(offline.disconnected_at_ms.expect("when it went offline"));
+    assert!(
+        at + 1_000 >= before_ms && at <= before_ms + 60_000,
+        "disconnected at {at} ms, detached at {before_ms} ms"
+    );
+    assert_eq!(
+        enqueue(s, "c", queued("later"), false).await,
+        Enqueued::Queued
+    );
+    assert_eq!(summary("c").await.expect("offline").queued, 3);
+    let back = attach(s, "c", &claim(120)).await;
+    s.remove_session("c", back.generation)
+        .await
+        .expect("remove");
+    assert_eq!(summary("c").await, None, "removed");
 }
 
 /// With at most 3 queued messages per session: messages forced into the store while a

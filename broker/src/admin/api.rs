@@ -1,29 +1,46 @@
 //! The admin API, `/api/v1/...` on the admin port: JSON in and out, every request carrying
 //! `Authorization: Bearer <token>` (the token in `admin.token_file`; without one the API is
-//! off). What it answers about is this node.
+//! off). Questions about clients, sessions and subscriptions answer for the whole cluster from
+//! any node, which asks the others ([`super::peers`]); `scope=node` keeps an answer to the node
+//! asked. Retained messages are in the store every node shares.
 //!
 //! | method and path | what |
 //! |---|---|
 //! | `GET /api/v1/node` | this node: id, version, uptime, connections, cluster members, evacuation |
 //! | `GET /api/v1/cluster` | every node's connections as this node last read them, and whether this node gives connections away (rebalancing) |
-//! | `GET /api/v1/clients?prefix=&limit=` | the clients connected here, by client id |
-//! | `GET /api/v1/clients/{id}` | one of them |
+//! | `GET /api/v1/clients?prefix=&limit=&scope=` | the clients connected to the cluster, by client id |
+//! | `GET /api/v1/clients/{id}` | one of them, on whichever node it is |
 //! | `DELETE /api/v1/clients/{id}?discard_session=` | disconnect it (v5: 0x98), keeping its session unless asked |
+//! | `GET /api/v1/sessions/{id}` | one session, online or offline: what the store holds, its connection and subscriptions |
+//! | `GET /api/v1/subscriptions?client=&filter=&limit=&scope=` | subscriptions of online and offline sessions |
+//! | `GET /api/v1/retained?filter=&limit=` | retained messages a filter matches (topic, QoS, size, expiry) |
+//! | `DELETE /api/v1/retained?topic=` | delete a topic's retained message |
 //! | `POST /api/v1/evacuate?rate=` | refuse new clients, ask connected ones to reconnect elsewhere, `rate` per second (v5: 0x9C) |
-//! | `GET /api/v1/evacuate` | where the evacuation stands |
+//! | `GET /api/v1/evacuate` | where this node's evacuation stands |
 //!
-//! Errors are JSON too: `{"error": "..."}` with the HTTP status that fits.
+//! Errors are JSON too: `{"error": "..."}` with the HTTP status that fits. A cluster-wide answer
+//! names the nodes that did not answer (`unanswered`) rather than leaving them out silently.
+
+mod clients;
+mod retained;
+mod sessions;
+
+pub use clients::{ClientList, Disconnected};
+pub use retained::{RetainedDeleted, RetainedList, RetainedView};
+pub use sessions::{SessionView, SubscriptionList, SubscriptionView};
 
 use super::AdminState;
 use crate::broker::Broker;
-use crate::clients::{ClientView, EvacuationStatus};
+use crate::clients::EvacuationStatus;
 use crate::cluster::load::NodeLoad;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -35,11 +52,50 @@ pub fn routes(state: Arc<AdminState>) -> Router<Arc<AdminState>> {
     Router::new()
         .route("/api/v1/node", get(node))
         .route("/api/v1/cluster", get(cluster))
-        .route("/api/v1/clients", get(clients))
-        .route("/api/v1/clients/{id}", get(client).delete(disconnect))
+        .route("/api/v1/clients", get(clients::clients))
+        .route(
+            "/api/v1/clients/{id}",
+            get(clients::client).delete(clients::disconnect),
+        )
+        .route("/api/v1/sessions/{id}", get(sessions::session))
+        .route("/api/v1/subscriptions", get(sessions::subscriptions))
+        .route(
+            "/api/v1/retained",
+            get(retained::list).delete(retained::delete),
+        )
         .route("/api/v1/evacuate", get(evacuation).post(evacuate))
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "no such admin API path") })
         .route_layer(middleware::from_fn_with_state(state, authorize))
+}
+
+/// Whether an answer covers the cluster (the default) or only the node asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    /// Only what the node asked holds (how nodes ask each other).
+    Node,
+    /// Every node's.
+    Cluster,
+}
+
+/// The caller's `Authorization` header, passed on when asking the other nodes.
+fn authorization(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// What a path segment or query value may hold unencoded: RFC 3986's unreserved characters.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a path segment or query value.
+pub fn encode(text: &str) -> String {
+    utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 /// An error as the API answers it.
@@ -166,6 +222,7 @@ async fn cluster(State(state): State<Arc<AdminState>>) -> Response {
             moving: broker.rebalancing.moving(),
             arrived: broker.rebalancing.arrived(),
             at_ms: 0,
+            admin: None,
         });
     }
     Json(ClusterView {
@@ -174,98 +231,6 @@ async fn cluster(State(state): State<Arc<AdminState>>) -> Response {
         refusing: broker.rebalancing.is_refusing(),
     })
     .into_response()
-}
-
-/// `GET /api/v1/clients` parameters.
-#[derive(Debug, Deserialize)]
-struct ClientsQuery {
-    /// Only client ids that start with this.
-    prefix: Option<String>,
-    /// At most this many (default 1,000).
-    limit: Option<usize>,
-}
-
-/// The answer to `GET /api/v1/clients`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ClientList {
-    /// The clients listed, by client id.
-    pub clients: Vec<ClientView>,
-    /// How many matched (more than listed when the limit cut the list).
-    pub matched: usize,
-}
-
-async fn clients(
-    State(state): State<Arc<AdminState>>,
-    Query(query): Query<ClientsQuery>,
-) -> Response {
-    let broker = match running(&state) {
-        Ok(broker) => broker,
-        Err(response) => return *response,
-    };
-    let prefix = query.prefix.unwrap_or_default();
-    let mut clients: Vec<ClientView> = broker
-        .clients()
-        .into_iter()
-        .filter(|c| c.client_id.starts_with(&prefix))
-        .collect();
-    let matched = clients.len();
-    clients.truncate(query.limit.unwrap_or(1000));
-    Json(ClientList { clients, matched }).into_response()
-}
-
-async fn client(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    let broker = match running(&state) {
-        Ok(broker) => broker,
-        Err(response) => return *response,
-    };
-    match broker.clients().into_iter().find(|c| c.client_id == id) {
-        Some(view) => Json(view).into_response(),
-        None => not_connected(&id),
-    }
-}
-
-fn not_connected(id: &str) -> Response {
-    failure(
-        StatusCode::NOT_FOUND,
-        format!("client `{id}` is not connected to this node"),
-    )
-}
-
-/// `DELETE /api/v1/clients/{id}` parameters.
-#[derive(Debug, Deserialize)]
-struct DisconnectQuery {
-    /// Remove the session too, rather than keep it for the client's return.
-    discard_session: Option<bool>,
-}
-
-/// The answer to a disconnection.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Disconnected {
-    /// The client disconnected.
-    pub client_id: String,
-    /// Whether its session is removed as well.
-    pub discard_session: bool,
-}
-
-async fn disconnect(
-    State(state): State<Arc<AdminState>>,
-    Path(id): Path<String>,
-    Query(query): Query<DisconnectQuery>,
-) -> Response {
-    let broker = match running(&state) {
-        Ok(broker) => broker,
-        Err(response) => return *response,
-    };
-    let discard_session = query.discard_session.unwrap_or(false);
-    if broker.kick(&id, discard_session) {
-        Json(Disconnected {
-            client_id: id,
-            discard_session,
-        })
-        .into_response()
-    } else {
-        not_connected(&id)
-    }
 }
 
 /// `POST /api/v1/evacuate` parameters.

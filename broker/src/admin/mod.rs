@@ -8,6 +8,7 @@
 //! hands it the broker once the node runs.
 
 pub mod api;
+pub mod peers;
 pub mod token;
 
 use crate::broker::Broker;

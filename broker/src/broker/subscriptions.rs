@@ -45,6 +45,25 @@ impl Broker {
         change.changed
     }
 
+    /// The subscriptions in this node's routing tree (of sessions online or parked here), those of
+    /// `client` only when given: client id, filter as subscribed, options; sorted by client and
+    /// filter.
+    pub fn subscriptions_held(
+        &self,
+        client: Option<&str>,
+    ) -> Vec<(ClientId, String, SubscriptionOptions)> {
+        let mut held = Vec::new();
+        self.subscriptions
+            .read()
+            .for_each_subscription(|client_id, filter, options| {
+                if client.is_none_or(|wanted| wanted == &**client_id) {
+                    held.push((client_id.clone(), filter.to_string(), options.clone()));
+                }
+            });
+        held.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        held
+    }
+
     /// Removes all of a session's subscriptions from the routing tree.
     pub fn remove_subscriptions(&self, client_id: &str, subscriptions: &[StoredSubscription]) {
         for s in subscriptions {

@@ -28,22 +28,28 @@ pub struct NodeLoad {
     pub arrived: usize,
     /// When it shared this (ms, Redis's clock).
     pub at_ms: u64,
+    /// Where other nodes reach its admin API (`host:port`), when it serves one: cluster-wide
+    /// admin queries ask each node there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 impl NodeLoad {
-    /// The stored form: `<connections>/<at_ms>/<1 accepting | 0>/<moving>/<arrived>`.
+    /// The stored form: `<connections>/<at_ms>/<1 accepting | 0>/<moving>/<arrived>/<admin>`
+    /// (`<admin>` empty when it serves no admin API; an address holds no `/`).
     pub(super) fn encode(&self) -> String {
         format!(
-            "{}/{}/{}/{}/{}",
+            "{}/{}/{}/{}/{}/{}",
             self.connections,
             self.at_ms,
             u8::from(self.accepting),
             self.moving,
-            self.arrived
+            self.arrived,
+            self.admin.as_deref().unwrap_or_default()
         )
     }
 
-    /// Reads the stored form (`<moving>` and `<arrived>` may be missing: 0).
+    /// Reads the stored form (`<moving>` and `<arrived>` may be missing: 0; `<admin>` too).
     pub(super) fn parse(node: String, text: &str) -> Option<Self> {
         let mut parts = text.split('/');
         let connections = parts.next()?.parse().ok()?;
@@ -55,6 +61,10 @@ impl NodeLoad {
         };
         let moving = optional()?;
         let arrived = optional()?;
+        let admin = parts
+            .next()
+            .filter(|address| !address.is_empty())
+            .map(str::to_string);
         Some(NodeLoad {
             node,
             connections,
@@ -62,6 +72,7 @@ impl NodeLoad {
             moving,
             arrived,
             at_ms,
+            admin,
         })
     }
 }
@@ -222,6 +233,7 @@ pub(super) fn test_load(node: &str, connections: usize) -> NodeLoad {
         moving: 0,
         arrived: 0,
         at_ms: 1,
+        admin: None,
     }
 }
 
@@ -351,7 +363,14 @@ mod tests {
         l.accepting = false;
         l.moving = 7;
         l.arrived = 3;
+        assert_eq!(NodeLoad::parse("a".into(), &l.encode()), Some(l.clone()));
+        l.admin = Some("[fd00::7]:9090".into());
         assert_eq!(NodeLoad::parse("a".into(), &l.encode()), Some(l));
+        assert_eq!(
+            NodeLoad::parse("a".into(), "5/9/1/0/0/").map(|l| l.admin),
+            Some(None),
+            "an empty address is none"
+        );
         assert_eq!(
             NodeLoad::parse("a".into(), "5/9/1").map(|l| l.moving),
             Some(0)

@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use redis::aio::MultiplexedConnection;
 use starling_config::RebalanceConfig;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,9 +42,15 @@ struct Reading {
     complete: bool,
 }
 
-/// Shares this node's load and rebalances, each [`INTERVAL`], until the broker goes or shuts
-/// down.
-pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: RebalanceConfig) {
+/// Shares this node's load (with where its admin API is, `admin`) and rebalances, each
+/// [`INTERVAL`], until the broker goes or shuts down.
+pub async fn run(
+    link: Arc<ClusterLink>,
+    broker: Weak<Broker>,
+    config: RebalanceConfig,
+    admin: Option<SocketAddr>,
+) {
+    let admin = admin.map(|address| address.to_string());
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut con: Option<MultiplexedConnection> = None;
@@ -71,6 +78,7 @@ pub async fn run(link: Arc<ClusterLink>, broker: Weak<Broker>, config: Rebalance
             moving: rebalancing.moving(),
             arrived: rebalancing.arrived(),
             at_ms: link.redis_now_ms(),
+            admin: admin.clone(),
         };
         let reading = tokio::time::timeout(INTERVAL, share(&link, &mut con, &own)).await;
         if shutting_down {

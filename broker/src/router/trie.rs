@@ -210,6 +210,39 @@ impl SubscriptionTree {
         }
     }
 
+    /// Calls `visit` with every subscription: the client, the filter as subscribed
+    /// (`$share/<group>/<filter>` for a shared group's member) and its options.
+    pub fn for_each_subscription(
+        &self,
+        mut visit: impl FnMut(&ClientId, &str, &SubscriptionOptions),
+    ) {
+        Self::visit_subscriptions(&self.root, &mut Vec::new(), &mut visit);
+    }
+
+    fn visit_subscriptions<'a>(
+        node: &'a Node,
+        path: &mut Vec<&'a str>,
+        visit: &mut impl FnMut(&ClientId, &str, &SubscriptionOptions),
+    ) {
+        if !path.is_empty() {
+            let filter = path.join("/");
+            for (client, options) in &node.direct {
+                visit(client, &filter, options);
+            }
+            for (group, shared) in &node.shared {
+                let raw = format!("$share/{group}/{filter}");
+                for (client, options) in &shared.members {
+                    visit(client, &raw, options);
+                }
+            }
+        }
+        for (level, child) in &node.children {
+            path.push(level);
+            Self::visit_subscriptions(child, path, visit);
+            path.pop();
+        }
+    }
+
     /// Number of subscriptions (shared memberships included).
     pub fn len(&self) -> usize {
         self.count
@@ -355,6 +388,25 @@ mod tests {
         let mut entries = tree.entries();
         entries.sort();
         assert_eq!(entries, ["$share/g/#", "/lead", "s/+/t"]);
+    }
+
+    #[test]
+    fn every_subscription_is_visited_with_its_client_and_raw_filter() {
+        let mut tree = SubscriptionTree::default();
+        tree.insert(&"a".into(), None, "s/+/t", opts());
+        tree.insert(&"b".into(), None, "s/+/t", opts());
+        tree.insert(&"a".into(), Some("g"), "#", opts());
+        tree.insert(&"c".into(), Some("g"), "#", opts());
+        tree.insert(&"c".into(), None, "gone", opts());
+        tree.remove("c", None, "gone");
+        let mut seen = Vec::new();
+        tree.for_each_subscription(|client, filter, options| {
+            assert_eq!(options, &opts());
+            seen.push(format!("{client} {filter}"));
+        });
+        seen.sort();
+        assert_eq!(seen, ["a $share/g/#", "a s/+/t", "b s/+/t", "c $share/g/#"]);
+        assert_eq!(seen.len(), tree.len());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use super::retained_map::RetainedMap;
 use super::{
-    Attached, Completed, Detached, Enqueued, ExpiredSession, Holder, QueuedMessage, Retained,
-    RetainedLimits, SessionClaim, Store, StoreError, StoredSession,
+    millis_since_epoch, Attached, Completed, Detached, Enqueued, ExpiredSession, Holder,
+    QueuedMessage, Retained, RetainedLimits, SessionClaim, SessionSummary, Store, StoreError,
+    StoredSession,
 };
 use crate::message::{ClientId, Message};
 use crate::store::journal_hold::JournalReservation;
@@ -228,6 +229,28 @@ impl Store for MemoryStore {
 
     async fn session_count(&self) -> Result<usize, StoreError> {
         Ok(self.sessions.lock().len())
+    }
+
+    async fn session_summary(&self, client_id: &str) -> Result<Option<SessionSummary>, StoreError> {
+        let sessions = self.sessions.lock();
+        Ok(sessions.get(client_id).map(|entry| match entry {
+            Entry::Online { forced, .. } => SessionSummary {
+                online: true,
+                node: None,
+                expiry_secs: None,
+                disconnected_at_ms: None,
+                queued: forced.len(),
+                inflight: 0,
+            },
+            Entry::Offline { session, .. } => SessionSummary {
+                online: false,
+                node: None,
+                expiry_secs: Some(session.expiry_secs),
+                disconnected_at_ms: session.disconnected_at.map(millis_since_epoch),
+                queued: session.queue.len(),
+                inflight: session.inflight.len(),
+            },
+        }))
     }
 }
 

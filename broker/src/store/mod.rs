@@ -380,6 +380,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of sessions, online and offline.
     async fn session_count(&self) -> Result<usize, StoreError>;
+
+    /// What the store holds of one session, online or offline, without claiming it (the admin
+    /// API's session lookup); `None` when there is no such session.
+    async fn session_summary(&self, client_id: &str) -> Result<Option<SessionSummary>, StoreError>;
+}
+
+/// What the store holds of one session (see [`Store::session_summary`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionSummary {
+    /// Whether a connection holds it (or a node is claiming it) right now.
+    pub online: bool,
+    /// The node that holds it, or last held it (unknown to a standalone node's store: its own).
+    pub node: Option<String>,
+    /// How long it outlives its connection, in seconds, as recorded when it went offline.
+    pub expiry_secs: Option<u32>,
+    /// When it went offline (ms since the Unix epoch).
+    pub disconnected_at_ms: Option<u64>,
+    /// Messages queued for it in the store (while it is online: only those forced into the store
+    /// meanwhile; the rest are in its connection's memory).
+    pub queued: usize,
+    /// Messages sent to it but not yet acknowledged, as stored (online: in its connection).
+    pub inflight: usize,
+}
+
+/// `at` as milliseconds since the Unix epoch (0 before it).
+pub(crate) fn millis_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// A queued message on topic `t` for unit tests.

@@ -46,8 +46,9 @@ pub mod target;
 pub use codec::{DecodeError, ENCODING_VERSION};
 
 use super::{
-    Adoption, Attached, Completed, Detached, Enqueued, ExpiredSession, QueuedMessage, Retained,
-    RetainedLimits, SessionClaim, Store, StoreError, StoredSession, StoredSubscription,
+    millis_since_epoch, Adoption, Attached, Completed, Detached, Enqueued, ExpiredSession,
+    QueuedMessage, Retained, RetainedLimits, SessionClaim, SessionSummary, Store, StoreError,
+    StoredSession, StoredSubscription,
 };
 use crate::message::{ClientId, Message};
 use crate::store::journal_hold::JournalReservation;
@@ -55,7 +56,7 @@ use async_trait::async_trait;
 use renewing::RenewingConnection;
 use scripts::Scripts;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use target::RedisTarget;
 
 /// The version of the key schema, part of every key name.
@@ -128,16 +129,14 @@ fn encode_failed(e: postcard::Error) -> StoreError {
     StoreError::Unavailable(format!("value not encodable: {e}"))
 }
 
-fn millis_since_epoch(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 // Each operation lives in the module of its job (`sessions`, `retained`, `adoption`, `expiry`) as
 // an inherent method of the same name, which method resolution picks before the trait's.
 #[async_trait]
 impl Store for RedisStore {
+    async fn session_summary(&self, client_id: &str) -> Result<Option<SessionSummary>, StoreError> {
+        self.session_summary(client_id).await
+    }
+
     async fn set_retained(&self, message: Arc<Message>) -> Result<Retained, StoreError> {
         self.set_retained(message).await
     }

@@ -9,8 +9,8 @@ use super::{codec, encode_failed, millis_since_epoch, RedisStore, SessionInfo};
 use crate::message::ClientId;
 use crate::store::journal_hold::JournalReservation;
 use crate::store::{
-    Attached, Completed, Detached, Enqueued, Holder, QueuedMessage, SessionClaim, StoreError,
-    StoredSession, StoredSubscription,
+    Attached, Completed, Detached, Enqueued, Holder, QueuedMessage, SessionClaim, SessionSummary,
+    StoreError, StoredSession, StoredSubscription,
 };
 use redis::Value;
 use std::time::SystemTime;
@@ -32,6 +32,42 @@ impl RedisStore {
             node: hash.node,
             expiry_secs: hash.expiry_secs,
             disconnected_at: hash.disconnected_at,
+        }))
+    }
+
+    /// What Redis holds of a session (its hash, and the lengths of its queue and in-flight
+    /// lists), read in one pipeline without taking it.
+    pub(super) async fn session_summary(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<SessionSummary>, StoreError> {
+        let [session, _, inflight, queue, _] = self.session_keys(client_id).0;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(session)
+            .cmd("LLEN")
+            .arg(queue)
+            .cmd("LLEN")
+            .arg(inflight);
+        let mut con = self.manager.clone();
+        let replies: Vec<Value> = self
+            .bounded(async move { pipe.query_async::<Vec<Value>>(&mut con).await })
+            .await?;
+        let [fields, queued, inflight] = <[Value; 3]>::try_from(replies)
+            .map_err(|_| malformed("a session summary of other than three replies"))?;
+        let fields = array(fields)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let hash = SessionHash::parse(client_id, fields)?;
+        let count = |reply| int(reply).map(|n| usize::try_from(n).unwrap_or(0));
+        Ok(Some(SessionSummary {
+            online: hash.online,
+            node: hash.node,
+            expiry_secs: hash.expiry_secs,
+            disconnected_at_ms: hash.disconnected_at.map(millis_since_epoch),
+            queued: count(queued)?,
+            inflight: count(inflight)?,
         }))
     }
 
