@@ -37,6 +37,15 @@ pub struct ClientView {
     pub node: String,
     /// Messages waiting in its mailbox for the connection to take.
     pub waiting: usize,
+    /// Messages sent to it and not yet acknowledged.
+    #[serde(default)]
+    pub inflight: usize,
+    /// Messages its session queues behind the in-flight window.
+    #[serde(default)]
+    pub queued: usize,
+    /// Subscriptions its session holds.
+    #[serde(default)]
+    pub subscriptions: usize,
     /// What it told the broker when it connected.
     #[serde(flatten)]
     pub info: ClientInfo,

@@ -32,10 +32,14 @@ impl Broker {
 
     /// How the admin API shows a connected client (`None` until its connection said who it is).
     fn client_view(&self, client_id: &str, handle: &SessionHandle) -> Option<ClientView> {
+        let counts = handle.mailbox.session_counts();
         Some(ClientView {
             client_id: client_id.to_string(),
             node: self.config.node_id.clone(),
             waiting: handle.mailbox.len(),
+            inflight: counts.inflight,
+            queued: counts.queued,
+            subscriptions: counts.subscriptions,
             info: (*handle.info.clone()?).clone(),
         })
     }

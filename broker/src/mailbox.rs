@@ -70,6 +70,20 @@ pub struct Mailbox {
     capacity: usize,
     last_heard_ms: AtomicU64,
     silence_allowed_ms: u64,
+    /// What the connection last said of its session (see [`SessionCounts`]), packed: in flight
+    /// (16 bits), subscriptions (16 bits, saturating), queued (32 bits, saturating).
+    session_counts: AtomicU64,
+}
+
+/// A connected session's counts, as its connection last reported them (for the admin API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Messages sent to the client and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages queued behind the in-flight window.
+    pub queued: usize,
+    /// Subscriptions it holds (65,535 at most shown).
+    pub subscriptions: usize,
 }
 
 impl Mailbox {
@@ -83,9 +97,30 @@ impl Mailbox {
             room: Notify::new(),
             capacity: capacity.max(1),
             last_heard_ms: AtomicU64::new(now_ms),
+            session_counts: AtomicU64::new(0),
             silence_allowed_ms: silence_allowed
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
+        }
+    }
+
+    /// Records the session's counts (its connection does, once per turn of its loop).
+    pub fn note_session(&self, counts: SessionCounts) {
+        let saturate = |n: usize, max: u64| u64::try_from(n).unwrap_or(u64::MAX).min(max);
+        let packed = saturate(counts.inflight, 0xFFFF)
+            | saturate(counts.subscriptions, 0xFFFF) << 16
+            | saturate(counts.queued, 0xFFFF_FFFF) << 32;
+        self.session_counts.store(packed, Ordering::Relaxed);
+    }
+
+    /// The session's counts as its connection last reported them.
+    pub fn session_counts(&self) -> SessionCounts {
+        let packed = self.session_counts.load(Ordering::Relaxed);
+        let part = |shift: u32, mask: u64| usize::try_from((packed >> shift) & mask).unwrap_or(0);
+        SessionCounts {
+            inflight: part(0, 0xFFFF),
+            subscriptions: part(16, 0xFFFF),
+            queued: part(32, 0xFFFF_FFFF),
         }
     }
 

@@ -212,6 +212,11 @@ impl Outgoing {
         self.inflight.len()
     }
 
+    /// Number of messages queued behind the in-flight window.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Appends a message at the back of the queue regardless of the window (used when a
     /// connection ends and its undelivered messages are kept).
     pub fn keep(&mut self, queued: QueuedMessage) -> bool {

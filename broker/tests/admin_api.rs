@@ -7,7 +7,7 @@ use common::{v4, v5, TestBroker, WAIT};
 use starling_broker::admin::api::{
     ClientList, NodeView, RetainedList, SessionView, SubscriptionList,
 };
-use starling_broker::clients::EvacuationStatus;
+use starling_broker::clients::{ClientView, EvacuationStatus};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -268,6 +268,41 @@ async fn ctl_shows_sessions_offline_too_their_subscriptions_and_retained_message
         "{table}"
     );
 
+    // A connected subscriber that does not acknowledge: its messages in flight and its
+    // subscriptions show in the client list.
+    let mut slow_options = v5::options(broker.tcp(), "slow");
+    slow_options.set_manual_acks(true);
+    let mut slow = v5::connect(slow_options);
+    slow.connack().await;
+    for filter in ["slow/1", "slow/2"] {
+        slow.client
+            .subscribe(filter, v5::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        slow.suback().await;
+    }
+    for _ in 0..3 {
+        publisher
+            .client
+            .publish("slow/1", v5::QoS::AtLeastOnce, false, "unacked")
+            .await
+            .expect("publish");
+        slow.publish().await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let shown = loop {
+        let shown: ClientView = ctl_json(&url, &token, &["client", "slow"]).await;
+        if shown.inflight == 3 || tokio::time::Instant::now() >= deadline {
+            break shown;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (shown.inflight, shown.queued, shown.subscriptions),
+        (3, 0, 2),
+        "{shown:?}"
+    );
+
     let online: SessionView = ctl_json(&url, &token, &["session", "publisher"]).await;
     assert!(online.session.online);
     assert_eq!(
@@ -291,7 +326,10 @@ async fn ctl_shows_sessions_offline_too_their_subscriptions_and_retained_message
     assert_eq!(shared.subscriptions[0].qos, 1);
     assert!(shared.unanswered.is_empty());
     let all: SubscriptionList = ctl_json(&url, &token, &["subscriptions"]).await;
-    assert_eq!(all.matched, 2);
+    assert_eq!(
+        all.matched, 4,
+        "the sleeper's two and the slow subscriber's two"
+    );
 
     let listed = retained("#").await;
     assert_eq!(listed.matched, 1);

@@ -11,7 +11,7 @@ mod outbound_alias;
 
 use crate::broker::Broker;
 use crate::listener::peer_identity::PeerIdentity;
-use crate::mailbox::{Mailbox, Signal};
+use crate::mailbox::{Mailbox, SessionCounts, Signal};
 use crate::message::{ClientId, Message};
 use crate::protocol::{self, DisconnectReasonCode, Packet};
 use crate::protocol::{ProtocolVersion, PubRel, Publish, QoS};
@@ -178,6 +178,11 @@ where
             if let Some(signal) = self.mailbox.signalled() {
                 return signal_exit(signal);
             }
+            self.mailbox.note_session(SessionCounts {
+                inflight: self.outgoing.inflight_len(),
+                queued: self.outgoing.pending_len(),
+                subscriptions: self.subscriptions.len(),
+            });
             // An idle connection holds no read buffer: it reads into a small array in its task and
             // allocates only for what arrives. A connection that just filled its buffer reads
             // straight into a large one for the burst, released again once drained.

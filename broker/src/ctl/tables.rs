@@ -60,13 +60,22 @@ pub(super) fn clients_table(list: &ClientList) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32} {:<16} {:<16} {:<6} {:<21} {:>9} {:>7} {:>8}",
-        "CLIENT", "NODE", "USER", "MQTT", "PEER", "KEEPALIVE", "EXPIRY", "WAITING"
+        "{:<32} {:<16} {:<16} {:<6} {:<21} {:>9} {:>7} {:>4} {:>8} {:>8}",
+        "CLIENT",
+        "NODE",
+        "USER",
+        "MQTT",
+        "PEER",
+        "KEEPALIVE",
+        "EXPIRY",
+        "SUBS",
+        "INFLIGHT",
+        "QUEUED"
     );
     for c in &list.clients {
         let _ = writeln!(
             out,
-            "{:<32} {:<16} {:<16} {:<6} {:<21} {:>9} {:>7} {:>8}",
+            "{:<32} {:<16} {:<16} {:<6} {:<21} {:>9} {:>7} {:>4} {:>8} {:>8}",
             c.client_id,
             c.node,
             c.info.username.as_deref().unwrap_or("-"),
@@ -74,7 +83,9 @@ pub(super) fn clients_table(list: &ClientList) -> String {
             c.info.peer.to_string(),
             c.info.keep_alive_secs,
             c.info.session_expiry_secs,
-            c.waiting
+            c.subscriptions,
+            c.inflight,
+            c.queued + c.waiting
         );
     }
     shown(&mut out, list.clients.len(), list.matched);
