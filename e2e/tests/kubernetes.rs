@@ -518,6 +518,7 @@ async fn autoscaling_on_connections(
         "autoscaling 3→4: rebalanced, connections per pod",
         format!("{spread:?} after {}", secs(t.elapsed())),
     );
+    any_pod_answers_for_every_pods_clients(kube, record, CLIENTS).await?;
     let lost = fleet.tally.sessions_lost();
     if lost > 0 {
         record.problem(format!(
@@ -575,6 +576,60 @@ async fn autoscaling_on_connections(
         Ok(())
     })
     .await?;
+    Ok(())
+}
+
+/// The admin API answers for the cluster from any pod: `ctl clients` run in the first broker
+/// pod (as its preStop hook runs `ctl`, with the pod's token) lists `clients` clients spread over
+/// every pod, and names no pod that did not answer (pods reach each other's admin port at the
+/// pod IPs they share through Redis).
+async fn any_pod_answers_for_every_pods_clients(
+    kube: &Kube,
+    record: &mut Record,
+    clients: usize,
+) -> Result<()> {
+    use starling_broker::admin::api::ClientList;
+    let pods = kube.brokers().await?;
+    let pod = pods.first().context("no broker pod")?;
+    let name = pod.metadata.name.clone().context("a pod without a name")?;
+    // The hook's command starts with the binary, `ctl`, `--url U` and `--token-file F`.
+    let hook: Vec<String> = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.containers.first())
+        .and_then(|c| c.lifecycle.as_ref())
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .context("the broker pod has no preStop command")?;
+    ensure!(hook.len() >= 6, "preStop command {hook:?}");
+    let t = Instant::now();
+    let mut args: Vec<&str> = vec!["exec", "-n", NS, &name, "--"];
+    args.extend(hook[..6].iter().map(String::as_str));
+    args.extend(["--json", "clients"]);
+    let list: ClientList =
+        serde_json::from_str(&kubectl(&args).await?).context("reading ctl clients --json")?;
+    let nodes: BTreeSet<&str> = list.clients.iter().map(|c| c.node.as_str()).collect();
+    ensure!(
+        list.unanswered.is_empty(),
+        "pods that did not answer: {:?}",
+        list.unanswered
+    );
+    ensure!(
+        list.matched == clients && nodes.len() == pods.len(),
+        "ctl clients in {name}: {} clients matched on {nodes:?}, expected {clients} on {} pods",
+        list.matched,
+        pods.len()
+    );
+    record.figure(
+        "ctl clients in one pod: every pod's clients",
+        format!(
+            "{} clients on {} pods in {}",
+            list.matched,
+            nodes.len(),
+            secs(t.elapsed())
+        ),
+    );
     Ok(())
 }
 
