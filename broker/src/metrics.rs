@@ -8,7 +8,13 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Bucket bounds (seconds) of the latency histograms: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Every metric the broker keeps.
 pub struct Metrics {
@@ -102,6 +108,11 @@ pub struct Metrics {
     /// fewer replicas confirming than asked for.
     pub replication_waits: Counter,
     pub replication_waits_short: Counter,
+    /// How long relayed entries waited between their append to this node's inbox (Redis's
+    /// clock) and being read here: the relay hop's lag, per entry (one origin's batch).
+    pub relay_lag: Histogram,
+    /// Round trips of the health check's pipeline to Redis (once a second).
+    pub redis_round_trip: Histogram,
     /// Reloads of changed TLS, password and ACL files, by what and outcome (see `reload`).
     reloads: Family<ReloadLabel, Counter>,
 }
@@ -355,6 +366,20 @@ impl Metrics {
             "The broker's build: always 1, its version in the label",
             build_info,
         );
+        let relay_lag = Histogram::new(LATENCY_BUCKETS.into_iter());
+        registry.register_with_unit(
+            "relay_lag",
+            "Time relayed entries waited in this node's inbox stream, from their append (Redis's clock, ms resolution) to being read here",
+            Unit::Seconds,
+            relay_lag.clone(),
+        );
+        let redis_round_trip = Histogram::new(LATENCY_BUCKETS.into_iter());
+        registry.register_with_unit(
+            "redis_round_trip",
+            "Round trips of the health check's pipeline to Redis, once a second",
+            Unit::Seconds,
+            redis_round_trip.clone(),
+        );
         let redis_up = Gauge::default();
         redis_up.set(1);
         registry.register(
@@ -401,6 +426,8 @@ impl Metrics {
             dropped_too_large: drop_reason("too_large"),
             publish_denied,
             protocol_errors,
+            relay_lag,
+            redis_round_trip,
             reloads,
             registry,
         }
@@ -450,6 +477,26 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert!(text.contains(&line), "{text}");
+    }
+
+    #[test]
+    fn latencies_render_as_histograms_in_seconds() {
+        let m = Metrics::new();
+        m.relay_lag.observe(0.003);
+        m.redis_round_trip.observe(0.0002);
+        let text = m.render();
+        assert!(
+            text.contains("starling_relay_lag_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starling_relay_lag_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("starling_redis_round_trip_seconds_count 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -170,6 +170,28 @@ async fn any_node_answers_for_the_clients_sessions_subscriptions_and_retained_me
     assert_eq!(filters, ["plant/+/alarm"]);
     assert!(view.unanswered.is_empty(), "{:?}", view.unanswered);
 
+    // The relay hop and the health check's round trips are measured: node b read the entry
+    // node a relayed for the sleeper, and each node checks Redis once a second.
+    let relayed = b
+        .metric("starling_relay_lag_seconds_count")
+        .await
+        .expect("metrics");
+    assert!(
+        relayed >= 1.0,
+        "node b's relay lag histogram counts {relayed}"
+    );
+    let lag_sum = b
+        .metric("starling_relay_lag_seconds_sum")
+        .await
+        .expect("metrics");
+    assert!(
+        (0.0..WAIT.as_secs_f64()).contains(&lag_sum),
+        "relay lag sum {lag_sum} s"
+    );
+    a.wait_for_metric("starling_redis_round_trip_seconds_count", 1.0, WAIT)
+        .await
+        .expect("node a measured its Redis round trips");
+
     let subscriptions: SubscriptionList = ctl(a.admin, &token, &["subscriptions"])
         .await
         .expect("subscriptions");

@@ -197,6 +197,10 @@ async fn deliver(
             let suspect = resent || link.is_suspect(appended_ms);
             handled.push(id);
             let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
+            if appended_ms != 0 {
+                let lag_ms = link.redis_now_ms().saturating_sub(appended_ms);
+                broker.metrics.relay_lag.observe(lag_ms as f64 / 1000.0);
+            }
             match field(b"k") {
                 None if suspect => {
                     relayed.wake_all();

@@ -50,6 +50,7 @@ pub(super) async fn watch_health(
     let mut primaries_seen = link.target.primary_changes();
     loop {
         tick.tick().await;
+        let asked = std::time::Instant::now();
         let reading = tokio::time::timeout(
             health::INTERVAL,
             health::read(
@@ -63,6 +64,12 @@ pub(super) async fn watch_health(
         let Some(broker) = broker.upgrade() else {
             return;
         };
+        if matches!(reading, Ok(Ok(_))) {
+            broker
+                .metrics
+                .redis_round_trip
+                .observe(asked.elapsed().as_secs_f64());
+        }
         let (check, registered, redis_ms) = match reading {
             Ok(Ok(reading)) => {
                 link.redis_clock.observe(reading.redis_ms);
