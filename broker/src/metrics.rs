@@ -366,14 +366,14 @@ impl Metrics {
             "The broker's build: always 1, its version in the label",
             build_info,
         );
-        let relay_lag = Histogram::new(LATENCY_BUCKETS.into_iter());
+        let relay_lag = Histogram::new(LATENCY_BUCKETS);
         registry.register_with_unit(
             "relay_lag",
             "Time relayed entries waited in this node's inbox stream, from their append (Redis's clock, ms resolution) to being read here",
             Unit::Seconds,
             relay_lag.clone(),
         );
-        let redis_round_trip = Histogram::new(LATENCY_BUCKETS.into_iter());
+        let redis_round_trip = Histogram::new(LATENCY_BUCKETS);
         registry.register_with_unit(
             "redis_round_trip",
             "Round trips of the health check's pipeline to Redis, once a second",
