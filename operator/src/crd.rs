@@ -13,6 +13,7 @@
 mod auth;
 mod autoscaling;
 mod broker;
+mod evacuation;
 mod gossip;
 mod image;
 mod listeners;
@@ -25,6 +26,7 @@ mod service;
 pub use self::auth::AuthSpec;
 pub use self::autoscaling::{AutoscalingSpec, AutoscalingStatus};
 pub use self::broker::{BrokerSettings, LogFormat};
+pub use self::evacuation::PodEvacuation;
 pub use self::gossip::GossipSpec;
 pub use self::image::{ImageSpec, PullPolicy, DEFAULT_IMAGE_REPOSITORY};
 pub use self::listeners::{
@@ -291,6 +293,11 @@ pub struct MqttClusterStatus {
     // Always serialized (`null` without autoscaling), as `endpoint`.
     #[serde(default)]
     pub autoscaling: Option<AutoscalingStatus>,
+    /// Broker pods on their way out (a scale-down, a rolling update, a deletion) and where
+    /// their evacuations stand, as last read.
+    // Always serialized (empty when no pod is going): a merge patch replaces the list whole.
+    #[serde(default)]
+    pub evacuations: Vec<PodEvacuation>,
     /// `Ready`, `Progressing`, `Degraded`, `GossipEncrypted` and, with `spec.autoscaling`,
     /// `Autoscaling`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -4,6 +4,7 @@
 //! the operator applies is unit-tested without an API server; [`reconcile`] only applies them.
 
 pub mod autoscale;
+pub mod broker_admin;
 pub mod crd;
 pub mod error;
 pub mod events;

@@ -4,10 +4,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::Client;
 use starling_operator::crd::MqttCluster;
@@ -16,6 +17,7 @@ use starling_operator::leader::{self, Elector, LeaseConfig};
 use starling_operator::metrics::Metrics;
 use starling_operator::reconcile::{error_policy, managed_by_selector, reconcile, Context};
 use starling_operator::resources::references::{self, Referenced};
+use starling_operator::resources::APP_NAME;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,6 +92,16 @@ async fn check_crd(client: &Client, namespace: Option<&str>) -> anyhow::Result<(
     Ok(())
 }
 
+/// The cluster a pod belongs to, by its `app.kubernetes.io/instance` label.
+fn cluster_of_pod(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<MqttCluster>> {
+    let name = meta.labels.as_ref()?.get("app.kubernetes.io/instance")?;
+    let reference = ObjectRef::new(name);
+    Some(match &meta.namespace {
+        Some(namespace) => reference.within(namespace),
+        None => reference,
+    })
+}
+
 /// Runs the controller until a shutdown signal.
 async fn run_controller(
     client: Client,
@@ -129,6 +141,13 @@ async fn run_controller(
             api::<ConfigMap>(&client, namespace),
             watcher::Config::default(),
             move |map| config_maps(map.metadata),
+        )
+        // A broker pod that starts to go (or changes) reconciles its cluster: its
+        // evacuation shows in the status and Events from the start.
+        .watches(
+            api::<Pod>(&client, namespace),
+            watcher::Config::default().labels(&format!("app.kubernetes.io/name={APP_NAME}")),
+            |pod| cluster_of_pod(&pod.metadata),
         )
         .owns(api::<StatefulSet>(&client, namespace), children.clone())
         .owns(api::<Deployment>(&client, namespace), children.clone())

@@ -121,8 +121,10 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     // configuration line. Watched (`watches` in main.rs): a change to a Secret a cluster names
     // reconciles that cluster.
     ("", "secrets", &["get", "list", "watch", "create", "patch"]),
-    // The cluster's pods, read for the status: why a pod cannot run.
-    ("", "pods", &["list"]),
+    // The cluster's pods, read for the status (why a pod cannot run, which are going and
+    // their evacuations) and watched (`watches` in main.rs): a pod that starts to go
+    // reconciles its cluster, so its evacuation is followed from the start.
+    ("", "pods", &["list", "watch"]),
     // The autoscaler does not compete with a HorizontalPodAutoscaler on the same cluster.
     ("autoscaling", "horizontalpodautoscalers", &["list"]),
     (
@@ -144,6 +146,8 @@ pub const LEADER_ELECTION_PERMISSIONS: &[(&str, &str, &[&str])] =
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a cluster that is still coming up is looked at again.
 const POLL: Duration = Duration::from_secs(15);
+/// How soon a cluster with a broker pod on its way out is looked at again (its evacuation).
+const EVACUATION_POLL: Duration = Duration::from_secs(2);
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
@@ -435,7 +439,9 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
             None
         }
     };
+    let evacuations = evacuation::observe(ctx, &cluster, object, &pods).await;
     let observed = Observed {
+        evacuations: &evacuations,
         stateful_set: stateful_set.as_ref(),
         redis_deployment: redis_deployment.as_ref(),
         redis_managed,
@@ -497,6 +503,8 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
     Ok(match outcome {
         // Nothing changes until the spec does.
         ReconcileOutcome::InvalidSpec(_) => Action::await_change(),
+        // A pod's evacuation is followed while it lasts (seconds, at the configured rate).
+        _ if !evacuations.is_empty() => Action::requeue(EVACUATION_POLL),
         // The autoscaler counts connections at the poll interval.
         _ if cluster.spec().autoscaling.is_some() => Action::requeue(POLL),
         _ if new_status
@@ -527,6 +535,7 @@ pub fn managed_by_selector() -> String {
 }
 
 pub mod autoscaling;
+pub mod evacuation;
 mod secrets;
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ pub mod pods;
 pub use self::endpoint::{endpoint, endpoint_hint};
 
 use crate::autoscale::outcome::Autoscaled;
-use crate::crd::MqttClusterStatus;
+use crate::crd::{MqttClusterStatus, PodEvacuation};
 use crate::resources::gossip::GossipKey;
 use crate::resources::{Cluster, COMPONENT_BROKER};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -68,6 +68,8 @@ pub struct Observed<'a> {
     pub outcome: &'a ReconcileOutcome,
     /// What the autoscaler did (with `spec.autoscaling`, after a successful apply).
     pub autoscaled: Option<&'a Autoscaled>,
+    /// Broker pods on their way out and their evacuations.
+    pub evacuations: &'a [PodEvacuation],
 }
 
 /// The managed Redis' state.
@@ -397,6 +399,7 @@ pub fn compute(
         endpoint: endpoint(cluster, observed.client_service),
         endpoint_hint: endpoint_hint(cluster, observed.client_service),
         autoscaling: observed.autoscaled.map(|a| a.status.clone()),
+        evacuations: observed.evacuations.to_vec(),
         conditions,
     }
 }

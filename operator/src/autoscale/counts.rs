@@ -1,21 +1,11 @@
 //! The brokers' connection counts for the autoscaler: each broker pod the cluster should have
 //! is asked through its admin API (`GET /api/v1/node`, with the admin token the operator
-//! made), concurrently, each answer within a bound.
+//! made; see [`crate::broker_admin`]), concurrently, each answer within a bound.
 
 use super::Counts;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use crate::broker_admin::{self, AdminCallError, AdminClient};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
-
-/// How long one broker may take to answer.
-const ANSWER_WITHIN: Duration = Duration::from_secs(3);
-/// The largest answer read (the node view is a few hundred bytes).
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// The part of `GET /api/v1/node` the autoscaler reads.
 #[derive(Deserialize)]
@@ -33,16 +23,8 @@ enum Unanswered {
     Absent,
     #[error("not ready")]
     NotReady,
-    #[error("no pod IP")]
-    NoAddress,
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Request(String),
-    #[error("answered {0}")]
-    Status(u16),
-    #[error("answer not understood: {0}")]
-    Body(String),
+    #[error(transparent)]
+    Call(#[from] AdminCallError),
 }
 
 /// What the brokers said.
@@ -62,7 +44,7 @@ pub async fn read(
     admin_port: u16,
     token: &str,
 ) -> Reading {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = broker_admin::client();
     let asks = (0..replicas.max(0)).map(|i| {
         let name = format!("{stateful_set}-{i}");
         let pod = pods
@@ -115,47 +97,15 @@ pub async fn read(
     }
 }
 
-async fn ask<C>(
-    client: &Client<C, Empty<Bytes>>,
+async fn ask(
+    client: &AdminClient,
     pod: Option<&Pod>,
     admin_port: u16,
     token: &str,
-) -> Result<NodeView, Unanswered>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
+) -> Result<NodeView, Unanswered> {
     let pod = pod.ok_or(Unanswered::Absent)?;
     if !crate::status::pods::is_ready(pod) {
         return Err(Unanswered::NotReady);
     }
-    let ip: IpAddr = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.as_deref())
-        .and_then(|ip| ip.parse().ok())
-        .ok_or(Unanswered::NoAddress)?;
-    let uri = format!("http://{}/api/v1/node", SocketAddr::new(ip, admin_port));
-    let request = http::Request::get(uri)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())
-        .map_err(|e| Unanswered::Request(e.to_string()))?;
-    let answer = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| Unanswered::Request(e.to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(Unanswered::Status(status.as_u16()));
-        }
-        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| Unanswered::Body(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice::<NodeView>(&body).map_err(|e| Unanswered::Body(e.to_string()))
-    };
-    tokio::time::timeout(ANSWER_WITHIN, answer)
-        .await
-        .map_err(|_| Unanswered::Timeout(ANSWER_WITHIN))?
+    Ok(broker_admin::get_json(client, pod, admin_port, token, "/api/v1/node").await?)
 }

@@ -208,7 +208,11 @@ async fn external_autoscaler(
 }
 
 /// The brokers' admin token, from the Secret the operator made.
-async fn admin_token(ctx: &Context, cluster: &Cluster<'_>) -> Result<Option<String>, Error> {
+/// The admin API's token from the Secret the operator made (`None` while it does not exist).
+pub(super) async fn admin_token(
+    ctx: &Context,
+    cluster: &Cluster<'_>,
+) -> Result<Option<String>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), cluster.namespace);
     let Some(secret) = api.get_opt(&cluster.admin_secret_name()).await? else {
         return Ok(None);

@@ -1178,3 +1178,4 @@ fn base64_of(text: &str) -> String {
 }
 
 mod autoscaling;
+mod evacuation;

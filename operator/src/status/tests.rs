@@ -93,6 +93,7 @@ fn observed<'a>(
         pods: &[],
         outcome,
         autoscaled: None,
+        evacuations: &[],
     }
 }
 

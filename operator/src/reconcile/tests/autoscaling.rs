@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 const SCALE_PATH: &str = "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttclusters/demo/scale";
 const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/iot/horizontalpodautoscalers";
-const TOKEN: &str = "t0ken";
+pub(super) const TOKEN: &str = "t0ken";
 
 /// Admin API stand-ins answering `GET /api/v1/node` with `counts[i]` connections on
 /// 127.0.0.(11 + i), all on one port (as broker pods share the admin port); the port.
@@ -42,7 +42,7 @@ async fn node(State(count): State<i64>, headers: HeaderMap) -> Result<String, St
 }
 
 /// A ready broker pod `demo-<i>` at 127.0.0.(11 + i).
-fn broker_pod(i: usize) -> Value {
+pub(super) fn broker_pod(i: usize) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -66,7 +66,7 @@ fn autoscaled_cluster(admin_port: u16) -> MqttCluster {
 
 /// Answers everything a reconcile of a ready cluster reads before the autoscaler, the pod
 /// list holding `pods`.
-async fn expect_ready_cluster(api: &mut FakeApiServer, pods: Vec<Value>) {
+pub(super) async fn expect_ready_cluster(api: &mut FakeApiServer, pods: Vec<Value>) {
     expect_existing_gossip_key(api).await;
     expect_existing_managed_redis(api).await;
     let set = expect_broker_children_applied(api).await;
@@ -98,7 +98,7 @@ async fn expect_hpas(api: &mut FakeApiServer, items: Vec<Value>) {
     }));
 }
 
-async fn expect_admin_token(api: &mut FakeApiServer) {
+pub(super) async fn expect_admin_token(api: &mut FakeApiServer) {
     let mut secret = existing("v1", "Secret", "demo-admin", true);
     secret["data"] = json!({"token": "dDBrZW4="});
     api.expect(Method::GET, &format!("{NS_API}/secrets/demo-admin"))
