@@ -566,6 +566,23 @@ async fn autoscaling_on_connections(
     )
     .await?;
 
+    // The operator followed the fourth pod's evacuation: an Event says how it went.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(kube.client.clone(), NS);
+    let gone = format!("{CLUSTER}-3");
+    let evacuation = poll(ACKS_WITHIN, "an Evacuating or Evacuated Event", || async {
+        let found = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| matches!(e.reason.as_deref(), Some("Evacuating" | "Evacuated")))
+            .filter_map(|e| e.note)
+            .find(|note| note.starts_with(&format!("{gone} ")));
+        found.context("no Evacuating or Evacuated Event about the fourth pod")
+    })
+    .await?;
+    record.figure("autoscaled-down: the operator's Event", evacuation);
+
     let off = serde_json::json!({"spec": {"autoscaling": null}});
     api.patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&off))
         .await
