@@ -13,29 +13,45 @@ const SCALE_PATH: &str = "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttcl
 const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/iot/horizontalpodautoscalers";
 pub(super) const TOKEN: &str = "t0ken";
 
-/// Admin API stand-ins answering `GET /api/v1/node` with `counts[i]` connections on
-/// 127.0.0.(11 + i), all on one port (as broker pods share the admin port); the port.
-async fn brokers_answering(counts: &[i64]) -> u16 {
+/// Admin API stand-ins at 127.0.0.(11 + i) for each `(i, state)`, all on one port (as broker
+/// pods share the admin port), answering `GET path` with `answer`; the port.
+pub(super) async fn stand_ins<S, H, T>(states: &[(usize, S)], path: &str, answer: H) -> u16
+where
+    S: Clone + Send + Sync + 'static,
+    H: axum::handler::Handler<T, S>,
+    T: 'static,
+{
     let mut port = 0;
-    for (i, count) in counts.iter().enumerate() {
+    for (i, state) in states {
         let ip = format!("127.0.0.{}", 11 + i);
         let listener = TcpListener::bind((ip.as_str(), port))
             .await
             .expect("bind a loopback address");
         port = listener.local_addr().expect("address").port();
         let app = Router::new()
-            .route("/api/v1/node", get(node))
-            .with_state(*count);
+            .route(path, get(answer.clone()))
+            .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
     }
     port
 }
 
-async fn node(State(count): State<i64>, headers: HeaderMap) -> Result<String, StatusCode> {
-    let authorized = headers
+/// Whether a request carries the admin token.
+pub(super) fn bearer_ok(headers: &HeaderMap) -> bool {
+    headers
         .get("authorization")
-        .is_some_and(|v| v == format!("Bearer {TOKEN}").as_str());
-    if !authorized {
+        .is_some_and(|v| v == format!("Bearer {TOKEN}").as_str())
+}
+
+/// Admin API stand-ins answering `GET /api/v1/node` with `counts[i]` connections on
+/// 127.0.0.(11 + i); the port.
+async fn brokers_answering(counts: &[i64]) -> u16 {
+    let states: Vec<(usize, i64)> = counts.iter().copied().enumerate().collect();
+    stand_ins(&states, "/api/v1/node", node).await
+}
+
+async fn node(State(count): State<i64>, headers: HeaderMap) -> Result<String, StatusCode> {
+    if !bearer_ok(&headers) {
         return Err(StatusCode::UNAUTHORIZED);
     }
     Ok(json!({"node_id": "x", "connections": count, "version": "0"}).to_string())

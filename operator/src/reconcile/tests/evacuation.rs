@@ -2,44 +2,27 @@
 //! stand-ins on real loopback sockets into `status.evacuations` and Events, the API server
 //! scripted.
 
-use super::autoscaling::{broker_pod, expect_admin_token, expect_ready_cluster, TOKEN};
+use super::autoscaling::{
+    bearer_ok, broker_pod, expect_admin_token, expect_ready_cluster, stand_ins,
+};
 use super::*;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::get;
-use axum::Router;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// Where an evacuation stands, as a broker's `GET /api/v1/evacuate` says.
 type Standing = (i64, i64);
 
-/// Admin API stand-ins at 127.0.0.(11 + i) for the `(i, (asked, remaining))` given, all on one
-/// port; the port.
+/// Admin API stand-ins at 127.0.0.(11 + i) for the `(i, (asked, remaining))` given; the port.
 async fn brokers_evacuating(standings: &[(usize, Standing)]) -> u16 {
-    let mut port = 0;
-    for (i, standing) in standings {
-        let ip = format!("127.0.0.{}", 11 + i);
-        let listener = TcpListener::bind((ip.as_str(), port))
-            .await
-            .expect("bind a loopback address");
-        port = listener.local_addr().expect("address").port();
-        let app = Router::new()
-            .route("/api/v1/evacuate", get(evacuation))
-            .with_state(*standing);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-    }
-    port
+    stand_ins(standings, "/api/v1/evacuate", evacuation).await
 }
 
 async fn evacuation(
     State((asked, remaining)): State<Standing>,
     headers: HeaderMap,
 ) -> Result<String, StatusCode> {
-    let authorized = headers
-        .get("authorization")
-        .is_some_and(|v| v == format!("Bearer {TOKEN}").as_str());
-    if !authorized {
+    if !bearer_ok(&headers) {
         return Err(StatusCode::UNAUTHORIZED);
     }
     Ok(
