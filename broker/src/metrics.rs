@@ -108,6 +108,10 @@ pub struct Metrics {
     /// fewer replicas confirming than asked for.
     pub replication_waits: Counter,
     pub replication_waits_short: Counter,
+    /// Messages handed to the relay for other nodes (a message for two nodes counts twice).
+    pub relay_sent: Counter,
+    /// Messages read from this node's inbox, relayed by other nodes.
+    pub relay_received: Counter,
     /// How long relayed entries waited between their append to this node's inbox (Redis's
     /// clock) and being read here: the relay hop's lag, per entry (one origin's batch).
     pub relay_lag: Histogram,
@@ -366,6 +370,18 @@ impl Metrics {
             "The broker's build: always 1, its version in the label",
             build_info,
         );
+        let relay_sent = Counter::default();
+        registry.register(
+            "relay_sent_messages",
+            "Messages this node handed to the relay for other nodes (a message for two nodes counts twice)",
+            relay_sent.clone(),
+        );
+        let relay_received = Counter::default();
+        registry.register(
+            "relay_received_messages",
+            "Messages this node read from its inbox, relayed by other nodes",
+            relay_received.clone(),
+        );
         let relay_lag = Histogram::new(LATENCY_BUCKETS);
         registry.register_with_unit(
             "relay_lag",
@@ -426,6 +442,8 @@ impl Metrics {
             dropped_too_large: drop_reason("too_large"),
             publish_denied,
             protocol_errors,
+            relay_sent,
+            relay_received,
             relay_lag,
             redis_round_trip,
             reloads,

@@ -188,6 +188,18 @@ async fn any_node_answers_for_the_clients_sessions_subscriptions_and_retained_me
         (0.0..WAIT.as_secs_f64()).contains(&lag_sum),
         "relay lag sum {lag_sum} s"
     );
+    let sent = a
+        .metric("starling_relay_sent_messages_total")
+        .await
+        .expect("metrics");
+    let received = b
+        .metric("starling_relay_received_messages_total")
+        .await
+        .expect("metrics");
+    assert!(
+        sent >= 1.0 && received >= 1.0,
+        "relayed: node a sent {sent}, node b received {received}"
+    );
     a.wait_for_metric("starling_redis_round_trip_seconds_count", 1.0, WAIT)
         .await
         .expect("node a measured its Redis round trips");

@@ -205,11 +205,13 @@ async fn deliver(
                 None if suspect => {
                     relayed.wake_all();
                     for (message, groups) in decoded_records(&key, &fields) {
+                        broker.metrics.relay_received.inc();
                         broker.route_suspect(&message, &groups).await;
                     }
                 }
                 None => {
                     for record in relayed_records(&key, &fields) {
+                        broker.metrics.relay_received.inc();
                         relayed.deliver(&key, record, appended_ms).await;
                     }
                 }

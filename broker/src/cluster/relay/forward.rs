@@ -82,7 +82,12 @@ impl ClusterLink {
         patience: Duration,
         broker: &Broker,
     ) {
-        if pending.is_empty() || self.try_send_pending(pending) {
+        let count = pending.len() as u64;
+        if count == 0 {
+            return;
+        }
+        if self.try_send_pending(pending) {
+            broker.metrics.relay_sent.inc_by(count);
             return;
         }
         Box::pin(self.send_pending_when_room(pending.take(), patience, broker)).await
@@ -116,7 +121,12 @@ impl ClusterLink {
         if self.forward_stalled.load(Ordering::Relaxed) {
             let dropped = pending.drop_at_most_once();
             broker.metrics.relay_dropped.inc_by(dropped as u64);
-            if pending.is_empty() || self.try_send_pending(&mut pending) {
+            let count = pending.len() as u64;
+            if count == 0 {
+                return;
+            }
+            if self.try_send_pending(&mut pending) {
+                broker.metrics.relay_sent.inc_by(count);
                 return;
             }
         }
@@ -129,6 +139,7 @@ impl ClusterLink {
         match room {
             Ok(Ok(permits)) => {
                 permits.forget();
+                broker.metrics.relay_sent.inc_by(pending.len() as u64);
                 self.queue(Outbound::Relays(pending));
             }
             _ => {
