@@ -3,7 +3,7 @@
 use crate::protocol::{PublishProperties, QoS};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A client identifier, shared cheaply between the router, sessions and messages.
 pub type ClientId = Arc<str>;
@@ -58,6 +58,10 @@ pub struct Message {
     pub expires_at: Option<SystemTime>,
     /// The client that published it (used for no-local), if a client did.
     pub publisher: Option<ClientId>,
+    /// When this node read it from its publisher, for a sample of client publishes (see
+    /// [`crate::connection`]): its copies observe the delivery latency when they are written to
+    /// subscribers here. Never stored or relayed.
+    pub received_at: Option<Instant>,
 }
 
 impl Message {
@@ -136,6 +140,7 @@ mod tests {
             properties: MessageProperties::default(),
             expires_at,
             publisher: None,
+            received_at: None,
         }
     }
 

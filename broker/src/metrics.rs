@@ -117,6 +117,9 @@ pub struct Metrics {
     pub relay_lag: Histogram,
     /// Round trips of the health check's pipeline to Redis (once a second).
     pub redis_round_trip: Histogram,
+    /// Time from a client's PUBLISH being read on this node to a copy being written to a
+    /// subscriber's connection on this node (a sample of publishes; first sends only).
+    pub delivery_latency: Histogram,
     /// Reloads of changed TLS, password and ACL files, by what and outcome (see `reload`).
     reloads: Family<ReloadLabel, Counter>,
 }
@@ -396,6 +399,13 @@ impl Metrics {
             Unit::Seconds,
             redis_round_trip.clone(),
         );
+        let delivery_latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from a client's PUBLISH read on this node to a copy written to a subscriber's connection on this node (one publish in 64 sampled; first sends, not resends)",
+            Unit::Seconds,
+            delivery_latency.clone(),
+        );
         let redis_up = Gauge::default();
         redis_up.set(1);
         registry.register(
@@ -446,6 +456,7 @@ impl Metrics {
             relay_received,
             relay_lag,
             redis_round_trip,
+            delivery_latency,
             reloads,
             registry,
         }

@@ -32,6 +32,7 @@ pub async fn publish_stats(broker: &Broker) {
             properties: MessageProperties::default(),
             expires_at: None,
             publisher: None,
+            received_at: None,
         };
         broker.publish(Arc::new(message)).await;
     }

@@ -367,6 +367,51 @@ fn broker_node_id(broker: &TestBroker) -> &str {
     &broker.broker.config.node_id
 }
 
+#[tokio::test]
+async fn delivery_latency_is_sampled_into_a_histogram() {
+    let broker = TestBroker::start().await;
+    let mut subscriber = v5::connect(v5::options(broker.tcp(), "listener"));
+    subscriber.connack().await;
+    subscriber
+        .client
+        .subscribe("latency/t", v5::QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    subscriber.suback().await;
+    let mut publisher = v5::connect(v5::options(broker.tcp(), "talker"));
+    publisher.connack().await;
+    // One publish in 64 is sampled (per broker thread): 130 give at least two samples.
+    for _ in 0..130 {
+        publisher
+            .client
+            .publish("latency/t", v5::QoS::AtMostOnce, false, "x")
+            .await
+            .expect("publish");
+        subscriber.publish().await;
+    }
+    let metrics_url = format!("http://{}/metrics", broker.addresses.admin.expect("admin"));
+    let (code, metrics) = tokio::task::spawn_blocking(move || ureq_get(&metrics_url))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let count = value("starling_delivery_latency_seconds_count");
+    let sum = value("starling_delivery_latency_seconds_sum");
+    assert!((2.0..=130.0).contains(&count), "{count} samples");
+    assert!(sum / count < 1.0, "mean delivery latency {} s", sum / count);
+    broker.stop().await;
+}
+
 /// A plain GET; returns (status, body).
 fn ureq_get(url: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -35,6 +35,7 @@ fn copy(payload: &str) -> QueuedMessage {
         properties: MessageProperties::default(),
         expires_at: None,
         publisher: None,
+        received_at: None,
     };
     QueuedMessage::new(Arc::new(message), QoS::AtLeastOnce, false, vec![])
 }

@@ -235,6 +235,7 @@ fn queued(payload: &str, qos: QoS) -> QueuedMessage {
             properties: MessageProperties::default(),
             expires_at: None,
             publisher: None,
+            received_at: None,
         }),
         qos,
         false,

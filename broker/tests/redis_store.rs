@@ -61,6 +61,7 @@ fn message(topic: &str, payload: &[u8]) -> Message {
         properties: MessageProperties::default(),
         expires_at: None,
         publisher: None,
+        received_at: None,
     }
 }
 
@@ -435,6 +436,7 @@ fn rich_message() -> Message {
         },
         expires_at: Some(SystemTime::now() + Duration::new(3600, 123_456_789)),
         publisher: Some("publisher-1".into()),
+        received_at: None,
     }
 }
 

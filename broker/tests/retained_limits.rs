@@ -370,6 +370,7 @@ fn message(topic: &str, payload: &[u8], expires_at: Option<SystemTime>) -> Arc<M
         properties: MessageProperties::default(),
         expires_at,
         publisher: None,
+        received_at: None,
     })
 }
 

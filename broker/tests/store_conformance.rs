@@ -254,6 +254,7 @@ fn message(topic: &str, payload: &str, qos: QoS) -> Message {
         properties: MessageProperties::default(),
         expires_at: None,
         publisher: None,
+        received_at: None,
     }
 }
 
@@ -292,6 +293,7 @@ fn rich_message(topic: &str, payload: &str) -> Message {
         },
         expires_at: Some(UNIX_EPOCH + Duration::from_secs(in_an_hour)),
         publisher: Some("publisher-1".into()),
+        received_at: None,
     }
 }
 

@@ -179,6 +179,7 @@ mod tests {
             properties: MessageProperties::default(),
             expires_at: None,
             publisher: None,
+            received_at: None,
         })
     }
 

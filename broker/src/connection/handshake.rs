@@ -164,6 +164,7 @@ where
                         SystemTime::now,
                     ),
                     publisher: Some(client_id.clone()),
+                    received_at: None,
                 }),
             })
         }

@@ -212,6 +212,7 @@ where
                 SystemTime::now,
             ),
             publisher: Some(self.client_id.clone()),
+            received_at: sampled_now(),
         });
         Ok(Some(message))
     }
@@ -395,4 +396,21 @@ where
             tracing::warn!(client_id = %self.client_id, error = %e, "subscriptions not written through");
         }
     }
+}
+
+/// One client publish in this many is stamped with the time it was read, so that its copies
+/// measure the delivery latency (`starling_delivery_latency_seconds`) at the cost of one clock
+/// read per that many publishes.
+const LATENCY_SAMPLE_EVERY: u32 = 64;
+
+/// Now, for one call in [`LATENCY_SAMPLE_EVERY`] on this thread; `None` otherwise.
+fn sampled_now() -> Option<std::time::Instant> {
+    thread_local! {
+        static SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    SEEN.with(|seen| {
+        let n = seen.get().wrapping_add(1);
+        seen.set(n);
+        (n % LATENCY_SAMPLE_EVERY == 1).then(std::time::Instant::now)
+    })
 }

@@ -470,6 +470,12 @@ where
             encoded = self.encode(&packet);
         }
         if self.sent(encoded) {
+            if let (Some(received_at), false) = (message.received_at, dup) {
+                self.broker
+                    .metrics
+                    .delivery_latency
+                    .observe(received_at.elapsed().as_secs_f64());
+            }
             if let Some(alias) = alias {
                 self.outbound_aliases.commit(alias, &message.topic);
             }

@@ -423,6 +423,7 @@ pub(crate) fn test_queued(payload: &'static str, qos: QoS) -> QueuedMessage {
             properties: crate::message::MessageProperties::default(),
             expires_at: None,
             publisher: None,
+            received_at: None,
         }),
         qos,
         false,

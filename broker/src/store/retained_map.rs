@@ -130,6 +130,7 @@ mod tests {
             properties: MessageProperties::default(),
             expires_at,
             publisher: None,
+            received_at: None,
         })
     }
 

@@ -135,6 +135,7 @@ pub(super) async fn delete(
         properties: Default::default(),
         expires_at: None,
         publisher: None,
+        received_at: None,
     });
     match broker.store.set_retained(deletion).await {
         Ok(_) => {

@@ -23,6 +23,7 @@ fn message() -> Message {
         },
         expires_at: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
         publisher: Some("pub".into()),
+        received_at: None,
     }
 }
 
@@ -82,6 +83,7 @@ fn a_message_encodes_to_the_documented_bytes() {
         },
         expires_at: None,
         publisher: Some("c".into()),
+        received_at: None,
     };
     let expected = [
         ENCODING_VERSION,
@@ -139,6 +141,7 @@ fn plain_messages() -> Vec<Message> {
             properties: MessageProperties::default(),
             expires_at: None,
             publisher: (i % 4 != 0).then(|| "p".repeat(len.min(300)).into()),
+            received_at: None,
         });
     }
     out

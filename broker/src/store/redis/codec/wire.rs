@@ -169,6 +169,7 @@ pub(super) fn message_from_wire_named(
         },
         expires_at: w.expires_at.and_then(|d| UNIX_EPOCH.checked_add(d)),
         publisher,
+        received_at: None,
     })
 }
 
