@@ -567,20 +567,7 @@ async fn autoscaling_on_connections(
     .await?;
 
     // The operator followed the fourth pod's evacuation: an Event says how it went.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(kube.client.clone(), NS);
-    let gone = format!("{CLUSTER}-3");
-    let evacuation = poll(ACKS_WITHIN, "an Evacuating or Evacuated Event", || async {
-        let found = events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| matches!(e.reason.as_deref(), Some("Evacuating" | "Evacuated")))
-            .filter_map(|e| e.note)
-            .find(|note| note.starts_with(&format!("{gone} ")));
-        found.context("no Evacuating or Evacuated Event about the fourth pod")
-    })
-    .await?;
+    let evacuation = evacuation_event(kube, &format!("{CLUSTER}-3")).await?;
     record.figure("autoscaled-down: the operator's Event", evacuation);
 
     let off = serde_json::json!({"spec": {"autoscaling": null}});
@@ -594,6 +581,24 @@ async fn autoscaling_on_connections(
     })
     .await?;
     Ok(())
+}
+
+/// The note of the operator's `Evacuating` or `Evacuated` Event about broker pod `pod` (the
+/// first of its series: kube's Recorder folds repeats and keeps the first note).
+async fn evacuation_event(kube: &Kube, pod: &str) -> Result<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(kube.client.clone(), NS);
+    poll(ACKS_WITHIN, "an Evacuating or Evacuated Event", || async {
+        let found = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| matches!(e.reason.as_deref(), Some("Evacuating" | "Evacuated")))
+            .filter_map(|e| e.note)
+            .find(|note| note.starts_with(&format!("{pod} ")));
+        found.with_context(|| format!("no Evacuating or Evacuated Event about {pod}"))
+    })
+    .await
 }
 
 /// The admin API answers for the cluster from any pod: `ctl clients` run in the first broker
@@ -1641,7 +1646,14 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
             .await?;
             let replaced = t.elapsed();
             kube.wait_brokers(3, MEMBERS_WITHIN).await?;
+            // The pod held a stream client: the operator's Event counts it among those asked.
+            let evacuation = evacuation_event(kube, &victim).await?;
+            ensure!(
+                !evacuation.contains("(0 asked)") && !evacuation.contains("asked 0 clients"),
+                "the deleted pod held a stream client, yet: {evacuation}"
+            );
             Ok(vec![
+                ("the operator's Event".to_string(), evacuation),
                 ("deleted".to_string(), victim),
                 ("pod replaced and Ready".to_string(), secs(replaced)),
                 ("3 members again".to_string(), secs(t.elapsed())),
