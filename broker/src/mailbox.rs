@@ -110,7 +110,10 @@ impl Mailbox {
         let packed = saturate(counts.inflight, 0xFFFF)
             | saturate(counts.subscriptions, 0xFFFF) << 16
             | saturate(counts.queued, 0xFFFF_FFFF) << 32;
-        self.session_counts.store(packed, Ordering::Relaxed);
+        // Read first: most turns change nothing, and a store would dirty the cache line.
+        if self.session_counts.load(Ordering::Relaxed) != packed {
+            self.session_counts.store(packed, Ordering::Relaxed);
+        }
     }
 
     /// The session's counts as its connection last reported them.

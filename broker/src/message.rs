@@ -65,6 +65,18 @@ pub struct Message {
 }
 
 impl Message {
+    /// `message` without its latency stamp (the same `Arc` when it has none): what a store
+    /// keeps, so that a copy delivered later from it (a retained message, an offline queue)
+    /// does not count as a live delivery.
+    pub fn unstamped(message: Arc<Message>) -> Arc<Message> {
+        if message.received_at.is_none() {
+            return message;
+        }
+        let mut copy = (*message).clone();
+        copy.received_at = None;
+        Arc::new(copy)
+    }
+
     /// Remaining lifetime in whole seconds at `now`: `None` if it never expires, `Some(0)` once
     /// expired.
     pub fn remaining_secs(&self, now: SystemTime) -> Option<u32> {

@@ -174,7 +174,7 @@ impl Server {
                 link.clone(),
                 Arc::downgrade(&broker),
                 broker.config.cluster.rebalance.clone(),
-                admin_advertised(addresses.admin, &broker.config.cluster),
+                crate::admin::peers::advertised(addresses.admin, &broker.config.cluster),
             ));
             broker.attach_cluster(link);
             // Sessions an earlier run of this node held or parked (it may have crashed and come
@@ -399,22 +399,6 @@ async fn open_store(
             Arc::new(store)
         }
     })
-}
-
-/// Where other nodes reach this node's admin API: the address it is bound to, or, bound to every
-/// interface, the host of its gossip address (the pod IP on Kubernetes) with the admin port;
-/// `None` when neither names a host.
-fn admin_advertised(bound: Option<SocketAddr>, cluster: &ClusterConfig) -> Option<SocketAddr> {
-    let bound = bound?;
-    if !bound.ip().is_unspecified() {
-        return Some(bound);
-    }
-    let host = cluster
-        .gossip_advertise
-        .or(cluster.gossip_bind)
-        .map(|gossip| gossip.ip())
-        .filter(|ip| !ip.is_unspecified())?;
-    Some(SocketAddr::new(host, bound.port()))
 }
 
 /// Gossip membership when `cluster.gossip_bind` is set, else a cluster of one.

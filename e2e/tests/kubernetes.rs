@@ -529,6 +529,15 @@ async fn autoscaling_on_connections(
     // The fleet goes while a QoS 1 stream runs to persistent subscribers (through the NodePort,
     // so some may be on the fourth pod): back to the minimum, the fourth pod evacuated before it
     // stops, nothing acknowledged lost.
+    // The pod the scale-down removes, by UID: the operator's Event about it names it.
+    let fourth = format!("{CLUSTER}-3");
+    let fourth_uid = kube
+        .brokers()
+        .await?
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some(fourth.as_str()))
+        .and_then(|p| p.metadata.uid)
+        .context("no fourth broker pod before the scale-down")?;
     let scaling = api.clone();
     stream_through_fault(
         kube,
@@ -567,7 +576,7 @@ async fn autoscaling_on_connections(
     .await?;
 
     // The operator followed the fourth pod's evacuation: an Event says how it went.
-    let evacuation = evacuation_event(kube, &format!("{CLUSTER}-3")).await?;
+    let evacuation = evacuation_event(kube, &fourth, &fourth_uid).await?;
     record.figure("autoscaled-down: the operator's Event", evacuation);
 
     let off = serde_json::json!({"spec": {"autoscaling": null}});
@@ -583,10 +592,11 @@ async fn autoscaling_on_connections(
     Ok(())
 }
 
-/// The note of the operator's `Evacuating` or `Evacuated` Event about broker pod `pod` (the
-/// first of its series: kube's Recorder folds repeats and keeps the first note).
-async fn evacuation_event(kube: &Kube, pod: &str) -> Result<String> {
+/// The note of the operator's `Evacuating` or `Evacuated` Event about broker pod `pod` with UID
+/// `uid` (its action names both, so an earlier pod of the same name does not count).
+async fn evacuation_event(kube: &Kube, pod: &str, uid: &str) -> Result<String> {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(kube.client.clone(), NS);
+    let action = format!("Evacuate {pod} {}", &uid[..uid.len().min(8)]);
     poll(ACKS_WITHIN, "an Evacuating or Evacuated Event", || async {
         let found = events
             .list(&ListParams::default())
@@ -594,9 +604,9 @@ async fn evacuation_event(kube: &Kube, pod: &str) -> Result<String> {
             .items
             .into_iter()
             .filter(|e| matches!(e.reason.as_deref(), Some("Evacuating" | "Evacuated")))
-            .filter_map(|e| e.note)
-            .find(|note| note.starts_with(&format!("{pod} ")));
-        found.with_context(|| format!("no Evacuating or Evacuated Event about {pod}"))
+            .find(|e| e.action.as_deref() == Some(action.as_str()))
+            .and_then(|e| e.note);
+        found.with_context(|| format!("no Evacuating or Evacuated Event with action {action:?}"))
     })
     .await
 }
@@ -1647,7 +1657,8 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
             let replaced = t.elapsed();
             kube.wait_brokers(3, MEMBERS_WITHIN).await?;
             // The pod held a stream client: the operator's Event counts it among those asked.
-            let evacuation = evacuation_event(kube, &victim).await?;
+            let evacuation =
+                evacuation_event(kube, &victim, old_uid.as_deref().unwrap_or_default()).await?;
             ensure!(
                 !evacuation.contains("(0 asked)") && !evacuation.contains("asked 0 clients"),
                 "the deleted pod held a stream client, yet: {evacuation}"

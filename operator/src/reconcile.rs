@@ -504,7 +504,7 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         // Nothing changes until the spec does.
         ReconcileOutcome::InvalidSpec(_) => Action::await_change(),
         // A pod's evacuation is followed while it lasts (seconds, at the configured rate).
-        _ if !evacuations.is_empty() => Action::requeue(EVACUATION_POLL),
+        _ if evacuation::under_way(&evacuations) => Action::requeue(EVACUATION_POLL),
         // The autoscaler counts connections at the poll interval.
         _ if cluster.spec().autoscaling.is_some() => Action::requeue(POLL),
         _ if new_status

@@ -44,6 +44,9 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// Items a list answers with when the request names no limit.
+const DEFAULT_LIMIT: usize = 1000;
+
 /// Evacuation rate when the request names none (clients per second).
 pub const DEFAULT_EVACUATION_RATE: u32 = 100;
 
@@ -120,7 +123,20 @@ async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next:
         .get(header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
     match presented {
-        Some(presented) if token.accepts(presented) => next.run(request).await,
+        Some(presented) if token.accepts(presented) => {
+            let mut response = next.run(request).await;
+            // Says who answered: a node asking another checks it reached the node it meant.
+            if let Some(node) = state
+                .broker
+                .get()
+                .and_then(|b| header::HeaderValue::from_str(&b.config.node_id).ok())
+            {
+                response
+                    .headers_mut()
+                    .insert(super::peers::NODE_HEADER, node);
+            }
+            response
+        }
         Some(_) => unauthorized("the bearer token is not the one in admin.token_file"),
         None => {
             unauthorized("send `Authorization: Bearer <token>` (the token in admin.token_file)")

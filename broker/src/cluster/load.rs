@@ -61,10 +61,11 @@ impl NodeLoad {
         };
         let moving = optional()?;
         let arrived = optional()?;
+        // Only a socket address: what another node sends its admin token to.
         let admin = parts
             .next()
-            .filter(|address| !address.is_empty())
-            .map(str::to_string);
+            .and_then(|address| address.parse::<std::net::SocketAddr>().ok())
+            .map(|address| address.to_string());
         Some(NodeLoad {
             node,
             connections,
@@ -370,6 +371,11 @@ mod tests {
             NodeLoad::parse("a".into(), "5/9/1/0/0/").map(|l| l.admin),
             Some(None),
             "an empty address is none"
+        );
+        assert_eq!(
+            NodeLoad::parse("a".into(), "5/9/1/0/0/evil.example:80@x").map(|l| l.admin),
+            Some(None),
+            "only a socket address is taken"
         );
         assert_eq!(
             NodeLoad::parse("a".into(), "5/9/1").map(|l| l.moving),

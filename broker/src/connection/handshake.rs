@@ -379,10 +379,9 @@ where
     })
 }
 
-/// Claims the session in the store for this node: from a node that had it parked (told to
-/// forget it) or from a connection on another node (asked to hand it over, waited for). Returns
-/// the claim's generation, the stored session and the node it came from, if another; `None`
-/// when the store failed or a newer claim won meanwhile (the connection is refused).
+/// Claims the session for this node, from a node that had it parked (told to forget it) or a
+/// connection on another node (asked to hand it over, waited for): the claim's generation, the
+/// stored session and the node it came from; `None` if the store failed or a newer claim won.
 async fn claim_session(
     broker: &Arc<Broker>,
     client_id: &ClientId,

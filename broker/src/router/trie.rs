@@ -224,7 +224,8 @@ impl SubscriptionTree {
         path: &mut Vec<&'a str>,
         visit: &mut impl FnMut(&ClientId, &str, &SubscriptionOptions),
     ) {
-        if !path.is_empty() {
+        let subscribed = !node.direct.is_empty() || !node.shared.is_empty();
+        if !path.is_empty() && subscribed {
             let filter = path.join("/");
             for (client, options) in &node.direct {
                 visit(client, &filter, options);

@@ -70,6 +70,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn set_retained(&self, message: Arc<Message>) -> Result<Retained, StoreError> {
         let now = SystemTime::now();
+        let message = Message::unstamped(message);
         Ok(self.retained.lock().set(message, self.retained_limits, now))
     }
 
@@ -149,6 +150,15 @@ impl Store for MemoryStore {
             }
             session.queue.push_back(message);
         }
+        // What waits for the session's return is no live delivery any more.
+        session.queue = session
+            .queue
+            .drain(..)
+            .map(QueuedMessage::unstamped)
+            .collect();
+        for inflight in &mut session.inflight {
+            inflight.queued.message = Message::unstamped(inflight.queued.message.clone());
+        }
         session.disconnected_at = Some(SystemTime::now());
         sessions.insert(
             client_id.clone(),
@@ -191,7 +201,7 @@ impl Store for MemoryStore {
         if queue.len() >= self.max_queued {
             return Ok(Enqueued::Full);
         }
-        queue.push_back(message);
+        queue.push_back(message.unstamped());
         Ok(Enqueued::Queued)
     }
 

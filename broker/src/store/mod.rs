@@ -52,6 +52,12 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
+    /// This copy without its message's latency stamp (see [`Message::unstamped`]).
+    pub fn unstamped(mut self) -> Self {
+        self.message = Message::unstamped(self.message);
+        self
+    }
+
     /// The copy of `message` a routing target gets: QoS downgraded to the target's maximum,
     /// retain flag kept only where the target asked for it.
     pub fn for_target(message: &Arc<Message>, target: crate::router::Target<'_>) -> Self {

@@ -89,10 +89,29 @@ pub async fn observe(
         }
     });
     let progress = futures::future::join_all(reads).await;
-    for evacuation in progress.iter().filter(|e| e.evacuating) {
-        announce(ctx, object, evacuation).await;
+    let before = object
+        .status
+        .as_ref()
+        .map(|s| s.evacuations.as_slice())
+        .unwrap_or_default();
+    for (pod, evacuation) in going.iter().zip(&progress) {
+        let was = before.iter().find(|e| e.pod == evacuation.pod);
+        // Said once per stage: while clients are left, then when none is.
+        let stage = |e: &PodEvacuation| (e.evacuating, e.remaining > 0);
+        if evacuation.evacuating && was.map(stage) != Some(stage(evacuation)) {
+            announce(ctx, object, pod, evacuation).await;
+        }
     }
     progress
+}
+
+/// Whether an evacuation is worth following closely: under way with clients left, or about to
+/// start (the pod answers and its preStop hook has not run yet). A pod that does not answer
+/// (stuck terminating on a lost node) is looked at at the usual pace.
+pub fn under_way(progress: &[PodEvacuation]) -> bool {
+    progress
+        .iter()
+        .any(|e| e.unknown.is_none() && (!e.evacuating || e.remaining > 0))
 }
 
 fn unknown(pod: String, why: String) -> PodEvacuation {
@@ -103,10 +122,12 @@ fn unknown(pod: String, why: String) -> PodEvacuation {
     }
 }
 
-/// An Event about one pod's evacuation. Kube's Recorder folds repeats (same reason, action and
-/// object) into one series that keeps the first note, so each pod gets one `Evacuating` and one
-/// `Evacuated` series however often it is read.
-async fn announce(ctx: &Context, object: &MqttCluster, evacuation: &PodEvacuation) {
+/// An Event about one pod's evacuation. Its action names the pod and the start of its UID: kube's
+/// Recorder folds repeats (same reason, action and object) into one series that keeps the first
+/// note, and a pod recreated under the same name must not join its predecessor's series.
+async fn announce(ctx: &Context, object: &MqttCluster, pod: &Pod, evacuation: &PodEvacuation) {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let action = format!("Evacuate {} {}", evacuation.pod, &uid[..uid.len().min(8)]);
     let pod = &evacuation.pod;
     let (reason, note) = if evacuation.remaining > 0 {
         (
@@ -131,7 +152,7 @@ async fn announce(ctx: &Context, object: &MqttCluster, evacuation: &PodEvacuatio
         object,
         EventType::Normal,
         reason,
-        &format!("Evacuate {pod}"),
+        action.trim_end(),
         note,
         None,
     )

@@ -2,7 +2,7 @@
 //! one, from any node. Without `scope=node` a node answers for the whole cluster, asking the
 //! others (with `scope=node`) what it does not hold itself.
 
-use super::{authorization, failure, running, Scope};
+use super::{authorization, failure, running, Scope, DEFAULT_LIMIT};
 use crate::admin::peers::{self, Unanswered};
 use crate::admin::AdminState;
 use crate::clients::ClientView;
@@ -13,15 +13,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Clients listed when the request names no limit.
-const DEFAULT_LIMIT: usize = 1000;
-
 /// `GET /api/v1/clients` parameters.
 #[derive(Debug, Deserialize)]
 pub(super) struct ClientsQuery {
     /// Only client ids that start with this.
     prefix: Option<String>,
-    /// At most this many (default 1,000).
+    /// At most this many (default [`DEFAULT_LIMIT`]).
     limit: Option<usize>,
     /// `node`: this node's only.
     scope: Option<Scope>,
@@ -62,18 +59,13 @@ pub(super) async fn clients(
             "/api/v1/clients?scope=node&limit={limit}&prefix={}",
             super::encode(&prefix)
         );
-        let (answers, missing) =
-            peers::ask(peers::peers(broker), "GET", &path, authorization(&headers)).await;
+        let (lists, missing) =
+            peers::ask_others::<ClientList>(broker, &path, authorization(&headers)).await;
         unanswered = missing;
-        for answer in answers {
-            match answer.parse::<ClientList>() {
-                Ok(list) => {
-                    matched += list.matched;
-                    clients.extend(list.clients);
-                    unanswered.extend(list.unanswered);
-                }
-                Err(missing) => unanswered.push(missing),
-            }
+        for list in lists {
+            matched += list.matched;
+            clients.extend(list.clients);
+            unanswered.extend(list.unanswered);
         }
         clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     }
@@ -168,6 +160,7 @@ async fn from_the_node_holding(
 ) -> Response {
     let (answers, mut unanswered) =
         peers::ask(peers::peers(broker), method, path, authorization(headers)).await;
+    unanswered.extend(peers::members_without_load(broker));
     for answer in answers {
         match answer.status {
             200 => {

@@ -1,7 +1,7 @@
 //! The admin API's retained messages: listing those a filter matches, and deleting one. They are
 //! in the store, which every node of a cluster shares, so any node answers for all.
 
-use super::{failure, running};
+use super::{failure, running, DEFAULT_LIMIT};
 use crate::admin::AdminState;
 use crate::message::Message;
 use crate::protocol::topic;
@@ -12,9 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// Retained messages listed when the request names no limit.
-const DEFAULT_LIMIT: usize = 1000;
 
 /// One retained message, as the admin API lists it (the payload's size, not the payload).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +31,7 @@ pub struct RetainedView {
 pub(super) struct ListQuery {
     /// The topic filter to match (default `#`: every topic not starting with `$`).
     filter: Option<String>,
-    /// At most this many (default 1,000).
+    /// At most this many (default [`DEFAULT_LIMIT`]).
     limit: Option<usize>,
 }
 

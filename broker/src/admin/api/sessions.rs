@@ -3,7 +3,7 @@
 //! subscriptions live in the routing tree of the node that holds or parks it, so a lookup asks
 //! that node; a listing asks every node.
 
-use super::{authorization, failure, running, Scope};
+use super::{authorization, failure, running, Scope, DEFAULT_LIMIT};
 use crate::admin::peers::{self, Unanswered};
 use crate::admin::AdminState;
 use crate::broker::Broker;
@@ -16,9 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// Subscriptions listed when the request names no limit.
-const DEFAULT_LIMIT: usize = 1000;
 
 /// One subscription, as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +69,7 @@ pub(super) struct SubscriptionsQuery {
     client: Option<String>,
     /// Only this filter, exactly as subscribed (`$share/<group>/...` included).
     filter: Option<String>,
-    /// At most this many (default 1,000).
+    /// At most this many (default [`DEFAULT_LIMIT`]).
     limit: Option<usize>,
     /// `node`: this node's only.
     scope: Option<Scope>,
@@ -113,18 +110,13 @@ pub(super) async fn subscriptions(
                 path.push_str(&format!("&{name}={}", super::encode(value)));
             }
         }
-        let (answers, missing) =
-            peers::ask(peers::peers(broker), "GET", &path, authorization(&headers)).await;
+        let (lists, missing) =
+            peers::ask_others::<SubscriptionList>(broker, &path, authorization(&headers)).await;
         unanswered = missing;
-        for answer in answers {
-            match answer.parse::<SubscriptionList>() {
-                Ok(list) => {
-                    matched += list.matched;
-                    subscriptions.extend(list.subscriptions);
-                    unanswered.extend(list.unanswered);
-                }
-                Err(missing) => unanswered.push(missing),
-            }
+        for list in lists {
+            matched += list.matched;
+            subscriptions.extend(list.subscriptions);
+            unanswered.extend(list.unanswered);
         }
         subscriptions.sort_by(|a, b| (&a.client_id, &a.filter).cmp(&(&b.client_id, &b.filter)));
     }
@@ -188,14 +180,20 @@ pub(super) async fn session(
     };
     let here = &broker.config.node_id;
     let holder = summary.node.get_or_insert_with(|| here.clone()).clone();
+    let answer_here = query.scope == Some(Scope::Node) || &holder == here;
+    // This node's routing tree holds the session's subscriptions only if it holds the session.
     let local = SessionView {
         client_id: id.clone(),
         connection: broker.client(&id),
-        subscriptions: held_here(broker, Some(&id)),
+        subscriptions: if answer_here {
+            held_here(broker, Some(&id))
+        } else {
+            Vec::new()
+        },
         session: summary,
         unanswered: Vec::new(),
     };
-    if query.scope == Some(Scope::Node) || &holder == here {
+    if answer_here {
         return Json(local).into_response();
     }
     let Some(peer) = peers::peers(broker)

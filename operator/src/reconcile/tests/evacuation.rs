@@ -38,6 +38,49 @@ fn going_pod(i: usize) -> Value {
     pod
 }
 
+#[tokio::test]
+async fn an_evacuation_is_announced_once_per_stage_and_named_by_the_pods_uid() {
+    let port = brokers_evacuating(&[(2, (120, 130))]).await;
+    let mut going = going_pod(2);
+    going["metadata"]["uid"] = json!("5e1f2a3b-0000-4000-8000-000000000002");
+    let pods = vec![broker_pod(0), broker_pod(1), going.clone()];
+    // First reading: announced, with the UID's start in the action.
+    let result = run(cluster(port), |mut api| async move {
+        expect_ready_cluster(&mut api, pods).await;
+        expect_admin_token(&mut api).await;
+        let event = expect_event(&mut api, "Normal", "Evacuating").await;
+        assert_eq!(event["action"], "Evacuate demo-2 5e1f2a3b");
+        expect_status_patch(&mut api).await;
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    result.expect("reconciled");
+    // Read again at the same stage (the status already says so): no second Event.
+    let mut known = cluster(port);
+    let mut status = MqttClusterStatus::default();
+    status.evacuations.push(crate::crd::PodEvacuation {
+        pod: "demo-2".into(),
+        evacuating: true,
+        asked: 100,
+        remaining: 150,
+        rate_per_sec: 100,
+        unknown: None,
+    });
+    known.status = Some(status);
+    let pods = vec![broker_pod(0), broker_pod(1), going];
+    let result = run(known, |mut api| async move {
+        expect_ready_cluster(&mut api, pods).await;
+        expect_admin_token(&mut api).await;
+        let status = expect_status_patch(&mut api).await;
+        assert_eq!(status.evacuations[0].remaining, 130);
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    result.expect("reconciled");
+}
+
 fn cluster(admin_port: u16) -> MqttCluster {
     cluster_from_yaml(&format!(
         "replicas: 2\nbroker: {{adminPort: {admin_port}}}\n"
@@ -58,7 +101,10 @@ async fn pods_that_are_going_show_their_evacuation_in_the_status_and_an_event() 
             "demo-2 is going: asked 120 clients to reconnect to the other brokers, 130 still \
              connected (100 per second)"
         );
-        assert_eq!(event["action"], "Evacuate demo-2");
+        assert_eq!(
+            event["action"], "Evacuate demo-2",
+            "the pod has no UID here"
+        );
         let status = expect_status_patch(&mut api).await;
         assert_eq!(status.evacuations.len(), 2, "{:?}", status.evacuations);
         let answered = &status.evacuations[0];
