@@ -36,8 +36,9 @@ pub use self::monitoring::{MonitoringSpec, ServiceMonitorSpec};
 pub use self::network::{NetworkPolicySpec, ADMIN_ACCESS_LABEL};
 pub use self::pods::{PodDisruptionBudgetSpec, PodTemplateOverrides, DEFAULT_MAX_UNAVAILABLE};
 pub use self::redis::{
-    ExternalRedis, ExternalSentinel, ManagedRedis, RedisMode, RedisPersistence, RedisReplication,
-    RedisSpec, DEFAULT_REDIS_IMAGE, DEFAULT_REDIS_SIZE,
+    ExternalRedis, ExternalSentinel, ManagedRedis, ManagedSentinel, RedisMode, RedisPersistence,
+    RedisReplication, RedisSpec, DEFAULT_DOWN_AFTER_MILLISECONDS, DEFAULT_REDIS_IMAGE,
+    DEFAULT_REDIS_SIZE, DEFAULT_SENTINEL_REPLICAS,
 };
 pub use self::service::{ExternalTrafficPolicy, ServiceSpec, ServiceType, SessionAffinity};
 

@@ -114,7 +114,7 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
         "networkpolicies",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    // Applied only.
+    // Applied only (the StatefulSet of a managed Redis with Sentinel claims its own).
     ("", "persistentvolumeclaims", &["create", "patch"]),
     // The managed Redis' password, the admin token, the gossip key and the generated user:
     // read, created once; a Redis Secret from an older operator is patched to gain its
@@ -332,6 +332,28 @@ async fn apply_children(
         children.redis_deployment.as_ref(),
     )
     .await?;
+    // With Sentinel: the pods' DNS names first (their scripts find each other by them).
+    apply_or_delete(
+        ctx,
+        cluster,
+        cluster.redis_nodes_service_name(),
+        children.redis_nodes_service.as_ref(),
+    )
+    .await?;
+    apply_or_delete(
+        ctx,
+        cluster,
+        cluster.redis_name(),
+        children.redis_stateful_set.as_ref(),
+    )
+    .await?;
+    apply_or_delete(
+        ctx,
+        cluster,
+        cluster.redis_name(),
+        children.redis_pod_disruption_budget.as_ref(),
+    )
+    .await?;
     // The brokers read their admin token from it (and their preStop hook uses it).
     ensure_admin_secret(client, cluster).await?;
     if users::generates_user(cluster) {
@@ -414,8 +436,16 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         .get_opt(&cluster.broker_name())
         .await?;
     let redis_managed = matches!(cluster.spec().redis.mode(), Some(RedisMode::Managed(_)));
-    let redis_deployment = if redis_managed {
+    let redis_sentinel = resources::redis::sentinel::settings(&cluster).is_some();
+    let redis_deployment = if redis_managed && !redis_sentinel {
         Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(&cluster.redis_name())
+            .await?
+    } else {
+        None
+    };
+    let redis_stateful_set = if redis_sentinel {
+        Api::<StatefulSet>::namespaced(client.clone(), ns)
             .get_opt(&cluster.redis_name())
             .await?
     } else {
@@ -444,6 +474,7 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         evacuations: &evacuations,
         stateful_set: stateful_set.as_ref(),
         redis_deployment: redis_deployment.as_ref(),
+        redis_stateful_set: redis_stateful_set.as_ref(),
         redis_managed,
         client_service: client_service.as_ref(),
         pods: &pods,

@@ -56,8 +56,12 @@ pub enum ReconcileOutcome {
 pub struct Observed<'a> {
     /// The broker StatefulSet as the API server returned it.
     pub stateful_set: Option<&'a StatefulSet>,
-    /// The managed Redis Deployment; `None` when it does not exist (yet) or Redis is external.
+    /// The managed Redis Deployment; `None` when it does not exist (yet), Redis is external or
+    /// run with Sentinel.
     pub redis_deployment: Option<&'a Deployment>,
+    /// The managed Redis StatefulSet of a Redis run with Sentinel; `None` otherwise or when it
+    /// does not exist (yet).
+    pub redis_stateful_set: Option<&'a StatefulSet>,
     /// Whether Redis is run by the operator.
     pub redis_managed: bool,
     /// The client Service as the API server returned it.
@@ -99,6 +103,9 @@ fn redis_state(observed: &Observed<'_>) -> RedisState {
     if !observed.redis_managed {
         return RedisState::Available;
     }
+    if let Some(set) = observed.redis_stateful_set {
+        return sentinel_redis_state(set);
+    }
     let Some(d) = observed.redis_deployment else {
         return RedisState::Starting;
     };
@@ -118,6 +125,22 @@ fn redis_state(observed: &Observed<'_>) -> RedisState {
     });
     if gave_up {
         RedisState::Failed
+    } else {
+        RedisState::Starting
+    }
+}
+
+/// The state of a managed Redis run with Sentinel: available while a majority of its pods (each
+/// a Redis and a sentinel) is ready, so the sentinels can fail over and a primary serves.
+fn sentinel_redis_state(set: &StatefulSet) -> RedisState {
+    let desired = set.spec.replicas.unwrap_or(1);
+    let ready = set
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    if ready > 0 && ready > desired / 2 {
+        RedisState::Available
     } else {
         RedisState::Starting
     }

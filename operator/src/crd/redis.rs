@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
         .message("redis: set either managed or external, not both"),
     validation = Rule::new("has(self.managed) || has(self.external)")
         .message("redis: set managed (the operator runs Redis) or external (url of your own Redis)"),
-    validation = Rule::new("!has(self.managed) || !has(self.replication) || self.replication.waitReplicas == 0")
-        .message("redis.replication: the managed Redis has no replicas to wait for; set waitReplicas to 0 or use an external Redis with replicas")
+    validation = Rule::new("!has(self.managed) || has(self.managed.sentinel) || !has(self.replication) || self.replication.waitReplicas == 0")
+        .message("redis.replication: a single managed Redis has no replicas to wait for; set waitReplicas to 0, turn on redis.managed.sentinel or use an external Redis with replicas"),
+    validation = Rule::new("!has(self.managed) || !has(self.managed.sentinel) || !has(self.replication) || self.replication.waitReplicas < (has(self.managed.sentinel.replicas) ? self.managed.sentinel.replicas : 3)")
+        .message("redis.replication.waitReplicas: the managed Redis has redis.managed.sentinel.replicas - 1 replicas; wait for fewer (1 is usual)")
 )]
 pub struct RedisSpec {
     /// A single Redis pod run by the operator, with a generated password.
@@ -82,7 +84,8 @@ impl RedisSpec {
     }
 }
 
-/// Redis run by the operator: one Deployment, a Service and a Secret with a generated password.
+/// Redis run by the operator, with a generated password: one pod (a Deployment and a
+/// Service), or with `sentinel` a primary and replicas that Redis Sentinel fails over.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
@@ -99,6 +102,56 @@ pub struct ManagedRedis {
     /// pod and is lost when it restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence: Option<RedisPersistence>,
+    /// Run Redis highly available: a StatefulSet of Redis pods (one primary, the others its
+    /// replicas), each with a Redis Sentinel beside it that promotes a replica when the primary
+    /// fails. The brokers ask the sentinels for the primary and follow a failover without
+    /// restarting. Unset: one Redis pod, whose restart loses what it held unless `persistence`
+    /// is on, and stops the brokers while it is away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<ManagedSentinel>,
+}
+
+/// The managed Redis run highly available by Sentinel.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = unsigned_as_kubernetes_integers)]
+#[x_kube(
+    validation = Rule::new("!has(self.replicas) || self.replicas % 2 == 1")
+        .message("redis.managed.sentinel.replicas must be odd (3, 5 or 7): the sentinels beside the Redis pods decide a failover by majority")
+)]
+pub struct ManagedSentinel {
+    /// Redis pods, each with a sentinel: one primary, the others replicas. Odd, so that the
+    /// sentinels always have a majority; a failover needs more than half of them.
+    #[serde(default = "default_sentinel_replicas")]
+    #[schemars(range(min = 3, max = 7))]
+    pub replicas: u32,
+    /// How long the primary must be unreachable before the sentinels fail over (ms). Lower
+    /// fails over sooner; too low fails over on a slow network or a busy primary.
+    #[serde(default = "default_down_after_milliseconds")]
+    #[schemars(range(min = 1000, max = 60000))]
+    pub down_after_milliseconds: u32,
+}
+
+/// Default number of managed Redis pods with Sentinel.
+pub const DEFAULT_SENTINEL_REPLICAS: u32 = 3;
+/// Default time before the sentinels fail over an unreachable primary (ms).
+pub const DEFAULT_DOWN_AFTER_MILLISECONDS: u32 = 5000;
+
+fn default_sentinel_replicas() -> u32 {
+    DEFAULT_SENTINEL_REPLICAS
+}
+
+fn default_down_after_milliseconds() -> u32 {
+    DEFAULT_DOWN_AFTER_MILLISECONDS
+}
+
+impl Default for ManagedSentinel {
+    fn default() -> Self {
+        ManagedSentinel {
+            replicas: DEFAULT_SENTINEL_REPLICAS,
+            down_after_milliseconds: DEFAULT_DOWN_AFTER_MILLISECONDS,
+        }
+    }
 }
 
 /// Default image of the managed Redis.
@@ -114,6 +167,7 @@ impl Default for ManagedRedis {
             image: default_redis_image(),
             resources: None,
             persistence: None,
+            sentinel: None,
         }
     }
 }

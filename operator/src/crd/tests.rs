@@ -162,11 +162,46 @@ fn external_redis_is_one_url_or_one_sentinel_group() {
     );
     assert_rejected(
         json!({"redis": {"managed": {}, "replication": {"waitReplicas": 1}}}),
-        "the managed Redis has no replicas to wait for",
+        "a single managed Redis has no replicas to wait for",
     );
     assert_rejected(
         json!({"redis": {"external": {"sentinel": {"masterName": "m", "sentinels": ["s:26379"]}}, "replication": {"waitReplicas": 1, "waitTimeoutMs": 0}}}),
         "waitTimeoutMs",
+    );
+}
+
+#[test]
+fn managed_sentinel_has_an_odd_number_of_pods_and_bounds_the_replicas_waited_for() {
+    for accepted in [
+        json!({"redis": {"managed": {"sentinel": {}}, "replication": {"waitReplicas": 2}}}),
+        json!({"redis": {"managed": {"sentinel": {"replicas": 5}}, "replication": {"waitReplicas": 4}}}),
+    ] {
+        assert_eq!(
+            problems(accepted.clone()),
+            Vec::<String>::new(),
+            "{accepted}"
+        );
+    }
+    assert_rejected(
+        json!({"redis": {"managed": {"sentinel": {"replicas": 4}}}}),
+        "must be odd",
+    );
+    assert_rejected(
+        json!({"redis": {"managed": {"sentinel": {"replicas": 1}}}}),
+        "replicas",
+    );
+    assert_rejected(
+        json!({"redis": {"managed": {"sentinel": {}}, "replication": {"waitReplicas": 3}}}),
+        "wait for fewer",
+    );
+    assert_rejected(
+        json!({"redis": {"managed": {"sentinel": {"downAfterMilliseconds": 500}}}}),
+        "downAfterMilliseconds",
+    );
+    let defaulted = defaults(&object(json!({"redis": {"managed": {"sentinel": {}}}})));
+    assert_eq!(
+        defaulted["spec"]["redis"]["managed"]["sentinel"],
+        json!({"replicas": 3, "downAfterMilliseconds": 5000})
     );
 }
 

@@ -194,6 +194,19 @@ async fn expect_existing_managed_redis(api: &mut FakeApiServer) {
         .await;
     api.expect_apply(&format!("{NS_APPS}/deployments/demo-redis"))
         .await;
+    expect_no_sentinel_redis(api).await;
+}
+
+/// Answers the lookups of the objects of a managed Redis with Sentinel (headless Service,
+/// StatefulSet, PodDisruptionBudget), which a cluster without one must not have: none exists.
+async fn expect_no_sentinel_redis(api: &mut FakeApiServer) {
+    for path in [
+        format!("{NS_API}/services/demo-redis-nodes"),
+        format!("{NS_APPS}/statefulsets/demo-redis"),
+        "/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo-redis".to_string(),
+    ] {
+        api.expect(Method::GET, &path).await.not_found();
+    }
 }
 
 fn redis_available() -> Value {
@@ -328,6 +341,7 @@ async fn fresh_cluster_with_managed_redis_applies_every_child_in_order_then_reco
             .await;
         assert_eq!(redis["kind"], "Deployment");
         assert_eq!(redis["metadata"]["ownerReferences"][0]["name"], "demo");
+        expect_no_sentinel_redis(&mut api).await;
         // The brokers' admin token Secret: looked up, created once.
         api.expect(Method::GET, &format!("{NS_API}/secrets/demo-admin"))
             .await
@@ -492,6 +506,7 @@ async fn an_older_redis_secret_gains_the_configuration_line_and_keeps_its_passwo
             .await;
         api.expect_apply(&format!("{NS_APPS}/deployments/demo-redis"))
             .await;
+        expect_no_sentinel_redis(&mut api).await;
         let set = expect_broker_children_applied(&mut api).await;
         expect_service_monitor_discovery(&mut api, false).await;
         expect_ready_observations(&mut api, &set).await;
@@ -644,6 +659,7 @@ async fn external_redis_deletes_only_the_managed_redis_objects_this_cluster_owns
         api.expect(Method::GET, &format!("{NS_APPS}/deployments/demo-redis"))
             .await
             .respond_with(existing("apps/v1", "Deployment", "demo-redis", false));
+        expect_no_sentinel_redis(&mut api).await;
 
         expect_existing_admin_secret(&mut api).await;
         let config = api
@@ -1123,6 +1139,7 @@ async fn an_external_redis_password_is_hashed_onto_the_pod_template() {
             ] {
                 api.expect(Method::GET, &path).await.not_found();
             }
+            expect_no_sentinel_redis(&mut api).await;
             expect_existing_admin_secret(&mut api).await;
             api.expect_apply(&format!("{NS_API}/configmaps/demo-config"))
                 .await;

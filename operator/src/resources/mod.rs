@@ -222,9 +222,15 @@ impl<'a> Cluster<'a> {
         format!("{}-users", self.name)
     }
 
-    /// The managed Redis' Deployment, Service and password Secret.
+    /// The managed Redis' Deployment (or StatefulSet, with Sentinel), Service, password Secret
+    /// and, with Sentinel, PodDisruptionBudget.
     pub fn redis_name(&self) -> String {
         format!("{}-redis", self.name)
+    }
+
+    /// The headless Service of the managed Redis with Sentinel (its pods' DNS names).
+    pub fn redis_nodes_service_name(&self) -> String {
+        format!("{}-redis-nodes", self.name)
     }
 
     /// The managed Redis' PersistentVolumeClaim.
@@ -263,10 +269,16 @@ pub struct Children {
     pub stateful_set: StatefulSet,
     /// The disruption budget, unless turned off.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
-    /// The managed Redis, unless Redis is external.
+    /// The managed Redis as one pod, unless Redis is external or run with Sentinel.
     pub redis_deployment: Option<Deployment>,
-    /// The managed Redis' Service, unless Redis is external.
+    /// The managed Redis' Service, unless Redis is external or run with Sentinel.
     pub redis_service: Option<Service>,
+    /// The managed Redis' pods with their sentinels, when run with Sentinel.
+    pub redis_stateful_set: Option<StatefulSet>,
+    /// Their headless Service, when run with Sentinel.
+    pub redis_nodes_service: Option<Service>,
+    /// Their disruption budget, when run with Sentinel.
+    pub redis_pod_disruption_budget: Option<PodDisruptionBudget>,
     /// The managed Redis' volume, when persistence is on.
     pub redis_volume: Option<PersistentVolumeClaim>,
     /// The brokers' NetworkPolicy, unless turned off.
@@ -287,6 +299,9 @@ pub fn desired(cluster: &Cluster<'_>) -> Result<Children, Error> {
         pod_disruption_budget: pdb::pod_disruption_budget(cluster),
         redis_deployment: redis::deployment(cluster),
         redis_service: redis::service(cluster),
+        redis_stateful_set: redis::sentinel::stateful_set(cluster),
+        redis_nodes_service: redis::sentinel::nodes_service(cluster),
+        redis_pod_disruption_budget: redis::sentinel::pod_disruption_budget(cluster),
         redis_volume: redis::persistent_volume_claim(cluster),
         broker_network_policy: networkpolicy::broker_policy(cluster),
         redis_network_policy: networkpolicy::redis_policy(cluster),

@@ -1,8 +1,11 @@
 //! The NetworkPolicies of a cluster: one for the broker pods (MQTT ports from `clientsFrom`,
 //! gossip only from the cluster's brokers, the admin port from `adminFrom` and the brokers) and
-//! one for the managed Redis (only from the cluster's brokers).
+//! one for the managed Redis (from the cluster's brokers, and with Sentinel its own pods).
 
-use super::{redis::REDIS_PORT, Cluster, COMPONENT_BROKER, COMPONENT_REDIS, OPERATOR_POD_LABEL};
+use super::{
+    redis::sentinel, redis::REDIS_PORT, Cluster, COMPONENT_BROKER, COMPONENT_REDIS,
+    OPERATOR_POD_LABEL,
+};
 use crate::crd::{RedisMode, ADMIN_ACCESS_LABEL};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -127,21 +130,46 @@ pub fn broker_policy(cluster: &Cluster<'_>) -> Option<NetworkPolicy> {
     ))
 }
 
-/// The managed Redis' NetworkPolicy: only the cluster's brokers reach it. `None` for an
-/// external Redis or when the spec turns policies off.
+/// The managed Redis' NetworkPolicy: only the cluster's brokers reach it, and with Sentinel
+/// also the Redis pods one another (replication, the sentinels' watch and votes); the brokers
+/// then reach the sentinels as well. `None` for an external Redis or when the spec turns
+/// policies off.
 pub fn redis_policy(cluster: &Cluster<'_>) -> Option<NetworkPolicy> {
     let spec = cluster.spec();
     if !spec.network_policy.enabled || !matches!(spec.redis.mode(), Some(RedisMode::Managed(_))) {
         return None;
     }
+    let ingress = if sentinel::settings(cluster).is_some() {
+        let ports = || {
+            Some(vec![
+                port(REDIS_PORT, "TCP"),
+                port(sentinel::SENTINEL_PORT, "TCP"),
+            ])
+        };
+        vec![
+            NetworkPolicyIngressRule {
+                from: Some(vec![brokers(cluster)]),
+                ports: ports(),
+            },
+            NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(cluster.label_selector(COMPONENT_REDIS)),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: ports(),
+            },
+        ]
+    } else {
+        vec![NetworkPolicyIngressRule {
+            from: Some(vec![brokers(cluster)]),
+            ports: Some(vec![port(REDIS_PORT, "TCP")]),
+        }]
+    };
     Some(ingress_only(
         cluster,
         cluster.redis_name(),
         COMPONENT_REDIS,
-        vec![NetworkPolicyIngressRule {
-            from: Some(vec![brokers(cluster)]),
-            ports: Some(vec![port(REDIS_PORT, "TCP")]),
-        }],
+        ingress,
     ))
 }
 

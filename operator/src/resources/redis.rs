@@ -2,7 +2,7 @@
 //! and how broker pods reach whichever Redis the spec names (`connection`).
 
 use super::{Cluster, COMPONENT_REDIS};
-use crate::crd::{ManagedRedis, RedisMode, DEFAULT_REDIS_SIZE};
+use crate::crd::{ManagedRedis, RedisMode, RedisPersistence, DEFAULT_REDIS_SIZE};
 use crate::Error;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 mod auth_config;
 mod connection;
+pub mod sentinel;
 
 pub use self::auth_config::{
     config_for, missing_config, AuthConfigError, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH,
@@ -56,6 +57,11 @@ fn managed<'a>(cluster: &Cluster<'a>) -> Option<&'a ManagedRedis> {
     }
 }
 
+/// The managed Redis' settings, when the spec asks for one pod (no Sentinel).
+fn single<'a>(cluster: &Cluster<'a>) -> Option<&'a ManagedRedis> {
+    managed(cluster).filter(|m| m.sentinel.is_none())
+}
+
 /// The Secret with the managed Redis' password, and the same password as the Redis
 /// configuration line its pod reads (see [`auth_config`]). The operator creates it once with a
 /// random password and never rewrites the password, so it survives operator restarts.
@@ -85,9 +91,9 @@ pub fn generate_password() -> Result<String, Error> {
     Ok(out)
 }
 
-/// The managed Redis' Deployment, or `None` for an external Redis.
+/// The managed Redis' Deployment, or `None` for an external Redis or one with Sentinel.
 pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
-    let redis = managed(cluster)?;
+    let redis = single(cluster)?;
     let labels = cluster.labels(COMPONENT_REDIS);
     let data_volume = match &redis.persistence {
         Some(_) => Volume {
@@ -126,22 +132,7 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
         "--dir".to_string(),
         "/data".to_string(),
     ];
-    // Never evict: an evicted session ownership key would silently hand a session to nobody.
-    // A full Redis refuses writes instead, and the brokers report that.
-    if let Some(bytes) = redis_memory_limit(redis).map(maxmemory_for_limit) {
-        args.extend(["--maxmemory".to_string(), bytes.to_string()]);
-    }
-    args.extend(["--maxmemory-policy".to_string(), "noeviction".to_string()]);
-    if redis.persistence.is_some() {
-        args.extend(["--appendonly".to_string(), "yes".to_string()]);
-    } else {
-        args.extend([
-            "--appendonly".to_string(),
-            "no".to_string(),
-            "--save".to_string(),
-            String::new(),
-        ]);
-    }
+    args.extend(server_args(redis));
     let probe = |period: i32, failures: i32| Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::String("redis".to_string()),
@@ -178,15 +169,7 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
                 ..VolumeMount::default()
             },
         ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         ..Container::default()
     };
     Some(Deployment {
@@ -209,17 +192,7 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
                     volumes: Some(vec![data_volume, auth_volume]),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(REDIS_UID),
-                        run_as_group: Some(REDIS_UID),
-                        fs_group: Some(REDIS_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_string(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security()),
                     ..PodSpec::default()
                 }),
             },
@@ -227,6 +200,58 @@ pub fn deployment(cluster: &Cluster<'_>) -> Option<Deployment> {
         },
         ..Deployment::default()
     })
+}
+
+/// `redis-server` arguments for the managed Redis' settings: its memory limit and eviction
+/// policy, and its persistence.
+fn server_args(redis: &ManagedRedis) -> Vec<String> {
+    let mut args = Vec::new();
+    // Never evict: an evicted session ownership key would silently hand a session to nobody.
+    // A full Redis refuses writes instead, and the brokers report that.
+    if let Some(bytes) = redis_memory_limit(redis).map(maxmemory_for_limit) {
+        args.extend(["--maxmemory".to_string(), bytes.to_string()]);
+    }
+    args.extend(["--maxmemory-policy".to_string(), "noeviction".to_string()]);
+    if redis.persistence.is_some() {
+        args.extend(["--appendonly".to_string(), "yes".to_string()]);
+    } else {
+        args.extend([
+            "--appendonly".to_string(),
+            "no".to_string(),
+            "--save".to_string(),
+            String::new(),
+        ]);
+    }
+    args
+}
+
+/// The security context of every managed Redis container: no privileges, read-only root.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The security context of every managed Redis pod: Redis' own user, the default seccomp
+/// profile.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(REDIS_UID),
+        run_as_group: Some(REDIS_UID),
+        fs_group: Some(REDIS_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
 }
 
 /// The memory limit of the managed Redis' container in bytes, if it has one that reads as a
@@ -295,9 +320,10 @@ fn whole_bytes(bytes: f64) -> Option<u64> {
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
-/// The managed Redis' Service, or `None` for an external Redis.
+/// The managed Redis' Service, or `None` for an external Redis or one with Sentinel (whose
+/// brokers ask the sentinels for the primary).
 pub fn service(cluster: &Cluster<'_>) -> Option<Service> {
-    managed(cluster)?;
+    single(cluster)?;
     Some(Service {
         metadata: cluster.child_meta(cluster.redis_name(), COMPONENT_REDIS),
         spec: Some(ServiceSpec {
@@ -316,28 +342,34 @@ pub fn service(cluster: &Cluster<'_>) -> Option<Service> {
     })
 }
 
-/// The managed Redis' volume claim, when persistence is on.
+/// The managed Redis' volume claim, when persistence is on and it is one pod (with Sentinel,
+/// the StatefulSet claims a volume per pod).
 pub fn persistent_volume_claim(cluster: &Cluster<'_>) -> Option<PersistentVolumeClaim> {
-    let persistence = managed(cluster)?.persistence.as_ref()?;
+    let persistence = single(cluster)?.persistence.as_ref()?;
     Some(PersistentVolumeClaim {
         metadata: cluster.child_meta(cluster.redis_pvc_name(), COMPONENT_REDIS),
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-            storage_class_name: persistence.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    persistence
-                        .size
-                        .clone()
-                        .unwrap_or_else(|| Quantity(DEFAULT_REDIS_SIZE.to_string())),
-                )])),
-                limits: None,
-            }),
-            ..PersistentVolumeClaimSpec::default()
-        }),
+        spec: Some(claim_spec(persistence)),
         ..PersistentVolumeClaim::default()
     })
+}
+
+/// The claim of a managed Redis' volume: one node, the requested class and size.
+fn claim_spec(persistence: &RedisPersistence) -> PersistentVolumeClaimSpec {
+    PersistentVolumeClaimSpec {
+        access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+        storage_class_name: persistence.storage_class_name.clone(),
+        resources: Some(VolumeResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "storage".to_string(),
+                persistence
+                    .size
+                    .clone()
+                    .unwrap_or_else(|| Quantity(DEFAULT_REDIS_SIZE.to_string())),
+            )])),
+            limits: None,
+        }),
+        ..PersistentVolumeClaimSpec::default()
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ fn observed<'a>(
     Observed {
         stateful_set: set,
         redis_deployment: redis,
+        redis_stateful_set: None,
         redis_managed: true,
         client_service: None,
         pods: &[],

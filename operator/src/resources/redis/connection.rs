@@ -24,7 +24,8 @@ pub struct RedisConnection {
     /// The Secret key to load into `REDIS_PASSWORD`, when there is a password.
     pub password: Option<SecretKeySelector>,
 }
-/// Where the broker pods find a Redis at one URL; `None` for a Redis run by Sentinel.
+/// Where the broker pods find a Redis at one URL; `None` for a Redis run by Sentinel (managed or
+/// external).
 pub fn connection(cluster: &Cluster<'_>) -> Result<Option<RedisConnection>, Error> {
     let placeholder = format!("$({PASSWORD_ENV})");
     let external_url = match cluster.spec().redis.mode() {
@@ -40,6 +41,8 @@ pub fn connection(cluster: &Cluster<'_>) -> Result<Option<RedisConnection>, Erro
         _ => None,
     };
     match cluster.spec().redis.mode() {
+        // The brokers ask the sentinels (see [`sentinel`]).
+        Some(RedisMode::Managed(m)) if m.sentinel.is_some() => Ok(None),
         Some(RedisMode::Managed(_)) => Ok(Some(RedisConnection {
             url: format!(
                 "redis://:{placeholder}@{}.{}.svc:{REDIS_PORT}/0",
@@ -67,45 +70,67 @@ pub fn connection(cluster: &Cluster<'_>) -> Result<Option<RedisConnection>, Erro
     }
 }
 
-/// The broker's `cluster.redis_sentinel` for an external Redis run by Sentinel (its passwords
-/// as files that [`crate::resources::statefulset`] mounts from their Secrets); `None` otherwise.
+/// The broker's `cluster.redis_sentinel` for a Redis run by Sentinel, managed or external (its
+/// passwords as files that [`crate::resources::statefulset`] mounts from their Secrets); `None`
+/// otherwise.
 pub fn sentinel(cluster: &Cluster<'_>) -> Option<RedisSentinelConfig> {
-    let Some(RedisMode::External(external)) = cluster.spec().redis.mode() else {
-        return None;
-    };
-    let sentinel = external.sentinel.as_ref()?;
-    Some(RedisSentinelConfig {
-        master_name: sentinel.master_name.clone(),
-        sentinels: sentinel.sentinels.clone(),
-        tls: sentinel.tls,
-        password_file: external
-            .password_secret_ref
-            .as_ref()
-            .map(|_| SENTINEL_DATA_PASSWORD_FILE.into()),
-        sentinel_password_file: external
-            .sentinel_password_secret_ref
-            .as_ref()
-            .map(|_| SENTINEL_PASSWORD_FILE.into()),
-        ..RedisSentinelConfig::default()
-    })
+    match cluster.spec().redis.mode()? {
+        RedisMode::Managed(managed) => {
+            managed.sentinel.as_ref()?;
+            // The managed sentinels ask for the same password as the Redis pods.
+            Some(RedisSentinelConfig {
+                master_name: super::sentinel::master_name(cluster),
+                sentinels: super::sentinel::sentinel_addresses(cluster),
+                password_file: Some(SENTINEL_DATA_PASSWORD_FILE.into()),
+                sentinel_password_file: Some(SENTINEL_PASSWORD_FILE.into()),
+                ..RedisSentinelConfig::default()
+            })
+        }
+        RedisMode::External(external) => {
+            let sentinel = external.sentinel.as_ref()?;
+            Some(RedisSentinelConfig {
+                master_name: sentinel.master_name.clone(),
+                sentinels: sentinel.sentinels.clone(),
+                tls: sentinel.tls,
+                password_file: external
+                    .password_secret_ref
+                    .as_ref()
+                    .map(|_| SENTINEL_DATA_PASSWORD_FILE.into()),
+                sentinel_password_file: external
+                    .sentinel_password_secret_ref
+                    .as_ref()
+                    .map(|_| SENTINEL_PASSWORD_FILE.into()),
+                ..RedisSentinelConfig::default()
+            })
+        }
+    }
 }
 
-/// The Secrets a Redis run by Sentinel needs mounted in broker pods, as (Secret key, file).
-pub fn sentinel_password_files<'a>(cluster: &Cluster<'a>) -> Vec<(&'a SecretKeyRef, &'static str)> {
-    let Some(RedisMode::External(external)) = cluster.spec().redis.mode() else {
-        return Vec::new();
-    };
-    if external.sentinel.is_none() {
-        return Vec::new();
+/// The Secret keys a Redis run by Sentinel needs mounted in broker pods, as (Secret key, file).
+pub fn sentinel_password_files(cluster: &Cluster<'_>) -> Vec<(SecretKeyRef, &'static str)> {
+    match cluster.spec().redis.mode() {
+        Some(RedisMode::Managed(managed)) if managed.sentinel.is_some() => {
+            let password = SecretKeyRef {
+                name: cluster.redis_name(),
+                key: PASSWORD_KEY.to_string(),
+            };
+            vec![
+                (password.clone(), SENTINEL_DATA_PASSWORD_FILE),
+                (password, SENTINEL_PASSWORD_FILE),
+            ]
+        }
+        Some(RedisMode::External(external)) if external.sentinel.is_some() => {
+            let mut files = Vec::new();
+            if let Some(r) = &external.password_secret_ref {
+                files.push((r.clone(), SENTINEL_DATA_PASSWORD_FILE));
+            }
+            if let Some(r) = &external.sentinel_password_secret_ref {
+                files.push((r.clone(), SENTINEL_PASSWORD_FILE));
+            }
+            files
+        }
+        _ => Vec::new(),
     }
-    let mut files = Vec::new();
-    if let Some(r) = &external.password_secret_ref {
-        files.push((r, SENTINEL_DATA_PASSWORD_FILE));
-    }
-    if let Some(r) = &external.sentinel_password_secret_ref {
-        files.push((r, SENTINEL_PASSWORD_FILE));
-    }
-    files
 }
 
 /// Inserts `password` into a Redis URL's user info: `redis://host` becomes

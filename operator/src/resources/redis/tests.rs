@@ -68,15 +68,19 @@ fn external_sentinel_is_named_in_the_config_with_its_passwords_as_mounted_files(
         config.sentinel_password_file.as_deref(),
         Some(std::path::Path::new(SENTINEL_PASSWORD_FILE))
     );
-    let files: Vec<(&str, &str, &str)> = sentinel_password_files(&c)
+    let files: Vec<(String, String, &str)> = sentinel_password_files(&c)
         .into_iter()
-        .map(|(r, path)| (r.name.as_str(), r.key.as_str(), path))
+        .map(|(r, path)| (r.name, r.key, path))
         .collect();
     assert_eq!(
         files,
         [
-            ("r", "pw", SENTINEL_DATA_PASSWORD_FILE),
-            ("s", "spw", SENTINEL_PASSWORD_FILE)
+            (
+                "r".to_string(),
+                "pw".to_string(),
+                SENTINEL_DATA_PASSWORD_FILE
+            ),
+            ("s".to_string(), "spw".to_string(), SENTINEL_PASSWORD_FILE)
         ]
     );
     assert!(deployment(&c).is_none());
