@@ -267,8 +267,6 @@ def canonical_json(value):
 
 def build(opts):
     stage = dockerfile_stage(opts.dockerfile, opts.target, {"VERSION": opts.version})
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
     tree = Tree()
     for d in ("etc", "etc/ssl/certs", "usr/local/bin", "var"):
@@ -290,36 +288,44 @@ def build(opts):
             print(f"warning: {opts.target} needs {lib}, which distroless cc-debian12 lacks", file=sys.stderr)
         tree.host_path(lib)
 
-    out_dir = os.path.dirname(os.path.abspath(opts.out))
+    config = {
+        "Env": BASE_ENV,
+        "WorkingDir": stage.get("workdir", "/home/nonroot"),
+        "User": stage.get("user", str(NONROOT)),
+        "Entrypoint": stage["entrypoint"],
+        "Labels": stage["labels"],
+    }
+    if "cmd" in stage:
+        config["Cmd"] = stage["cmd"]
+    if stage["ports"]:
+        config["ExposedPorts"] = {p: {} for p in stage["ports"]}
+    if "stopsignal" in stage:
+        config["StopSignal"] = stage["stopsignal"]
+    write_archive(tree, config, opts.name, opts.out, f"scripts/build-images.sh ({opts.target})")
+
+
+def write_archive(tree, config, image_name, out, created_by):
+    """Writes `tree` as the one layer of an image with the container `config` (Entrypoint,
+    User, ...) to the archive `out` (OCI layout plus a Docker manifest.json), named `image_name`;
+    prints `NAME sha256:<manifest digest> OUT`."""
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    out_dir = os.path.dirname(os.path.abspath(out))
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".oci-image-") as work:
         layer_path = os.path.join(work, "layer.tar")
         with open(layer_path, "wb") as f:
             tree.write_layer(f, epoch)
         layer_digest = sha256_file(layer_path)
         layer_size = os.path.getsize(layer_path)
-
-        config = {
-            "Env": BASE_ENV,
-            "WorkingDir": stage.get("workdir", "/home/nonroot"),
-            "User": stage.get("user", str(NONROOT)),
-            "Entrypoint": stage["entrypoint"],
-            "Labels": stage["labels"],
-        }
-        if "cmd" in stage:
-            config["Cmd"] = stage["cmd"]
-        if stage["ports"]:
-            config["ExposedPorts"] = {p: {} for p in stage["ports"]}
-        if "stopsignal" in stage:
-            config["StopSignal"] = stage["stopsignal"]
         image_config = canonical_json(
             {
                 "architecture": "amd64",
                 "os": "linux",
                 "created": created,
-                "author": "scripts/build-images.sh",
+                "author": created_by.split(" ")[0],
                 "config": config,
                 "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
-                "history": [{"created": created, "created_by": f"scripts/build-images.sh ({opts.target})"}],
+                "history": [{"created": created, "created_by": created_by}],
             }
         )
         config_digest = hashlib.sha256(image_config).hexdigest()
@@ -343,7 +349,7 @@ def build(opts):
             }
         )
         manifest_digest = hashlib.sha256(manifest).hexdigest()
-        tag = opts.name.rsplit(":", 1)[1] if ":" in opts.name.rsplit("/", 1)[-1] else "latest"
+        tag = image_name.rsplit(":", 1)[1] if ":" in image_name.rsplit("/", 1)[-1] else "latest"
         index = canonical_json(
             {
                 "schemaVersion": 2,
@@ -357,7 +363,7 @@ def build(opts):
                         "annotations": {
                             # containerd (ctr, kind) names the image from the first, others
                             # from the second (a tag, as the OCI layout specification says).
-                            "io.containerd.image.name": opts.name,
+                            "io.containerd.image.name": image_name,
                             "org.opencontainers.image.ref.name": tag,
                         },
                     }
@@ -368,7 +374,7 @@ def build(opts):
             [
                 {
                     "Config": f"blobs/sha256/{config_digest}",
-                    "RepoTags": [opts.name],
+                    "RepoTags": [image_name],
                     "Layers": [f"blobs/sha256/{layer_digest}"],
                 }
             ]
@@ -384,7 +390,7 @@ def build(opts):
             "manifest.json": ("bytes", docker_manifest),
             "oci-layout": ("bytes", canonical_json({"imageLayoutVersion": "1.0.0"})),
         }
-        partial = opts.out + ".partial"
+        partial = out + ".partial"
         with open(partial, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             # oci-layout first: importers that stream the archive know its kind at once.
             for name in ["oci-layout"] + sorted(m for m in members if m != "oci-layout"):
@@ -401,8 +407,8 @@ def build(opts):
                 else:
                     info.mode, info.size = 0o644, len(data)
                     tar.addfile(info, io.BytesIO(data))
-        os.replace(partial, opts.out)
-    print(f"{opts.name} sha256:{manifest_digest} {opts.out}")
+        os.replace(partial, out)
+    print(f"{image_name} sha256:{manifest_digest} {out}")
 
 
 def main():

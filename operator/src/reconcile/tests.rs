@@ -1196,3 +1196,111 @@ fn base64_of(text: &str) -> String {
 
 mod autoscaling;
 mod evacuation;
+
+/// Runs a cluster whose managed Redis turned on Sentinel, `ready` of its 3 Redis pods ready;
+/// returns the status recorded and the Redis StatefulSet applied.
+async fn reconcile_with_sentinel(ready: i32) -> (MqttClusterStatus, Value) {
+    let object =
+        cluster_from_yaml("redis: {managed: {sentinel: {}}, replication: {waitReplicas: 1}}");
+    let mut recorded = None;
+    let slot = &mut recorded;
+    let result = run(object, |mut api| async move {
+        expect_existing_gossip_key(&mut api).await;
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
+            .await
+            .respond_with(redis_secret(true));
+        // The one-pod Redis' Service and Deployment, made before Sentinel was on: deleted.
+        for (path, kind, api_version) in [
+            (format!("{NS_API}/services/demo-redis"), "Service", "v1"),
+            (
+                format!("{NS_APPS}/deployments/demo-redis"),
+                "Deployment",
+                "apps/v1",
+            ),
+        ] {
+            api.expect(Method::GET, &path).await.respond_with(existing(
+                api_version,
+                kind,
+                "demo-redis",
+                true,
+            ));
+            api.expect(Method::DELETE, &path)
+                .await
+                .respond_with(existing(api_version, kind, "demo-redis", true));
+            let event = expect_event(&mut api, "Normal", "DeletedChild").await;
+            assert_eq!(event["related"]["kind"], kind);
+        }
+        let nodes = api
+            .expect_apply(&format!("{NS_API}/services/demo-redis-nodes"))
+            .await;
+        assert_eq!(nodes["spec"]["clusterIP"], "None");
+        let redis = api
+            .expect_apply(&format!("{NS_APPS}/statefulsets/demo-redis"))
+            .await;
+        assert_eq!(redis["spec"]["serviceName"], "demo-redis-nodes");
+        api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo-redis")
+            .await;
+        expect_existing_admin_secret(&mut api).await;
+        let config = api
+            .expect_apply(&format!("{NS_API}/configmaps/demo-config"))
+            .await;
+        let toml = config["data"]["starling.toml"].as_str().expect("config");
+        assert!(
+            toml.contains("demo-redis-2.demo-redis-nodes.iot.svc:26379"),
+            "{toml}"
+        );
+        api.expect_apply(&format!("{NS_API}/services/demo-headless"))
+            .await;
+        api.expect_apply(&format!("{NS_API}/services/demo")).await;
+        let set = api
+            .expect_apply(&format!("{NS_APPS}/statefulsets/demo"))
+            .await;
+        let env = set["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env");
+        assert!(
+            !env.iter()
+                .any(|e| e["name"] == "STARLING_CLUSTER__REDIS_URL"),
+            "the brokers ask the sentinels, no URL: {env:?}"
+        );
+        api.expect_apply("/apis/policy/v1/namespaces/iot/poddisruptionbudgets/demo")
+            .await;
+        expect_network_policies_applied(&mut api).await;
+        expect_service_monitor_discovery(&mut api, false).await;
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo"))
+            .await
+            .respond_with(stateful_set_with_status(&set, 3));
+        // The Redis StatefulSet, not a Deployment, says whether Redis is available.
+        api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo-redis"))
+            .await
+            .respond_with(stateful_set_with_status(&redis, ready));
+        api.expect(Method::GET, &format!("{NS_API}/services/demo"))
+            .await
+            .respond_with(load_balancer("203.0.113.7"));
+        expect_pods(&mut api, vec![]).await;
+        *slot = Some((expect_status_patch(&mut api).await, redis));
+        expect_event(&mut api, "Normal", "Reconciled").await;
+        api
+    })
+    .await;
+    result.expect("reconcile succeeds");
+    recorded.expect("a status")
+}
+
+#[tokio::test]
+async fn sentinel_replaces_the_one_pod_redis_and_is_ready_with_a_majority_of_its_pods() {
+    let (status, redis) = reconcile_with_sentinel(2).await;
+    assert_eq!(redis["spec"]["replicas"], 3);
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllReplicasReady"),
+        "2 of 3 Redis pods: the sentinels have their majority"
+    );
+    let (status, _) = reconcile_with_sentinel(1).await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "RedisUnavailable")
+    );
+}
