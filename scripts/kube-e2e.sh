@@ -55,6 +55,10 @@ fi
 echo "== Redis stand-in image (the node has no registry access)"
 CTR_ADDRESS="$socket" "$kube_images" redis
 
+echo "== tools of the Redis stand-in with a shell (scripts/redis-standin-image.py)"
+command -v busybox >/dev/null || apt-get install -y -qq busybox-static >/dev/null
+command -v redis-cli >/dev/null || apt-get install -y -qq redis-tools >/dev/null
+
 echo "== the suite"
 # The operator's own e2e test (e2e/tests/operator.rs) applies the CRD with a field manager of its
 # own; left installed, it makes `helm install` fail with a field conflict on the CRD. Remove it

@@ -6,7 +6,9 @@
 //! new pod filled by rebalancing, back to 3), a broker pod
 //! and then the Redis pod deleted under a QoS 1 stream to persistent subscribers (no
 //! acknowledged message may be lost, and afterwards new subscriptions on every pod must get what
-//! is published on every other pod), a spec change rolling the pods, the full example (TLS,
+//! is published on every other pod), the managed Redis turned to Sentinel (three Redis pods with
+//! sentinels, acknowledgements waiting for a replica; the brokers roll onto it) and its
+//! primary's pod deleted under the same kind of stream, a spec change rolling the pods, the full example (TLS,
 //! password, ACL, WebSocket, encrypted gossip) adapted to one small node, and uninstalling
 //! leaving nothing behind. It prints the figures (time to Ready, time to roll, messages
 //! delivered and lost) at the end.
@@ -25,7 +27,8 @@
 //!   makes the image available to the node (`kind load image-archive`, `ctr -n k8s.io images
 //!   import`, ...). The images are built by `scripts/build-images.sh` from the binaries in
 //!   `STARLING_E2E_BIN_DIR` (default: this test's own `target/<profile>`). The managed Redis'
-//!   image (`redis:7.4-alpine`) must be pullable or already on the node.
+//!   image (`redis:7.4-alpine`) must be pullable or already on the node; the Sentinel part
+//!   runs a stand-in built by `scripts/redis-standin-image.py` (busybox-static needed).
 //! - `STARLING_E2E_REPORT`: a file the figures are appended to.
 //! - `STARLING_E2E_KEEP`: when the story breaks, leave what it installed (to look at it).
 //! - `STARLING_E2E_LOG_DIR`: where the pods' logs are kept when a stream loses messages or gets
@@ -97,6 +100,11 @@ const RATE: u32 = 100;
 const SUBSCRIBERS: usize = 2;
 /// A stream standing still longer than this during a fault has its pods' logs kept.
 const STALL: Duration = Duration::from_secs(5);
+/// The Redis image the story's managed Redis with Sentinel runs (built and loaded with the
+/// others: the node cannot pull the official one).
+const SENTINEL_IMAGE: &str = "docker.io/starling-e2e/redis-standin:test";
+/// How long the sentinels wait before they fail over, in the story (ms).
+const SENTINEL_DOWN_AFTER_MS: u32 = 3000;
 /// Polling pace of the waits (a retry pace, not synchronisation).
 const POLL: Duration = Duration::from_millis(250);
 
@@ -1044,6 +1052,30 @@ async fn build_and_load(load: &str, record: &mut Record) -> Result<()> {
         .await
         .with_context(|| format!("loading {name} with `{load}`"))?;
     }
+    // The Redis image of the managed Redis with Sentinel: its scripts need a shell and
+    // redis-cli, which the node cannot pull; scripts/redis-standin-image.py stands in.
+    let archive = out.path().join("redis-standin.tar");
+    command(
+        "scripts/redis-standin-image.py",
+        &[
+            "--name",
+            SENTINEL_IMAGE,
+            "--out",
+            &archive.to_string_lossy(),
+        ],
+    )
+    .await?;
+    command(
+        "sh",
+        &[
+            "-c",
+            &format!("{load} \"$1\""),
+            "image-load",
+            &archive.to_string_lossy(),
+        ],
+    )
+    .await
+    .with_context(|| format!("loading {SENTINEL_IMAGE} with `{load}`"))?;
     record.figure("images loaded", secs(t.elapsed()));
     Ok(())
 }
@@ -1726,6 +1758,8 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
     .await?;
     every_pod_reaches_every_pod(kube, record, "after-redis-pod-deleted").await?;
 
+    sentinel_story(kube, record, outside).await?;
+
     // A spec change rolls the pods, one at a time, with the new configuration.
     let sts_api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), NS);
     let hash = |sts: &StatefulSet| {
@@ -1842,6 +1876,185 @@ async fn story(kube: &Kube, load: &str, record: &mut Record) -> Result<()> {
         "--wait=true",
         "--timeout=180s",
     ])
+    .await?;
+    Ok(())
+}
+
+/// The primary's pod, as the sentinel of Redis pod `asked` names it (`None` when it does not
+/// answer).
+async fn sentinel_primary(kube: &Kube, asked: &str) -> Option<String> {
+    let script = format!(
+        "REDISCLI_AUTH=$(cat /etc/redis-auth/password) redis-cli -p 26379 --raw \
+         sentinel get-master-addr-by-name {}",
+        kube.name
+    );
+    let answer = kubectl(&[
+        "exec", "-n", kube.ns, asked, "-c", "sentinel", "--", "sh", "-c", &script,
+    ])
+    .await
+    .ok()?;
+    let host = answer.lines().next()?.trim();
+    // <pod>.<service>.<namespace>.svc
+    host.split('.')
+        .next()
+        .filter(|pod| !pod.is_empty())
+        .map(str::to_string)
+}
+
+/// The role (`master`, `slave`) the Redis of pod `pod` reports.
+async fn redis_role(kube: &Kube, pod: &str) -> Result<String> {
+    let answer = kubectl(&[
+        "exec",
+        "-n",
+        kube.ns,
+        pod,
+        "-c",
+        "redis",
+        "--",
+        "sh",
+        "-c",
+        "REDISCLI_AUTH=$(cat /etc/redis-auth/password) redis-cli --raw info replication",
+    ])
+    .await?;
+    answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("role:").map(str::to_string))
+        .with_context(|| format!("{pod} reports no role"))
+}
+
+/// Turns on the managed Redis with Sentinel (three Redis pods, each with a sentinel, and
+/// acknowledgements that wait for a replica), then deletes the primary's pod under a QoS 1
+/// stream: the sentinels promote a replica, the brokers follow it without a restart, the pod
+/// comes back as a replica, and no acknowledged message is lost.
+async fn sentinel_story(kube: &Kube, record: &mut Record, outside: SocketAddr) -> Result<()> {
+    let redis_sets: Api<StatefulSet> = Api::namespaced(kube.client.clone(), kube.ns);
+    let redis_name = format!("{}-redis", kube.name);
+    let old_brokers: BTreeSet<String> = kube
+        .brokers()
+        .await?
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let t = Instant::now();
+    let patch = serde_json::json!({"spec": {"redis": {
+        "managed": {"image": SENTINEL_IMAGE, "sentinel": {"downAfterMilliseconds": SENTINEL_DOWN_AFTER_MS}},
+        "replication": {"waitReplicas": 1, "waitTimeoutMs": 2000},
+    }}});
+    kubectl(&[
+        "patch",
+        "-n",
+        kube.ns,
+        &format!("mqc/{}", kube.name),
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ])
+    .await?;
+    poll(
+        READY_WITHIN,
+        "3 Redis pods with sentinels Ready",
+        || async {
+            let set = redis_sets.get(&redis_name).await?;
+            let ready = set.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            ensure!(ready == 3, "{ready} of 3 Redis pods ready");
+            Ok(())
+        },
+    )
+    .await?;
+    record.figure("Sentinel turned on: 3 Redis pods Ready", secs(t.elapsed()));
+    // The brokers roll onto the sentinels (their configuration changed).
+    poll(
+        READY_WITHIN,
+        "the brokers rolled onto the sentinels",
+        || async {
+            let pods = kube.brokers().await?;
+            ensure!(
+                pods.len() == 3
+                    && pods.iter().all(|p| pod_ready(p)
+                        && p.metadata
+                            .uid
+                            .as_ref()
+                            .is_some_and(|u| !old_brokers.contains(u))),
+                "not every broker pod replaced and Ready"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    kube.wait_brokers(3, MEMBERS_WITHIN).await?;
+    poll(READY_WITHIN, "MqttCluster Ready on Sentinel", || {
+        kube.cluster_ready()
+    })
+    .await?;
+    record.figure(
+        "Sentinel turned on: brokers rolled onto it, 3 members, Ready",
+        secs(t.elapsed()),
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(kube.client.clone(), kube.ns);
+    if deployments.get_opt(&redis_name).await?.is_some() {
+        record.problem(format!(
+            "the one-pod Redis Deployment {redis_name} is still there"
+        ));
+    }
+    every_pod_reaches_every_pod(kube, record, "sentinel-on").await?;
+
+    stream_through_fault(
+        kube,
+        record,
+        "redis-primary-deleted",
+        outside,
+        |_, _| async move {
+            let asked = format!("{}-redis-1", kube.name);
+            let primary = sentinel_primary(kube, &asked)
+                .await
+                .context("the sentinels name no primary")?;
+            let old_uid = kube.pods.get(&primary).await?.metadata.uid;
+            let t = Instant::now();
+            kubectl(&["delete", "pod", "-n", kube.ns, &primary, "--wait=false"]).await?;
+            // Asked of a pod that stays.
+            let survivor = (0..3)
+                .map(|i| format!("{}-redis-{i}", kube.name))
+                .find(|p| *p != primary)
+                .context("a surviving Redis pod")?;
+            let promoted = poll(READY_WITHIN, "a replica promoted", || async {
+                match sentinel_primary(kube, &survivor).await {
+                    Some(p) if p != primary => Ok(p),
+                    other => bail!("the sentinels name {other:?}"),
+                }
+            })
+            .await?;
+            let failover = t.elapsed();
+            poll(
+                READY_WITHIN,
+                "the old primary's pod back as a replica",
+                || async {
+                    let pod = kube.pods.get(&primary).await?;
+                    ensure!(pod.metadata.uid != old_uid, "not replaced yet");
+                    ensure!(pod_ready(&pod), "not Ready");
+                    let role = redis_role(kube, &primary).await?;
+                    ensure!(role == "slave", "its Redis is a {role}");
+                    Ok(())
+                },
+            )
+            .await?;
+            let back = t.elapsed();
+            kube.wait_brokers(3, READY_WITHIN).await?;
+            Ok(vec![
+                ("deleted primary".to_string(), primary),
+                (
+                    format!("{promoted} promoted by the sentinels"),
+                    secs(failover),
+                ),
+                ("deleted pod back as a replica".to_string(), secs(back)),
+            ])
+        },
+    )
+    .await?;
+    every_pod_reaches_every_pod(kube, record, "after-redis-primary-deleted").await?;
+    poll(READY_WITHIN, "MqttCluster Ready after the failover", || {
+        kube.cluster_ready()
+    })
     .await?;
     Ok(())
 }
