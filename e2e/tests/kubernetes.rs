@@ -881,10 +881,11 @@ async fn keep_logs(kube: &Kube, label: &str) {
     let dir = std::env::var_os("STARLING_E2E_LOG_DIR").map(|d| PathBuf::from(d).join(label));
     for pod in &pods {
         let name = pod_name(pod);
-        let logs = match kubectl(&["logs", "-n", kube.ns, &name]).await {
-            Ok(logs) => logs,
-            Err(e) => format!("{e:#}"),
-        };
+        let logs =
+            match kubectl(&["logs", "-n", kube.ns, &name, "--all-containers", "--prefix"]).await {
+                Ok(logs) => logs,
+                Err(e) => format!("{e:#}"),
+            };
         match &dir {
             Some(dir) => {
                 let written = std::fs::create_dir_all(dir)
@@ -1181,8 +1182,8 @@ async fn node_ip(client: &Client) -> Result<String> {
 
 /// The full example (operator/examples/mqttcluster.yaml) with the Secrets and ConfigMap its
 /// header names, adapted to a small single-node cluster: 3 replicas instead of 5, no CPU and
-/// memory requests, no PersistentVolume for Redis (no provisioner), no ServiceMonitor (no
-/// Prometheus Operator). Checked: Ready with 3 members (gossip encrypted), MQTT over TLS through
+/// memory requests, no PersistentVolume for Redis (no provisioner), one Redis pod instead of
+/// Sentinel (the story's own cluster runs that), no ServiceMonitor (no Prometheus Operator). Checked: Ready with 3 members (gossip encrypted), MQTT over TLS through
 /// the NodePort with a password (the certificate verified), anonymous and wrong-password
 /// clients refused, the WebSocket listener upgrading with the `mqtt` subprotocol; then the
 /// cluster is deleted and nothing of it is left.
@@ -1259,6 +1260,11 @@ async fn full_example(client: &Client, record: &mut Record) -> Result<()> {
     {
         managed.remove("persistence");
         managed.remove("resources");
+        // One Redis pod: the story's own cluster runs the Sentinel part (sentinel_story).
+        managed.remove("sentinel");
+    }
+    if let Some(redis) = spec.get_mut("redis").and_then(|r| r.as_object_mut()) {
+        redis.remove("replication");
     }
     spec.insert(
         "monitoring".into(),
@@ -1922,6 +1928,32 @@ async fn redis_role(kube: &Kube, pod: &str) -> Result<String> {
         .with_context(|| format!("{pod} reports no role"))
 }
 
+/// Waits until the MqttCluster's `RedisReplicated` condition is `True` and names `primary` as
+/// the primary the brokers use; returns its message.
+async fn redis_replicated(kube: &Kube, primary: &str) -> Result<String> {
+    let api: Api<MqttCluster> = Api::namespaced(kube.client.clone(), kube.ns);
+    poll(READY_WITHIN, "condition RedisReplicated", || async {
+        let mqc = api.get(kube.name).await?;
+        let condition = mqc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "RedisReplicated"))
+            .cloned()
+            .context("no RedisReplicated condition")?;
+        ensure!(
+            condition.status == "True"
+                && condition
+                    .message
+                    .starts_with(&format!("the brokers use primary {primary};")),
+            "RedisReplicated {}: {}",
+            condition.status,
+            condition.message
+        );
+        Ok(condition.message)
+    })
+    .await
+}
+
 /// Turns on the managed Redis with Sentinel (three Redis pods, each with a sentinel, and
 /// acknowledgements that wait for a replica), then deletes the primary's pod under a QoS 1
 /// stream: the sentinels promote a replica, the brokers follow it without a restart, the pod
@@ -1998,6 +2030,11 @@ async fn sentinel_story(kube: &Kube, record: &mut Record, outside: SocketAddr) -
         ));
     }
     every_pod_reaches_every_pod(kube, record, "sentinel-on").await?;
+    let first = sentinel_primary(kube, &format!("{}-redis-1", kube.name))
+        .await
+        .context("the sentinels name no primary")?;
+    let message = redis_replicated(kube, &first).await?;
+    record.figure("Sentinel on: condition RedisReplicated", message);
 
     stream_through_fault(
         kube,
@@ -2040,7 +2077,9 @@ async fn sentinel_story(kube: &Kube, record: &mut Record, outside: SocketAddr) -
             .await?;
             let back = t.elapsed();
             kube.wait_brokers(3, READY_WITHIN).await?;
+            let condition = redis_replicated(kube, &promoted).await?;
             Ok(vec![
+                ("condition RedisReplicated".to_string(), condition),
                 ("deleted primary".to_string(), primary),
                 (
                     format!("{promoted} promoted by the sentinels"),

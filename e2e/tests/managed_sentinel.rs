@@ -10,10 +10,15 @@
 //!   replica, then rejoin as that replica's replica. Nothing written with `WAIT` is lost, and
 //!   the time to the promotion is printed.
 //! - A replica pod killed and started again rejoins the same primary; no failover.
+//! - The primary's pod stopped on purpose: its preStop hook (run as the kubelet would) pauses
+//!   writes, lets a replica catch up and has another pod's sentinel promote it before the pod
+//!   stops; a client writing with `WAIT 1` throughout, following the sentinels, loses nothing
+//!   it was acknowledged. The hand-over time is printed.
 
 use anyhow::{bail, ensure, Context, Result};
 use e2e::{free_port, wait_for, Process};
 use starling_operator::crd::MqttCluster;
+use starling_operator::redis_health;
 use starling_operator::resources::redis::{config_for, sentinel};
 use starling_operator::resources::Cluster;
 use std::time::{Duration, Instant};
@@ -41,26 +46,46 @@ struct Launch {
     env: Vec<(String, String)>,
 }
 
-/// The Redis and the Sentinel container of the operator's StatefulSet.
-fn launches() -> Result<(Launch, Launch)> {
+/// The Redis and the Sentinel container of the operator's StatefulSet, and the Redis
+/// container's preStop hook (run with that container's environment).
+fn launches() -> Result<(Launch, Launch, Launch)> {
     let object = cluster_object()?;
     let cluster = Cluster::new(&object)?;
     let set = sentinel::stateful_set(&cluster).context("a StatefulSet")?;
     let pod = set.spec.template.spec.context("a pod")?;
-    let mut launches = pod.containers.into_iter().map(|c| {
-        let mut argv = c.command.unwrap_or_default();
-        argv.extend(c.args.unwrap_or_default());
-        let env = c
-            .env
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|e| Some((e.name, e.value?)))
-            .collect();
-        Launch { argv, env }
-    });
-    let redis = launches.next().context("a Redis container")?;
-    let sentinel = launches.next().context("a Sentinel container")?;
-    Ok((redis, sentinel))
+    let env_of = |c: &k8s_openapi::api::core::v1::Container| -> Vec<(String, String)> {
+        c.env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    };
+    let mut containers = pod.containers.into_iter();
+    let redis = containers.next().context("a Redis container")?;
+    let sentinel = containers.next().context("a Sentinel container")?;
+    let hook = redis
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .context("the Redis container's preStop hook")?;
+    let launch = |c: &k8s_openapi::api::core::v1::Container| {
+        let mut argv = c.command.clone().unwrap_or_default();
+        argv.extend(c.args.clone().unwrap_or_default());
+        Launch {
+            argv,
+            env: env_of(c),
+        }
+    };
+    Ok((
+        launch(&redis),
+        launch(&sentinel),
+        Launch {
+            argv: hook,
+            env: env_of(&redis),
+        },
+    ))
 }
 
 /// A port free on all three addresses.
@@ -82,12 +107,13 @@ struct Pod {
     index: usize,
     redis: Option<Process>,
     sentinel: Option<Process>,
-    _volumes: tempfile::TempDir,
+    volumes: tempfile::TempDir,
 }
 
 struct Group {
     redis: Launch,
     sentinel: Launch,
+    handover: Launch,
     redis_port: u16,
     sentinel_port: u16,
     pods: Vec<Pod>,
@@ -95,10 +121,11 @@ struct Group {
 
 impl Group {
     fn start() -> Result<Self> {
-        let (redis, sentinel) = launches()?;
+        let (redis, sentinel, handover) = launches()?;
         let mut group = Group {
             redis,
             sentinel,
+            handover,
             redis_port: port_free_on_all()?,
             sentinel_port: port_free_on_all()?,
             pods: Vec::new(),
@@ -114,51 +141,72 @@ impl Group {
     /// containers at once.
     fn make_pod(&self, index: usize) -> Result<Pod> {
         let volumes = tempfile::tempdir()?;
-        let auth = volumes.path().join("auth");
-        let conf = volumes.path().join("conf");
-        let data = volumes.path().join("data");
-        for dir in [&auth, &conf, &data] {
-            std::fs::create_dir(dir)?;
+        for dir in ["auth", "conf", "data"] {
+            std::fs::create_dir(volumes.path().join(dir))?;
         }
+        let auth = volumes.path().join("auth");
         std::fs::write(auth.join("password"), PASSWORD)?;
         std::fs::write(auth.join("redis.conf"), config_for(PASSWORD))?;
+        Ok(Pod {
+            index,
+            redis: Some(self.spawn(index, volumes.path(), "redis", &self.redis, true)?),
+            sentinel: Some(self.spawn(index, volumes.path(), "sentinel", &self.sentinel, true)?),
+            volumes,
+        })
+    }
+
+    /// Runs `launch` as pod `index`'s, with its environment, addresses and volumes under
+    /// `volumes`; a server (`bind`) is bound to the pod's address.
+    fn spawn(
+        &self,
+        index: usize,
+        volumes: &std::path::Path,
+        name: &str,
+        launch: &Launch,
+        bind: bool,
+    ) -> Result<Process> {
         let ip = IPS[index];
+        let dir = |d: &str| path(&volumes.join(d));
         let overrides = [
             ("REDIS_SELF", ip.to_string()),
             ("REDIS_PEERS", IPS.join(" ")),
             ("REDIS_PORT", self.redis_port.to_string()),
             ("SENTINEL_PORT", self.sentinel_port.to_string()),
-            ("REDIS_PASSWORD_FILE", path(&auth.join("password"))),
-            ("REDIS_AUTH_CONF", path(&auth.join("redis.conf"))),
-            ("REDIS_CONF_DIR", path(&conf)),
-            ("REDIS_DATA_DIR", path(&data)),
+            ("REDIS_PASSWORD_FILE", path(&volumes.join("auth/password"))),
+            ("REDIS_AUTH_CONF", path(&volumes.join("auth/redis.conf"))),
+            ("REDIS_CONF_DIR", dir("conf")),
+            ("REDIS_DATA_DIR", dir("data")),
         ];
-        let spawn = |name: &str, launch: &Launch| -> Result<Process> {
-            let mut args: Vec<String> = Vec::new();
-            for (key, value) in &launch.env {
-                let value = overrides
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map_or(value.clone(), |(_, v)| v.clone());
+        let mut args: Vec<String> = Vec::new();
+        for (key, value) in &launch.env {
+            let value = overrides
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(value.clone(), |(_, v)| v.clone());
+            args.push(format!("{key}={value}"));
+        }
+        for (key, value) in &overrides {
+            if !launch.env.iter().any(|(k, _)| k == key) {
                 args.push(format!("{key}={value}"));
             }
-            for (key, value) in &overrides {
-                if !launch.env.iter().any(|(k, _)| k == key) {
-                    args.push(format!("{key}={value}"));
-                }
-            }
-            args.extend(launch.argv.iter().cloned());
+        }
+        args.extend(launch.argv.iter().cloned());
+        if bind {
             // Each pod has its own address; pods share the port numbers.
             args.extend(["--bind".to_string(), ip.to_string()]);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Process::spawn(&format!("pod{index}-{name}"), "env", &args)
-        };
-        Ok(Pod {
-            index,
-            redis: Some(spawn("redis", &self.redis)?),
-            sentinel: Some(spawn("sentinel", &self.sentinel)?),
-            _volumes: volumes,
-        })
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Process::spawn(&format!("pod{index}-{name}"), "env", &args)
+    }
+
+    /// Runs pod `index`'s preStop hook, as the kubelet does before it stops the pod, and waits
+    /// for it to end.
+    async fn run_handover(&self, index: usize) -> Result<()> {
+        let pod = &self.pods[index];
+        let mut hook = self.spawn(index, pod.volumes.path(), "handover", &self.handover, false)?;
+        let status = hook.wait(Duration::from_secs(45)).await?;
+        ensure!(status.success(), "the preStop hook ended with {status}");
+        Ok(())
     }
 
     /// Kills pod `index` (SIGKILL of both containers) and makes it again at once.
@@ -257,6 +305,16 @@ async fn scripts_elect_pod_zero_fail_over_a_killed_primary_and_lose_nothing_wait
         .await
         .context("a new group makes pod 0 the primary")?;
 
+    // What the operator's status reads from the sentinels.
+    let sentinels: Vec<String> = IPS.iter().map(|ip| format!("{ip}:{sp}")).collect();
+    // (The sentinels learn a replica's link from its own INFO, polled every 10 s.)
+    assert_replicated(&sentinels, IPS[0]).await?;
+    let wrong = redis_health::ask(sentinels.clone(), "demo".into(), "wrong".into()).await;
+    ensure!(
+        redis_health::assess(&wrong, 3).1 == "SentinelsUnreachable",
+        "a wrong password: {wrong:?}"
+    );
+
     // Writes acknowledged by both replicas.
     let mut conn = connection(IPS[0], rp).await?;
     let mut pipe = redis::pipe();
@@ -295,6 +353,9 @@ async fn scripts_elect_pod_zero_fail_over_a_killed_primary_and_lose_nothing_wait
     wait_for_group(&group, &primary)
         .await
         .context("the remade pod 0 rejoins as a replica and the sentinels agree")?;
+    assert_replicated(&sentinels, &primary)
+        .await
+        .context("after the failover")?;
 
     // Nothing lost, on the new primary and on the rejoined pod 0.
     for ip in [primary.as_str(), IPS[0]] {
@@ -322,5 +383,113 @@ async fn scripts_elect_pod_zero_fail_over_a_killed_primary_and_lose_nothing_wait
             pod.index
         );
     }
+
+    // A planned stop of the primary's pod: its preStop hook hands over while a client writes
+    // with WAIT 1, following the sentinels; then the pod stops and is made again.
+    let old = IPS
+        .iter()
+        .position(|ip| *ip == primary)
+        .context("the primary's pod")?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(write_following_the_sentinels(
+        sentinels.clone(),
+        rp,
+        stop.clone(),
+    ));
+    wait_for(SETTLE, || async {
+        ensure!(replication_field(&primary, rp, "master_repl_offset").await? != "0");
+        Ok(())
+    })
+    .await?;
+    // The writer runs on its own; give it a moment of writes before the hand-over (the
+    // workload's length, not a wait for an event).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    group.run_handover(old).await?;
+    let handed = started.elapsed();
+    let (now, _, _) = sentinel_view(IPS[(old + 1) % 3], sp).await?;
+    ensure!(
+        now != primary,
+        "the hook ended after {handed:?} with {primary} still the primary"
+    );
+    println!("managed sentinel: planned hand-over from {primary} to {now} in {handed:?}");
+    group.kill_and_remake(old).await?;
+    wait_for_group(&group, &now)
+        .await
+        .context("after the planned hand-over, the remade pod rejoins")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await??;
+    ensure!(acked.len() > 10, "only {} writes acknowledged", acked.len());
+    let mut conn = connection(&now, rp).await?;
+    let mut missing = Vec::new();
+    for key in &acked {
+        let exists: bool = redis::cmd("EXISTS").arg(key).query_async(&mut conn).await?;
+        if !exists {
+            missing.push(key.clone());
+        }
+    }
+    ensure!(
+        missing.is_empty(),
+        "{} of {} writes acknowledged by a replica are missing after the hand-over: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+    println!(
+        "managed sentinel: {} writes acknowledged with WAIT 1 across the hand-over, none lost",
+        acked.len()
+    );
     Ok(())
+}
+
+/// Waits until what the operator's status reads from the sentinels says the group is
+/// replicated with `primary` the primary.
+async fn assert_replicated(sentinels: &[String], primary: &str) -> Result<()> {
+    wait_for(SETTLE, || async {
+        let view = redis_health::ask(sentinels.to_vec(), "demo".into(), PASSWORD.into()).await;
+        let (ok, reason, message) = redis_health::assess(&view, 3);
+        ensure!(ok, "{reason}: {message}");
+        ensure!(
+            message.starts_with(&format!("the brokers use primary {primary};")),
+            "{message}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Writes keys `w<n>` one at a time, each followed by `WAIT 1`, to the primary the sentinels
+/// name (asked again after any error) until `stop`; returns the keys a replica acknowledged.
+async fn write_following_the_sentinels(
+    sentinels: Vec<String>,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<String>> {
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let primary =
+            match redis_health::ask(sentinels.clone(), "demo".into(), PASSWORD.into()).await {
+                Ok(view) => view.primary,
+                Err(_) => continue,
+            };
+        let Ok(mut conn) = connection(&primary, port).await else {
+            continue;
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let key = format!("w{n}");
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(&key).arg(n).ignore();
+            pipe.cmd("WAIT").arg(1).arg(1000);
+            match pipe.query_async::<(i64,)>(&mut conn).await {
+                Ok((replicas,)) if replicas >= 1 => acked.push(key),
+                // Not held by a replica: not acknowledged (it may or may not survive).
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(acked)
 }

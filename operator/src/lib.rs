@@ -16,6 +16,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod redis_health;
 pub mod resources;
 #[cfg(test)]
 pub(crate) mod schema_check;

@@ -45,6 +45,8 @@ pub struct Context {
     pub autoscaler: std::sync::Mutex<HashMap<String, Recommendations>>,
     /// The namespace of the operator's own pod, when it runs in the cluster.
     pub operator_namespace: Option<String>,
+    /// Asks a managed Redis' sentinels which pod is the primary, for the status.
+    pub sentinel_reader: crate::redis_health::SentinelReader,
 }
 
 impl Context {
@@ -56,7 +58,14 @@ impl Context {
             metrics,
             autoscaler: Default::default(),
             operator_namespace: None,
+            sentinel_reader: crate::redis_health::network_reader(),
         }
+    }
+
+    /// The same context, asking sentinels with `reader`.
+    pub fn with_sentinel_reader(mut self, reader: crate::redis_health::SentinelReader) -> Self {
+        self.sentinel_reader = reader;
+        self
     }
 
     /// The same context, for an operator whose pod runs in `namespace`.
@@ -451,6 +460,15 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
     } else {
         None
     };
+    let sentinel_view = match (
+        &redis_stateful_set,
+        resources::redis::sentinel::settings(&cluster),
+    ) {
+        (Some(_), Some((_, sentinel))) => {
+            Some((read_sentinels(ctx, &cluster).await?, sentinel.replicas))
+        }
+        _ => None,
+    };
     let client_service = Api::<Service>::namespaced(client.clone(), ns)
         .get_opt(&cluster.broker_name())
         .await?;
@@ -475,6 +493,7 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         stateful_set: stateful_set.as_ref(),
         redis_deployment: redis_deployment.as_ref(),
         redis_stateful_set: redis_stateful_set.as_ref(),
+        sentinel_view: sentinel_view.as_ref(),
         redis_managed,
         client_service: client_service.as_ref(),
         pods: &pods,
@@ -547,6 +566,33 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         }
         _ => Action::requeue(POLL),
     })
+}
+
+/// What the managed Redis' sentinels say of it (asked with the password from its Secret).
+async fn read_sentinels(
+    ctx: &Context,
+    cluster: &Cluster<'_>,
+) -> Result<Result<crate::redis_health::SentinelView, String>, Error> {
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        ctx.client.clone(),
+        cluster.namespace,
+    )
+    .get_opt(&cluster.redis_name())
+    .await?;
+    let password = secret
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(resources::redis::PASSWORD_KEY))
+        .and_then(|p| String::from_utf8(p.0).ok());
+    let Some(password) = password else {
+        return Ok(Err(format!(
+            "Secret {} has no {} to ask the sentinels with",
+            cluster.redis_name(),
+            resources::redis::PASSWORD_KEY
+        )));
+    };
+    let sentinels = resources::redis::sentinel::sentinel_addresses(cluster);
+    let master = resources::redis::sentinel::master_name(cluster);
+    Ok((ctx.sentinel_reader)(sentinels, master, password).await)
 }
 
 /// What to do after a failed reconcile: try again soon.

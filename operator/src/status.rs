@@ -23,6 +23,7 @@ pub use self::endpoint::{endpoint, endpoint_hint};
 
 use crate::autoscale::outcome::Autoscaled;
 use crate::crd::{MqttClusterStatus, PodEvacuation};
+use crate::redis_health::{self, SentinelView};
 use crate::resources::gossip::GossipKey;
 use crate::resources::{Cluster, COMPONENT_BROKER};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -39,6 +40,9 @@ pub const DEGRADED: &str = "Degraded";
 pub const GOSSIP_ENCRYPTED: &str = "GossipEncrypted";
 /// Condition type: the operator sizes the cluster from its connections (`spec.autoscaling`).
 pub const AUTOSCALING: &str = "Autoscaling";
+/// Condition type: the managed Redis with Sentinel has its primary and every replica in sync
+/// (its message names the primary the brokers use).
+pub const REDIS_REPLICATED: &str = "RedisReplicated";
 
 /// What went wrong in the last reconcile, if anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +66,8 @@ pub struct Observed<'a> {
     /// The managed Redis StatefulSet of a Redis run with Sentinel; `None` otherwise or when it
     /// does not exist (yet).
     pub redis_stateful_set: Option<&'a StatefulSet>,
+    /// What the sentinels of a managed Redis with Sentinel say, and its number of pods.
+    pub sentinel_view: Option<&'a (Result<SentinelView, String>, u32)>,
     /// Whether Redis is run by the operator.
     pub redis_managed: bool,
     /// The client Service as the API server returned it.
@@ -397,9 +403,14 @@ pub fn compute(
     let autoscaling = observed
         .autoscaled
         .map(|a| condition(AUTOSCALING, a.active, &a.reason, a.message.clone()));
+    let replicated = observed.sentinel_view.map(|(view, pods)| {
+        let (ok, reason, message) = redis_health::assess(view, *pods);
+        condition(REDIS_REPLICATED, ok, reason, message)
+    });
     let conditions = [ready, progressing, degraded, gossip_encrypted(cluster)]
         .into_iter()
         .chain(autoscaling)
+        .chain(replicated)
         .map(|mut c| {
             c.observed_generation = generation;
             let earlier = previous

@@ -16,11 +16,45 @@ const STATUS_PATH: &str =
     "/apis/mqtt.starling.dev/v1alpha1/namespaces/iot/mqttclusters/demo/status";
 
 fn context(client: Client) -> Arc<Context> {
-    Arc::new(Context::new(
-        client,
-        Some("starling-operator-0".to_string()),
-        Arc::new(Metrics::new()),
-    ))
+    Arc::new(
+        Context::new(
+            client,
+            Some("starling-operator-0".to_string()),
+            Arc::new(Metrics::new()),
+        )
+        .with_sentinel_reader(stand_in_sentinels()),
+    )
+}
+
+/// Sentinels that answer for cluster `demo` asked with the managed Redis' password (`s3cret`):
+/// primary pod 1, both replicas in sync, three sentinels. Asked otherwise, they do not answer.
+fn stand_in_sentinels() -> crate::redis_health::SentinelReader {
+    Arc::new(|sentinels: Vec<String>, master: String, password: String| {
+        Box::pin(async move {
+            let expected = (0..3)
+                .map(|i| format!("demo-redis-{i}.demo-redis-nodes.iot.svc:26379"))
+                .collect::<Vec<_>>();
+            if sentinels != expected || master != "demo" || password != "s3cret" {
+                return Err(format!(
+                    "asked {sentinels:?} for {master} with {password:?}"
+                ));
+            }
+            let host = |i: u32| format!("demo-redis-{i}.demo-redis-nodes.iot.svc");
+            Ok(crate::redis_health::SentinelView {
+                asked: sentinels[0].clone(),
+                primary: host(1),
+                primary_down: false,
+                replicas: [0, 2]
+                    .into_iter()
+                    .map(|i| crate::redis_health::ReplicaView {
+                        host: host(i),
+                        in_sync: true,
+                    })
+                    .collect(),
+                sentinels: 3,
+            })
+        })
+    })
 }
 
 /// Runs `reconcile` for `object` while `script` plays the API server; returns the result.
@@ -44,11 +78,14 @@ where
     F: std::future::Future<Output = FakeApiServer>,
 {
     let (client, api) = fake_api::client();
-    let ctx = Arc::new(Context::new(
-        client,
-        Some("starling-operator-0".to_string()),
-        metrics.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            Some("starling-operator-0".to_string()),
+            metrics.clone(),
+        )
+        .with_sentinel_reader(stand_in_sentinels()),
+    );
     let (result, api) = tokio::join!(reconcile(Arc::new(object), ctx), script(api));
     api.expect_done().await;
     result
@@ -1274,6 +1311,10 @@ async fn reconcile_with_sentinel(ready: i32) -> (MqttClusterStatus, Value) {
         api.expect(Method::GET, &format!("{NS_APPS}/statefulsets/demo-redis"))
             .await
             .respond_with(stateful_set_with_status(&redis, ready));
+        // The password to ask the sentinels with.
+        api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
+            .await
+            .respond_with(redis_secret(true));
         api.expect(Method::GET, &format!("{NS_API}/services/demo"))
             .await
             .respond_with(load_balancer("203.0.113.7"));
@@ -1296,6 +1337,19 @@ async fn sentinel_replaces_the_one_pod_redis_and_is_ready_with_a_majority_of_its
         (ready.status.as_str(), ready.reason.as_str()),
         ("True", "AllReplicasReady"),
         "2 of 3 Redis pods: the sentinels have their majority"
+    );
+    let replicated = condition(&status, "RedisReplicated");
+    assert_eq!(
+        (
+            replicated.status.as_str(),
+            replicated.reason.as_str(),
+            replicated.message.as_str()
+        ),
+        (
+            "True",
+            "Replicated",
+            "the brokers use primary demo-redis-1; 2 of 2 replicas in sync; 3 of 3 sentinels see one another"
+        )
     );
     let (status, _) = reconcile_with_sentinel(1).await;
     let ready = condition(&status, "Ready");

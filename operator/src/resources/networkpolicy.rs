@@ -159,6 +159,13 @@ pub fn redis_policy(cluster: &Cluster<'_>) -> Option<NetworkPolicy> {
                 ports: ports(),
             },
         ]
+        .into_iter()
+        // The operator asks the sentinels which pod is the primary, for the status.
+        .chain(operator(cluster).map(|peer| NetworkPolicyIngressRule {
+            from: Some(vec![peer]),
+            ports: Some(vec![port(sentinel::SENTINEL_PORT, "TCP")]),
+        }))
+        .collect()
     } else {
         vec![NetworkPolicyIngressRule {
             from: Some(vec![brokers(cluster)]),

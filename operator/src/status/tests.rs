@@ -89,6 +89,7 @@ fn observed<'a>(
         stateful_set: set,
         redis_deployment: redis,
         redis_stateful_set: None,
+        sentinel_view: None,
         redis_managed: true,
         client_service: None,
         pods: &[],

@@ -7,7 +7,9 @@
 //! sentinel knows one, from the peer running as primary; on a fresh cluster, pod 0), write the
 //! configuration into an emptyDir and exec `redis-server` or `redis-sentinel`. A pod whose Redis
 //! was the primary and restarted waits until the sentinels promote a replica: coming back as
-//! primary would hand the replicas what it holds now (nothing, without persistence).
+//! primary would hand the replicas what it holds now (nothing, without persistence). A primary
+//! whose pod is stopped on purpose hands over first (`scripts/handover.sh`, the preStop hook):
+//! writes paused, a replica caught up and promoted by another pod's sentinel.
 //! Every name is a stable pod DNS name (`announce-hostnames`), so a pod that comes back with
 //! another IP is the same Redis and the same sentinel to the others.
 
@@ -18,10 +20,10 @@ use crate::crd::{ManagedRedis, ManagedSentinel, RedisMode};
 use crate::resources::{Cluster, COMPONENT_REDIS};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
-    ObjectFieldSelector, PersistentVolumeClaim, PodAffinityTerm, PodAntiAffinity, PodSpec,
-    PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction,
-    Volume, VolumeMount, WeightedPodAffinityTerm,
+    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -41,6 +43,13 @@ const COMMON_SCRIPT: &str = include_str!("scripts/common.sh");
 const NODE_SCRIPT: &str = include_str!("scripts/node.sh");
 /// The Sentinel container's script.
 const SENTINEL_SCRIPT: &str = include_str!("scripts/sentinel.sh");
+/// The Redis container's preStop hook: a primary hands over to a replica.
+const HANDOVER_SCRIPT: &str = include_str!("scripts/handover.sh");
+/// How long a primary that hands over pauses writes (ms): past the hook's own limit (30 s), so
+/// nothing is written once a replica has caught up; the pod stops first.
+const HANDOVER_PAUSE_MS: u32 = 60_000;
+/// Time a Redis pod gets to stop: the hand-over (at most 30 s), then Redis' own shutdown.
+const TERMINATION_GRACE_SECONDS: i64 = 60;
 
 /// The managed Redis' settings and its Sentinel settings, when the spec asks for Sentinel.
 pub fn settings<'a>(cluster: &Cluster<'a>) -> Option<(&'a ManagedRedis, &'a ManagedSentinel)> {
@@ -80,13 +89,14 @@ pub fn quorum(sentinel: &ManagedSentinel) -> u32 {
     sentinel.replicas / 2 + 1
 }
 
-/// How long a failover may take before the sentinels try again (ms): six times the time they
-/// wait before starting one, at least 10 s.
+/// How long a failover may take before the sentinels give it up (ms): twice the time they wait
+/// before starting one, at least 6 s. A failover that found no leader (the sentinels' votes
+/// split) is tried again after twice this, so it is kept short.
 pub fn failover_timeout_ms(sentinel: &ManagedSentinel) -> u32 {
     sentinel
         .down_after_milliseconds
-        .saturating_mul(6)
-        .max(10_000)
+        .saturating_mul(2)
+        .max(6_000)
 }
 
 /// How long a restarted primary with data on its volume waits for the sentinels to promote a
@@ -154,6 +164,7 @@ fn script_env(cluster: &Cluster<'_>, sentinel: &ManagedSentinel) -> Vec<EnvVar> 
             "SENTINEL_FAILOVER_TIMEOUT_MS",
             failover_timeout_ms(sentinel).to_string(),
         ),
+        env("HANDOVER_PAUSE_MS", HANDOVER_PAUSE_MS.to_string()),
     ]
 }
 
@@ -234,6 +245,20 @@ pub fn stateful_set(cluster: &Cluster<'_>) -> Option<StatefulSet> {
     );
     redis_container.image = Some(redis.image.clone());
     redis_container.resources = redis.resources.clone();
+    redis_container.lifecycle = Some(Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    script(HANDOVER_SCRIPT),
+                    "handover".into(),
+                ]),
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    });
     let mut sentinel_container = container(
         "sentinel",
         SENTINEL_PORT,
@@ -332,6 +357,7 @@ pub fn stateful_set(cluster: &Cluster<'_>) -> Option<StatefulSet> {
                     containers: vec![redis_container, sentinel_container],
                     volumes: Some(volumes),
                     affinity: Some(affinity),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(pod_security()),

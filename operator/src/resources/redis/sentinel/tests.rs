@@ -73,8 +73,18 @@ fn sentinel_runs_a_stateful_set_of_redis_pods_each_with_a_sentinel() {
     );
     assert_eq!(
         env_value(sentinel_container, "SENTINEL_FAILOVER_TIMEOUT_MS"),
-        "30000"
+        "10000"
     );
+    // A primary stopped on purpose hands over first, within the pod's grace period.
+    let hook = redis
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.as_ref())
+        .expect("a preStop hook");
+    assert!(hook[2].ends_with(HANDOVER_SCRIPT));
+    assert_eq!(pod.termination_grace_period_seconds, Some(60));
     assert_eq!(env_value(redis, "REDIS_PRIMARY_WAIT"), "60");
     // POD_NAME comes first: Kubernetes expands $(POD_NAME) only from variables before it.
     let first = &redis.env.as_ref().expect("env")[0];
@@ -148,7 +158,7 @@ fn persistence_gives_every_pod_its_own_claim() {
     assert_eq!(env_value(&pod.containers[1], "SENTINEL_QUORUM"), "3");
     assert_eq!(
         env_value(&pod.containers[1], "SENTINEL_FAILOVER_TIMEOUT_MS"),
-        "12000"
+        "6000"
     );
     // The one-pod claim is not made.
     assert!(persistent_volume_claim(&c).is_none());
@@ -160,8 +170,8 @@ fn failover_timings_follow_the_down_after_time() {
         replicas: 3,
         down_after_milliseconds: ms,
     };
-    assert_eq!(failover_timeout_ms(&at(1000)), 10_000);
-    assert_eq!(failover_timeout_ms(&at(5000)), 30_000);
+    assert_eq!(failover_timeout_ms(&at(1000)), 6_000);
+    assert_eq!(failover_timeout_ms(&at(5000)), 10_000);
     assert_eq!(primary_wait_seconds(&at(1000)), 60);
     assert_eq!(primary_wait_seconds(&at(10_000)), 120);
     assert_eq!(quorum(&at(1000)), 2);
@@ -264,4 +274,26 @@ fn network_policy_lets_the_redis_pods_and_brokers_reach_redis_and_the_sentinels(
             [Some(IntOrString::Int(6379)), Some(IntOrString::Int(26379))]
         );
     }
+    // An operator running in the cluster also asks the sentinels (for the status): port 26379
+    // from its pods.
+    let c = Cluster::new(&object)
+        .expect("cluster")
+        .with_operator_namespace(Some("ops".to_string()));
+    let policy = networkpolicy::redis_policy(&c).expect("a policy");
+    let rules = policy.spec.and_then(|s| s.ingress).expect("rules");
+    assert_eq!(rules.len(), 3);
+    let from = &rules[2].from.as_ref().expect("from")[0];
+    let namespace = from
+        .namespace_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .expect("the operator's namespace");
+    assert_eq!(namespace["kubernetes.io/metadata.name"], "ops");
+    let ports: Vec<_> = rules[2]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.port.clone())
+        .collect();
+    assert_eq!(ports, [Some(IntOrString::Int(26379))]);
 }
