@@ -203,7 +203,11 @@ fn default_redis_size() -> Option<Quantity> {
     validation = Rule::new("has(self.url) != has(self.sentinel)")
         .message("redis.external: set url (one Redis) or sentinel (a Redis run by Sentinel), not both"),
     validation = Rule::new("has(self.sentinel) || !has(self.sentinelPasswordSecretRef)")
-        .message("redis.external.sentinelPasswordSecretRef needs redis.external.sentinel")
+        .message("redis.external.sentinelPasswordSecretRef needs redis.external.sentinel"),
+    validation = Rule::new("has(self.sentinel) || !(has(self.username) || has(self.sentinelUsername))")
+        .message("redis.external.username and sentinelUsername are for sentinel; with url, put the user in the URL (rediss://user@host:6379)"),
+    validation = Rule::new("!(has(self.caSecretRef) || has(self.clientCertSecretName)) || (has(self.url) && self.url.startsWith('rediss://')) || (has(self.sentinel) && has(self.sentinel.tls) && self.sentinel.tls)")
+        .message("redis.external.caSecretRef and clientCertSecretName are for TLS: use a rediss:// url or sentinel.tls: true")
 )]
 pub struct ExternalRedis {
     /// URL such as `redis://redis.example:6379/0` or `rediss://...` for TLS. Put no password
@@ -223,6 +227,24 @@ pub struct ExternalRedis {
     /// Secret key holding the sentinels' own password, if they ask for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentinel_password_secret_ref: Option<SecretKeyRef>,
+    /// ACL user on the data nodes of a Redis run by Sentinel (unset: `default`). With `url`,
+    /// the user goes in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub username: Option<String>,
+    /// ACL user on the sentinels (unset: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub sentinel_username: Option<String>,
+    /// Secret key holding the CA certificates (PEM) that Redis' certificate must chain to,
+    /// instead of the system's roots (a Redis with a private CA). TLS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) whose certificate the brokers
+    /// present to a Redis that asks clients for one (`tls-auth-clients yes`). TLS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub client_cert_secret_name: Option<String>,
 }
 
 /// The sentinels of a Redis run by Sentinel.
@@ -235,7 +257,8 @@ pub struct ExternalSentinel {
     /// The sentinels as `host:port`, e.g. `redis-sentinel-0.redis-sentinel:26379`.
     #[schemars(length(min = 1))]
     pub sentinels: Vec<String>,
-    /// TLS to the sentinels and the data nodes, verified against the system's roots.
+    /// TLS to the sentinels and the data nodes, verified against the system's roots or
+    /// `caSecretRef`.
     #[serde(default)]
     pub tls: bool,
 }

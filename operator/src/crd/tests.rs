@@ -171,6 +171,32 @@ fn external_redis_is_one_url_or_one_sentinel_group() {
 }
 
 #[test]
+fn external_redis_tls_files_and_acl_users_go_where_they_can_be_used() {
+    for accepted in [
+        json!({"redis": {"external": {"url": "rediss://r:6380", "caSecretRef": {"name": "ca", "key": "ca.crt"}, "clientCertSecretName": "c"}}}),
+        json!({"redis": {"external": {"sentinel": {"masterName": "m", "sentinels": ["s:26379"], "tls": true}, "caSecretRef": {"name": "ca", "key": "ca.crt"}, "username": "u", "sentinelUsername": "su"}}}),
+    ] {
+        assert_eq!(
+            problems(accepted.clone()),
+            Vec::<String>::new(),
+            "{accepted}"
+        );
+    }
+    assert_rejected(
+        json!({"redis": {"external": {"url": "redis://r:6379", "caSecretRef": {"name": "ca", "key": "ca.crt"}}}}),
+        "are for TLS",
+    );
+    assert_rejected(
+        json!({"redis": {"external": {"sentinel": {"masterName": "m", "sentinels": ["s:26379"]}, "clientCertSecretName": "c"}}}),
+        "are for TLS",
+    );
+    assert_rejected(
+        json!({"redis": {"external": {"url": "rediss://r:6380", "username": "u"}}}),
+        "put the user in the URL",
+    );
+}
+
+#[test]
 fn managed_sentinel_has_an_odd_number_of_pods_and_bounds_the_replicas_waited_for() {
     for accepted in [
         json!({"redis": {"managed": {"sentinel": {}}, "replication": {"waitReplicas": 2}}}),

@@ -10,7 +10,7 @@ use crate::crd::{self, LogFormat, MqttClusterSpec};
 use crate::Error;
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
-use starling_config::{BrokerConfig, RedisReplicationConfig, TlsListenerConfig};
+use starling_config::{BrokerConfig, RedisReplicationConfig, RedisTlsConfig, TlsListenerConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -30,6 +30,11 @@ pub const ACL_FILE: &str = "/etc/starling/acl/acl";
 pub const GOSSIP_KEY_FILE: &str = "/etc/starling/gossip/key";
 /// Where broker pods read their admin API token (the Secret [`super::Cluster::admin_secret_name`]).
 pub const ADMIN_TOKEN_FILE: &str = "/etc/starling/admin/token";
+/// Where broker pods read the CA bundle of an external Redis with TLS (`caSecretRef`).
+pub const REDIS_CA_FILE: &str = "/etc/starling/redis-ca/ca.crt";
+/// Where broker pods read the client certificate and key they present to an external Redis
+/// (`clientCertSecretName`).
+pub const REDIS_CLIENT_CERT_DIR: &str = "/etc/starling/redis-client";
 
 /// The configuration file's path in broker pods.
 pub fn config_path() -> String {
@@ -140,6 +145,22 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
     config.cluster.gossip_key_file =
         super::gossip::key_ref(cluster).map(|_| GOSSIP_KEY_FILE.into());
     config.cluster.redis_sentinel = super::redis::sentinel(cluster);
+    if let Some(external) = &spec.redis.external {
+        config.cluster.redis_tls = RedisTlsConfig {
+            ca_file: external
+                .ca_secret_ref
+                .as_ref()
+                .map(|_| REDIS_CA_FILE.into()),
+            cert_file: external
+                .client_cert_secret_name
+                .as_ref()
+                .map(|_| format!("{REDIS_CLIENT_CERT_DIR}/tls.crt").into()),
+            key_file: external
+                .client_cert_secret_name
+                .as_ref()
+                .map(|_| format!("{REDIS_CLIENT_CERT_DIR}/tls.key").into()),
+        };
+    }
     if let Some(replication) = &spec.redis.replication {
         config.cluster.redis_replication = RedisReplicationConfig {
             wait_replicas: replication.wait_replicas,
@@ -150,7 +171,14 @@ pub fn broker_config(cluster: &Cluster<'_>) -> Result<BrokerConfig, Error> {
     // the file is checked as the broker will see it.
     let mut as_run = config.clone();
     if as_run.cluster.redis_sentinel.is_none() {
-        as_run.cluster.redis_url = Some("redis://redis.from.environment:6379/0".to_string());
+        let tls = spec
+            .redis
+            .external
+            .as_ref()
+            .and_then(|e| e.url.as_deref())
+            .is_some_and(|url| url.starts_with("rediss://"));
+        let scheme = if tls { "rediss" } else { "redis" };
+        as_run.cluster.redis_url = Some(format!("{scheme}://redis.from.environment:6379/0"));
     }
     as_run.validate()?;
     Ok(config)
@@ -321,6 +349,8 @@ broker:
             "auth: {allowAnonymous: false, usersSecretRef: {name: u, key: k}}",
             "gossip: {port: 7000, encryptionKeySecretRef: {name: g, key: k}}\nreplicas: 1",
             "redis: {external: {sentinel: {masterName: m, sentinels: ['s-0:26379', 's-1:26379'], tls: true}, passwordSecretRef: {name: r, key: pw}}, replication: {waitReplicas: 1, waitTimeoutMs: 500}}",
+            "redis: {external: {sentinel: {masterName: m, sentinels: ['s-0:26379'], tls: true}, username: u, sentinelUsername: su, caSecretRef: {name: ca, key: ca.crt}, clientCertSecretName: c}}",
+            "redis: {managed: {sentinel: {}}}",
         ] {
             let object = cluster_from_yaml(yaml);
             let config = broker_config(&Cluster::new(&object).expect("cluster")).expect("config");
@@ -328,6 +358,40 @@ broker:
             let parsed = BrokerConfig::from_toml_str(&text).expect("parse");
             assert_eq!(parsed, config, "{yaml}");
         }
+    }
+
+    #[test]
+    fn an_external_redis_behind_tls_gets_its_ca_and_client_certificate_files() {
+        // The URL comes from the environment; the file is checked with it (as the broker
+        // reads both) when it is built.
+        let object = cluster_from_yaml(
+            "redis: {external: {url: 'rediss://cache:6380', caSecretRef: {name: ca, key: bundle.pem}, clientCertSecretName: redis-client}}",
+        );
+        let config = broker_config(&Cluster::new(&object).expect("cluster")).expect("config");
+        let tls = config.cluster.redis_tls;
+        assert_eq!(
+            tls.ca_file.as_deref(),
+            Some(std::path::Path::new(REDIS_CA_FILE))
+        );
+        assert_eq!(
+            tls.cert_file.as_deref(),
+            Some(std::path::Path::new("/etc/starling/redis-client/tls.crt"))
+        );
+        assert_eq!(
+            tls.key_file.as_deref(),
+            Some(std::path::Path::new("/etc/starling/redis-client/tls.key"))
+        );
+        let (_, parsed) = rendered(
+            "redis: {external: {sentinel: {masterName: m, sentinels: ['s:26379'], tls: true}, username: starling, sentinelUsername: watcher, caSecretRef: {name: ca, key: ca.crt}}}",
+        );
+        let sentinel = parsed.cluster.redis_sentinel.expect("sentinel");
+        assert_eq!(sentinel.username.as_deref(), Some("starling"));
+        assert_eq!(sentinel.sentinel_username.as_deref(), Some("watcher"));
+        assert!(parsed.cluster.redis_tls.ca_file.is_some());
+        assert!(parsed.cluster.redis_tls.cert_file.is_none());
+        // Nothing of it without those fields.
+        let (_, parsed) = rendered("{}");
+        assert!(!parsed.cluster.redis_tls.is_set());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub fn secret_names(spec: &MqttClusterSpec) -> BTreeSet<String> {
         names.extend(external.password_secret_ref.iter().map(|r| r.name.clone()));
         let sentinel = external.sentinel_password_secret_ref.as_ref();
         names.extend(sentinel.map(|r| r.name.clone()));
+        names.extend(external.ca_secret_ref.iter().map(|r| r.name.clone()));
+        names.extend(external.client_cert_secret_name.iter().cloned());
     }
     names
 }
@@ -67,18 +69,27 @@ pub fn clusters_naming<'a>(
 }
 
 /// The Secret keys the brokers read only when they start: an external Redis' password (an
-/// environment variable, or a file for Sentinel that is read once) and the sentinels' password.
+/// environment variable, or a file for Sentinel that is read once), the sentinels' password,
+/// and the CA bundle and client certificate for a Redis behind TLS.
 pub fn read_at_start(cluster: &Cluster<'_>) -> Vec<SecretKeyRef> {
     let Some(external) = &cluster.spec().redis.external else {
         return Vec::new();
     };
+    let client_cert = external.client_cert_secret_name.iter().flat_map(|name| {
+        ["tls.crt", "tls.key"].map(|key| SecretKeyRef {
+            name: name.clone(),
+            key: key.to_string(),
+        })
+    });
     [
         &external.password_secret_ref,
         &external.sentinel_password_secret_ref,
+        &external.ca_secret_ref,
     ]
     .into_iter()
     .flatten()
     .cloned()
+    .chain(client_cert)
     .collect()
 }
 
@@ -161,6 +172,24 @@ redis: {external: {sentinel: {masterName: m, sentinels: ["s:26379"]}, passwordSe
             ["b"]
         );
         assert!(clusters_naming(&all, Referenced::Secret, Some("iot"), "other").is_empty());
+    }
+
+    #[test]
+    fn a_redis_behind_tls_is_watched_and_its_files_roll_the_pods() {
+        let object = cluster_from_yaml(
+            "redis: {external: {url: 'rediss://r:6380', caSecretRef: {name: ca, key: ca.crt}, clientCertSecretName: client}}",
+        );
+        let names: Vec<_> = secret_names(&object.spec).into_iter().collect();
+        assert_eq!(names, ["ca", "client"]);
+        let c = Cluster::new(&object).unwrap();
+        assert_eq!(
+            read_at_start(&c),
+            vec![
+                key("ca", "ca.crt"),
+                key("client", "tls.crt"),
+                key("client", "tls.key")
+            ]
+        );
     }
 
     #[test]

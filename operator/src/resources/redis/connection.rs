@@ -100,6 +100,8 @@ pub fn sentinel(cluster: &Cluster<'_>) -> Option<RedisSentinelConfig> {
                     .sentinel_password_secret_ref
                     .as_ref()
                     .map(|_| SENTINEL_PASSWORD_FILE.into()),
+                username: external.username.clone(),
+                sentinel_username: external.sentinel_username.clone(),
                 ..RedisSentinelConfig::default()
             })
         }

@@ -223,6 +223,44 @@ fn external_sentinel_mounts_its_passwords_and_sets_no_url() {
 }
 
 #[test]
+fn an_external_redis_behind_tls_mounts_its_ca_and_client_certificate() {
+    let set = build(
+            "redis: {external: {url: 'rediss://cache:6380', caSecretRef: {name: ca, key: bundle.pem}, clientCertSecretName: redis-client}}",
+        );
+    let c = container(&set);
+    let mounts: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(mounts.contains(&"/etc/starling/redis-ca"), "{mounts:?}");
+    assert!(mounts.contains(&"/etc/starling/redis-client"), "{mounts:?}");
+    let volumes = pod(&set).volumes.clone().unwrap_or_default();
+    let items = |name: &str| -> Vec<(String, String)> {
+        let secret = volumes
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.secret.clone())
+            .unwrap_or_else(|| panic!("no {name} volume"));
+        secret
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| (i.key, i.path))
+            .collect()
+    };
+    assert_eq!(items("redis-ca"), [("bundle.pem".into(), "ca.crt".into())]);
+    assert_eq!(
+        items("redis-client"),
+        [
+            ("tls.crt".into(), "tls.crt".into()),
+            ("tls.key".into(), "tls.key".into())
+        ]
+    );
+}
+
+#[test]
 fn invalid_redis_spec_is_an_error() {
     let object = cluster_from_yaml("redis: {}");
     let c = Cluster::new(&object).expect("cluster");

@@ -1,9 +1,10 @@
 //! The broker pods' volumes and mounts: the configuration, TLS certificate, client CA bundle,
-//! password file, ACL file, gossip key, Sentinel passwords and admin token, each only when used.
+//! password file, ACL file, gossip key, Sentinel passwords, an external Redis' CA bundle and
+//! client certificate, and the admin token, each only when used.
 
 use crate::resources::configmap::{
     ACL_FILE, ADMIN_TOKEN_FILE, CLIENT_CA_FILE, CONFIG_DIR, CONFIG_KEY, GOSSIP_KEY_FILE,
-    PASSWORD_FILE, TLS_DIR,
+    PASSWORD_FILE, REDIS_CA_FILE, REDIS_CLIENT_CERT_DIR, TLS_DIR,
 };
 use crate::resources::{admin, gossip, redis, users, Cluster};
 use k8s_openapi::api::core::v1::{
@@ -149,6 +150,43 @@ pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) 
             ..Volume::default()
         });
         mount(&name, parent(path));
+    }
+    if let Some(external) = &spec.redis.external {
+        if let Some(ca) = &external.ca_secret_ref {
+            volumes.push(Volume {
+                name: "redis-ca".to_string(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(ca.name.clone()),
+                    items: one_key(&ca.key, REDIS_CA_FILE),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mount("redis-ca", parent(REDIS_CA_FILE));
+        }
+        if let Some(secret) = &external.client_cert_secret_name {
+            volumes.push(Volume {
+                name: "redis-client".to_string(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    items: Some(
+                        ["tls.crt", "tls.key"]
+                            .into_iter()
+                            .map(|k| KeyToPath {
+                                key: k.to_string(),
+                                path: k.to_string(),
+                                ..KeyToPath::default()
+                            })
+                            .collect(),
+                    ),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mount("redis-client", REDIS_CLIENT_CERT_DIR.to_string());
+        }
     }
     volumes.push(Volume {
         name: "admin-token".to_string(),
