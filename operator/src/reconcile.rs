@@ -557,6 +557,15 @@ async fn reconcile_cluster(object: &MqttCluster, ctx: &Context) -> Result<Action
         _ if evacuation::under_way(&evacuations) => Action::requeue(EVACUATION_POLL),
         // The autoscaler counts connections at the poll interval.
         _ if cluster.spec().autoscaling.is_some() => Action::requeue(POLL),
+        // A Redis failover or a replica's resync is followed until replication is whole again:
+        // nothing else reconciles when the sentinels' view changes.
+        _ if new_status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == status::REDIS_REPLICATED && c.status != "True") =>
+        {
+            Action::requeue(POLL)
+        }
         _ if new_status
             .conditions
             .iter()

@@ -77,6 +77,19 @@ async fn run_counted<F>(
 where
     F: std::future::Future<Output = FakeApiServer>,
 {
+    run_full(metrics, stand_in_sentinels(), object, script).await
+}
+
+/// [`run_counted`], the sentinels answered by `sentinels`.
+async fn run_full<F>(
+    metrics: &Arc<Metrics>,
+    sentinels: crate::redis_health::SentinelReader,
+    object: MqttCluster,
+    script: impl FnOnce(FakeApiServer) -> F,
+) -> Result<Action, Error>
+where
+    F: std::future::Future<Output = FakeApiServer>,
+{
     let (client, api) = fake_api::client();
     let ctx = Arc::new(
         Context::new(
@@ -84,7 +97,7 @@ where
             Some("starling-operator-0".to_string()),
             metrics.clone(),
         )
-        .with_sentinel_reader(stand_in_sentinels()),
+        .with_sentinel_reader(sentinels),
     );
     let (result, api) = tokio::join!(reconcile(Arc::new(object), ctx), script(api));
     api.expect_done().await;
@@ -1234,14 +1247,19 @@ fn base64_of(text: &str) -> String {
 mod autoscaling;
 mod evacuation;
 
-/// Runs a cluster whose managed Redis turned on Sentinel, `ready` of its 3 Redis pods ready;
-/// returns the status recorded and the Redis StatefulSet applied.
-async fn reconcile_with_sentinel(ready: i32) -> (MqttClusterStatus, Value) {
+/// Runs a cluster whose managed Redis turned on Sentinel, `ready` of its 3 Redis pods ready,
+/// its sentinels answered by `sentinels`; returns the status recorded, the Redis StatefulSet
+/// applied and the action.
+async fn reconcile_with_sentinel(
+    ready: i32,
+    sentinels: crate::redis_health::SentinelReader,
+) -> (MqttClusterStatus, Value, Action) {
     let object =
         cluster_from_yaml("redis: {managed: {sentinel: {}}, replication: {waitReplicas: 1}}");
     let mut recorded = None;
     let slot = &mut recorded;
-    let result = run(object, |mut api| async move {
+    let metrics = Arc::new(Metrics::new());
+    let result = run_full(&metrics, sentinels, object, |mut api| async move {
         expect_existing_gossip_key(&mut api).await;
         api.expect(Method::GET, &format!("{NS_API}/secrets/demo-redis"))
             .await
@@ -1324,13 +1342,15 @@ async fn reconcile_with_sentinel(ready: i32) -> (MqttClusterStatus, Value) {
         api
     })
     .await;
-    result.expect("reconcile succeeds");
-    recorded.expect("a status")
+    let action = result.expect("reconcile succeeds");
+    let (status, redis) = recorded.expect("a status");
+    (status, redis, action)
 }
 
 #[tokio::test]
 async fn sentinel_replaces_the_one_pod_redis_and_is_ready_with_a_majority_of_its_pods() {
-    let (status, redis) = reconcile_with_sentinel(2).await;
+    let (status, redis, action) = reconcile_with_sentinel(2, stand_in_sentinels()).await;
+    assert_eq!(action, Action::requeue(RESYNC));
     assert_eq!(redis["spec"]["replicas"], 3);
     let ready = condition(&status, "Ready");
     assert_eq!(
@@ -1351,10 +1371,60 @@ async fn sentinel_replaces_the_one_pod_redis_and_is_ready_with_a_majority_of_its
             "the brokers use primary demo-redis-1; 2 of 2 replicas in sync; 3 of 3 sentinels see one another"
         )
     );
-    let (status, _) = reconcile_with_sentinel(1).await;
+    let (status, _, _) = reconcile_with_sentinel(1, stand_in_sentinels()).await;
     let ready = condition(&status, "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "RedisUnavailable")
     );
+}
+
+#[tokio::test]
+async fn replication_not_whole_is_named_and_looked_at_again_soon() {
+    // The sentinels see a replica whose link is down (say, resyncing after a failover).
+    let behind: crate::redis_health::SentinelReader = Arc::new(|sentinels, _, _| {
+        Box::pin(async move {
+            let host = |i: u32| format!("demo-redis-{i}.demo-redis-nodes.iot.svc");
+            Ok(crate::redis_health::SentinelView {
+                asked: sentinels[0].clone(),
+                primary: host(2),
+                primary_down: false,
+                replicas: vec![
+                    crate::redis_health::ReplicaView {
+                        host: host(0),
+                        in_sync: false,
+                    },
+                    crate::redis_health::ReplicaView {
+                        host: host(1),
+                        in_sync: true,
+                    },
+                ],
+                sentinels: 3,
+            })
+        })
+    });
+    let (status, _, action) = reconcile_with_sentinel(3, behind).await;
+    let replicated = condition(&status, "RedisReplicated");
+    assert_eq!(
+        (replicated.status.as_str(), replicated.reason.as_str()),
+        ("False", "ReplicasBehind")
+    );
+    assert!(replicated
+        .message
+        .contains("primary demo-redis-2; 1 of 2 replicas in sync"));
+    assert_eq!(
+        condition(&status, "Ready").status,
+        "True",
+        "clients are served meanwhile"
+    );
+    assert_eq!(action, Action::requeue(POLL), "followed until whole again");
+    // Sentinels that do not answer are named too.
+    let silent: crate::redis_health::SentinelReader =
+        Arc::new(|_, _, _| Box::pin(async { Err("no sentinel answered (…)".to_string()) }));
+    let (status, _, action) = reconcile_with_sentinel(3, silent).await;
+    assert_eq!(
+        condition(&status, "RedisReplicated").reason,
+        "SentinelsUnreachable"
+    );
+    assert_eq!(action, Action::requeue(POLL));
 }
