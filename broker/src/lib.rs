@@ -1,8 +1,11 @@
 //! Starling broker: a complete MQTT 3.1.1 and 5.0 broker node.
 //!
-//! Data flows one way: socket → [`connection`] → [`session`] → [`broker`] (routing over the
-//! [`router`]'s subscription tree) → ([`store`]) → sessions → sockets. [`server`] wires
-//! listeners, the admin endpoint and shutdown together.
+//! Data flows one way: socket ([`listener`]) → [`connection`] → [`broker`] (routing over the
+//! [`router`]'s subscription tree; retained and offline messages in the [`store`]) → each
+//! subscriber's [`mailbox`] → its connection ([`session`] keeps the delivery state) → socket.
+//! Subscribers on other nodes are reached through the [`cluster`] relay: the relay writer
+//! appends to the other node's inbox stream in Redis, whose reader delivers there. [`server`]
+//! wires listeners, the admin endpoint and shutdown together.
 
 pub mod admin;
 pub mod auth;
