@@ -47,10 +47,23 @@ pub struct RedisServer {
     extra_args: Vec<String>,
 }
 
-/// A free loopback port: bind port 0, read what the OS chose, release it.
+/// A free loopback port: bind port 0, read what the OS chose, release it; never one handed
+/// out before in this test process (the OS may offer a port it just released again, and two
+/// servers of tests running side by side must not share one: the second would fail to bind
+/// while the first answered its PING).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local address").port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -73,6 +86,8 @@ impl RedisServer {
     }
 
     /// [`Self::start`] with further `redis-server` arguments (`["--maxmemory", "10mb"]`).
+    /// A port taken between [`free_port`] and the server's bind (by a test running beside, or
+    /// as a connection's local port) makes the server exit at once: another port is tried.
     pub async fn start_with_args(args: &[&str]) -> Self {
         let mut server = RedisServer {
             port: free_port(),
@@ -80,7 +95,12 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("temporary directory"),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
-        server.launch().await;
+        let mut tries = 1;
+        while let Err(exited) = server.try_launch().await {
+            assert!(tries < 5, "{exited} ({tries} ports tried)");
+            tries += 1;
+            server.port = free_port();
+        }
         server
     }
 
@@ -105,7 +125,16 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Starts the server on its port and waits until it answers PING; panics if it does not.
     async fn launch(&mut self) {
+        if let Err(exited) = self.try_launch().await {
+            panic!("{exited}");
+        }
+    }
+
+    /// Starts the server and waits until it answers PING; `Err` when it exits first (its port
+    /// taken, most likely). Not answering within the limit panics.
+    async fn try_launch(&mut self) -> Result<(), String> {
         let child = Command::new("redis-server")
             .arg("--port")
             .arg(self.port.to_string())
@@ -124,14 +153,18 @@ impl RedisServer {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             if self.answers_ping().await {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("redis-server on port {} exited: {status}", self.port);
+                self.child = None;
+                return Err(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                ));
             }
             assert!(
                 Instant::now() < deadline,
