@@ -219,12 +219,13 @@ fn tls_cli(pki: &Pki, port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Polls `probe` every 50 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) {
+/// Polls `probe` every 50 ms until it holds or `limit` passes (the broker's tasks run
+/// meanwhile: the pause is the runtime's).
+async fn wait_until(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !probe() {
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -303,7 +304,8 @@ async fn through_a_sentinel_over_tls_a_broker_finds_the_primary_and_follows_a_fa
         Duration::from_secs(20),
         "the replica in sync over TLS",
         || tls_cli(&pki, primary.port, &["INFO", "replication"]).contains("state=online"),
-    );
+    )
+    .await;
     let sentinel = TlsSentinel::start(&pki, primary.port);
     wait_until(
         Duration::from_secs(20),
@@ -312,7 +314,8 @@ async fn through_a_sentinel_over_tls_a_broker_finds_the_primary_and_follows_a_fa
             tls_cli(&pki, sentinel.port, &["SENTINEL", "replicas", "m"])
                 .contains(&replica.port.to_string())
         },
-    );
+    )
+    .await;
     assert_eq!(sentinel.primary_port(&pki), Some(primary.port));
 
     let mut config = common::test_config();
@@ -364,7 +367,8 @@ async fn through_a_sentinel_over_tls_a_broker_finds_the_primary_and_follows_a_fa
     let _ = primary.child.wait();
     wait_until(Duration::from_secs(30), "the replica promoted", || {
         sentinel.primary_port(&pki) == Some(replica.port)
-    });
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match store.set_retained(retained("after/failover")).await {

@@ -47,8 +47,8 @@ struct Launch {
 }
 
 /// The Redis and the Sentinel container of the operator's StatefulSet, and the Redis
-/// container's preStop hook (run with that container's environment).
-fn launches() -> Result<(Launch, Launch, Launch)> {
+/// container's preStop hook and readiness probe (run with that container's environment).
+fn launches() -> Result<(Launch, Launch, Launch, Launch)> {
     let object = cluster_object()?;
     let cluster = Cluster::new(&object)?;
     let set = sentinel::stateful_set(&cluster).context("a StatefulSet")?;
@@ -70,6 +70,12 @@ fn launches() -> Result<(Launch, Launch, Launch)> {
         .and_then(|h| h.exec.as_ref())
         .and_then(|e| e.command.clone())
         .context("the Redis container's preStop hook")?;
+    let ready = redis
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .context("the Redis container's readiness probe")?;
     let launch = |c: &k8s_openapi::api::core::v1::Container| {
         let mut argv = c.command.clone().unwrap_or_default();
         argv.extend(c.args.clone().unwrap_or_default());
@@ -83,6 +89,10 @@ fn launches() -> Result<(Launch, Launch, Launch)> {
         launch(&sentinel),
         Launch {
             argv: hook,
+            env: env_of(&redis),
+        },
+        Launch {
+            argv: ready,
             env: env_of(&redis),
         },
     ))
@@ -114,6 +124,7 @@ struct Group {
     redis: Launch,
     sentinel: Launch,
     handover: Launch,
+    ready: Launch,
     redis_port: u16,
     sentinel_port: u16,
     pods: Vec<Pod>,
@@ -121,11 +132,12 @@ struct Group {
 
 impl Group {
     fn start() -> Result<Self> {
-        let (redis, sentinel, handover) = launches()?;
+        let (redis, sentinel, handover, ready) = launches()?;
         let mut group = Group {
             redis,
             sentinel,
             handover,
+            ready,
             redis_port: port_free_on_all()?,
             sentinel_port: port_free_on_all()?,
             pods: Vec::new(),
@@ -176,6 +188,7 @@ impl Group {
             ("REDIS_AUTH_CONF", path(&volumes.join("auth/redis.conf"))),
             ("REDIS_CONF_DIR", dir("conf")),
             ("REDIS_DATA_DIR", dir("data")),
+            ("REDIS_LOCAL", ip.to_string()),
         ];
         let mut args: Vec<String> = Vec::new();
         for (key, value) in &launch.env {
@@ -207,6 +220,13 @@ impl Group {
         let status = hook.wait(Duration::from_secs(45)).await?;
         ensure!(status.success(), "the preStop hook ended with {status}");
         Ok(())
+    }
+
+    /// Whether pod `index`'s Redis container passes its readiness probe now.
+    async fn ready(&self, index: usize) -> Result<bool> {
+        let pod = &self.pods[index];
+        let mut probe = self.spawn(index, pod.volumes.path(), "ready", &self.ready, false)?;
+        Ok(probe.wait(Duration::from_secs(10)).await?.success())
     }
 
     /// Kills pod `index` (SIGKILL of both containers) and makes it again at once.
@@ -304,6 +324,13 @@ async fn scripts_elect_pod_zero_fail_over_a_killed_primary_and_lose_nothing_wait
     wait_for_group(&group, IPS[0])
         .await
         .context("a new group makes pod 0 the primary")?;
+    // The readiness probe: the primary and its linked replicas are ready.
+    for index in 0..IPS.len() {
+        ensure!(
+            group.ready(index).await?,
+            "pod {index} not ready in a whole group"
+        );
+    }
 
     // What the operator's status reads from the sentinels.
     let sentinels: Vec<String> = IPS.iter().map(|ip| format!("{ip}:{sp}")).collect();
@@ -329,6 +356,8 @@ async fn scripts_elect_pod_zero_fail_over_a_killed_primary_and_lose_nothing_wait
     // The primary pod dies and is made again at once, empty.
     let killed = Instant::now();
     group.kill_and_remake(0).await?;
+    // Its Redis waits (the sentinels still name it): not ready.
+    ensure!(!group.ready(0).await?, "a waiting pod counted ready");
     // Until the sentinels promote a replica, pod 0's Redis must never answer as primary.
     let mut promoted = None;
     let deadline = killed + SETTLE;
@@ -391,19 +420,23 @@ async fn scripts_elect_pod_zero_fail_over_a_killed_primary_and_lose_nothing_wait
         .position(|ip| *ip == primary)
         .context("the primary's pod")?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = tokio::spawn(write_following_the_sentinels(
         sentinels.clone(),
         rp,
         stop.clone(),
+        progress.clone(),
     ));
+    let acked_before = || progress.load(std::sync::atomic::Ordering::Relaxed);
     wait_for(SETTLE, || async {
-        ensure!(replication_field(&primary, rp, "master_repl_offset").await? != "0");
+        ensure!(
+            acked_before() >= 200,
+            "{} writes acknowledged",
+            acked_before()
+        );
         Ok(())
     })
     .await?;
-    // The writer runs on its own; give it a moment of writes before the hand-over (the
-    // workload's length, not a wait for an event).
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     group.run_handover(old).await?;
     let handed = started.elapsed();
@@ -417,7 +450,15 @@ async fn scripts_elect_pod_zero_fail_over_a_killed_primary_and_lose_nothing_wait
     wait_for_group(&group, &now)
         .await
         .context("after the planned hand-over, the remade pod rejoins")?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_rejoin = acked_before();
+    wait_for(SETTLE, || async {
+        ensure!(
+            acked_before() >= at_rejoin + 200,
+            "no writes after the rejoin"
+        );
+        Ok(())
+    })
+    .await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = writer.await??;
     ensure!(acked.len() > 10, "only {} writes acknowledged", acked.len());
@@ -465,6 +506,7 @@ async fn write_following_the_sentinels(
     sentinels: Vec<String>,
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<Vec<String>> {
     let mut acked = Vec::new();
     let mut n = 0u64;
@@ -484,7 +526,10 @@ async fn write_following_the_sentinels(
             pipe.cmd("SET").arg(&key).arg(n).ignore();
             pipe.cmd("WAIT").arg(1).arg(1000);
             match pipe.query_async::<(i64,)>(&mut conn).await {
-                Ok((replicas,)) if replicas >= 1 => acked.push(key),
+                Ok((replicas,)) if replicas >= 1 => {
+                    acked.push(key);
+                    progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 // Not held by a replica: not acknowledged (it may or may not survive).
                 Ok(_) => {}
                 Err(_) => break,

@@ -45,11 +45,16 @@ const NODE_SCRIPT: &str = include_str!("scripts/node.sh");
 const SENTINEL_SCRIPT: &str = include_str!("scripts/sentinel.sh");
 /// The Redis container's preStop hook: a primary hands over to a replica.
 const HANDOVER_SCRIPT: &str = include_str!("scripts/handover.sh");
-/// How long a primary that hands over pauses writes (ms): past the hook's own limit (30 s), so
-/// nothing is written once a replica has caught up; the pod stops first.
-const HANDOVER_PAUSE_MS: u32 = 60_000;
-/// Time a Redis pod gets to stop: the hand-over (at most 30 s), then Redis' own shutdown.
+/// The Redis container's readiness probe: the primary, or a replica linked to it.
+const READY_SCRIPT: &str = include_str!("scripts/ready.sh");
+/// Time a Redis pod gets to stop: the hand-over (at most [`HANDOVER_DEADLINE_SECONDS`]), then
+/// Redis' own shutdown.
 const TERMINATION_GRACE_SECONDS: i64 = 60;
+/// How long the hand-over may try (s), by the clock.
+const HANDOVER_DEADLINE_SECONDS: i64 = 30;
+/// How long a primary that hands over pauses writes (ms): past the pod's grace period, so that
+/// nothing is written once a replica has caught up; the pod is gone first.
+const HANDOVER_PAUSE_MS: i64 = (TERMINATION_GRACE_SECONDS + 5) * 1000;
 
 /// The managed Redis' settings and its Sentinel settings, when the spec asks for Sentinel.
 pub fn settings<'a>(cluster: &Cluster<'a>) -> Option<(&'a ManagedRedis, &'a ManagedSentinel)> {
@@ -107,6 +112,15 @@ pub fn primary_wait_seconds(sentinel: &ManagedSentinel) -> u32 {
         .max(60)
 }
 
+/// How many rounds (about a second each) pod 0 must find no other Redis or sentinel before it
+/// starts a new group as its first primary: three times the sentinels' down-after time, at
+/// least 10.
+pub fn bootstrap_silence_rounds(sentinel: &ManagedSentinel) -> u32 {
+    (sentinel.down_after_milliseconds / 1000)
+        .saturating_mul(3)
+        .max(10)
+}
+
 /// The script a container runs: the shared part, then its own.
 fn script(own: &str) -> String {
     format!("{COMMON_SCRIPT}\n{own}")
@@ -121,7 +135,11 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
 }
 
 /// What both scripts read from their environment (see `scripts/common.sh`).
-fn script_env(cluster: &Cluster<'_>, sentinel: &ManagedSentinel) -> Vec<EnvVar> {
+fn script_env(
+    cluster: &Cluster<'_>,
+    redis: &ManagedRedis,
+    sentinel: &ManagedSentinel,
+) -> Vec<EnvVar> {
     let peers: Vec<String> = (0..sentinel.replicas).map(|i| host(cluster, i)).collect();
     vec![
         EnvVar {
@@ -164,7 +182,21 @@ fn script_env(cluster: &Cluster<'_>, sentinel: &ManagedSentinel) -> Vec<EnvVar> 
             "SENTINEL_FAILOVER_TIMEOUT_MS",
             failover_timeout_ms(sentinel).to_string(),
         ),
+        env(
+            "REDIS_PERSISTENT",
+            if redis.persistence.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+        ),
+        env(
+            "REDIS_BOOTSTRAP_SILENCE",
+            bootstrap_silence_rounds(sentinel).to_string(),
+        ),
+        env("REDIS_LOCAL", "127.0.0.1"),
         env("HANDOVER_PAUSE_MS", HANDOVER_PAUSE_MS.to_string()),
+        env("HANDOVER_DEADLINE", HANDOVER_DEADLINE_SECONDS.to_string()),
     ]
 }
 
@@ -225,7 +257,7 @@ fn container(
 pub fn stateful_set(cluster: &Cluster<'_>) -> Option<StatefulSet> {
     let (redis, sentinel) = settings(cluster)?;
     let labels = cluster.labels(COMPONENT_REDIS);
-    let env = script_env(cluster, sentinel);
+    let env = script_env(cluster, redis, sentinel);
     let mut redis_container = container(
         "redis",
         REDIS_PORT,
@@ -245,6 +277,20 @@ pub fn stateful_set(cluster: &Cluster<'_>) -> Option<StatefulSet> {
     );
     redis_container.image = Some(redis.image.clone());
     redis_container.resources = redis.resources.clone();
+    redis_container.readiness_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                script(READY_SCRIPT),
+                "ready".into(),
+            ]),
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(2),
+        ..Probe::default()
+    });
     redis_container.lifecycle = Some(Lifecycle {
         pre_stop: Some(LifecycleHandler {
             exec: Some(ExecAction {

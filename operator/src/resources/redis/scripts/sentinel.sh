@@ -2,6 +2,14 @@
 # the configuration and runs redis-sentinel (extra arguments: "$@"). Environment as in
 # common.sh, and SENTINEL_QUORUM, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS.
 
+# A sentinel restarted in the same pod (its emptyDir kept) goes on with the state it wrote:
+# its epochs and votes must not be forgotten mid-election.
+conf="$REDIS_CONF_DIR/sentinel.conf"
+if [ -s "$conf" ]; then
+    log "going on with $conf"
+    exec redis-sentinel "$conf" "$@"
+fi
+
 while :; do
     primary=$(sentinel_primary)
     if [ -n "$primary" ] && [ "$primary" != "$REDIS_SELF" ]; then
@@ -29,22 +37,21 @@ log "watching $primary as the primary"
 
 # The same id on every start of this pod's sentinel, so its peers never count it twice.
 myid=$(printf '%s/%s' "$REDIS_MASTER_NAME" "$REDIS_SELF" | sha1sum | cut -c1-40)
-conf="$REDIS_CONF_DIR/sentinel.conf"
 umask 077
 {
-    echo "port $SENTINEL_PORT"
-    echo "dir $REDIS_CONF_DIR"
-    echo "sentinel myid $myid"
-    echo "sentinel resolve-hostnames yes"
-    echo "sentinel announce-hostnames yes"
-    echo "sentinel announce-ip $REDIS_SELF"
-    echo "sentinel announce-port $SENTINEL_PORT"
-    echo "requirepass $QUOTED_PASSWORD"
-    echo "sentinel sentinel-pass $QUOTED_PASSWORD"
-    echo "sentinel monitor $REDIS_MASTER_NAME $primary $REDIS_PORT $SENTINEL_QUORUM"
-    echo "sentinel auth-pass $REDIS_MASTER_NAME $QUOTED_PASSWORD"
-    echo "sentinel down-after-milliseconds $REDIS_MASTER_NAME $SENTINEL_DOWN_AFTER_MS"
-    echo "sentinel failover-timeout $REDIS_MASTER_NAME $SENTINEL_FAILOVER_TIMEOUT_MS"
-    echo "sentinel parallel-syncs $REDIS_MASTER_NAME 1"
+    printf '%s\n' "port $SENTINEL_PORT"
+    printf '%s\n' "dir $REDIS_CONF_DIR"
+    printf '%s\n' "sentinel myid $myid"
+    printf '%s\n' "sentinel resolve-hostnames yes"
+    printf '%s\n' "sentinel announce-hostnames yes"
+    printf '%s\n' "sentinel announce-ip $REDIS_SELF"
+    printf '%s\n' "sentinel announce-port $SENTINEL_PORT"
+    printf '%s\n' "requirepass $QUOTED_PASSWORD"
+    printf '%s\n' "sentinel sentinel-pass $QUOTED_PASSWORD"
+    printf '%s\n' "sentinel monitor $REDIS_MASTER_NAME $primary $REDIS_PORT $SENTINEL_QUORUM"
+    printf '%s\n' "sentinel auth-pass $REDIS_MASTER_NAME $QUOTED_PASSWORD"
+    printf '%s\n' "sentinel down-after-milliseconds $REDIS_MASTER_NAME $SENTINEL_DOWN_AFTER_MS"
+    printf '%s\n' "sentinel failover-timeout $REDIS_MASTER_NAME $SENTINEL_FAILOVER_TIMEOUT_MS"
+    printf '%s\n' "sentinel parallel-syncs $REDIS_MASTER_NAME 1"
 } >"$conf"
 exec redis-sentinel "$conf" "$@"

@@ -85,6 +85,22 @@ fn sentinel_runs_a_stateful_set_of_redis_pods_each_with_a_sentinel() {
         .expect("a preStop hook");
     assert!(hook[2].ends_with(HANDOVER_SCRIPT));
     assert_eq!(pod.termination_grace_period_seconds, Some(60));
+    assert_eq!(env_value(redis, "HANDOVER_DEADLINE"), "30");
+    assert_eq!(
+        env_value(redis, "HANDOVER_PAUSE_MS"),
+        "65000",
+        "past the grace period"
+    );
+    assert_eq!(env_value(redis, "REDIS_PERSISTENT"), "no");
+    assert_eq!(env_value(redis, "REDIS_BOOTSTRAP_SILENCE"), "15");
+    // A replica is ready only once linked to its primary (the probe asks Redis).
+    let ready = redis
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.as_ref())
+        .expect("an exec readiness probe");
+    assert!(ready[2].ends_with(READY_SCRIPT));
     assert_eq!(env_value(redis, "REDIS_PRIMARY_WAIT"), "60");
     // POD_NAME comes first: Kubernetes expands $(POD_NAME) only from variables before it.
     let first = &redis.env.as_ref().expect("env")[0];
@@ -156,6 +172,7 @@ fn persistence_gives_every_pod_its_own_claim() {
     let args = pod.containers[0].args.as_ref().expect("args");
     assert!(args.windows(2).any(|w| w == ["--appendonly", "yes"]));
     assert_eq!(env_value(&pod.containers[1], "SENTINEL_QUORUM"), "3");
+    assert_eq!(env_value(&pod.containers[0], "REDIS_PERSISTENT"), "yes");
     assert_eq!(
         env_value(&pod.containers[1], "SENTINEL_FAILOVER_TIMEOUT_MS"),
         "6000"
@@ -175,6 +192,8 @@ fn failover_timings_follow_the_down_after_time() {
     assert_eq!(primary_wait_seconds(&at(1000)), 60);
     assert_eq!(primary_wait_seconds(&at(10_000)), 120);
     assert_eq!(quorum(&at(1000)), 2);
+    assert_eq!(bootstrap_silence_rounds(&at(1000)), 10);
+    assert_eq!(bootstrap_silence_rounds(&at(5000)), 15);
     assert_eq!(
         quorum(&ManagedSentinel {
             replicas: 7,
