@@ -20,6 +20,20 @@ fn file_name(path: &str) -> String {
         .to_string()
 }
 
+/// The two keys of a `kubernetes.io/tls` Secret, each as a file of its own name.
+fn tls_pair() -> Option<Vec<KeyToPath>> {
+    Some(
+        ["tls.crt", "tls.key"]
+            .into_iter()
+            .map(|k| KeyToPath {
+                key: k.to_string(),
+                path: k.to_string(),
+                ..KeyToPath::default()
+            })
+            .collect(),
+    )
+}
+
 pub(super) fn parent(path: &str) -> String {
     Path::new(path)
         .parent()
@@ -66,16 +80,7 @@ pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) 
             name: "tls".to_string(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(tls.secret_name.clone()),
-                items: Some(
-                    ["tls.crt", "tls.key"]
-                        .into_iter()
-                        .map(|k| KeyToPath {
-                            key: k.to_string(),
-                            path: k.to_string(),
-                            ..KeyToPath::default()
-                        })
-                        .collect(),
-                ),
+                items: tls_pair(),
                 default_mode: Some(0o440),
                 ..SecretVolumeSource::default()
             }),
@@ -170,16 +175,7 @@ pub(super) fn volumes(cluster: &Cluster<'_>) -> (Vec<Volume>, Vec<VolumeMount>) 
                 name: "redis-client".to_string(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(secret.clone()),
-                    items: Some(
-                        ["tls.crt", "tls.key"]
-                            .into_iter()
-                            .map(|k| KeyToPath {
-                                key: k.to_string(),
-                                path: k.to_string(),
-                                ..KeyToPath::default()
-                            })
-                            .collect(),
-                    ),
+                    items: tls_pair(),
                     default_mode: Some(0o440),
                     ..SecretVolumeSource::default()
                 }),
