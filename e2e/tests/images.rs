@@ -180,6 +180,8 @@ fn tar_entries(bytes: &[u8]) -> Vec<Entry> {
 struct Image {
     config: Value,
     layer: Vec<u8>,
+    /// The layer's blob in the unpacked archive (untarred in place, never copied).
+    layer_file: PathBuf,
 }
 
 fn open_archive(path: &Path, reference: &str, manifest_digest: &str, dir: &Path) -> Image {
@@ -260,7 +262,8 @@ fn open_archive(path: &Path, reference: &str, manifest_digest: &str, dir: &Path)
         layers[0]["mediaType"],
         "application/vnd.oci.image.layer.v1.tar"
     );
-    let layer = read(blob(layer_digest));
+    let layer_file = blob(layer_digest);
+    let layer = read(layer_file.clone());
     // Uncompressed: the layer's digest is its diff id.
     assert_eq!(config["rootfs"]["diff_ids"][0], layer_digest);
 
@@ -275,7 +278,11 @@ fn open_archive(path: &Path, reference: &str, manifest_digest: &str, dir: &Path)
         docker[0]["Layers"][0],
         format!("blobs/sha256/{}", &layer_digest[7..])
     );
-    Image { config, layer }
+    Image {
+        config,
+        layer,
+        layer_file,
+    }
 }
 
 fn check_config(config: &Value, want: &Expected) {
@@ -373,15 +380,13 @@ fn check_contents(layer: &[u8], want: &Expected) -> BTreeMap<String, Entry> {
     by_path
 }
 
-/// Unpacks the layer with tar and runs the binary from it.
-fn check_runs(layer: &[u8], want: &Expected, dir: &Path) {
-    let tar = dir.join(format!("{}-layer.tar", want.name));
-    std::fs::write(&tar, layer).expect("writing the layer");
+/// Unpacks the layer with tar and runs the binary from it; returns the unpacked root.
+fn check_runs(tar: &Path, want: &Expected, dir: &Path) -> PathBuf {
     let root = dir.join(format!("{}-root", want.name));
     std::fs::create_dir_all(&root).expect("creating the root directory");
     run(Command::new("tar")
         .arg("-xf")
-        .arg(&tar)
+        .arg(tar)
         .arg("-C")
         .arg(&root)
         .arg("--no-same-owner"));
@@ -429,6 +434,7 @@ fn check_runs(layer: &[u8], want: &Expected, dir: &Path) {
             want.name
         );
     }
+    root
 }
 
 #[test]
@@ -448,7 +454,13 @@ fn images_are_distroless_like_runnable_and_reproducible() {
         let image = open_archive(&archive, &reference, digest, &unpacked);
         check_config(&image.config, &want);
         check_contents(&image.layer, &want);
-        check_runs(&image.layer, &want, tmp.path());
+        let root = check_runs(&image.layer_file, &want, tmp.path());
+        drop(image);
+        // CI machines may have little disk: each image's unpacked copies go before the next.
+        for done in [root, unpacked] {
+            std::fs::remove_dir_all(&done)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", done.display()));
+        }
         let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
         archive_hashes.insert(want.name, sha256_hex(&archive));
         println!("{reference}: {digest}, {size} bytes");
