@@ -8,6 +8,7 @@ mod finish;
 mod handshake;
 mod inbound;
 mod outbound_alias;
+mod reading;
 
 use crate::broker::Broker;
 use crate::listener::peer_identity::PeerIdentity;
@@ -26,7 +27,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedMutexGuard;
 
 /// Bytes of output gathered before they are written even if more is ready.
@@ -163,14 +164,23 @@ where
         if let Err(exit) = self.resume_session().await {
             return exit;
         }
-        let mut read_was_full = false;
-        let mut small = [0u8; 64];
+        let mut mode = reading::ReadMode::Scratch;
         loop {
             if let Err(exit) = self.process_input().await {
                 return exit;
             }
-            if let Err(exit) = self.take_deliveries().await {
-                return exit;
+            match self.take_deliveries().await {
+                Err(exit) => return exit,
+                // Messages to write: the tasks that are ready to run (publishers whose input
+                // arrived with this wake-up) go first, so that what they route here leaves in
+                // the same write. Alone on the runtime, this comes straight back.
+                Ok(true) => {
+                    tokio::task::yield_now().await;
+                    if let Err(exit) = self.take_deliveries().await {
+                        return exit;
+                    }
+                }
+                Ok(false) => {}
             }
             if let Err(exit) = self.flush().await {
                 return exit;
@@ -183,27 +193,14 @@ where
                 queued: self.outgoing.pending_len(),
                 subscriptions: self.subscriptions.len(),
             });
-            // An idle connection holds no read buffer: it reads into a small array in its task and
-            // allocates only for what arrives. A connection that just filled its buffer reads
-            // straight into a large one for the burst, released again once drained.
-            let idle = self.read_buf.is_empty() && !read_was_full;
-            let spare = if idle {
-                if self.read_buf.capacity() > 0 {
-                    self.read_buf = BytesMut::new();
-                }
-                small.len()
-            } else {
-                if self.read_buf.capacity() - self.read_buf.len() < 16 * 1024 {
-                    self.read_buf.reserve(16 * 1024);
-                }
-                self.read_buf.capacity() - self.read_buf.len()
-            };
+            // An idle connection holds no read buffer (see `reading`).
+            let room = reading::prepare(&mut self.read_buf, mode);
             tokio::select! {
                 biased;
-                read = read_some(&mut self.stream, &mut self.read_buf, &mut small, idle) => match read {
+                read = reading::read_some(&mut self.stream, &mut self.read_buf, mode) => match read {
                     Ok(0) | Err(_) => return Exit::Closed,
                     Ok(n) => {
-                        read_was_full = n == spare;
+                        mode = mode.after(n, room);
                         self.broker.metrics.bytes_received.inc_by(n as u64);
                         self.mailbox.heard(self.broker.clock_ms());
                     }
@@ -217,10 +214,11 @@ where
 
     /// Takes as many messages from the mailbox as the session has room for and sends what the
     /// in-flight window allows. Leaving the rest in the mailbox is what pushes back on publishers.
-    async fn take_deliveries(&mut self) -> Result<(), Exit> {
+    /// Says whether it took any.
+    async fn take_deliveries(&mut self) -> Result<bool, Exit> {
         let room = self.outgoing.room();
         if room == 0 || self.mailbox.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut arrived = std::mem::take(&mut self.arrived);
         self.mailbox.take_up_to(&mut arrived, room);
@@ -236,7 +234,7 @@ where
         if arrived.capacity() <= 1024 {
             self.arrived = arrived;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Decodes and handles every complete packet in the read buffer, then hands what it
@@ -529,22 +527,5 @@ fn signal_exit(signal: Signal) -> Exit {
         Signal::Kicked { discard_session } => Exit::Kicked { discard_session },
         Signal::KeepAliveTimeout => Exit::KeepAliveTimeout,
         Signal::Adopted => Exit::Adopted,
-    }
-}
-
-/// Reads what is available: into `small` and then the buffer when idle, else straight into the
-/// buffer. Cancel-safe: bytes are only moved once the read has completed.
-async fn read_some<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    small: &mut [u8],
-    idle: bool,
-) -> std::io::Result<usize> {
-    if idle {
-        let n = stream.read(small).await?;
-        buf.extend_from_slice(&small[..n]);
-        Ok(n)
-    } else {
-        stream.read_buf(buf).await
     }
 }
