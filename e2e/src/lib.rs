@@ -317,7 +317,9 @@ impl BrokerNode {
             "--admin-bind".to_string(),
             admin.to_string(),
             "--log-level".to_string(),
-            std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "warn".to_string()),
+            // Info: connections closing, takeovers and hand-overs, which a failed test's
+            // printed output (see `Process`) needs to be understood.
+            std::env::var("E2E_LOG_LEVEL").unwrap_or_else(|_| "info".to_string()),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let process = Self::spawn(id, admin, &args).await?;

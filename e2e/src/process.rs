@@ -17,13 +17,19 @@ pub fn log_to(dir: Option<std::path::PathBuf>) {
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = dir;
 }
 
-/// A child process killed (SIGKILL) when dropped; its output is discarded unless
-/// `E2E_SHOW_OUTPUT` is set (then it goes to the test's own output), or `E2E_LOG_DIR` (or
-/// [`log_to`]) names a directory (then it is appended to `<dir>/<name>.log`).
+/// A child process killed (SIGKILL) when dropped. Its output goes to the test's own output
+/// when `E2E_SHOW_OUTPUT` is set, is appended to `<dir>/<name>.log` when `E2E_LOG_DIR` (or
+/// [`log_to`]) names a directory, and is otherwise kept in a temporary file whose last lines
+/// are printed if the test fails (dropped while panicking), so that a failure seen once in CI
+/// comes with the processes' own account of it.
 pub struct Process {
     name: String,
     child: Option<Child>,
+    scratch_log: Option<tempfile::NamedTempFile>,
 }
+
+/// Lines of a process's output printed when the test that ran it fails.
+const TAIL_LINES: usize = 60;
 
 impl Process {
     /// Spawns `program` with `args`.
@@ -34,7 +40,17 @@ impl Process {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
             .or_else(|| std::env::var_os("E2E_LOG_DIR").map(std::path::PathBuf::from));
+        let mut scratch_log = None;
         let log = match dir {
+            None if !show => {
+                let scratch = tempfile::NamedTempFile::new()
+                    .context("creating a temporary file for the process's output")?;
+                let file = scratch
+                    .reopen()
+                    .context("opening the temporary output file")?;
+                scratch_log = Some(scratch);
+                Some(file)
+            }
             Some(dir) => {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
@@ -69,6 +85,7 @@ impl Process {
         Ok(Process {
             name: name.to_string(),
             child: Some(child),
+            scratch_log,
         })
     }
 
@@ -146,6 +163,36 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            self.print_tail();
+        }
+    }
+}
+
+impl Process {
+    /// Prints the last lines of the output kept in the temporary file, if any.
+    fn print_tail(&self) {
+        let Some(scratch) = &self.scratch_log else {
+            return;
+        };
+        let text = match std::fs::read(scratch.path()) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => {
+                eprintln!("--- {}: its output could not be read: {e}", self.name);
+                return;
+            }
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(TAIL_LINES);
+        eprintln!(
+            "--- {}: last {} of {} lines of its output ---",
+            self.name,
+            lines.len() - from,
+            lines.len()
+        );
+        for line in &lines[from..] {
+            eprintln!("{line}");
+        }
     }
 }
 

@@ -31,7 +31,13 @@ pub fn defaults(object: &Value) -> Value {
 
 /// Messages of the CEL rules the object breaks (after defaulting).
 pub fn cel_errors(object: &Value) -> Vec<String> {
-    match kube::core::cel::Validator::new().validate(&schema(), object, None) {
+    update_cel_errors(object, None)
+}
+
+/// Messages of the CEL rules an update from `old` to `object` breaks, transition rules
+/// (`oldSelf`) included; with no `old`, a create.
+pub fn update_cel_errors(object: &Value, old: Option<&Value>) -> Vec<String> {
+    match kube::core::cel::Validator::new().validate(&schema(), object, old) {
         Ok(()) => Vec::new(),
         Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
     }

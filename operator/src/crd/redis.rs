@@ -86,8 +86,14 @@ impl RedisSpec {
 
 /// Redis run by the operator, with a generated password: one pod (a Deployment and a
 /// Service), or with `sentinel` a primary and replicas that Redis Sentinel fails over.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    // A StatefulSet's volume claims are fixed: the API server would refuse the Redis
+    // StatefulSet's update, and everything applied after it would stay behind.
+    validation = Rule::new("!has(oldSelf.sentinel) || !has(self.sentinel) || (has(self.persistence) ? (has(oldSelf.persistence) && self.persistence == oldSelf.persistence) : !has(oldSelf.persistence))")
+        .message("redis.managed.persistence cannot change while sentinel runs the Redis pods (a StatefulSet's volume claims are fixed): set it back; a new persistence needs a new cluster")
+)]
 pub struct ManagedRedis {
     /// Redis image.
     #[serde(default = "default_redis_image")]

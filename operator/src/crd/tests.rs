@@ -2,7 +2,7 @@
 //! its defaults and validation rules say what the Rust types mean.
 
 use super::*;
-use crate::schema_check::{cel_errors, defaults, structural_errors};
+use crate::schema_check::{cel_errors, defaults, structural_errors, update_cel_errors};
 use serde_json::{json, Value};
 
 fn object(spec: Value) -> Value {
@@ -229,6 +229,55 @@ fn managed_sentinel_has_an_odd_number_of_pods_and_bounds_the_replicas_waited_for
         defaulted["spec"]["redis"]["managed"]["sentinel"],
         json!({"replicas": 3, "downAfterMilliseconds": 5000})
     );
+}
+
+#[test]
+fn sentinel_persistence_is_fixed_once_the_redis_pods_exist() {
+    let sentinel = |persistence: Value| {
+        let mut managed = json!({"sentinel": {"replicas": 3}});
+        if !persistence.is_null() {
+            managed["persistence"] = persistence;
+        }
+        object(json!({"redis": {"managed": managed}}))
+    };
+    let fixed = "redis.managed.persistence cannot change while sentinel";
+    let update = |old: &Value, new: &Value| {
+        let (old, new) = (defaults(old), defaults(new));
+        update_cel_errors(&new, Some(&old))
+    };
+    let none = sentinel(Value::Null);
+    let small = sentinel(json!({"size": "1Gi"}));
+    let large = sentinel(json!({"size": "5Gi"}));
+    let classed = sentinel(json!({"size": "1Gi", "storageClassName": "fast"}));
+    for (old, new) in [
+        (&none, &small),
+        (&small, &none),
+        (&small, &large),
+        (&small, &classed),
+    ] {
+        let problems = update(old, new);
+        assert!(
+            problems.iter().any(|p| p.contains(fixed)),
+            "{old} -> {new} should be refused, got {problems:?}"
+        );
+    }
+    // Unchanged, or changed while no Sentinel group exists (one Redis pod, a Deployment whose
+    // claim is made anew), or on the update that turns Sentinel on or off: allowed.
+    let one_pod =
+        |persistence: Value| object(json!({"redis": {"managed": {"persistence": persistence}}}));
+    let one_pod_none = object(json!({"redis": {"managed": {}}}));
+    for (old, new) in [
+        (&small, &small),
+        (&none, &none),
+        (&one_pod_none, &one_pod(json!({"size": "2Gi"}))),
+        (&one_pod(json!({"size": "2Gi"})), &large),
+        (&small, &one_pod_none),
+    ] {
+        let problems = update(old, new);
+        assert!(problems.is_empty(), "{old} -> {new}: {problems:?}");
+    }
+    // A create is never a change.
+    assert!(update_cel_errors(&defaults(&large), None).is_empty());
 }
 
 #[test]
