@@ -169,18 +169,8 @@ where
             if let Err(exit) = self.process_input().await {
                 return exit;
             }
-            match self.take_deliveries().await {
-                Err(exit) => return exit,
-                // Messages to write: the tasks that are ready to run (publishers whose input
-                // arrived with this wake-up) go first, so that what they route here leaves in
-                // the same write. Alone on the runtime, this comes straight back.
-                Ok(true) => {
-                    tokio::task::yield_now().await;
-                    if let Err(exit) = self.take_deliveries().await {
-                        return exit;
-                    }
-                }
-                Ok(false) => {}
+            if let Err(exit) = self.take_deliveries().await {
+                return exit;
             }
             if let Err(exit) = self.flush().await {
                 return exit;
