@@ -204,11 +204,10 @@ where
 
     /// Takes as many messages from the mailbox as the session has room for and sends what the
     /// in-flight window allows. Leaving the rest in the mailbox is what pushes back on publishers.
-    /// Says whether it took any.
-    async fn take_deliveries(&mut self) -> Result<bool, Exit> {
+    async fn take_deliveries(&mut self) -> Result<(), Exit> {
         let room = self.outgoing.room();
         if room == 0 || self.mailbox.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let mut arrived = std::mem::take(&mut self.arrived);
         self.mailbox.take_up_to(&mut arrived, room);
@@ -224,7 +223,7 @@ where
         if arrived.capacity() <= 1024 {
             self.arrived = arrived;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Decodes and handles every complete packet in the read buffer, then hands what it
