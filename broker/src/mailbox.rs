@@ -17,8 +17,49 @@ use crate::store::QueuedMessage;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// How a copy reached this node, which decides whether it is marked DUP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Published here, or sent on here for one session.
+    Here,
+    /// Read from this node's inbox, where it was appended at `appended_ms` (Redis's clock).
+    Relayed { appended_ms: u64 },
+    /// Read from this node's inbox after the cluster had declared this node dead (another node
+    /// may have delivered it already): always marked DUP.
+    Suspect,
+}
+
+/// Connections to wake once a run of deliveries is done: a connection woken for every message
+/// of a run would take them one or two at a time, each wake-up a switch between threads.
+#[derive(Default)]
+pub struct Wakes(Vec<Arc<Mailbox>>);
+
+impl Wakes {
+    /// Adds a connection to wake (once, if it is the one added last).
+    pub(crate) fn add(&mut self, mailbox: &Arc<Mailbox>) {
+        if !self.0.last().is_some_and(|last| Arc::ptr_eq(last, mailbox)) {
+            self.0.push(mailbox.clone());
+        }
+    }
+
+    /// Wakes every connection added since the last call.
+    pub fn wake_all(&mut self) {
+        for mailbox in self.0.drain(..) {
+            mailbox.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    /// Nothing is left unwoken.
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
 
 /// Why a message could not be put in a mailbox; the message is handed back.
 #[derive(Debug)]

@@ -467,7 +467,7 @@ async fn watch_members(broker: Arc<Broker>, membership: Arc<dyn Membership>) {
                         tokio::spawn(async move {
                             tokio::time::sleep(FORGET_DEPARTED_AFTER).await;
                             if later.is_departed(&departed) {
-                                later.forget_node(&departed, &broker_later).await;
+                                later.forget_node(&departed, &*broker_later).await;
                             }
                         });
                         // Its registration goes once the adoption worked; otherwise the

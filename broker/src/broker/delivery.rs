@@ -3,25 +3,13 @@
 
 use super::registry::moved_in_copy;
 use super::Broker;
-use crate::mailbox::{Mailbox, Refused};
+use crate::mailbox::{Arrival, Mailbox, Refused, Wakes};
 use crate::message::ClientId;
 use crate::protocol::QoS;
 use crate::store::journal_hold::JournalReservation;
 use crate::store::{Enqueued, QueuedMessage};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How a copy reached this node, which decides whether it is marked DUP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
-    /// Published here, or sent on here for one session.
-    Here,
-    /// Read from this node's inbox, where it was appended at `appended_ms` (Redis's clock).
-    Relayed { appended_ms: u64 },
-    /// Read from this node's inbox after the cluster had declared this node dead (another node
-    /// may have delivered it already): always marked DUP.
-    Suspect,
-}
 
 /// How long a copy recovered from a dead node waits for room in a session's mailbox (live
 /// messages wait `limits.delivery_wait_ms`). A mailbox that stays full is marked slow after one
@@ -49,33 +37,6 @@ pub(super) enum Deferred {
 pub(super) enum Onward {
     Allowed,
     Forbidden,
-}
-
-/// Connections to wake once a run of deliveries is done: a connection woken for every message
-/// of a run would take them one or two at a time, each wake-up a switch between threads.
-#[derive(Default)]
-pub struct Wakes(Vec<Arc<Mailbox>>);
-
-impl Wakes {
-    fn add(&mut self, mailbox: &Arc<Mailbox>) {
-        if !self.0.last().is_some_and(|last| Arc::ptr_eq(last, mailbox)) {
-            self.0.push(mailbox.clone());
-        }
-    }
-
-    /// Wakes every connection added since the last call.
-    pub fn wake_all(&mut self) {
-        for mailbox in self.0.drain(..) {
-            mailbox.wake();
-        }
-    }
-}
-
-impl Drop for Wakes {
-    /// Nothing is left unwoken.
-    fn drop(&mut self) {
-        self.wake_all();
-    }
 }
 
 impl Broker {

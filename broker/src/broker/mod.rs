@@ -4,10 +4,11 @@
 //! This file holds the [`Broker`] itself, its construction and its lifecycle (keep-alive sweep,
 //! run state, shutdown); the rest of its behaviour is spread over the files beside it:
 //! `routing.rs` (publish, route, match), `delivery.rs` (into mailboxes or the store),
-//! `registry.rs` (online sessions), `subscriptions.rs`, `wills.rs`, `expiry.rs` and `handoff.rs`
-//! (sessions moving between nodes). The adoption of a departed node's sessions stays here: it
-//! starts the recovery of [`crate::cluster::recovery`], which delivers through the broker (the
-//! import cycle `tests/module_cycles.rs` tracks).
+//! `registry.rs` (online sessions), `subscriptions.rs`, `wills.rs`, `expiry.rs`, `handoff.rs`
+//! (sessions moving between nodes) and `cluster_side.rs` (what the cluster code may ask of the
+//! broker). The adoption of a departed node's sessions stays here: it
+//! starts the recovery of [`crate::cluster::recovery`], which delivers back through
+//! [`crate::cluster::local::LocalBroker`].
 
 use crate::auth::{Auth, LiveAuth};
 use crate::client_info::Evacuation;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+mod cluster_side;
 mod delivery;
 mod expiry;
 mod handoff;
@@ -40,9 +42,8 @@ mod routing;
 mod subscriptions;
 mod wills;
 
-pub use delivery::{Arrival, Wakes};
 pub use registry::SessionHandle;
-pub use routing::{GroupScope, Publishing, Routed};
+pub use routing::{Publishing, Routed};
 
 /// How an adoption of a departed node's sessions went ([`Broker::adopt_sessions_of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,10 @@
 //! The registry of online sessions: the handles of the connections held here, their
 //! registration and deregistration, and the per-client-id session locks.
 
-use super::{Arrival, Broker, SessionLocks};
+use super::{Broker, SessionLocks};
 use crate::client_info::ClientInfo;
 use crate::cluster::handoff;
+use crate::mailbox::Arrival;
 use crate::mailbox::Mailbox;
 use crate::message::ClientId;
 use std::sync::{Arc, Weak};

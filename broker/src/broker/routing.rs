@@ -2,37 +2,16 @@
 //! tree (share groups served here or by another node) and handed to delivery and the relay.
 
 use super::delivery::Onward;
-use super::{Arrival, Broker, Wakes};
+use super::Broker;
 use crate::cluster::pending::PendingRelays;
+use crate::mailbox::{Arrival, Wakes};
 use crate::message::{ClientId, Message};
 use crate::router::memo::RouteMemo;
-use crate::router::GroupKey;
 use crate::router::{self, Match, SubscriptionOptions};
+use crate::router::{GroupKey, GroupScope};
 use crate::store::QueuedMessage;
 use std::borrow::Cow;
 use std::sync::Arc;
-
-/// Which share groups a node's local routing serves for one message.
-#[derive(Debug, Clone, Copy)]
-pub enum GroupScope<'a> {
-    /// All of them (standalone, or no other node has members).
-    All,
-    /// All but these, which another node serves.
-    Except(&'a [GroupKey]),
-    /// Only these (a relayed message: the origin node chose this node for them).
-    Only(&'a [GroupKey]),
-}
-
-impl GroupScope<'_> {
-    fn serves(&self, group: &str, filter: &str) -> bool {
-        let listed = |keys: &[GroupKey]| keys.iter().any(|(g, f)| g == group && f == filter);
-        match self {
-            GroupScope::All => true,
-            GroupScope::Except(keys) => !listed(keys),
-            GroupScope::Only(keys) => listed(keys),
-        }
-    }
-}
 
 /// What [`Broker::matching`] found for a topic.
 struct Found {
@@ -91,15 +70,6 @@ impl Broker {
                 .await;
         }
         self.route_with(&message, publishing).await
-    }
-
-    /// Delivers a message to every matching session here and hands it to the cluster relay for
-    /// the other nodes; returns where it went.
-    pub async fn route(&self, message: &Arc<Message>) -> Routed {
-        let mut publishing = Publishing::default();
-        let count = self.route_with(message, &mut publishing).await;
-        self.send_relays(&mut publishing).await;
-        count
     }
 
     async fn route_with(&self, message: &Arc<Message>, publishing: &mut Publishing) -> Routed {
@@ -176,43 +146,8 @@ impl Broker {
         (any_online, !members.is_empty())
     }
 
-    /// Delivers a message to every matching session on this node only (relayed messages come
-    /// here, so nothing is relayed twice); returns how many.
-    ///
-    /// The common case (every target online with room in its mailbox) completes without waiting;
-    /// targets that need a wait or the store are handled afterwards, in a boxed future, so the hot
-    /// path stays small in every connection's task.
-    pub async fn route_local(&self, message: &Arc<Message>) -> usize {
-        self.route_scoped(message, GroupScope::All).await
-    }
-
-    /// Delivers a message to the matching sessions of this node, serving the share groups that
-    /// `scope` lets through (the cluster decides which node serves a group); returns how many.
-    pub async fn route_scoped(&self, message: &Arc<Message>, scope: GroupScope<'_>) -> usize {
-        let found = self.matching(&message.topic, scope);
-        self.route_matched(message, &found.matches).await
-    }
-
-    /// [`Self::route_scoped`] for a message read from this node's inbox, appended there at
-    /// `appended_ms` (Redis's clock).
-    pub async fn route_relayed_scoped(
-        &self,
-        message: &Arc<Message>,
-        scope: GroupScope<'_>,
-        appended_ms: u64,
-    ) -> usize {
-        let found = self.matching(&message.topic, scope);
-        self.route_matched_waking(
-            message,
-            &found.matches,
-            None,
-            Arrival::Relayed { appended_ms },
-        )
-        .await
-    }
-
     /// The plain (not shared) subscriptions of this node that match `topic`: what
-    /// [`Self::route_scoped`] finds for a relayed message that serves no share group. A caller
+    /// [`Self::route_relayed`] finds for a message that serves no share group. A caller
     /// routing many messages of one topic may keep it for [`Self::route_matched`] (it holds no
     /// online state, only the subscriptions at the time of the call).
     pub fn direct_matches(&self, topic: &str) -> Vec<(ClientId, SubscriptionOptions)> {
@@ -227,20 +162,6 @@ impl Broker {
         matches: &[(ClientId, SubscriptionOptions)],
     ) -> usize {
         self.route_matched_waking(message, matches, None, Arrival::Here)
-            .await
-    }
-
-    /// [`Self::route_matched`] for a run of deliveries of what arrived as `arrival` says:
-    /// connections that must be woken for the message are added to `wakes` instead of being
-    /// woken one message at a time.
-    pub async fn route_matched_waking_later(
-        &self,
-        message: &Arc<Message>,
-        matches: &[(ClientId, SubscriptionOptions)],
-        wakes: &mut Wakes,
-        arrival: Arrival,
-    ) -> usize {
-        self.route_matched_waking(message, matches, Some(wakes), arrival)
             .await
     }
 
@@ -279,13 +200,20 @@ impl Broker {
         count
     }
 
-    /// Delivers a relayed message that this node read late, after the cluster had declared it
-    /// dead and another node recovered its inbox: every copy is marked DUP (the adopter may have
-    /// delivered it already). Share groups are served as `groups` says.
-    pub async fn route_suspect(&self, message: &Arc<Message>, groups: &[GroupKey]) {
+    /// Delivers a message read from this node's inbox to the matching sessions of this node,
+    /// serving just the share groups in `groups` (the origin node chose this node for them);
+    /// `arrival` says when it was appended, or that it was read after the cluster had declared
+    /// this node dead (then every copy is marked DUP: the adopter may have delivered it already).
+    /// Returns how many sessions it reached.
+    pub async fn route_relayed(
+        &self,
+        message: &Arc<Message>,
+        groups: &[GroupKey],
+        arrival: Arrival,
+    ) -> usize {
         let found = self.matching(&message.topic, GroupScope::Only(groups));
-        self.route_matched_waking(message, &found.matches, None, Arrival::Suspect)
-            .await;
+        self.route_matched_waking(message, &found.matches, None, arrival)
+            .await
     }
 
     fn matching(&self, topic: &str, scope: GroupScope<'_>) -> Found {

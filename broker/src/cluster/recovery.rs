@@ -8,10 +8,10 @@
 //! holds it now. What was recovered is deleted through the relay's writer, after the journal
 //! writes and relays of its deliveries, so nothing is deleted before it is safe elsewhere.
 
-use super::inbox::{decoded_records, entry_field, stream_entries, EntryField};
 use super::journal;
+use super::local::LocalBroker;
+use super::relay::inbox::{decoded_records, entry_field, stream_entries, EntryField};
 use super::relay::{ClusterLink, KIND_DIRECT};
-use crate::broker::Broker;
 use crate::message::ClientId;
 use crate::protocol::{topic, QoS};
 use crate::router::{self, Match, SubscriptionTree};
@@ -109,14 +109,14 @@ impl AdoptedRoutes {
 /// a later attempt (the next restart of that node id).
 pub async fn recover(
     link: Arc<ClusterLink>,
-    broker: Arc<Broker>,
+    broker: Arc<impl LocalBroker>,
     node: String,
     run: Option<u64>,
     leftovers: Leftovers,
     routes: AdoptedRoutes,
 ) {
-    let _running = Running::count(&broker.metrics.cluster_recoveries);
-    recover_all(&link, &broker, &node, run, leftovers, &routes).await;
+    let _running = Running::count(&broker.metrics().cluster_recoveries);
+    recover_all(&link, &*broker, &node, run, leftovers, &routes).await;
 }
 
 /// Counts a recovery as running for as long as it lives.
@@ -138,7 +138,7 @@ impl Drop for Running<'_> {
 /// [`recover`], once counted as running.
 async fn recover_all(
     link: &ClusterLink,
-    broker: &Broker,
+    broker: &impl LocalBroker,
     node: &str,
     run: Option<u64>,
     leftovers: Leftovers,
@@ -179,7 +179,7 @@ async fn recover_all(
 /// known); returns how many.
 async fn recover_journal(
     link: &ClusterLink,
-    broker: &Broker,
+    broker: &impl LocalBroker,
     con: &mut MultiplexedConnection,
     node: &str,
     run: Option<u64>,
@@ -210,7 +210,7 @@ async fn recover_journal(
             Ok((client, mut copy)) => {
                 copy.maybe_sent = true;
                 broker.deliver_recovered(client, copy).await;
-                broker.metrics.cluster_recovered_copies.inc();
+                broker.metrics().cluster_recovered_copies.inc();
                 count += 1;
             }
             Err(e) => tracing::warn!(node, field, error = %e, "unreadable journal entry dropped"),
@@ -246,7 +246,7 @@ struct Departure<'a> {
 ///   here, marked DUP, could reach a client before the node's own plain one.
 async fn recover_inbox(
     link: &ClusterLink,
-    broker: &Broker,
+    broker: &impl LocalBroker,
     con: &mut MultiplexedConnection,
     departure: Departure<'_>,
     leftovers: Leftovers,
@@ -301,7 +301,7 @@ async fn recover_inbox(
         for (id, fields) in entries {
             let copies = redeliver_entry(broker, routes, node, &fields).await;
             broker
-                .metrics
+                .metrics()
                 .cluster_recovered_copies
                 .inc_by(copies as u64);
             count += copies;
@@ -395,7 +395,7 @@ fn before_run(id: &str, start: u64) -> bool {
 /// Delivers one inbox entry's message (or message sent on) to the adopted sessions; returns how
 /// many copies.
 async fn redeliver_entry(
-    broker: &Broker,
+    broker: &impl LocalBroker,
     routes: &AdoptedRoutes,
     node: &str,
     fields: &[EntryField],

@@ -24,7 +24,9 @@
 
 mod control;
 mod forward;
+pub(super) mod inbox;
 mod keys;
+mod relayed;
 mod watchers;
 mod writer;
 
@@ -32,14 +34,13 @@ pub(super) use control::KIND_DIRECT;
 pub(super) use writer::FIELD_RESENT;
 
 use super::health::{self, Health};
-use super::inbox;
 use super::journal;
 use super::listed;
+use super::local::LocalBroker;
 use super::redis_clock::RedisClock;
 use super::replica::Replica;
 use super::replication::ReplicationWait;
 use super::work_queue::WorkQueue;
-use crate::broker::Broker;
 use crate::router::remote::NodeId;
 use crate::store::journal_hold::{JournalHold, JournalRelease, JournalReservation};
 use crate::store::redis::renewing::RenewingConnection;
@@ -151,7 +152,7 @@ impl ClusterLink {
         target: &RedisTarget,
         node_id: &str,
         prefix: &str,
-        broker: &Arc<Broker>,
+        broker: &Arc<impl LocalBroker>,
     ) -> Result<Arc<Self>, RelayError> {
         let mut writer = RenewingConnection::connect(
             target.clone(),
@@ -210,17 +211,17 @@ impl ClusterLink {
             suspect_before_ms: AtomicU64::new(0),
             redis_clock: RedisClock::default(),
             reconnected: watch::Sender::new(0),
-            write_refusals: broker.metrics.redis_write_refusals.clone(),
-            replication: ReplicationWait::from_config(&broker.config.cluster.redis_replication),
-            replication_waits: broker.metrics.replication_waits.clone(),
-            replication_waits_short: broker.metrics.replication_waits_short.clone(),
+            write_refusals: broker.metrics().redis_write_refusals.clone(),
+            replication: ReplicationWait::from_config(&broker.config().cluster.redis_replication),
+            replication_waits: broker.metrics().replication_waits.clone(),
+            replication_waits_short: broker.metrics().replication_waits_short.clone(),
         });
         let reading = health::read(&mut writer, &link.keys.epoch(), &link.keys.nodes(), node_id)
             .await
             .map_err(relay_error)?;
         link.health.check_epoch(&reading.epoch);
         link.redis_clock.observe(reading.redis_ms);
-        link.resync(&mut writer, broker, Resync::Merge)
+        link.resync(&mut writer, &**broker, Resync::Merge)
             .await
             .map_err(relay_error)?;
         let response_wait = WRITE_RESPONSE_WAIT.max(link.confirm_wait() + Duration::from_secs(5));
@@ -514,9 +515,9 @@ impl ClusterLink {
 
     /// Forgets a node that left the cluster from the replica (the node that adopts its sessions
     /// also deletes its entry set from Redis, see [`Self::remove_node_entries`]).
-    pub async fn forget_node(&self, node: &str, broker: &Broker) {
+    pub async fn forget_node(&self, node: &str, broker: &impl LocalBroker) {
         let (removed, size) = self.remote.forget(&NodeId::from(node));
-        broker.metrics.remote_entries.set(size as i64);
+        broker.metrics().remote_entries.set(size as i64);
         tracing::debug!(node, removed, "forgot a departed node's entries");
     }
 }

@@ -1,9 +1,11 @@
-//! The CONNECT handshake: validation, authentication, session takeover and CONNACK.
+//! The CONNECT handshake: validation, authentication, session takeover (the claim itself in
+//! `cluster/takeover.rs`) and CONNACK.
 
 use super::{Connection, OutboundAliases, Will};
 use crate::auth::AuthFailure;
 use crate::broker::{Broker, SessionHandle};
 use crate::client_info::{now_unix_ms, ClientInfo};
+use crate::cluster::takeover::{self, Claimed};
 use crate::listener::peer_identity::PeerIdentity;
 use crate::mailbox::{Mailbox, Signal};
 use crate::message::{ClientId, Message, MessageProperties};
@@ -12,7 +14,7 @@ use crate::protocol::{
     ProtocolVersion,
 };
 use crate::session::Outgoing;
-use crate::store::{Completed, Holder, SessionClaim, StoredSession, StoredWill};
+use crate::store::{SessionClaim, StoredWill};
 use bytes::BytesMut;
 use rand::Rng;
 use std::collections::VecDeque;
@@ -282,7 +284,11 @@ where
             .then(|| broker.journal_reservation(&client_id))
             .flatten(),
     };
-    let Some((generation, stored, moved_in)) = claim_session(broker, &client_id, &claim).await
+    let Some(Claimed {
+        generation,
+        previous: stored,
+        moved_from: moved_in,
+    }) = takeover::claim_session(&*broker.store, broker.cluster(), &client_id, &claim).await
     else {
         broker.deregister(&client_id, connection_id);
         refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
@@ -377,58 +383,6 @@ where
         unconfirmed: false,
         _session_guard: session_guard,
     })
-}
-
-/// Claims the session for this node, from a node that had it parked (told to forget it) or a
-/// connection on another node (asked to hand it over, waited for): the claim's generation, the
-/// stored session and the node it came from; `None` if the store failed or a newer claim won.
-async fn claim_session(
-    broker: &Arc<Broker>,
-    client_id: &ClientId,
-    claim: &SessionClaim,
-) -> Option<(u64, Option<StoredSession>, Option<String>)> {
-    let attached = match broker.store.attach_session(client_id, claim).await {
-        Ok(attached) => attached,
-        Err(e) => {
-            tracing::warn!(client_id = %client_id, error = %e, "session store unavailable");
-            return None;
-        }
-    };
-    match attached.holder {
-        Holder::Free { parked_on } => {
-            let moved_in = parked_on.clone();
-            if let (Some(node), Some(link)) = (parked_on, broker.cluster()) {
-                let filters = attached
-                    .previous
-                    .iter()
-                    .flat_map(|s| s.subscriptions.iter().map(|s| s.filter.clone()))
-                    .collect();
-                link.forget_parked(&node, client_id, filters, true);
-            }
-            Some((attached.generation, attached.previous, moved_in))
-        }
-        Holder::Elsewhere(node) => {
-            if let Some(link) = broker.cluster() {
-                link.request_release(&node, client_id, attached.generation)
-                    .await;
-            }
-            match broker
-                .store
-                .complete_attach(client_id, attached.generation, claim.journal.as_ref())
-                .await
-            {
-                Ok(Completed::Taken(session)) => Some((attached.generation, session, Some(node))),
-                Ok(Completed::Superseded) => {
-                    tracing::debug!(client_id = %client_id, "a newer connection claimed the session first");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(client_id = %client_id, error = %e, "session store unavailable");
-                    None
-                }
-            }
-        }
-    }
 }
 
 /// Reads until a whole CONNECT has arrived; `Ok(None)` if the peer closed first.

@@ -5,8 +5,10 @@
 
 pub mod memo;
 pub mod remote;
+mod scope;
 mod trie;
 
+pub use scope::GroupScope;
 pub use trie::{Change, Match, SubscriptionTree};
 
 /// A share group, identified by its name and filter.

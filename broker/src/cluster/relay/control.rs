@@ -3,7 +3,7 @@
 //! handed off, and messages sent on to the node that holds their session now.
 
 use super::{ClusterLink, Outbound, HANDOVER_WAIT};
-use crate::broker::Broker;
+use crate::cluster::local::LocalBroker;
 use crate::message::ClientId;
 use crate::router::remote::NodeId;
 use crate::store::redis::codec;
@@ -140,11 +140,11 @@ impl ClusterLink {
     }
 
     /// Handles a control entry read from this node's inbox.
-    pub(in crate::cluster) fn on_control(
+    pub(in crate::cluster) fn on_control<B: LocalBroker>(
         self: &Arc<Self>,
         kind: &[u8],
         field: &dyn Fn(&[u8]) -> Option<Vec<u8>>,
-        broker: &Arc<Broker>,
+        broker: &Arc<B>,
     ) {
         let text = |name: &[u8]| field(name).and_then(|v| String::from_utf8(v).ok());
         let Some(client) = text(b"c") else {

@@ -4,7 +4,7 @@
 
 use super::writer::{permit_count, Outbound};
 use super::ClusterLink;
-use crate::broker::Broker;
+use crate::cluster::local::LocalBroker;
 use crate::cluster::pending::PendingRelays;
 use crate::message::Message;
 use crate::router::memo::RouteMemo;
@@ -21,7 +21,7 @@ impl ClusterLink {
     /// `pending` goes to the writer with [`Self::send_pending`].
     pub fn forward(
         &self,
-        broker: &Broker,
+        broker: &impl LocalBroker,
         message: &Arc<Message>,
         memo: &mut RouteMemo,
         pending: &mut PendingRelays,
@@ -80,14 +80,14 @@ impl ClusterLink {
         &self,
         pending: &mut PendingRelays,
         patience: Duration,
-        broker: &Broker,
+        broker: &impl LocalBroker,
     ) {
         let count = pending.len() as u64;
         if count == 0 {
             return;
         }
         if self.try_send_pending(pending) {
-            broker.metrics.relay_sent.inc_by(count);
+            broker.metrics().relay_sent.inc_by(count);
             return;
         }
         Box::pin(self.send_pending_when_room(pending.take(), patience, broker)).await
@@ -116,21 +116,21 @@ impl ClusterLink {
         &self,
         mut pending: PendingRelays,
         patience: Duration,
-        broker: &Broker,
+        broker: &impl LocalBroker,
     ) {
         if self.forward_stalled.load(Ordering::Relaxed) {
             let dropped = pending.drop_at_most_once();
-            broker.metrics.relay_dropped.inc_by(dropped as u64);
+            broker.metrics().relay_dropped.inc_by(dropped as u64);
             let count = pending.len() as u64;
             if count == 0 {
                 return;
             }
             if self.try_send_pending(&mut pending) {
-                broker.metrics.relay_sent.inc_by(count);
+                broker.metrics().relay_sent.inc_by(count);
                 return;
             }
         }
-        broker.metrics.relay_waits.inc_by(pending.len() as u64);
+        broker.metrics().relay_waits.inc_by(pending.len() as u64);
         let room = tokio::time::timeout(
             patience,
             self.forward_room.acquire_many(permit_count(pending.len())),
@@ -139,12 +139,12 @@ impl ClusterLink {
         match room {
             Ok(Ok(permits)) => {
                 permits.forget();
-                broker.metrics.relay_sent.inc_by(pending.len() as u64);
+                broker.metrics().relay_sent.inc_by(pending.len() as u64);
                 self.queue(Outbound::Relays(pending));
             }
             _ => {
                 self.forward_stalled.store(true, Ordering::Relaxed);
-                broker.metrics.relay_dropped.inc_by(pending.len() as u64);
+                broker.metrics().relay_dropped.inc_by(pending.len() as u64);
             }
         }
     }

@@ -7,12 +7,13 @@
 //! wait between them. The deliverer reports its progress (for the other nodes' writers, see
 //! [`super::unread`]) and deletes what it handled, both through this node's relay writer.
 
-use super::health;
-use super::packed;
-use super::relay::{ClusterLink, FIELD_RESENT, KIND_DIRECT};
 use super::relayed::ReadBatch;
-use super::unread::parse_stream_id;
-use crate::broker::Broker;
+use super::{ClusterLink, FIELD_RESENT, KIND_DIRECT};
+use crate::cluster::health;
+use crate::cluster::local::LocalBroker;
+use crate::cluster::packed;
+use crate::cluster::unread::parse_stream_id;
+use crate::mailbox::Arrival;
 use crate::store::redis::codec;
 use crate::store::redis::target::RedisTarget;
 use redis::aio::MultiplexedConnection;
@@ -29,10 +30,10 @@ const READ_COUNT: usize = 4096;
 const READS_AHEAD: usize = 1;
 
 /// A field of an inbox entry: name and value.
-pub(super) type EntryField = (Vec<u8>, Vec<u8>);
+pub(in crate::cluster) type EntryField = (Vec<u8>, Vec<u8>);
 
 /// An inbox entry: id and fields.
-pub(super) type Entry = (String, Vec<EntryField>);
+pub(in crate::cluster) type Entry = (String, Vec<EntryField>);
 
 /// Where the fetcher is: the last entry id read, in the stream of which Redis epoch (see
 /// [`super::health`]).
@@ -81,14 +82,14 @@ impl Cursor {
 
 /// Starts reading `key`, this node's inbox, from `start_id` (exclusive) on `con`; the stream is
 /// the one of Redis's epoch `epoch` (read at `epoch_key`).
-pub(super) fn start_reading(
+pub(super) fn start_reading<B: LocalBroker>(
     link: Arc<ClusterLink>,
     target: RedisTarget,
     key: String,
     start_id: String,
     (epoch_key, epoch): (String, Option<String>),
     con: MultiplexedConnection,
-    broker: Weak<Broker>,
+    broker: Weak<B>,
 ) {
     let (replies, fetched) = mpsc::channel(READS_AHEAD);
     let reconnections = link.reconnections();
@@ -111,13 +112,13 @@ pub(super) fn start_reading(
 
 /// Reads the inbox one XREAD after another, handing every non-empty reply to the deliverer.
 /// Ends with the broker, or once the deliverer is gone.
-async fn fetch(
+async fn fetch<B: LocalBroker>(
     target: RedisTarget,
     mut reconnections: watch::Receiver<u64>,
     key: String,
     mut cursor: Cursor,
     mut con: MultiplexedConnection,
-    broker: Weak<Broker>,
+    broker: Weak<B>,
     replies: mpsc::Sender<Vec<Entry>>,
 ) {
     loop {
@@ -174,10 +175,10 @@ async fn fetch(
 
 /// Delivers what the fetcher read, in order: relayed messages to this node's subscribers only,
 /// control entries to the link.
-async fn deliver(
+async fn deliver<B: LocalBroker>(
     link: Arc<ClusterLink>,
     key: String,
-    broker: Weak<Broker>,
+    broker: Weak<B>,
     mut fetched: mpsc::Receiver<Vec<Entry>>,
 ) {
     while let Some(entries) = fetched.recv().await {
@@ -188,7 +189,7 @@ async fn deliver(
             return;
         }
         let mut handled = Vec::with_capacity(entries.len());
-        let mut relayed = ReadBatch::new(&broker);
+        let mut relayed = ReadBatch::new(&*broker);
         for (id, fields) in entries {
             // An unreadable id (never from Redis) counts as appended long ago.
             let appended_ms = parse_stream_id(id.as_bytes()).map_or(0, |(ms, _)| ms);
@@ -199,19 +200,21 @@ async fn deliver(
             let field = |name: &[u8]| entry_field(&fields, name).map(<[u8]>::to_vec);
             if appended_ms != 0 {
                 let lag_ms = link.redis_now_ms().saturating_sub(appended_ms);
-                broker.metrics.relay_lag.observe(lag_ms as f64 / 1000.0);
+                broker.metrics().relay_lag.observe(lag_ms as f64 / 1000.0);
             }
             match field(b"k") {
                 None if suspect => {
                     relayed.wake_all();
                     for (message, groups) in decoded_records(&key, &fields) {
-                        broker.metrics.relay_received.inc();
-                        broker.route_suspect(&message, &groups).await;
+                        broker.metrics().relay_received.inc();
+                        broker
+                            .route_relayed(&message, &groups, Arrival::Suspect)
+                            .await;
                     }
                 }
                 None => {
                     for record in relayed_records(&key, &fields) {
-                        broker.metrics.relay_received.inc();
+                        broker.metrics().relay_received.inc();
                         relayed.deliver(&key, record, appended_ms).await;
                     }
                 }
@@ -245,7 +248,7 @@ async fn deliver(
 /// The relayed publishes of an inbox entry, decoded whole, each with the share groups it serves
 /// (for the paths that route them as a whole message rather than through a [`ReadBatch`]).
 /// What cannot be read is logged (with `stream`) and left out.
-pub(super) fn decoded_records(
+pub(in crate::cluster) fn decoded_records(
     stream: &str,
     fields: &[EntryField],
 ) -> Vec<(Arc<crate::message::Message>, Vec<crate::router::GroupKey>)> {
@@ -254,7 +257,7 @@ pub(super) fn decoded_records(
         .filter_map(|record| match codec::decode_message(record.message) {
             Ok(message) => Some((
                 Arc::new(message),
-                super::packed::decode_groups(&String::from_utf8_lossy(record.groups)),
+                packed::decode_groups(&String::from_utf8_lossy(record.groups)),
             )),
             Err(e) => {
                 tracing::warn!(stream, error = %e, "unreadable relayed message skipped");
@@ -316,7 +319,10 @@ pub(super) fn relayed_records<'a>(
 }
 
 /// The value of field `name` of an inbox entry.
-pub(super) fn entry_field<'a>(fields: &'a [EntryField], name: &[u8]) -> Option<&'a [u8]> {
+pub(in crate::cluster) fn entry_field<'a>(
+    fields: &'a [EntryField],
+    name: &[u8],
+) -> Option<&'a [u8]> {
     fields
         .iter()
         .find(|(k, _)| k.as_slice() == name)
@@ -324,7 +330,7 @@ pub(super) fn entry_field<'a>(fields: &'a [EntryField], name: &[u8]) -> Option<&
 }
 
 /// Entries of an XREAD reply for one stream.
-pub(super) fn stream_entries(value: Value) -> Vec<Entry> {
+pub(in crate::cluster) fn stream_entries(value: Value) -> Vec<Entry> {
     let mut out = Vec::new();
     let Value::Array(streams) = value else {
         return out;

@@ -8,9 +8,9 @@
 //! What a read keeps is current: it is looked up after the read's reply arrived, so every
 //! subscription made or removed before any message of the reply was published is seen.
 
-use super::packed::decode_groups;
-use super::packed::Record;
-use crate::broker::{Arrival, Broker, GroupScope, Wakes};
+use crate::cluster::local::LocalBroker;
+use crate::cluster::packed::{decode_groups, Record};
+use crate::mailbox::{Arrival, Wakes};
 use crate::message::ClientId;
 use crate::router::SubscriptionOptions;
 use crate::store::redis::codec;
@@ -27,12 +27,13 @@ const WAKE_EVERY: usize = 256;
 
 type Fast = foldhash::fast::RandomState;
 
-/// The plain subscriptions of a topic on this node, as [`Broker::direct_matches`] found them.
+/// The plain subscriptions of a topic on this node, as [`LocalBroker::direct_matches`] found
+/// them.
 type Matches = Vec<(ClientId, SubscriptionOptions)>;
 
 /// The work shared by the relayed messages of one inbox read.
-pub(super) struct ReadBatch<'b> {
-    broker: &'b Broker,
+pub(super) struct ReadBatch<'b, B: LocalBroker> {
+    broker: &'b B,
     /// Each topic met so far, with its plain subscriptions.
     topics: Vec<(Arc<str>, Matches)>,
     /// Where each topic met so far is in `topics`.
@@ -50,9 +51,9 @@ pub(super) struct ReadBatch<'b> {
     unwoken: usize,
 }
 
-impl<'b> ReadBatch<'b> {
+impl<'b, B: LocalBroker> ReadBatch<'b, B> {
     /// Starts a read's deliveries (call after its reply arrived).
-    pub(super) fn new(broker: &'b Broker) -> Self {
+    pub(super) fn new(broker: &'b B) -> Self {
         Self {
             broker,
             topics: Vec::new(),
@@ -104,9 +105,7 @@ impl<'b> ReadBatch<'b> {
             let groups = decode_groups(&String::from_utf8_lossy(record.groups));
             // It may wait for a connection that got messages of this batch: woken first.
             self.wake_all();
-            self.broker
-                .route_relayed_scoped(&message, GroupScope::Only(&groups), appended_ms)
-                .await;
+            self.broker.route_relayed(&message, &groups, arrival).await;
             return;
         }
         let index = match kept {
@@ -129,7 +128,12 @@ impl<'b> ReadBatch<'b> {
         };
         self.last_topic = Some(index);
         self.broker
-            .route_matched_waking_later(&message, &self.topics[index].1, &mut self.wakes, arrival)
+            .route_matched_waking(
+                &message,
+                &self.topics[index].1,
+                Some(&mut self.wakes),
+                arrival,
+            )
             .await;
         self.unwoken += 1;
         if self.unwoken >= WAKE_EVERY {

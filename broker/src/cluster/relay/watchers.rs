@@ -3,9 +3,9 @@
 //! nodes' entries, with the rebuilds of that replica from the nodes' listings in Redis.
 
 use super::ClusterLink;
-use crate::broker::Broker;
 use crate::cluster::health::{self, EpochCheck};
 use crate::cluster::listed::{self, Relisting};
+use crate::cluster::local::LocalBroker;
 use crate::cluster::replica::Listing;
 use crate::router::remote::NodeId;
 use crate::store::redis::renewing::RenewingConnection;
@@ -41,7 +41,7 @@ const REPLACE_ATTEMPTS: u32 = 10;
 pub(super) async fn watch_health(
     link: Arc<ClusterLink>,
     mut con: RenewingConnection,
-    broker: Weak<Broker>,
+    broker: Weak<impl LocalBroker>,
 ) {
     let mut tick = tokio::time::interval(health::INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,7 +66,7 @@ pub(super) async fn watch_health(
         };
         if matches!(reading, Ok(Ok(_))) {
             broker
-                .metrics
+                .metrics()
                 .redis_round_trip
                 .observe(asked.elapsed().as_secs_f64());
         }
@@ -88,7 +88,7 @@ pub(super) async fn watch_health(
         };
         let up = check.is_some();
         let was_up = link.health.set_redis_up(up);
-        broker.metrics.redis_up.set(i64::from(up));
+        broker.metrics().redis_up.set(i64::from(up));
         if !up {
             if was_up {
                 tracing::warn!("redis unreachable: relay paused, new sessions refused");
@@ -108,11 +108,11 @@ pub(super) async fn watch_health(
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {
             link.declared_dead_until(redis_ms);
-            adopted_away(&broker);
+            adopted_away(&*broker);
         }
         if lost {
             tracing::warn!("redis lost its data (its epoch changed): registering and announcing this node's entries again");
-            broker.metrics.redis_resets.inc();
+            broker.metrics().redis_resets.inc();
         } else if !was_up {
             tracing::info!("redis reachable again: announcing this node's entries");
         } else if failed_over {
@@ -139,7 +139,7 @@ pub(super) async fn watch_health(
                 link.declared_dead_until(back_ms);
                 if !declared_dead {
                     // The adoption's removal of the registration landed after the reading.
-                    adopted_away(&broker);
+                    adopted_away(&*broker);
                 }
             }
             broker.announce_entries();
@@ -182,7 +182,7 @@ pub(super) async fn watch_entries(
     link: Arc<ClusterLink>,
     target: RedisTarget,
     mut con: RenewingConnection,
-    broker: Weak<Broker>,
+    broker: Weak<impl LocalBroker>,
 ) {
     let mut first = true;
     loop {
@@ -201,7 +201,7 @@ pub(super) async fn watch_entries(
             };
             // What was announced before this subscription is read from Redis; after a
             // reconnection, Redis may not have everything again yet.
-            match link.resync(&mut con, &broker, Resync::Merge).await {
+            match link.resync(&mut con, &*broker, Resync::Merge).await {
                 Ok(resynced) if !first => {
                     let seen = resynced.markers;
                     let relisting = Relisting::AfterReconnection { seen };
@@ -244,7 +244,7 @@ pub(super) async fn watch_entries(
                 return;
             };
             if let Ok(text) = message.get_payload::<String>() {
-                link.apply_announcement(&text, &broker);
+                link.apply_announcement(&text, &*broker);
             }
         }
         link.health.set_announcements_up(false);
@@ -258,7 +258,7 @@ pub(super) async fn watch_entries(
 fn replace_when_relisted(
     link: &Arc<ClusterLink>,
     con: &RenewingConnection,
-    broker: &Arc<Broker>,
+    broker: &Arc<impl LocalBroker>,
     relisting: Relisting,
 ) {
     let (link, mut con, broker) = (link.clone(), con.clone(), Arc::downgrade(broker));
@@ -269,7 +269,7 @@ fn replace_when_relisted(
                 return;
             };
             match link
-                .resync(&mut con, &broker, Resync::Replace(&relisting))
+                .resync(&mut con, &*broker, Resync::Replace(&relisting))
                 .await
             {
                 Ok(resynced) if resynced.incomplete.is_empty() => return,
@@ -292,7 +292,7 @@ impl ClusterLink {
     pub(super) async fn resync(
         &self,
         con: &mut RenewingConnection,
-        broker: &Broker,
+        broker: &impl LocalBroker,
         how: Resync<'_>,
     ) -> redis::RedisResult<Resynced> {
         let read = self.remote.begin_listing_read();
@@ -330,15 +330,15 @@ impl ClusterLink {
             });
         }
         let size = read.apply(listings);
-        broker.metrics.remote_entries.set(size as i64);
+        broker.metrics().remote_entries.set(size as i64);
         broker
-            .metrics
+            .metrics()
             .replica_unlisted
             .inc_by(resynced.incomplete.len() as u64);
         Ok(resynced)
     }
 
-    fn apply_announcement(&self, text: &str, broker: &Broker) {
+    fn apply_announcement(&self, text: &str, broker: &impl LocalBroker) {
         let Some((node, change)) = text.split_once('\n') else {
             return;
         };
@@ -354,7 +354,7 @@ impl ClusterLink {
                 return;
             }
         };
-        broker.metrics.remote_entries.set(size as i64);
+        broker.metrics().remote_entries.set(size as i64);
     }
 }
 
@@ -389,9 +389,9 @@ async fn register(
 
 /// This node's sessions were adopted elsewhere: its connections close (their clients resume
 /// where the sessions are now).
-fn adopted_away(broker: &Broker) {
+fn adopted_away(broker: &impl LocalBroker) {
     let closed = broker.disconnect_adopted();
-    broker.metrics.declared_dead.inc();
+    broker.metrics().declared_dead.inc();
     tracing::error!(
         connections = closed,
         "the cluster declared this node dead and adopted its sessions: closing its connections (clients resume elsewhere) and rejoining"
