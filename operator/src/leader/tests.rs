@@ -1,3 +1,6 @@
+//! Tests of leader election: its configuration, stepping down in time, and the lease taken and
+//! released through the fake API server with only the granted verbs.
+
 use super::*;
 use crate::fake_api::{self, FakeApiServer};
 use crate::reconcile::LEADER_ELECTION_PERMISSIONS;
