@@ -12,6 +12,9 @@
 //! The mailbox also carries the connection's liveness: when its client was last heard from, on
 //! the broker's coarse clock. The broker's keep-alive sweep reads it and signals connections whose
 //! client has been silent for 1.5 × keep-alive, so no connection needs a timer of its own.
+//!
+//! Beside it: [`Arrival`] (how a copy reached this node, which decides its DUP flag) and
+//! [`Wakes`] (connections woken once per run of deliveries rather than per message).
 
 use crate::store::QueuedMessage;
 use parking_lot::Mutex;
@@ -39,7 +42,7 @@ pub enum Arrival {
 pub struct Wakes(Vec<Arc<Mailbox>>);
 
 impl Wakes {
-    /// Adds a connection to wake (once, if it is the one added last).
+    /// Adds a connection to wake, unless it is the one added last.
     pub(crate) fn add(&mut self, mailbox: &Arc<Mailbox>) {
         if !self.0.last().is_some_and(|last| Arc::ptr_eq(last, mailbox)) {
             self.0.push(mailbox.clone());

@@ -85,12 +85,80 @@ fn paths(code: &str) -> Vec<Vec<String>> {
                 break;
             }
         }
-        if segments.len() > 1 && matches!(segments[0].as_str(), "crate" | "super" | "self") {
+        let rooted = matches!(segments[0].as_str(), "crate" | "super" | "self");
+        if code[j..].starts_with("::{") {
+            // A use group: each of its paths continues this one.
+            let (items, end) = group_items(code, j + 3);
+            if rooted {
+                for item in items {
+                    let mut path = segments.clone();
+                    path.extend(item);
+                    found.push(path);
+                }
+            }
+            j = end;
+        } else if segments.len() > 1 && rooted {
             found.push(segments);
         }
         i = j.max(i + 1);
     }
     found
+}
+
+/// The paths of a use group (`{a, b::c, d::{e, self}, f as g, *}`) whose contents start at
+/// `at` (just after the `{`), relative to the group, and where the group ends. `self` is the
+/// group's own path (an empty item).
+fn group_items(code: &str, mut at: usize) -> (Vec<Vec<String>>, usize) {
+    let bytes = code.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut items = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'}' => {
+                items.extend(current.take());
+                return (items, at + 1);
+            }
+            b',' => {
+                items.extend(current.take());
+                at += 1;
+            }
+            b'{' => {
+                let (inner, end) = group_items(code, at + 1);
+                let prefix = current.take().unwrap_or_default();
+                for item in inner {
+                    let mut path = prefix.clone();
+                    path.extend(item);
+                    items.push(path);
+                }
+                at = end;
+            }
+            b if ident(b) => {
+                let start = at;
+                while at < bytes.len() && ident(bytes[at]) {
+                    at += 1;
+                }
+                match &code[start..at] {
+                    // `x as y`: the renamed path is `x`; skip `y`.
+                    "as" => {
+                        while at < bytes.len() && !ident(bytes[at]) {
+                            at += 1;
+                        }
+                        while at < bytes.len() && ident(bytes[at]) {
+                            at += 1;
+                        }
+                    }
+                    "self" => {
+                        current.get_or_insert_with(Vec::new);
+                    }
+                    name => current.get_or_insert_with(Vec::new).push(name.to_string()),
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    items.extend(current.take());
+    (items, at)
 }
 
 /// The file module a path lands in: the longest prefix that is one.
@@ -261,4 +329,27 @@ fn the_graph_sees_a_cycle_through_a_child_its_parent_re_exports() {
     assert_eq!(found.len(), 1, "{found:?}");
     let names: Vec<String> = found[0].iter().map(name).collect();
     assert_eq!(names, ["a", "a/c", "b"]);
+}
+
+#[test]
+fn the_graph_sees_a_cycle_through_use_groups() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path();
+    std::fs::write(src.join("lib.rs"), "mod p;\n").expect("write");
+    std::fs::create_dir_all(src.join("p")).expect("mkdir");
+    std::fs::write(src.join("p/mod.rs"), "mod codec;\nmod v4;\n").expect("write");
+    // Sibling files naming each other inside groups, one nested and renamed.
+    std::fs::write(src.join("p/codec.rs"), "use super::{v4, Version};\n").expect("write");
+    std::fs::write(
+        src.join("p/v4.rs"),
+        "use crate::{p::{codec::Error as E, Other}, q};\n",
+    )
+    .expect("write");
+    let found = cycles(&graph(&modules(src)));
+    assert_eq!(found.len(), 1, "{found:?}");
+    let names: Vec<String> = found[0].iter().map(name).collect();
+    assert_eq!(names, ["p/codec", "p/v4"]);
+    // The group's own path (`self`) and a glob name the module itself, not a sibling.
+    std::fs::write(src.join("p/v4.rs"), "use super::{self, *};\n").expect("write");
+    assert!(cycles(&graph(&modules(src))).is_empty());
 }

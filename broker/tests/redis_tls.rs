@@ -363,9 +363,11 @@ async fn through_a_sentinel_over_tls_a_broker_finds_the_primary_and_follows_a_fa
     assert!(key_on(primary.port, "before/failover"));
     // Replication is asynchronous: a loaded host may kill the primary before the replica has
     // the write (what `cluster.redis_replication` guards against; not what this test is about).
-    wait_until(Duration::from_secs(10), "the write reached the replica", || {
-        key_on(replica.port, "before/failover")
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the write reached the replica",
+        || key_on(replica.port, "before/failover"),
+    )
     .await;
 
     // The primary dies; the sentinel promotes the replica; the broker's next writes go there.

@@ -1,5 +1,9 @@
 //! The broker as the cluster code sees it: [`LocalBroker`], each method handing on to the
 //! broker's own (see `cluster/local.rs` for why the cluster code sees no more than this).
+//!
+//! Each `Broker::name(self, …)` below must name an inherent method: were one renamed, the call
+//! would resolve to this trait method and recurse (rustc's `unconditional_recursion` lint,
+//! denied by CI's `-D warnings`, catches it).
 
 use super::Broker;
 use crate::cluster::local::LocalBroker;

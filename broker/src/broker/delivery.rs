@@ -42,7 +42,7 @@ pub(super) enum Onward {
 impl Broker {
     /// Delivers a message another node sent on for one session of this node (the session moved
     /// here while the message was on its way).
-    pub async fn deliver_direct(&self, client_id: ClientId, queued: QueuedMessage) {
+    pub(super) async fn deliver_direct(&self, client_id: ClientId, queued: QueuedMessage) {
         if let Some(later) = self.deliver_now(&client_id, queued, None, Arrival::Here) {
             Box::pin(self.deliver_deferred(vec![later], Onward::Forbidden)).await;
         }

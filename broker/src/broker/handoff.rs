@@ -13,7 +13,7 @@ impl Broker {
     /// Hands a session held by a connection here over to another node that claimed it: closes
     /// the connection (its state goes to the claimer as the connection ends), then tells the
     /// claimer. Waits for the connection to finish, so it runs in a task of its own.
-    pub async fn release_session(&self, client_id: &ClientId, claimer: &str) {
+    pub(super) async fn release_session(&self, client_id: &ClientId, claimer: &str) {
         self.hand_offs.note_claimer(client_id, claimer);
         if let Some(handle) = self.online_handle(client_id) {
             handle.mailbox.signal(Signal::TakenOver);
@@ -28,7 +28,7 @@ impl Broker {
     /// Forgets a session parked here that `claimer` took: a delayed will waiting for it is
     /// cancelled, and its subscriptions leave this node's routing tree once the claimer routes
     /// for it ([`Self::hand_off_routes`]). A session that is online here again is left alone.
-    pub fn forget_parked(
+    pub(super) fn forget_parked(
         self: &Arc<Self>,
         client_id: &ClientId,
         filters: Vec<String>,
@@ -45,7 +45,7 @@ impl Broker {
     /// Forgets a session parked here that expired (swept by another node): its subscriptions
     /// leave this node's routing tree and a delayed will waiting for it is cancelled. A session
     /// that is online here again is left alone.
-    pub fn forget_expired(&self, client_id: &str, filters: &[String]) {
+    pub(super) fn forget_expired(&self, client_id: &str, filters: &[String]) {
         if self.online.read().contains_key(client_id) {
             return;
         }
@@ -107,7 +107,7 @@ impl Broker {
 
     /// The note [`Self::hand_off_routes`] sent itself came back through the inbox: the routes
     /// of that departure go, unless the session came back or left again meanwhile.
-    pub fn unroute(&self, client_id: &str, token: u64) {
+    pub(super) fn unroute(&self, client_id: &str, token: u64) {
         let finished = self.hand_offs.finish(client_id, token);
         self.count_handoffs();
         let Some(filters) = finished else {
@@ -130,7 +130,7 @@ impl Broker {
 
     /// The node a session moved to says it routes the session now (see
     /// [`crate::cluster::handoff`]).
-    pub fn routed_elsewhere(&self, client_id: &str, from: &str) {
+    pub(super) fn routed_elsewhere(&self, client_id: &str, from: &str) {
         self.hand_offs.routed_elsewhere(client_id, from);
     }
 

@@ -158,7 +158,7 @@ impl Broker {
 
     /// Writes and announces every entry of this node's routing tree through the relay again,
     /// then its listing marker (the set in Redis is complete once that is written).
-    pub fn announce_entries(&self) {
+    pub(super) fn announce_entries(&self) {
         if let Some(link) = self.cluster.get() {
             let subscriptions = self.subscriptions.read();
             for raw in subscriptions.entries() {
@@ -224,7 +224,7 @@ impl Broker {
     /// Ends every connection of this node without storing its session or publishing its will:
     /// the cluster declared this node dead, and another node adopted its sessions (and fired
     /// their wills). Clients reconnect and resume what the store has.
-    pub fn disconnect_adopted(&self) -> usize {
+    pub(super) fn disconnect_adopted(&self) -> usize {
         let online = self.online.read();
         for handle in online.values() {
             handle.mailbox.signal(Signal::Adopted);

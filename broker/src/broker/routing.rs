@@ -136,7 +136,7 @@ impl Broker {
     }
 
     /// Whether this node has members of a share group: (any online, any at all).
-    pub fn local_group_presence(&self, filter: &str, group: &str) -> (bool, bool) {
+    pub(super) fn local_group_presence(&self, filter: &str, group: &str) -> (bool, bool) {
         let tree = self.subscriptions.read();
         let members = tree.group_members(filter, group);
         let online = self.online.read();
@@ -150,7 +150,7 @@ impl Broker {
     /// [`Self::route_relayed`] finds for a message that serves no share group. A caller
     /// routing many messages of one topic may keep it for [`Self::route_matched`] (it holds no
     /// online state, only the subscriptions at the time of the call).
-    pub fn direct_matches(&self, topic: &str) -> Vec<(ClientId, SubscriptionOptions)> {
+    pub(super) fn direct_matches(&self, topic: &str) -> Vec<(ClientId, SubscriptionOptions)> {
         self.matching(topic, GroupScope::Only(&[])).matches
     }
 
@@ -167,7 +167,7 @@ impl Broker {
 
     /// [`Self::route_matched`] for what arrived as `arrival` says; connections that must be
     /// woken are added to `wakes` when given, or woken at once.
-    pub async fn route_matched_waking(
+    pub(super) async fn route_matched_waking(
         &self,
         message: &Arc<Message>,
         matches: &[(ClientId, SubscriptionOptions)],
@@ -205,7 +205,7 @@ impl Broker {
     /// `arrival` says when it was appended, or that it was read after the cluster had declared
     /// this node dead (then every copy is marked DUP: the adopter may have delivered it already).
     /// Returns how many sessions it reached.
-    pub async fn route_relayed(
+    pub(super) async fn route_relayed(
         &self,
         message: &Arc<Message>,
         groups: &[GroupKey],

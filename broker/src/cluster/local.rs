@@ -2,10 +2,12 @@
 //! recovered and sent-on messages are delivered here, and through which control entries act on
 //! this node's sessions and routes.
 //!
-//! The broker implements it (`broker/cluster_side.rs`). The cluster files know the broker only
-//! through this trait, so the broker's core and the cluster code do not import each other: the
-//! broker holds the [`ClusterLink`](super::relay::ClusterLink) and calls into it, the link
-//! calls back through a [`LocalBroker`] it is given.
+//! The broker implements it (`broker/cluster_side.rs`). The cluster files the broker itself uses
+//! (the relay and its parts, recovery) know the broker only through this trait, so the broker's
+//! core and the cluster code do not import each other: the broker holds the
+//! [`ClusterLink`](super::relay::ClusterLink) and calls into it, the link calls back through a
+//! [`LocalBroker`] it is given. (The background tasks `server.rs` starts, the adoption sweep and
+//! rebalancing, take the `Broker` itself; the broker does not import them.)
 
 use crate::mailbox::{Arrival, Wakes};
 use crate::message::{ClientId, Message};
@@ -25,7 +27,7 @@ pub trait LocalBroker: Send + Sync + 'static {
     /// The node's counters and gauges.
     fn metrics(&self) -> &Metrics;
 
-    /// Whether the node is shutting down (readers and watchers stop).
+    /// Whether the node is shutting down (the inbox reader stops).
     fn is_shutting_down(&self) -> bool;
 
     /// The plain (not shared) subscriptions of this node matching `topic`; a caller delivering
@@ -44,7 +46,8 @@ pub trait LocalBroker: Send + Sync + 'static {
     ) -> impl Future<Output = usize> + Send;
 
     /// Delivers a message read from this node's inbox to its matching sessions here, serving
-    /// just the share groups in `groups`. Returns how many sessions it reached.
+    /// just the share groups in `groups`; [`Arrival::Suspect`] (read after the cluster declared
+    /// this node dead) marks every copy DUP. Returns how many sessions it reached.
     fn route_relayed(
         &self,
         message: &Arc<Message>,
@@ -66,7 +69,7 @@ pub trait LocalBroker: Send + Sync + 'static {
         queued: QueuedMessage,
     ) -> impl Future<Output = ()> + Send;
 
-    /// Hands a session a connection here holds over to `claimer`; finishes once its
+    /// Hands over to `claimer` a session held by a connection here; finishes once that
     /// connection has stored it.
     fn release_session(
         &self,
@@ -83,7 +86,8 @@ pub trait LocalBroker: Send + Sync + 'static {
     /// The node a session moved to routes it now.
     fn routed_elsewhere(&self, client_id: &str, from: &str);
 
-    /// The routes of a finished hand-off (`token`) may go.
+    /// The routes of a finished hand-off (`token`) may go, unless the session came back or left
+    /// again meanwhile.
     fn unroute(&self, client_id: &str, token: u64);
 
     /// Whether this node has members of a share group: (any online, any at all).

@@ -17,10 +17,12 @@
 //!   inbox entry; a receiving node serves only the groups it was given.
 //!
 //! This file is the link itself (what the broker core calls: forwarding, journal, barriers);
-//! beside it: [`forward`] (which nodes get a message, and the publisher's pace), [`writer`] (the one task that writes to Redis, in pipelined batches), [`control`]
-//! (session hand-over and the other control entries), [`watchers`] (Redis's health and the
-//! announcement channel that keeps the replica), [`keys`] (key names). Reads use connections of
-//! their own (`super::inbox`), as `XREAD BLOCK` and Pub/Sub would hold up a shared one.
+//! beside it: [`forward`] (which nodes get a message, and the publisher's pace), [`writer`] (the
+//! one task that writes to Redis, in pipelined batches), [`inbox`] (reading this node's inbox)
+//! and [`relayed`] (delivering what it read), [`control`] (session hand-over and the other
+//! control entries), [`watchers`] (Redis's health and the announcement channel that keeps the
+//! replica), [`keys`] (key names). Reads use connections of their own ([`inbox`]), as
+//! `XREAD BLOCK` and Pub/Sub would hold up a shared one.
 
 mod control;
 mod forward;

@@ -6,9 +6,9 @@
 use super::relay::ClusterLink;
 use crate::message::ClientId;
 use crate::store::{Completed, Holder, SessionClaim, Store, StoredSession};
-use std::sync::Arc;
 
 /// A session claimed for this node.
+#[derive(Debug)]
 pub struct Claimed {
     /// The claim's generation: a later claim anywhere supersedes it.
     pub generation: u64,
@@ -22,7 +22,7 @@ pub struct Claimed {
 /// (none when standalone). `None` if the store failed or a newer claim won.
 pub async fn claim_session(
     store: &dyn Store,
-    link: Option<&Arc<ClusterLink>>,
+    link: Option<&ClusterLink>,
     client_id: &ClientId,
     claim: &SessionClaim,
 ) -> Option<Claimed> {

@@ -284,20 +284,21 @@ where
             .then(|| broker.journal_reservation(&client_id))
             .flatten(),
     };
+    let link = broker.cluster().map(|link| &**link);
     let Some(Claimed {
         generation,
-        previous: stored,
-        moved_from: moved_in,
-    }) = takeover::claim_session(&*broker.store, broker.cluster(), &client_id, &claim).await
+        previous,
+        moved_from,
+    }) = takeover::claim_session(&*broker.store, link, &client_id, &claim).await
     else {
         broker.deregister(&client_id, connection_id);
         refuse(&mut stream, version, ConnectReturnCode::ServerUnavailable).await;
         return None;
     };
-    if moved_in.is_some() || adopted_here {
+    if moved_from.is_some() || adopted_here {
         broker.mark_moved_in(&client_id, connection_id);
     }
-    let stored = match stored {
+    let stored = match previous {
         Some(old) if connect.clean_start => {
             broker.remove_subscriptions(&client_id, &old.subscriptions);
             None
@@ -329,7 +330,7 @@ where
     }
     // The node the session came from keeps routing it until it hears that this node does
     // (`cluster::handoff`): from here on, every relay this node reads reaches the session.
-    if let (Some(old_node), Some(link)) = (moved_in.as_deref(), broker.cluster()) {
+    if let (Some(old_node), Some(link)) = (moved_from.as_deref(), broker.cluster()) {
         link.routed_here(old_node, &client_id);
     }
 

@@ -6,11 +6,13 @@
 //! above this module needs to know which version a client speaks, except where behaviour differs.
 
 mod codec;
+mod decode_error;
 mod frame;
 pub mod topic;
 mod v4;
 
-pub use codec::{decode, decode_connect, encode, ConnectPacket, DecodeError, EncodeError};
+pub use codec::{decode, decode_connect, encode, ConnectPacket, EncodeError};
+pub use decode_error::DecodeError;
 pub use frame::{FixedHeader, PacketKind};
 
 /// The MQTT 5 packet types the broker works with.

@@ -1,6 +1,6 @@
 //! Conversion between the MQTT 3.1.1 packets of rumqttc's v4 codec and the broker's MQTT 5 model.
 
-use super::codec::DecodeError;
+use super::decode_error::DecodeError;
 use bytes::Bytes;
 use rumqttc::mqttbytes::v4 as wire4;
 use rumqttc::mqttbytes::QoS as QoS4;

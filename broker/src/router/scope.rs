@@ -16,7 +16,7 @@ pub enum GroupScope<'a> {
 
 impl GroupScope<'_> {
     /// Whether a share group (`group` on `filter`) is served here.
-    pub fn serves(&self, group: &str, filter: &str) -> bool {
+    pub(crate) fn serves(&self, group: &str, filter: &str) -> bool {
         let listed = |keys: &[GroupKey]| keys.iter().any(|(g, f)| g == group && f == filter);
         match self {
             GroupScope::All => true,

@@ -5,7 +5,7 @@
 //! and hands each reply to the *deliverer*, so Redis answers the next read while this node
 //! delivers the last one, instead of each waiting for the other. At most [`READS_AHEAD`] replies
 //! wait between them. The deliverer reports its progress (for the other nodes' writers, see
-//! [`super::unread`]) and deletes what it handled, both through this node's relay writer.
+//! [`crate::cluster::unread`]) and deletes what it handled, both through this node's relay writer.
 
 use super::relayed::ReadBatch;
 use super::{ClusterLink, FIELD_RESENT, KIND_DIRECT};
@@ -36,7 +36,7 @@ pub(in crate::cluster) type EntryField = (Vec<u8>, Vec<u8>);
 pub(in crate::cluster) type Entry = (String, Vec<EntryField>);
 
 /// Where the fetcher is: the last entry id read, in the stream of which Redis epoch (see
-/// [`super::health`]).
+/// [`health`]).
 ///
 /// An entry id means something only in the stream it came from. A Redis that lost its data
 /// (a new epoch) has a new stream, whose ids follow that server's clock: one running behind
