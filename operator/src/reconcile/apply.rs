@@ -100,7 +100,7 @@ where
 async fn apply_or_delete<K>(
     ctx: &Context,
     cluster: &Cluster<'_>,
-    name: String,
+    name: &str,
     object: Option<&K>,
 ) -> Result<(), Error>
 where
@@ -112,7 +112,7 @@ where
 {
     match object {
         Some(o) => apply(&ctx.client, cluster.namespace, o).await,
-        None => delete_owned::<K>(ctx, cluster, &name).await,
+        None => delete_owned::<K>(ctx, cluster, name).await,
     }
 }
 
@@ -178,6 +178,8 @@ pub(super) async fn apply_children(
     let client = &ctx.client;
     let ns = cluster.namespace;
     let managed = matches!(cluster.spec().redis.mode(), Some(RedisMode::Managed(_)));
+    let (redis, redis_nodes) = (cluster.redis_name(), cluster.redis_nodes_service_name());
+    let broker = cluster.broker_name();
     // The managed Redis' Secret is kept when switching to an external Redis (switching back
     // reuses the password); it goes with the cluster (owner reference).
     if managed {
@@ -188,39 +190,21 @@ pub(super) async fn apply_children(
     if let Some(claim) = &children.redis_volume {
         apply::<PersistentVolumeClaim>(client, ns, claim).await?;
     }
-    apply_or_delete(
-        ctx,
-        cluster,
-        cluster.redis_name(),
-        children.redis_service.as_ref(),
-    )
-    .await?;
-    apply_or_delete(
-        ctx,
-        cluster,
-        cluster.redis_name(),
-        children.redis_deployment.as_ref(),
-    )
-    .await?;
+    apply_or_delete(ctx, cluster, &redis, children.redis_service.as_ref()).await?;
+    apply_or_delete(ctx, cluster, &redis, children.redis_deployment.as_ref()).await?;
     // With Sentinel: the pods' DNS names first (their scripts find each other by them).
     apply_or_delete(
         ctx,
         cluster,
-        cluster.redis_nodes_service_name(),
+        &redis_nodes,
         children.redis_nodes_service.as_ref(),
     )
     .await?;
+    apply_or_delete(ctx, cluster, &redis, children.redis_stateful_set.as_ref()).await?;
     apply_or_delete(
         ctx,
         cluster,
-        cluster.redis_name(),
-        children.redis_stateful_set.as_ref(),
-    )
-    .await?;
-    apply_or_delete(
-        ctx,
-        cluster,
-        cluster.redis_name(),
+        &redis,
         children.redis_pod_disruption_budget.as_ref(),
     )
     .await?;
@@ -236,23 +220,17 @@ pub(super) async fn apply_children(
     apply_or_delete(
         ctx,
         cluster,
-        cluster.broker_name(),
+        &broker,
         children.pod_disruption_budget.as_ref(),
     )
     .await?;
     apply_or_delete(
         ctx,
         cluster,
-        cluster.broker_name(),
+        &broker,
         children.broker_network_policy.as_ref(),
     )
     .await?;
-    apply_or_delete(
-        ctx,
-        cluster,
-        cluster.redis_name(),
-        children.redis_network_policy.as_ref(),
-    )
-    .await?;
+    apply_or_delete(ctx, cluster, &redis, children.redis_network_policy.as_ref()).await?;
     reconcile_service_monitor(ctx, cluster).await
 }
