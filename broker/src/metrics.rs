@@ -221,13 +221,30 @@ impl Metrics {
             [0u8, 1, 2].map(|qos| f.get_or_create(&QosLabel { qos }).clone())
         };
         let bytes_received = Counter::default();
-        registry.register(
-            "bytes_received",
+        registry.register_with_unit(
+            "received",
             "Bytes read from clients",
+            Unit::Bytes,
             bytes_received.clone(),
         );
         let bytes_sent = Counter::default();
-        registry.register("bytes_sent", "Bytes written to clients", bytes_sent.clone());
+        registry.register_with_unit(
+            "sent",
+            "Bytes written to clients",
+            Unit::Bytes,
+            bytes_sent.clone(),
+        );
+        // The names before Prometheus' convention (unit last), kept for one release.
+        registry.register(
+            "bytes_received",
+            "Deprecated, removed in the next release: use starling_received_bytes_total",
+            bytes_received.clone(),
+        );
+        registry.register(
+            "bytes_sent",
+            "Deprecated, removed in the next release: use starling_sent_bytes_total",
+            bytes_sent.clone(),
+        );
         let dropped = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "messages_dropped",
@@ -526,6 +543,22 @@ mod tests {
             text.contains("starling_redis_round_trip_seconds_count 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn byte_counters_carry_their_unit_last_and_the_old_names_for_one_release() {
+        let m = Metrics::new();
+        m.bytes_received.inc_by(5);
+        m.bytes_sent.inc_by(7);
+        let text = m.render();
+        for line in [
+            "starling_received_bytes_total 5",
+            "starling_sent_bytes_total 7",
+            "starling_bytes_received_total 5",
+            "starling_bytes_sent_total 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 
     #[test]
