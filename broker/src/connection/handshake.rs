@@ -330,7 +330,7 @@ where
     }
     // The node the session came from keeps routing it until it hears that this node does
     // (`cluster::handoff`): from here on, every relay this node reads reaches the session.
-    if let (Some(old_node), Some(link)) = (moved_from.as_deref(), broker.cluster()) {
+    if let (Some(old_node), Some(link)) = (moved_from.as_deref(), link) {
         link.routed_here(old_node, &client_id);
     }
 
