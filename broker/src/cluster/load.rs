@@ -168,6 +168,48 @@ impl Rebalancing {
     }
 }
 
+/// How long the most clients the cluster held counts in its mean: a client asked to move may
+/// be refused several times before it reaches a node that takes it, longer than
+/// [`MOVING_FOR`] on a busy host, and while it is on its way nobody counts it.
+pub const PEAK_FOR: Duration = Duration::from_secs(10);
+
+/// The most clients the cluster held (connected, or known to be on their way) within
+/// [`PEAK_FOR`], as one node read it each round.
+#[derive(Default)]
+pub struct RecentPeak {
+    seen: VecDeque<(Instant, usize)>,
+}
+
+impl RecentPeak {
+    /// Notes the clients read now; returns the most read within [`PEAK_FOR`] (these included).
+    pub fn note(&mut self, clients: usize, now: Instant) -> usize {
+        while self
+            .seen
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > PEAK_FOR)
+        {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((now, clients));
+        self.seen.iter().map(|(_, n)| *n).max().unwrap_or(clients)
+    }
+}
+
+/// The cluster's clients as the mean counts them: the accepting nodes' connections and the
+/// clients on their way (asked to move lately, less those that connected somewhere lately).
+pub fn cluster_clients(own: &NodeLoad, loads: &[NodeLoad]) -> usize {
+    let others: Vec<&NodeLoad> = loads.iter().filter(|l| l.node != own.node).collect();
+    let connected: usize = others
+        .iter()
+        .filter(|l| l.accepting)
+        .map(|l| l.connections)
+        .sum::<usize>()
+        + if own.accepting { own.connections } else { 0 };
+    let asked: usize = others.iter().map(|l| l.moving).sum::<usize>() + own.moving;
+    let arrived: usize = others.iter().map(|l| l.arrived).sum::<usize>() + own.arrived;
+    connected + asked.saturating_sub(arrived)
+}
+
 /// Drops the entries of `times` older than [`MOVING_FOR`] (oldest first).
 fn forget_before<T>(times: &mut VecDeque<T>, at: impl Fn(&T) -> Instant) {
     while times.front().is_some_and(|t| at(t).elapsed() > MOVING_FOR) {
@@ -176,34 +218,35 @@ fn forget_before<T>(times: &mut VecDeque<T>, at: impl Fn(&T) -> Instant) {
 }
 
 /// How many connections a node holding `own` should give away now, given the cluster's
-/// `loads` (its own among them) and whether it is `giving` already: those above the mean of
-/// the accepting nodes, once it or another node is off the mean by more than the tolerance; 0
-/// otherwise.
+/// `loads` (its own among them), the most clients it held lately (`recent_clients`, from
+/// [`RecentPeak`] over [`cluster_clients`]) and whether this node is `giving` already: those
+/// above the mean of the accepting nodes, once it or another node is off the mean by more than
+/// the tolerance; 0 otherwise.
 ///
-/// The clients on their way from one node to another count in the mean (every node shares how
-/// many it asked to move lately): left out, they would lower it while they reconnect, and the
-/// nodes giving would give too many, overfilling the others.
-pub fn excess(own: &NodeLoad, loads: &[NodeLoad], giving: bool, config: &RebalanceConfig) -> usize {
+/// The clients on their way from one node to another count in the mean: left out, they would
+/// lower it while they reconnect, and the nodes giving would give too many, overfilling the
+/// others. Each node shares how many it asked to move lately, but a client refused a few times
+/// on its way can take longer than that count lasts: the recent peak keeps it counted.
+pub fn excess(
+    own: &NodeLoad,
+    loads: &[NodeLoad],
+    recent_clients: usize,
+    giving: bool,
+    config: &RebalanceConfig,
+) -> usize {
     if !config.enabled || !own.accepting {
         return 0;
     }
-    let others = loads.iter().filter(|l| l.node != own.node);
-    let accepting: Vec<usize> = others
-        .clone()
-        .filter(|l| l.accepting)
+    let accepting: Vec<usize> = loads
+        .iter()
+        .filter(|l| l.node != own.node && l.accepting)
         .map(|l| l.connections)
         .chain([own.connections])
         .collect();
     if accepting.len() < 2 {
         return 0;
     }
-    // Those asked to move lately, less those that connected somewhere lately (counted there
-    // already): the clients still on their way, at most.
-    let others: Vec<&NodeLoad> = others.collect();
-    let asked: usize = others.iter().map(|l| l.moving).sum::<usize>() + own.moving;
-    let arrived: usize = others.iter().map(|l| l.arrived).sum::<usize>() + own.arrived;
-    let moving = asked.saturating_sub(arrived);
-    let total: usize = accepting.iter().sum::<usize>() + moving;
+    let total = cluster_clients(own, loads).max(recent_clients);
     let mean = total.div_ceil(accepting.len());
     let over = own.connections.saturating_sub(mean);
     let tolerance = tolerance(mean, config);
@@ -253,9 +296,9 @@ mod tests {
             load("c", 822),
             load("d", 633),
         ];
-        assert_eq!(excess(&loads[0], &loads, false, &config), 23);
-        assert_eq!(excess(&loads[2], &loads, false, &config), 72);
-        assert_eq!(excess(&loads[3], &loads, false, &config), 0);
+        assert_eq!(excess(&loads[0], &loads, 0, false, &config), 23);
+        assert_eq!(excess(&loads[2], &loads, 0, false, &config), 72);
+        assert_eq!(excess(&loads[3], &loads, 0, false, &config), 0);
         // Nobody far off: nothing moves.
         let near = [
             load("a", 773),
@@ -263,7 +306,7 @@ mod tests {
             load("c", 780),
             load("d", 675),
         ];
-        assert_eq!(excess(&near[0], &near, false, &config), 0);
+        assert_eq!(excess(&near[0], &near, 0, false, &config), 0);
     }
 
     #[test]
@@ -277,18 +320,54 @@ mod tests {
         let mut c = load("c", 800);
         c.moving = 100;
         let loads = [a.clone(), b, c, load("d", 300)];
-        assert_eq!(excess(&a, &loads, true, &config), 50);
+        assert_eq!(excess(&a, &loads, 0, true, &config), 50);
         // 120 of them connected to d already (counted there): 180 still on their way.
         let mut d = load("d", 420);
         d.arrived = 120;
         let loads = [loads[0].clone(), loads[1].clone(), loads[2].clone(), d];
-        assert_eq!(excess(&a, &loads, true, &config), 50);
+        assert_eq!(excess(&a, &loads, 0, true, &config), 50);
         // More arrivals than clients asked to move: none counts as on its way (the mean of the
         // 2,700 connected is 675).
         let mut d = load("d", 300);
         d.arrived = 500;
         let loads = [loads[0].clone(), loads[1].clone(), loads[2].clone(), d];
-        assert_eq!(excess(&a, &loads, true, &config), 125);
+        assert_eq!(excess(&a, &loads, 0, true, &config), 125);
+    }
+
+    #[test]
+    fn clients_still_on_their_way_after_the_count_lapsed_stay_in_the_mean() {
+        let config = RebalanceConfig::default();
+        // 3,000 clients a few seconds ago; 300 of them refused on their way for longer than
+        // the nodes count them as moving: 2,700 connected, none counted as moving.
+        let loads = [
+            load("a", 800),
+            load("b", 800),
+            load("c", 800),
+            load("d", 300),
+        ];
+        assert_eq!(cluster_clients(&loads[0], &loads), 2_700);
+        assert_eq!(
+            excess(&loads[0], &loads, 0, true, &config),
+            125,
+            "without the peak the mean falls to 675"
+        );
+        assert_eq!(excess(&loads[0], &loads, 3_000, true, &config), 50);
+        // A peak below the clients counted now changes nothing.
+        assert_eq!(excess(&loads[0], &loads, 1_000, true, &config), 125);
+    }
+
+    #[test]
+    fn the_recent_peak_forgets_what_is_older_than_its_window() {
+        let mut peak = RecentPeak::default();
+        let start = Instant::now();
+        assert_eq!(peak.note(3_000, start), 3_000);
+        assert_eq!(peak.note(2_700, start + Duration::from_secs(4)), 3_000);
+        assert_eq!(peak.note(2_800, start + PEAK_FOR), 3_000, "at the edge");
+        assert_eq!(
+            peak.note(2_750, start + PEAK_FOR + Duration::from_millis(1)),
+            2_800
+        );
+        assert_eq!(peak.note(3_100, start + PEAK_FOR * 3), 3_100);
     }
 
     #[test]
@@ -300,8 +379,8 @@ mod tests {
             load("c", 1000),
             load("d", 0),
         ];
-        assert_eq!(excess(&loads[0], &loads, false, &config), 250);
-        assert_eq!(excess(&loads[3], &loads, false, &config), 0);
+        assert_eq!(excess(&loads[0], &loads, 0, false, &config), 250);
+        assert_eq!(excess(&loads[3], &loads, 0, false, &config), 0);
     }
 
     #[test]
@@ -314,16 +393,16 @@ mod tests {
             load("c", 750),
             load("d", 750),
         ];
-        assert_eq!(excess(&near[0], &near, false, &config), 0);
+        assert_eq!(excess(&near[0], &near, 0, false, &config), 0);
         // Once giving, a node goes on down to the mean.
-        assert_eq!(excess(&near[0], &near, true, &config), 70);
+        assert_eq!(excess(&near[0], &near, 0, true, &config), 70);
         let far = [
             load("a", 830),
             load("b", 670),
             load("c", 750),
             load("d", 750),
         ];
-        assert_eq!(excess(&far[0], &far, false, &config), 80);
+        assert_eq!(excess(&far[0], &far, 0, false, &config), 80);
     }
 
     #[test]
@@ -331,17 +410,21 @@ mod tests {
         let config = RebalanceConfig::default();
         // Mean 50, 50 above it: not more than min_excess (50).
         let small = [load("a", 100), load("b", 0)];
-        assert_eq!(excess(&small[0], &small, false, &config), 0, "min_excess");
+        assert_eq!(
+            excess(&small[0], &small, 0, false, &config),
+            0,
+            "min_excess"
+        );
         let just_over = [load("a", 102), load("b", 0)];
-        assert_eq!(excess(&just_over[0], &just_over, false, &config), 51);
+        assert_eq!(excess(&just_over[0], &just_over, 0, false, &config), 51);
         let alone = [load("a", 1000)];
-        assert_eq!(excess(&alone[0], &alone, false, &config), 0);
+        assert_eq!(excess(&alone[0], &alone, 0, false, &config), 0);
         let off = RebalanceConfig {
             enabled: false,
             ..RebalanceConfig::default()
         };
         let loads = [load("a", 1000), load("b", 0)];
-        assert_eq!(excess(&loads[0], &loads, false, &off), 0);
+        assert_eq!(excess(&loads[0], &loads, 0, false, &off), 0);
     }
 
     #[test]
@@ -351,11 +434,11 @@ mod tests {
         draining.accepting = false;
         // Without c, the mean of a and b is 500: a is on it.
         let loads = [load("a", 500), load("b", 500), draining.clone()];
-        assert_eq!(excess(&loads[0], &loads, false, &config), 0);
+        assert_eq!(excess(&loads[0], &loads, 0, false, &config), 0);
         let mut busy_draining = load("c", 900);
         busy_draining.accepting = false;
         let loads = [load("a", 0), busy_draining.clone()];
-        assert_eq!(excess(&busy_draining, &loads, false, &config), 0);
+        assert_eq!(excess(&busy_draining, &loads, 0, false, &config), 0);
     }
 
     #[test]

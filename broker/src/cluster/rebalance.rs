@@ -9,7 +9,7 @@
 //! Each node decides for itself from the counts it read: no coordinator, nothing to elect. An
 //! evacuating node shares that it accepts no one and is left out of the mean.
 
-use super::load::{excess, NodeLoad};
+use super::load::{cluster_clients, excess, NodeLoad, RecentPeak};
 use super::relay::ClusterLink;
 use super::round::{Round, Verdict};
 use crate::broker::Broker;
@@ -60,6 +60,8 @@ pub async fn run(
     // Rounds in a row whose clients arrived nowhere.
     let mut vanished_rounds: u32 = 0;
     let mut last_vanished: Option<Instant> = None;
+    // The most clients the cluster held lately: the mean counts those still on their way.
+    let mut peak = RecentPeak::default();
     loop {
         tick.tick().await;
         let Some(broker) = broker.upgrade() else {
@@ -101,10 +103,17 @@ pub async fn run(
                 continue;
             }
         };
-        let held = hold_until.is_some_and(|until| Instant::now() < until);
-        let give = excess(&own, &reading.loads, rebalancing.is_giving(), &config);
-        let clients: usize = reading.loads.iter().map(|l| l.connections + l.moving).sum();
         let now = Instant::now();
+        let held = hold_until.is_some_and(|until| now < until);
+        let recent_clients = peak.note(cluster_clients(&own, &reading.loads), now);
+        let give = excess(
+            &own,
+            &reading.loads,
+            recent_clients,
+            rebalancing.is_giving(),
+            &config,
+        );
+        let clients: usize = reading.loads.iter().map(|l| l.connections + l.moving).sum();
         if held {
             round = None;
             stop_giving(&broker);
