@@ -893,6 +893,52 @@ async fn after_redis_lost_its_data_the_inbox_is_read_from_the_start_of_the_new_s
     assert_eq!(&p.payload[..], b"after the loss");
 }
 
+/// Redis confirms a message relayed to node B (node A acknowledges it to the publisher), and is
+/// replaced by an empty one before B's reader has read it (B is cut off meanwhile). The entry
+/// is gone with the old Redis: A must append again what B had not reported read, and B's
+/// subscriber must get the message (with DUP: B may have delivered it before the loss).
+#[tokio::test]
+async fn a_message_redis_confirmed_and_lost_before_it_was_read_is_relayed_again() {
+    let mut redis = RedisServer::start().await.expect("redis");
+    let proxy_b = TcpProxy::start(redis.addr).await.expect("proxy b");
+    let a_settings = ClusterSettings::new(&redis.url(), &[]).expect("ports");
+    let a = BrokerNode::start_clustered("node-a", &a_settings)
+        .await
+        .expect("node a");
+    let b_settings =
+        ClusterSettings::new(&proxy_b.redis_url(), &[a_settings.gossip]).expect("ports");
+    let b = BrokerNode::start_clustered("node-b", &b_settings)
+        .await
+        .expect("node b");
+    let (sub, mut sub_loop, _) = client(b.mqtt, "lost-listener", false).await;
+    sub.subscribe("lost/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    next_packet(&mut sub_loop, |p| matches!(p, Packet::SubAck(_))).await;
+    remote_entries_at_least(&a, 1.0).await;
+
+    // B cannot read its inbox; A's write of the message is confirmed, and acknowledged.
+    proxy_b.cut();
+    let (publisher, mut pub_loop, _) = client(a.mqtt, "lost-speaker", true).await;
+    publisher
+        .publish("lost/a", QoS::AtLeastOnce, false, "confirmed, then lost")
+        .await
+        .expect("publish");
+    next_packet(&mut pub_loop, |p| matches!(p, Packet::PubAck(_))).await;
+    let inbox = "starling:v1:inbox:node-b";
+    let unread = redis_cli(&redis, &["XLEN", inbox]);
+    assert_ne!(unread.trim(), "0", "the message waits in B's inbox");
+
+    redis.restart().await.expect("redis replaced, empty");
+    a.wait_for_metric("starling_cluster_redis_resets_total", 1.0, WAIT)
+        .await
+        .expect("node A noticed that redis lost its data");
+    proxy_b.restore();
+    let p = next_publish(&mut sub_loop).await;
+    assert_eq!(&p.payload[..], b"confirmed, then lost");
+    assert!(p.dup, "written again, it may have been delivered before: DUP");
+}
+
 /// Runs `redis-cli` against `redis`; returns what it printed.
 fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
     let port = redis.addr.port().to_string();

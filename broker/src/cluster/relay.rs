@@ -130,6 +130,10 @@ pub struct ClusterLink {
     /// same one), and the writer stops waiting on its own (see `STRANDED_GRACE` in
     /// `writer/resend.rs`).
     reconnected: watch::Sender<u64>,
+    /// Counts the times Redis may have lost writes it had confirmed: it lost its data (a new
+    /// epoch), or Sentinel promoted a replica that may lack the last ones. The writer appends
+    /// again what the readers had not reported read (see [`crate::cluster::unread`]).
+    lost_writes: watch::Sender<u64>,
     /// `starling_cluster_redis_write_refusals_total`.
     write_refusals: prometheus_client::metrics::counter::Counter,
     /// How acknowledgements wait for Redis replicas (`None`: they do not).
@@ -213,6 +217,7 @@ impl ClusterLink {
             suspect_before_ms: AtomicU64::new(0),
             redis_clock: RedisClock::default(),
             reconnected: watch::Sender::new(0),
+            lost_writes: watch::Sender::new(0),
             write_refusals: broker.metrics().redis_write_refusals.clone(),
             replication: ReplicationWait::from_config(&broker.config().cluster.redis_replication),
             replication_waits: broker.metrics().replication_waits.clone(),

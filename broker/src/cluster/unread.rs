@@ -1,7 +1,8 @@
 //! How far each node's inbox reader is behind the messages this node appended to that inbox:
 //! the relay writer stops appending to a node whose reader is a window behind, so that a slow
 //! reader pushes back on the publishers (through the relay queue) instead of its inbox growing
-//! until trimming drops messages nobody read.
+//! until trimming drops messages nobody read. Until they are read, copies of the entries are
+//! kept, to append again should Redis lose them.
 
 use crate::router::remote::NodeId;
 use std::collections::{HashMap, VecDeque};
@@ -19,37 +20,74 @@ pub fn parse_stream_id(text: &[u8]) -> Option<StreamId> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Entries this node appended to other nodes' inboxes that their readers have not reported read.
+/// Entries this node appended to other nodes' inboxes that their readers have not reported
+/// read, each with a copy of what it holds while the copies fit in [`KEEP_BYTES`]: a Redis that
+/// loses what it confirmed (replaced by an empty one, or failed over to a replica that lacked the
+/// last writes) loses these entries, and the writer appends the copies again.
 #[derive(Debug, Default)]
 pub struct Unread {
-    nodes: HashMap<NodeId, VecDeque<(StreamId, usize)>>,
+    nodes: HashMap<NodeId, VecDeque<Appended>>,
+    /// Bytes of the copies kept, over all nodes.
+    kept_bytes: usize,
+}
+
+/// Bytes of copies of unread entries kept at most, over all nodes. Readers report their
+/// progress within milliseconds, and the writer holds back for a reader a window behind, so
+/// this is reached only for a reader that stopped (its node is likely gone, and a node that
+/// comes back reads what it missed from its journal and the stored sessions).
+pub const KEEP_BYTES: usize = 64 * 1024 * 1024;
+
+/// One appended entry not reported read.
+#[derive(Debug)]
+struct Appended {
+    id: StreamId,
+    messages: usize,
+    /// What it holds (a packed value), unless it did not fit in [`KEEP_BYTES`].
+    copy: Option<Vec<u8>>,
+}
+
+/// The unread entries of one node, taken to be appended again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unappended {
+    pub node: NodeId,
+    /// Copies of its entries, oldest first, with the messages each holds.
+    pub copies: Vec<(Vec<u8>, usize)>,
+    /// Messages of entries whose copy was not kept.
+    pub without_copy: usize,
 }
 
 impl Unread {
-    /// Records an entry of `messages` messages appended to `node`'s inbox as `id`.
-    pub fn appended(&mut self, node: &NodeId, id: StreamId, messages: usize) {
+    /// Records an entry of `messages` messages appended to `node`'s inbox as `id`, holding
+    /// `copy` (kept while the copies fit in [`KEEP_BYTES`]).
+    pub fn appended(&mut self, node: &NodeId, id: StreamId, messages: usize, copy: Vec<u8>) {
         let entries = self.nodes.entry(node.clone()).or_default();
         if entries.len() >= MAX_TRACKED {
             // A reader this far behind has lost the oldest to trimming anyway.
-            entries.pop_front();
+            if let Some(oldest) = entries.pop_front() {
+                self.kept_bytes -= oldest.copy.map_or(0, |c| c.len());
+            }
         }
-        entries.push_back((id, messages));
+        let copy = (self.kept_bytes + copy.len() <= KEEP_BYTES).then_some(copy);
+        self.kept_bytes += copy.as_ref().map_or(0, Vec::len);
+        entries.push_back(Appended { id, messages, copy });
     }
 
     /// `node`'s reader reported it has delivered everything up to `read`.
     pub fn read_up_to(&mut self, node: &str, read: StreamId) {
         if let Some(entries) = self.nodes.get_mut(node) {
-            while entries.front().is_some_and(|(id, _)| *id <= read) {
-                entries.pop_front();
+            while entries.front().is_some_and(|entry| entry.id <= read) {
+                if let Some(done) = entries.pop_front() {
+                    self.kept_bytes -= done.copy.map_or(0, |c| c.len());
+                }
             }
         }
     }
 
     /// Messages appended to `node`'s inbox and not reported read.
     pub fn messages(&self, node: &str) -> usize {
-        self.nodes
-            .get(node)
-            .map_or(0, |entries| entries.iter().map(|(_, n)| n).sum())
+        self.nodes.get(node).map_or(0, |entries| {
+            entries.iter().map(|entry| entry.messages).sum()
+        })
     }
 
     /// Nodes with entries not reported read.
@@ -62,7 +100,45 @@ impl Unread {
 
     /// Forgets a node (it left the cluster).
     pub fn forget(&mut self, node: &str) {
-        self.nodes.remove(node);
+        if let Some(entries) = self.nodes.remove(node) {
+            self.kept_bytes -= entries
+                .iter()
+                .map(|entry| entry.copy.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        }
+    }
+
+    /// Takes every entry not reported read, node by node, forgetting them all: Redis lost
+    /// them (their ids mean nothing any more), and the caller appends the copies again.
+    pub fn take_all(&mut self) -> Vec<Unappended> {
+        self.kept_bytes = 0;
+        let mut taken: Vec<Unappended> = self
+            .nodes
+            .drain()
+            .filter(|(_, entries)| !entries.is_empty())
+            .map(|(node, entries)| {
+                let mut copies = Vec::with_capacity(entries.len());
+                let mut without_copy = 0;
+                for entry in entries {
+                    match entry.copy {
+                        Some(copy) => copies.push((copy, entry.messages)),
+                        None => without_copy += entry.messages,
+                    }
+                }
+                Unappended {
+                    node,
+                    copies,
+                    without_copy,
+                }
+            })
+            .collect();
+        taken.sort_by(|a, b| a.node.cmp(&b.node));
+        taken
+    }
+
+    /// Bytes of the copies kept.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes
     }
 }
 
@@ -88,10 +164,11 @@ mod tests {
         let b: NodeId = "b".into();
         let c: NodeId = "c".into();
         let mut unread = Unread::default();
-        unread.appended(&b, (1, 0), 10);
-        unread.appended(&b, (1, 1), 5);
-        unread.appended(&b, (2, 0), 1);
-        unread.appended(&c, (1, 2), 7);
+        unread.appended(&b, (1, 0), 10, vec![0; 3]);
+        unread.appended(&b, (1, 1), 5, vec![1; 3]);
+        unread.appended(&b, (2, 0), 1, vec![2; 3]);
+        unread.appended(&c, (1, 2), 7, vec![3; 3]);
+        assert_eq!(unread.kept_bytes(), 12);
         assert_eq!(unread.messages("b"), 16);
         assert_eq!(unread.messages("c"), 7);
         assert_eq!(unread.messages("d"), 0);
@@ -109,5 +186,40 @@ mod tests {
         unread.forget("c");
         assert_eq!(unread.messages("c"), 0);
         assert_eq!(unread.behind().count(), 0);
+        assert_eq!(unread.kept_bytes(), 0, "copies go with their entries");
+    }
+
+    #[test]
+    fn the_unread_entries_are_taken_with_their_copies_within_the_bound() {
+        let b: NodeId = "b".into();
+        let c: NodeId = "c".into();
+        let mut unread = Unread::default();
+        unread.appended(&c, (1, 0), 2, b"c1".to_vec());
+        unread.appended(&b, (1, 1), 3, b"b1".to_vec());
+        unread.appended(&b, (1, 2), 4, b"b2".to_vec());
+        unread.read_up_to("b", (1, 1));
+        // Beyond the bound no copy is kept, but the messages still count.
+        unread.appended(&b, (1, 3), 5, vec![0; KEEP_BYTES]);
+        assert_eq!(unread.kept_bytes(), 4);
+        assert_eq!(unread.messages("b"), 9);
+        let taken = unread.take_all();
+        assert_eq!(
+            taken,
+            vec![
+                Unappended {
+                    node: b.clone(),
+                    copies: vec![(b"b2".to_vec(), 4)],
+                    without_copy: 5,
+                },
+                Unappended {
+                    node: c,
+                    copies: vec![(b"c1".to_vec(), 2)],
+                    without_copy: 0,
+                },
+            ]
+        );
+        assert_eq!(unread.kept_bytes(), 0);
+        assert_eq!(unread.messages("b"), 0);
+        assert!(unread.take_all().is_empty());
     }
 }

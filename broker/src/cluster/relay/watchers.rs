@@ -104,6 +104,7 @@ pub(super) async fn watch_health(
             // Another server answers: connections opened to the one before may hang for good
             // (it was replaced behind the same address), even if this one's failed at once.
             link.reconnected.send_modify(|n| *n += 1);
+            link.lost_writes.send_modify(|n| *n += 1);
         }
         let declared_dead = check == Some(EpochCheck::Same) && !registered;
         if declared_dead {

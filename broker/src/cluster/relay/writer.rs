@@ -27,7 +27,7 @@ use flow::Flow;
 use packs::{inbox_append, Packs};
 use redis::aio::ConnectionManagerConfig;
 use redis::Value;
-use resend::{marked_resent, stranded};
+use resend::{append_unread_again, send_again, stranded};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -150,7 +150,10 @@ async fn write_loop(
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut packs = Packs::default();
     let mut flow = Flow::default();
-    let Some(mut reconnected) = weak_link.upgrade().map(|link| link.reconnected.subscribe()) else {
+    let Some((mut reconnected, mut lost_writes)) = weak_link
+        .upgrade()
+        .map(|link| (link.reconnected.subscribe(), link.lost_writes.subscribe()))
+    else {
         return;
     };
     let mut targets: Vec<NodeId> = Vec::new();
@@ -170,6 +173,8 @@ async fn write_loop(
         }
         flow.wait_for_readers(&link, &mut con, &targets).await;
         let mut pipe = redis::pipe();
+        // Before this batch: what Redis lost of the earlier ones.
+        append_unread_again(&mut pipe, &link, &mut flow.unread, &mut lost_writes);
         for item in &batch {
             if let Outbound::Relays(relays) = item {
                 for target in &relays.targets {
@@ -258,7 +263,7 @@ async fn write_loop(
         let behind: Vec<NodeId> = flow
             .unread
             .behind()
-            .chain(packs.appended.iter().map(|(node, _)| node))
+            .chain(packs.appended.iter().map(|(node, _, _)| node))
             .fold(Vec::new(), |mut nodes, node| {
                 if !nodes.contains(node) {
                     nodes.push(node.clone());
@@ -304,7 +309,7 @@ async fn write_loop(
                 () = stranded(&mut reconnected) => {
                     con.renew();
                     tracing::warn!("relay writer: redis answers on a new connection but not on this one; writing the batch again on a new connection");
-                    refused_only = Some(marked_resent(sending, &link.keys));
+                    refused_only = Some(send_again(sending, &link, &mut flow.unread, &mut lost_writes));
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -354,7 +359,12 @@ async fn write_loop(
                         // is not taken for a lost one), marked as possibly applied twice.
                         None => {
                             tracing::warn!(error = %text, "relay write failed; retrying");
-                            refused_only = Some(marked_resent(sending, &link.keys));
+                            refused_only = Some(send_again(
+                                sending,
+                                &link,
+                                &mut flow.unread,
+                                &mut lost_writes,
+                            ));
                         }
                     }
                     tokio::time::sleep(delay).await;
@@ -397,9 +407,9 @@ async fn write_loop(
         }
         link.forward_room.add_permits(written);
         let mut replies = replies.into_iter();
-        for ((node, messages), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
+        for ((node, messages, copy), reply) in packs.appended.drain(..).zip(replies.by_ref()) {
             if let Some(id) = bulk_bytes(reply).as_deref().and_then(parse_stream_id) {
-                flow.unread.appended(&node, id, messages);
+                flow.unread.appended(&node, id, messages, copy);
             }
         }
         for (node, reply) in behind.iter().zip(replies) {

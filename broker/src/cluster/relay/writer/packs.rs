@@ -41,9 +41,10 @@ pub(super) fn inbox_append_trimmed<'p>(
 #[derive(Default)]
 pub(super) struct Packs {
     pub(super) packers: Vec<(NodeId, Packer)>,
-    /// The packed entries appended to the pipeline, in order: node and message count. Their
-    /// XADD replies (entry ids) are the pipeline's first replies.
-    pub(super) appended: Vec<(NodeId, usize)>,
+    /// The packed entries appended to the pipeline, in order: node, message count and the
+    /// packed value (kept until the node's reader reports it read, see [`crate::cluster::unread`]).
+    /// Their XADD replies (entry ids) are the pipeline's first replies.
+    pub(super) appended: Vec<(NodeId, usize, Vec<u8>)>,
 }
 
 impl Packs {
@@ -72,8 +73,9 @@ impl Packs {
         packer.append(burst);
         if packer.byte_len() >= PACK_BYTES {
             append_packed(pipe, link, node, packer);
-            self.appended.push((node.clone(), packer.count()));
-            packer.clear();
+            let count = packer.count();
+            self.appended
+                .push((node.clone(), count, packer.take_bytes()));
         }
     }
 
@@ -83,8 +85,9 @@ impl Packs {
         for (node, packer) in &mut self.packers {
             if !packer.is_empty() {
                 append_packed(pipe, link, node, packer);
-                self.appended.push((node.clone(), packer.count()));
-                packer.clear();
+                let count = packer.count();
+                self.appended
+                    .push((node.clone(), count, packer.take_bytes()));
             }
         }
     }
@@ -100,10 +103,22 @@ pub(super) fn append_packed(
     node: &str,
     packer: &Packer,
 ) {
-    let max_len = INBOX_MAX_LEN.div_ceil(packer.count().max(1));
+    append_packed_value(pipe, link, node, packer.as_bytes(), packer.count());
+}
+
+/// Appends one packed entry for `node` holding `messages` messages packed in `value` (see
+/// [`append_packed`]); returns the XADD for more fields.
+pub(super) fn append_packed_value<'p>(
+    pipe: &'p mut redis::Pipeline,
+    link: &ClusterLink,
+    node: &str,
+    value: &[u8],
+    messages: usize,
+) -> &'p mut redis::Pipeline {
+    let max_len = INBOX_MAX_LEN.div_ceil(messages.max(1));
     inbox_append_trimmed(pipe, &link.keys, node, max_len)
         .arg("o")
         .arg(&*link.node_id)
         .arg(packed::FIELD)
-        .arg(packer.as_bytes());
+        .arg(value)
 }

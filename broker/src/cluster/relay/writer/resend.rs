@@ -1,8 +1,12 @@
-//! Writing a batch again when its outcome is unknown: the copy sent again marks its inbox
-//! appends as possibly delivered twice, and a batch stranded on a connection that no longer
-//! answers is given up once Redis answers on a new one.
+//! Writing again what Redis may not hold: a batch whose outcome is unknown (the copy sent again
+//! marks its inbox appends as possibly delivered twice; a batch stranded on a connection that no
+//! longer answers is given up once Redis answers on a new one), and, once Redis lost writes it
+//! had confirmed, the inbox entries the readers had not reported read.
 
 use super::super::keys::Keys;
+use super::super::ClusterLink;
+use super::packs::append_packed_value;
+use crate::cluster::unread::{Unread, KEEP_BYTES};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -32,6 +36,67 @@ pub(super) fn marked_resent(sent: &redis::Pipeline, keys: &Keys) -> redis::Pipel
     }
     again
 }
+/// When Redis lost writes since `lost_writes` was last seen (see `ClusterLink::lost_writes`):
+/// appends to `pipe` again, marked [`FIELD_RESENT`], every inbox entry in `unread` (which it
+/// empties), replies ignored; returns how many messages they hold.
+///
+/// A reader may have delivered some of them and not reported it yet: those are delivered twice,
+/// the second time with DUP. Entries whose copy did not fit in [`KEEP_BYTES`] cannot be
+/// appended again, and are logged as lost.
+pub(super) fn append_unread_again(
+    pipe: &mut redis::Pipeline,
+    link: &ClusterLink,
+    unread: &mut Unread,
+    lost_writes: &mut watch::Receiver<u64>,
+) -> usize {
+    if !lost_writes.has_changed().unwrap_or(false) {
+        return 0;
+    }
+    lost_writes.borrow_and_update();
+    let mut again = 0;
+    let mut without_copy = 0;
+    for node in unread.take_all() {
+        for (copy, messages) in &node.copies {
+            append_packed_value(pipe, link, &node.node, copy, *messages)
+                .arg(FIELD_RESENT)
+                .arg("1")
+                .ignore();
+            again += messages;
+        }
+        without_copy += node.without_copy;
+    }
+    if again > 0 {
+        tracing::warn!(
+            messages = again,
+            "redis may have lost relayed messages it had confirmed: appending again those the readers had not reported read (delivered with DUP)"
+        );
+    }
+    if without_copy > 0 {
+        tracing::error!(
+            messages = without_copy,
+            kept_bytes = KEEP_BYTES,
+            "relayed messages redis may have lost cannot be appended again: their readers were so far behind that no copy was kept"
+        );
+    }
+    again
+}
+
+/// What to send again after a write whose outcome is unknown: first, if Redis lost writes
+/// meanwhile, the unread entries (see [`append_unread_again`]), then `sending` marked resent.
+pub(super) fn send_again(
+    sending: &redis::Pipeline,
+    link: &ClusterLink,
+    unread: &mut Unread,
+    lost_writes: &mut watch::Receiver<u64>,
+) -> redis::Pipeline {
+    let mut again = redis::pipe();
+    append_unread_again(&mut again, link, unread, lost_writes);
+    for command in marked_resent(sending, &link.keys).cmd_iter() {
+        again.add_command(command.clone()).ignore();
+    }
+    again
+}
+
 /// Resolves [`STRANDED_GRACE`] after the health check next answered on a new connection (never,
 /// once the link is gone).
 pub(super) async fn stranded(reconnected: &mut watch::Receiver<u64>) {
