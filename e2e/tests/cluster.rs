@@ -936,7 +936,10 @@ async fn a_message_redis_confirmed_and_lost_before_it_was_read_is_relayed_again(
     proxy_b.restore();
     let p = next_publish(&mut sub_loop).await;
     assert_eq!(&p.payload[..], b"confirmed, then lost");
-    assert!(p.dup, "written again, it may have been delivered before: DUP");
+    assert!(
+        p.dup,
+        "written again, it may have been delivered before: DUP"
+    );
 }
 
 /// Runs `redis-cli` against `redis`; returns what it printed.

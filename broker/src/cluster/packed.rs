@@ -129,12 +129,6 @@ impl Packer {
         &self.bytes
     }
 
-    /// Hands over the packed value, leaving it empty for the next.
-    pub fn take_bytes(&mut self) -> Vec<u8> {
-        self.count = 0;
-        std::mem::replace(&mut self.bytes, vec![FORMAT])
-    }
-
     /// Empties it for the next value, keeping its buffer.
     pub fn clear(&mut self) {
         self.bytes.truncate(1);

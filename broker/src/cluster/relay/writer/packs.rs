@@ -73,9 +73,9 @@ impl Packs {
         packer.append(burst);
         if packer.byte_len() >= PACK_BYTES {
             append_packed(pipe, link, node, packer);
-            let count = packer.count();
-            self.appended
-                .push((node.clone(), count, packer.take_bytes()));
+            let kept = packer.as_bytes().to_vec();
+            self.appended.push((node.clone(), packer.count(), kept));
+            packer.clear();
         }
     }
 
@@ -85,9 +85,9 @@ impl Packs {
         for (node, packer) in &mut self.packers {
             if !packer.is_empty() {
                 append_packed(pipe, link, node, packer);
-                let count = packer.count();
-                self.appended
-                    .push((node.clone(), count, packer.take_bytes()));
+                let kept = packer.as_bytes().to_vec();
+                self.appended.push((node.clone(), packer.count(), kept));
+                packer.clear();
             }
         }
     }
