@@ -37,21 +37,29 @@ pub struct Unread {
 /// comes back reads what it missed from its journal and the stored sessions).
 pub const KEEP_BYTES: usize = 64 * 1024 * 1024;
 
+/// The fields of an inbox entry, as appended.
+pub type EntryFields = Vec<(&'static str, Vec<u8>)>;
+
+/// The bytes a copy of `fields` holds (its values: the names are static).
+fn copy_len(fields: &EntryFields) -> usize {
+    fields.iter().map(|(_, value)| value.len()).sum()
+}
+
 /// One appended entry not reported read.
 #[derive(Debug)]
 struct Appended {
     id: StreamId,
     messages: usize,
-    /// What it holds (a packed value), unless it did not fit in [`KEEP_BYTES`].
-    copy: Option<Vec<u8>>,
+    /// Its fields, unless they did not fit in [`KEEP_BYTES`].
+    copy: Option<EntryFields>,
 }
 
 /// The unread entries of one node, taken to be appended again.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unappended {
     pub node: NodeId,
-    /// Copies of its entries, oldest first, with the messages each holds.
-    pub copies: Vec<(Vec<u8>, usize)>,
+    /// Copies of its entries (their fields), oldest first, with the messages each holds.
+    pub copies: Vec<(EntryFields, usize)>,
     /// Messages of entries whose copy was not kept.
     pub without_copy: usize,
 }
@@ -59,16 +67,17 @@ pub struct Unappended {
 impl Unread {
     /// Records an entry of `messages` messages appended to `node`'s inbox as `id`, holding
     /// `copy` (kept while the copies fit in [`KEEP_BYTES`]).
-    pub fn appended(&mut self, node: &NodeId, id: StreamId, messages: usize, copy: Vec<u8>) {
+    pub fn appended(&mut self, node: &NodeId, id: StreamId, messages: usize, copy: EntryFields) {
         let entries = self.nodes.entry(node.clone()).or_default();
         if entries.len() >= MAX_TRACKED {
             // A reader this far behind has lost the oldest to trimming anyway.
             if let Some(oldest) = entries.pop_front() {
-                self.kept_bytes -= oldest.copy.map_or(0, |c| c.len());
+                self.kept_bytes -= oldest.copy.as_ref().map_or(0, copy_len);
             }
         }
-        let copy = (self.kept_bytes + copy.len() <= KEEP_BYTES).then_some(copy);
-        self.kept_bytes += copy.as_ref().map_or(0, Vec::len);
+        let len = copy_len(&copy);
+        let copy = (self.kept_bytes + len <= KEEP_BYTES).then_some(copy);
+        self.kept_bytes += copy.as_ref().map_or(0, |_| len);
         entries.push_back(Appended { id, messages, copy });
     }
 
@@ -77,7 +86,7 @@ impl Unread {
         if let Some(entries) = self.nodes.get_mut(node) {
             while entries.front().is_some_and(|entry| entry.id <= read) {
                 if let Some(done) = entries.pop_front() {
-                    self.kept_bytes -= done.copy.map_or(0, |c| c.len());
+                    self.kept_bytes -= done.copy.as_ref().map_or(0, copy_len);
                 }
             }
         }
@@ -103,7 +112,7 @@ impl Unread {
         if let Some(entries) = self.nodes.remove(node) {
             self.kept_bytes -= entries
                 .iter()
-                .map(|entry| entry.copy.as_ref().map_or(0, Vec::len))
+                .map(|entry| entry.copy.as_ref().map_or(0, copy_len))
                 .sum::<usize>();
         }
     }
@@ -164,10 +173,10 @@ mod tests {
         let b: NodeId = "b".into();
         let c: NodeId = "c".into();
         let mut unread = Unread::default();
-        unread.appended(&b, (1, 0), 10, vec![0; 3]);
-        unread.appended(&b, (1, 1), 5, vec![1; 3]);
-        unread.appended(&b, (2, 0), 1, vec![2; 3]);
-        unread.appended(&c, (1, 2), 7, vec![3; 3]);
+        unread.appended(&b, (1, 0), 10, vec![("b", vec![0; 3])]);
+        unread.appended(&b, (1, 1), 5, vec![("b", vec![1; 3])]);
+        unread.appended(&b, (2, 0), 1, vec![("b", vec![2; 3])]);
+        unread.appended(&c, (1, 2), 7, vec![("b", vec![3; 3])]);
         assert_eq!(unread.kept_bytes(), 12);
         assert_eq!(unread.messages("b"), 16);
         assert_eq!(unread.messages("c"), 7);
@@ -194,13 +203,14 @@ mod tests {
         let b: NodeId = "b".into();
         let c: NodeId = "c".into();
         let mut unread = Unread::default();
-        unread.appended(&c, (1, 0), 2, b"c1".to_vec());
-        unread.appended(&b, (1, 1), 3, b"b1".to_vec());
-        unread.appended(&b, (1, 2), 4, b"b2".to_vec());
+        let fields = |value: &[u8]| vec![("o", b"a".to_vec()), ("b", value.to_vec())];
+        unread.appended(&c, (1, 0), 2, fields(b"c1"));
+        unread.appended(&b, (1, 1), 3, fields(b"b1"));
+        unread.appended(&b, (1, 2), 4, fields(b"b2"));
         unread.read_up_to("b", (1, 1));
         // Beyond the bound no copy is kept, but the messages still count.
-        unread.appended(&b, (1, 3), 5, vec![0; KEEP_BYTES]);
-        assert_eq!(unread.kept_bytes(), 4);
+        unread.appended(&b, (1, 3), 5, fields(&vec![0; KEEP_BYTES]));
+        assert_eq!(unread.kept_bytes(), 6);
         assert_eq!(unread.messages("b"), 9);
         let taken = unread.take_all();
         assert_eq!(
@@ -208,12 +218,12 @@ mod tests {
             vec![
                 Unappended {
                     node: b.clone(),
-                    copies: vec![(b"b2".to_vec(), 4)],
+                    copies: vec![(fields(b"b2"), 4)],
                     without_copy: 5,
                 },
                 Unappended {
                     node: c,
-                    copies: vec![(b"c1".to_vec(), 2)],
+                    copies: vec![(fields(b"c1"), 2)],
                     without_copy: 0,
                 },
             ]

@@ -14,7 +14,7 @@ mod resend;
 
 pub(in crate::cluster) use resend::FIELD_RESENT;
 
-use super::{relay_error, ClusterLink, RelayError};
+use super::{relay_error, ClusterLink, RelayError, KIND_DIRECT};
 use crate::cluster::pending::PendingRelays;
 use crate::cluster::refusals;
 use crate::cluster::replication::Waited;
@@ -208,7 +208,13 @@ async fn write_loop(
                     for (name, value) in fields {
                         xadd.arg(*name).arg(value.as_slice());
                     }
-                    xadd.ignore();
+                    // A message sent on for one session is kept like a relayed one until read
+                    // (its reply, the entry id, joins those of the packed entries).
+                    if fields.first().is_some_and(|(_, kind)| kind == KIND_DIRECT) {
+                        packs.appended.push((node.clone(), 1, fields.clone()));
+                    } else {
+                        xadd.ignore();
+                    }
                 }
                 Outbound::DropNode { node, run } => {
                     packs.packers.retain(|(n, _)| n != node);

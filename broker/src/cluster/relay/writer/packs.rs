@@ -4,6 +4,7 @@
 use super::super::keys::Keys;
 use super::super::ClusterLink;
 use crate::cluster::packed::{self, Packer};
+use crate::cluster::unread::EntryFields;
 use crate::router::remote::NodeId;
 
 /// Messages kept per inbox stream (approximate trimming); a node that falls this far behind loses
@@ -41,10 +42,11 @@ pub(super) fn inbox_append_trimmed<'p>(
 #[derive(Default)]
 pub(super) struct Packs {
     pub(super) packers: Vec<(NodeId, Packer)>,
-    /// The packed entries appended to the pipeline, in order: node, message count and the
-    /// packed value (kept until the node's reader reports it read, see [`crate::cluster::unread`]).
+    /// The entries appended to the pipeline whose ids are wanted, in order: node, message count
+    /// and the entry's fields (kept until the node's reader reports it read, see
+    /// [`crate::cluster::unread`]): the packed entries, and messages sent on for one session.
     /// Their XADD replies (entry ids) are the pipeline's first replies.
-    pub(super) appended: Vec<(NodeId, usize, Vec<u8>)>,
+    pub(super) appended: Vec<(NodeId, usize, EntryFields)>,
 }
 
 impl Packs {
@@ -73,7 +75,7 @@ impl Packs {
         packer.append(burst);
         if packer.byte_len() >= PACK_BYTES {
             append_packed(pipe, link, node, packer);
-            let kept = packer.as_bytes().to_vec();
+            let kept = packed_fields(link, packer.as_bytes());
             self.appended.push((node.clone(), packer.count(), kept));
             packer.clear();
         }
@@ -85,7 +87,7 @@ impl Packs {
         for (node, packer) in &mut self.packers {
             if !packer.is_empty() {
                 append_packed(pipe, link, node, packer);
-                let kept = packer.as_bytes().to_vec();
+                let kept = packed_fields(link, packer.as_bytes());
                 self.appended.push((node.clone(), packer.count(), kept));
                 packer.clear();
             }
@@ -93,32 +95,37 @@ impl Packs {
     }
 }
 
-/// Appends one packed entry for `node` (its reply is the entry id). The inbox is trimmed to
-/// about [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this one: the
-/// bound on what a node that falls behind keeps stays in messages, not in (much larger) packed
-/// entries.
+/// Appends one packed entry for `node` (its reply is the entry id).
 pub(super) fn append_packed(
     pipe: &mut redis::Pipeline,
     link: &ClusterLink,
     node: &str,
     packer: &Packer,
 ) {
-    append_packed_value(pipe, link, node, packer.as_bytes(), packer.count());
-}
-
-/// Appends one packed entry for `node` holding `messages` messages packed in `value` (see
-/// [`append_packed`]); returns the XADD for more fields.
-pub(super) fn append_packed_value<'p>(
-    pipe: &'p mut redis::Pipeline,
-    link: &ClusterLink,
-    node: &str,
-    value: &[u8],
-    messages: usize,
-) -> &'p mut redis::Pipeline {
-    let max_len = INBOX_MAX_LEN.div_ceil(messages.max(1));
-    inbox_append_trimmed(pipe, &link.keys, node, max_len)
+    inbox_append_holding(pipe, &link.keys, node, packer.count())
         .arg("o")
         .arg(&*link.node_id)
         .arg(packed::FIELD)
-        .arg(value)
+        .arg(packer.as_bytes());
+}
+
+/// The fields of a packed entry holding `value` (see [`append_packed`]), as kept.
+fn packed_fields(link: &ClusterLink, value: &[u8]) -> EntryFields {
+    vec![
+        ("o", link.node_id.as_bytes().to_vec()),
+        (packed::FIELD, value.to_vec()),
+    ]
+}
+
+/// Starts an XADD to `node`'s inbox of an entry holding `messages` messages. The inbox is
+/// trimmed to about [`INBOX_MAX_LEN`] messages, counting each entry as holding as many as this
+/// one: the bound on what a node that falls behind keeps stays in messages, not in (much
+/// larger) packed entries.
+pub(super) fn inbox_append_holding<'p>(
+    pipe: &'p mut redis::Pipeline,
+    keys: &Keys,
+    node: &str,
+    messages: usize,
+) -> &'p mut redis::Pipeline {
+    inbox_append_trimmed(pipe, keys, node, INBOX_MAX_LEN.div_ceil(messages.max(1)))
 }

@@ -5,7 +5,7 @@
 
 use super::super::keys::Keys;
 use super::super::ClusterLink;
-use super::packs::append_packed_value;
+use super::packs::inbox_append_holding;
 use crate::cluster::unread::{Unread, KEEP_BYTES};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -56,11 +56,12 @@ pub(super) fn append_unread_again(
     let mut again = 0;
     let mut without_copy = 0;
     for node in unread.take_all() {
-        for (copy, messages) in &node.copies {
-            append_packed_value(pipe, link, &node.node, copy, *messages)
-                .arg(FIELD_RESENT)
-                .arg("1")
-                .ignore();
+        for (fields, messages) in &node.copies {
+            let xadd = inbox_append_holding(pipe, &link.keys, &node.node, *messages);
+            for (name, value) in fields {
+                xadd.arg(*name).arg(value.as_slice());
+            }
+            xadd.arg(FIELD_RESENT).arg("1").ignore();
             again += messages;
         }
         without_copy += node.without_copy;
