@@ -83,6 +83,29 @@ impl<T> WorkQueue<T> {
         }
     }
 
+    /// Like [`Self::take`], without waiting: moves what is queued now (up to `limit` in total
+    /// weight, counting `already` as taken) into `into`; returns how many items it moved.
+    pub fn take_now(
+        &self,
+        into: &mut Vec<T>,
+        limit: usize,
+        already: usize,
+        weight: impl Fn(&T) -> usize,
+    ) -> usize {
+        let mut state = self.state.lock();
+        let mut total = already;
+        let n = state
+            .items
+            .iter()
+            .take_while(|item| {
+                total += weight(item);
+                total <= limit
+            })
+            .count();
+        into.extend(state.items.drain(..n));
+        n
+    }
+
     /// Refuses new items and wakes the consumer; what is queued can still be taken.
     pub fn close(&self) {
         self.state.lock().closed = true;
@@ -121,6 +144,25 @@ mod tests {
         assert_eq!(queue.take(&mut out, 6, |w| *w).await, 1);
         assert_eq!(queue.take(&mut out, 6, |w| *w).await, 1);
         assert_eq!(out, vec![2, 3, 4, 10, 1]);
+    }
+
+    #[test]
+    fn taking_now_moves_what_is_queued_within_the_limit_and_never_waits() {
+        let queue = WorkQueue::default();
+        let mut out = Vec::new();
+        assert_eq!(queue.take_now(&mut out, 6, 0, |w| *w), 0, "empty");
+        for weight in [2, 3, 4] {
+            queue.push(weight).unwrap();
+        }
+        // 1 already taken: 2 and 3 fit in 6, 4 does not.
+        assert_eq!(queue.take_now(&mut out, 6, 1, |w| *w), 2);
+        assert_eq!(out, vec![2, 3]);
+        assert_eq!(
+            queue.take_now(&mut out, 3, 0, |w| *w),
+            0,
+            "4 is over the limit"
+        );
+        assert_eq!(queue.take_now(&mut out, 4, 0, |w| *w), 1);
     }
 
     #[tokio::test]

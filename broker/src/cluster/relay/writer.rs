@@ -93,6 +93,33 @@ fn weight(item: &Outbound) -> usize {
     }
 }
 
+/// A batch of fewer relayed messages than this, in a steady stream, waits [`LINGER`] for more.
+const LINGER_BELOW: usize = 32;
+/// How long a small batch in a steady stream waits for more (see [`linger`]).
+const LINGER: Duration = Duration::from_micros(500);
+
+/// When messages arrive one by one in a steady stream (the last batch was taken moments ago)
+/// and `batch` is small and has nobody waiting on it (no barrier: no acknowledgement waits),
+/// waits [`LINGER`] and takes what arrived meanwhile: each batch costs this node, Redis and the
+/// reading nodes a round of work, whatever it holds.
+fn linger(
+    queue: &WorkQueue<Outbound>,
+    batch: &mut Vec<Outbound>,
+    last_take: &mut std::time::Instant,
+) {
+    let steady = last_take.elapsed() < LINGER * 4;
+    let weight_now: usize = batch.iter().map(weight).sum();
+    let waited_on = batch
+        .iter()
+        .any(|item| matches!(item, Outbound::Barrier(_)));
+    if steady && !waited_on && weight_now < LINGER_BELOW {
+        // The writer's own thread: nothing else runs on it meanwhile.
+        std::thread::sleep(LINGER);
+        queue.take_now(batch, WRITE_BATCH, weight_now, weight);
+    }
+    *last_take = std::time::Instant::now();
+}
+
 /// The places in the relay queue (permits of `forward_room`) that `messages` relayed messages
 /// hold.
 pub(super) fn permit_count(messages: usize) -> u32 {
@@ -157,10 +184,12 @@ async fn write_loop(
         return;
     };
     let mut targets: Vec<NodeId> = Vec::new();
+    let mut last_take = std::time::Instant::now();
     while queue.take(&mut batch, WRITE_BATCH, weight).await > 0 {
         let Some(link) = weak_link.upgrade() else {
             return;
         };
+        linger(&queue, &mut batch, &mut last_take);
         targets.clear();
         for item in &batch {
             if let Outbound::Relays(relays) = item {
@@ -429,5 +458,63 @@ fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(text) => Some(text.into_bytes()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Outbound {
+        Outbound::Entry {
+            raw: "t".into(),
+            added: true,
+        }
+    }
+
+    fn queue_of(items: usize) -> WorkQueue<Outbound> {
+        let queue = WorkQueue::default();
+        for _ in 0..items {
+            assert!(queue.push(entry()).is_ok());
+        }
+        queue
+    }
+
+    #[test]
+    fn a_small_batch_in_a_steady_stream_takes_what_arrived_meanwhile() {
+        let queue = queue_of(3);
+        let mut batch = vec![entry()];
+        let mut last_take = std::time::Instant::now();
+        linger(&queue, &mut batch, &mut last_take);
+        assert_eq!(batch.len(), 4);
+    }
+
+    #[test]
+    fn a_batch_an_acknowledgement_waits_on_goes_at_once() {
+        let queue = queue_of(3);
+        let (done, _) = oneshot::channel();
+        let mut batch = vec![entry(), Outbound::Barrier(done)];
+        let mut last_take = std::time::Instant::now();
+        linger(&queue, &mut batch, &mut last_take);
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn the_first_batch_after_a_pause_goes_at_once() {
+        let queue = queue_of(3);
+        let mut batch = vec![entry()];
+        let mut last_take = std::time::Instant::now() - LINGER * 5;
+        linger(&queue, &mut batch, &mut last_take);
+        assert_eq!(batch.len(), 1);
+        assert!(last_take.elapsed() < LINGER * 4, "the take is noted");
+    }
+
+    #[test]
+    fn a_batch_big_enough_goes_at_once() {
+        let queue = queue_of(3);
+        let mut batch: Vec<Outbound> = (0..LINGER_BELOW).map(|_| entry()).collect();
+        let mut last_take = std::time::Instant::now();
+        linger(&queue, &mut batch, &mut last_take);
+        assert_eq!(batch.len(), LINGER_BELOW);
     }
 }
