@@ -93,6 +93,14 @@ fn weight(item: &Outbound) -> usize {
     }
 }
 
+/// Whether a control entry with `fields` carries a message (one sent on for one session): it is
+/// kept until read, to be appended again should Redis lose it.
+fn carries_a_message(fields: &[(&'static str, Vec<u8>)]) -> bool {
+    fields
+        .iter()
+        .any(|(name, value)| *name == "k" && value == KIND_DIRECT)
+}
+
 /// A batch of fewer relayed messages than this, in a steady stream, waits [`LINGER`] for more.
 const LINGER_BELOW: usize = 32;
 /// How long a small batch in a steady stream waits for more (see [`linger`]).
@@ -239,7 +247,7 @@ async fn write_loop(
                     }
                     // A message sent on for one session is kept like a relayed one until read
                     // (its reply, the entry id, joins those of the packed entries).
-                    if fields.first().is_some_and(|(_, kind)| kind == KIND_DIRECT) {
+                    if carries_a_message(fields) {
                         packs.appended.push((node.clone(), 1, fields.clone()));
                     } else {
                         xadd.ignore();
@@ -478,6 +486,15 @@ mod tests {
             assert!(queue.push(entry()).is_ok());
         }
         queue
+    }
+
+    #[test]
+    fn only_control_entries_that_carry_a_message_are_kept() {
+        let direct = vec![("k", KIND_DIRECT.to_vec()), ("c", b"id".to_vec())];
+        assert!(carries_a_message(&direct));
+        let release = vec![("k", b"release".to_vec()), ("c", b"direct".to_vec())];
+        assert!(!carries_a_message(&release));
+        assert!(!carries_a_message(&[]));
     }
 
     #[test]
