@@ -18,6 +18,20 @@ struct State<T> {
     closed: bool,
 }
 
+impl<T> State<T> {
+    /// How many items from the front fit in `limit` in total weight, counting `already`.
+    fn fitting(&self, limit: usize, already: usize, weight: impl Fn(&T) -> usize) -> usize {
+        let mut total = already;
+        self.items
+            .iter()
+            .take_while(|item| {
+                total += weight(item);
+                total <= limit
+            })
+            .count()
+    }
+}
+
 impl<T> Default for WorkQueue<T> {
     fn default() -> Self {
         Self {
@@ -62,16 +76,8 @@ impl<T> WorkQueue<T> {
             {
                 let mut state = self.state.lock();
                 if !state.items.is_empty() {
-                    let mut total = 0;
-                    let n = state
-                        .items
-                        .iter()
-                        .take_while(|item| {
-                            total += weight(item);
-                            total <= limit
-                        })
-                        .count()
-                        .max(1);
+                    // At least one item, however heavy.
+                    let n = state.fitting(limit, 0, &weight).max(1);
                     into.extend(state.items.drain(..n));
                     return n;
                 }
@@ -93,15 +99,7 @@ impl<T> WorkQueue<T> {
         weight: impl Fn(&T) -> usize,
     ) -> usize {
         let mut state = self.state.lock();
-        let mut total = already;
-        let n = state
-            .items
-            .iter()
-            .take_while(|item| {
-                total += weight(item);
-                total <= limit
-            })
-            .count();
+        let n = state.fitting(limit, already, &weight);
         into.extend(state.items.drain(..n));
         n
     }

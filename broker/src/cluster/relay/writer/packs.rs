@@ -20,23 +20,9 @@ pub(super) fn inbox_append<'p>(
     keys: &Keys,
     node: &str,
 ) -> &'p mut redis::Pipeline {
-    inbox_append_trimmed(pipe, keys, node, INBOX_MAX_LEN)
+    inbox_append_holding(pipe, keys, node, 1)
 }
 
-/// Starts an XADD to `node`'s inbox, trimmed to about `max_len` entries.
-pub(super) fn inbox_append_trimmed<'p>(
-    pipe: &'p mut redis::Pipeline,
-    keys: &Keys,
-    node: &str,
-    max_len: usize,
-) -> &'p mut redis::Pipeline {
-    pipe.cmd("XADD")
-        .arg(keys.inbox(node))
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(max_len)
-        .arg("*")
-}
 /// Relayed messages of one write batch, packed per target node (see [`packed`]) until they are
 /// appended to the pipeline.
 #[derive(Default)]
@@ -127,5 +113,10 @@ pub(super) fn inbox_append_holding<'p>(
     node: &str,
     messages: usize,
 ) -> &'p mut redis::Pipeline {
-    inbox_append_trimmed(pipe, keys, node, INBOX_MAX_LEN.div_ceil(messages.max(1)))
+    pipe.cmd("XADD")
+        .arg(keys.inbox(node))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(INBOX_MAX_LEN.div_ceil(messages.max(1)))
+        .arg("*")
 }
