@@ -6,7 +6,8 @@
 //! only the refused commands again when Redis refuses some.
 //!
 //! Its parts: [`packs`] (batching relayed messages per target node into inbox entries),
-//! [`flow`] (holding back for readers that lag), [`resend`] (writing a batch again).
+//! [`flow`] (holding back for readers that lag), [`resend`] (writing a batch again, and what a
+//! Redis that lost confirmed writes lost). A small batch in a steady stream lingers for more.
 
 mod flow;
 mod packs;

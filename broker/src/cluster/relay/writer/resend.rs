@@ -19,11 +19,11 @@ pub(super) const STRANDED_GRACE: Duration = Duration::from_secs(2);
 /// connection broke, or hung, before Redis answered): Redis may have applied the first write
 /// too, so what it relays may have been delivered already, and it is delivered with DUP.
 pub(in crate::cluster) const FIELD_RESENT: &str = "d";
-/// A copy of `sent` to send again after its outcome was unknown: every inbox append marked
-/// [`FIELD_RESENT`], every reply ignored (what the first attempt answered is not known either).
-pub(super) fn marked_resent(sent: &redis::Pipeline, keys: &Keys) -> redis::Pipeline {
+/// Appends to `again` a copy of `sent` to send again after its outcome was unknown: every inbox
+/// append marked [`FIELD_RESENT`], every reply ignored (what the first attempt answered is not
+/// known either).
+fn append_marked_resent(again: &mut redis::Pipeline, sent: &redis::Pipeline, keys: &Keys) {
     let inbox_prefix = keys.inbox("");
-    let mut again = redis::pipe();
     for command in sent.cmd_iter() {
         let mut args = command.args_iter();
         let is_xadd = matches!(args.next(), Some(redis::Arg::Simple(name)) if name.eq_ignore_ascii_case(b"XADD"));
@@ -34,7 +34,6 @@ pub(super) fn marked_resent(sent: &redis::Pipeline, keys: &Keys) -> redis::Pipel
         }
         again.add_command(command).ignore();
     }
-    again
 }
 /// When Redis lost writes since `lost_writes` was last seen (see `ClusterLink::lost_writes`):
 /// appends to `pipe` again, marked [`FIELD_RESENT`], every inbox entry in `unread` (which it
@@ -92,9 +91,7 @@ pub(super) fn send_again(
 ) -> redis::Pipeline {
     let mut again = redis::pipe();
     append_unread_again(&mut again, link, unread, lost_writes);
-    for command in marked_resent(sending, &link.keys).cmd_iter() {
-        again.add_command(command.clone()).ignore();
-    }
+    append_marked_resent(&mut again, sending, &link.keys);
     again
 }
 
@@ -133,7 +130,8 @@ mod tests {
             .arg("v")
             .ignore();
         pipe.cmd("GET").arg(keys.inbox_read("node-b"));
-        let again = marked_resent(&pipe, &keys);
+        let mut again = redis::pipe();
+        append_marked_resent(&mut again, &pipe, &keys);
         let args: Vec<Vec<Vec<u8>>> = again
             .cmd_iter()
             .map(|c| {
